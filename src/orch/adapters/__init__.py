@@ -1,0 +1,1 @@
+"""Implementations of the ports: store, trackers, forges, agents, notifiers."""

@@ -1,0 +1,50 @@
+"""The command agent: any command line, run in the task's worktree in its own process group.
+
+The rendered prompt is in the file named by ORCH_PROMPT_FILE and in ORCH_PROMPT; the ticket,
+stage and attempt are in ORCH_TICKET, ORCH_STAGE and ORCH_ATTEMPT. `{prompt_file}` and
+`{workdir}` in the argv are replaced too.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping, Sequence
+
+from orch.adapters.process import ProcessGroup
+from orch.domain.errors import AgentError
+from orch.ports import AgentRequest
+
+
+class CommandAgent:
+    def __init__(
+        self, name: str, argv: Sequence[str] | str, env: Mapping[str, str] | None = None
+    ) -> None:
+        self.name = name
+        self.argv = shlex.split(argv) if isinstance(argv, str) else list(argv)
+        if not self.argv:
+            raise AgentError(f"agent {name!r} has an empty command")
+        self.env = dict(env or {})
+
+    def start(self, request: AgentRequest) -> ProcessGroup:
+        values = {
+            "{prompt_file}": request.env.get("ORCH_PROMPT_FILE", ""),
+            "{workdir}": str(request.workdir),
+        }
+        argv = [_fill(a, values) for a in self.argv]
+        try:
+            return ProcessGroup(
+                argv,
+                cwd=request.workdir,
+                env={**request.env, **self.env},
+                log_path=request.log_path,
+            )
+        except OSError as exc:
+            raise AgentError(
+                f"agent {self.name!r} could not start {argv[0]}: {exc.strerror or exc}"
+            ) from exc
+
+
+def _fill(arg: str, values: Mapping[str, str]) -> str:
+    for k, v in values.items():
+        arg = arg.replace(k, v)
+    return arg

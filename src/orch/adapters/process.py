@@ -1,0 +1,89 @@
+"""Child processes in their own process group, so a kill reaches everything they started."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from orch.ports import Usage
+
+
+class ProcessGroup:
+    """One supervised child: the leader of a new session, output appended to a log file."""
+
+    def __init__(
+        self,
+        argv: Sequence[str] | str,
+        *,
+        cwd: Path,
+        env: Mapping[str, str],
+        log_path: Path,
+        stdin_path: Path | None = None,
+    ) -> None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_path
+        self._usage = Usage()
+        with open(log_path, "ab") as log:
+            stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL  # noqa: SIM115
+            try:
+                self._proc = subprocess.Popen(
+                    argv,
+                    shell=isinstance(argv, str),
+                    cwd=cwd,
+                    env=dict(env),
+                    stdin=stdin,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            finally:
+                if stdin_path:
+                    stdin.close()  # type: ignore[union-attr]
+        self.pid: int | None = self._proc.pid
+
+    def wait(self, timeout_s: float) -> int | None:
+        try:
+            return self._proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self, grace_s: float) -> int | None:
+        """TERM the group, wait out the grace, then KILL it; return the exit status."""
+        if self._proc.poll() is None:
+            self._signal(signal.SIGTERM)
+            code = self.wait(grace_s)
+            if code is not None:
+                self._signal(signal.SIGKILL)  # stragglers the leader left behind
+                return code
+        self._signal(signal.SIGKILL)
+        return self._proc.wait()
+
+    def _signal(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, sig)
+
+    def usage(self) -> Usage:
+        return self._usage
+
+    def tail(self, chars: int = 2000) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                size = f.tell()
+                f.seek(max(0, size - chars))
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+
+class LocalRunner:
+    """Runs gate and deploy commands through the shell, each in its own process group."""
+
+    def start(
+        self, command: str, cwd: Path, env: Mapping[str, str], log_path: Path
+    ) -> ProcessGroup:
+        return ProcessGroup(command, cwd=cwd, env=env, log_path=log_path)

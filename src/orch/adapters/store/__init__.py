@@ -1,0 +1,1 @@
+"""The SQL store: one layer of SQLAlchemy Core over SQLite and PostgreSQL."""

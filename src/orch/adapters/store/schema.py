@@ -1,0 +1,192 @@
+"""Tables. CHECK constraints come from the enums in `orch.domain.states`, the one definition."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from orch.domain.states import EffectState, JobState, Stage, TaskStatus
+
+metadata = sa.MetaData()
+
+
+def _one_of(table: str, column: str, values: type) -> sa.CheckConstraint:
+    allowed = ", ".join(f"'{v.value}'" for v in values)  # type: ignore[attr-defined]
+    return sa.CheckConstraint(f"{column} IN ({allowed})", name=f"ck_{table}_{column}_known")
+
+
+tickets = sa.Table(
+    "tickets",
+    metadata,
+    sa.Column("key", sa.String(120), primary_key=True),
+    sa.Column("repo", sa.String(200), nullable=False),
+    sa.Column("title", sa.Text, nullable=False),
+    sa.Column("body", sa.Text, nullable=False, server_default=""),
+    sa.Column("url", sa.Text, nullable=False, server_default=""),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+ticket_sequences = sa.Table(
+    "ticket_sequences",
+    metadata,
+    sa.Column("prefix", sa.String(60), primary_key=True),
+    sa.Column("last", sa.Integer, nullable=False),
+)
+
+tasks = sa.Table(
+    "tasks",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("key", sa.String(120), nullable=False),
+    sa.Column("repo", sa.String(200), nullable=False),
+    sa.Column("title", sa.Text, nullable=False),
+    sa.Column("body", sa.Text, nullable=False, server_default=""),
+    sa.Column("stage", sa.String(32), nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("branch", sa.String(300), nullable=False),
+    sa.Column("pipeline", sa.JSON, nullable=False),
+    sa.Column("waiting_for", sa.String(120)),
+    sa.Column("feedback", sa.Text, nullable=False, server_default=""),
+    sa.Column("rework_rounds", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("cancel_requested_at", sa.Float),
+    sa.Column("status_reason", sa.Text, nullable=False, server_default=""),
+    sa.Column("cost_usd", sa.Float, nullable=False, server_default="0"),
+    sa.Column("tokens_in", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("tokens_out", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    _one_of("tasks", "stage", Stage),
+    _one_of("tasks", "status", TaskStatus),
+    sa.Index(
+        "uq_tasks_live_key",
+        "key",
+        unique=True,
+        sqlite_where=sa.text("status != 'cancelled'"),
+        postgresql_where=sa.text("status != 'cancelled'"),
+    ),
+    sa.Index("ix_tasks_status", "status"),
+)
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("task_id", sa.Integer, sa.ForeignKey("tasks.id"), nullable=False),
+    sa.Column("repo", sa.String(200), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("stage", sa.String(32), nullable=False),
+    sa.Column("state", sa.String(32), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("lease_token", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("lease_owner", sa.String(200)),
+    sa.Column("lease_expires_at", sa.Float),
+    sa.Column("slot", sa.Integer),
+    sa.Column("run_after", sa.Float, nullable=False),
+    sa.Column("last_error", sa.Text, nullable=False, server_default=""),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    _one_of("jobs", "state", JobState),
+    sa.UniqueConstraint("task_id", "version", name="uq_jobs_task_version"),
+    sa.Index("ix_jobs_runnable", "state", "run_after"),
+    # a repository's running jobs each hold a distinct slot below its limit: the store, not the
+    # scheduler, is what keeps the per-repo limit, and a race fails closed on this index
+    sa.Index(
+        "uq_jobs_repo_slot_running",
+        "repo",
+        "slot",
+        unique=True,
+        sqlite_where=sa.text("state = 'running'"),
+        postgresql_where=sa.text("state = 'running'"),
+    ),
+)
+
+transitions = sa.Table(
+    "transitions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("task_id", sa.Integer, sa.ForeignKey("tasks.id"), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("from_stage", sa.String(32), nullable=False),
+    sa.Column("to_stage", sa.String(32), nullable=False),
+    sa.Column("from_status", sa.String(32), nullable=False),
+    sa.Column("to_status", sa.String(32), nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False, server_default=""),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.UniqueConstraint("task_id", "version", name="uq_transitions_task_version"),
+)
+
+effects = sa.Table(
+    "effects",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("key", sa.String(400), nullable=False, unique=True),
+    sa.Column("task_id", sa.Integer, sa.ForeignKey("tasks.id"), nullable=False),
+    sa.Column("repo", sa.String(200), nullable=False),
+    sa.Column("kind", sa.String(40), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("precondition", sa.Text, nullable=False, server_default=""),
+    sa.Column("result", sa.JSON, nullable=False),
+    sa.Column("lease_token", sa.BigInteger, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    _one_of("effects", "state", EffectState),
+    # one merge in flight per repository
+    sa.Index(
+        "uq_effects_merge_in_flight",
+        "repo",
+        unique=True,
+        sqlite_where=sa.text("kind = 'merge' AND state IN ('INITIATED', 'UNKNOWN')"),
+        postgresql_where=sa.text("kind = 'merge' AND state IN ('INITIATED', 'UNKNOWN')"),
+    ),
+    sa.Index("ix_effects_task", "task_id"),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("task_id", sa.Integer, sa.ForeignKey("tasks.id"), nullable=False),
+    sa.Column("key", sa.String(400), nullable=False, unique=True),
+    sa.Column("kind", sa.String(40), nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("payload", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("processed_at", sa.Float),
+    sa.Index("ix_events_pending", "task_id", "processed_at"),
+)
+
+gate_verdicts = sa.Table(
+    "gate_verdicts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("task_id", sa.Integer, sa.ForeignKey("tasks.id"), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("gate", sa.String(120), nullable=False),
+    sa.Column("head_sha", sa.String(64), nullable=False),
+    sa.Column("stage", sa.String(32), nullable=False),
+    sa.Column("passed", sa.Boolean, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False, server_default=""),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.UniqueConstraint("task_id", "version", "gate", "head_sha", name="uq_gate_verdicts_once"),
+)
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("task_id", sa.Integer, sa.ForeignKey("tasks.id"), nullable=False),
+    sa.Column("job_id", sa.Integer, sa.ForeignKey("jobs.id"), nullable=False),
+    sa.Column("stage", sa.String(32), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("agent", sa.String(120), nullable=False),
+    sa.Column("pid", sa.Integer),
+    sa.Column("exit_code", sa.Integer),
+    sa.Column("log_path", sa.Text, nullable=False, server_default=""),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("ended_at", sa.Float),
+    sa.Column("tokens_in", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("tokens_out", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("cost_usd", sa.Float, nullable=False, server_default="0"),
+    sa.Index("ix_runs_task", "task_id"),
+)

@@ -1,0 +1,1060 @@
+"""The store on SQLAlchemy Core: one implementation for SQLite and PostgreSQL.
+
+Every expiry is computed in SQL with the database's clock. Every write under a lease goes through
+a guarded UPDATE on the job row (state='running' AND lease_token=:t) in the same transaction, so a
+worker that lost its lease writes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command as alembic_command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import event as sa_event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.pool import StaticPool
+
+from orch.adapters.store import schema as t
+from orch.domain.errors import Conflict, LeaseLost, NotFound, StoreUnavailable
+from orch.domain.model import (
+    Claim,
+    Effect,
+    Event,
+    GateRecord,
+    Job,
+    Run,
+    Task,
+    Ticket,
+    Transition,
+)
+from orch.domain.pipeline import Decision
+from orch.domain.states import (
+    EffectState,
+    JobState,
+    Stage,
+    TaskStatus,
+)
+from orch.ports import StateSummary, SweepResult
+
+_MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def normalise_url(url: str) -> str:
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    return url
+
+
+def sqlite_path(url: str) -> Path | None:
+    u = sa.engine.make_url(normalise_url(url))
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+        return None
+    return Path(u.database)
+
+
+def _transient(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(
+        s in text
+        for s in (
+            "database is locked",
+            "database is busy",
+            "could not serialize",
+            "deadlock detected",
+            "uq_jobs_repo_slot_running",
+        )
+    )
+
+
+class SqlStore:
+    """The store. `url` is a SQLAlchemy URL: sqlite:///path, sqlite:// (memory), postgresql://..."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        busy_timeout_ms: int = 10_000,
+        synchronous: str = "NORMAL",
+        echo: bool = False,
+    ) -> None:
+        self.url = normalise_url(url)
+        self._listeners: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+        parsed = sa.engine.make_url(self.url)
+        self.dialect = parsed.get_backend_name()
+        if self.dialect == "sqlite":
+            path = sqlite_path(self.url)
+            kwargs: dict[str, Any] = {
+                "connect_args": {"check_same_thread": False, "timeout": busy_timeout_ms / 1000}
+            }
+            if path is None:
+                kwargs["poolclass"] = StaticPool
+            else:
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise StoreUnavailable(f"cannot create {path.parent}: {exc.strerror}") from exc
+            self.engine: Engine = sa.create_engine(self.url, echo=echo, **kwargs)
+            self._install_sqlite_hooks(busy_timeout_ms, synchronous, in_memory=path is None)
+            self._now_sql = sa.literal_column("((julianday('now') - 2440587.5) * 86400.0)")
+        elif self.dialect == "postgresql":
+            self.engine = sa.create_engine(
+                self.url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20
+            )
+            self._now_sql = sa.literal_column(
+                "CAST(extract(epoch from clock_timestamp()) AS double precision)"
+            )
+        else:
+            raise StoreUnavailable(f"unsupported store URL scheme: {parsed.drivername}")
+        self.engine = self.engine.execution_options()
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        except OperationalError as exc:
+            raise StoreUnavailable(
+                f"cannot open the store at {self.display_url}: {_first_line(exc)}"
+            ) from exc
+
+    @property
+    def display_url(self) -> str:
+        return sa.engine.make_url(self.url).render_as_string(hide_password=True)
+
+    def _install_sqlite_hooks(
+        self, busy_timeout_ms: int, synchronous: str, in_memory: bool
+    ) -> None:
+        @sa_event.listens_for(self.engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            # let SQLAlchemy's begin hook below issue BEGIN itself, so writes can be IMMEDIATE
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            if not in_memory:
+                cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            cur.execute(f"PRAGMA synchronous={synchronous}")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @sa_event.listens_for(self.engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            write = conn.get_execution_options().get("orch_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+    def _notify(self) -> None:
+        for listener in list(self._listeners):
+            listener()
+
+    def _write(self, fn: Callable[[Connection], Any], *, wakes: bool = False) -> Any:
+        """Run fn in one write transaction, retried at the transaction boundary when busy."""
+        delay = 0.005
+        for attempt in range(12):
+            try:
+                with self.engine.connect() as conn:
+                    conn.execution_options(orch_write=True)
+                    with conn.begin():
+                        result = fn(conn)
+                if wakes:
+                    self._notify()
+                return result
+            except (OperationalError, IntegrityError) as exc:
+                if not _transient(exc) or attempt == 11:
+                    if isinstance(exc, OperationalError):
+                        raise StoreUnavailable(f"store write failed: {_first_line(exc)}") from exc
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.25)
+        raise AssertionError("unreachable")
+
+    def _read(self, fn: Callable[[Connection], Any]) -> Any:
+        try:
+            with self.engine.connect() as conn, conn.begin():
+                return fn(conn)
+        except OperationalError as exc:
+            raise StoreUnavailable(f"store read failed: {_first_line(exc)}") from exc
+
+    def now(self) -> float:
+        return float(self._read(lambda c: c.execute(sa.select(self._now_sql)).scalar_one()))
+
+    def _db_now(self, conn: Connection) -> float:
+        return float(conn.execute(sa.select(self._now_sql)).scalar_one())
+
+    def migrate(self) -> None:
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(_MIGRATIONS))
+        with self._lock:
+            try:
+                with self.engine.begin() as conn:
+                    cfg.attributes["connection"] = conn
+                    alembic_command.upgrade(cfg, "head")
+            except OperationalError as exc:
+                raise StoreUnavailable(
+                    f"cannot migrate {self.display_url}: {_first_line(exc)}"
+                ) from exc
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- tickets -----------------------------------------------------------------------------
+
+    def file_ticket(self, repo: str, prefix: str, title: str, body: str) -> Ticket:
+        def fn(conn: Connection) -> Ticket:
+            now = self._db_now(conn)
+            n = conn.execute(
+                sa.update(t.ticket_sequences)
+                .where(t.ticket_sequences.c.prefix == prefix)
+                .values(last=t.ticket_sequences.c.last + 1)
+                .returning(t.ticket_sequences.c.last)
+            ).scalar()
+            if n is None:
+                n = 1
+                conn.execute(sa.insert(t.ticket_sequences).values(prefix=prefix, last=1))
+            key = f"{prefix}-{n}"
+            conn.execute(
+                sa.insert(t.tickets).values(
+                    key=key, repo=repo, title=title, body=body, url="", created_at=now
+                )
+            )
+            return Ticket(key=key, repo=repo, title=title, body=body)
+
+        return self._write(fn)  # type: ignore[no-any-return]
+
+    def get_ticket(self, key: str) -> Ticket | None:
+        row = self._read(
+            lambda c: c.execute(sa.select(t.tickets).where(t.tickets.c.key == key)).first()
+        )
+        if row is None:
+            return None
+        return Ticket(key=row.key, repo=row.repo, title=row.title, body=row.body, url=row.url)
+
+    # -- tasks -------------------------------------------------------------------------------
+
+    def create_task(
+        self, ticket: Ticket, branch: str, pipeline: dict[str, Any], first: Decision, actor: str
+    ) -> Task:
+        def fn(conn: Connection) -> int:
+            now = self._db_now(conn)
+            task_id = conn.execute(
+                sa.insert(t.tasks)
+                .values(
+                    key=ticket.key,
+                    repo=ticket.repo,
+                    title=ticket.title,
+                    body=ticket.body,
+                    stage=first.stage.value,
+                    status=first.status.value,
+                    version=1,
+                    branch=branch,
+                    pipeline=pipeline,
+                    waiting_for=first.waiting_for,
+                    created_at=now,
+                    updated_at=now,
+                )
+                .returning(t.tasks.c.id)
+            ).scalar_one()
+            conn.execute(
+                sa.insert(t.transitions).values(
+                    task_id=task_id,
+                    version=1,
+                    from_stage=first.stage.value,
+                    to_stage=first.stage.value,
+                    from_status=first.status.value,
+                    to_status=first.status.value,
+                    actor=actor,
+                    reason=first.reason,
+                    at=now,
+                )
+            )
+            if first.status == TaskStatus.ACTIVE:
+                self._enqueue(conn, task_id, ticket.repo, 1, first.stage, now)
+            return int(task_id)
+
+        try:
+            task_id = self._write(fn, wakes=True)
+        except IntegrityError as exc:
+            raise Conflict(f"ticket {ticket.key} already has a task that is not cancelled") from exc
+        return self.get_task(task_id)
+
+    def _enqueue(
+        self, conn: Connection, task_id: int, repo: str, version: int, stage: Stage, now: float
+    ) -> None:
+        stmt = _insert_ignore(conn, t.jobs).values(
+            task_id=task_id,
+            repo=repo,
+            version=version,
+            stage=stage.value,
+            state=JobState.QUEUED.value,
+            attempt=0,
+            lease_token=0,
+            run_after=now,
+            created_at=now,
+            updated_at=now,
+        )
+        conn.execute(stmt)
+
+    def get_task(self, task_id: int) -> Task:
+        row = self._read(
+            lambda c: c.execute(sa.select(t.tasks).where(t.tasks.c.id == task_id)).first()
+        )
+        if row is None:
+            raise NotFound(f"no task with id {task_id}")
+        return _task(row)
+
+    def find_task(self, key: str) -> Task | None:
+        row = self._read(
+            lambda c: c.execute(
+                sa.select(t.tasks)
+                .where(t.tasks.c.key == key)
+                .order_by(t.tasks.c.id.desc())
+                .limit(1)
+            ).first()
+        )
+        return _task(row) if row is not None else None
+
+    def list_tasks(self, limit: int = 100) -> list[Task]:
+        rows = self._read(
+            lambda c: c.execute(sa.select(t.tasks).order_by(t.tasks.c.id.desc()).limit(limit)).all()
+        )
+        return [_task(r) for r in rows]
+
+    def transitions(self, task_id: int) -> list[Transition]:
+        rows = self._read(
+            lambda c: c.execute(
+                sa.select(t.transitions)
+                .where(t.transitions.c.task_id == task_id)
+                .order_by(t.transitions.c.version)
+            ).all()
+        )
+        return [_transition(r) for r in rows]
+
+    def gate_records(self, task_id: int) -> list[GateRecord]:
+        rows = self._read(
+            lambda c: c.execute(
+                sa.select(t.gate_verdicts)
+                .where(t.gate_verdicts.c.task_id == task_id)
+                .order_by(t.gate_verdicts.c.id)
+            ).all()
+        )
+        return [_gate(r) for r in rows]
+
+    def effects(self, task_id: int) -> list[Effect]:
+        rows = self._read(
+            lambda c: c.execute(
+                sa.select(t.effects).where(t.effects.c.task_id == task_id).order_by(t.effects.c.id)
+            ).all()
+        )
+        return [_effect(r) for r in rows]
+
+    def runs(self, task_id: int) -> list[Run]:
+        rows = self._read(
+            lambda c: c.execute(
+                sa.select(t.runs).where(t.runs.c.task_id == task_id).order_by(t.runs.c.id)
+            ).all()
+        )
+        return [_run(r) for r in rows]
+
+    def jobs(self, task_id: int) -> list[Job]:
+        rows = self._read(
+            lambda c: c.execute(
+                sa.select(t.jobs).where(t.jobs.c.task_id == task_id).order_by(t.jobs.c.id)
+            ).all()
+        )
+        return [_job(r) for r in rows]
+
+    def summary(self, recent: int = 20) -> StateSummary:
+        def fn(c: Connection) -> StateSummary:
+            by_stage = {
+                r[0]: int(r[1])
+                for r in c.execute(
+                    sa.select(t.tasks.c.stage, sa.func.count()).group_by(t.tasks.c.stage)
+                )
+            }
+            by_status = {
+                r[0]: int(r[1])
+                for r in c.execute(
+                    sa.select(t.tasks.c.status, sa.func.count()).group_by(t.tasks.c.status)
+                )
+            }
+            running = [
+                {
+                    "task": r.key,
+                    "stage": r.stage,
+                    "attempt": r.attempt,
+                    "owner": r.lease_owner,
+                    "expires_at": r.lease_expires_at,
+                }
+                for r in c.execute(
+                    sa.select(
+                        t.tasks.c.key,
+                        t.jobs.c.stage,
+                        t.jobs.c.attempt,
+                        t.jobs.c.lease_owner,
+                        t.jobs.c.lease_expires_at,
+                    )
+                    .join(t.tasks, t.tasks.c.id == t.jobs.c.task_id)
+                    .where(t.jobs.c.state == JobState.RUNNING.value)
+                    .order_by(t.jobs.c.id)
+                    .limit(200)
+                )
+            ]
+            recent_rows = [
+                {
+                    "task": r.key,
+                    "version": r.version,
+                    "from": f"{r.from_stage}/{r.from_status}",
+                    "to": f"{r.to_stage}/{r.to_status}",
+                    "actor": r.actor,
+                    "reason": r.reason,
+                    "at": r.at,
+                }
+                for r in c.execute(
+                    sa.select(
+                        t.tasks.c.key,
+                        t.transitions.c.version,
+                        t.transitions.c.from_stage,
+                        t.transitions.c.to_stage,
+                        t.transitions.c.from_status,
+                        t.transitions.c.to_status,
+                        t.transitions.c.actor,
+                        t.transitions.c.reason,
+                        t.transitions.c.at,
+                    )
+                    .join(t.tasks, t.tasks.c.id == t.transitions.c.task_id)
+                    .order_by(t.transitions.c.id.desc())
+                    .limit(recent)
+                )
+            ]
+            totals = c.execute(
+                sa.select(
+                    sa.func.coalesce(sa.func.sum(t.tasks.c.cost_usd), 0.0),
+                    sa.func.coalesce(sa.func.sum(t.tasks.c.tokens_in), 0),
+                    sa.func.coalesce(sa.func.sum(t.tasks.c.tokens_out), 0),
+                )
+            ).one()
+            return StateSummary(
+                by_stage=by_stage,
+                by_status=by_status,
+                running=running,
+                recent=recent_rows,
+                cost_usd=float(totals[0]),
+                tokens_in=int(totals[1]),
+                tokens_out=int(totals[2]),
+            )
+
+        return self._read(fn)  # type: ignore[no-any-return]
+
+    # -- leases ------------------------------------------------------------------------------
+
+    def claim(self, owner: str, ttl_s: float, repo_limit: Callable[[str], int]) -> Claim | None:
+        def fn(conn: Connection) -> Claim | None:
+            now = self._db_now(conn)
+            candidates = conn.execute(
+                sa.select(t.jobs.c.id, t.jobs.c.repo)
+                .where(t.jobs.c.state == JobState.QUEUED.value, t.jobs.c.run_after <= now)
+                .order_by(t.jobs.c.run_after, t.jobs.c.id)
+                .limit(64)
+                .with_for_update(skip_locked=True)
+            ).all()
+            if not candidates:
+                return None
+            repos = {c.repo for c in candidates}
+            used: dict[str, set[int]] = {r: set() for r in repos}
+            for r in conn.execute(
+                sa.select(t.jobs.c.repo, t.jobs.c.slot).where(
+                    t.jobs.c.state == JobState.RUNNING.value, t.jobs.c.repo.in_(repos)
+                )
+            ):
+                used[r.repo].add(r.slot)
+            for cand in candidates:
+                free = next(
+                    (s for s in range(max(repo_limit(cand.repo), 0)) if s not in used[cand.repo]),
+                    None,
+                )
+                if free is None:
+                    continue
+                row = conn.execute(
+                    sa.update(t.jobs)
+                    .where(t.jobs.c.id == cand.id, t.jobs.c.state == JobState.QUEUED.value)
+                    .values(
+                        state=JobState.RUNNING.value,
+                        attempt=t.jobs.c.attempt + 1,
+                        lease_token=t.jobs.c.lease_token + 1,
+                        lease_owner=owner,
+                        lease_expires_at=self._now_sql + ttl_s,
+                        slot=free,
+                        updated_at=now,
+                    )
+                    .returning(
+                        t.jobs.c.id,
+                        t.jobs.c.task_id,
+                        t.jobs.c.version,
+                        t.jobs.c.stage,
+                        t.jobs.c.attempt,
+                        t.jobs.c.lease_token,
+                    )
+                ).first()
+                if row is not None:
+                    return Claim(
+                        job_id=row.id,
+                        task_id=row.task_id,
+                        version=row.version,
+                        stage=Stage(row.stage),
+                        attempt=row.attempt,
+                        token=row.lease_token,
+                        owner=owner,
+                    )
+            return None
+
+        return self._write(fn)  # type: ignore[no-any-return]
+
+    def _guard(self, conn: Connection, claim: Claim, **values: Any) -> None:
+        """The fencing check: touch the job row only while this claim still holds it."""
+        res = conn.execute(
+            sa.update(t.jobs)
+            .where(
+                t.jobs.c.id == claim.job_id,
+                t.jobs.c.state == JobState.RUNNING.value,
+                t.jobs.c.lease_token == claim.token,
+            )
+            .values(updated_at=self._now_sql, **values)
+        )
+        if res.rowcount != 1:
+            raise LeaseLost(f"job {claim.job_id} is no longer held with token {claim.token}")
+
+    def renew(self, claim: Claim, ttl_s: float) -> None:
+        self._write(lambda c: self._guard(c, claim, lease_expires_at=self._now_sql + ttl_s))
+
+    def sweep(self, max_attempts: int) -> SweepResult:
+        def fn(conn: Connection) -> SweepResult:
+            now = self._db_now(conn)
+            expired = conn.execute(
+                sa.select(
+                    t.jobs.c.id,
+                    t.jobs.c.task_id,
+                    t.jobs.c.version,
+                    t.jobs.c.lease_token,
+                    t.jobs.c.attempt,
+                ).where(t.jobs.c.state == JobState.RUNNING.value, t.jobs.c.lease_expires_at < now)
+            ).all()
+            requeued = dead = 0
+            for job in expired:
+                give_up = job.attempt >= max_attempts
+                res = conn.execute(
+                    sa.update(t.jobs)
+                    .where(
+                        t.jobs.c.id == job.id,
+                        t.jobs.c.state == JobState.RUNNING.value,
+                        t.jobs.c.lease_token == job.lease_token,
+                        t.jobs.c.lease_expires_at < now,
+                    )
+                    .values(
+                        state=(JobState.DEAD if give_up else JobState.QUEUED).value,
+                        lease_owner=None,
+                        lease_expires_at=None,
+                        run_after=now,
+                        last_error="lease expired",
+                        updated_at=now,
+                    )
+                )
+                if res.rowcount != 1:
+                    continue
+                if give_up:
+                    dead += 1
+                    self._park_in_txn(
+                        conn,
+                        job.task_id,
+                        job.version,
+                        f"lease expired {job.attempt} times",
+                        now,
+                    )
+                else:
+                    requeued += 1
+            return SweepResult(requeued=requeued, dead=dead)
+
+        result: SweepResult = self._write(fn)
+        if result.requeued:
+            self._notify()
+        return result
+
+    def _park_in_txn(
+        self, conn: Connection, task_id: int, version: int, reason: str, now: float
+    ) -> None:
+        row = conn.execute(
+            sa.select(t.tasks.c.stage, t.tasks.c.status).where(
+                t.tasks.c.id == task_id, t.tasks.c.version == version
+            )
+        ).first()
+        if row is None:
+            return
+        res = conn.execute(
+            sa.update(t.tasks)
+            .where(t.tasks.c.id == task_id, t.tasks.c.version == version)
+            .values(
+                status=TaskStatus.NEEDS_OPERATOR.value,
+                version=version + 1,
+                status_reason=reason,
+                updated_at=now,
+            )
+        )
+        if res.rowcount == 1:
+            conn.execute(
+                sa.insert(t.transitions).values(
+                    task_id=task_id,
+                    version=version + 1,
+                    from_stage=row.stage,
+                    to_stage=row.stage,
+                    from_status=row.status,
+                    to_status=TaskStatus.NEEDS_OPERATOR.value,
+                    actor="sweeper",
+                    reason=reason,
+                    at=now,
+                )
+            )
+
+    def next_run_after(self) -> float | None:
+        value = self._read(
+            lambda c: c.execute(
+                sa.select(sa.func.min(t.jobs.c.run_after)).where(
+                    t.jobs.c.state == JobState.QUEUED.value
+                )
+            ).scalar()
+        )
+        return float(value) if value is not None else None
+
+    # -- writes under a lease ----------------------------------------------------------------
+
+    def advance(self, claim: Claim, expected: Stage, decision: Decision, actor: str) -> Task:
+        def fn(conn: Connection) -> None:
+            now = self._db_now(conn)
+            job_state = (
+                JobState.DEAD
+                if decision.status == TaskStatus.NEEDS_OPERATOR
+                else JobState.SUCCEEDED
+            )
+            self._guard(conn, claim, state=job_state.value, lease_owner=None, lease_expires_at=None)
+            current = conn.execute(
+                sa.select(t.tasks.c.status, t.tasks.c.rework_rounds).where(
+                    t.tasks.c.id == claim.task_id
+                )
+            ).one()
+            values: dict[str, Any] = {
+                "stage": decision.stage.value,
+                "status": decision.status.value,
+                "version": claim.version + 1,
+                "waiting_for": decision.waiting_for,
+                "status_reason": decision.reason,
+                "updated_at": now,
+            }
+            if decision.rework:
+                values["rework_rounds"] = current.rework_rounds + 1
+                values["feedback"] = decision.feedback
+            elif decision.status == TaskStatus.ACTIVE and decision.stage != expected:
+                values["feedback"] = ""
+            res = conn.execute(
+                sa.update(t.tasks)
+                .where(
+                    t.tasks.c.id == claim.task_id,
+                    t.tasks.c.stage == expected.value,
+                    t.tasks.c.version == claim.version,
+                )
+                .values(**values)
+            )
+            if res.rowcount != 1:
+                raise Conflict(f"task {claim.task_id} is not at {expected} version {claim.version}")
+            conn.execute(
+                sa.insert(t.transitions).values(
+                    task_id=claim.task_id,
+                    version=claim.version + 1,
+                    from_stage=expected.value,
+                    to_stage=decision.stage.value,
+                    from_status=current.status,
+                    to_status=decision.status.value,
+                    actor=actor,
+                    reason=decision.reason,
+                    at=now,
+                )
+            )
+            if decision.status == TaskStatus.ACTIVE:
+                repo = conn.execute(
+                    sa.select(t.tasks.c.repo).where(t.tasks.c.id == claim.task_id)
+                ).scalar_one()
+                self._enqueue(conn, claim.task_id, repo, claim.version + 1, decision.stage, now)
+
+        self._write(fn, wakes=decision.status == TaskStatus.ACTIVE)
+        return self.get_task(claim.task_id)
+
+    def retry(self, claim: Claim, reason: str, backoff_s: float) -> None:
+        def fn(conn: Connection) -> None:
+            self._guard(
+                conn,
+                claim,
+                state=JobState.QUEUED.value,
+                lease_owner=None,
+                lease_expires_at=None,
+                run_after=self._now_sql + backoff_s,
+                last_error=reason[:2000],
+            )
+            conn.execute(
+                sa.update(t.tasks)
+                .where(t.tasks.c.id == claim.task_id, t.tasks.c.version == claim.version)
+                .values(feedback=reason, updated_at=self._now_sql)
+            )
+
+        self._write(fn, wakes=True)
+
+    def supersede(self, claim: Claim) -> None:
+        self._write(
+            lambda c: self._guard(
+                c, claim, state=JobState.SUPERSEDED.value, lease_owner=None, lease_expires_at=None
+            )
+        )
+
+    def record_gate(self, claim: Claim, record: GateRecord) -> GateRecord:
+        def fn(conn: Connection) -> None:
+            self._guard(conn, claim)
+            conn.execute(
+                _insert_ignore(conn, t.gate_verdicts).values(
+                    task_id=record.task_id,
+                    version=record.version,
+                    gate=record.gate,
+                    head_sha=record.head_sha,
+                    stage=record.stage.value,
+                    passed=record.passed,
+                    reason=record.reason,
+                    at=self._now_sql,
+                )
+            )
+
+        self._write(fn)
+        found = self.find_gate(record.task_id, record.version, record.gate, record.head_sha)
+        assert found is not None
+        return found
+
+    def find_gate(self, task_id: int, version: int, gate: str, head_sha: str) -> GateRecord | None:
+        row = self._read(
+            lambda c: c.execute(
+                sa.select(t.gate_verdicts).where(
+                    t.gate_verdicts.c.task_id == task_id,
+                    t.gate_verdicts.c.version == version,
+                    t.gate_verdicts.c.gate == gate,
+                    t.gate_verdicts.c.head_sha == head_sha,
+                )
+            ).first()
+        )
+        return _gate(row) if row is not None else None
+
+    def begin_effect(
+        self, claim: Claim, key: str, kind: str, repo: str, precondition: str
+    ) -> Effect:
+        def fn(conn: Connection) -> None:
+            self._guard(conn, claim)
+            conn.execute(
+                _insert_ignore(conn, t.effects, "key").values(
+                    key=key,
+                    task_id=claim.task_id,
+                    repo=repo,
+                    kind=kind,
+                    state=EffectState.INITIATED.value,
+                    precondition=precondition,
+                    result={},
+                    lease_token=claim.token,
+                    created_at=self._now_sql,
+                    updated_at=self._now_sql,
+                )
+            )
+
+        self._write(fn)
+        found = self.get_effect(key)
+        assert found is not None
+        return found
+
+    def finish_effect(
+        self, claim: Claim, key: str, state: EffectState, result: Mapping[str, Any]
+    ) -> Effect:
+        def fn(conn: Connection) -> None:
+            self._guard(conn, claim)
+            res = conn.execute(
+                sa.update(t.effects)
+                .where(
+                    t.effects.c.key == key,
+                    t.effects.c.state.in_([EffectState.INITIATED.value, EffectState.UNKNOWN.value]),
+                )
+                .values(
+                    state=state.value,
+                    result=dict(result),
+                    lease_token=claim.token,
+                    updated_at=self._now_sql,
+                )
+            )
+            if res.rowcount != 1:
+                raise Conflict(f"effect {key} is already resolved")
+
+        self._write(fn)
+        found = self.get_effect(key)
+        assert found is not None
+        return found
+
+    def get_effect(self, key: str) -> Effect | None:
+        row = self._read(
+            lambda c: c.execute(sa.select(t.effects).where(t.effects.c.key == key)).first()
+        )
+        return _effect(row) if row is not None else None
+
+    def start_run(self, claim: Claim, agent: str, pid: int | None, log_path: str) -> int:
+        def fn(conn: Connection) -> int:
+            self._guard(conn, claim)
+            return int(
+                conn.execute(
+                    sa.insert(t.runs)
+                    .values(
+                        task_id=claim.task_id,
+                        job_id=claim.job_id,
+                        stage=claim.stage.value,
+                        attempt=claim.attempt,
+                        agent=agent,
+                        pid=pid,
+                        log_path=log_path,
+                        started_at=self._now_sql,
+                    )
+                    .returning(t.runs.c.id)
+                ).scalar_one()
+            )
+
+        return self._write(fn)  # type: ignore[no-any-return]
+
+    def finish_run(
+        self, claim: Claim, run_id: int, exit_code: int | None, usage: Mapping[str, float]
+    ) -> None:
+        tokens_in = int(usage.get("tokens_in", 0))
+        tokens_out = int(usage.get("tokens_out", 0))
+        cost = float(usage.get("cost_usd", 0.0))
+
+        def fn(conn: Connection) -> None:
+            self._guard(conn, claim)
+            conn.execute(
+                sa.update(t.runs)
+                .where(t.runs.c.id == run_id)
+                .values(
+                    exit_code=exit_code,
+                    ended_at=self._now_sql,
+                    tokens_in=tokens_in,
+                    tokens_out=tokens_out,
+                    cost_usd=cost,
+                )
+            )
+            conn.execute(
+                sa.update(t.tasks)
+                .where(t.tasks.c.id == claim.task_id)
+                .values(
+                    tokens_in=t.tasks.c.tokens_in + tokens_in,
+                    tokens_out=t.tasks.c.tokens_out + tokens_out,
+                    cost_usd=t.tasks.c.cost_usd + cost,
+                )
+            )
+
+        self._write(fn)
+
+    # -- the inbox ---------------------------------------------------------------------------
+
+    def append_event(
+        self, task_id: int, key: str, kind: str, actor: str, payload: Mapping[str, Any]
+    ) -> bool:
+        def fn(conn: Connection) -> bool:
+            now = self._db_now(conn)
+            res = conn.execute(
+                _insert_ignore(conn, t.events, "key").values(
+                    task_id=task_id,
+                    key=key,
+                    kind=kind,
+                    actor=actor,
+                    payload=dict(payload),
+                    created_at=now,
+                )
+            )
+            if res.rowcount != 1:
+                return False
+            task = conn.execute(
+                sa.select(
+                    t.tasks.c.repo, t.tasks.c.status, t.tasks.c.version, t.tasks.c.stage
+                ).where(t.tasks.c.id == task_id)
+            ).one()
+            # a waiting task has no job; give it one so a worker reads the inbox
+            if task.status == TaskStatus.WAITING.value:
+                self._enqueue(conn, task_id, task.repo, task.version, Stage(task.stage), now)
+            return True
+
+        return self._write(fn, wakes=True)  # type: ignore[no-any-return]
+
+    def pending_events(self, task_id: int) -> list[Event]:
+        rows = self._read(
+            lambda c: c.execute(
+                sa.select(t.events)
+                .where(t.events.c.task_id == task_id, t.events.c.processed_at.is_(None))
+                .order_by(t.events.c.id)
+            ).all()
+        )
+        return [_event(r) for r in rows]
+
+    def mark_events(self, claim: Claim, event_ids: Sequence[int]) -> None:
+        if not event_ids:
+            return
+
+        def fn(conn: Connection) -> None:
+            self._guard(conn, claim)
+            conn.execute(
+                sa.update(t.events)
+                .where(t.events.c.id.in_(list(event_ids)), t.events.c.processed_at.is_(None))
+                .values(processed_at=self._now_sql)
+            )
+
+        self._write(fn)
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _insert_ignore(conn: Connection, table: sa.Table, *conflict: str) -> Any:
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing()
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table).on_conflict_do_nothing()
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip().splitlines()
+    return text[0] if text else type(orig).__name__
+
+
+def _task(r: Any) -> Task:
+    return Task(
+        id=r.id,
+        key=r.key,
+        repo=r.repo,
+        title=r.title,
+        body=r.body,
+        stage=Stage(r.stage),
+        status=TaskStatus(r.status),
+        version=r.version,
+        branch=r.branch,
+        pipeline=r.pipeline,
+        waiting_for=r.waiting_for,
+        feedback=r.feedback,
+        rework_rounds=r.rework_rounds,
+        cancel_requested_at=r.cancel_requested_at,
+        status_reason=r.status_reason,
+        cost_usd=r.cost_usd,
+        tokens_in=r.tokens_in,
+        tokens_out=r.tokens_out,
+        created_at=r.created_at,
+        updated_at=r.updated_at,
+    )
+
+
+def _transition(r: Any) -> Transition:
+    return Transition(
+        task_id=r.task_id,
+        version=r.version,
+        from_stage=Stage(r.from_stage),
+        to_stage=Stage(r.to_stage),
+        from_status=TaskStatus(r.from_status),
+        to_status=TaskStatus(r.to_status),
+        actor=r.actor,
+        reason=r.reason,
+        at=r.at,
+    )
+
+
+def _gate(r: Any) -> GateRecord:
+    return GateRecord(
+        task_id=r.task_id,
+        version=r.version,
+        gate=r.gate,
+        head_sha=r.head_sha,
+        stage=Stage(r.stage),
+        passed=bool(r.passed),
+        reason=r.reason,
+        at=r.at,
+    )
+
+
+def _effect(r: Any) -> Effect:
+    return Effect(
+        key=r.key,
+        task_id=r.task_id,
+        kind=r.kind,
+        state=EffectState(r.state),
+        precondition=r.precondition,
+        result=r.result or {},
+        created_at=r.created_at,
+        updated_at=r.updated_at,
+    )
+
+
+def _event(r: Any) -> Event:
+    return Event(
+        id=r.id,
+        task_id=r.task_id,
+        key=r.key,
+        kind=r.kind,
+        actor=r.actor,
+        payload=r.payload or {},
+        created_at=r.created_at,
+        processed_at=r.processed_at,
+    )
+
+
+def _run(r: Any) -> Run:
+    return Run(
+        id=r.id,
+        task_id=r.task_id,
+        job_id=r.job_id,
+        stage=Stage(r.stage),
+        attempt=r.attempt,
+        agent=r.agent,
+        pid=r.pid,
+        exit_code=r.exit_code,
+        log_path=r.log_path,
+        started_at=r.started_at,
+        ended_at=r.ended_at,
+        tokens_in=r.tokens_in,
+        tokens_out=r.tokens_out,
+        cost_usd=r.cost_usd,
+    )
+
+
+def _job(r: Any) -> Job:
+    return Job(
+        id=r.id,
+        task_id=r.task_id,
+        repo=r.repo,
+        version=r.version,
+        stage=Stage(r.stage),
+        state=JobState(r.state),
+        attempt=r.attempt,
+        token=r.lease_token,
+        owner=r.lease_owner,
+        expires_at=r.lease_expires_at,
+        run_after=r.run_after,
+        last_error=r.last_error,
+    )
+
+
+def default_sqlite_url(data_dir: Path) -> str:
+    return f"sqlite:///{os.fspath(data_dir / 'orch.db')}"

@@ -1,0 +1,186 @@
+"""The composition root: the one place where adapters are chosen and wired."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from orch.adapters.agents.command import CommandAgent
+from orch.adapters.agents.scripted import ScriptedAgent
+from orch.adapters.forges.local_git import LocalGitForge, check_writable
+from orch.adapters.notifiers.log import LogNotifier
+from orch.adapters.process import LocalRunner
+from orch.adapters.store.sql import SqlStore, sqlite_path
+from orch.config import CommandAgentSettings, Settings
+from orch.domain import pipeline as pl
+from orch.domain.errors import AlreadyRunning, ConfigError, NotFound
+from orch.pipeline_file import PIPELINE_PATH, parse
+from orch.ports import Agent, DeployTarget, Forge, Notifier, RepoSettings
+from orch.services.dispatcher import Dispatcher, DispatcherSettings
+from orch.services.engine import Engine, EngineSettings
+from orch.services.intake import Intake
+
+
+class ConfiguredRepos:
+    def __init__(self, settings: Settings) -> None:
+        self._repos = {
+            r.name: RepoSettings(
+                name=r.name,
+                default_branch=r.default_branch,
+                test_command=r.test_command,
+                key_prefix=r.key_prefix,
+                max_active=r.max_active,
+                deploy={k: DeployTarget(v.command, v.check) for k, v in r.deploy.items()},
+            )
+            for r in settings.repos
+        }
+
+    def get(self, name: str) -> RepoSettings:
+        try:
+            return self._repos[name]
+        except KeyError:
+            known = ", ".join(sorted(self._repos)) or "none configured"
+            raise NotFound(f"unknown repository {name!r} (known: {known})") from None
+
+    def names(self) -> list[str]:
+        return sorted(self._repos)
+
+    def limit(self, name: str) -> int:
+        repo = self._repos.get(name)
+        return repo.max_active if repo else 0  # fail closed for a repository no longer configured
+
+
+def build_agents(settings: Settings) -> dict[str, Agent]:
+    agents: dict[str, Agent] = {}
+    for name, cfg in settings.agents.items():
+        if isinstance(cfg, CommandAgentSettings):
+            agents[name] = CommandAgent(name, cfg.command, cfg.env)
+        else:
+            agents[name] = ScriptedAgent(name, cfg.playbook)
+    return agents
+
+
+@dataclass
+class App:
+    settings: Settings
+    store: SqlStore
+    forge: Forge
+    repos: ConfiguredRepos
+    agents: dict[str, Agent]
+    engine: Engine
+    dispatcher: Dispatcher
+    intake: Intake
+    notifier: Notifier
+    _lock: IO[str] | None = field(default=None, repr=False)
+
+    def pipeline_for(self, repo: str) -> pl.Pipeline:
+        self.repos.get(repo)
+        text = self.forge.read_default_file(repo, PIPELINE_PATH)
+        if text is None:
+            pipeline = pl.default_pipeline()
+            missing = {s.agent for s in pipeline.stages if s.agent and s.agent not in self.agents}
+            if missing:
+                raise ConfigError(
+                    f"the built-in pipeline needs agent(s) {', '.join(sorted(missing))}"
+                )
+            return pipeline
+        return parse(text, f"{repo}:{PIPELINE_PATH}", self.agents.keys())
+
+    def lock_for_serving(self) -> None:
+        """One `orch serve` per SQLite file; PostgreSQL allows several, fenced by leases."""
+        path = sqlite_path(self.store.url)
+        if path is None:
+            return
+        lock_path = path.with_name(path.name + ".serve.lock")
+        handle = open(lock_path, "a+")  # noqa: SIM115 - held for the life of the process
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise AlreadyRunning(f"another orch serve is already using {path}") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._lock = handle
+
+    def close(self) -> None:
+        self.dispatcher.stop()
+        self.store.close()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+
+def build(
+    settings: Settings,
+    *,
+    notifier: Notifier | None = None,
+    agents: Mapping[str, Agent] | None = None,
+    forge: Forge | None = None,
+    environ: Mapping[str, str] | None = None,
+    migrate: bool = True,
+) -> App:
+    store = SqlStore(
+        settings.store_url,
+        busy_timeout_ms=settings.store.busy_timeout_ms,
+        synchronous=settings.store.synchronous,
+    )
+    if migrate:
+        store.migrate()
+    repos = ConfiguredRepos(settings)
+    workspace = check_writable(Path(settings.workspace))
+    logs = check_writable(Path(settings.logs))
+    if forge is None:
+        forge = LocalGitForge(
+            workspace, {r.name: (r.remote, r.default_branch) for r in settings.repos}
+        )
+    all_agents = dict(agents) if agents is not None else build_agents(settings)
+    notifier = notifier or LogNotifier()
+    w = settings.worker
+    engine = Engine(
+        store=store,
+        forge=forge,
+        agents=all_agents,
+        repos=repos,
+        runner=LocalRunner(),
+        notifier=notifier,
+        settings=EngineSettings(
+            logs_dir=logs,
+            lease_ttl_s=w.lease_ttl_s,
+            heartbeat_s=w.heartbeat_s,
+            kill_grace_s=w.kill_grace_s,
+            backoff_base_s=w.backoff_base_s,
+            backoff_max_s=w.backoff_max_s,
+            agent_env_allow=tuple(settings.agent_env_allow),
+        ),
+        environ=environ,
+    )
+    dispatcher = Dispatcher(
+        store,
+        engine,
+        repos.limit,
+        DispatcherSettings(
+            slots=w.slots,
+            lease_ttl_s=w.lease_ttl_s,
+            sweep_interval_s=w.sweep_interval_s,
+            poll_interval_s=w.poll_interval_s,
+            max_attempts=w.max_attempts,
+        ),
+    )
+    app = App(
+        settings=settings,
+        store=store,
+        forge=forge,
+        repos=repos,
+        agents=all_agents,
+        engine=engine,
+        dispatcher=dispatcher,
+        intake=Intake(store, repos, lambda repo: app.pipeline_for(repo)),
+        notifier=notifier,
+    )
+    return app

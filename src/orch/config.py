@@ -1,0 +1,153 @@
+"""Typed settings: defaults, then an optional YAML file, then ORCH_* environment variables.
+
+Nested fields use a double underscore in the environment: ORCH_STORE__URL, ORCH_WORKER__SLOTS.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import platformdirs
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from orch.domain.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StoreSettings(_Strict):
+    url: str = ""  # empty: a SQLite file under the data directory
+    busy_timeout_ms: int = Field(10_000, ge=0)
+    synchronous: Literal["OFF", "NORMAL", "FULL"] = "NORMAL"
+
+
+class WorkerSettings(_Strict):
+    slots: int = Field(4, ge=1, le=256)
+    lease_ttl_s: float = Field(30.0, gt=0)
+    heartbeat_s: float = Field(10.0, gt=0)
+    sweep_interval_s: float = Field(10.0, gt=0)
+    poll_interval_s: float = Field(1.0, gt=0)
+    max_attempts: int = Field(3, ge=1)
+    kill_grace_s: float = Field(10.0, ge=0)
+    backoff_base_s: float = Field(1.0, ge=0)
+    backoff_max_s: float = Field(60.0, ge=0)
+
+
+class DeployTargetSettings(_Strict):
+    command: str
+    check: str = ""
+
+
+class RepoSettingsModel(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    remote: str
+    default_branch: str = "main"
+    test_command: str = "python -m pytest -q"
+    key_prefix: str = Field("", pattern=r"^([A-Z][A-Z0-9]*)?$")
+    max_active: int = Field(1, ge=1)
+    deploy: dict[Literal["staging", "production"], DeployTargetSettings] = {}
+
+
+class ScriptedAgentSettings(_Strict):
+    kind: Literal["scripted"] = "scripted"
+    playbook: Path | None = None
+
+
+class CommandAgentSettings(_Strict):
+    kind: Literal["command"] = "command"
+    command: list[str] | str
+    env: dict[str, str] = {}
+
+
+AgentSettings = Annotated[ScriptedAgentSettings | CommandAgentSettings, Field(discriminator="kind")]
+
+
+class ApiSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8077, ge=0, le=65535)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ORCH_", env_nested_delimiter="__", extra="forbid", env_ignore_empty=True
+    )
+
+    data_dir: Path = Path(platformdirs.user_data_dir("orch"))
+    workspace_root: Path | None = None  # default: <data_dir>/workspaces
+    logs_dir: Path | None = None  # default: <data_dir>/logs
+    store: StoreSettings = StoreSettings()
+    worker: WorkerSettings = WorkerSettings()
+    api: ApiSettings = ApiSettings()
+    repos: list[RepoSettingsModel] = []
+    agents: dict[str, AgentSettings] = {"default": ScriptedAgentSettings()}
+    agent_env_allow: list[str] = []  # more variables an agent may see, beyond the base allowlist
+    log_level: str = "INFO"
+
+    @field_validator("repos")
+    @classmethod
+    def _unique_repos(cls, repos: list[RepoSettingsModel]) -> list[RepoSettingsModel]:
+        names = [r.name for r in repos]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"repository named twice: {', '.join(dupes)}")
+        return repos
+
+    @property
+    def store_url(self) -> str:
+        return self.store.url or f"sqlite:///{self.data_dir / 'orch.db'}"
+
+    @property
+    def workspace(self) -> Path:
+        return self.workspace_root or self.data_dir / "workspaces"
+
+    @property
+    def logs(self) -> Path:
+        return self.logs_dir or self.data_dir / "logs"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # the environment wins over the file, which is merged in by `load_settings`
+        return (env_settings, init_settings)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from a YAML file (or $ORCH_CONFIG), the environment and `overrides`."""
+    path = config_file or (
+        Path(os.environ["ORCH_CONFIG"]) if os.environ.get("ORCH_CONFIG") else None
+    )
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+        data.update(loaded)
+    data.update(overrides)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        source = f"{path}: " if path else ""
+        raise ConfigError(f"{source}invalid setting {where}: {err['msg']}") from exc

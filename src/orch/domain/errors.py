@@ -1,0 +1,59 @@
+"""The error tree. Each error carries a one-line message meant for a person."""
+
+from __future__ import annotations
+
+
+class OrchError(Exception):
+    """Base of every error orch reports to a person."""
+
+
+class ConfigError(OrchError):
+    """Settings or a pipeline file are invalid."""
+
+
+class PipelineError(ConfigError):
+    """A pipeline definition is invalid; the message names the file, line and field."""
+
+
+class TemplateError(ConfigError):
+    """A prompt template names a variable that does not exist, or does not parse."""
+
+
+class NotFound(OrchError):
+    """An unknown ticket, task or repository."""
+
+
+class StoreUnavailable(OrchError):
+    """The database cannot be reached or opened."""
+
+
+class AlreadyRunning(OrchError):
+    """Another orch process holds the lock on this store."""
+
+
+class WorkspaceError(OrchError):
+    """A workspace root that cannot be written, or a path that escapes it."""
+
+
+class ForgeError(OrchError):
+    """A git or forge operation failed."""
+
+
+class MergeConflict(ForgeError):
+    """The task branch does not merge cleanly into the default branch."""
+
+
+class HeadMoved(ForgeError):
+    """The branch head is not the one the merge was authorised for."""
+
+
+class LeaseLost(OrchError):
+    """This worker's lease was fenced off: another owner holds the job now. Write nothing."""
+
+
+class Conflict(OrchError):
+    """A compare-and-set found the task in another state than expected. Write nothing."""
+
+
+class AgentError(OrchError):
+    """An agent could not be started."""

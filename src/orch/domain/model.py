@@ -1,0 +1,137 @@
+"""Records the core passes around. Times are epoch seconds read from the database clock."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from orch.domain.states import EffectState, JobState, Stage, TaskStatus
+
+
+@dataclass(frozen=True)
+class Ticket:
+    key: str
+    repo: str
+    title: str
+    body: str = ""
+    url: str = ""
+
+
+@dataclass(frozen=True)
+class Task:
+    id: int
+    key: str
+    repo: str
+    title: str
+    body: str
+    stage: Stage
+    status: TaskStatus
+    version: int
+    branch: str
+    pipeline: dict[str, Any]
+    waiting_for: str | None = None
+    feedback: str = ""
+    rework_rounds: int = 0
+    cancel_requested_at: float | None = None
+    status_reason: str = ""
+    cost_usd: float = 0.0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job held under a lease. Every write made under it is checked against `token`."""
+
+    job_id: int
+    task_id: int
+    version: int
+    stage: Stage
+    attempt: int
+    token: int
+    owner: str
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    task_id: int
+    repo: str
+    version: int
+    stage: Stage
+    state: JobState
+    attempt: int
+    token: int
+    owner: str | None
+    expires_at: float | None
+    run_after: float
+    last_error: str = ""
+
+
+@dataclass(frozen=True)
+class Transition:
+    task_id: int
+    version: int
+    from_stage: Stage
+    to_stage: Stage
+    from_status: TaskStatus
+    to_status: TaskStatus
+    actor: str
+    reason: str
+    at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Effect:
+    key: str
+    task_id: int
+    kind: str
+    state: EffectState
+    precondition: str
+    result: dict[str, Any] = field(default_factory=dict)
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    task_id: int
+    key: str
+    kind: str
+    actor: str
+    payload: dict[str, Any]
+    created_at: float = 0.0
+    processed_at: float | None = None
+
+
+@dataclass(frozen=True)
+class GateRecord:
+    task_id: int
+    version: int
+    gate: str
+    head_sha: str
+    stage: Stage
+    passed: bool
+    reason: str
+    at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Run:
+    id: int
+    task_id: int
+    job_id: int
+    stage: Stage
+    attempt: int
+    agent: str
+    pid: int | None
+    exit_code: int | None
+    log_path: str
+    started_at: float
+    ended_at: float | None
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0

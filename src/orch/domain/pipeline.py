@@ -1,0 +1,424 @@
+"""The pipeline as data, and the pure decisions taken on it.
+
+A pipeline orders a subset of the fixed stage vocabulary, and says per stage which agent runs with
+which prompt, which gates must pass, which actions (merge, deploy) follow, and where a failed gate
+sends the task. Checkpoints are waits for a person before entering a stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any
+
+from orch.domain.errors import PipelineError
+from orch.domain.states import Stage, TaskStatus
+
+
+class GateKind(StrEnum):
+    ARTIFACT = "artifact"
+    COMMAND = "command"
+    VERDICT = "verdict"
+
+
+class Action(StrEnum):
+    MERGE = "merge"
+    DEPLOY_STAGING = "deploy:staging"
+    DEPLOY_PRODUCTION = "deploy:production"
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    name: str
+    kind: GateKind
+    path: str = ""  # template; artifact and verdict gates read this file
+    headings: tuple[str, ...] = ()
+    command: str = ""  # template; run by the shell in the worktree
+    timeout_s: float = 600.0
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    stage: Stage
+    role: str
+    agent: str | None  # a configured agent's name; None: the stage runs no agent
+    prompt: str  # template
+    gates: tuple[GateSpec, ...] = ()
+    actions: tuple[Action, ...] = ()
+    rework_to: Stage | None = None  # where a failed gate sends the task; None retries the stage
+    timeout_s: float = 1800.0
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    name: str
+    before: Stage
+    reject_to: Stage
+    question: str = ""
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    stages: tuple[StageSpec, ...]
+    checkpoints: tuple[Checkpoint, ...] = ()
+    max_rework_rounds: int = 3
+    max_attempts: int = 3
+
+    def __post_init__(self) -> None:
+        if not self.stages:
+            raise PipelineError("a pipeline needs at least one stage")
+        names = [s.stage for s in self.stages]
+        if len(set(names)) != len(names):
+            raise PipelineError("a stage appears twice in the pipeline")
+        for s in self.stages:
+            if s.stage in (Stage.DONE, Stage.CANCELLED):
+                raise PipelineError(f"{s.stage} is terminal and cannot be a pipeline stage")
+            if s.rework_to is not None and s.rework_to not in names:
+                raise PipelineError(f"stage {s.stage} reworks to {s.rework_to}, not in pipeline")
+        for c in self.checkpoints:
+            if c.before not in names or c.reject_to not in names:
+                raise PipelineError(f"checkpoint {c.name} names a stage that is not in pipeline")
+
+    @property
+    def stage_names(self) -> tuple[Stage, ...]:
+        return tuple(s.stage for s in self.stages)
+
+    def spec(self, stage: Stage) -> StageSpec:
+        for s in self.stages:
+            if s.stage == stage:
+                return s
+        raise PipelineError(f"stage {stage} is not in this pipeline")
+
+    def checkpoint_before(self, stage: Stage) -> Checkpoint | None:
+        for c in self.checkpoints:
+            if c.before == stage:
+                return c
+        return None
+
+    def checkpoint(self, name: str) -> Checkpoint:
+        for c in self.checkpoints:
+            if c.name == name:
+                return c
+        raise PipelineError(f"no checkpoint named {name}")
+
+    def next_stage(self, stage: Stage) -> Stage:
+        names = self.stage_names
+        i = names.index(stage)
+        return names[i + 1] if i + 1 < len(names) else Stage.DONE
+
+    def edges(self) -> frozenset[tuple[Stage, Stage]]:
+        """Every (from, to) stage pair a transition may take; (s, s) covers status changes."""
+        names = self.stage_names
+        out: set[tuple[Stage, Stage]] = set()
+        for s in self.stages:
+            out.add((s.stage, s.stage))
+            out.add((s.stage, self.next_stage(s.stage)))
+            out.add((s.stage, Stage.CANCELLED))
+            if s.rework_to is not None:
+                out.add((s.stage, s.rework_to))
+        for c in self.checkpoints:
+            out.add((c.before, c.reject_to))
+        out.add((Stage.CANCELLED, Stage.CANCELLED))
+        # a task is created "into" its first stage
+        out.add((names[0], names[0]))
+        return frozenset(out)
+
+
+class Move(StrEnum):
+    ADVANCE = "advance"  # write a new stage/status
+    RETRY = "retry"  # run the same stage again as a new attempt; no stage write
+    PARK = "park"  # needs_operator
+
+
+@dataclass(frozen=True)
+class Decision:
+    move: Move
+    stage: Stage
+    status: TaskStatus
+    reason: str
+    waiting_for: str | None = None
+    feedback: str = ""
+    rework: bool = False
+
+
+def _enter(pipeline: Pipeline, stage: Stage, reason: str, feedback: str = "") -> Decision:
+    if stage == Stage.DONE:
+        return Decision(Move.ADVANCE, Stage.DONE, TaskStatus.DONE, reason)
+    cp = pipeline.checkpoint_before(stage)
+    if cp is not None:
+        return Decision(
+            Move.ADVANCE, stage, TaskStatus.WAITING, reason, waiting_for=cp.name, feedback=feedback
+        )
+    return Decision(Move.ADVANCE, stage, TaskStatus.ACTIVE, reason, feedback=feedback)
+
+
+def start(pipeline: Pipeline) -> Decision:
+    return _enter(pipeline, pipeline.stages[0].stage, "ticket filed")
+
+
+def after_success(pipeline: Pipeline, stage: Stage) -> Decision:
+    return _enter(pipeline, pipeline.next_stage(stage), f"{stage} passed its gates")
+
+
+def after_gate_failure(
+    pipeline: Pipeline, stage: Stage, rework_rounds: int, attempt: int, reason: str
+) -> Decision:
+    spec = pipeline.spec(stage)
+    if spec.rework_to is not None:
+        if rework_rounds >= pipeline.max_rework_rounds:
+            return Decision(
+                Move.PARK,
+                stage,
+                TaskStatus.NEEDS_OPERATOR,
+                f"{pipeline.max_rework_rounds} rework rounds used; last: {reason}",
+            )
+        return Decision(
+            Move.ADVANCE,
+            spec.rework_to,
+            TaskStatus.ACTIVE,
+            f"{stage} failed: {reason}",
+            feedback=reason,
+            rework=True,
+        )
+    return after_attempt_failure(pipeline, stage, attempt, reason)
+
+
+def after_attempt_failure(pipeline: Pipeline, stage: Stage, attempt: int, reason: str) -> Decision:
+    if attempt >= pipeline.max_attempts:
+        return Decision(
+            Move.PARK,
+            stage,
+            TaskStatus.NEEDS_OPERATOR,
+            f"{attempt} attempts failed; last: {reason}",
+        )
+    return Decision(Move.RETRY, stage, TaskStatus.ACTIVE, reason, feedback=reason)
+
+
+def on_approve(pipeline: Pipeline, stage: Stage, checkpoint: str, actor: str) -> Decision:
+    pipeline.checkpoint(checkpoint)
+    return Decision(Move.ADVANCE, stage, TaskStatus.ACTIVE, f"{checkpoint} approved by {actor}")
+
+
+def on_reject(
+    pipeline: Pipeline, checkpoint: str, actor: str, comment: str, rework_rounds: int
+) -> Decision:
+    cp = pipeline.checkpoint(checkpoint)
+    if rework_rounds >= pipeline.max_rework_rounds:
+        return Decision(
+            Move.PARK,
+            cp.before,
+            TaskStatus.NEEDS_OPERATOR,
+            f"{checkpoint} rejected by {actor} after {rework_rounds} rework rounds",
+        )
+    return Decision(
+        Move.ADVANCE,
+        cp.reject_to,
+        TaskStatus.ACTIVE,
+        f"{checkpoint} rejected by {actor}" + (f": {comment}" if comment else ""),
+        feedback=comment,
+        rework=True,
+    )
+
+
+# -- serialisation: a task keeps a snapshot of the pipeline it started with --------------------
+
+
+def to_dict(pipeline: Pipeline) -> dict[str, Any]:
+    return {
+        "stages": [
+            {
+                "stage": s.stage.value,
+                "role": s.role,
+                "agent": s.agent,
+                "prompt": s.prompt,
+                "gates": [
+                    {
+                        "name": g.name,
+                        "kind": g.kind.value,
+                        "path": g.path,
+                        "headings": list(g.headings),
+                        "command": g.command,
+                        "timeout_s": g.timeout_s,
+                    }
+                    for g in s.gates
+                ],
+                "actions": [a.value for a in s.actions],
+                "rework_to": s.rework_to.value if s.rework_to else None,
+                "timeout_s": s.timeout_s,
+            }
+            for s in pipeline.stages
+        ],
+        "checkpoints": [
+            {
+                "name": c.name,
+                "before": c.before.value,
+                "reject_to": c.reject_to.value,
+                "question": c.question,
+            }
+            for c in pipeline.checkpoints
+        ],
+        "max_rework_rounds": pipeline.max_rework_rounds,
+        "max_attempts": pipeline.max_attempts,
+    }
+
+
+def from_dict(data: dict[str, Any]) -> Pipeline:
+    stages = tuple(
+        StageSpec(
+            stage=Stage(s["stage"]),
+            role=s["role"],
+            agent=s["agent"],
+            prompt=s["prompt"],
+            gates=tuple(
+                GateSpec(
+                    name=g["name"],
+                    kind=GateKind(g["kind"]),
+                    path=g.get("path", ""),
+                    headings=tuple(g.get("headings", ())),
+                    command=g.get("command", ""),
+                    timeout_s=float(g.get("timeout_s", 600.0)),
+                )
+                for g in s.get("gates", ())
+            ),
+            actions=tuple(Action(a) for a in s.get("actions", ())),
+            rework_to=Stage(s["rework_to"]) if s.get("rework_to") else None,
+            timeout_s=float(s.get("timeout_s", 1800.0)),
+        )
+        for s in data["stages"]
+    )
+    checkpoints = tuple(
+        Checkpoint(
+            name=c["name"],
+            before=Stage(c["before"]),
+            reject_to=Stage(c["reject_to"]),
+            question=c.get("question", ""),
+        )
+        for c in data.get("checkpoints", ())
+    )
+    return Pipeline(
+        stages=stages,
+        checkpoints=checkpoints,
+        max_rework_rounds=int(data.get("max_rework_rounds", 3)),
+        max_attempts=int(data.get("max_attempts", 3)),
+    )
+
+
+def with_agent(pipeline: Pipeline, agent: str) -> Pipeline:
+    """The same pipeline with every agent stage driven by `agent`."""
+    return replace(
+        pipeline,
+        stages=tuple(replace(s, agent=agent) if s.agent else s for s in pipeline.stages),
+    )
+
+
+_WORK = "docs/work-items/{{ ticket.key }}"
+_COMMON = (
+    "Ticket {{ ticket.key }}: {{ ticket.title }}\n\n{{ ticket.body }}\n\n"
+    "Repository {{ repo.name }} (default branch {{ repo.default_branch }}); "
+    "stage {{ stage }}, attempt {{ attempt }}.\n"
+    "{% if feedback %}\nFeedback to address from the last round:\n{{ feedback }}\n{% endif %}"
+)
+
+
+def default_pipeline() -> Pipeline:
+    tests = GateSpec("tests", GateKind.COMMAND, command="{{ repo.test_command }}")
+    return Pipeline(
+        stages=(
+            StageSpec(
+                Stage.ANALYSIS,
+                "analyst",
+                "default",
+                "You are the analyst. " + _COMMON + f"\nWrite the specification to {_WORK}/spec.md"
+                " with the headings 'Problem' and 'Acceptance criteria'.",
+                gates=(
+                    GateSpec(
+                        "spec",
+                        GateKind.ARTIFACT,
+                        path=f"{_WORK}/spec.md",
+                        headings=("Problem", "Acceptance criteria"),
+                    ),
+                ),
+            ),
+            StageSpec(
+                Stage.ARCHITECTURE,
+                "architect",
+                "default",
+                "You are the architect. " + _COMMON + f"\nRead {_WORK}/spec.md and write an"
+                f" architecture decision record to {_WORK}/adr.md with the headings 'Context',"
+                " 'Decision' and 'Consequences'.",
+                gates=(
+                    GateSpec(
+                        "adr",
+                        GateKind.ARTIFACT,
+                        path=f"{_WORK}/adr.md",
+                        headings=("Context", "Decision", "Consequences"),
+                    ),
+                ),
+            ),
+            StageSpec(
+                Stage.DEVELOPMENT,
+                "developer",
+                "default",
+                "You are the developer. " + _COMMON + f"\nImplement {_WORK}/spec.md following"
+                f" {_WORK}/adr.md, with tests. The test command is `{{{{ repo.test_command }}}}`.",
+                gates=(tests,),
+            ),
+            StageSpec(
+                Stage.REVIEW,
+                "reviewer",
+                "default",
+                "You are the reviewer. " + _COMMON + "\nReview the change on this branch against"
+                f" {_WORK}/spec.md. Write {_WORK}/review.md ending with a line"
+                " 'Verdict: approve' or 'Verdict: request-changes' and your reasons.",
+                gates=(GateSpec("review", GateKind.VERDICT, path=f"{_WORK}/review.md"),),
+                rework_to=Stage.DEVELOPMENT,
+            ),
+            StageSpec(
+                Stage.TESTING,
+                "tester",
+                "default",
+                "You are the tester. " + _COMMON + "\nRun the tests, check the acceptance"
+                f" criteria and write {_WORK}/test-report.md with the headings 'Results' and"
+                " 'Verdict'.",
+                gates=(
+                    tests,
+                    GateSpec(
+                        "test-report",
+                        GateKind.ARTIFACT,
+                        path=f"{_WORK}/test-report.md",
+                        headings=("Results", "Verdict"),
+                    ),
+                ),
+                rework_to=Stage.DEVELOPMENT,
+            ),
+            StageSpec(
+                Stage.DEPLOY_STAGING,
+                "deployer",
+                None,
+                "",
+                actions=(Action.MERGE, Action.DEPLOY_STAGING),
+                rework_to=Stage.DEVELOPMENT,
+            ),
+            StageSpec(
+                Stage.DEPLOY,
+                "deployer",
+                None,
+                "",
+                actions=(Action.DEPLOY_PRODUCTION,),
+            ),
+        ),
+        checkpoints=(
+            Checkpoint(
+                "approve-plan",
+                before=Stage.ARCHITECTURE,
+                reject_to=Stage.ANALYSIS,
+                question="Approve the plan in the specification?",
+            ),
+            Checkpoint(
+                "confirm-deploy",
+                before=Stage.DEPLOY,
+                reject_to=Stage.DEVELOPMENT,
+                question="Deploy this release to production?",
+            ),
+        ),
+    )

@@ -1,0 +1,43 @@
+"""Strict template rendering for prompts, artifact paths and gate commands.
+
+An unknown variable is an error rather than an empty string: a prompt silently missing the
+reviewer's feedback is worse than a task that stops and says why.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jinja2
+
+_ENV = jinja2.Environment(
+    undefined=jinja2.StrictUndefined,
+    autoescape=False,
+    keep_trailing_newline=True,
+)
+
+
+def render(template: str, context: dict[str, Any]) -> str:
+    from orch.domain.errors import TemplateError
+
+    try:
+        return _ENV.from_string(template).render(**context)
+    except jinja2.UndefinedError as exc:
+        raise TemplateError(f"template uses an unknown variable: {exc.message}") from exc
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(f"template does not parse: {exc.message} (line {exc.lineno})") from exc
+
+
+def sample_context() -> dict[str, Any]:
+    """A context with every variable a template may use, for validating templates at load."""
+    return {
+        "ticket": {"key": "KEY-1", "title": "title", "body": "body", "url": ""},
+        "stage": "analysis",
+        "role": "analyst",
+        "attempt": 1,
+        "round": 0,
+        "feedback": "",
+        "repo": {"name": "repo", "default_branch": "main", "test_command": "true"},
+        "artifacts": {},
+        "workdir": "/tmp/work",
+    }

@@ -1,0 +1,68 @@
+"""The one definition of stages, statuses and what counts as terminal.
+
+Everything that needs the stage set imports it from here, and the store's CHECK constraints are
+built from these enums, so a stage can never be spelt two ways.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Stage(StrEnum):
+    ANALYSIS = "analysis"
+    ARCHITECTURE = "architecture"
+    DEVELOPMENT = "development"
+    REVIEW = "review"
+    TESTING = "testing"
+    DEPLOY_STAGING = "deploy-staging"
+    DEPLOY = "deploy"
+    DONE = "done"
+    CANCELLED = "cancelled"
+
+
+WORK_STAGES: tuple[Stage, ...] = (
+    Stage.ANALYSIS,
+    Stage.ARCHITECTURE,
+    Stage.DEVELOPMENT,
+    Stage.REVIEW,
+    Stage.TESTING,
+    Stage.DEPLOY_STAGING,
+    Stage.DEPLOY,
+)
+TERMINAL_STAGES: frozenset[Stage] = frozenset({Stage.DONE, Stage.CANCELLED})
+
+
+class TaskStatus(StrEnum):
+    ACTIVE = "active"  # has a queued or running job
+    WAITING = "waiting"  # waits for a person at a checkpoint; holds nothing
+    NEEDS_OPERATOR = "needs_operator"  # parked: retries or rework rounds exhausted
+    DONE = "done"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATUSES: frozenset[TaskStatus] = frozenset({TaskStatus.DONE, TaskStatus.CANCELLED})
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    SUPERSEDED = "superseded"  # the task moved on before this job ran
+    DEAD = "dead"  # attempts exhausted
+
+
+class EffectState(StrEnum):
+    INITIATED = "INITIATED"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    UNKNOWN = "UNKNOWN"
+
+
+UNRESOLVED_EFFECT_STATES: frozenset[EffectState] = frozenset(
+    {EffectState.INITIATED, EffectState.UNKNOWN}
+)
+
+
+def is_terminal(status: TaskStatus) -> bool:
+    return status in TERMINAL_STATUSES

@@ -1,0 +1,230 @@
+"""Reading a repository's `.orch/pipeline.yaml`: an override of the built-in pipeline.
+
+A stage entry that names a built-in stage inherits every field it does not set; `checkpoints`, if
+given, replaces the built-in list. Every error names the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from orch.domain import pipeline as pl
+from orch.domain.errors import OrchError, PipelineError
+from orch.domain.prompts import render, sample_context
+from orch.domain.states import Stage
+
+PIPELINE_PATH = ".orch/pipeline.yaml"
+
+WorkStage = Literal[
+    "analysis", "architecture", "development", "review", "testing", "deploy-staging", "deploy"
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GateModel(_Strict):
+    name: str
+    kind: Literal["artifact", "command", "verdict"]
+    path: str = ""
+    headings: list[str] = []
+    command: str = ""
+    timeout_s: float = Field(600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _needs(self) -> GateModel:
+        if self.kind == "command" and not self.command:
+            raise ValueError("a command gate needs `command`")
+        if self.kind in ("artifact", "verdict") and not self.path:
+            raise ValueError(f"an {self.kind} gate needs `path`")
+        return self
+
+
+class StageModel(_Strict):
+    name: WorkStage
+    role: str | None = None
+    agent: str | None = None
+    prompt: str | None = None
+    gates: list[GateModel] | None = None
+    actions: list[Literal["merge", "deploy:staging", "deploy:production"]] | None = None
+    rework_to: WorkStage | None = None
+    timeout_s: float | None = Field(None, gt=0)
+
+
+class CheckpointModel(_Strict):
+    name: str
+    before: WorkStage | None = None
+    after: WorkStage | None = None
+    reject_to: WorkStage
+    question: str = ""
+
+    @model_validator(mode="after")
+    def _one_side(self) -> CheckpointModel:
+        if (self.before is None) == (self.after is None):
+            raise ValueError("a checkpoint needs exactly one of `before` and `after`")
+        return self
+
+
+class PipelineModel(_Strict):
+    stages: list[StageModel] | None = None
+    checkpoints: list[CheckpointModel] | None = None
+    max_rework_rounds: int | None = Field(None, ge=0)
+    max_attempts: int | None = Field(None, ge=1)
+
+
+def parse(
+    text: str, source: str = PIPELINE_PATH, agents: Iterable[str] | None = None
+) -> pl.Pipeline:
+    base = pl.default_pipeline()
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else 1
+        raise PipelineError(f"{source}:{line}: not valid YAML: {exc.problem}") from exc
+    if data is None:
+        return base
+    if not isinstance(data, dict):
+        raise PipelineError(f"{source}:1: the top level must be a mapping")
+    try:
+        model = PipelineModel.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(err["loc"])
+        raise PipelineError(f"{source}:{_line(root, loc)}: {_field(loc)}: {err['msg']}") from exc
+
+    def fail(loc: Sequence[str | int], message: str) -> PipelineError:
+        return PipelineError(f"{source}:{_line(root, tuple(loc))}: {_field(tuple(loc))}: {message}")
+
+    stages = base.stages
+    if model.stages is not None:
+        defaults = {s.stage: s for s in base.stages}
+        built: list[pl.StageSpec] = []
+        for i, sm in enumerate(model.stages):
+            stage = Stage(sm.name)
+            spec = defaults.get(stage) or pl.StageSpec(stage, sm.role or sm.name, None, "")
+            changes: dict[str, Any] = {}
+            if sm.role is not None:
+                changes["role"] = sm.role
+            if "agent" in sm.model_fields_set:
+                changes["agent"] = sm.agent
+            if sm.prompt is not None:
+                changes["prompt"] = sm.prompt
+            if sm.gates is not None:
+                changes["gates"] = tuple(
+                    pl.GateSpec(
+                        g.name,
+                        pl.GateKind(g.kind),
+                        g.path,
+                        tuple(g.headings),
+                        g.command,
+                        g.timeout_s,
+                    )
+                    for g in sm.gates
+                )
+            if sm.actions is not None:
+                changes["actions"] = tuple(pl.Action(a) for a in sm.actions)
+            if "rework_to" in sm.model_fields_set:
+                changes["rework_to"] = Stage(sm.rework_to) if sm.rework_to else None
+            if sm.timeout_s is not None:
+                changes["timeout_s"] = sm.timeout_s
+            spec = replace(spec, **changes)
+            _check_templates(spec, ("stages", i), fail)
+            if agents is not None and spec.agent is not None and spec.agent not in agents:
+                raise fail(("stages", i, "agent"), f"no agent named {spec.agent!r} is configured")
+            built.append(spec)
+        stages = tuple(built)
+    names = [s.stage for s in stages]
+    for i, s in enumerate(stages):
+        if s.rework_to is not None and s.rework_to not in names:
+            raise fail(("stages", i, "rework_to"), f"{s.rework_to} is not a stage of this pipeline")
+    checkpoints = base.checkpoints
+    if model.checkpoints is not None:
+        cps = []
+        for i, cm in enumerate(model.checkpoints):
+            if cm.before is not None:
+                before = Stage(cm.before)
+            else:
+                assert cm.after is not None
+                after = Stage(cm.after)
+                if after not in names:
+                    raise fail(
+                        ("checkpoints", i, "after"), f"{after} is not a stage of this pipeline"
+                    )
+                before = (
+                    names[names.index(after) + 1]
+                    if names.index(after) + 1 < len(names)
+                    else Stage.DONE
+                )
+                if before == Stage.DONE:
+                    raise fail(
+                        ("checkpoints", i, "after"), "a checkpoint cannot follow the last stage"
+                    )
+            for field_name, stage in (("before", before), ("reject_to", Stage(cm.reject_to))):
+                if stage not in names:
+                    raise fail(
+                        ("checkpoints", i, field_name), f"{stage} is not a stage of this pipeline"
+                    )
+            cps.append(pl.Checkpoint(cm.name, before, Stage(cm.reject_to), cm.question))
+        checkpoints = tuple(cps)
+    else:
+        checkpoints = tuple(c for c in checkpoints if c.before in names and c.reject_to in names)
+    try:
+        return pl.Pipeline(
+            stages=stages,
+            checkpoints=checkpoints,
+            max_rework_rounds=base.max_rework_rounds
+            if model.max_rework_rounds is None
+            else model.max_rework_rounds,
+            max_attempts=base.max_attempts if model.max_attempts is None else model.max_attempts,
+        )
+    except PipelineError as exc:
+        raise PipelineError(f"{source}:1: {exc}") from exc
+
+
+def _check_templates(spec: pl.StageSpec, at: tuple[str | int, ...], fail: Any) -> None:
+    ctx = sample_context()
+    checks: list[tuple[tuple[str | int, ...], str]] = [((*at, "prompt"), spec.prompt)]
+    for j, g in enumerate(spec.gates):
+        checks.append(((*at, "gates", j, "path"), g.path))
+        checks.append(((*at, "gates", j, "command"), g.command))
+    for loc, template in checks:
+        try:
+            render(template, ctx)
+        except OrchError as exc:
+            raise fail(loc, str(exc)) from exc
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _line(root: yaml.Node | None, loc: tuple[Any, ...]) -> int:
+    """The 1-based line of the deepest YAML node that `loc` reaches."""
+    node = root
+    line = node.start_mark.line + 1 if node is not None else 1
+    for part in loc:
+        nxt = None
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if k.value == part:
+                    nxt, line = v, k.start_mark.line + 1
+                    break
+        elif (
+            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
+        ):
+            nxt = node.value[part]
+            line = nxt.start_mark.line + 1
+        if nxt is None:
+            break
+        node = nxt
+    return line

@@ -1,0 +1,200 @@
+"""The interfaces the core needs. Adapters implement them; services depend only on these."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from orch.domain.model import (
+    Claim,
+    Effect,
+    Event,
+    GateRecord,
+    Job,
+    Run,
+    Task,
+    Ticket,
+    Transition,
+)
+from orch.domain.pipeline import Decision
+from orch.domain.states import EffectState, Stage
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    requeued: int = 0
+    dead: int = 0
+
+
+@dataclass(frozen=True)
+class StateSummary:
+    by_stage: dict[str, int]
+    by_status: dict[str, int]
+    running: list[dict[str, Any]]
+    recent: list[dict[str, Any]]
+    cost_usd: float = 0.0
+    tokens_in: int = 0
+    tokens_out: int = 0
+
+
+class Store(Protocol):
+    """Durable state. Every write under a lease checks the claim's fencing token."""
+
+    def now(self) -> float: ...
+    def migrate(self) -> None: ...
+    def close(self) -> None: ...
+    def add_listener(self, listener: Callable[[], None]) -> None: ...
+
+    # tickets on the built-in board
+    def file_ticket(self, repo: str, prefix: str, title: str, body: str) -> Ticket: ...
+    def get_ticket(self, key: str) -> Ticket | None: ...
+
+    # tasks
+    def create_task(
+        self, ticket: Ticket, branch: str, pipeline: dict[str, Any], first: Decision, actor: str
+    ) -> Task: ...
+    def get_task(self, task_id: int) -> Task: ...
+    def find_task(self, key: str) -> Task | None: ...
+    def list_tasks(self, limit: int = 100) -> list[Task]: ...
+    def transitions(self, task_id: int) -> list[Transition]: ...
+    def gate_records(self, task_id: int) -> list[GateRecord]: ...
+    def effects(self, task_id: int) -> list[Effect]: ...
+    def runs(self, task_id: int) -> list[Run]: ...
+    def jobs(self, task_id: int) -> list[Job]: ...
+    def summary(self, recent: int = 20) -> StateSummary: ...
+
+    # leases
+    def claim(self, owner: str, ttl_s: float, repo_limit: Callable[[str], int]) -> Claim | None: ...
+    def renew(self, claim: Claim, ttl_s: float) -> None: ...
+    def sweep(self, max_attempts: int) -> SweepResult: ...
+    def next_run_after(self) -> float | None: ...
+
+    # writes under a lease
+    def advance(self, claim: Claim, expected: Stage, decision: Decision, actor: str) -> Task: ...
+    def retry(self, claim: Claim, reason: str, backoff_s: float) -> None: ...
+    def supersede(self, claim: Claim) -> None: ...
+    def record_gate(self, claim: Claim, record: GateRecord) -> GateRecord: ...
+    def find_gate(
+        self, task_id: int, version: int, gate: str, head_sha: str
+    ) -> GateRecord | None: ...
+    def begin_effect(
+        self, claim: Claim, key: str, kind: str, repo: str, precondition: str
+    ) -> Effect: ...
+    def finish_effect(
+        self, claim: Claim, key: str, state: EffectState, result: Mapping[str, Any]
+    ) -> Effect: ...
+    def get_effect(self, key: str) -> Effect | None: ...
+    def start_run(self, claim: Claim, agent: str, pid: int | None, log_path: str) -> int: ...
+    def finish_run(
+        self, claim: Claim, run_id: int, exit_code: int | None, usage: Mapping[str, float]
+    ) -> None: ...
+
+    # the inbox
+    def append_event(
+        self, task_id: int, key: str, kind: str, actor: str, payload: Mapping[str, Any]
+    ) -> bool: ...
+    def pending_events(self, task_id: int) -> list[Event]: ...
+    def mark_events(self, claim: Claim, event_ids: Sequence[int]) -> None: ...
+
+
+@dataclass(frozen=True)
+class RepoInfo:
+    name: str
+    default_branch: str
+    test_command: str
+
+
+class Forge(Protocol):
+    """Where code lives: worktrees, task branches, the default branch and merges into it."""
+
+    def prepare_worktree(self, repo: str, branch: str) -> Path: ...
+    def commit_and_push(self, repo: str, worktree: Path, branch: str, message: str) -> str: ...
+    def branch_head(self, repo: str, branch: str) -> str | None: ...
+    def merge(self, repo: str, branch: str, expected_head: str, message: str) -> str: ...
+    def find_merge(self, repo: str, head_sha: str) -> str | None: ...
+    def default_head(self, repo: str) -> str: ...
+    def read_default_file(self, repo: str, path: str) -> str | None: ...
+    def checkout(self, worktree: Path, sha: str) -> None: ...
+    def remove_worktree(self, repo: str, branch: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class AgentRequest:
+    task_key: str
+    stage: Stage
+    role: str
+    attempt: int
+    prompt: str
+    workdir: Path
+    log_path: Path
+    env: Mapping[str, str]
+    timeout_s: float
+
+
+@dataclass
+class Usage:
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+            "cost_usd": self.cost_usd,
+        }
+
+
+class AgentProcess(Protocol):
+    pid: int | None
+
+    def wait(self, timeout_s: float) -> int | None: ...
+    def kill(self, grace_s: float) -> int | None: ...
+    def usage(self) -> Usage: ...
+
+
+class Agent(Protocol):
+    name: str
+
+    def start(self, request: AgentRequest) -> AgentProcess: ...
+
+
+class Notifier(Protocol):
+    def notify(self, key: str, text: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class DeployTarget:
+    command: str
+    check: str = ""  # a command that exits 0 if the release is already deployed
+
+
+@dataclass(frozen=True)
+class RepoSettings:
+    """What the core needs to know about one repository."""
+
+    name: str
+    default_branch: str = "main"
+    test_command: str = "python -m pytest -q"
+    key_prefix: str = ""
+    max_active: int = 1
+    deploy: Mapping[str, DeployTarget] = field(default_factory=dict)
+
+
+class Repos(Protocol):
+    def get(self, name: str) -> RepoSettings: ...
+    def names(self) -> list[str]: ...
+
+
+class RunningCommand(AgentProcess, Protocol):
+    def tail(self, chars: int = 2000) -> str: ...
+
+
+class CommandRunner(Protocol):
+    """Starts a shell command as a supervised child (gate checks, deploy commands)."""
+
+    def start(
+        self, command: str, cwd: Path, env: Mapping[str, str], log_path: Path
+    ) -> RunningCommand: ...

@@ -1,0 +1,1 @@
+"""The application: the engine that drives tasks, the dispatcher, intake."""

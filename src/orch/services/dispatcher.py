@@ -1,0 +1,152 @@
+"""The dispatcher: claims runnable jobs and runs them in worker slots.
+
+It wakes as soon as the store commits runnable work in this process (the store calls `wake`),
+so there is no poll delay between stages; the poll interval only bounds how late it notices work
+written by another process. The sweeper runs at start and then periodically: recovery after a
+crash is the same function as the periodic sweep.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from orch.domain.errors import OrchError
+from orch.ports import Store, SweepResult
+from orch.services.engine import Engine
+
+log = logging.getLogger("orch.dispatcher")
+
+
+def incarnation() -> str:
+    """This process's identity: host, pid and a fresh uuid, so a reused pid is a new owner."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+@dataclass(frozen=True)
+class DispatcherSettings:
+    slots: int = 4
+    lease_ttl_s: float = 30.0
+    sweep_interval_s: float = 10.0
+    poll_interval_s: float = 1.0
+    max_attempts: int = 3
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: Store,
+        engine: Engine,
+        repo_limit: Callable[[str], int],
+        settings: DispatcherSettings,
+        owner: str | None = None,
+    ) -> None:
+        self.store = store
+        self.engine = engine
+        self.repo_limit = repo_limit
+        self.settings = settings
+        self.owner = owner or incarnation()
+        self._cond = threading.Condition()
+        self._generation = 0
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.jobs_run = 0
+        store.add_listener(self.wake)
+
+    def wake(self) -> None:
+        with self._cond:
+            self._generation += 1
+            self._cond.notify_all()
+
+    # -- stepping, for tests and the demo ----------------------------------------------------
+
+    def run_once(self) -> bool:
+        claim = self.store.claim(self.owner, self.settings.lease_ttl_s, self.repo_limit)
+        if claim is None:
+            return False
+        try:
+            self.engine.run_job(claim, self.owner)
+        except OrchError as exc:  # pragma: no cover - run_job records its own failures
+            log.error("job %s failed outside the engine: %s", claim.job_id, exc)
+        with self._cond:
+            self.jobs_run += 1
+        return True
+
+    def sweep(self) -> SweepResult:
+        return self.store.sweep(self.settings.max_attempts)
+
+    def run_until_idle(self, max_jobs: int = 100_000) -> int:
+        """Run jobs in this thread until none is runnable now. Returns how many ran."""
+        self.sweep()
+        ran = 0
+        while ran < max_jobs and self.run_once():
+            ran += 1
+        return ran
+
+    # -- threads, for `orch serve` -----------------------------------------------------------
+
+    def start(self) -> None:
+        self.sweep()
+        for i in range(self.settings.slots):
+            th = threading.Thread(target=self._slot, name=f"orch-slot-{i}", daemon=True)
+            th.start()
+            self._threads.append(th)
+        sweeper = threading.Thread(target=self._sweeper, name="orch-sweeper", daemon=True)
+        sweeper.start()
+        self._threads.append(sweeper)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stopping.set()
+        self.wake()
+        for th in self._threads:
+            th.join(timeout_s)
+        self._threads.clear()
+
+    def _slot(self) -> None:
+        while not self._stopping.is_set():
+            with self._cond:
+                seen = self._generation
+            try:
+                ran = self.run_once()
+            except OrchError as exc:
+                log.error("claim failed: %s", exc)
+                ran = False
+            if ran:
+                continue
+            self._idle(seen)
+
+    def _idle(self, seen: int) -> None:
+        timeout = self.settings.poll_interval_s
+        try:
+            due = self.store.next_run_after()
+            if due is not None:
+                timeout = max(0.0, min(timeout, due - self.store.now()))
+        except OrchError:
+            pass
+        with self._cond:
+            if self._generation == seen and not self._stopping.is_set():
+                self._cond.wait(timeout)
+
+    def _sweeper(self) -> None:
+        while not self._stopping.wait(self.settings.sweep_interval_s):
+            try:
+                result = self.sweep()
+                if result.requeued or result.dead:
+                    log.info("sweep: %s requeued, %s dead", result.requeued, result.dead)
+            except OrchError as exc:
+                log.error("sweep failed: %s", exc)
+
+    def wait_until(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            with self._cond:
+                self._cond.wait(0.05)
+        return predicate()

@@ -1,0 +1,517 @@
+"""The engine: what a worker does with one claimed job.
+
+A job is "drive task T from version V". The worker holding its lease is the only writer of T's
+stage; everything it writes is fenced by the lease token, and its last write is one
+compare-and-set that moves T to its next version and enqueues the next job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orch.domain import pipeline as pl
+from orch.domain.agent_env import child_env
+from orch.domain.errors import (
+    Conflict,
+    ForgeError,
+    HeadMoved,
+    LeaseLost,
+    MergeConflict,
+    OrchError,
+)
+from orch.domain.gates import Verdict, artifact_verdict, command_verdict, review_verdict
+from orch.domain.model import Claim, Effect, GateRecord, Task
+from orch.domain.pipeline import Action, Decision, GateKind, GateSpec, Move, Pipeline, StageSpec
+from orch.domain.prompts import render
+from orch.domain.states import EffectState, TaskStatus, is_terminal
+from orch.ports import (
+    Agent,
+    AgentRequest,
+    CommandRunner,
+    Forge,
+    Notifier,
+    Repos,
+    RepoSettings,
+    Store,
+)
+from orch.services.lease import Lease
+
+log = logging.getLogger("orch.engine")
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    logs_dir: Path
+    lease_ttl_s: float = 30.0
+    heartbeat_s: float = 10.0
+    kill_grace_s: float = 10.0
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 60.0
+    agent_env_allow: tuple[str, ...] = ()
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        forge: Forge,
+        agents: Mapping[str, Agent],
+        repos: Repos,
+        runner: CommandRunner,
+        notifier: Notifier,
+        settings: EngineSettings,
+        environ: Mapping[str, str] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.forge = forge
+        self.agents = agents
+        self.repos = repos
+        self.runner = runner
+        self.notifier = notifier
+        self.settings = settings
+        self.environ = dict(os.environ if environ is None else environ)
+        self.rng = rng or random.Random()
+
+    # -- entry -------------------------------------------------------------------------------
+
+    def run_job(self, claim: Claim, owner: str) -> None:
+        task = self.store.get_task(claim.task_id)
+        if task.version != claim.version or is_terminal(task.status):
+            self.store.supersede(claim)
+            return
+        lease = Lease(self.store, claim, self.settings.lease_ttl_s, self.settings.heartbeat_s)
+        actor = f"worker:{owner}"
+        try:
+            pipeline = pl.from_dict(task.pipeline)
+            if task.status == TaskStatus.WAITING:
+                self._read_inbox(task, pipeline, claim)
+                return
+            self._ignore_stray_events(task, claim)
+            if task.status == TaskStatus.ACTIVE:
+                self._run_stage(task, pipeline, claim, lease, actor)
+            else:
+                self.store.supersede(claim)
+        except (LeaseLost, Conflict) as exc:
+            # someone else owns the task now: write nothing more
+            log.warning("job %s of %s dropped: %s", claim.job_id, task.key, exc)
+        except OrchError as exc:
+            self._fail_attempt(task, claim, str(exc), actor)
+
+    # -- the inbox of a waiting task ---------------------------------------------------------
+
+    def _read_inbox(self, task: Task, pipeline: Pipeline, claim: Claim) -> None:
+        events = self.store.pending_events(task.id)
+        stray: list[int] = []
+        for ev in events:
+            aimed = ev.payload.get("checkpoint")
+            if ev.kind in ("approve", "reject") and aimed in (None, task.waiting_for):
+                assert task.waiting_for is not None
+                if ev.kind == "approve":
+                    decision = pl.on_approve(pipeline, task.stage, task.waiting_for, ev.actor)
+                else:
+                    decision = pl.on_reject(
+                        pipeline,
+                        task.waiting_for,
+                        ev.actor,
+                        str(ev.payload.get("comment", "")),
+                        task.rework_rounds,
+                    )
+                self.store.mark_events(claim, [*stray, ev.id])
+                self._apply(task, claim, decision, ev.actor)
+                return
+            log.info("ignored %s event for %s waiting at %s", ev.kind, task.key, task.waiting_for)
+            stray.append(ev.id)
+        self.store.mark_events(claim, stray)
+        self.store.supersede(claim)
+
+    def _ignore_stray_events(self, task: Task, claim: Claim) -> None:
+        events = self.store.pending_events(task.id)
+        for ev in events:
+            log.info("ignored %s event for %s: no checkpoint is waiting", ev.kind, task.key)
+        self.store.mark_events(claim, [ev.id for ev in events])
+
+    # -- one stage ---------------------------------------------------------------------------
+
+    def _run_stage(
+        self, task: Task, pipeline: Pipeline, claim: Claim, lease: Lease, actor: str
+    ) -> None:
+        spec = pipeline.spec(task.stage)
+        repo = self.repos.get(task.repo)
+        worktree = self.forge.prepare_worktree(task.repo, task.branch)
+        lease.renew()
+        ctx = self._context(task, spec, claim, repo, worktree)
+        if spec.agent is not None:
+            failure = self._run_agent(task, spec, claim, lease, ctx, worktree)
+            if failure is not None:
+                self._apply(
+                    task,
+                    claim,
+                    pl.after_attempt_failure(pipeline, task.stage, claim.attempt, failure),
+                    actor,
+                )
+                return
+        head = self.forge.commit_and_push(
+            task.repo,
+            worktree,
+            task.branch,
+            f"{task.key}: {task.stage} ({spec.role})\n\n{task.title}",
+        )
+        lease.renew()
+        verdicts = [
+            self._gate(task, spec, claim, lease, g, worktree, head, ctx) for g in spec.gates
+        ]
+        failed = [v for v in verdicts if not v.passed]
+        if failed:
+            reason = "; ".join(f"{v.gate}: {v.reason}" for v in failed)
+            self._apply(
+                task,
+                claim,
+                pl.after_gate_failure(
+                    pipeline, task.stage, task.rework_rounds, claim.attempt, reason
+                ),
+                actor,
+            )
+            return
+        release = ""
+        for action in spec.actions:
+            outcome = self._act(action, task, claim, lease, repo, worktree, head, release)
+            if isinstance(outcome, Decision):
+                self._apply(task, claim, outcome, actor)
+                return
+            release = outcome or release
+        decision = pl.after_success(pipeline, task.stage)
+        if decision.status == TaskStatus.DONE:
+            self.forge.remove_worktree(task.repo, task.branch)
+        self._apply(task, claim, decision, actor)
+
+    def _context(
+        self, task: Task, spec: StageSpec, claim: Claim, repo: RepoSettings, worktree: Path
+    ) -> dict[str, Any]:
+        return {
+            "ticket": {"key": task.key, "title": task.title, "body": task.body, "url": ""},
+            "stage": task.stage.value,
+            "role": spec.role,
+            "attempt": claim.attempt,
+            "round": task.rework_rounds,
+            "feedback": task.feedback,
+            "repo": {
+                "name": repo.name,
+                "default_branch": repo.default_branch,
+                "test_command": repo.test_command,
+            },
+            "artifacts": {},
+            "workdir": str(worktree),
+        }
+
+    def _child_env(
+        self, task: Task, claim: Claim, extra: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
+        base = {
+            "ORCH_TICKET": task.key,
+            "ORCH_TICKET_TITLE": task.title,
+            "ORCH_STAGE": task.stage.value,
+            "ORCH_ATTEMPT": str(claim.attempt),
+            "ORCH_BRANCH": task.branch,
+        }
+        base.update(extra or {})
+        return child_env(self.environ, base, self.settings.agent_env_allow)
+
+    def _log_path(self, task: Task, name: str) -> Path:
+        return self.settings.logs_dir / f"{task.key}-{task.id}" / name
+
+    def _run_agent(
+        self,
+        task: Task,
+        spec: StageSpec,
+        claim: Claim,
+        lease: Lease,
+        ctx: dict[str, Any],
+        worktree: Path,
+    ) -> str | None:
+        assert spec.agent is not None
+        agent = self.agents.get(spec.agent)
+        if agent is None:
+            raise OrchError(
+                f"stage {task.stage} names agent {spec.agent!r}, which is not configured"
+            )
+        prompt = render(spec.prompt, ctx)
+        log_path = self._log_path(task, f"v{claim.version}-{task.stage}-{claim.attempt}.log")
+        prompt_file = log_path.with_suffix(".prompt.md")
+        prompt_file.parent.mkdir(parents=True, exist_ok=True)
+        prompt_file.write_text(prompt, encoding="utf-8")
+        env = self._child_env(
+            task,
+            claim,
+            {"ORCH_ROLE": spec.role, "ORCH_PROMPT": prompt, "ORCH_PROMPT_FILE": str(prompt_file)},
+        )
+        request = AgentRequest(
+            task_key=task.key,
+            stage=task.stage,
+            role=spec.role,
+            attempt=claim.attempt,
+            prompt=prompt,
+            workdir=worktree,
+            log_path=log_path,
+            env=env,
+            timeout_s=spec.timeout_s,
+        )
+        proc = agent.start(request)
+        run_id = self.store.start_run(claim, agent.name, proc.pid, str(log_path))
+        try:
+            code, timed_out = lease.supervise(proc, spec.timeout_s, self.settings.kill_grace_s)
+        finally:
+            # the run row is closed even when the lease is lost; that write is fenced and may fail
+            with contextlib.suppress(LeaseLost):
+                self.store.finish_run(claim, run_id, proc.wait(0), proc.usage().as_dict())
+        if timed_out:
+            return f"agent {agent.name} timed out after {spec.timeout_s:g}s"
+        if code != 0:
+            return f"agent {agent.name} exited {code} (log: {log_path})"
+        return None
+
+    # -- gates -------------------------------------------------------------------------------
+
+    def _gate(
+        self,
+        task: Task,
+        spec: StageSpec,
+        claim: Claim,
+        lease: Lease,
+        gate: GateSpec,
+        worktree: Path,
+        head: str,
+        ctx: dict[str, Any],
+    ) -> GateRecord:
+        known = self.store.find_gate(task.id, claim.version, gate.name, head)
+        if known is not None:
+            return known  # recorded once, replayed on re-entry
+        verdict = self._evaluate(task, claim, lease, gate, worktree, ctx)
+        return self.store.record_gate(
+            claim,
+            GateRecord(
+                task_id=task.id,
+                version=claim.version,
+                gate=gate.name,
+                head_sha=head,
+                stage=task.stage,
+                passed=verdict.passed,
+                reason=verdict.reason,
+            ),
+        )
+
+    def _evaluate(
+        self,
+        task: Task,
+        claim: Claim,
+        lease: Lease,
+        gate: GateSpec,
+        worktree: Path,
+        ctx: dict[str, Any],
+    ) -> Verdict:
+        if gate.kind == GateKind.COMMAND:
+            command = render(gate.command, ctx)
+            proc = self.runner.start(
+                command,
+                worktree,
+                self._child_env(task, claim),
+                self._log_path(task, f"v{claim.version}-{task.stage}-gate-{gate.name}.log"),
+            )
+            code, timed_out = lease.supervise(proc, gate.timeout_s, self.settings.kill_grace_s)
+            return command_verdict(command, code, timed_out, proc.tail())
+        rel = render(gate.path, ctx)
+        text = _read_inside(worktree, rel)
+        if gate.kind == GateKind.ARTIFACT:
+            return artifact_verdict(rel, text, gate.headings)
+        return review_verdict(rel, text)
+
+    # -- actions: merge and deploy, as intent -> act -> confirm ------------------------------
+
+    def _act(
+        self,
+        action: Action,
+        task: Task,
+        claim: Claim,
+        lease: Lease,
+        repo: RepoSettings,
+        worktree: Path,
+        head: str,
+        release: str,
+    ) -> Decision | str:
+        if action == Action.MERGE:
+            return self._merge(task, claim, repo, head)
+        target = "staging" if action == Action.DEPLOY_STAGING else "production"
+        release = release or self._released_sha(task)
+        if not release:
+            return _park(task, f"{action} needs a merged release, and this task has none")
+        return self._deploy(task, claim, lease, repo, worktree, target, release)
+
+    def _released_sha(self, task: Task) -> str:
+        merges = [
+            e
+            for e in self.store.effects(task.id)
+            if e.kind == "merge" and e.state == EffectState.SUCCEEDED
+        ]
+        return str(merges[-1].result.get("merge_sha", "")) if merges else ""
+
+    def _merge(self, task: Task, claim: Claim, repo: RepoSettings, head: str) -> Decision | str:
+        key = f"{task.key}#{task.id}:{task.stage}:merge:v{claim.version}"
+        effect = self.store.get_effect(key)
+        if effect is not None and effect.state == EffectState.SUCCEEDED:
+            return str(effect.result["merge_sha"])
+        if effect is not None and effect.state in (EffectState.INITIATED, EffectState.UNKNOWN):
+            # an earlier attempt died between intent and confirm: ask the forge before acting
+            effect = self._mark_unknown(claim, effect)
+            found = self.forge.find_merge(task.repo, effect.precondition)
+            if found:
+                self.store.finish_effect(
+                    claim, key, EffectState.SUCCEEDED, {"merge_sha": found, "resolved_by": "forge"}
+                )
+                return found
+            head = effect.precondition
+        else:
+            effect = self.store.begin_effect(claim, key, "merge", task.repo, head)
+        try:
+            sha = self.forge.merge(
+                task.repo,
+                task.branch,
+                head,
+                f"Merge {task.branch}: {task.key} {task.title}",
+            )
+        except (MergeConflict, HeadMoved) as exc:
+            self.store.finish_effect(claim, key, EffectState.FAILED, {"error": str(exc)})
+            pipeline = pl.from_dict(task.pipeline)
+            return pl.after_gate_failure(
+                pipeline,
+                task.stage,
+                task.rework_rounds,
+                pipeline.max_attempts,
+                f"the merge into {repo.default_branch} failed: {exc}",
+            )
+        self.store.finish_effect(
+            claim, key, EffectState.SUCCEEDED, {"merge_sha": sha, "head": head}
+        )
+        return sha
+
+    def _mark_unknown(self, claim: Claim, effect: Effect) -> Effect:
+        if effect.state == EffectState.UNKNOWN:
+            return effect
+        return self.store.finish_effect(claim, effect.key, EffectState.UNKNOWN, effect.result)
+
+    def _deploy(
+        self,
+        task: Task,
+        claim: Claim,
+        lease: Lease,
+        repo: RepoSettings,
+        worktree: Path,
+        target: str,
+        release: str,
+    ) -> Decision | str:
+        spec = repo.deploy.get(target)
+        if spec is None:
+            return release  # nothing configured for this target: the stage has no deploy to do
+        key = f"deploy:{repo.name}:{target}:{release}"
+        effect = self.store.get_effect(key)
+        env = self._child_env(task, claim, {"ORCH_RELEASE": release, "ORCH_DEPLOY_TARGET": target})
+        if effect is not None and effect.state == EffectState.SUCCEEDED:
+            return release
+        if effect is not None and effect.state in (EffectState.INITIATED, EffectState.UNKNOWN):
+            effect = self._mark_unknown(claim, effect)
+            if not spec.check:
+                return _park(
+                    task,
+                    f"deploy of {release[:12]} to {target} may have run; no check command can tell",
+                )
+            probe = self.runner.start(
+                spec.check, worktree, env, self._log_path(task, f"deploy-{target}-check.log")
+            )
+            code, _ = lease.supervise(probe, 300.0, self.settings.kill_grace_s)
+            if code == 0:
+                self.store.finish_effect(
+                    claim,
+                    key,
+                    EffectState.SUCCEEDED,
+                    {"release": release, "target": target, "resolved_by": "check"},
+                )
+                return release
+        else:
+            self.store.begin_effect(claim, key, f"deploy:{target}", repo.name, release)
+        self.forge.checkout(worktree, release)
+        log_path = self._log_path(task, f"deploy-{target}-{release[:12]}.log")
+        proc = self.runner.start(spec.command, worktree, env, log_path)
+        code, timed_out = lease.supervise(proc, 1800.0, self.settings.kill_grace_s)
+        if code == 0 and not timed_out:
+            self.store.finish_effect(
+                claim,
+                key,
+                EffectState.SUCCEEDED,
+                {"release": release, "target": target, "log": str(log_path)},
+            )
+            return release
+        self.store.finish_effect(
+            claim, key, EffectState.FAILED, {"exit_code": code, "log": str(log_path)}
+        )
+        raise ForgeError(f"deploy to {target} exited {code}: {proc.tail(400)}")
+
+    # -- writing the outcome -----------------------------------------------------------------
+
+    def _apply(self, task: Task, claim: Claim, decision: Decision, actor: str) -> None:
+        if decision.move == Move.RETRY:
+            self.store.retry(claim, decision.reason, self._backoff(claim.attempt))
+            return
+        self._notify(task, claim, decision)
+        self.store.advance(claim, task.stage, decision, actor)
+
+    def _fail_attempt(self, task: Task, claim: Claim, reason: str, actor: str) -> None:
+        try:
+            pipeline = pl.from_dict(task.pipeline)
+            decision = pl.after_attempt_failure(pipeline, task.stage, claim.attempt, reason)
+            self._apply(task, claim, decision, actor)
+        except (LeaseLost, Conflict) as exc:
+            log.warning("could not record the failure of %s: %s", task.key, exc)
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling = min(
+            self.settings.backoff_max_s, self.settings.backoff_base_s * 2 ** (attempt - 1)
+        )
+        return self.rng.uniform(ceiling / 2, ceiling) if ceiling > 0 else 0.0
+
+    def _notify(self, task: Task, claim: Claim, decision: Decision) -> None:
+        if decision.status == TaskStatus.WAITING:
+            text = f"{task.key} waits for {decision.waiting_for} before {decision.stage}"
+        elif decision.status == TaskStatus.DONE:
+            text = f"{task.key} is done: {task.title}"
+        elif decision.status == TaskStatus.NEEDS_OPERATOR:
+            text = f"{task.key} needs an operator: {decision.reason}"
+        else:
+            return
+        key = f"{task.key}#{task.id}:notify:v{claim.version + 1}"
+        effect = self.store.get_effect(key)
+        if effect is not None and effect.state == EffectState.SUCCEEDED:
+            return
+        self.store.begin_effect(claim, key, "notify", task.repo, "")
+        self.notifier.notify(key, text)
+        self.store.finish_effect(claim, key, EffectState.SUCCEEDED, {"text": text})
+
+
+def _park(task: Task, reason: str) -> Decision:
+    return Decision(Move.PARK, task.stage, TaskStatus.NEEDS_OPERATOR, reason)
+
+
+def _read_inside(root: Path, rel: str) -> str | None:
+    path = (root / rel).resolve()
+    if not path.is_relative_to(root.resolve()):
+        return None
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None

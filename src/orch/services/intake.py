@@ -1,0 +1,76 @@
+"""Intake: tickets become tasks, and people's decisions become inbox events.
+
+Nothing here writes a task's stage after creation: approvals and rejections are appended to the
+task's inbox, and the worker that reads the inbox applies them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from orch.domain import pipeline as pl
+from orch.domain.errors import NotFound, OrchError
+from orch.domain.model import Task, Ticket
+from orch.domain.states import TaskStatus
+from orch.ports import Repos, Store
+
+PipelineFor = Callable[[str], pl.Pipeline]
+
+
+def branch_for(key: str) -> str:
+    return "orch/" + (re.sub(r"[^A-Za-z0-9._-]", "-", key).strip(".-") or "ticket")
+
+
+def key_prefix(repo: str, configured: str) -> str:
+    if configured:
+        return configured
+    cleaned = re.sub(r"[^A-Za-z0-9]", "", repo).upper()
+    return cleaned[:10] or "TASK"
+
+
+class Intake:
+    def __init__(self, store: Store, repos: Repos, pipeline_for: PipelineFor) -> None:
+        self.store = store
+        self.repos = repos
+        self.pipeline_for = pipeline_for
+
+    def file(self, repo: str, title: str, body: str = "", actor: str = "board") -> Task:
+        """File a ticket on the built-in board and start its task."""
+        settings = self.repos.get(repo)
+        title = title.strip()
+        if not title:
+            raise OrchError("a ticket needs a title")
+        pipeline = self.pipeline_for(repo)  # validate before anything is written
+        ticket = self.store.file_ticket(repo, key_prefix(repo, settings.key_prefix), title, body)
+        return self._start(ticket, pipeline, actor)
+
+    def start(self, key: str, actor: str = "board") -> Task:
+        ticket = self.store.get_ticket(key)
+        if ticket is None:
+            raise NotFound(f"no ticket {key} on the board")
+        return self._start(ticket, self.pipeline_for(ticket.repo), actor)
+
+    def _start(self, ticket: Ticket, pipeline: pl.Pipeline, actor: str) -> Task:
+        return self.store.create_task(
+            ticket, branch_for(ticket.key), pl.to_dict(pipeline), pl.start(pipeline), actor
+        )
+
+    def task(self, key: str) -> Task:
+        task = self.store.find_task(key)
+        if task is None:
+            raise NotFound(f"no task for ticket {key}")
+        return task
+
+    def decide(self, key: str, approve: bool, actor: str, comment: str = "") -> bool:
+        """Append an approval or rejection for the checkpoint the task waits at, if any."""
+        task = self.task(key)
+        kind = "approve" if approve else "reject"
+        checkpoint = task.waiting_for if task.status == TaskStatus.WAITING else None
+        return self.store.append_event(
+            task.id,
+            f"{task.id}:v{task.version}:{kind}",
+            kind,
+            actor,
+            {"checkpoint": checkpoint or "", "comment": comment},
+        )
