@@ -1,0 +1,269 @@
+"""The command line: orch demo | serve | task add|list|show | migrate."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from orch.config import Settings, load_settings
+from orch.domain.errors import OrchError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="orch turns tracker tickets into reviewed, merged and deployed changes.",
+)
+task_app = typer.Typer(no_args_is_help=True, help="File, list and inspect tasks.")
+app.add_typer(task_app, name="task")
+
+T = TypeVar("T")
+_state: dict[str, Any] = {"config": None}
+
+
+def _fail(message: str, code: int = 2) -> None:
+    Console(stderr=True).print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _guard(fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except OrchError as exc:
+        _fail(str(exc))
+        raise  # unreachable: _fail raises
+
+
+def _settings() -> Settings:
+    return _guard(lambda: load_settings(_state["config"]))
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+@app.callback()
+def main_options(
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="YAML settings file (default: $ORCH_CONFIG).", exists=False
+    ),
+) -> None:
+    _state["config"] = config
+
+
+@app.command()
+def demo(
+    directory: Path | None = typer.Option(None, "--dir", help="Where to put the demo (new or empty)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+) -> None:
+    """Run one ticket through the whole pipeline on a sample project, offline."""
+    from orch.demo.run import render_summary, run
+
+    logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    console = Console(stderr=as_json)
+    result = _guard(lambda: run(directory, console))
+    if as_json:
+        print(json.dumps({**result.summary, "ok": result.ok, "reason": result.reason}, indent=2))
+    elif result.summary:
+        render_summary(result.summary, console)
+    if not result.ok:
+        _fail(result.reason, 1)
+
+
+@app.command()
+def serve(
+    host: str | None = typer.Option(None, help="Address to listen on (default 127.0.0.1)."),
+    port: int | None = typer.Option(None, help="Port (default 8077; 0 picks a free one)."),
+) -> None:
+    """Run the API, the dispatcher and its worker slots in one process."""
+    import uvicorn
+
+    from orch.bootstrap import build
+    from orch.web.app import create_app
+
+    settings = _settings()
+    _logging(settings.log_level)
+    orch_app = _guard(lambda: build(settings))
+    try:
+        _guard(orch_app.lock_for_serving)
+        orch_app.dispatcher.start()
+        config = uvicorn.Config(
+            create_app(orch_app),
+            host=host or settings.api.host,
+            port=settings.api.port if port is None else port,
+            log_level="warning",
+            access_log=False,
+        )
+        server = uvicorn.Server(config)
+        _announce(server, orch_app)
+        server.run()
+    finally:
+        orch_app.close()
+
+
+def _announce(server: Any, orch_app: Any) -> None:
+    """Print the listening address once uvicorn has bound, so `--port 0` is usable."""
+    original = server.startup
+
+    async def startup(sockets: Any = None) -> None:
+        await original(sockets=sockets)
+        for s in server.servers:
+            for sock in s.sockets:
+                host, port = sock.getsockname()[:2]
+                print(
+                    f"orch serving on http://{host}:{port} (store {orch_app.store.display_url})",
+                    flush=True,
+                )
+
+    server.startup = startup
+
+
+@app.command()
+def migrate() -> None:
+    """Apply the store's migrations."""
+    from orch.adapters.store.sql import SqlStore
+
+    settings = _settings()
+
+    def go() -> str:
+        store = SqlStore(settings.store_url)
+        try:
+            store.migrate()
+            return store.display_url
+        finally:
+            store.close()
+
+    print(f"migrated {_guard(go)}")
+
+
+def _app():
+    from orch.bootstrap import build
+
+    return _guard(lambda: build(_settings()))
+
+
+@task_app.command("add")
+def task_add(
+    repo: str = typer.Argument(..., help="A configured repository."),
+    title: str = typer.Argument(..., help="The ticket's title."),
+    body: str = typer.Option("", help="The ticket's description."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """File a ticket on the built-in board; its task starts at once."""
+    from orch.services.views import task_summary
+
+    orch_app = _app()
+    try:
+        task = _guard(lambda: orch_app.intake.file(repo, title, body, actor="cli"))
+        if as_json:
+            print(json.dumps(task_summary(task), indent=2))
+        else:
+            print(f"{task.key} filed: {task.stage} ({task.status})")
+    finally:
+        orch_app.close()
+
+
+@task_app.command("list")
+def task_list(
+    limit: int = typer.Option(50, min=1, max=1000),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The most recent tasks."""
+    from orch.services.views import task_summary
+
+    orch_app = _app()
+    try:
+        tasks = _guard(lambda: orch_app.store.list_tasks(limit))
+        if as_json:
+            print(json.dumps([task_summary(t) for t in tasks], indent=2))
+            return
+        table = Table()
+        for col in ("key", "repo", "stage", "status", "title"):
+            table.add_column(col)
+        for t in tasks:
+            status = f"{t.status} ({t.waiting_for})" if t.waiting_for else t.status.value
+            table.add_row(t.key, t.repo, t.stage.value, status, t.title)
+        Console().print(table)
+    finally:
+        orch_app.close()
+
+
+@task_app.command("show")
+def task_show(
+    key: str = typer.Argument(..., help="The ticket key, e.g. APP-1."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """One task: stages with timings, gate verdicts, effects, runs and history."""
+    from orch.services.views import task_detail
+
+    orch_app = _app()
+    try:
+        detail = _guard(lambda: task_detail(orch_app.store, orch_app.intake.task(key)))
+        if as_json:
+            print(json.dumps(detail, indent=2))
+        else:
+            _print_detail(detail)
+    finally:
+        orch_app.close()
+
+
+def _print_detail(d: dict[str, Any]) -> None:
+    console = Console()
+    waiting = f", waiting for {d['waiting_for']}" if d["waiting_for"] else ""
+    console.print(f"[bold]{d['key']}[/] {d['title']}")
+    console.print(f"repo {d['repo']}  branch {d['branch']}  stage {d['stage']}  status {d['status']}{waiting}")
+    if d["reason"]:
+        console.print(f"reason: {d['reason']}")
+    c = d["cost"]
+    console.print(f"cost: ${c['usd']:.4f}  tokens in {c['tokens_in']} out {c['tokens_out']}")
+    stages = Table(title="stages")
+    for col in ("stage", "agent", "working", "waiting", "visits"):
+        stages.add_column(col)
+    for s in d["stages"]:
+        stages.add_row(s["stage"], s.get("agent") or "—", f"{s['active_s']:.2f}s", f"{s['waiting_s']:.2f}s", str(s["visits"]))
+    console.print(stages)
+    gates = Table(title="gates")
+    for col in ("stage", "gate", "verdict", "reason"):
+        gates.add_column(col)
+    for g in d["gates"]:
+        gates.add_row(g["stage"], g["gate"], "pass" if g["passed"] else "FAIL", g["reason"][:100])
+    console.print(gates)
+    effects = Table(title="effects")
+    for col in ("key", "state", "result"):
+        effects.add_column(col)
+    for e in d["effects"]:
+        effects.add_row(e["key"], e["state"], json.dumps(e["result"])[:100])
+    console.print(effects)
+    history = Table(title="history")
+    for col in ("v", "from", "to", "actor", "reason"):
+        history.add_column(col)
+    for h in d["history"]:
+        history.add_row(
+            str(h["version"]),
+            f"{h['from']['stage']}/{h['from']['status']}",
+            f"{h['to']['stage']}/{h['to']['status']}",
+            h["actor"],
+            h["reason"][:80],
+        )
+    console.print(history)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+"""`orch demo`: one ticket through the whole default pipeline, offline, on a sample project."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from orch.bootstrap import App, build
+from orch.config import load_settings
+from orch.demo import sample
+from orch.domain.errors import OrchError
+from orch.domain.states import TaskStatus, is_terminal
+from orch.services.views import task_detail
+
+ACTOR = "demo (auto-approve)"
+
+
+@dataclass
+class DemoResult:
+    ok: bool
+    reason: str
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare(root: Path | None) -> Path:
+    if root is None:
+        return Path(tempfile.mkdtemp(prefix="orch-demo-"))
+    root = root.expanduser().resolve()
+    if root.exists() and any(root.iterdir()):
+        raise OrchError(f"demo directory {root} is not empty; pass a new or empty --dir")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OrchError(f"cannot create demo directory {root}: {exc.strerror or exc}") from exc
+    return root
+
+
+def demo_settings(root: Path, remote: Path, playbook: Path) -> Any:
+    target = {
+        t: {
+            "command": sample.deploy_command(root, t),
+            "check": sample.deploy_command(root, t, check=True),
+        }
+        for t in ("staging", "production")
+    }
+    return load_settings(
+        data_dir=root / ".orch",
+        store={"url": f"sqlite:///{root / 'orch.db'}"},
+        workspace_root=root / "workspaces",
+        logs_dir=root / "logs",
+        repos=[
+            {
+                "name": "sample",
+                "remote": str(remote),
+                "key_prefix": "DEMO",
+                "test_command": sample.test_command(),
+                "deploy": target,
+            }
+        ],
+        agents={"default": {"kind": "scripted", "playbook": str(playbook)}},
+        worker={"slots": 2, "heartbeat_s": 5, "poll_interval_s": 0.5, "backoff_base_s": 0.2},
+    )
+
+
+def run(root: Path | None, console: Console, timeout_s: float = 120.0) -> DemoResult:
+    started = time.monotonic()
+    root = prepare(root)
+    console.print(f"[bold]orch demo[/] in {root}")
+    _, remote = sample.create(root)
+    playbook = root / "playbook.json"
+    playbook.write_text(json.dumps(sample.playbook(), indent=2), encoding="utf-8")
+    console.print(f"sample project: {root / 'sample'} (remote {remote})")
+    app = build(demo_settings(root, remote, playbook))
+    try:
+        task = app.intake.file("sample", sample.TICKET_TITLE, sample.TICKET_BODY, actor="demo")
+        console.print(f"filed [bold]{task.key}[/] on the built-in board: {task.title}")
+        app.dispatcher.start()
+        task = _watch(app, task.key, console, started, timeout_s)
+        summary = _summary(app, task.key, root, remote, time.monotonic() - started)
+        if task.status != TaskStatus.DONE:
+            reason = task.status_reason or f"task ended {task.status}"
+            return DemoResult(False, f"{task.key} stopped at {task.stage} ({task.status}): {reason}", summary)
+        check = _verify(summary)
+        if check:
+            return DemoResult(False, check, summary)
+        return DemoResult(True, "done", summary)
+    finally:
+        app.close()
+
+
+def _watch(app: App, key: str, console: Console, started: float, timeout_s: float) -> Any:
+    shown = 0
+    task = app.intake.task(key)
+    with Live(console=console, refresh_per_second=8, transient=True) as live:
+        while True:
+            task = app.intake.task(key)
+            history = app.store.transitions(task.id)
+            for tr in history[shown:]:
+                _print_transition(app, task.id, tr, console)
+            shown = len(history)
+            if task.status == TaskStatus.WAITING and task.waiting_for:
+                if app.intake.decide(key, True, ACTOR, "approved by the demo"):
+                    console.print(
+                        f"  [yellow]⏸  checkpoint {task.waiting_for}[/]: approved automatically by the demo"
+                    )
+            if is_terminal(task.status) or task.status == TaskStatus.NEEDS_OPERATOR:
+                return task
+            if time.monotonic() - started > timeout_s:
+                raise OrchError(f"the demo did not finish within {timeout_s:g}s (at {task.stage})")
+            live.update(_status_line(app, task, started))
+            app.dispatcher.wait_until(lambda: False, 0.1)
+
+
+def _status_line(app: App, task: Any, started: float) -> Text:
+    agent = ""
+    for s in task.pipeline["stages"]:
+        if s["stage"] == task.stage.value:
+            agent = s["agent"] or "no agent"
+    return Text.assemble(
+        ("  ⟳ ", "cyan"),
+        (f"{task.stage}", "bold"),
+        f"  agent: {agent}  status: {task.status}  elapsed {time.monotonic() - started:5.1f}s",
+    )
+
+
+def _print_transition(app: App, task_id: int, tr: Any, console: Console) -> None:
+    if tr.version == 1:
+        console.print(f"  ▶ [bold]{tr.to_stage}[/] started")
+        return
+    if tr.from_status == TaskStatus.ACTIVE:
+        # the gates the job that made this transition recorded
+        for g in app.store.gate_records(task_id):
+            if g.version == tr.version - 1:
+                mark = "[green]✔[/]" if g.passed else "[red]✘[/]"
+                console.print(f"    {mark} gate {g.gate}: {g.reason}")
+    if tr.to_status == TaskStatus.WAITING:
+        console.print(f"  [yellow]⏸[/]  {tr.reason}; waiting before [bold]{tr.to_stage}[/]")
+    elif tr.to_status == TaskStatus.DONE:
+        console.print(f"  [green]■[/] {tr.reason}: [bold green]done[/]")
+    elif tr.from_stage == tr.to_stage:
+        console.print(f"  ▶ [bold]{tr.to_stage}[/] resumes ({tr.reason})")
+    else:
+        console.print(f"  ▶ [bold]{tr.to_stage}[/] started ({tr.reason})")
+
+
+def _git(remote: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=remote, capture_output=True, text=True, check=False
+    ).stdout.strip()
+
+
+def _summary(app: App, key: str, root: Path, remote: Path, elapsed: float) -> dict[str, Any]:
+    task = app.intake.task(key)
+    detail = task_detail(app.store, task)
+    merges = [e for e in detail["effects"] if e["kind"] == "merge"]
+    deploys = [e for e in detail["effects"] if e["kind"].startswith("deploy:")]
+    main_head = _git(remote, "rev-parse", "refs/heads/main")
+    deploy_log = root / "deploy.log"
+    return {
+        "ok": task.status == TaskStatus.DONE,
+        "task": detail,
+        "elapsed_s": round(elapsed, 2),
+        "merge": {
+            "commit": merges[-1]["result"].get("merge_sha") if merges else None,
+            "remote_main": main_head,
+            "subject": _git(remote, "log", "-1", "--format=%s", "refs/heads/main"),
+            "effects": merges,
+        },
+        "deploys": deploys,
+        "deploy_log": deploy_log.read_text().splitlines() if deploy_log.exists() else [],
+        "paths": {
+            "demo": str(root),
+            "remote": str(remote),
+            "sample": str(root / "sample"),
+            "store": app.store.display_url,
+            "workspaces": str(app.settings.workspace),
+            "logs": str(app.settings.logs),
+            "staging": str(root / "staging"),
+            "production": str(root / "prod"),
+            "deploy_log": str(deploy_log),
+        },
+    }
+
+
+def _verify(summary: dict[str, Any]) -> str:
+    merge = summary["merge"]
+    succeeded = [e for e in merge["effects"] if e["state"] == "SUCCEEDED"]
+    if len(succeeded) != 1:
+        return f"expected one merge, found {len(succeeded)}"
+    if merge["commit"] != merge["remote_main"]:
+        return f"the remote's main is at {merge['remote_main']}, not the merge {merge['commit']}"
+    return ""
+
+
+def render_summary(summary: dict[str, Any], console: Console) -> None:
+    task = summary["task"]
+    table = Table(title=f"{task['key']}: {task['title']}", title_justify="left")
+    table.add_column("stage")
+    table.add_column("agent")
+    table.add_column("working", justify="right")
+    table.add_column("waiting", justify="right")
+    table.add_column("gates")
+    gates: dict[str, dict[str, Any]] = {}
+    for g in task["gates"]:
+        gates.setdefault(g["stage"], {})[g["gate"]] = g
+    for row in task["stages"]:
+        if row["stage"] == "done":
+            continue
+        verdicts = ", ".join(
+            f"{name} {'✔' if g['passed'] else '✘'}" for name, g in gates.get(row["stage"], {}).items()
+        )
+        table.add_row(
+            row["stage"],
+            row["agent"] or "—",
+            f"{row['active_s']:.2f}s",
+            f"{row['waiting_s']:.2f}s" if row["waiting_s"] else "",
+            verdicts or "—",
+        )
+    console.print(table)
+    merge = summary["merge"]
+    console.print(f"merge commit on main: [bold]{merge['commit']}[/] ({merge['subject']})")
+    for d in summary["deploys"]:
+        console.print(f"deploy {d['kind'].split(':', 1)[1]}: {d['state']} release {d['precondition'][:12]}")
+    for line in summary["deploy_log"]:
+        console.print(f"  deploy.log: {line}")
+    console.print("where everything lives:")
+    for name, path in summary["paths"].items():
+        console.print(f"  {name:<11} {path}")
+    console.print(f"finished in {summary['elapsed_s']:.1f}s")
+

@@ -1,0 +1,145 @@
+"""Read models: what the CLI, the API and the demo show of a task. One shape for all three."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orch.domain import pipeline as pl
+from orch.domain.model import Task, Transition
+from orch.domain.states import TaskStatus, is_terminal
+from orch.ports import StateSummary, Store
+
+
+def stage_timings(
+    transitions: list[Transition], now: float, terminal: bool
+) -> list[dict[str, Any]]:
+    """Seconds spent per stage, split into working and waiting, in the order first entered."""
+    out: dict[str, dict[str, Any]] = {}
+    for i, tr in enumerate(transitions):
+        end = transitions[i + 1].at if i + 1 < len(transitions) else (tr.at if terminal else now)
+        row = out.setdefault(
+            tr.to_stage.value,
+            {
+                "stage": tr.to_stage.value,
+                "entered_at": tr.at,
+                "left_at": None,
+                "active_s": 0.0,
+                "waiting_s": 0.0,
+                "visits": 0,
+            },
+        )
+        if i == 0 or transitions[i - 1].to_stage != tr.to_stage:
+            row["visits"] += 1
+        span = max(0.0, end - tr.at)
+        if tr.to_status == TaskStatus.WAITING:
+            row["waiting_s"] += span
+        else:
+            row["active_s"] += span
+        if i + 1 < len(transitions) and transitions[i + 1].to_stage != tr.to_stage:
+            row["left_at"] = end
+    for row in out.values():
+        row["active_s"] = round(row["active_s"], 3)
+        row["waiting_s"] = round(row["waiting_s"], 3)
+    return list(out.values())
+
+
+def task_summary(task: Task) -> dict[str, Any]:
+    return {
+        "key": task.key,
+        "id": task.id,
+        "repo": task.repo,
+        "title": task.title,
+        "stage": task.stage.value,
+        "status": task.status.value,
+        "waiting_for": task.waiting_for,
+        "version": task.version,
+        "branch": task.branch,
+        "reason": task.status_reason,
+        "rework_rounds": task.rework_rounds,
+        "cost": {
+            "usd": round(task.cost_usd, 6),
+            "tokens_in": task.tokens_in,
+            "tokens_out": task.tokens_out,
+        },
+        "created_at": task.created_at,
+        "updated_at": task.updated_at,
+    }
+
+
+def task_detail(store: Store, task: Task) -> dict[str, Any]:
+    transitions = store.transitions(task.id)
+    pipeline = pl.from_dict(task.pipeline)
+    agents = {s.stage.value: s.agent for s in pipeline.stages}
+    stages = stage_timings(transitions, store.now(), is_terminal(task.status))
+    for row in stages:
+        row["agent"] = agents.get(row["stage"])
+    return {
+        **task_summary(task),
+        "feedback": task.feedback,
+        "pipeline": [s.stage.value for s in pipeline.stages],
+        "stages": stages,
+        "gates": [
+            {
+                "stage": g.stage.value,
+                "gate": g.gate,
+                "version": g.version,
+                "head_sha": g.head_sha,
+                "passed": g.passed,
+                "reason": g.reason,
+                "at": g.at,
+            }
+            for g in store.gate_records(task.id)
+        ],
+        "effects": [
+            {
+                "key": e.key,
+                "kind": e.kind,
+                "state": e.state.value,
+                "precondition": e.precondition,
+                "result": e.result,
+                "created_at": e.created_at,
+                "updated_at": e.updated_at,
+            }
+            for e in store.effects(task.id)
+        ],
+        "runs": [
+            {
+                "stage": r.stage.value,
+                "attempt": r.attempt,
+                "agent": r.agent,
+                "pid": r.pid,
+                "exit_code": r.exit_code,
+                "log": r.log_path,
+                "started_at": r.started_at,
+                "ended_at": r.ended_at,
+                "tokens_in": r.tokens_in,
+                "tokens_out": r.tokens_out,
+                "cost_usd": r.cost_usd,
+            }
+            for r in store.runs(task.id)
+        ],
+        "history": [
+            {
+                "version": t.version,
+                "from": {"stage": t.from_stage.value, "status": t.from_status.value},
+                "to": {"stage": t.to_stage.value, "status": t.to_status.value},
+                "actor": t.actor,
+                "reason": t.reason,
+                "at": t.at,
+            }
+            for t in transitions
+        ],
+    }
+
+
+def state_view(summary: StateSummary) -> dict[str, Any]:
+    return {
+        "tasks": {"by_stage": summary.by_stage, "by_status": summary.by_status},
+        "running": summary.running,
+        "recent_transitions": summary.recent,
+        "cost": {
+            "usd": round(summary.cost_usd, 6),
+            "tokens_in": summary.tokens_in,
+            "tokens_out": summary.tokens_out,
+        },
+    }

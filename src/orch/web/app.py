@@ -1,0 +1,60 @@
+"""The HTTP API: JSON under /api/v1. Writes go through intake, never to a task's stage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from orch.bootstrap import App
+from orch.domain.errors import Conflict, NotFound, OrchError, StoreUnavailable
+from orch.services.views import state_view, task_detail, task_summary
+
+
+class NewTicket(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    repo: str = Field(min_length=1)
+    title: str = Field(min_length=1, max_length=500)
+    body: str = ""
+
+
+def create_app(app: App) -> FastAPI:
+    api = FastAPI(title="orch", version="0.1.0")
+
+    @api.exception_handler(OrchError)
+    async def _orch_error(_request: Request, exc: OrchError) -> JSONResponse:
+        status = 400
+        if isinstance(exc, NotFound):
+            status = 404
+        elif isinstance(exc, Conflict):
+            status = 409
+        elif isinstance(exc, StoreUnavailable):
+            status = 503
+        return JSONResponse({"error": str(exc)}, status_code=status)
+
+    @api.get("/api/v1/health")
+    def health() -> dict[str, Any]:
+        app.store.now()
+        return {"ok": True, "owner": app.dispatcher.owner}
+
+    @api.get("/api/v1/state")
+    def state() -> dict[str, Any]:
+        return state_view(app.store.summary())
+
+    @api.get("/api/v1/tasks")
+    def tasks(limit: int = 50) -> dict[str, Any]:
+        return {"tasks": [task_summary(t) for t in app.store.list_tasks(min(max(limit, 1), 500))]}
+
+    @api.get("/api/v1/tasks/{key}")
+    def task(key: str) -> dict[str, Any]:
+        return task_detail(app.store, app.intake.task(key))
+
+    @api.post("/api/v1/tasks", status_code=201)
+    def file_ticket(ticket: NewTicket) -> dict[str, Any]:
+        created = app.intake.file(ticket.repo, ticket.title, ticket.body, actor="api")
+        return task_detail(app.store, created)
+
+    return api
