@@ -125,6 +125,8 @@ def build(
     environ: Mapping[str, str] | None = None,
     migrate: bool = True,
 ) -> App:
+    workspace = check_writable(Path(settings.workspace))
+    logs = check_writable(Path(settings.logs))
     store = SqlStore(
         settings.store_url,
         busy_timeout_ms=settings.store.busy_timeout_ms,
@@ -133,8 +135,6 @@ def build(
     if migrate:
         store.migrate()
     repos = ConfiguredRepos(settings)
-    workspace = check_writable(Path(settings.workspace))
-    logs = check_writable(Path(settings.logs))
     if forge is None:
         forge = LocalGitForge(
             workspace, {r.name: (r.remote, r.default_branch) for r in settings.repos}

@@ -65,7 +65,9 @@ def main_options(
 
 @app.command()
 def demo(
-    directory: Path | None = typer.Option(None, "--dir", help="Where to put the demo (new or empty)."),
+    directory: Path | None = typer.Option(
+        None, "--dir", help="Where to put the demo (new or empty)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Run one ticket through the whole pipeline on a sample project, offline."""
@@ -224,7 +226,9 @@ def _print_detail(d: dict[str, Any]) -> None:
     console = Console()
     waiting = f", waiting for {d['waiting_for']}" if d["waiting_for"] else ""
     console.print(f"[bold]{d['key']}[/] {d['title']}")
-    console.print(f"repo {d['repo']}  branch {d['branch']}  stage {d['stage']}  status {d['status']}{waiting}")
+    console.print(
+        f"repo {d['repo']}  branch {d['branch']}  stage {d['stage']}  status {d['status']}{waiting}"
+    )
     if d["reason"]:
         console.print(f"reason: {d['reason']}")
     c = d["cost"]
@@ -233,7 +237,13 @@ def _print_detail(d: dict[str, Any]) -> None:
     for col in ("stage", "agent", "working", "waiting", "visits"):
         stages.add_column(col)
     for s in d["stages"]:
-        stages.add_row(s["stage"], s.get("agent") or "—", f"{s['active_s']:.2f}s", f"{s['waiting_s']:.2f}s", str(s["visits"]))
+        stages.add_row(
+            s["stage"],
+            s.get("agent") or "—",
+            f"{s['active_s']:.2f}s",
+            f"{s['waiting_s']:.2f}s",
+            str(s["visits"]),
+        )
     console.print(stages)
     gates = Table(title="gates")
     for col in ("stage", "gate", "verdict", "reason"):

@@ -89,7 +89,9 @@ def run(root: Path | None, console: Console, timeout_s: float = 120.0) -> DemoRe
         summary = _summary(app, task.key, root, remote, time.monotonic() - started)
         if task.status != TaskStatus.DONE:
             reason = task.status_reason or f"task ended {task.status}"
-            return DemoResult(False, f"{task.key} stopped at {task.stage} ({task.status}): {reason}", summary)
+            return DemoResult(
+                False, f"{task.key} stopped at {task.stage} ({task.status}): {reason}", summary
+            )
         check = _verify(summary)
         if check:
             return DemoResult(False, check, summary)
@@ -108,11 +110,15 @@ def _watch(app: App, key: str, console: Console, started: float, timeout_s: floa
             for tr in history[shown:]:
                 _print_transition(app, task.id, tr, console)
             shown = len(history)
-            if task.status == TaskStatus.WAITING and task.waiting_for:
-                if app.intake.decide(key, True, ACTOR, "approved by the demo"):
-                    console.print(
-                        f"  [yellow]⏸  checkpoint {task.waiting_for}[/]: approved automatically by the demo"
-                    )
+            if (
+                task.status == TaskStatus.WAITING
+                and task.waiting_for
+                and app.intake.decide(key, True, ACTOR, "approved by the demo")
+            ):
+                console.print(
+                    f"  [yellow]⏸  checkpoint {task.waiting_for}[/]: "
+                    "approved automatically by the demo"
+                )
             if is_terminal(task.status) or task.status == TaskStatus.NEEDS_OPERATOR:
                 return task
             if time.monotonic() - started > timeout_s:
@@ -217,7 +223,8 @@ def render_summary(summary: dict[str, Any], console: Console) -> None:
         if row["stage"] == "done":
             continue
         verdicts = ", ".join(
-            f"{name} {'✔' if g['passed'] else '✘'}" for name, g in gates.get(row["stage"], {}).items()
+            f"{name} {'✔' if g['passed'] else '✘'}"
+            for name, g in gates.get(row["stage"], {}).items()
         )
         table.add_row(
             row["stage"],
@@ -230,11 +237,12 @@ def render_summary(summary: dict[str, Any], console: Console) -> None:
     merge = summary["merge"]
     console.print(f"merge commit on main: [bold]{merge['commit']}[/] ({merge['subject']})")
     for d in summary["deploys"]:
-        console.print(f"deploy {d['kind'].split(':', 1)[1]}: {d['state']} release {d['precondition'][:12]}")
+        console.print(
+            f"deploy {d['kind'].split(':', 1)[1]}: {d['state']} release {d['precondition'][:12]}"
+        )
     for line in summary["deploy_log"]:
         console.print(f"  deploy.log: {line}")
     console.print("where everything lives:")
     for name, path in summary["paths"].items():
         console.print(f"  {name:<11} {path}")
     console.print(f"finished in {summary['elapsed_s']:.1f}s")
-

@@ -114,8 +114,8 @@ class Dispatcher:
                 seen = self._generation
             try:
                 ran = self.run_once()
-            except OrchError as exc:
-                log.error("claim failed: %s", exc)
+            except Exception:
+                log.exception("worker slot error")
                 ran = False
             if ran:
                 continue

@@ -105,6 +105,10 @@ class Engine:
             log.warning("job %s of %s dropped: %s", claim.job_id, task.key, exc)
         except OrchError as exc:
             self._fail_attempt(task, claim, str(exc), actor)
+        except Exception as exc:
+            # a bug or an unexpected OS error must cost an attempt, not the worker thread
+            log.exception("job %s of %s failed unexpectedly", claim.job_id, task.key)
+            self._fail_attempt(task, claim, f"{type(exc).__name__}: {exc}", actor)
 
     # -- the inbox of a waiting task ---------------------------------------------------------
 

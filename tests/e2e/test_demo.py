@@ -1,0 +1,121 @@
+"""`orch demo` as a newcomer runs it: a subprocess, judged by what it left on disk."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from orch.adapters.store.sql import SqlStore
+from orch.domain import pipeline as pl
+from orch.domain.states import EffectState
+
+from .conftest import orch
+
+pytestmark = pytest.mark.slow
+
+
+def git(remote: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "--git-dir", str(remote), *args], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("demo") / "run"
+    done = orch("demo", "--dir", str(root), "--json")
+    assert done.returncode == 0, done.stderr
+    return root, json.loads(done.stdout)
+
+
+def test_demo_merges_the_change_into_the_remote_default_branch(demo_run: tuple[Path, dict]) -> None:
+    root, summary = demo_run
+    remote = root / "sample.git"
+    main = git(remote, "rev-parse", "refs/heads/main")
+    assert summary["ok"] is True
+    assert summary["merge"]["commit"] == main
+    parents = git(remote, "rev-list", "--parents", "-n", "1", main).split()[1:]
+    assert parents[1] == git(remote, "rev-parse", "refs/heads/orch/DEMO-1")
+    assert "def slugify" in git(remote, "show", "main:sample/slug.py")
+    assert "Verdict: approve" in git(remote, "show", "main:docs/work-items/DEMO-1/review.md")
+
+
+def test_demo_history_is_gap_free_and_follows_pipeline_edges(demo_run: tuple[Path, dict]) -> None:
+    root, _ = demo_run
+    store = SqlStore(f"sqlite:///{root / 'orch.db'}")
+    try:
+        task = store.find_task("DEMO-1")
+        assert task is not None
+        history = store.transitions(task.id)
+        assert [t.version for t in history] == list(range(1, task.version + 1))
+        edges = pl.from_dict(task.pipeline).edges()
+        assert all((t.from_stage, t.to_stage) in edges for t in history)
+        assert history[-1].to_stage.value == "done"
+        actors = {t.actor for t in history}
+        assert any(a.startswith("demo") for a in actors)
+    finally:
+        store.close()
+
+
+def test_demo_merges_exactly_once_and_deploys_the_release_to_both_targets(
+    demo_run: tuple[Path, dict],
+) -> None:
+    root, _ = demo_run
+    store = SqlStore(f"sqlite:///{root / 'orch.db'}")
+    try:
+        task = store.find_task("DEMO-1")
+        assert task is not None
+        effects = store.effects(task.id)
+    finally:
+        store.close()
+    merges = [e for e in effects if e.kind == "merge"]
+    assert [e.state for e in merges] == [EffectState.SUCCEEDED]
+    release = merges[0].result["merge_sha"]
+    deploys = {e.kind: e for e in effects if e.kind.startswith("deploy:")}
+    assert set(deploys) == {"deploy:staging", "deploy:production"}
+    assert all(e.state == EffectState.SUCCEEDED for e in deploys.values())
+    log = (root / "deploy.log").read_text().split("\n")
+    assert [line.split()[1:] for line in log if line] == [
+        ["staging", release],
+        ["production", release],
+    ]
+    assert (root / "prod" / "RELEASE").read_text().strip() == release
+    assert (root / "prod" / "sample" / "slug.py").exists()
+
+
+def test_demo_summary_reports_every_stage_with_its_gate_verdicts(
+    demo_run: tuple[Path, dict],
+) -> None:
+    _, summary = demo_run
+    stages = [s["stage"] for s in summary["task"]["stages"]]
+    assert stages == [
+        "analysis",
+        "architecture",
+        "development",
+        "review",
+        "testing",
+        "deploy-staging",
+        "deploy",
+        "done",
+    ]
+    gates = {(g["stage"], g["gate"]): g["passed"] for g in summary["task"]["gates"]}
+    assert gates == {
+        ("analysis", "spec"): True,
+        ("architecture", "adr"): True,
+        ("development", "tests"): True,
+        ("review", "review"): True,
+        ("testing", "tests"): True,
+        ("testing", "test-report"): True,
+    }
+
+
+def test_demo_refuses_a_directory_that_is_not_empty(tmp_path: Path) -> None:
+    (tmp_path / "something").write_text("x")
+    done = orch("demo", "--dir", str(tmp_path))
+    assert done.returncode != 0
+    assert done.stderr.strip().startswith("error:")
+    assert "not empty" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["something"]

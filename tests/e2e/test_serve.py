@@ -1,0 +1,134 @@
+"""`orch serve` as a subprocess, driven over HTTP."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from orch.demo import sample
+
+from .conftest import orch, write_config
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Served:
+    url: str
+    proc: subprocess.Popen[str]
+    config: Path
+    root: Path
+
+
+def start_serve(config: Path) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "orch.cli", "--config", str(config), "serve", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    _, remote = sample.create(tmp_path)
+    config = write_config(tmp_path, remote)
+    proc = start_serve(config)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        match = re.search(r"http://[\d.]+:\d+", line)
+        assert match, f"no address in {line!r}; stderr: {proc.stderr.read() if proc.stderr else ''}"
+        yield Served(match.group(0), proc, config, tmp_path)
+    finally:
+        stop(proc)
+
+
+def wait_for(predicate, what: str, bound_s: float = 30.0):  # type: ignore[no-untyped-def]
+    """Poll until predicate() is truthy; the bound only turns a hang into a failure."""
+    deadline = time.monotonic() + bound_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"never saw {what}")
+
+
+def test_filed_ticket_runs_analysis_and_waits_for_plan_approval(served: Served) -> None:
+    with httpx.Client(base_url=served.url, timeout=10) as client:
+        created = client.post(
+            "/api/v1/tasks", json={"repo": "sample", "title": "Add a slugify helper"}
+        )
+        assert created.status_code == 201
+        key = created.json()["key"]
+        assert key == "SAM-1"
+
+        def waiting() -> dict | None:
+            body = client.get(f"/api/v1/tasks/{key}").json()
+            return body if body["status"] == "waiting" else None
+
+        task = wait_for(waiting, "the task waiting at its checkpoint")
+        assert task["waiting_for"] == "approve-plan"
+        assert task["stage"] == "architecture"
+        assert [(g["stage"], g["gate"], g["passed"]) for g in task["gates"]] == [
+            ("analysis", "spec", True)
+        ]
+        assert [h["version"] for h in task["history"]] == [1, 2]
+        assert task["history"][0]["actor"] == "api"
+        assert task["runs"][0]["exit_code"] == 0
+
+        state = client.get("/api/v1/state").json()
+        assert state["tasks"]["by_status"] == {"waiting": 1}
+        assert state["running"] == []
+        assert [t["task"] for t in state["recent_transitions"]] == [key, key]
+
+    shown = orch("--config", str(served.config), "task", "show", key)
+    assert shown.returncode == 0, shown.stderr
+    assert "approve-plan" in shown.stdout
+
+
+def test_api_answers_bad_requests_with_clear_errors(served: Served) -> None:
+    with httpx.Client(base_url=served.url, timeout=10) as client:
+        unknown = client.post("/api/v1/tasks", json={"repo": "nope", "title": "x"})
+        assert unknown.status_code == 404
+        assert "unknown repository 'nope'" in unknown.json()["error"]
+        missing = client.get("/api/v1/tasks/SAM-99")
+        assert missing.status_code == 404
+        assert missing.json() == {"error": "no task for ticket SAM-99"}
+        invalid = client.post("/api/v1/tasks", json={"repo": "sample"})
+        assert invalid.status_code == 422
+        assert client.get("/api/v1/state").json()["tasks"]["by_status"] == {}
+
+
+def test_second_serve_on_the_same_sqlite_file_is_refused(served: Served) -> None:
+    second = start_serve(served.config)
+    try:
+        _, err = second.communicate(timeout=60)
+    finally:
+        stop(second)
+    assert second.returncode != 0
+    assert "another orch serve is already using" in err
+    assert httpx.get(f"{served.url}/api/v1/health", timeout=10).json()["ok"] is True
