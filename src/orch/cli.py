@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -46,12 +44,9 @@ def _settings() -> Settings:
 
 
 def _logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    from orch.logs import configure
+
+    configure(level)
 
 
 @app.callback()
@@ -73,8 +68,7 @@ def demo(
     """Run one ticket through the whole pipeline on a sample project, offline."""
     from orch.demo.run import render_summary, run
 
-    logging.getLogger().setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    _logging("WARNING")
     console = Console(stderr=as_json)
     result = _guard(lambda: run(directory, console))
     if as_json:
@@ -220,6 +214,40 @@ def task_show(
             _print_detail(detail)
     finally:
         orch_app.close()
+
+
+def _decide(key: str, approve: bool, comment: str) -> None:
+    orch_app = _app()
+    try:
+        task = _guard(lambda: orch_app.intake.task(key))
+        if task.status.value != "waiting":
+            _fail(f"{key} is not waiting at a checkpoint (it is {task.stage}, {task.status})")
+        recorded = _guard(lambda: orch_app.intake.decide(key, approve, "cli", comment))
+        verb = "approval" if approve else "rejection"
+        if recorded:
+            print(f"{verb} of {task.waiting_for} recorded for {key}")
+        else:
+            print(f"{verb} of {task.waiting_for} for {key} was already recorded")
+    finally:
+        orch_app.close()
+
+
+@task_app.command("approve")
+def task_approve(
+    key: str = typer.Argument(..., help="The ticket key."),
+    comment: str = typer.Option("", help="A note kept in the history."),
+) -> None:
+    """Approve the checkpoint a task waits at."""
+    _decide(key, True, comment)
+
+
+@task_app.command("reject")
+def task_reject(
+    key: str = typer.Argument(..., help="The ticket key."),
+    comment: str = typer.Option("", help="Why; it reaches the next prompt."),
+) -> None:
+    """Reject the checkpoint a task waits at; it goes back to the stage the pipeline names."""
+    _decide(key, False, comment)
 
 
 def _print_detail(d: dict[str, Any]) -> None:

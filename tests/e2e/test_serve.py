@@ -132,3 +132,43 @@ def test_second_serve_on_the_same_sqlite_file_is_refused(served: Served) -> None
     assert second.returncode != 0
     assert "another orch serve is already using" in err
     assert httpx.get(f"{served.url}/api/v1/health", timeout=10).json()["ok"] is True
+
+
+def test_approvals_over_the_api_carry_a_ticket_to_done_and_merge_it_once(served: Served) -> None:
+    with httpx.Client(base_url=served.url, timeout=10) as client:
+        key = client.post("/api/v1/tasks", json={"repo": "sample", "title": "Tidy"}).json()["key"]
+
+        def waiting_at(checkpoint: str):  # type: ignore[no-untyped-def]
+            def check() -> bool:
+                body = client.get(f"/api/v1/tasks/{key}").json()
+                return body["status"] == "waiting" and body["waiting_for"] == checkpoint
+
+            return check
+
+        wait_for(waiting_at("approve-plan"), "the plan checkpoint")
+        early = client.post(f"/api/v1/tasks/{key}/approve", json={"actor": "ann"})
+        assert early.json() == {"key": key, "checkpoint": "approve-plan", "recorded": True}
+        wait_for(waiting_at("confirm-deploy"), "the deploy checkpoint")
+        assert client.post(f"/api/v1/tasks/{key}/approve", json={"actor": "bob"}).status_code == 200
+
+        def done() -> dict | None:
+            body = client.get(f"/api/v1/tasks/{key}").json()
+            return body if body["status"] == "done" else None
+
+        task = wait_for(done, "the task done")
+        not_waiting = client.post(f"/api/v1/tasks/{key}/approve")
+        assert not_waiting.status_code == 409
+
+    approvers = [
+        h["actor"] for h in task["history"] if h["reason"].endswith("approved by " + h["actor"])
+    ]
+    assert approvers == ["ann", "bob"]
+    merges = [e for e in task["effects"] if e["kind"] == "merge"]
+    assert [e["state"] for e in merges] == ["SUCCEEDED"]
+    remote_main = subprocess.run(
+        ["git", "--git-dir", str(served.root / "sample.git"), "rev-parse", "main"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert remote_main == merges[0]["result"]["merge_sha"]

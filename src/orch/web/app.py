@@ -21,6 +21,13 @@ class NewTicket(BaseModel):
     body: str = ""
 
 
+class Decision(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    actor: str = Field("api", min_length=1, max_length=200)
+    comment: str = ""
+
+
 def create_app(app: App) -> FastAPI:
     api = FastAPI(title="orch", version="0.1.0")
 
@@ -56,5 +63,20 @@ def create_app(app: App) -> FastAPI:
     def file_ticket(ticket: NewTicket) -> dict[str, Any]:
         created = app.intake.file(ticket.repo, ticket.title, ticket.body, actor="api")
         return task_detail(app.store, created)
+
+    @api.post("/api/v1/tasks/{key}/approve")
+    def approve(key: str, decision: Decision | None = None) -> dict[str, Any]:
+        return _decide(key, True, decision or Decision())
+
+    @api.post("/api/v1/tasks/{key}/reject")
+    def reject(key: str, decision: Decision | None = None) -> dict[str, Any]:
+        return _decide(key, False, decision or Decision())
+
+    def _decide(key: str, approve: bool, decision: Decision) -> dict[str, Any]:
+        task = app.intake.task(key)
+        if task.status.value != "waiting":
+            raise Conflict(f"{key} is not waiting at a checkpoint")
+        recorded = app.intake.decide(key, approve, decision.actor, decision.comment)
+        return {"key": key, "checkpoint": task.waiting_for, "recorded": recorded}
 
     return api

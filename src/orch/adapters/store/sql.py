@@ -7,6 +7,7 @@ worker that lost its lease writes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -89,7 +90,9 @@ class SqlStore:
     ) -> None:
         self.url = normalise_url(url)
         self._listeners: list[Callable[[], None]] = []
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        # an in-memory database is one shared connection: its users take turns
+        self._serial = False
         parsed = sa.engine.make_url(self.url)
         self.dialect = parsed.get_backend_name()
         if self.dialect == "sqlite":
@@ -99,6 +102,7 @@ class SqlStore:
             }
             if path is None:
                 kwargs["poolclass"] = StaticPool
+                self._serial = True
             else:
                 try:
                     path.parent.mkdir(parents=True, exist_ok=True)
@@ -163,7 +167,7 @@ class SqlStore:
         delay = 0.005
         for attempt in range(12):
             try:
-                with self.engine.connect() as conn:
+                with self._turn(), self.engine.connect() as conn:
                     conn.execution_options(orch_write=True)
                     with conn.begin():
                         result = fn(conn)
@@ -181,10 +185,13 @@ class SqlStore:
 
     def _read(self, fn: Callable[[Connection], Any]) -> Any:
         try:
-            with self.engine.connect() as conn, conn.begin():
+            with self._turn(), self.engine.connect() as conn, conn.begin():
                 return fn(conn)
         except OperationalError as exc:
             raise StoreUnavailable(f"store read failed: {_first_line(exc)}") from exc
+
+    def _turn(self) -> contextlib.AbstractContextManager[Any]:
+        return self._lock if self._serial else contextlib.nullcontext()
 
     def now(self) -> float:
         return float(self._read(lambda c: c.execute(sa.select(self._now_sql)).scalar_one()))
