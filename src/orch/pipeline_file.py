@@ -105,6 +105,7 @@ def parse(
     stages = base.stages
     if model.stages is not None:
         defaults = {s.stage: s for s in base.stages}
+        listed = {Stage(sm.name) for sm in model.stages}
         built: list[pl.StageSpec] = []
         for i, sm in enumerate(model.stages):
             stage = Stage(sm.name)
@@ -132,6 +133,8 @@ def parse(
                 changes["actions"] = tuple(pl.Action(a) for a in sm.actions)
             if "rework_to" in sm.model_fields_set:
                 changes["rework_to"] = Stage(sm.rework_to) if sm.rework_to else None
+            elif spec.rework_to is not None and spec.rework_to not in listed:
+                changes["rework_to"] = None  # an inherited target this file left out
             if sm.timeout_s is not None:
                 changes["timeout_s"] = sm.timeout_s
             spec = replace(spec, **changes)

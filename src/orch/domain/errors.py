@@ -55,5 +55,9 @@ class Conflict(OrchError):
     """A compare-and-set found the task in another state than expected. Write nothing."""
 
 
+class Busy(OrchError):
+    """A resource the store keeps one of (a repository's merge slot) is taken; try later."""
+
+
 class AgentError(OrchError):
     """An agent could not be started."""

@@ -19,6 +19,7 @@ from typing import Any
 from orch.domain import pipeline as pl
 from orch.domain.agent_env import child_env
 from orch.domain.errors import (
+    Busy,
     Conflict,
     ForgeError,
     HeadMoved,
@@ -103,6 +104,9 @@ class Engine:
         except (LeaseLost, Conflict) as exc:
             # someone else owns the task now: write nothing more
             log.warning("job %s of %s dropped: %s", claim.job_id, task.key, exc)
+        except Busy as exc:
+            # waiting for another task's merge is not this task's failure
+            self.store.retry(claim, str(exc), max(self._backoff(1), 1.0), counts=False)
         except OrchError as exc:
             self._fail_attempt(task, claim, str(exc), actor)
         except Exception as exc:

@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.pool import StaticPool
 
 from orch.adapters.store import schema as t
-from orch.domain.errors import Conflict, LeaseLost, NotFound, StoreUnavailable
+from orch.domain.errors import Busy, Conflict, LeaseLost, NotFound, StoreUnavailable
 from orch.domain.model import (
     Claim,
     Effect,
@@ -668,8 +668,9 @@ class SqlStore:
             if decision.rework:
                 values["rework_rounds"] = current.rework_rounds + 1
                 values["feedback"] = decision.feedback
-            elif decision.status == TaskStatus.ACTIVE and decision.stage != expected:
-                values["feedback"] = ""
+            elif decision.status != TaskStatus.NEEDS_OPERATOR:
+                # feedback answers one round; it must not leak past a wait or into the next stage
+                values["feedback"] = decision.feedback
             res = conn.execute(
                 sa.update(t.tasks)
                 .where(
@@ -703,11 +704,13 @@ class SqlStore:
         self._write(fn, wakes=decision.status == TaskStatus.ACTIVE)
         return self.get_task(claim.task_id)
 
-    def retry(self, claim: Claim, reason: str, backoff_s: float) -> None:
+    def retry(self, claim: Claim, reason: str, backoff_s: float, *, counts: bool = True) -> None:
         def fn(conn: Connection) -> None:
+            extra = {} if counts else {"attempt": t.jobs.c.attempt - 1}
             self._guard(
                 conn,
                 claim,
+                **extra,
                 state=JobState.QUEUED.value,
                 lease_owner=None,
                 lease_expires_at=None,
@@ -766,10 +769,14 @@ class SqlStore:
     def begin_effect(
         self, claim: Claim, key: str, kind: str, repo: str, precondition: str
     ) -> Effect:
+        """Record the intent to act. An effect that FAILED (known not to have happened) is
+        re-armed for another try; one that exists in any other state is returned as it is."""
+
         def fn(conn: Connection) -> None:
             self._guard(conn, claim)
-            conn.execute(
-                _insert_ignore(conn, t.effects, "key").values(
+            inserted = conn.execute(
+                _insert_ignore(conn, t.effects)
+                .values(
                     key=key,
                     task_id=claim.task_id,
                     repo=repo,
@@ -781,9 +788,32 @@ class SqlStore:
                     created_at=self._now_sql,
                     updated_at=self._now_sql,
                 )
-            )
+                .returning(t.effects.c.id)
+            ).first()
+            if inserted is not None:
+                return
+            existing = conn.execute(
+                sa.select(t.effects.c.state).where(t.effects.c.key == key)
+            ).scalar()
+            if existing is None:
+                raise Busy(f"another {kind} is in flight for {repo}")
+            if existing == EffectState.FAILED.value:
+                conn.execute(
+                    sa.update(t.effects)
+                    .where(t.effects.c.key == key, t.effects.c.state == EffectState.FAILED.value)
+                    .values(
+                        state=EffectState.INITIATED.value,
+                        precondition=precondition,
+                        result={},
+                        lease_token=claim.token,
+                        updated_at=self._now_sql,
+                    )
+                )
 
-        self._write(fn)
+        try:
+            self._write(fn)
+        except IntegrityError as exc:
+            raise Busy(f"another {kind} is in flight for {repo}") from exc
         found = self.get_effect(key)
         assert found is not None
         return found
@@ -881,8 +911,9 @@ class SqlStore:
     ) -> bool:
         def fn(conn: Connection) -> bool:
             now = self._db_now(conn)
-            res = conn.execute(
-                _insert_ignore(conn, t.events, "key").values(
+            inserted = conn.execute(
+                _insert_ignore(conn, t.events)
+                .values(
                     task_id=task_id,
                     key=key,
                     kind=kind,
@@ -890,17 +921,28 @@ class SqlStore:
                     payload=dict(payload),
                     created_at=now,
                 )
-            )
-            if res.rowcount != 1:
+                .returning(t.events.c.id)
+            ).first()
+            if inserted is None:
                 return False
             task = conn.execute(
                 sa.select(
                     t.tasks.c.repo, t.tasks.c.status, t.tasks.c.version, t.tasks.c.stage
                 ).where(t.tasks.c.id == task_id)
             ).one()
-            # a waiting task has no job; give it one so a worker reads the inbox
+            # a waiting task has no job; give it one so a worker reads the inbox, or wake the
+            # one an earlier event at this same wait had and that found nothing to act on
             if task.status == TaskStatus.WAITING.value:
                 self._enqueue(conn, task_id, task.repo, task.version, Stage(task.stage), now)
+                conn.execute(
+                    sa.update(t.jobs)
+                    .where(
+                        t.jobs.c.task_id == task_id,
+                        t.jobs.c.version == task.version,
+                        t.jobs.c.state == JobState.SUPERSEDED.value,
+                    )
+                    .values(state=JobState.QUEUED.value, run_after=now, updated_at=now)
+                )
             return True
 
         return self._write(fn, wakes=True)  # type: ignore[no-any-return]
@@ -933,7 +975,7 @@ class SqlStore:
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def _insert_ignore(conn: Connection, table: sa.Table, *conflict: str) -> Any:
+def _insert_ignore(conn: Connection, table: sa.Table) -> Any:
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 

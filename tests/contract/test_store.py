@@ -1,0 +1,789 @@
+"""The store contract, run on every store: memory, SQLite file and PostgreSQL."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import pytest
+
+from orch.adapters.store.sql import SqlStore
+from orch.domain import pipeline as pl
+from orch.domain.errors import Busy, Conflict, LeaseLost
+from orch.domain.model import Claim, GateRecord, Task, Ticket
+from orch.domain.pipeline import Checkpoint, Decision, Move, Pipeline
+from orch.domain.states import EffectState, JobState, Stage, TaskStatus
+
+# the default pipeline without its human waits: every success is another ACTIVE stage
+FLOW: Pipeline = replace(pl.default_pipeline(), checkpoints=())
+# a pipeline whose first stage waits for a person
+GUARDED: Pipeline = replace(
+    pl.default_pipeline(),
+    checkpoints=(Checkpoint("go-ahead", before=Stage.ANALYSIS, reject_to=Stage.ANALYSIS),),
+)
+
+OWNER = "host:1:test"
+
+
+def one_per_repo(_repo: str) -> int:
+    return 1
+
+
+def new_task(
+    store: SqlStore, key: str = "APP-1", repo: str = "app", pipeline: Pipeline = FLOW
+) -> Task:
+    ticket = Ticket(key=key, repo=repo, title=f"title of {key}", body="body")
+    return store.create_task(ticket, f"orch/{key}", pl.to_dict(pipeline), pl.start(pipeline), "t")
+
+
+def claim(
+    store: SqlStore,
+    ttl_s: float = 60.0,
+    limit: Callable[[str], int] = one_per_repo,
+    owner: str = OWNER,
+) -> Claim:
+    c = store.claim(owner, ttl_s, limit)
+    assert c is not None, "expected a runnable job"
+    return c
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    task: Task
+    transitions: list[Any]
+    jobs: list[Any]
+    effects: list[Any]
+    gates: list[Any]
+    runs: list[Any]
+    pending: list[Any]
+
+
+def snapshot(store: SqlStore, task_id: int) -> Snapshot:
+    return Snapshot(
+        task=store.get_task(task_id),
+        transitions=store.transitions(task_id),
+        jobs=store.jobs(task_id),
+        effects=store.effects(task_id),
+        gates=store.gate_records(task_id),
+        runs=store.runs(task_id),
+        pending=store.pending_events(task_id),
+    )
+
+
+def gate(task: Task, version: int, passed: bool, reason: str, head: str = "sha-1") -> GateRecord:
+    return GateRecord(task.id, version, "tests", head, task.stage, passed, reason)
+
+
+# -- creating tasks -----------------------------------------------------------------------------
+
+
+def test_create_task_writes_version_one_a_transition_and_one_queued_job(store: SqlStore) -> None:
+    task = new_task(store)
+    assert (task.stage, task.status, task.version) == (Stage.ANALYSIS, TaskStatus.ACTIVE, 1)
+    assert task.branch == "orch/APP-1"
+    assert pl.from_dict(task.pipeline) == FLOW
+    [tr] = store.transitions(task.id)
+    assert (tr.version, tr.from_stage, tr.to_stage, tr.to_status, tr.actor) == (
+        1,
+        Stage.ANALYSIS,
+        Stage.ANALYSIS,
+        TaskStatus.ACTIVE,
+        "t",
+    )
+    [job] = store.jobs(task.id)
+    assert (job.state, job.version, job.stage, job.attempt, job.repo) == (
+        JobState.QUEUED,
+        1,
+        Stage.ANALYSIS,
+        0,
+        "app",
+    )
+
+
+def test_create_task_waiting_at_a_checkpoint_enqueues_no_job(store: SqlStore) -> None:
+    task = new_task(store, pipeline=GUARDED)
+    assert (task.status, task.waiting_for, task.version) == (TaskStatus.WAITING, "go-ahead", 1)
+    assert len(store.transitions(task.id)) == 1
+    assert store.jobs(task.id) == []
+    assert store.claim(OWNER, 60, one_per_repo) is None
+
+
+def test_a_second_live_task_for_the_same_ticket_is_a_conflict(store: SqlStore) -> None:
+    first = new_task(store, "APP-1")
+    with pytest.raises(Conflict):
+        new_task(store, "APP-1")
+    assert [t.id for t in store.list_tasks()] == [first.id]
+    assert len(store.jobs(first.id)) == 1
+
+
+def test_a_ticket_key_is_live_once_across_repositories(store: SqlStore) -> None:
+    new_task(store, "APP-1", repo="app")
+    with pytest.raises(Conflict):
+        new_task(store, "APP-1", repo="other")
+
+
+def test_find_task_returns_the_task_for_a_key(store: SqlStore) -> None:
+    task = new_task(store, "APP-7")
+    found = store.find_task("APP-7")
+    assert found is not None and found.id == task.id
+    assert store.find_task("APP-8") is None
+
+
+def test_board_tickets_are_numbered_per_prefix(store: SqlStore) -> None:
+    a1 = store.file_ticket("app", "APP", "one", "")
+    a2 = store.file_ticket("app", "APP", "two", "")
+    b1 = store.file_ticket("lib", "LIB", "three", "")
+    assert (a1.key, a2.key, b1.key) == ("APP-1", "APP-2", "LIB-1")
+    assert store.get_ticket("APP-2") == Ticket("APP-2", "app", "two", "", "")
+    assert store.get_ticket("APP-3") is None
+
+
+# -- claiming -----------------------------------------------------------------------------------
+
+
+def test_claim_returns_none_when_nothing_is_runnable(store: SqlStore) -> None:
+    assert store.claim(OWNER, 60, one_per_repo) is None
+
+
+def test_claim_bumps_the_token_and_the_attempt(store: SqlStore) -> None:
+    task = new_task(store)
+    c1 = claim(store)
+    assert (c1.task_id, c1.version, c1.stage, c1.attempt, c1.owner) == (
+        task.id,
+        1,
+        Stage.ANALYSIS,
+        1,
+        OWNER,
+    )
+    [job] = store.jobs(task.id)
+    assert (job.state, job.token, job.owner, job.attempt) == (
+        JobState.RUNNING,
+        c1.token,
+        OWNER,
+        1,
+    )
+    assert c1.token > 0
+    store.retry(c1, "try again", backoff_s=0)
+    c2 = claim(store)
+    assert c2.job_id == c1.job_id
+    assert c2.attempt == 2
+    assert c2.token > c1.token
+
+
+def test_a_running_job_is_not_claimed_twice(store: SqlStore) -> None:
+    new_task(store)
+    claim(store)
+    assert store.claim("other:2:x", 60, lambda _r: 10) is None
+
+
+def test_per_repo_limit_one_claims_one_job_of_the_repo(store: SqlStore) -> None:
+    new_task(store, "APP-1", "app")
+    new_task(store, "APP-2", "app")
+    first = claim(store)
+    assert store.claim(OWNER, 60, one_per_repo) is None
+    other = new_task(store, "LIB-1", "lib")
+    second = claim(store)
+    assert second.task_id == other.id
+    assert first.task_id != second.task_id
+
+
+def test_per_repo_limit_two_claims_both_jobs_of_the_repo(store: SqlStore) -> None:
+    a = new_task(store, "APP-1", "app")
+    b = new_task(store, "APP-2", "app")
+    c = new_task(store, "APP-3", "app")
+    got = {claim(store, limit=lambda _r: 2).task_id, claim(store, limit=lambda _r: 2).task_id}
+    assert got == {a.id, b.id}
+    assert store.claim(OWNER, 60, lambda _r: 2) is None
+    assert c.id not in got
+
+
+def test_per_repo_limit_is_per_repository(store: SqlStore) -> None:
+    new_task(store, "APP-1", "app")
+    new_task(store, "APP-2", "app")
+    lib = new_task(store, "LIB-1", "lib")
+    limits = {"app": 0, "lib": 1}
+    c = claim(store, limit=lambda r: limits[r])
+    assert c.task_id == lib.id
+    assert store.claim(OWNER, 60, lambda r: limits[r]) is None
+
+
+def test_a_limit_of_zero_claims_nothing(store: SqlStore) -> None:
+    new_task(store)
+    assert store.claim(OWNER, 60, lambda _r: 0) is None
+    [job] = store.jobs(store.list_tasks()[0].id)
+    assert job.state == JobState.QUEUED
+
+
+def test_a_finished_job_frees_its_repo_slot(store: SqlStore) -> None:
+    new_task(store, "APP-1", "app")
+    second = new_task(store, "APP-2", "app")
+    first = claim(store)
+    store.advance(first, Stage.ANALYSIS, pl.after_success(FLOW, Stage.ANALYSIS), "w")
+    # the first task's next job and the second task's job compete for the one slot
+    c = claim(store)
+    assert c.task_id in (first.task_id, second.id)
+    assert store.claim(OWNER, 60, one_per_repo) is None
+
+
+# -- compare-and-set ----------------------------------------------------------------------------
+
+
+def test_advance_moves_the_task_and_enqueues_the_next_job(store: SqlStore) -> None:
+    task = new_task(store)
+    c = claim(store)
+    moved = store.advance(c, Stage.ANALYSIS, pl.after_success(FLOW, Stage.ANALYSIS), "worker:w")
+    assert (moved.stage, moved.status, moved.version) == (
+        Stage.ARCHITECTURE,
+        TaskStatus.ACTIVE,
+        2,
+    )
+    jobs = store.jobs(task.id)
+    assert [(j.version, j.state) for j in jobs] == [(1, JobState.SUCCEEDED), (2, JobState.QUEUED)]
+    last = store.transitions(task.id)[-1]
+    assert (last.version, last.from_stage, last.to_stage, last.actor) == (
+        2,
+        Stage.ANALYSIS,
+        Stage.ARCHITECTURE,
+        "worker:w",
+    )
+
+
+def test_advance_with_the_wrong_expected_stage_is_a_conflict_and_writes_nothing(
+    store: SqlStore,
+) -> None:
+    task = new_task(store)
+    c = claim(store)
+    before = snapshot(store, task.id)
+    with pytest.raises(Conflict):
+        store.advance(c, Stage.DEVELOPMENT, pl.after_success(FLOW, Stage.DEVELOPMENT), "w")
+    assert snapshot(store, task.id) == before
+    # the lease is still held: the right CAS goes through
+    store.advance(c, Stage.ANALYSIS, pl.after_success(FLOW, Stage.ANALYSIS), "w")
+    assert store.get_task(task.id).version == 2
+
+
+def test_advance_with_a_stale_version_is_a_conflict_and_writes_nothing(store: SqlStore) -> None:
+    task = new_task(store)
+    c = claim(store)
+    stale = replace(c, version=c.version + 5)
+    before = snapshot(store, task.id)
+    with pytest.raises(Conflict):
+        store.advance(stale, Stage.ANALYSIS, pl.after_success(FLOW, Stage.ANALYSIS), "w")
+    assert snapshot(store, task.id) == before
+
+
+def test_advance_into_a_wait_enqueues_no_job(store: SqlStore) -> None:
+    p = pl.default_pipeline()
+    task = new_task(store, pipeline=p)
+    c = claim(store)
+    moved = store.advance(c, Stage.ANALYSIS, pl.after_success(p, Stage.ANALYSIS), "w")
+    assert (moved.status, moved.waiting_for) == (TaskStatus.WAITING, "approve-plan")
+    assert [j.state for j in store.jobs(task.id)] == [JobState.SUCCEEDED]
+    assert store.claim(OWNER, 60, one_per_repo) is None
+
+
+def test_parking_a_task_kills_its_job_and_enqueues_nothing(store: SqlStore) -> None:
+    task = new_task(store)
+    c = claim(store)
+    park = pl.after_attempt_failure(FLOW, Stage.ANALYSIS, FLOW.max_attempts, "agent exited 1")
+    moved = store.advance(c, Stage.ANALYSIS, park, "w")
+    assert moved.status == TaskStatus.NEEDS_OPERATOR
+    assert "agent exited 1" in moved.status_reason
+    assert [j.state for j in store.jobs(task.id)] == [JobState.DEAD]
+
+
+def test_a_rework_counts_a_round_and_keeps_the_feedback(store: SqlStore) -> None:
+    task = new_task(store)
+    rework = Decision(
+        Move.ADVANCE, Stage.ANALYSIS, TaskStatus.ACTIVE, "r", feedback="do it again", rework=True
+    )
+    c = claim(store)
+    moved = store.advance(c, Stage.ANALYSIS, rework, "w")
+    assert (moved.rework_rounds, moved.feedback) == (1, "do it again")
+    c2 = claim(store)
+    moved = store.advance(c2, Stage.ANALYSIS, pl.after_success(FLOW, Stage.ANALYSIS), "w")
+    assert moved.rework_rounds == 1
+    assert moved.feedback == "", "feedback is cleared when the task moves on"
+    assert task.id == moved.id
+
+
+def test_transitions_are_gap_free_and_follow_pipeline_edges(store: SqlStore) -> None:
+    task = new_task(store)
+    stage = task.stage
+    # one retry and one rework on the way, then straight through to done
+    c = claim(store)
+    store.retry(c, "flaky", backoff_s=0)
+    while True:
+        c = claim(store)
+        if stage == Stage.REVIEW and store.get_task(task.id).rework_rounds == 0:
+            d = pl.after_gate_failure(FLOW, stage, 0, c.attempt, "request-changes")
+        else:
+            d = pl.after_success(FLOW, stage)
+        moved = store.advance(c, stage, d, "w")
+        stage = moved.stage
+        if moved.status == TaskStatus.DONE:
+            break
+    history = store.transitions(task.id)
+    assert [t.version for t in history] == list(range(1, len(history) + 1))
+    assert history[-1].version == store.get_task(task.id).version
+    # creation, one move per stage, and the rework's detour back through development
+    assert len(history) == 1 + len(FLOW.stages) + 2
+    edges = FLOW.edges()
+    for t in history:
+        assert (t.from_stage, t.to_stage) in edges
+    for prev, nxt in itertools.pairwise(history):
+        assert nxt.from_stage == prev.to_stage
+        assert nxt.from_status == prev.to_status
+    assert all(j.state == JobState.SUCCEEDED for j in store.jobs(task.id))
+    assert store.claim(OWNER, 60, one_per_repo) is None
+
+
+# -- leases, the sweeper and fencing ------------------------------------------------------------
+
+
+def test_an_expired_lease_is_requeued_by_the_sweeper(store: SqlStore) -> None:
+    task = new_task(store)
+    c = claim(store, ttl_s=-1)
+    result = store.sweep(max_attempts=3)
+    assert (result.requeued, result.dead) == (1, 0)
+    [job] = store.jobs(task.id)
+    assert (job.state, job.owner, job.last_error) == (JobState.QUEUED, None, "lease expired")
+    again = claim(store)
+    assert again.job_id == c.job_id
+    assert again.token > c.token
+    assert again.attempt == 2
+
+
+def test_a_live_lease_is_not_swept(store: SqlStore) -> None:
+    task = new_task(store)
+    c = claim(store, ttl_s=60)
+    result = store.sweep(max_attempts=3)
+    assert (result.requeued, result.dead) == (0, 0)
+    [job] = store.jobs(task.id)
+    assert (job.state, job.token) == (JobState.RUNNING, c.token)
+
+
+def test_renewal_keeps_a_lease_from_being_swept(store: SqlStore) -> None:
+    task = new_task(store)
+    c = claim(store, ttl_s=-1)
+    store.renew(c, ttl_s=60)
+    assert store.sweep(max_attempts=3).requeued == 0
+    assert store.jobs(task.id)[0].state == JobState.RUNNING
+
+
+def test_the_lease_expiry_is_set_from_the_database_clock(store: SqlStore) -> None:
+    task = new_task(store)
+    before = store.now()
+    claim(store, ttl_s=60)
+    after = store.now()
+    [job] = store.jobs(task.id)
+    assert job.expires_at is not None
+    assert before + 60 <= job.expires_at <= after + 60
+
+
+def test_the_sweeper_dead_letters_a_job_whose_attempts_are_used_up(store: SqlStore) -> None:
+    task = new_task(store)
+    for _ in range(2):
+        claim(store, ttl_s=-1)
+        assert store.sweep(max_attempts=3).requeued == 1
+    claim(store, ttl_s=-1)
+    result = store.sweep(max_attempts=3)
+    assert (result.requeued, result.dead) == (0, 1)
+    [job] = store.jobs(task.id)
+    assert job.state == JobState.DEAD
+    after = store.get_task(task.id)
+    assert (after.status, after.stage, after.version) == (
+        TaskStatus.NEEDS_OPERATOR,
+        Stage.ANALYSIS,
+        2,
+    )
+    last = store.transitions(task.id)[-1]
+    assert (last.version, last.actor, last.from_status, last.to_status) == (
+        2,
+        "sweeper",
+        TaskStatus.ACTIVE,
+        TaskStatus.NEEDS_OPERATOR,
+    )
+    assert store.claim(OWNER, 60, one_per_repo) is None
+
+
+def test_a_dead_lettered_job_frees_its_repo_slot(store: SqlStore) -> None:
+    new_task(store, "APP-1")
+    other = new_task(store, "APP-2")
+    claim(store, ttl_s=-1)
+    assert store.sweep(max_attempts=1).dead == 1
+    assert claim(store).task_id == other.id
+
+
+def _stale_and_live_claims(store: SqlStore) -> tuple[Task, Claim, Claim]:
+    task = new_task(store)
+    old = claim(store, ttl_s=-1, owner="paused:1:old")
+    assert store.sweep(max_attempts=3).requeued == 1
+    new = claim(store, owner="live:2:new")
+    assert new.job_id == old.job_id
+    assert new.token > old.token
+    return task, old, new
+
+
+FencedWrite = Callable[[SqlStore, Task, Claim, Claim], object]
+
+
+def _renew(s: SqlStore, t: Task, old: Claim, new: Claim) -> object:
+    return s.renew(old, 60)
+
+
+def _advance(s: SqlStore, t: Task, old: Claim, new: Claim) -> object:
+    return s.advance(old, Stage.ANALYSIS, pl.after_success(FLOW, Stage.ANALYSIS), "w")
+
+
+def _retry(s: SqlStore, t: Task, old: Claim, new: Claim) -> object:
+    return s.retry(old, "stale failure", 0)
+
+
+def _supersede(s: SqlStore, t: Task, old: Claim, new: Claim) -> object:
+    return s.supersede(old)
+
+
+def _record_gate(s: SqlStore, t: Task, old: Claim, new: Claim) -> object:
+    return s.record_gate(old, gate(t, old.version, False, "stale verdict"))
+
+
+def _begin_effect(s: SqlStore, t: Task, old: Claim, new: Claim) -> object:
+    return s.begin_effect(old, "APP-1:deploy-staging:merge:v1", "merge", "app", "sha-old")
+
+
+def _finish_effect(s: SqlStore, t: Task, old: Claim, new: Claim) -> object:
+    return s.finish_effect(old, "live-effect", EffectState.SUCCEEDED, {"by": "old"})
+
+
+def _start_run(s: SqlStore, t: Task, old: Claim, new: Claim) -> object:
+    return s.start_run(old, "scripted", 4242, "/tmp/old.log")
+
+
+def _finish_run(s: SqlStore, t: Task, old: Claim, new: Claim) -> object:
+    run_id = s.runs(t.id)[0].id
+    return s.finish_run(old, run_id, 0, {"tokens_in": 5, "tokens_out": 5, "cost_usd": 1.0})
+
+
+def _mark_events(s: SqlStore, t: Task, old: Claim, new: Claim) -> object:
+    return s.mark_events(old, [e.id for e in s.pending_events(t.id)])
+
+
+FENCED: dict[str, FencedWrite] = {
+    "renew": _renew,
+    "advance": _advance,
+    "retry": _retry,
+    "supersede": _supersede,
+    "record_gate": _record_gate,
+    "begin_effect": _begin_effect,
+    "finish_effect": _finish_effect,
+    "start_run": _start_run,
+    "finish_run": _finish_run,
+    "mark_events": _mark_events,
+}
+
+
+@pytest.mark.parametrize("write", sorted(FENCED))
+def test_every_write_under_a_fenced_off_claim_raises_lease_lost_and_writes_nothing(
+    store: SqlStore, write: str
+) -> None:
+    task, old, new = _stale_and_live_claims(store)
+    # things the live owner made, for the stale owner to try to touch
+    store.begin_effect(new, "live-effect", "notify", "app", "")
+    store.start_run(new, "scripted", 1111, "/tmp/new.log")
+    store.append_event(task.id, "ev-1", "approve", "alice", {})
+    before = snapshot(store, task.id)
+    with pytest.raises(LeaseLost):
+        FENCED[write](store, task, old, new)
+    assert snapshot(store, task.id) == before
+    # the live owner is unaffected
+    store.renew(new, 60)
+    store.advance(new, Stage.ANALYSIS, pl.after_success(FLOW, Stage.ANALYSIS), "w")
+    assert store.get_task(task.id).version == 2
+
+
+def test_writes_under_a_claim_whose_job_finished_raise_lease_lost(store: SqlStore) -> None:
+    task = new_task(store)
+    c = claim(store)
+    store.advance(c, Stage.ANALYSIS, pl.after_success(FLOW, Stage.ANALYSIS), "w")
+    before = snapshot(store, task.id)
+    with pytest.raises(LeaseLost):
+        store.renew(c, 60)
+    with pytest.raises(LeaseLost):
+        store.retry(c, "late", 0)
+    assert snapshot(store, task.id) == before
+
+
+# -- retry and backoff ----------------------------------------------------------------------------
+
+
+def test_retry_requeues_the_job_with_the_reason(store: SqlStore) -> None:
+    task = new_task(store)
+    c = claim(store)
+    store.retry(c, "agent exited 1", backoff_s=0)
+    [job] = store.jobs(task.id)
+    assert (job.state, job.owner, job.last_error) == (JobState.QUEUED, None, "agent exited 1")
+    after = store.get_task(task.id)
+    assert (after.version, after.feedback, after.stage) == (1, "agent exited 1", Stage.ANALYSIS)
+    assert len(store.transitions(task.id)) == 1, "a retry is not a transition"
+
+
+def test_a_retry_without_backoff_is_claimable_at_once(store: SqlStore) -> None:
+    new_task(store)
+    c = claim(store)
+    store.retry(c, "x", backoff_s=0)
+    assert claim(store).attempt == 2
+
+
+def test_a_retry_with_backoff_is_not_claimable_until_it_is_due(store: SqlStore) -> None:
+    task = new_task(store)
+    c = claim(store)
+    store.retry(c, "x", backoff_s=3600)
+    assert store.claim(OWNER, 60, one_per_repo) is None
+    due = store.next_run_after()
+    assert due is not None and due > store.now() + 3000
+    assert store.jobs(task.id)[0].state == JobState.QUEUED
+
+
+def test_next_run_after_is_none_without_queued_jobs(store: SqlStore) -> None:
+    assert store.next_run_after() is None
+    new_task(store)
+    assert store.next_run_after() is not None
+    claim(store)
+    assert store.next_run_after() is None
+
+
+# -- the inbox ------------------------------------------------------------------------------------
+
+
+def test_an_event_key_is_appended_once(store: SqlStore) -> None:
+    task = new_task(store)
+    assert store.append_event(task.id, "k-1", "approve", "alice", {"comment": "ok"}) is True
+    assert store.append_event(task.id, "k-1", "approve", "alice", {"comment": "ok"}) is False
+    [ev] = store.pending_events(task.id)
+    assert (ev.key, ev.kind, ev.actor, ev.payload) == ("k-1", "approve", "alice", {"comment": "ok"})
+
+
+def test_an_event_for_a_waiting_task_enqueues_exactly_one_job(store: SqlStore) -> None:
+    task = new_task(store, pipeline=GUARDED)
+    assert store.append_event(task.id, "k-1", "approve", "alice", {})
+    assert store.append_event(task.id, "k-2", "reject", "bob", {})
+    assert store.append_event(task.id, "k-1", "approve", "alice", {}) is False
+    [job] = store.jobs(task.id)
+    assert (job.state, job.version, job.stage) == (JobState.QUEUED, 1, Stage.ANALYSIS)
+    c = claim(store)
+    assert c.task_id == task.id
+    assert len(store.pending_events(task.id)) == 2
+
+
+def test_an_event_after_the_inbox_job_of_a_wait_ran_enqueues_another(store: SqlStore) -> None:
+    # a stray event woke the waiting task, its job read the inbox and was superseded; the
+    # person's real decision that follows must wake the task again
+    task = new_task(store, pipeline=GUARDED)
+    assert store.append_event(task.id, "stray", "approve", "mallory", {"checkpoint": "other"})
+    c = claim(store)
+    store.mark_events(c, [e.id for e in store.pending_events(task.id)])
+    store.supersede(c)
+    assert store.append_event(task.id, "real", "approve", "alice", {"checkpoint": "go-ahead"})
+    again = store.claim(OWNER, 60, one_per_repo)
+    assert again is not None, "the decision sits in the inbox with no job to read it"
+    assert again.task_id == task.id
+    assert [e.key for e in store.pending_events(task.id)] == ["real"]
+
+
+def test_an_event_for_an_active_task_enqueues_nothing_more(store: SqlStore) -> None:
+    task = new_task(store)
+    store.append_event(task.id, "k-1", "approve", "alice", {})
+    assert len(store.jobs(task.id)) == 1
+
+
+def test_marked_events_are_no_longer_pending(store: SqlStore) -> None:
+    task = new_task(store)
+    store.append_event(task.id, "k-1", "approve", "alice", {})
+    store.append_event(task.id, "k-2", "approve", "bob", {})
+    c = claim(store)
+    first = store.pending_events(task.id)[0]
+    store.mark_events(c, [first.id])
+    assert [e.key for e in store.pending_events(task.id)] == ["k-2"]
+
+
+# -- effects --------------------------------------------------------------------------------------
+
+
+def test_begin_effect_is_idempotent_by_key(store: SqlStore) -> None:
+    task = new_task(store)
+    c = claim(store)
+    first = store.begin_effect(c, "APP-1:notify:v2", "notify", "app", "pre-1")
+    second = store.begin_effect(c, "APP-1:notify:v2", "notify", "app", "pre-2")
+    assert first == second
+    assert (first.state, first.precondition, first.task_id) == (
+        EffectState.INITIATED,
+        "pre-1",
+        task.id,
+    )
+    assert len(store.effects(task.id)) == 1
+
+
+def test_an_effect_succeeds_at_most_once(store: SqlStore) -> None:
+    task = new_task(store)
+    c = claim(store)
+    store.begin_effect(c, "k", "notify", "app", "")
+    done = store.finish_effect(c, "k", EffectState.SUCCEEDED, {"n": 1})
+    assert (done.state, done.result) == (EffectState.SUCCEEDED, {"n": 1})
+    with pytest.raises(Conflict):
+        store.finish_effect(c, "k", EffectState.SUCCEEDED, {"n": 2})
+    [effect] = store.effects(task.id)
+    assert (effect.state, effect.result) == (EffectState.SUCCEEDED, {"n": 1})
+
+
+def test_an_unknown_effect_may_still_be_resolved(store: SqlStore) -> None:
+    new_task(store)
+    c = claim(store)
+    store.begin_effect(c, "k", "merge", "app", "sha-1")
+    assert store.finish_effect(c, "k", EffectState.UNKNOWN, {}).state == EffectState.UNKNOWN
+    done = store.finish_effect(c, "k", EffectState.SUCCEEDED, {"merge_sha": "m"})
+    assert done.state == EffectState.SUCCEEDED
+
+
+def test_a_second_merge_in_flight_for_the_same_repo_is_refused(store: SqlStore) -> None:
+    task = new_task(store)
+    c = claim(store)
+    store.begin_effect(c, "APP-1:merge:v5", "merge", "app", "sha-1")
+    with pytest.raises(Busy):
+        store.begin_effect(c, "APP-2:merge:v3", "merge", "app", "sha-2")
+    assert store.get_effect("APP-2:merge:v3") is None
+    assert [e.key for e in store.effects(task.id)] == ["APP-1:merge:v5"]
+
+
+def test_an_unknown_merge_also_holds_the_repo_merge_slot(store: SqlStore) -> None:
+    new_task(store)
+    c = claim(store)
+    store.begin_effect(c, "m-1", "merge", "app", "sha-1")
+    store.finish_effect(c, "m-1", EffectState.UNKNOWN, {})
+    with pytest.raises(Busy):
+        store.begin_effect(c, "m-2", "merge", "app", "sha-2")
+    assert store.get_effect("m-2") is None
+
+
+def test_a_failed_effect_is_re_armed_by_a_new_intent(store: SqlStore) -> None:
+    task = new_task(store)
+    c = claim(store)
+    store.begin_effect(c, "deploy:app:staging:abc", "deploy:staging", "app", "abc")
+    store.finish_effect(c, "deploy:app:staging:abc", EffectState.FAILED, {"exit_code": 1})
+    again = store.begin_effect(c, "deploy:app:staging:abc", "deploy:staging", "app", "abc")
+    assert (again.state, again.result) == (EffectState.INITIATED, {})
+    assert len(store.effects(task.id)) == 1
+
+
+def test_a_succeeded_effect_is_returned_as_it_is_by_a_new_intent(store: SqlStore) -> None:
+    new_task(store)
+    c = claim(store)
+    store.begin_effect(c, "k", "notify", "app", "")
+    store.finish_effect(c, "k", EffectState.SUCCEEDED, {"text": "hi"})
+    again = store.begin_effect(c, "k", "notify", "app", "")
+    assert (again.state, again.result) == (EffectState.SUCCEEDED, {"text": "hi"})
+
+
+def test_merges_in_different_repos_may_be_in_flight_together(store: SqlStore) -> None:
+    new_task(store)
+    c = claim(store)
+    store.begin_effect(c, "m-app", "merge", "app", "sha-1")
+    other = store.begin_effect(c, "m-lib", "merge", "lib", "sha-2")
+    assert other.state == EffectState.INITIATED
+
+
+@pytest.mark.parametrize("outcome", [EffectState.SUCCEEDED, EffectState.FAILED])
+def test_a_resolved_merge_frees_the_repo_for_the_next_merge(
+    store: SqlStore, outcome: EffectState
+) -> None:
+    new_task(store)
+    c = claim(store)
+    store.begin_effect(c, "m-1", "merge", "app", "sha-1")
+    store.finish_effect(c, "m-1", outcome, {})
+    nxt = store.begin_effect(c, "m-2", "merge", "app", "sha-2")
+    assert (nxt.key, nxt.state) == ("m-2", EffectState.INITIATED)
+
+
+# -- gate verdicts --------------------------------------------------------------------------------
+
+
+def test_a_gate_verdict_is_recorded_once_and_replayed(store: SqlStore) -> None:
+    task = new_task(store)
+    c = claim(store)
+    first = store.record_gate(c, gate(task, 1, True, "tests passed"))
+    again = store.record_gate(c, gate(task, 1, False, "tests failed"))
+    assert (first.passed, first.reason) == (True, "tests passed")
+    assert (again.passed, again.reason) == (True, "tests passed")
+    assert len(store.gate_records(task.id)) == 1
+    found = store.find_gate(task.id, 1, "tests", "sha-1")
+    assert found is not None and found.passed
+
+
+def test_a_new_head_or_version_gets_its_own_verdict(store: SqlStore) -> None:
+    task = new_task(store)
+    c = claim(store)
+    store.record_gate(c, gate(task, 1, True, "ok", head="sha-1"))
+    later = store.record_gate(c, gate(task, 1, False, "red", head="sha-2"))
+    assert not later.passed
+    assert store.find_gate(task.id, 2, "tests", "sha-1") is None
+    assert len(store.gate_records(task.id)) == 2
+
+
+# -- runs -----------------------------------------------------------------------------------------
+
+
+def test_runs_record_exit_and_usage_and_add_to_the_task_cost(store: SqlStore) -> None:
+    task = new_task(store)
+    c = claim(store)
+    run_id = store.start_run(c, "scripted", 123, "/tmp/x.log")
+    store.finish_run(c, run_id, 0, {"tokens_in": 10, "tokens_out": 4, "cost_usd": 0.5})
+    [run] = store.runs(task.id)
+    assert (run.agent, run.pid, run.exit_code, run.attempt, run.stage) == (
+        "scripted",
+        123,
+        0,
+        1,
+        Stage.ANALYSIS,
+    )
+    assert run.ended_at is not None
+    after = store.get_task(task.id)
+    assert (after.tokens_in, after.tokens_out, after.cost_usd) == (10, 4, 0.5)
+
+
+# -- concurrency ----------------------------------------------------------------------------------
+
+
+def test_concurrent_claims_never_exceed_the_repo_limit(store: SqlStore) -> None:
+    for n in range(1, 5):
+        new_task(store, f"APP-{n}", "app")
+    barrier = threading.Barrier(6)
+    claims: list[Claim | None] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def worker(i: int) -> None:
+        barrier.wait()
+        try:
+            got = store.claim(f"w:{i}:x", 60, one_per_repo)
+        except BaseException as exc:  # collected and asserted below
+            with lock:
+                errors.append(exc)
+            return
+        with lock:
+            claims.append(got)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+    held = [c for c in claims if c is not None]
+    assert len(held) == 1
+    running = [
+        j for t in store.list_tasks() for j in store.jobs(t.id) if j.state == JobState.RUNNING
+    ]
+    assert len(running) == 1

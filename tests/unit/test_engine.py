@@ -1,0 +1,555 @@
+"""The engine on memory adapters, stepped with run_until_idle(), driven by the scripted agent."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import signal
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orch.adapters.agents.scripted import ScriptedAgent
+from orch.domain import pipeline as pl
+from orch.domain.errors import MergeConflict
+from orch.domain.model import Task
+from orch.domain.states import EffectState, JobState, Stage, TaskStatus
+from orch.testing import Rig, rig
+
+REVIEW_FILE = "docs/work-items/{{key}}/review.md"
+CHANGES_REQUESTED = "# Review\n\nPlease validate the input.\n\nVerdict: request-changes\n"
+
+
+@pytest.fixture
+def make_rig() -> Iterator[Any]:
+    made: list[Rig] = []
+
+    def make(
+        playbook: Mapping[str, Any] | None = None,
+        *,
+        pipeline: pl.Pipeline | None = None,
+        agents: Mapping[str, Any] | None = None,
+    ) -> Rig:
+        r = rig(agents or {"default": ScriptedAgent(playbook=playbook)}, pipeline=pipeline)
+        made.append(r)
+        return r
+
+    yield make
+    for r in made:
+        r.close()
+
+
+def file_ticket(r: Rig, title: str = "Add a greeting") -> Task:
+    return r.intake.file("app", title, "Say hello to the user.")
+
+
+def current(r: Rig, task: Task) -> Task:
+    return r.store.get_task(task.id)
+
+
+def prompts(r: Rig, task: Task, stage: Stage) -> list[str]:
+    """The prompts the agent was given for `stage`, in the order they were written."""
+    folder = r.logs / f"{task.key}-{task.id}"
+
+    def order(p: Path) -> tuple[int, int]:
+        m = re.match(rf"v(\d+)-{re.escape(stage.value)}-(\d+)\.prompt\.md$", p.name)
+        assert m is not None
+        return int(m.group(1)), int(m.group(2))
+
+    files = sorted(folder.glob(f"v*-{stage.value}-*.prompt.md"), key=order)
+    return [f.read_text(encoding="utf-8") for f in files]
+
+
+def approve(r: Rig, task: Task, actor: str) -> None:
+    assert r.intake.decide(task.key, True, actor)
+    r.run_until_idle()
+
+
+def assert_history_is_gap_free_on_pipeline_edges(r: Rig, task: Task) -> None:
+    history = r.store.transitions(task.id)
+    assert [t.version for t in history] == list(range(1, len(history) + 1))
+    assert history[-1].version == current(r, task).version
+    edges = r.pipeline.edges()
+    for t in history:
+        assert (t.from_stage, t.to_stage) in edges, t
+    for prev, nxt in itertools.pairwise(history):
+        assert (nxt.from_stage, nxt.from_status) == (prev.to_stage, prev.to_status)
+
+
+def run_to_stage(r: Rig, task: Task, stage: Stage) -> None:
+    """Step jobs one at a time until the task's next job is a queued job of `stage`."""
+    for _ in range(50):
+        t = current(r, task)
+        if t.stage == stage and t.status == TaskStatus.ACTIVE:
+            return
+        assert r.dispatcher.run_once(), f"stuck at {t.stage}/{t.status} before reaching {stage}"
+    raise AssertionError(f"never reached {stage}")
+
+
+# -- the whole pipeline ---------------------------------------------------------------------------
+
+
+def test_a_ticket_runs_through_the_whole_pipeline_with_approvals(make_rig: Any) -> None:
+    r = make_rig()
+    task = file_ticket(r)
+    r.run_until_idle()
+    waiting = current(r, task)
+    assert (waiting.stage, waiting.status, waiting.waiting_for) == (
+        Stage.ARCHITECTURE,
+        TaskStatus.WAITING,
+        "approve-plan",
+    )
+    approve(r, task, "alice")
+    waiting = current(r, task)
+    assert (waiting.stage, waiting.status, waiting.waiting_for) == (
+        Stage.DEPLOY,
+        TaskStatus.WAITING,
+        "confirm-deploy",
+    )
+    approve(r, task, "bob")
+    done = current(r, task)
+    assert (done.stage, done.status) == (Stage.DONE, TaskStatus.DONE)
+
+    # exactly one merge, of the task branch's head, and the work is on the default branch
+    assert len(r.forge.merges) == 1
+    repo, head, _merge_sha = r.forge.merges[0]
+    assert repo == "app"
+    assert head == r.forge.branch_head("app", task.branch)
+    spec = r.forge.read_default_file("app", f"docs/work-items/{task.key}/spec.md")
+    assert spec is not None and "## Acceptance criteria" in spec
+
+    # history: gap-free, on the pipeline's edges, approvals by the people who gave them
+    assert_history_is_gap_free_on_pipeline_edges(r, task)
+    history = r.store.transitions(task.id)
+    approvals = [(t.actor, t.to_stage) for t in history if t.actor in ("alice", "bob")]
+    assert approvals == [("alice", Stage.ARCHITECTURE), ("bob", Stage.DEPLOY)]
+    assert [t.to_stage for t in history if t.to_stage != t.from_stage] == [
+        Stage.ARCHITECTURE,
+        Stage.DEVELOPMENT,
+        Stage.REVIEW,
+        Stage.TESTING,
+        Stage.DEPLOY_STAGING,
+        Stage.DEPLOY,
+        Stage.DONE,
+    ]
+
+    # every gate of every stage recorded once, all passed
+    records = r.store.gate_records(task.id)
+    assert sorted((g.stage.value, g.gate) for g in records) == sorted(
+        [
+            ("analysis", "spec"),
+            ("architecture", "adr"),
+            ("development", "tests"),
+            ("review", "review"),
+            ("testing", "tests"),
+            ("testing", "test-report"),
+        ]
+    )
+    assert all(g.passed for g in records)
+
+    # one agent run per agent stage, all clean
+    runs = r.store.runs(task.id)
+    assert [run.stage for run in runs] == [
+        Stage.ANALYSIS,
+        Stage.ARCHITECTURE,
+        Stage.DEVELOPMENT,
+        Stage.REVIEW,
+        Stage.TESTING,
+    ]
+    assert all(run.exit_code == 0 for run in runs)
+
+    # notifications: two waits and done, each key sent once
+    keys = [k for k, _ in r.notifier.sent]
+    assert len(keys) == len(set(keys)) == 3
+    texts = [text for _, text in r.notifier.sent]
+    assert "approve-plan" in texts[0]
+    assert "confirm-deploy" in texts[1]
+    assert "done" in texts[2]
+
+    # every effect succeeded once; nothing is left to run
+    effects = r.store.effects(task.id)
+    assert all(e.state == EffectState.SUCCEEDED for e in effects)
+    assert sorted(e.kind for e in effects) == sorted(
+        ["merge", "deploy:staging", "deploy:production", "notify", "notify", "notify"]
+    )
+    assert all(j.state != JobState.QUEUED for j in r.store.jobs(task.id))
+    assert r.run_until_idle() == 0
+
+
+def test_the_first_prompt_carries_the_ticket_and_no_feedback(make_rig: Any) -> None:
+    r = make_rig()
+    task = file_ticket(r, "Add a greeting")
+    r.run_until_idle()
+    [prompt] = prompts(r, task, Stage.ANALYSIS)
+    assert task.key in prompt
+    assert "Add a greeting" in prompt
+    assert "Say hello to the user." in prompt
+    assert "Feedback to address" not in prompt
+
+
+# -- rework ---------------------------------------------------------------------------------------
+
+
+def test_a_review_requesting_changes_sends_the_task_back_to_development_with_the_review(
+    make_rig: Any,
+) -> None:
+    r = make_rig({"stages": {"review": {"files": {REVIEW_FILE: CHANGES_REQUESTED}}}})
+    task = file_ticket(r)
+    r.run_until_idle()
+    assert r.intake.decide(task.key, True, "alice")
+    for _ in range(50):
+        reworked = current(r, task)
+        if reworked.rework_rounds == 1:
+            break
+        assert r.dispatcher.run_once()
+    assert (reworked.stage, reworked.status) == (Stage.DEVELOPMENT, TaskStatus.ACTIVE)
+    assert "request-changes" in reworked.feedback
+    assert "Please validate the input." in reworked.feedback
+    r.run_until_idle()
+
+    history = r.store.transitions(task.id)
+    back = [t for t in history if (t.from_stage, t.to_stage) == (Stage.REVIEW, Stage.DEVELOPMENT)]
+    assert len(back) == r.pipeline.max_rework_rounds
+    assert all("request-changes" in t.reason for t in back)
+
+    dev_prompts = prompts(r, task, Stage.DEVELOPMENT)
+    assert len(dev_prompts) == 1 + r.pipeline.max_rework_rounds
+    assert "Please validate the input." not in dev_prompts[0]
+    for later in dev_prompts[1:]:
+        assert "Feedback to address" in later
+        assert "Please validate the input." in later
+
+
+def test_a_review_that_keeps_requesting_changes_parks_after_the_rework_rounds(
+    make_rig: Any,
+) -> None:
+    r = make_rig({"stages": {"review": {"files": {REVIEW_FILE: CHANGES_REQUESTED}}}})
+    task = file_ticket(r)
+    r.run_until_idle()
+    approve(r, task, "alice")
+    parked = current(r, task)
+    assert (parked.stage, parked.status) == (Stage.REVIEW, TaskStatus.NEEDS_OPERATOR)
+    assert parked.rework_rounds == r.pipeline.max_rework_rounds
+    assert "rework rounds" in parked.status_reason
+    assert "Please validate the input." in parked.status_reason
+    assert r.forge.merges == []
+    assert_history_is_gap_free_on_pipeline_edges(r, task)
+    parked_notes = [text for _, text in r.notifier.sent if "needs an operator" in text]
+    assert len(parked_notes) == 1
+    assert r.run_until_idle() == 0
+
+
+def test_a_rejected_plan_goes_back_to_analysis_with_the_comment(make_rig: Any) -> None:
+    r = make_rig()
+    task = file_ticket(r)
+    r.run_until_idle()
+    assert r.intake.decide(task.key, False, "carol", comment="Split this into two tickets")
+    assert r.dispatcher.run_once()  # the worker reads the inbox and applies the rejection
+    rejected = current(r, task)
+    assert (rejected.stage, rejected.status) == (Stage.ANALYSIS, TaskStatus.ACTIVE)
+    assert rejected.rework_rounds == 1
+    assert rejected.feedback == "Split this into two tickets"
+    r.run_until_idle()
+
+    history = r.store.transitions(task.id)
+    [rejection] = [t for t in history if t.actor == "carol"]
+    assert (rejection.from_stage, rejection.to_stage, rejection.to_status) == (
+        Stage.ARCHITECTURE,
+        Stage.ANALYSIS,
+        TaskStatus.ACTIVE,
+    )
+    assert "Split this into two tickets" in rejection.reason
+    again = current(r, task)
+    assert again.rework_rounds == 1
+    first, second = prompts(r, task, Stage.ANALYSIS)
+    assert "Split this into two tickets" not in first
+    assert "Split this into two tickets" in second
+    # analysis ran again and the plan waits for approval once more
+    assert (again.stage, again.status, again.waiting_for) == (
+        Stage.ARCHITECTURE,
+        TaskStatus.WAITING,
+        "approve-plan",
+    )
+    assert_history_is_gap_free_on_pipeline_edges(r, task)
+
+
+def test_feedback_addressed_before_a_wait_does_not_reach_the_stage_after_it(
+    make_rig: Any,
+) -> None:
+    r = make_rig()
+    task = file_ticket(r)
+    r.run_until_idle()
+    assert r.intake.decide(task.key, False, "carol", comment="Split this into two tickets")
+    r.run_until_idle()
+    approve(r, task, "alice")
+    [architecture_prompt] = prompts(r, task, Stage.ARCHITECTURE)
+    assert "Split this into two tickets" not in architecture_prompt
+
+
+def test_a_failed_attempt_before_a_wait_is_not_fed_to_the_stage_after_it(make_rig: Any) -> None:
+    r = make_rig({"stages": {"analysis": {"fail_attempts": 1}}})
+    task = file_ticket(r)
+    r.run_until_idle()
+    approve(r, task, "alice")
+    [architecture_prompt] = prompts(r, task, Stage.ARCHITECTURE)
+    assert "exited 1" not in architecture_prompt
+
+
+# -- failing agents -------------------------------------------------------------------------------
+
+
+def test_a_failing_agent_is_retried_up_to_max_attempts_then_parked_with_the_reason(
+    make_rig: Any,
+) -> None:
+    r = make_rig({"stages": {"analysis": {"mode": "fail"}}})
+    task = file_ticket(r)
+    r.run_until_idle()
+    parked = current(r, task)
+    assert (parked.stage, parked.status) == (Stage.ANALYSIS, TaskStatus.NEEDS_OPERATOR)
+    assert f"{r.pipeline.max_attempts} attempts failed" in parked.status_reason
+    assert "exited 1" in parked.status_reason
+    runs = r.store.runs(task.id)
+    assert [run.attempt for run in runs] == list(range(1, r.pipeline.max_attempts + 1))
+    assert all(run.exit_code == 1 for run in runs)
+    assert [j.state for j in r.store.jobs(task.id)] == [JobState.DEAD]
+    # retries are not transitions: created, then parked
+    assert [t.to_status for t in r.store.transitions(task.id)] == [
+        TaskStatus.ACTIVE,
+        TaskStatus.NEEDS_OPERATOR,
+    ]
+    # the retry tells the agent what went wrong last time
+    second = prompts(r, task, Stage.ANALYSIS)[1]
+    assert "exited 1" in second
+
+
+def test_an_agent_that_fails_once_succeeds_on_the_second_attempt(make_rig: Any) -> None:
+    r = make_rig({"stages": {"analysis": {"fail_attempts": 1}}})
+    task = file_ticket(r)
+    r.run_until_idle()
+    assert [(run.attempt, run.exit_code) for run in r.store.runs(task.id)] == [(1, 1), (2, 0)]
+    after = current(r, task)
+    assert (after.stage, after.status) == (Stage.ARCHITECTURE, TaskStatus.WAITING)
+
+
+def test_an_agent_that_crashes_counts_as_a_failed_attempt(make_rig: Any) -> None:
+    r = make_rig({"stages": {"analysis": {"mode": "crash"}}})
+    task = file_ticket(r)
+    r.run_until_idle()
+    parked = current(r, task)
+    assert parked.status == TaskStatus.NEEDS_OPERATOR
+    runs = r.store.runs(task.id)
+    assert len(runs) == r.pipeline.max_attempts
+    assert all(run.exit_code == -signal.SIGKILL for run in runs)
+
+
+def test_a_hanging_agent_is_killed_at_the_stage_timeout_and_the_attempt_fails(
+    make_rig: Any,
+) -> None:
+    base = pl.default_pipeline()
+    pipeline = replace(
+        base,
+        stages=tuple(
+            replace(s, timeout_s=1) if s.stage == Stage.ANALYSIS else s for s in base.stages
+        ),
+        max_attempts=1,
+    )
+    r = make_rig({"stages": {"analysis": {"mode": "hang"}}}, pipeline=pipeline)
+    task = file_ticket(r)
+    r.run_until_idle()
+    parked = current(r, task)
+    assert (parked.stage, parked.status) == (Stage.ANALYSIS, TaskStatus.NEEDS_OPERATOR)
+    assert "timed out" in parked.status_reason
+    [run] = r.store.runs(task.id)
+    assert run.exit_code is not None and run.exit_code != 0
+    assert run.pid is not None
+    with pytest.raises(ProcessLookupError):
+        os.killpg(run.pid, 0)  # the agent's whole process group is gone
+
+
+def test_an_artifact_missing_its_headings_fails_the_gate_and_the_stage_is_retried(
+    make_rig: Any,
+) -> None:
+    spec_file = "docs/work-items/{{key}}/spec.md"
+    r = make_rig({"stages": {"analysis": {"files": {spec_file: "# Spec\n\nTo do.\n"}}}})
+    task = file_ticket(r)
+    r.run_until_idle()
+    parked = current(r, task)
+    assert (parked.stage, parked.status) == (Stage.ANALYSIS, TaskStatus.NEEDS_OPERATOR)
+    assert "lacks the heading(s): Problem, Acceptance criteria" in parked.status_reason
+    assert len(r.store.runs(task.id)) == r.pipeline.max_attempts
+    assert all(not g.passed for g in r.store.gate_records(task.id))
+
+
+def test_a_stage_naming_an_agent_that_is_not_configured_parks_with_the_reason(
+    make_rig: Any,
+) -> None:
+    r = make_rig(agents={"someone-else": ScriptedAgent(name="someone-else")})
+    task = file_ticket(r)
+    r.run_until_idle()
+    parked = current(r, task)
+    assert parked.status == TaskStatus.NEEDS_OPERATOR
+    assert "not configured" in parked.status_reason
+    assert r.store.runs(task.id) == []
+
+
+# -- people's decisions ---------------------------------------------------------------------------
+
+
+def test_an_approval_sent_when_nothing_waits_is_ignored(make_rig: Any) -> None:
+    r = make_rig()
+    task = file_ticket(r)
+    assert current(r, task).status == TaskStatus.ACTIVE
+    r.intake.decide(task.key, True, "mallory")
+    r.run_until_idle()
+    after = current(r, task)
+    assert (after.stage, after.status, after.waiting_for) == (
+        Stage.ARCHITECTURE,
+        TaskStatus.WAITING,
+        "approve-plan",
+    )
+    assert all(t.actor != "mallory" for t in r.store.transitions(task.id))
+    assert r.store.pending_events(task.id) == []
+    # the real approval still works afterwards
+    approve(r, task, "alice")
+    assert current(r, task).stage == Stage.DEPLOY
+
+
+def test_an_approval_after_a_stray_event_at_the_same_wait_is_applied(make_rig: Any) -> None:
+    r = make_rig()
+    task = file_ticket(r)
+    r.run_until_idle()
+    waiting = current(r, task)
+    assert waiting.status == TaskStatus.WAITING
+    # what decide() writes when it read the task just before the wait began: no checkpoint
+    assert r.store.append_event(
+        task.id, f"{task.id}:v1:approve", "approve", "mallory", {"checkpoint": "", "comment": ""}
+    )
+    r.run_until_idle()
+    assert current(r, task).version == waiting.version, "the stray approval is not applied"
+    assert r.intake.decide(task.key, True, "alice")
+    r.run_until_idle()
+    after = current(r, task)
+    assert r.store.pending_events(task.id) == [], "alice's approval was never read"
+    assert (after.stage, after.waiting_for) == (Stage.DEPLOY, "confirm-deploy")
+
+
+def test_a_second_decision_for_the_same_version_is_deduplicated(make_rig: Any) -> None:
+    r = make_rig()
+    task = file_ticket(r)
+    r.run_until_idle()
+    assert r.intake.decide(task.key, True, "alice") is True
+    assert r.intake.decide(task.key, True, "alice") is False
+    r.run_until_idle()
+    assert [t.actor for t in r.store.transitions(task.id)].count("alice") == 1
+    assert current(r, task).stage == Stage.DEPLOY
+
+
+def test_a_rejection_racing_an_approval_of_the_same_wait_is_ignored(make_rig: Any) -> None:
+    r = make_rig()
+    task = file_ticket(r)
+    r.run_until_idle()
+    assert r.intake.decide(task.key, True, "alice")
+    assert r.intake.decide(task.key, False, "bob", comment="no")
+    r.run_until_idle()
+    actors = [t.actor for t in r.store.transitions(task.id)]
+    assert "alice" in actors
+    assert "bob" not in actors
+    assert current(r, task).rework_rounds == 0
+    assert r.store.pending_events(task.id) == []
+
+
+# -- merges ---------------------------------------------------------------------------------------
+
+
+def test_a_merge_conflict_sends_the_task_back_to_development_with_feedback(
+    make_rig: Any,
+) -> None:
+    r = make_rig()
+    r.forge.fail_merge = MergeConflict("README.md conflicts with main")
+    task = file_ticket(r)
+    r.run_until_idle()
+    approve(r, task, "alice")
+
+    history = r.store.transitions(task.id)
+    back = [
+        t
+        for t in history
+        if (t.from_stage, t.to_stage) == (Stage.DEPLOY_STAGING, Stage.DEVELOPMENT)
+    ]
+    assert back, "the conflict should send the task back to development"
+    assert all("README.md conflicts with main" in t.reason for t in back)
+    dev_prompts = prompts(r, task, Stage.DEVELOPMENT)
+    assert "the merge into main failed" in dev_prompts[1]
+    assert "README.md conflicts with main" in dev_prompts[1]
+    assert r.forge.merges == []
+    merges = [e for e in r.store.effects(task.id) if e.kind == "merge"]
+    assert merges and all(e.state == EffectState.FAILED for e in merges)
+    parked = current(r, task)
+    assert parked.status == TaskStatus.NEEDS_OPERATOR
+    assert_history_is_gap_free_on_pipeline_edges(r, task)
+
+
+def _merge_key(task: Task, version: int) -> str:
+    # the key engine._merge records the merge intent under
+    return f"{task.key}#{task.id}:{Stage.DEPLOY_STAGING}:merge:v{version}"
+
+
+def test_a_merge_that_landed_before_a_crash_is_resolved_against_the_forge_not_repeated(
+    make_rig: Any,
+) -> None:
+    r = make_rig()
+    task = file_ticket(r)
+    r.run_until_idle()
+    assert r.intake.decide(task.key, True, "alice")
+    run_to_stage(r, task, Stage.DEPLOY_STAGING)
+
+    # a worker claims the deploy-staging job, records the intent, merges, and dies
+    crashed = r.store.claim("crashed:1:gone", -1, r.repos.limit)
+    assert crashed is not None and crashed.stage == Stage.DEPLOY_STAGING
+    head = r.forge.branch_head("app", task.branch)
+    assert head is not None
+    key = _merge_key(task, crashed.version)
+    r.store.begin_effect(crashed, key, "merge", "app", head)
+    r.forge.merge("app", task.branch, head, "merged by the crashed worker")
+    assert len(r.forge.merges) == 1
+
+    r.run_until_idle()  # the sweep requeues the expired job; the engine resolves the effect
+    effect = r.store.get_effect(key)
+    assert effect is not None
+    assert effect.state == EffectState.SUCCEEDED
+    assert effect.result.get("resolved_by") == "forge"
+    assert effect.result.get("merge_sha") == r.forge.merges[0][2]
+    assert len(r.forge.merges) == 1
+    approve(r, task, "bob")
+    assert current(r, task).status == TaskStatus.DONE
+    assert len(r.forge.merges) == 1
+    assert_history_is_gap_free_on_pipeline_edges(r, task)
+
+
+def test_a_merge_intent_that_never_reached_the_forge_is_merged_once_on_recovery(
+    make_rig: Any,
+) -> None:
+    r = make_rig()
+    task = file_ticket(r)
+    r.run_until_idle()
+    assert r.intake.decide(task.key, True, "alice")
+    run_to_stage(r, task, Stage.DEPLOY_STAGING)
+
+    crashed = r.store.claim("crashed:1:gone", -1, r.repos.limit)
+    assert crashed is not None
+    head = r.forge.branch_head("app", task.branch)
+    assert head is not None
+    key = _merge_key(task, crashed.version)
+    r.store.begin_effect(crashed, key, "merge", "app", head)
+
+    r.run_until_idle()
+    effect = r.store.get_effect(key)
+    assert effect is not None and effect.state == EffectState.SUCCEEDED
+    assert [m[1] for m in r.forge.merges] == [head]
+    approve(r, task, "bob")
+    assert current(r, task).status == TaskStatus.DONE
+    assert len(r.forge.merges) == 1
