@@ -92,9 +92,10 @@ def serve(
 
     settings = _settings()
     _logging(settings.log_level)
-    orch_app = _guard(lambda: build(settings))
+    orch_app = _guard(lambda: build(settings, migrate=False))
     try:
         _guard(orch_app.lock_for_serving)
+        _guard(orch_app.store.migrate)
         orch_app.dispatcher.start()
         config = uvicorn.Config(
             create_app(orch_app),

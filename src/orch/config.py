@@ -127,6 +127,22 @@ class Settings(BaseSettings):
         return (env_settings, init_settings)
 
 
+class IsolatedSettings(Settings):
+    """Settings from what the caller passes alone: no environment, no file. For `orch demo`,
+    which must never touch a user's configured store or repositories."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Build settings from a YAML file (or $ORCH_CONFIG), the environment and `overrides`."""
     path = config_file or (

@@ -16,13 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from orch.domain import pipeline as pl
 from orch.domain.errors import OrchError, PipelineError
 from orch.domain.prompts import render, sample_context
-from orch.domain.states import Stage
+from orch.domain.states import WORK_STAGES, Stage
 
 PIPELINE_PATH = ".orch/pipeline.yaml"
 
-WorkStage = Literal[
-    "analysis", "architecture", "development", "review", "testing", "deploy-staging", "deploy"
-]
+# the stage names a pipeline may list, from the one definition in orch.domain.states
+WorkStage = Literal[tuple(s.value for s in WORK_STAGES)]  # type: ignore[valid-type]
 
 
 class _Strict(BaseModel):
@@ -88,6 +87,8 @@ def parse(
     except yaml.MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else 1
         raise PipelineError(f"{source}:{line}: not valid YAML: {exc.problem}") from exc
+    except yaml.YAMLError as exc:
+        raise PipelineError(f"{source}:1: not valid YAML: {exc}") from exc
     if data is None:
         return base
     if not isinstance(data, dict):
@@ -139,12 +140,14 @@ def parse(
                 changes["timeout_s"] = sm.timeout_s
             spec = replace(spec, **changes)
             _check_templates(spec, ("stages", i), fail)
-            if agents is not None and spec.agent is not None and spec.agent not in agents:
-                raise fail(("stages", i, "agent"), f"no agent named {spec.agent!r} is configured")
             built.append(spec)
         stages = tuple(built)
     names = [s.stage for s in stages]
+    known_agents = None if agents is None else set(agents)
     for i, s in enumerate(stages):
+        if known_agents is not None and s.agent is not None and s.agent not in known_agents:
+            where: tuple[str | int, ...] = ("stages", i, "agent") if model.stages else ("stages",)
+            raise fail(where, f"stage {s.stage} needs agent {s.agent!r}, which is not configured")
         if s.rework_to is not None and s.rework_to not in names:
             raise fail(("stages", i, "rework_to"), f"{s.rework_to} is not a stage of this pipeline")
     checkpoints = base.checkpoints

@@ -50,6 +50,16 @@ class Store(Protocol):
     # tickets on the built-in board
     def file_ticket(self, repo: str, prefix: str, title: str, body: str) -> Ticket: ...
     def get_ticket(self, key: str) -> Ticket | None: ...
+    def file_and_create(
+        self,
+        repo: str,
+        prefix: str,
+        title: str,
+        body: str,
+        pipeline: dict[str, Any],
+        first: Decision,
+        actor: str,
+    ) -> Task: ...
 
     # tasks
     def create_task(

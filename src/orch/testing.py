@@ -141,6 +141,9 @@ class MemoryForge:
         if self.fail_merge is not None:
             raise self.fail_merge
         r = self._repo(repo)
+        landed = self.find_merge(repo, expected_head)
+        if landed:
+            return landed
         head = r.branches.get(branch)
         if head != expected_head:
             raise HeadMoved(f"{branch} is at {head}, not {expected_head}")
@@ -234,6 +237,7 @@ def rig(
     files: Snapshot | None = None,
     repo: RepoSettings | None = None,
     store: SqlStore | None = None,
+    notifier: MemoryNotifier | None = None,
     max_attempts: int = 3,
 ) -> Rig:
     """One repository named "app" (unless `repo` says otherwise), the given agents, backoff off."""
@@ -248,7 +252,7 @@ def rig(
     store = store or memory_store()
     forge = MemoryForge({repo.name: files or {"README.md": b"app\n"}})
     repos = MemoryRepos(repo)
-    notifier = MemoryNotifier()
+    notifier = notifier or MemoryNotifier()
     logs = Path(tempfile.mkdtemp(prefix="orch-logs-"))
     chosen = pipeline or pl.default_pipeline()
     engine = Engine(

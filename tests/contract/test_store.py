@@ -217,15 +217,25 @@ def test_a_limit_of_zero_claims_nothing(store: SqlStore) -> None:
     assert job.state == JobState.QUEUED
 
 
-def test_a_finished_job_frees_its_repo_slot(store: SqlStore) -> None:
+def test_an_active_task_keeps_its_repo_slot_between_stages(store: SqlStore) -> None:
+    new_task(store, "APP-1", "app")
+    new_task(store, "APP-2", "app")
+    first = claim(store)
+    onward = pl.Decision(pl.Move.ADVANCE, Stage.ARCHITECTURE, TaskStatus.ACTIVE, "next")
+    store.advance(first, Stage.ANALYSIS, onward, "w")
+    # the first task is still active: its next stage, not the second task, gets the slot
+    assert claim(store).task_id == first.task_id
+    assert store.claim(OWNER, 60, one_per_repo) is None
+
+
+def test_a_task_that_waits_for_a_person_gives_its_repo_slot_back(store: SqlStore) -> None:
     new_task(store, "APP-1", "app")
     second = new_task(store, "APP-2", "app")
     first = claim(store)
-    store.advance(first, Stage.ANALYSIS, pl.after_success(FLOW, Stage.ANALYSIS), "w")
-    # the first task's next job and the second task's job compete for the one slot
-    c = claim(store)
-    assert c.task_id in (first.task_id, second.id)
-    assert store.claim(OWNER, 60, one_per_repo) is None
+    plan_wait = pl.after_success(pl.default_pipeline(), Stage.ANALYSIS)
+    waiting = store.advance(first, Stage.ANALYSIS, plan_wait, "w")
+    assert waiting.status == TaskStatus.WAITING
+    assert claim(store).task_id == second.id
 
 
 # -- compare-and-set ----------------------------------------------------------------------------
@@ -527,7 +537,9 @@ def test_retry_requeues_the_job_with_the_reason(store: SqlStore) -> None:
     [job] = store.jobs(task.id)
     assert (job.state, job.owner, job.last_error) == (JobState.QUEUED, None, "agent exited 1")
     after = store.get_task(task.id)
-    assert (after.version, after.feedback, after.stage) == (1, "agent exited 1", Stage.ANALYSIS)
+    assert (after.version, after.feedback, after.stage) == (1, "", Stage.ANALYSIS)
+    again = claim(store)
+    assert (again.attempt, again.last_error) == (2, "agent exited 1")
     assert len(store.transitions(task.id)) == 1, "a retry is not a transition"
 
 

@@ -14,10 +14,13 @@ from typing import Any
 import pytest
 
 from orch.adapters.agents.scripted import ScriptedAgent
+from orch.adapters.notifiers.log import MemoryNotifier
+from orch.adapters.store import schema as tables
 from orch.domain import pipeline as pl
-from orch.domain.errors import MergeConflict
+from orch.domain.errors import ForgeError, MergeConflict
 from orch.domain.model import Task
 from orch.domain.states import EffectState, JobState, Stage, TaskStatus
+from orch.ports import DeployTarget, RepoSettings
 from orch.testing import Rig, rig
 
 REVIEW_FILE = "docs/work-items/{{key}}/review.md"
@@ -493,9 +496,9 @@ def test_a_merge_conflict_sends_the_task_back_to_development_with_feedback(
     assert_history_is_gap_free_on_pipeline_edges(r, task)
 
 
-def _merge_key(task: Task, version: int) -> str:
-    # the key engine._merge records the merge intent under
-    return f"{task.key}#{task.id}:{Stage.DEPLOY_STAGING}:merge:v{version}"
+def _merge_key(task: Task, head: str) -> str:
+    # the key engine._merge records the merge intent under: one per head that passed the gates
+    return f"{task.key}#{task.id}:{Stage.DEPLOY_STAGING}:merge:{head}"
 
 
 def test_a_merge_that_landed_before_a_crash_is_resolved_against_the_forge_not_repeated(
@@ -512,7 +515,7 @@ def test_a_merge_that_landed_before_a_crash_is_resolved_against_the_forge_not_re
     assert crashed is not None and crashed.stage == Stage.DEPLOY_STAGING
     head = r.forge.branch_head("app", task.branch)
     assert head is not None
-    key = _merge_key(task, crashed.version)
+    key = _merge_key(task, head)
     r.store.begin_effect(crashed, key, "merge", "app", head)
     r.forge.merge("app", task.branch, head, "merged by the crashed worker")
     assert len(r.forge.merges) == 1
@@ -543,7 +546,7 @@ def test_a_merge_intent_that_never_reached_the_forge_is_merged_once_on_recovery(
     assert crashed is not None
     head = r.forge.branch_head("app", task.branch)
     assert head is not None
-    key = _merge_key(task, crashed.version)
+    key = _merge_key(task, head)
     r.store.begin_effect(crashed, key, "merge", "app", head)
 
     r.run_until_idle()
@@ -553,3 +556,159 @@ def test_a_merge_intent_that_never_reached_the_forge_is_merged_once_on_recovery(
     approve(r, task, "bob")
     assert current(r, task).status == TaskStatus.DONE
     assert len(r.forge.merges) == 1
+
+
+# -- faults and recovery --------------------------------------------------------------------------
+
+
+def approve_all(r: Rig, *tasks: Task) -> None:
+    for t in tasks:
+        waiting = current(r, t)
+        if waiting.status == TaskStatus.WAITING:
+            assert r.intake.decide(t.key, True, "alice")
+    r.run_until_idle()
+
+
+def test_a_rejected_deploy_with_unchanged_code_is_not_merged_again(make_rig: Any) -> None:
+    r = make_rig()
+    task = file_ticket(r)
+    r.run_until_idle()
+    approve_all(r, task)
+    assert current(r, task).waiting_for == "confirm-deploy"
+    assert r.intake.decide(task.key, False, "bob", "not on a Friday")
+    r.run_until_idle()
+    back = current(r, task)
+    assert (back.status, back.waiting_for) == (TaskStatus.WAITING, "confirm-deploy")
+    assert back.rework_rounds == 1
+    assert len(r.forge.merges) == 1
+
+
+def test_a_merge_the_forge_refuses_is_settled_and_does_not_block_the_repository(
+    make_rig: Any,
+) -> None:
+    r = make_rig()
+    first = file_ticket(r, "First")
+    r.run_until_idle()
+    r.forge.fail_merge = ForgeError("push rejected")
+    approve_all(r, first)
+    parked = current(r, first)
+    assert parked.status == TaskStatus.NEEDS_OPERATOR
+    assert "push rejected" in parked.status_reason
+    merges = [e for e in r.store.effects(first.id) if e.kind == "merge"]
+    assert [e.state for e in merges] == [EffectState.FAILED]
+
+    r.forge.fail_merge = None
+    second = file_ticket(r, "Second")
+    r.run_until_idle()
+    approve_all(r, second)
+    assert current(r, second).waiting_for == "confirm-deploy"
+    assert len(r.forge.merges) == 1
+
+
+class FailingNotifier(MemoryNotifier):
+    def notify(self, key: str, text: str) -> None:
+        raise ConnectionError("chat service down")
+
+
+def test_a_failing_notifier_neither_reruns_the_stage_nor_parks_the_task() -> None:
+    r = rig({"default": ScriptedAgent()}, notifier=FailingNotifier())
+    try:
+        task = file_ticket(r)
+        r.run_until_idle()
+        waiting = current(r, task)
+        assert (waiting.status, waiting.waiting_for) == (TaskStatus.WAITING, "approve-plan")
+        assert [run.stage for run in r.store.runs(task.id)] == [Stage.ANALYSIS]
+        [note] = [e for e in r.store.effects(task.id) if e.kind == "notify"]
+        assert note.state == EffectState.FAILED
+        assert "chat service down" in note.result["error"]
+    finally:
+        r.close()
+
+
+def test_an_unreadable_pipeline_snapshot_parks_the_task_with_the_reason(make_rig: Any) -> None:
+    r = make_rig()
+    task = file_ticket(r)
+    with r.store.engine.begin() as conn:
+        conn.execute(tables.tasks.update().values(pipeline={"stages": [{"stage": "analysis"}]}))
+    r.run_until_idle()
+    parked = current(r, task)
+    assert parked.status == TaskStatus.NEEDS_OPERATOR
+    assert "pipeline is unreadable" in parked.status_reason
+    assert [j.state for j in r.store.jobs(task.id)] == [JobState.DEAD]
+
+
+def test_the_previous_attempts_error_reaches_the_retry_prompt(make_rig: Any) -> None:
+    r = make_rig({"stages": {"analysis": {"fail_attempts": 1}}})
+    task = file_ticket(r)
+    r.run_until_idle()
+    first, second = prompts(r, task, Stage.ANALYSIS)
+    assert "previous attempt failed" not in first
+    assert "The previous attempt failed: agent scripted exited 1" in second
+    assert current(r, task).feedback == ""
+
+
+def test_an_active_task_holds_the_repository_until_it_waits(make_rig: Any) -> None:
+    r = make_rig()
+    a = file_ticket(r, "First")
+    b = file_ticket(r, "Second")
+    r.run_until_idle()
+    # each analysis ran while the other task waited at its plan checkpoint
+    assert current(r, a).waiting_for == current(r, b).waiting_for == "approve-plan"
+    before = len(r.store.runs(a.id)) + len(r.store.runs(b.id))
+    approve_all(r, a, b)
+    runs = sorted([run for t in (a, b) for run in r.store.runs(t.id)], key=lambda run: run.id)[
+        before:
+    ]
+    owners = [run.task_id for run in runs]
+    # one task works through architecture..testing, then the other: never interleaved
+    assert owners == sorted(owners, key=owners.index)
+    assert len(set(owners)) == 2
+
+
+@pytest.mark.parametrize(
+    ("check", "deployed_again", "status"),
+    [
+        ("exit 0", False, TaskStatus.WAITING),
+        ("exit 1", True, TaskStatus.WAITING),
+        ("exit 2", False, TaskStatus.NEEDS_OPERATOR),
+    ],
+)
+def test_a_deploy_of_unknown_outcome_is_checked_before_it_is_ever_repeated(
+    tmp_path: Path, check: str, deployed_again: bool, status: TaskStatus
+) -> None:
+    marker = tmp_path / "deployed"
+    repo = RepoSettings(
+        name="app",
+        test_command="true",
+        deploy={"staging": DeployTarget(f"touch {marker}", check=check)},
+    )
+    r = rig({"default": ScriptedAgent()}, repo=repo)
+    try:
+        task = file_ticket(r)
+        r.run_until_idle()
+        assert r.intake.decide(task.key, True, "alice")
+        run_to_stage(r, task, Stage.DEPLOY_STAGING)
+        # a worker that merged, started the deploy and died before confirming it
+        crashed = r.store.claim("crashed:1:gone", -1, r.repos.limit)
+        assert crashed is not None
+        head = r.forge.branch_head("app", task.branch)
+        assert head is not None
+        release = r.forge.merge("app", task.branch, head, "merged before the crash")
+        key = _merge_key(task, head)
+        r.store.begin_effect(crashed, key, "merge", "app", head)
+        r.store.finish_effect(crashed, key, EffectState.SUCCEEDED, {"merge_sha": release})
+        deploy_key = f"deploy:app:staging:{release}"
+        r.store.begin_effect(crashed, deploy_key, "deploy:staging", "app", release)
+
+        r.run_until_idle()
+        assert current(r, task).status == status
+        assert marker.exists() == deployed_again
+        effect = r.store.get_effect(deploy_key)
+        assert effect is not None
+        expected = (
+            EffectState.UNKNOWN if status == TaskStatus.NEEDS_OPERATOR else EffectState.SUCCEEDED
+        )
+        assert effect.state == expected
+        assert len(r.forge.merges) == 1
+    finally:
+        r.close()

@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from orch.bootstrap import App, build
-from orch.config import load_settings
+from orch.config import IsolatedSettings
 from orch.demo import sample
 from orch.domain.errors import OrchError
 from orch.domain.states import TaskStatus, is_terminal
@@ -53,7 +53,7 @@ def demo_settings(root: Path, remote: Path, playbook: Path) -> Any:
         }
         for t in ("staging", "production")
     }
-    return load_settings(
+    return IsolatedSettings(
         data_dir=root / ".orch",
         store={"url": f"sqlite:///{root / 'orch.db'}"},
         workspace_root=root / "workspaces",

@@ -52,6 +52,7 @@ class Claim:
     attempt: int
     token: int
     owner: str
+    last_error: str = ""  # why the previous attempt of this job failed, if it did
 
 
 @dataclass(frozen=True)

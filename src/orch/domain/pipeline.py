@@ -317,6 +317,7 @@ _COMMON = (
     "Repository {{ repo.name }} (default branch {{ repo.default_branch }}); "
     "stage {{ stage }}, attempt {{ attempt }}.\n"
     "{% if feedback %}\nFeedback to address from the last round:\n{{ feedback }}\n{% endif %}"
+    "{% if previous_error %}\nThe previous attempt failed: {{ previous_error }}\n{% endif %}"
 )
 
 

@@ -37,6 +37,7 @@ def sample_context() -> dict[str, Any]:
         "attempt": 1,
         "round": 0,
         "feedback": "",
+        "previous_error": "",
         "repo": {"name": "repo", "default_branch": "main", "test_command": "true"},
         "artifacts": {},
         "workdir": "/tmp/work",

@@ -89,30 +89,38 @@ class Engine:
         if task.version != claim.version or is_terminal(task.status):
             self.store.supersede(claim)
             return
-        lease = Lease(self.store, claim, self.settings.lease_ttl_s, self.settings.heartbeat_s)
         actor = f"worker:{owner}"
         try:
             pipeline = pl.from_dict(task.pipeline)
-            if task.status == TaskStatus.WAITING:
-                self._read_inbox(task, pipeline, claim)
-                return
-            self._ignore_stray_events(task, claim)
-            if task.status == TaskStatus.ACTIVE:
-                self._run_stage(task, pipeline, claim, lease, actor)
-            else:
-                self.store.supersede(claim)
-        except (LeaseLost, Conflict) as exc:
-            # someone else owns the task now: write nothing more
-            log.warning("job %s of %s dropped: %s", claim.job_id, task.key, exc)
-        except Busy as exc:
-            # waiting for another task's merge is not this task's failure
-            self.store.retry(claim, str(exc), max(self._backoff(1), 1.0), counts=False)
-        except OrchError as exc:
-            self._fail_attempt(task, claim, str(exc), actor)
-        except Exception as exc:
-            # a bug or an unexpected OS error must cost an attempt, not the worker thread
-            log.exception("job %s of %s failed unexpectedly", claim.job_id, task.key)
-            self._fail_attempt(task, claim, f"{type(exc).__name__}: {exc}", actor)
+        except (KeyError, TypeError, ValueError) as exc:
+            self._apply(
+                task, claim, _park(task, f"the task's pipeline is unreadable: {exc!r}"), actor
+            )
+            return
+        with Lease(
+            self.store, claim, self.settings.lease_ttl_s, self.settings.heartbeat_s
+        ) as lease:
+            try:
+                if task.status == TaskStatus.WAITING:
+                    self._read_inbox(task, pipeline, claim)
+                    return
+                self._ignore_stray_events(task, claim)
+                if task.status == TaskStatus.ACTIVE:
+                    self._run_stage(task, pipeline, claim, lease, actor)
+                else:
+                    self.store.supersede(claim)
+            except (LeaseLost, Conflict) as exc:
+                # someone else owns the task now: write nothing more
+                log.warning("job %s of %s dropped: %s", claim.job_id, task.key, exc)
+            except Busy as exc:
+                # waiting for another task's merge is not this task's failure
+                self.store.retry(claim, str(exc), max(self._backoff(1), 1.0), counts=False)
+            except OrchError as exc:
+                self._fail_attempt(task, pipeline, claim, str(exc), actor)
+            except Exception as exc:
+                # a bug or an unexpected OS error must cost an attempt, not the worker thread
+                log.exception("job %s of %s failed unexpectedly", claim.job_id, task.key)
+                self._fail_attempt(task, pipeline, claim, f"{type(exc).__name__}: {exc}", actor)
 
     # -- the inbox of a waiting task ---------------------------------------------------------
 
@@ -155,7 +163,7 @@ class Engine:
         spec = pipeline.spec(task.stage)
         repo = self.repos.get(task.repo)
         worktree = self.forge.prepare_worktree(task.repo, task.branch)
-        lease.renew()
+        lease.check()
         ctx = self._context(task, spec, claim, repo, worktree)
         if spec.agent is not None:
             failure = self._run_agent(task, spec, claim, lease, ctx, worktree)
@@ -167,13 +175,13 @@ class Engine:
                     actor,
                 )
                 return
+        lease.renew()
         head = self.forge.commit_and_push(
             task.repo,
             worktree,
             task.branch,
             f"{task.key}: {task.stage} ({spec.role})\n\n{task.title}",
         )
-        lease.renew()
         verdicts = [
             self._gate(task, spec, claim, lease, g, worktree, head, ctx) for g in spec.gates
         ]
@@ -211,6 +219,7 @@ class Engine:
             "attempt": claim.attempt,
             "round": task.rework_rounds,
             "feedback": task.feedback,
+            "previous_error": claim.last_error,
             "repo": {
                 "name": repo.name,
                 "default_branch": repo.default_branch,
@@ -273,12 +282,16 @@ class Engine:
             timeout_s=spec.timeout_s,
         )
         proc = agent.start(request)
-        run_id = self.store.start_run(claim, agent.name, proc.pid, str(log_path))
+        try:
+            run_id = self.store.start_run(claim, agent.name, proc.pid, str(log_path))
+        except BaseException:
+            proc.kill(self.settings.kill_grace_s)
+            raise
         try:
             code, timed_out = lease.supervise(proc, spec.timeout_s, self.settings.kill_grace_s)
         finally:
             # the run row is closed even when the lease is lost; that write is fenced and may fail
-            with contextlib.suppress(LeaseLost):
+            with contextlib.suppress(OrchError):
                 self.store.finish_run(claim, run_id, proc.wait(0), proc.usage().as_dict())
         if timed_out:
             return f"agent {agent.name} timed out after {spec.timeout_s:g}s"
@@ -355,7 +368,7 @@ class Engine:
         release: str,
     ) -> Decision | str:
         if action == Action.MERGE:
-            return self._merge(task, claim, repo, head)
+            return self._merge(task, claim, lease, repo, head)
         target = "staging" if action == Action.DEPLOY_STAGING else "production"
         release = release or self._released_sha(task)
         if not release:
@@ -370,23 +383,27 @@ class Engine:
         ]
         return str(merges[-1].result.get("merge_sha", "")) if merges else ""
 
-    def _merge(self, task: Task, claim: Claim, repo: RepoSettings, head: str) -> Decision | str:
-        key = f"{task.key}#{task.id}:{task.stage}:merge:v{claim.version}"
+    def _merge(
+        self, task: Task, claim: Claim, lease: Lease, repo: RepoSettings, head: str
+    ) -> Decision | str:
+        # keyed by the head: the same commits are merged at most once, however often the task
+        # comes back through this stage
+        key = f"{task.key}#{task.id}:{task.stage}:merge:{head}"
         effect = self.store.get_effect(key)
         if effect is not None and effect.state == EffectState.SUCCEEDED:
             return str(effect.result["merge_sha"])
         if effect is not None and effect.state in (EffectState.INITIATED, EffectState.UNKNOWN):
             # an earlier attempt died between intent and confirm: ask the forge before acting
-            effect = self._mark_unknown(claim, effect)
-            found = self.forge.find_merge(task.repo, effect.precondition)
+            self._mark_unknown(claim, effect)
+            found = self.forge.find_merge(task.repo, head)
             if found:
                 self.store.finish_effect(
                     claim, key, EffectState.SUCCEEDED, {"merge_sha": found, "resolved_by": "forge"}
                 )
                 return found
-            head = effect.precondition
         else:
-            effect = self.store.begin_effect(claim, key, "merge", task.repo, head)
+            self.store.begin_effect(claim, key, "merge", task.repo, head)
+        lease.renew()
         try:
             sha = self.forge.merge(
                 task.repo,
@@ -404,10 +421,37 @@ class Engine:
                 pipeline.max_attempts,
                 f"the merge into {repo.default_branch} failed: {exc}",
             )
+        except ForgeError:
+            self._settle_merge(claim, key, head, task.repo)
+            raise
         self.store.finish_effect(
             claim, key, EffectState.SUCCEEDED, {"merge_sha": sha, "head": head}
         )
         return sha
+
+    def _settle_merge(self, claim: Claim, key: str, head: str, repo: str) -> None:
+        """Resolve an unconfirmed merge by asking the forge, so it never holds the repository's
+        merge slot after this attempt ends."""
+        found = self.forge.find_merge(repo, head)
+        if found:
+            self.store.finish_effect(
+                claim, key, EffectState.SUCCEEDED, {"merge_sha": found, "resolved_by": "forge"}
+            )
+        else:
+            self.store.finish_effect(
+                claim, key, EffectState.FAILED, {"error": "not merged", "resolved_by": "forge"}
+            )
+
+    def _settle_open_merges(self, task: Task, claim: Claim) -> None:
+        for effect in self.store.effects(task.id):
+            if effect.kind == "merge" and effect.state in (
+                EffectState.INITIATED,
+                EffectState.UNKNOWN,
+            ):
+                try:
+                    self._settle_merge(claim, effect.key, effect.precondition, task.repo)
+                except ForgeError as exc:
+                    log.error("could not settle %s: %s", effect.key, exc)
 
     def _mark_unknown(self, claim: Claim, effect: Effect) -> Effect:
         if effect.state == EffectState.UNKNOWN:
@@ -451,8 +495,16 @@ class Engine:
                     {"release": release, "target": target, "resolved_by": "check"},
                 )
                 return release
+            if code != 1:
+                # only an explicit "not deployed" (exit 1) allows deploying again
+                return _park(
+                    task,
+                    f"deploy of {release[:12]} to {target} may have run, and its check"
+                    f" could not tell (exit {code})",
+                )
         else:
             self.store.begin_effect(claim, key, f"deploy:{target}", repo.name, release)
+        lease.renew()
         self.forge.checkout(worktree, release)
         log_path = self._log_path(task, f"deploy-{target}-{release[:12]}.log")
         proc = self.runner.start(spec.command, worktree, env, log_path)
@@ -476,12 +528,15 @@ class Engine:
         if decision.move == Move.RETRY:
             self.store.retry(claim, decision.reason, self._backoff(claim.attempt))
             return
+        if decision.move == Move.PARK:
+            self._settle_open_merges(task, claim)
         self._notify(task, claim, decision)
         self.store.advance(claim, task.stage, decision, actor)
 
-    def _fail_attempt(self, task: Task, claim: Claim, reason: str, actor: str) -> None:
+    def _fail_attempt(
+        self, task: Task, pipeline: Pipeline, claim: Claim, reason: str, actor: str
+    ) -> None:
         try:
-            pipeline = pl.from_dict(task.pipeline)
             decision = pl.after_attempt_failure(pipeline, task.stage, claim.attempt, reason)
             self._apply(task, claim, decision, actor)
         except (LeaseLost, Conflict) as exc:
@@ -494,6 +549,8 @@ class Engine:
         return self.rng.uniform(ceiling / 2, ceiling) if ceiling > 0 else 0.0
 
     def _notify(self, task: Task, claim: Claim, decision: Decision) -> None:
+        """Tell people, at most once per key and best-effort: a notifier that fails is
+        recorded as FAILED and never fails the stage it reports on."""
         if decision.status == TaskStatus.WAITING:
             text = f"{task.key} waits for {decision.waiting_for} before {decision.stage}"
         elif decision.status == TaskStatus.DONE:
@@ -507,7 +564,14 @@ class Engine:
         if effect is not None and effect.state == EffectState.SUCCEEDED:
             return
         self.store.begin_effect(claim, key, "notify", task.repo, "")
-        self.notifier.notify(key, text)
+        try:
+            self.notifier.notify(key, text)
+        except Exception as exc:
+            log.error("notification %s failed: %s", key, exc)
+            self.store.finish_effect(
+                claim, key, EffectState.FAILED, {"text": text, "error": str(exc)}
+            )
+            return
         self.store.finish_effect(claim, key, EffectState.SUCCEEDED, {"text": text})
 
 

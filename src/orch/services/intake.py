@@ -6,27 +6,16 @@ task's inbox, and the worker that reads the inbox applies them.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 from orch.domain import pipeline as pl
 from orch.domain.errors import NotFound, OrchError
 from orch.domain.model import Task, Ticket
+from orch.domain.naming import branch_for, key_prefix
 from orch.domain.states import TaskStatus
 from orch.ports import Repos, Store
 
 PipelineFor = Callable[[str], pl.Pipeline]
-
-
-def branch_for(key: str) -> str:
-    return "orch/" + (re.sub(r"[^A-Za-z0-9._-]", "-", key).strip(".-") or "ticket")
-
-
-def key_prefix(repo: str, configured: str) -> str:
-    if configured:
-        return configured
-    cleaned = re.sub(r"[^A-Za-z0-9]", "", repo).upper()
-    return cleaned[:10] or "TASK"
 
 
 class Intake:
@@ -42,8 +31,15 @@ class Intake:
         if not title:
             raise OrchError("a ticket needs a title")
         pipeline = self.pipeline_for(repo)  # validate before anything is written
-        ticket = self.store.file_ticket(repo, key_prefix(repo, settings.key_prefix), title, body)
-        return self._start(ticket, pipeline, actor)
+        return self.store.file_and_create(
+            repo,
+            key_prefix(repo, settings.key_prefix),
+            title,
+            body,
+            pl.to_dict(pipeline),
+            pl.start(pipeline),
+            actor,
+        )
 
     def start(self, key: str, actor: str = "board") -> Task:
         ticket = self.store.get_ticket(key)

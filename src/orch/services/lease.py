@@ -1,11 +1,19 @@
-"""A held lease, renewed by the supervisor while children run."""
+"""A held lease, kept alive by the supervisor for the whole job (rule 5).
+
+A background heartbeat renews it; the worker checks it before every step that writes outside
+the store (commit, push, merge) and while it waits on children. A lease that cannot be renewed
+for a whole TTL is treated as lost even if the store never said so: another worker may hold the
+job by then, so the children are killed and nothing more is written.
+"""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
+from types import TracebackType
 
-from orch.domain.errors import LeaseLost
+from orch.domain.errors import LeaseLost, OrchError
 from orch.domain.model import Claim
 from orch.ports import AgentProcess, Store
 
@@ -23,35 +31,75 @@ class Lease:
         self.claim = claim
         self.ttl_s = ttl_s
         self.heartbeat_s = heartbeat_s
+        self.poll_s = min(heartbeat_s, 1.0)
         self._monotonic = monotonic
-        self._last = monotonic()
+        self._renewed = monotonic()
+        self._lost: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Lease:
+        self._thread = threading.Thread(
+            target=self._beat, name=f"orch-lease-{self.claim.job_id}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                self.store.renew(self.claim, self.ttl_s)
+                self._renewed = self._monotonic()
+            except LeaseLost as exc:
+                self._lost = str(exc)
+                return
+            except OrchError as exc:
+                if self._monotonic() - self._renewed >= self.ttl_s:
+                    self._lost = f"lease not renewed for {self.ttl_s:g}s: {exc}"
+                    return
+
+    def check(self) -> None:
+        if self._lost is not None:
+            raise LeaseLost(self._lost)
 
     def renew(self) -> None:
-        self.store.renew(self.claim, self.ttl_s)
-        self._last = self._monotonic()
-
-    def renew_if_due(self) -> None:
-        if self._monotonic() - self._last >= self.heartbeat_s:
-            self.renew()
+        """A fenced renewal now: before a step that must not run under a lost lease."""
+        self.check()
+        try:
+            self.store.renew(self.claim, self.ttl_s)
+        except LeaseLost as exc:
+            self._lost = str(exc)
+            raise
+        self._renewed = self._monotonic()
 
     def supervise(
         self, proc: AgentProcess, timeout_s: float, grace_s: float
     ) -> tuple[int | None, bool]:
-        """Wait for a child while heartbeating. Returns (exit code, timed out).
+        """Wait for a child. Returns (exit code, timed out).
 
-        A failed renewal means another worker may own the job now: the child is killed before
-        the LeaseLost propagates, so no two agents ever work one worktree.
+        However the wait ends early (the lease lost, an error, an interrupt) the child's group is
+        killed first, so no agent outlives its lease and no two agents share a worktree.
         """
         deadline = self._monotonic() + timeout_s
-        while True:
-            remaining = deadline - self._monotonic()
-            if remaining <= 0:
-                return proc.kill(grace_s), True
-            code = proc.wait(min(self.heartbeat_s, remaining))
-            if code is not None:
-                return code, False
-            try:
-                self.renew()
-            except LeaseLost:
-                proc.kill(grace_s)
-                raise
+        try:
+            while True:
+                remaining = deadline - self._monotonic()
+                if remaining <= 0:
+                    return proc.kill(grace_s), True
+                code = proc.wait(min(self.poll_s, remaining))
+                if code is not None:
+                    return code, False
+                self.check()
+        except BaseException:
+            proc.kill(grace_s)
+            raise

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from orch.domain import pipeline as pl
 from orch.domain.model import Task, Transition
 from orch.domain.states import TaskStatus, is_terminal
 from orch.ports import StateSummary, Store
@@ -68,15 +67,18 @@ def task_summary(task: Task) -> dict[str, Any]:
 
 def task_detail(store: Store, task: Task) -> dict[str, Any]:
     transitions = store.transitions(task.id)
-    pipeline = pl.from_dict(task.pipeline)
-    agents = {s.stage.value: s.agent for s in pipeline.stages}
+    try:
+        stage_names = [s["stage"] for s in task.pipeline["stages"]]
+        agents = {s["stage"]: s.get("agent") for s in task.pipeline["stages"]}
+    except (KeyError, TypeError):
+        stage_names, agents = [], {}  # an unreadable snapshot still shows its history
     stages = stage_timings(transitions, store.now(), is_terminal(task.status))
     for row in stages:
         row["agent"] = agents.get(row["stage"])
     return {
         **task_summary(task),
         "feedback": task.feedback,
-        "pipeline": [s.stage.value for s in pipeline.stages],
+        "pipeline": stage_names,
         "stages": stages,
         "gates": [
             {

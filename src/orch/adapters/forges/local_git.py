@@ -148,10 +148,15 @@ class LocalGitForge:
         return head
 
     def merge(self, repo: str, branch: str, expected_head: str, message: str) -> str:
+        """Merge exactly `expected_head` into the default branch, once: a head that is already
+        on the default branch returns the merge that brought it there."""
         _, default = self._remote(repo)
         with self._locks[repo]:
             for _ in range(3):
                 mirror = self.mirror(repo)
+                landed = self._landed(mirror, default, expected_head)
+                if landed:
+                    return landed
                 head = self.branch_head(repo, branch)
                 if head != expected_head:
                     raise HeadMoved(f"{branch} is at {head}, not the approved {expected_head}")
@@ -184,21 +189,36 @@ class LocalGitForge:
                 if pushed.returncode == 0:
                     self._git("fetch", "--quiet", "origin", cwd=mirror)
                     return commit
-                # someone else moved the default branch meanwhile: rebuild on the new base
+                # someone else moved the default branch meanwhile: look again on the new base
             raise ForgeError(f"{default} kept moving; the merge of {branch} was not pushed")
 
-    def find_merge(self, repo: str, head_sha: str) -> str | None:
-        _, default = self._remote(repo)
-        with self._locks[repo]:
-            mirror = self.mirror(repo)
+    def _landed(self, mirror: Path, default: str, head_sha: str) -> str | None:
+        """The commit that brought `head_sha` onto the default branch, if it is there."""
+        on_default = self._git(
+            "merge-base", "--is-ancestor", head_sha, f"origin/{default}", cwd=mirror, check=False
+        )
+        if on_default.returncode != 0:
+            return None
         out = self._git(
-            "rev-list", "--merges", "--parents", "-n", "2000", f"origin/{default}", cwd=mirror
+            "rev-list",
+            "--merges",
+            "--parents",
+            "--ancestry-path",
+            "--reverse",
+            f"{head_sha}..origin/{default}",
+            cwd=mirror,
         ).stdout
         for line in out.splitlines():
             commit, *parents = line.split()
             if head_sha in parents[1:]:
                 return commit
-        return None
+        return head_sha  # fast-forwarded onto the default branch without a merge commit
+
+    def find_merge(self, repo: str, head_sha: str) -> str | None:
+        _, default = self._remote(repo)
+        with self._locks[repo]:
+            mirror = self.mirror(repo)
+            return self._landed(mirror, default, head_sha)
 
     def read_default_file(self, repo: str, path: str) -> str | None:
         _, default = self._remote(repo)

@@ -53,6 +53,7 @@ tasks = sa.Table(
     sa.Column("cost_usd", sa.Float, nullable=False, server_default="0"),
     sa.Column("tokens_in", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("tokens_out", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("slot", sa.Integer),  # the repository slot an active task holds
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
     _one_of("tasks", "stage", Stage),
@@ -65,6 +66,16 @@ tasks = sa.Table(
         postgresql_where=sa.text("status != 'cancelled'"),
     ),
     sa.Index("ix_tasks_status", "status"),
+    # the per-repository limit on active tasks is kept by the store, not by the scheduler: each
+    # active task holds a distinct slot below its repository's limit, and a race fails closed here
+    sa.Index(
+        "uq_tasks_repo_slot",
+        "repo",
+        "slot",
+        unique=True,
+        sqlite_where=sa.text("slot IS NOT NULL"),
+        postgresql_where=sa.text("slot IS NOT NULL"),
+    ),
 )
 
 jobs = sa.Table(
@@ -80,7 +91,6 @@ jobs = sa.Table(
     sa.Column("lease_token", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("lease_owner", sa.String(200)),
     sa.Column("lease_expires_at", sa.Float),
-    sa.Column("slot", sa.Integer),
     sa.Column("run_after", sa.Float, nullable=False),
     sa.Column("last_error", sa.Text, nullable=False, server_default=""),
     sa.Column("created_at", sa.Float, nullable=False),
@@ -88,17 +98,9 @@ jobs = sa.Table(
     _one_of("jobs", "state", JobState),
     sa.UniqueConstraint("task_id", "version", name="uq_jobs_task_version"),
     sa.Index("ix_jobs_runnable", "state", "run_after"),
-    # a repository's running jobs each hold a distinct slot below its limit: the store, not the
-    # scheduler, is what keeps the per-repo limit, and a race fails closed on this index
-    sa.Index(
-        "uq_jobs_repo_slot_running",
-        "repo",
-        "slot",
-        unique=True,
-        sqlite_where=sa.text("state = 'running'"),
-        postgresql_where=sa.text("state = 'running'"),
-    ),
+    _one_of("jobs", "stage", Stage),
 )
+
 
 transitions = sa.Table(
     "transitions",
@@ -114,6 +116,10 @@ transitions = sa.Table(
     sa.Column("reason", sa.Text, nullable=False, server_default=""),
     sa.Column("at", sa.Float, nullable=False),
     sa.UniqueConstraint("task_id", "version", name="uq_transitions_task_version"),
+    _one_of("transitions", "from_stage", Stage),
+    _one_of("transitions", "to_stage", Stage),
+    _one_of("transitions", "from_status", TaskStatus),
+    _one_of("transitions", "to_status", TaskStatus),
 )
 
 effects = sa.Table(
@@ -169,6 +175,7 @@ gate_verdicts = sa.Table(
     sa.Column("reason", sa.Text, nullable=False, server_default=""),
     sa.Column("at", sa.Float, nullable=False),
     sa.UniqueConstraint("task_id", "version", "gate", "head_sha", name="uq_gate_verdicts_once"),
+    _one_of("gate_verdicts", "stage", Stage),
 )
 
 runs = sa.Table(
@@ -189,4 +196,5 @@ runs = sa.Table(
     sa.Column("tokens_out", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("cost_usd", sa.Float, nullable=False, server_default="0"),
     sa.Index("ix_runs_task", "task_id"),
+    _one_of("runs", "stage", Stage),
 )

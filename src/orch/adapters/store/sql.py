@@ -36,6 +36,7 @@ from orch.domain.model import (
     Ticket,
     Transition,
 )
+from orch.domain.naming import branch_for
 from orch.domain.pipeline import Decision
 from orch.domain.states import (
     EffectState,
@@ -72,7 +73,7 @@ def _transient(exc: BaseException) -> bool:
             "database is busy",
             "could not serialize",
             "deadlock detected",
-            "uq_jobs_repo_slot_running",
+            "uq_tasks_repo_slot",
         )
     )
 
@@ -217,27 +218,49 @@ class SqlStore:
 
     # -- tickets -----------------------------------------------------------------------------
 
-    def file_ticket(self, repo: str, prefix: str, title: str, body: str) -> Ticket:
-        def fn(conn: Connection) -> Ticket:
-            now = self._db_now(conn)
-            n = conn.execute(
-                sa.update(t.ticket_sequences)
-                .where(t.ticket_sequences.c.prefix == prefix)
-                .values(last=t.ticket_sequences.c.last + 1)
-                .returning(t.ticket_sequences.c.last)
-            ).scalar()
-            if n is None:
-                n = 1
-                conn.execute(sa.insert(t.ticket_sequences).values(prefix=prefix, last=1))
-            key = f"{prefix}-{n}"
-            conn.execute(
-                sa.insert(t.tickets).values(
-                    key=key, repo=repo, title=title, body=body, url="", created_at=now
-                )
+    def _new_ticket(
+        self, conn: Connection, repo: str, prefix: str, title: str, body: str
+    ) -> Ticket:
+        now = self._db_now(conn)
+        n = conn.execute(
+            _upsert(conn, t.ticket_sequences)
+            .values(prefix=prefix, last=1)
+            .on_conflict_do_update(
+                index_elements=[t.ticket_sequences.c.prefix],
+                set_={"last": t.ticket_sequences.c.last + 1},
             )
-            return Ticket(key=key, repo=repo, title=title, body=body)
+            .returning(t.ticket_sequences.c.last)
+        ).scalar_one()
+        key = f"{prefix}-{n}"
+        conn.execute(
+            sa.insert(t.tickets).values(
+                key=key, repo=repo, title=title, body=body, url="", created_at=now
+            )
+        )
+        return Ticket(key=key, repo=repo, title=title, body=body)
 
-        return self._write(fn)  # type: ignore[no-any-return]
+    def file_ticket(self, repo: str, prefix: str, title: str, body: str) -> Ticket:
+        return self._write(  # type: ignore[no-any-return]
+            lambda conn: self._new_ticket(conn, repo, prefix, title, body)
+        )
+
+    def file_and_create(
+        self,
+        repo: str,
+        prefix: str,
+        title: str,
+        body: str,
+        pipeline: dict[str, Any],
+        first: Decision,
+        actor: str,
+    ) -> Task:
+        """File a ticket and start its task in one transaction: both or neither."""
+
+        def fn(conn: Connection) -> int:
+            ticket = self._new_ticket(conn, repo, prefix, title, body)
+            return self._create_task(conn, ticket, branch_for(ticket.key), pipeline, first, actor)
+
+        return self.get_task(self._write(fn, wakes=first.status == TaskStatus.ACTIVE))
 
     def get_ticket(self, key: str) -> Ticket | None:
         row = self._read(
@@ -252,48 +275,59 @@ class SqlStore:
     def create_task(
         self, ticket: Ticket, branch: str, pipeline: dict[str, Any], first: Decision, actor: str
     ) -> Task:
-        def fn(conn: Connection) -> int:
-            now = self._db_now(conn)
-            task_id = conn.execute(
-                sa.insert(t.tasks)
-                .values(
-                    key=ticket.key,
-                    repo=ticket.repo,
-                    title=ticket.title,
-                    body=ticket.body,
-                    stage=first.stage.value,
-                    status=first.status.value,
-                    version=1,
-                    branch=branch,
-                    pipeline=pipeline,
-                    waiting_for=first.waiting_for,
-                    created_at=now,
-                    updated_at=now,
-                )
-                .returning(t.tasks.c.id)
-            ).scalar_one()
-            conn.execute(
-                sa.insert(t.transitions).values(
-                    task_id=task_id,
-                    version=1,
-                    from_stage=first.stage.value,
-                    to_stage=first.stage.value,
-                    from_status=first.status.value,
-                    to_status=first.status.value,
-                    actor=actor,
-                    reason=first.reason,
-                    at=now,
-                )
-            )
-            if first.status == TaskStatus.ACTIVE:
-                self._enqueue(conn, task_id, ticket.repo, 1, first.stage, now)
-            return int(task_id)
-
         try:
-            task_id = self._write(fn, wakes=True)
+            task_id = self._write(
+                lambda conn: self._create_task(conn, ticket, branch, pipeline, first, actor),
+                wakes=first.status == TaskStatus.ACTIVE,
+            )
         except IntegrityError as exc:
             raise Conflict(f"ticket {ticket.key} already has a task that is not cancelled") from exc
         return self.get_task(task_id)
+
+    def _create_task(
+        self,
+        conn: Connection,
+        ticket: Ticket,
+        branch: str,
+        pipeline: dict[str, Any],
+        first: Decision,
+        actor: str,
+    ) -> int:
+        now = self._db_now(conn)
+        task_id = conn.execute(
+            sa.insert(t.tasks)
+            .values(
+                key=ticket.key,
+                repo=ticket.repo,
+                title=ticket.title,
+                body=ticket.body,
+                stage=first.stage.value,
+                status=first.status.value,
+                version=1,
+                branch=branch,
+                pipeline=pipeline,
+                waiting_for=first.waiting_for,
+                created_at=now,
+                updated_at=now,
+            )
+            .returning(t.tasks.c.id)
+        ).scalar_one()
+        conn.execute(
+            sa.insert(t.transitions).values(
+                task_id=task_id,
+                version=1,
+                from_stage=first.stage.value,
+                to_stage=first.stage.value,
+                from_status=first.status.value,
+                to_status=first.status.value,
+                actor=actor,
+                reason=first.reason,
+                at=now,
+            )
+        )
+        if first.status == TaskStatus.ACTIVE:
+            self._enqueue(conn, task_id, ticket.repo, 1, first.stage, now)
+        return int(task_id)
 
     def _enqueue(
         self, conn: Connection, task_id: int, repo: str, version: int, stage: Stage, now: float
@@ -469,29 +503,39 @@ class SqlStore:
         def fn(conn: Connection) -> Claim | None:
             now = self._db_now(conn)
             candidates = conn.execute(
-                sa.select(t.jobs.c.id, t.jobs.c.repo)
+                sa.select(t.jobs.c.id, t.jobs.c.repo, t.jobs.c.task_id, t.tasks.c.slot)
+                .join(t.tasks, t.tasks.c.id == t.jobs.c.task_id)
                 .where(t.jobs.c.state == JobState.QUEUED.value, t.jobs.c.run_after <= now)
                 .order_by(t.jobs.c.run_after, t.jobs.c.id)
                 .limit(64)
-                .with_for_update(skip_locked=True)
+                .with_for_update(skip_locked=True, of=t.jobs)
             ).all()
             if not candidates:
                 return None
             repos = {c.repo for c in candidates}
             used: dict[str, set[int]] = {r: set() for r in repos}
             for r in conn.execute(
-                sa.select(t.jobs.c.repo, t.jobs.c.slot).where(
-                    t.jobs.c.state == JobState.RUNNING.value, t.jobs.c.repo.in_(repos)
+                sa.select(t.tasks.c.repo, t.tasks.c.slot).where(
+                    t.tasks.c.slot.is_not(None), t.tasks.c.repo.in_(repos)
                 )
             ):
                 used[r.repo].add(r.slot)
             for cand in candidates:
-                free = next(
-                    (s for s in range(max(repo_limit(cand.repo), 0)) if s not in used[cand.repo]),
-                    None,
-                )
-                if free is None:
-                    continue
+                if cand.slot is None:
+                    # a task takes a repository slot at its first claim and keeps it while
+                    # active; the unique index on (repo, slot) makes a race fail closed
+                    limit = max(repo_limit(cand.repo), 0)
+                    free = next((s for s in range(limit) if s not in used[cand.repo]), None)
+                    if free is None:
+                        continue
+                    took = conn.execute(
+                        sa.update(t.tasks)
+                        .where(t.tasks.c.id == cand.task_id, t.tasks.c.slot.is_(None))
+                        .values(slot=free)
+                    )
+                    if took.rowcount != 1:
+                        continue
+                    used[cand.repo].add(free)
                 row = conn.execute(
                     sa.update(t.jobs)
                     .where(t.jobs.c.id == cand.id, t.jobs.c.state == JobState.QUEUED.value)
@@ -501,7 +545,6 @@ class SqlStore:
                         lease_token=t.jobs.c.lease_token + 1,
                         lease_owner=owner,
                         lease_expires_at=self._now_sql + ttl_s,
-                        slot=free,
                         updated_at=now,
                     )
                     .returning(
@@ -511,6 +554,7 @@ class SqlStore:
                         t.jobs.c.stage,
                         t.jobs.c.attempt,
                         t.jobs.c.lease_token,
+                        t.jobs.c.last_error,
                     )
                 ).first()
                 if row is not None:
@@ -522,6 +566,7 @@ class SqlStore:
                         attempt=row.attempt,
                         token=row.lease_token,
                         owner=owner,
+                        last_error=row.last_error,
                     )
             return None
 
@@ -613,6 +658,7 @@ class SqlStore:
                 status=TaskStatus.NEEDS_OPERATOR.value,
                 version=version + 1,
                 status_reason=reason,
+                slot=None,
                 updated_at=now,
             )
         )
@@ -665,6 +711,8 @@ class SqlStore:
                 "status_reason": decision.reason,
                 "updated_at": now,
             }
+            if decision.status != TaskStatus.ACTIVE:
+                values["slot"] = None  # a waiting or parked task holds no repository slot
             if decision.rework:
                 values["rework_rounds"] = current.rework_rounds + 1
                 values["feedback"] = decision.feedback
@@ -717,20 +765,52 @@ class SqlStore:
                 run_after=self._now_sql + backoff_s,
                 last_error=reason[:2000],
             )
-            conn.execute(
-                sa.update(t.tasks)
-                .where(t.tasks.c.id == claim.task_id, t.tasks.c.version == claim.version)
-                .values(feedback=reason, updated_at=self._now_sql)
-            )
 
         self._write(fn, wakes=True)
 
     def supersede(self, claim: Claim) -> None:
-        self._write(
-            lambda c: self._guard(
-                c, claim, state=JobState.SUPERSEDED.value, lease_owner=None, lease_expires_at=None
+        """End a job that found nothing to do. A waiting task gives its slot back; an event
+        that reached its inbox while this job was reading it gets the job queued again."""
+
+        def fn(conn: Connection) -> bool:
+            task = conn.execute(
+                sa.select(t.tasks.c.status, t.tasks.c.version).where(t.tasks.c.id == claim.task_id)
+            ).one()
+            current = task.version == claim.version
+            pending = (
+                current
+                and conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(t.events)
+                    .where(t.events.c.task_id == claim.task_id, t.events.c.processed_at.is_(None))
+                ).scalar_one()
             )
-        )
+            if pending and task.status == TaskStatus.WAITING.value:
+                self._guard(
+                    conn,
+                    claim,
+                    state=JobState.QUEUED.value,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    run_after=self._now_sql,
+                )
+                return True
+            self._guard(
+                conn,
+                claim,
+                state=JobState.SUPERSEDED.value,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+            if current and task.status != TaskStatus.ACTIVE.value:
+                conn.execute(
+                    sa.update(t.tasks).where(t.tasks.c.id == claim.task_id).values(slot=None)
+                )
+            return False
+
+        requeued = self._write(fn)
+        if requeued:
+            self._notify()
 
     def record_gate(self, claim: Claim, record: GateRecord) -> GateRecord:
         def fn(conn: Connection) -> None:
@@ -973,6 +1053,16 @@ class SqlStore:
 
 
 # -- helpers -------------------------------------------------------------------------------------
+
+
+def _upsert(conn: Connection, table: sa.Table) -> Any:
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table)
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table)
 
 
 def _insert_ignore(conn: Connection, table: sa.Table) -> Any:

@@ -36,6 +36,7 @@ def upgrade() -> None:
         sa.Column("cost_usd", sa.Float(), server_default="0", nullable=False),
         sa.Column("tokens_in", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column("tokens_out", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("slot", sa.Integer(), nullable=True),
         sa.Column("created_at", sa.Float(), nullable=False),
         sa.Column("updated_at", sa.Float(), nullable=False),
         sa.CheckConstraint(
@@ -56,6 +57,14 @@ def upgrade() -> None:
         unique=True,
         sqlite_where=sa.text("status != 'cancelled'"),
         postgresql_where=sa.text("status != 'cancelled'"),
+    )
+    op.create_index(
+        "uq_tasks_repo_slot",
+        "tasks",
+        ["repo", "slot"],
+        unique=True,
+        sqlite_where=sa.text("slot IS NOT NULL"),
+        postgresql_where=sa.text("slot IS NOT NULL"),
     )
     op.create_table(
         "ticket_sequences",
@@ -135,6 +144,10 @@ def upgrade() -> None:
         sa.Column("passed", sa.Boolean(), nullable=False),
         sa.Column("reason", sa.Text(), server_default="", nullable=False),
         sa.Column("at", sa.Float(), nullable=False),
+        sa.CheckConstraint(
+            "stage IN ('analysis', 'architecture', 'development', 'review', 'testing', 'deploy-staging', 'deploy', 'done', 'cancelled')",
+            name="ck_gate_verdicts_stage_known",
+        ),
         sa.ForeignKeyConstraint(
             ["task_id"],
             ["tasks.id"],
@@ -154,11 +167,14 @@ def upgrade() -> None:
         sa.Column("lease_token", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column("lease_owner", sa.String(length=200), nullable=True),
         sa.Column("lease_expires_at", sa.Float(), nullable=True),
-        sa.Column("slot", sa.Integer(), nullable=True),
         sa.Column("run_after", sa.Float(), nullable=False),
         sa.Column("last_error", sa.Text(), server_default="", nullable=False),
         sa.Column("created_at", sa.Float(), nullable=False),
         sa.Column("updated_at", sa.Float(), nullable=False),
+        sa.CheckConstraint(
+            "stage IN ('analysis', 'architecture', 'development', 'review', 'testing', 'deploy-staging', 'deploy', 'done', 'cancelled')",
+            name="ck_jobs_stage_known",
+        ),
         sa.CheckConstraint(
             "state IN ('queued', 'running', 'succeeded', 'superseded', 'dead')",
             name="ck_jobs_state_known",
@@ -171,14 +187,6 @@ def upgrade() -> None:
         sa.UniqueConstraint("task_id", "version", name="uq_jobs_task_version"),
     )
     op.create_index("ix_jobs_runnable", "jobs", ["state", "run_after"], unique=False)
-    op.create_index(
-        "uq_jobs_repo_slot_running",
-        "jobs",
-        ["repo", "slot"],
-        unique=True,
-        sqlite_where=sa.text("state = 'running'"),
-        postgresql_where=sa.text("state = 'running'"),
-    )
     op.create_table(
         "transitions",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
@@ -191,6 +199,22 @@ def upgrade() -> None:
         sa.Column("actor", sa.String(length=200), nullable=False),
         sa.Column("reason", sa.Text(), server_default="", nullable=False),
         sa.Column("at", sa.Float(), nullable=False),
+        sa.CheckConstraint(
+            "from_stage IN ('analysis', 'architecture', 'development', 'review', 'testing', 'deploy-staging', 'deploy', 'done', 'cancelled')",
+            name="ck_transitions_from_stage_known",
+        ),
+        sa.CheckConstraint(
+            "from_status IN ('active', 'waiting', 'needs_operator', 'done', 'cancelled')",
+            name="ck_transitions_from_status_known",
+        ),
+        sa.CheckConstraint(
+            "to_stage IN ('analysis', 'architecture', 'development', 'review', 'testing', 'deploy-staging', 'deploy', 'done', 'cancelled')",
+            name="ck_transitions_to_stage_known",
+        ),
+        sa.CheckConstraint(
+            "to_status IN ('active', 'waiting', 'needs_operator', 'done', 'cancelled')",
+            name="ck_transitions_to_status_known",
+        ),
         sa.ForeignKeyConstraint(
             ["task_id"],
             ["tasks.id"],
@@ -214,6 +238,10 @@ def upgrade() -> None:
         sa.Column("tokens_in", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column("tokens_out", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column("cost_usd", sa.Float(), server_default="0", nullable=False),
+        sa.CheckConstraint(
+            "stage IN ('analysis', 'architecture', 'development', 'review', 'testing', 'deploy-staging', 'deploy', 'done', 'cancelled')",
+            name="ck_runs_stage_known",
+        ),
         sa.ForeignKeyConstraint(
             ["job_id"],
             ["jobs.id"],
@@ -231,12 +259,6 @@ def downgrade() -> None:
     op.drop_index("ix_runs_task", table_name="runs")
     op.drop_table("runs")
     op.drop_table("transitions")
-    op.drop_index(
-        "uq_jobs_repo_slot_running",
-        table_name="jobs",
-        sqlite_where=sa.text("state = 'running'"),
-        postgresql_where=sa.text("state = 'running'"),
-    )
     op.drop_index("ix_jobs_runnable", table_name="jobs")
     op.drop_table("jobs")
     op.drop_table("gate_verdicts")
@@ -252,6 +274,12 @@ def downgrade() -> None:
     op.drop_table("effects")
     op.drop_table("tickets")
     op.drop_table("ticket_sequences")
+    op.drop_index(
+        "uq_tasks_repo_slot",
+        table_name="tasks",
+        sqlite_where=sa.text("slot IS NOT NULL"),
+        postgresql_where=sa.text("slot IS NOT NULL"),
+    )
     op.drop_index(
         "uq_tasks_live_key",
         table_name="tasks",

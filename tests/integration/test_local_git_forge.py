@@ -1,0 +1,100 @@
+"""The local forge on real git: worktrees, pushes and the one merge per head."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from orch.adapters.forges.local_git import LocalGitForge, safe_name
+from orch.demo import sample
+from orch.domain.errors import HeadMoved, MergeConflict, WorkspaceError
+
+
+def rev(remote: Path, ref: str) -> str:
+    return subprocess.run(
+        ["git", "--git-dir", str(remote), "rev-parse", ref],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
+@pytest.fixture
+def forge(tmp_path: Path) -> tuple[LocalGitForge, Path]:
+    _, remote = sample.create(tmp_path)
+    return LocalGitForge(tmp_path / "ws", {"sample": (str(remote), "main")}), remote
+
+
+def change(forge: LocalGitForge, branch: str, rel: str, text: str) -> str:
+    wt = forge.prepare_worktree("sample", branch)
+    (wt / rel).write_text(text)
+    return forge.commit_and_push("sample", wt, branch, f"change {rel}")
+
+
+def test_a_head_is_merged_once_however_often_the_merge_is_asked_for(
+    forge: tuple[LocalGitForge, Path],
+) -> None:
+    f, remote = forge
+    old_main = rev(remote, "main")
+    head = change(f, "orch/A-1", "NOTES.md", "notes\n")
+    first = f.merge("sample", "orch/A-1", head, "merge A-1")
+    again = f.merge("sample", "orch/A-1", head, "merge A-1 again")
+    assert first == again == rev(remote, "main")
+    assert rev(remote, f"{first}^1") == old_main
+    assert rev(remote, f"{first}^2") == head
+    assert f.find_merge("sample", head) == first
+
+
+def test_an_unmerged_head_is_not_found_on_the_default_branch(
+    forge: tuple[LocalGitForge, Path],
+) -> None:
+    f, _ = forge
+    head = change(f, "orch/A-1", "NOTES.md", "notes\n")
+    assert f.find_merge("sample", head) is None
+
+
+def test_a_merge_of_a_head_that_moved_is_refused(forge: tuple[LocalGitForge, Path]) -> None:
+    f, remote = forge
+    approved = change(f, "orch/A-1", "NOTES.md", "one\n")
+    change(f, "orch/A-1", "NOTES.md", "two\n")
+    before = rev(remote, "main")
+    with pytest.raises(HeadMoved):
+        f.merge("sample", "orch/A-1", approved, "merge what was approved")
+    assert rev(remote, "main") == before
+
+
+def test_conflicting_branches_merge_the_first_and_refuse_the_second(
+    forge: tuple[LocalGitForge, Path],
+) -> None:
+    f, remote = forge
+    a = change(f, "orch/A-1", "README.md", "from A\n")
+    b = change(f, "orch/B-1", "README.md", "from B\n")
+    merged = f.merge("sample", "orch/A-1", a, "merge A")
+    with pytest.raises(MergeConflict):
+        f.merge("sample", "orch/B-1", b, "merge B")
+    assert rev(remote, "main") == merged
+
+
+def test_a_retried_worktree_starts_from_the_last_commit(forge: tuple[LocalGitForge, Path]) -> None:
+    f, _ = forge
+    change(f, "orch/A-1", "NOTES.md", "kept\n")
+    wt = f.prepare_worktree("sample", "orch/A-1")
+    (wt / "NOTES.md").write_text("half-written by a crashed agent\n")
+    (wt / "stray.txt").write_text("junk\n")
+    again = f.prepare_worktree("sample", "orch/A-1")
+    assert again == wt
+    assert (wt / "NOTES.md").read_text() == "kept\n"
+    assert not (wt / "stray.txt").exists()
+
+
+def test_worktree_names_are_reduced_and_kept_inside_the_root(
+    forge: tuple[LocalGitForge, Path],
+) -> None:
+    f, _ = forge
+    path = f.worktree_path("sample", "orch/../../etc/passwd")
+    assert path.is_relative_to(f.root)
+    assert safe_name("orch/KEY 1:x") == "orch-KEY-1-x"
+    with pytest.raises(WorkspaceError):
+        safe_name("../..")

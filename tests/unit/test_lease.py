@@ -1,0 +1,99 @@
+"""The supervisor's lease: a child never outlives it."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from orch.domain.errors import LeaseLost, StoreUnavailable
+from orch.domain.model import Claim
+from orch.domain.states import Stage
+from orch.ports import Usage
+from orch.services.lease import Lease
+
+CLAIM = Claim(job_id=1, task_id=1, version=1, stage=Stage.ANALYSIS, attempt=1, token=1, owner="w")
+
+
+class RenewingStore:
+    """Renews until told to fail, then fails every renewal the way it was told to."""
+
+    def __init__(self, failure: Exception | None) -> None:
+        self.failure = failure
+        self.renewals = 0
+
+    def renew(self, claim: Claim, ttl_s: float) -> None:
+        self.renewals += 1
+        if self.failure is not None:
+            raise self.failure
+
+
+class EndlessChild:
+    """A child that never exits by itself; records how it was stopped."""
+
+    pid = 4242
+
+    def __init__(self) -> None:
+        self.killed = threading.Event()
+
+    def wait(self, timeout_s: float) -> int | None:
+        return -9 if self.killed.wait(timeout_s) else None
+
+    def kill(self, grace_s: float) -> int | None:
+        self.killed.set()
+        return -9
+
+    def usage(self) -> Usage:
+        return Usage()
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [LeaseLost("job 1 is held by another worker"), StoreUnavailable("database is locked")],
+)
+def test_a_lease_that_cannot_be_renewed_kills_the_child(failure: Exception) -> None:
+    store = RenewingStore(failure)
+    child = EndlessChild()
+    with (
+        Lease(store, CLAIM, ttl_s=0.05, heartbeat_s=0.01) as lease,  # type: ignore[arg-type]
+        pytest.raises(LeaseLost),
+    ):
+        lease.supervise(child, timeout_s=600, grace_s=0)
+    assert child.killed.is_set()
+    assert store.renewals >= 1
+
+
+def test_a_child_past_its_timeout_is_killed_and_reported_as_timed_out() -> None:
+    store = RenewingStore(None)
+    child = EndlessChild()
+    with Lease(store, CLAIM, ttl_s=30, heartbeat_s=0.01) as lease:  # type: ignore[arg-type]
+        code, timed_out = lease.supervise(child, timeout_s=0.05, grace_s=0)
+    assert (code, timed_out) == (-9, True)
+    assert child.killed.is_set()
+
+
+def test_an_interrupted_wait_kills_the_child_before_it_propagates() -> None:
+    class Interrupting(EndlessChild):
+        def wait(self, timeout_s: float) -> int | None:
+            if not self.killed.is_set():
+                raise KeyboardInterrupt
+            return -9
+
+    child = Interrupting()
+    store = RenewingStore(None)
+    with (
+        Lease(store, CLAIM, ttl_s=30, heartbeat_s=5) as lease,  # type: ignore[arg-type]
+        pytest.raises(KeyboardInterrupt),
+    ):
+        lease.supervise(child, timeout_s=60, grace_s=0)
+    assert child.killed.is_set()
+
+
+def test_a_fenced_renewal_after_the_lease_was_lost_refuses() -> None:
+    store = RenewingStore(LeaseLost("fenced"))
+    lease = Lease(store, CLAIM, ttl_s=30, heartbeat_s=5)  # type: ignore[arg-type]
+    with pytest.raises(LeaseLost):
+        lease.renew()
+    store.failure = None
+    with pytest.raises(LeaseLost):
+        lease.renew()
