@@ -31,7 +31,7 @@ from orch.domain.gates import Verdict, artifact_verdict, command_verdict, review
 from orch.domain.model import Claim, Effect, GateRecord, Task
 from orch.domain.pipeline import Action, Decision, GateKind, GateSpec, Move, Pipeline, StageSpec
 from orch.domain.prompts import render
-from orch.domain.states import EffectState, TaskStatus, is_terminal
+from orch.domain.states import UNRESOLVED_EFFECT_STATES, EffectState, TaskStatus, is_terminal
 from orch.ports import (
     Agent,
     AgentRequest,
@@ -392,7 +392,7 @@ class Engine:
         effect = self.store.get_effect(key)
         if effect is not None and effect.state == EffectState.SUCCEEDED:
             return str(effect.result["merge_sha"])
-        if effect is not None and effect.state in (EffectState.INITIATED, EffectState.UNKNOWN):
+        if effect is not None and effect.state in UNRESOLVED_EFFECT_STATES:
             # an earlier attempt died between intent and confirm: ask the forge before acting
             self._mark_unknown(claim, effect)
             found = self.forge.find_merge(task.repo, head)
@@ -444,10 +444,7 @@ class Engine:
 
     def _settle_open_merges(self, task: Task, claim: Claim) -> None:
         for effect in self.store.effects(task.id):
-            if effect.kind == "merge" and effect.state in (
-                EffectState.INITIATED,
-                EffectState.UNKNOWN,
-            ):
+            if effect.kind == "merge" and effect.state in UNRESOLVED_EFFECT_STATES:
                 try:
                     self._settle_merge(claim, effect.key, effect.precondition, task.repo)
                 except ForgeError as exc:
@@ -476,7 +473,7 @@ class Engine:
         env = self._child_env(task, claim, {"ORCH_RELEASE": release, "ORCH_DEPLOY_TARGET": target})
         if effect is not None and effect.state == EffectState.SUCCEEDED:
             return release
-        if effect is not None and effect.state in (EffectState.INITIATED, EffectState.UNKNOWN):
+        if effect is not None and effect.state in UNRESOLVED_EFFECT_STATES:
             effect = self._mark_unknown(claim, effect)
             if not spec.check:
                 return _park(

@@ -39,6 +39,7 @@ from orch.domain.model import (
 from orch.domain.naming import branch_for
 from orch.domain.pipeline import Decision
 from orch.domain.states import (
+    UNRESOLVED_EFFECT_STATES,
     EffectState,
     JobState,
     Stage,
@@ -907,7 +908,7 @@ class SqlStore:
                 sa.update(t.effects)
                 .where(
                     t.effects.c.key == key,
-                    t.effects.c.state.in_([EffectState.INITIATED.value, EffectState.UNKNOWN.value]),
+                    t.effects.c.state.in_([st.value for st in UNRESOLVED_EFFECT_STATES]),
                 )
                 .values(
                     state=state.value,
