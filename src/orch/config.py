@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import platformdirs
 import yaml
@@ -93,6 +93,8 @@ class Settings(BaseSettings):
     agent_env_allow: list[str] = []  # more variables an agent may see, beyond the base allowlist
     log_level: str = "INFO"
 
+    isolated: ClassVar[bool] = False
+
     @field_validator("repos")
     @classmethod
     def _unique_repos(cls, repos: list[RepoSettingsModel]) -> list[RepoSettingsModel]:
@@ -123,6 +125,8 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        if cls.isolated:
+            return (init_settings,)
         # the environment wins over the file, which is merged in by `load_settings`
         return (env_settings, init_settings)
 
@@ -131,16 +135,7 @@ class IsolatedSettings(Settings):
     """Settings from what the caller passes alone: no environment, no file. For `orch demo`,
     which must never touch a user's configured store or repositories."""
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings,)
+    isolated: ClassVar[bool] = True
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

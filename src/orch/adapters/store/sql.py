@@ -372,49 +372,27 @@ class SqlStore:
         )
         return [_task(r) for r in rows]
 
-    def transitions(self, task_id: int) -> list[Transition]:
-        rows = self._read(
+    def _for_task(self, table: sa.Table, task_id: int, order: str = "id") -> list[Any]:
+        return self._read(  # type: ignore[no-any-return]
             lambda c: c.execute(
-                sa.select(t.transitions)
-                .where(t.transitions.c.task_id == task_id)
-                .order_by(t.transitions.c.version)
+                sa.select(table).where(table.c.task_id == task_id).order_by(table.c[order])
             ).all()
         )
-        return [_transition(r) for r in rows]
+
+    def transitions(self, task_id: int) -> list[Transition]:
+        return [_transition(r) for r in self._for_task(t.transitions, task_id, "version")]
 
     def gate_records(self, task_id: int) -> list[GateRecord]:
-        rows = self._read(
-            lambda c: c.execute(
-                sa.select(t.gate_verdicts)
-                .where(t.gate_verdicts.c.task_id == task_id)
-                .order_by(t.gate_verdicts.c.id)
-            ).all()
-        )
-        return [_gate(r) for r in rows]
+        return [_gate(r) for r in self._for_task(t.gate_verdicts, task_id)]
 
     def effects(self, task_id: int) -> list[Effect]:
-        rows = self._read(
-            lambda c: c.execute(
-                sa.select(t.effects).where(t.effects.c.task_id == task_id).order_by(t.effects.c.id)
-            ).all()
-        )
-        return [_effect(r) for r in rows]
+        return [_effect(r) for r in self._for_task(t.effects, task_id)]
 
     def runs(self, task_id: int) -> list[Run]:
-        rows = self._read(
-            lambda c: c.execute(
-                sa.select(t.runs).where(t.runs.c.task_id == task_id).order_by(t.runs.c.id)
-            ).all()
-        )
-        return [_run(r) for r in rows]
+        return [_run(r) for r in self._for_task(t.runs, task_id)]
 
     def jobs(self, task_id: int) -> list[Job]:
-        rows = self._read(
-            lambda c: c.execute(
-                sa.select(t.jobs).where(t.jobs.c.task_id == task_id).order_by(t.jobs.c.id)
-            ).all()
-        )
-        return [_job(r) for r in rows]
+        return [_job(r) for r in self._for_task(t.jobs, task_id)]
 
     def summary(self, recent: int = 20) -> StateSummary:
         def fn(c: Connection) -> StateSummary:
