@@ -131,6 +131,7 @@ def build(
         settings.store_url,
         busy_timeout_ms=settings.store.busy_timeout_ms,
         synchronous=settings.store.synchronous,
+        pool_size=settings.worker.slots + 4,  # each slot, its lease heartbeat, the API
     )
     if migrate:
         store.migrate()

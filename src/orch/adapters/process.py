@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -44,12 +45,29 @@ class ProcessGroup:
                 if stdin_path:
                     stdin.close()  # type: ignore[union-attr]
         self.pid: int | None = self._proc.pid
+        # a pidfd becomes readable the moment the child exits, where Popen.wait(timeout) would
+        # poll with sleeps of up to 50 ms
+        self._pidfd: int | None = None
+        with contextlib.suppress(AttributeError, OSError):
+            self._pidfd = os.pidfd_open(self._proc.pid)
 
     def wait(self, timeout_s: float) -> int | None:
+        code = self._proc.poll()
+        if code is not None:
+            return self._reaped(code)
+        if self._pidfd is not None:
+            ready, _, _ = select.select([self._pidfd], [], [], max(timeout_s, 0.0))
+            return self._reaped(self._proc.wait()) if ready else None
         try:
-            return self._proc.wait(timeout=timeout_s)
+            return self._reaped(self._proc.wait(timeout=timeout_s))
         except subprocess.TimeoutExpired:
             return None
+
+    def _reaped(self, code: int) -> int:
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        return code
 
     def kill(self, grace_s: float) -> int | None:
         """TERM the group, wait out the grace, then KILL it; return the exit status."""
@@ -60,7 +78,7 @@ class ProcessGroup:
                 self._signal(signal.SIGKILL)  # stragglers the leader left behind
                 return code
         self._signal(signal.SIGKILL)
-        return self._proc.wait()
+        return self._reaped(self._proc.wait())
 
     def _signal(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):

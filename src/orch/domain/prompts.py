@@ -6,9 +6,12 @@ reviewer's feedback is worse than a task that stops and says why.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jinja2
+
+from orch.domain.errors import TemplateError
 
 _ENV = jinja2.Environment(
     undefined=jinja2.StrictUndefined,
@@ -17,11 +20,14 @@ _ENV = jinja2.Environment(
 )
 
 
-def render(template: str, context: dict[str, Any]) -> str:
-    from orch.domain.errors import TemplateError
+@functools.lru_cache(maxsize=256)
+def _compile(template: str) -> jinja2.Template:
+    return _ENV.from_string(template)
 
+
+def render(template: str, context: dict[str, Any]) -> str:
     try:
-        return _ENV.from_string(template).render(**context)
+        return _compile(template).render(**context)
     except jinja2.UndefinedError as exc:
         raise TemplateError(f"template uses an unknown variable: {exc.message}") from exc
     except jinja2.TemplateSyntaxError as exc:

@@ -60,9 +60,11 @@ class Dispatcher:
         store.add_listener(self.wake)
 
     def wake(self) -> None:
+        """Work was committed: one idle slot claims it (a slot that claims keeps claiming
+        until nothing is left, so waking one per commit drains any number of jobs)."""
         with self._cond:
             self._generation += 1
-            self._cond.notify_all()
+            self._cond.notify()
 
     # -- stepping, for tests and the demo ----------------------------------------------------
 
@@ -103,7 +105,8 @@ class Dispatcher:
 
     def stop(self, timeout_s: float = 5.0) -> None:
         self._stopping.set()
-        self.wake()
+        with self._cond:
+            self._cond.notify_all()
         for th in self._threads:
             th.join(timeout_s)
         self._threads.clear()
@@ -116,7 +119,8 @@ class Dispatcher:
                 ran = self.run_once()
             except Exception:
                 log.exception("worker slot error")
-                ran = False
+                self._stopping.wait(self.settings.poll_interval_s)  # no hot loop on a fault
+                continue
             if ran:
                 continue
             self._idle(seen)
@@ -126,7 +130,11 @@ class Dispatcher:
         try:
             due = self.store.next_run_after()
             if due is not None:
-                timeout = max(0.0, min(timeout, due - self.store.now()))
+                ahead = due - self.store.now()
+                # a job due already but not claimed is held back by a repository limit: the
+                # commit that frees the slot wakes us, so only future backoffs shorten the wait
+                if ahead > 0:
+                    timeout = min(timeout, ahead)
         except OrchError:
             pass
         with self._cond:

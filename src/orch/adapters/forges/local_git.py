@@ -108,7 +108,6 @@ class LocalGitForge:
     def prepare_worktree(self, repo: str, branch: str) -> Path:
         _, default = self._remote(repo)
         with self._locks[repo]:
-            mirror = self.mirror(repo)
             path = self.worktree_path(repo, branch)
             if (path / ".git").exists():
                 # start every attempt from the branch's last commit: a crashed agent's
@@ -116,6 +115,7 @@ class LocalGitForge:
                 self._git("checkout", "--quiet", "--force", branch, cwd=path)
                 self._git("clean", "-fdq", cwd=path)
                 return path
+            mirror = self.mirror(repo)  # fetch only when a worktree is made
             self._git("worktree", "prune", cwd=mirror)
             if self._has_ref(mirror, f"refs/heads/{branch}"):
                 self._git("worktree", "add", "--quiet", str(path), branch, cwd=mirror)

@@ -89,12 +89,16 @@ class SqlStore:
         busy_timeout_ms: int = 10_000,
         synchronous: str = "NORMAL",
         echo: bool = False,
+        pool_size: int = 10,
     ) -> None:
         self.url = normalise_url(url)
         self._listeners: list[Callable[[], None]] = []
         self._lock = threading.RLock()
         # an in-memory database is one shared connection: its users take turns
         self._serial = False
+        # SQLite has one writer at a time; this process's writers queue on a lock rather than in
+        # SQLite's busy handler, which sleeps in steps of up to 100 ms
+        self._write_lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         parsed = sa.engine.make_url(self.url)
         self.dialect = parsed.get_backend_name()
         if self.dialect == "sqlite":
@@ -111,11 +115,12 @@ class SqlStore:
                 except OSError as exc:
                     raise StoreUnavailable(f"cannot create {path.parent}: {exc.strerror}") from exc
             self.engine: Engine = sa.create_engine(self.url, echo=echo, **kwargs)
+            self._write_lock = threading.Lock()
             self._install_sqlite_hooks(busy_timeout_ms, synchronous, in_memory=path is None)
             self._now_sql = sa.literal_column("((julianday('now') - 2440587.5) * 86400.0)")
         elif self.dialect == "postgresql":
             self.engine = sa.create_engine(
-                self.url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20
+                self.url, echo=echo, pool_pre_ping=True, pool_size=pool_size, max_overflow=20
             )
             self._now_sql = sa.literal_column(
                 "CAST(extract(epoch from clock_timestamp()) AS double precision)"
@@ -169,7 +174,7 @@ class SqlStore:
         delay = 0.005
         for attempt in range(12):
             try:
-                with self._turn(), self.engine.connect() as conn:
+                with self._turn(), self._write_lock, self.engine.connect() as conn:
                     conn.execution_options(orch_write=True)
                     with conn.begin():
                         result = fn(conn)
@@ -616,7 +621,7 @@ class SqlStore:
             return SweepResult(requeued=requeued, dead=dead)
 
         result: SweepResult = self._write(fn)
-        if result.requeued:
+        if result.requeued or result.dead:
             self._notify()
         return result
 
@@ -728,7 +733,8 @@ class SqlStore:
                 ).scalar_one()
                 self._enqueue(conn, claim.task_id, repo, claim.version + 1, decision.stage, now)
 
-        self._write(fn, wakes=decision.status == TaskStatus.ACTIVE)
+        # waking on every stage write: a task that stops being active frees a repository slot
+        self._write(fn, wakes=True)
         return self.get_task(claim.task_id)
 
     def retry(self, claim: Claim, reason: str, backoff_s: float, *, counts: bool = True) -> None:
@@ -787,9 +793,7 @@ class SqlStore:
                 )
             return False
 
-        requeued = self._write(fn)
-        if requeued:
-            self._notify()
+        self._write(fn, wakes=True)
 
     def record_gate(self, claim: Claim, record: GateRecord) -> GateRecord:
         def fn(conn: Connection) -> None:
