@@ -1,0 +1,198 @@
+"""Shared pieces: statistics, the result rows, the stub agent's command line, PostgreSQL."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import statistics
+import sys
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+STUB = BENCH_DIR / "stub_agent.py"
+LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def stub_argv(out_dir: Path | None = None) -> list[str]:
+    """The stub agent's command: this interpreter, isolated, without site-packages."""
+    argv = [sys.executable, "-I", "-S", str(STUB)]
+    if out_dir is not None:
+        argv.append(str(out_dir))
+    return argv
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else math.nan
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100), nearest-rank; NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def abba(configs: Sequence[object], rounds: int) -> Iterator[tuple[int, object]]:
+    """Configurations interleaved A B ... B A: even rounds forwards, odd rounds backwards."""
+    for r in range(rounds):
+        order = configs if r % 2 == 0 else list(reversed(configs))
+        for c in order:
+            yield r, c
+
+
+@dataclass
+class Row:
+    """One line of the table: a figure, the floor measured in the same run, and a note."""
+
+    name: str
+    measured: float
+    unit: str
+    floor: float | None = None
+    higher_is_better: bool = True
+    note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        if self.floor is None or not self.floor or math.isnan(self.floor):
+            return None
+        if math.isnan(self.measured):
+            return None
+        return self.measured / self.floor
+
+
+def fmt(value: float | None, unit: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if abs(value) >= 1000:
+        text = f"{value:,.0f}"
+    elif abs(value) >= 100:
+        text = f"{value:.0f}"
+    elif abs(value) >= 10:
+        text = f"{value:.1f}"
+    else:
+        text = f"{value:.2f}"
+    return f"{text} {unit}".strip()
+
+
+def render(rows: Sequence[Row]) -> str:
+    """The table as plain text, one row per figure."""
+    header = ("benchmark / configuration", "measured", "floor (this run)", "ratio", "notes")
+    body = []
+    for r in rows:
+        ratio = r.ratio
+        body.append(
+            (
+                r.name,
+                fmt(r.measured, r.unit),
+                fmt(r.floor, r.unit) if r.floor is not None else "-",
+                f"{ratio:.3g}x" if ratio is not None else "-",
+                r.note,
+            )
+        )
+    widths = [max(len(header[i]), *(len(b[i]) for b in body)) for i in range(4)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            [cells[0].ljust(widths[0])]
+            + [cells[i].rjust(widths[i]) for i in (1, 2, 3)]
+            + [cells[4]]
+        ).rstrip()
+
+    sep = "-" * (sum(widths) + 2 * 4 + max(len("notes"), *(len(b[4]) for b in body)))
+    return "\n".join([line(header), sep, *(line(b) for b in body)])
+
+
+# -- PostgreSQL --------------------------------------------------------------------------------
+
+
+def _with_database(url: str, name: str) -> str:
+    base, _, _ = url.rpartition("/")
+    return f"{base}/{name}"
+
+
+def _plain(url: str) -> str:
+    for prefix in ("postgresql+psycopg://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql://" + url[len(prefix) :]
+    return url
+
+
+@contextlib.contextmanager
+def postgres(url: str | None) -> Iterator[tuple[str | None, str]]:
+    """Yield (usable URL or None, a note). A throwaway database is created and dropped, unless
+    an explicit URL (the option or ORCH_BENCH_PG_URL) was given, which is used as it is."""
+    try:
+        import psycopg
+        from psycopg import sql
+    except ImportError:
+        yield None, "PostgreSQL rows skipped: psycopg is not installed"
+        return
+    explicit = url or os.environ.get("ORCH_BENCH_PG_URL")
+    if explicit:
+        try:
+            psycopg.connect(_plain(explicit), connect_timeout=3).close()
+        except psycopg.Error as exc:
+            yield None, f"PostgreSQL rows skipped: {_shown(explicit)} unreachable ({_first(exc)})"
+            return
+        yield _plain(explicit), f"PostgreSQL: {_shown(explicit)} (one schema per run, dropped)"
+        return
+    try:
+        admin = psycopg.connect(LOCAL_PG, autocommit=True, connect_timeout=3)
+    except psycopg.Error as exc:
+        yield None, f"PostgreSQL rows skipped: no server at {LOCAL_PG} ({_first(exc)})"
+        return
+    name = f"orch_bench_{uuid.uuid4().hex[:12]}"
+    with admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield _with_database(LOCAL_PG, name), f"PostgreSQL: throwaway database {name}"
+    finally:
+        with psycopg.connect(LOCAL_PG, autocommit=True, connect_timeout=3) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+@contextlib.contextmanager
+def pg_schema(url: str) -> Iterator[str]:
+    """A fresh schema for one run, named in the URL's search_path, dropped afterwards.
+
+    Nothing outside it is touched, so a URL given on the command line is safe to use."""
+    import psycopg
+    from psycopg import sql
+
+    name = f"orch_bench_{uuid.uuid4().hex[:12]}"
+    plain = _plain(url)
+    with psycopg.connect(plain, autocommit=True, connect_timeout=3) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+    sep = "&" if "?" in plain else "?"
+    try:
+        yield f"{plain}{sep}options=-csearch_path%3D{name}"
+    finally:
+        with psycopg.connect(plain, autocommit=True, connect_timeout=3) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+
+
+def _shown(url: str) -> str:
+    """The URL without its password, for printing."""
+    import sqlalchemy as sa
+
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<the given URL>"
+
+
+def _first(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
