@@ -8,7 +8,7 @@ worker that lost its lease writes nothing.
 from __future__ import annotations
 
 import contextlib
-import os
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -1064,119 +1064,52 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(orig).__name__
 
 
+def _record(cls: type[Any], row: Any, **converted: Any) -> Any:
+    """A domain record from a row: columns that share a field's name, plus converted values."""
+    data = row._mapping
+    values = {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data}
+    values.update(converted)
+    return cls(**values)
+
+
 def _task(r: Any) -> Task:
-    return Task(
-        id=r.id,
-        key=r.key,
-        repo=r.repo,
-        title=r.title,
-        body=r.body,
-        stage=Stage(r.stage),
-        status=TaskStatus(r.status),
-        version=r.version,
-        branch=r.branch,
-        pipeline=r.pipeline,
-        waiting_for=r.waiting_for,
-        feedback=r.feedback,
-        rework_rounds=r.rework_rounds,
-        cancel_requested_at=r.cancel_requested_at,
-        status_reason=r.status_reason,
-        cost_usd=r.cost_usd,
-        tokens_in=r.tokens_in,
-        tokens_out=r.tokens_out,
-        created_at=r.created_at,
-        updated_at=r.updated_at,
-    )
+    return _record(Task, r, stage=Stage(r.stage), status=TaskStatus(r.status))  # type: ignore[no-any-return]
 
 
 def _transition(r: Any) -> Transition:
-    return Transition(
-        task_id=r.task_id,
-        version=r.version,
+    return _record(  # type: ignore[no-any-return]
+        Transition,
+        r,
         from_stage=Stage(r.from_stage),
         to_stage=Stage(r.to_stage),
         from_status=TaskStatus(r.from_status),
         to_status=TaskStatus(r.to_status),
-        actor=r.actor,
-        reason=r.reason,
-        at=r.at,
     )
 
 
 def _gate(r: Any) -> GateRecord:
-    return GateRecord(
-        task_id=r.task_id,
-        version=r.version,
-        gate=r.gate,
-        head_sha=r.head_sha,
-        stage=Stage(r.stage),
-        passed=bool(r.passed),
-        reason=r.reason,
-        at=r.at,
-    )
+    return _record(GateRecord, r, stage=Stage(r.stage), passed=bool(r.passed))  # type: ignore[no-any-return]
 
 
 def _effect(r: Any) -> Effect:
-    return Effect(
-        key=r.key,
-        task_id=r.task_id,
-        kind=r.kind,
-        state=EffectState(r.state),
-        precondition=r.precondition,
-        result=r.result or {},
-        created_at=r.created_at,
-        updated_at=r.updated_at,
-    )
+    return _record(Effect, r, state=EffectState(r.state), result=r.result or {})  # type: ignore[no-any-return]
 
 
 def _event(r: Any) -> Event:
-    return Event(
-        id=r.id,
-        task_id=r.task_id,
-        key=r.key,
-        kind=r.kind,
-        actor=r.actor,
-        payload=r.payload or {},
-        created_at=r.created_at,
-        processed_at=r.processed_at,
-    )
+    return _record(Event, r, payload=r.payload or {})  # type: ignore[no-any-return]
 
 
 def _run(r: Any) -> Run:
-    return Run(
-        id=r.id,
-        task_id=r.task_id,
-        job_id=r.job_id,
-        stage=Stage(r.stage),
-        attempt=r.attempt,
-        agent=r.agent,
-        pid=r.pid,
-        exit_code=r.exit_code,
-        log_path=r.log_path,
-        started_at=r.started_at,
-        ended_at=r.ended_at,
-        tokens_in=r.tokens_in,
-        tokens_out=r.tokens_out,
-        cost_usd=r.cost_usd,
-    )
+    return _record(Run, r, stage=Stage(r.stage))  # type: ignore[no-any-return]
 
 
 def _job(r: Any) -> Job:
-    return Job(
-        id=r.id,
-        task_id=r.task_id,
-        repo=r.repo,
-        version=r.version,
+    return _record(  # type: ignore[no-any-return]
+        Job,
+        r,
         stage=Stage(r.stage),
         state=JobState(r.state),
-        attempt=r.attempt,
         token=r.lease_token,
         owner=r.lease_owner,
         expires_at=r.lease_expires_at,
-        run_after=r.run_after,
-        last_error=r.last_error,
     )
-
-
-def default_sqlite_url(data_dir: Path) -> str:
-    return f"sqlite:///{os.fspath(data_dir / 'orch.db')}"
