@@ -238,6 +238,7 @@ def rig(
     repo: RepoSettings | None = None,
     store: SqlStore | None = None,
     notifier: MemoryNotifier | None = None,
+    environ: Mapping[str, str] | None = None,
     max_attempts: int = 3,
 ) -> Rig:
     """One repository named "app" (unless `repo` says otherwise), the given agents, backoff off."""
@@ -263,6 +264,7 @@ def rig(
         runner=LocalRunner(),
         notifier=notifier,
         settings=EngineSettings(logs_dir=logs, backoff_base_s=0.0, heartbeat_s=5.0),
+        environ=environ,
     )
     dispatcher = Dispatcher(
         store, engine, repos.limit, DispatcherSettings(slots=1, max_attempts=max_attempts)

@@ -1,0 +1,77 @@
+"""The command agent: any command line, confined to its worktree and an allowlisted environment."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from orch.adapters.agents.command import CommandAgent
+from orch.domain import pipeline as pl
+from orch.domain.states import Stage, TaskStatus
+from orch.testing import rig
+
+SECRETS = {
+    "GITEA_TOKEN": "gitea-secret",
+    "PLANE_API_KEY": "plane-secret",
+    "TELEGRAM_BOT_TOKEN": "telegram-secret",
+    "ORCH_STORE__URL": "postgresql://orch:pw@db/orch",
+}
+
+
+def analysis_only() -> pl.Pipeline:
+    base = pl.default_pipeline()
+    return replace(base, stages=(replace(base.stages[0], gates=()),), checkpoints=())
+
+
+def test_the_command_agent_sees_its_ticket_and_prompt_and_no_credentials(tmp_path: Path) -> None:
+    script = (
+        'env > "$ORCH_PROMPT_FILE.env"; '
+        'echo "$ORCH_TICKET $ORCH_STAGE $ORCH_ATTEMPT {workdir}"; '
+        'cp "{prompt_file}" "$ORCH_PROMPT_FILE.copy"; pwd'
+    )
+    agent = CommandAgent("default", ["sh", "-c", script])
+    environ = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LC_ALL": "C.UTF-8", **SECRETS}
+    r = rig({"default": agent}, pipeline=analysis_only(), environ=environ)
+    try:
+        task = r.intake.file("app", "Add a greeting")
+        r.run_until_idle()
+        assert r.store.get_task(task.id).status == TaskStatus.DONE
+        [run] = r.store.runs(task.id)
+        log = Path(run.log_path)
+        prompt = log.with_suffix(".prompt.md")
+        seen = dict(
+            line.split("=", 1)
+            for line in Path(f"{prompt}.env").read_text().splitlines()
+            if "=" in line
+        )
+        assert not set(SECRETS) & set(seen)
+        assert (seen["ORCH_TICKET"], seen["ORCH_STAGE"], seen["ORCH_ATTEMPT"]) == (
+            task.key,
+            "analysis",
+            "1",
+        )
+        assert seen["ORCH_PROMPT"] == prompt.read_text().splitlines()[0]  # env prints line by line
+        assert seen["LC_ALL"] == "C.UTF-8"
+        assert Path(f"{prompt}.copy").read_text() == prompt.read_text()
+        assert "Add a greeting" in prompt.read_text()
+        first, cwd = log.read_text().splitlines()
+        workdir = r.forge.prepare_worktree("app", task.branch)
+        assert first == f"{task.key} analysis 1 {workdir}"
+        assert Path(cwd) == workdir
+    finally:
+        r.close()
+
+
+def test_a_command_that_cannot_start_fails_the_attempt_with_the_reason(tmp_path: Path) -> None:
+    agent = CommandAgent("default", [str(tmp_path / "no-such-agent")])
+    r = rig({"default": agent}, pipeline=analysis_only(), max_attempts=1)
+    try:
+        task = r.intake.file("app", "Add a greeting")
+        r.run_until_idle()
+        parked = r.store.get_task(task.id)
+        assert parked.status == TaskStatus.NEEDS_OPERATOR
+        assert parked.stage == Stage.ANALYSIS
+        assert "could not start" in parked.status_reason
+        assert "no-such-agent" in parked.status_reason
+    finally:
+        r.close()
