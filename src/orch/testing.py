@@ -76,6 +76,7 @@ class MemoryForge:
         self.root = Path(tempfile.mkdtemp(prefix="orch-memforge-"))
         self.repos: dict[str, _Repo] = {}
         self.merges: list[tuple[str, str, str]] = []  # (repo, head, merge sha)
+        self.deleted: list[tuple[str, str]] = []  # (repo, branch)
         self.fail_merge: Exception | None = None
         for name, files in repos.items():
             r = _Repo(default_branch)
@@ -187,6 +188,14 @@ class MemoryForge:
 
     def remove_worktree(self, repo: str, branch: str) -> None:
         shutil.rmtree(self._path(repo, branch), ignore_errors=True)
+
+    def delete_branch(self, repo: str, branch: str) -> None:
+        r = self._repo(repo)
+        if branch == r.default_branch:
+            raise ForgeError(f"refusing to delete {branch}")
+        r.branches.pop(branch, None)
+        r.base_of.pop(branch, None)
+        self.deleted.append((repo, branch))
 
 
 class MemoryRepos:

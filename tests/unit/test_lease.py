@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from orch.domain.errors import LeaseLost, StoreUnavailable
+from orch.domain.errors import CancelRequested, LeaseLost, StoreUnavailable
 from orch.domain.model import Claim
 from orch.domain.states import Stage
 from orch.ports import Usage
@@ -21,11 +21,15 @@ class RenewingStore:
     def __init__(self, failure: Exception | None) -> None:
         self.failure = failure
         self.renewals = 0
+        self.stopped = False
 
     def renew(self, claim: Claim, ttl_s: float) -> None:
         self.renewals += 1
         if self.failure is not None:
             raise self.failure
+
+    def cancel_requested(self, task_id: int) -> bool:
+        return self.stopped
 
 
 class EndlessChild:
@@ -97,3 +101,21 @@ def test_a_fenced_renewal_after_the_lease_was_lost_refuses() -> None:
     store.failure = None
     with pytest.raises(LeaseLost):
         lease.renew()
+
+
+def test_a_stop_kills_a_cancellable_child_and_spares_one_that_is_not() -> None:
+    store = RenewingStore(None)
+    store.stopped = True
+    agent = EndlessChild()
+    with (
+        Lease(store, CLAIM, ttl_s=30, heartbeat_s=0.01) as lease,  # type: ignore[arg-type]
+        pytest.raises(CancelRequested),
+    ):
+        lease.supervise(agent, timeout_s=600, grace_s=0)
+    assert agent.killed.is_set()
+
+    deploy = EndlessChild()
+    with Lease(store, CLAIM, ttl_s=30, heartbeat_s=0.01) as lease:  # type: ignore[arg-type]
+        code, timed_out = lease.supervise(deploy, timeout_s=0.2, grace_s=0, cancellable=False)
+    # the deploy ran to its own timeout: the stop never cut it off
+    assert (code, timed_out) == (-9, True)

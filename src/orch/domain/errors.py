@@ -51,6 +51,10 @@ class LeaseLost(OrchError):
     """This worker's lease was fenced off: another owner holds the job now. Write nothing."""
 
 
+class CancelRequested(OrchError):
+    """A person pressed STOP: the job stops what it is doing and cancels the task."""
+
+
 class Conflict(OrchError):
     """A compare-and-set found the task in another state than expected. Write nothing."""
 

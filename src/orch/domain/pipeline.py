@@ -49,12 +49,19 @@ class StageSpec:
     timeout_s: float = 1800.0
 
 
+class OnTimeout(StrEnum):
+    REMIND = "remind"  # notify again, and keep waiting
+    PARK = "park"  # needs_operator
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     name: str
     before: Stage
     reject_to: Stage
     question: str = ""
+    timeout_s: float | None = None
+    on_timeout: OnTimeout = OnTimeout.REMIND
 
 
 @dataclass(frozen=True)
@@ -118,6 +125,10 @@ class Pipeline:
                 out.add((s.stage, s.rework_to))
         for c in self.checkpoints:
             out.add((c.before, c.reject_to))
+        # an operator's retry may restart a task from its stage or any stage before it
+        for i, current in enumerate(names):
+            for earlier in names[: i + 1]:
+                out.add((current, earlier))
         out.add((Stage.CANCELLED, Stage.CANCELLED))
         # a task is created "into" its first stage
         out.add((names[0], names[0]))
@@ -139,6 +150,8 @@ class Decision:
     waiting_for: str | None = None
     feedback: str = ""
     rework: bool = False
+    timer_s: float | None = None  # a waiting task's checkpoint timeout
+    reset_rounds: bool = False  # an operator's retry starts the rework count again
 
 
 def _enter(pipeline: Pipeline, stage: Stage, reason: str, feedback: str = "") -> Decision:
@@ -147,7 +160,13 @@ def _enter(pipeline: Pipeline, stage: Stage, reason: str, feedback: str = "") ->
     cp = pipeline.checkpoint_before(stage)
     if cp is not None:
         return Decision(
-            Move.ADVANCE, stage, TaskStatus.WAITING, reason, waiting_for=cp.name, feedback=feedback
+            Move.ADVANCE,
+            stage,
+            TaskStatus.WAITING,
+            reason,
+            waiting_for=cp.name,
+            feedback=feedback,
+            timer_s=cp.timeout_s,
         )
     return Decision(Move.ADVANCE, stage, TaskStatus.ACTIVE, reason, feedback=feedback)
 
@@ -220,6 +239,35 @@ def on_reject(
     )
 
 
+def on_stop(stage: Stage, actor: str, reason: str) -> Decision:
+    why = f"stopped by {actor}" + (f": {reason}" if reason else "")
+    return Decision(Move.ADVANCE, Stage.CANCELLED, TaskStatus.CANCELLED, why)
+
+
+def on_retry(pipeline: Pipeline, stage: Stage, actor: str) -> Decision:
+    pipeline.spec(stage)
+    return Decision(
+        Move.ADVANCE,
+        stage,
+        TaskStatus.ACTIVE,
+        f"retry from {stage} requested by {actor}",
+        reset_rounds=True,
+    )
+
+
+def on_checkpoint_timeout(pipeline: Pipeline, stage: Stage, checkpoint: str) -> Decision | None:
+    """What a checkpoint's timeout does: park the task, or None to remind and keep waiting."""
+    cp = pipeline.checkpoint(checkpoint)
+    if cp.on_timeout == OnTimeout.PARK:
+        return Decision(
+            Move.PARK,
+            stage,
+            TaskStatus.NEEDS_OPERATOR,
+            f"{checkpoint} was not decided within {cp.timeout_s:g}s",
+        )
+    return None
+
+
 # -- serialisation: a task keeps a snapshot of the pipeline it started with --------------------
 
 
@@ -254,6 +302,8 @@ def to_dict(pipeline: Pipeline) -> dict[str, Any]:
                 "before": c.before.value,
                 "reject_to": c.reject_to.value,
                 "question": c.question,
+                "timeout_s": c.timeout_s,
+                "on_timeout": c.on_timeout.value,
             }
             for c in pipeline.checkpoints
         ],
@@ -292,6 +342,8 @@ def from_dict(data: dict[str, Any]) -> Pipeline:
             before=Stage(c["before"]),
             reject_to=Stage(c["reject_to"]),
             question=c.get("question", ""),
+            timeout_s=c.get("timeout_s"),
+            on_timeout=OnTimeout(c.get("on_timeout", "remind")),
         )
         for c in data.get("checkpoints", ())
     )

@@ -50,6 +50,7 @@ class JobState(StrEnum):
     SUCCEEDED = "succeeded"
     SUPERSEDED = "superseded"  # the task moved on before this job ran
     DEAD = "dead"  # attempts exhausted
+    CANCELLED = "cancelled"  # the task was stopped
 
 
 class EffectState(StrEnum):

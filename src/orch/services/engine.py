@@ -20,6 +20,7 @@ from orch.domain import pipeline as pl
 from orch.domain.agent_env import child_env
 from orch.domain.errors import (
     Busy,
+    CancelRequested,
     Conflict,
     ForgeError,
     HeadMoved,
@@ -28,10 +29,10 @@ from orch.domain.errors import (
     OrchError,
 )
 from orch.domain.gates import Verdict, artifact_verdict, command_verdict, review_verdict
-from orch.domain.model import Claim, Effect, GateRecord, Task
+from orch.domain.model import Claim, Effect, Event, GateRecord, Task
 from orch.domain.pipeline import Action, Decision, GateKind, GateSpec, Move, Pipeline, StageSpec
 from orch.domain.prompts import render
-from orch.domain.states import UNRESOLVED_EFFECT_STATES, EffectState, TaskStatus, is_terminal
+from orch.domain.states import UNRESOLVED_EFFECT_STATES, EffectState, Stage, TaskStatus, is_terminal
 from orch.ports import (
     Agent,
     AgentRequest,
@@ -101,14 +102,15 @@ class Engine:
             self.store, claim, self.settings.lease_ttl_s, self.settings.heartbeat_s
         ) as lease:
             try:
-                if task.status == TaskStatus.WAITING:
+                if task.cancel_requested_at is not None:
+                    raise CancelRequested("stop requested")
+                if task.status in (TaskStatus.WAITING, TaskStatus.NEEDS_OPERATOR):
                     self._read_inbox(task, pipeline, claim)
                     return
                 self._ignore_stray_events(task, claim)
-                if task.status == TaskStatus.ACTIVE:
-                    self._run_stage(task, pipeline, claim, lease, actor)
-                else:
-                    self.store.supersede(claim)
+                self._run_stage(task, pipeline, claim, lease, actor)
+            except CancelRequested:
+                self._cancel(task, pipeline, claim, lease)
             except (LeaseLost, Conflict) as exc:
                 # someone else owns the task now: write nothing more
                 log.warning("job %s of %s dropped: %s", claim.job_id, task.key, exc)
@@ -122,32 +124,72 @@ class Engine:
                 log.exception("job %s of %s failed unexpectedly", claim.job_id, task.key)
                 self._fail_attempt(task, pipeline, claim, f"{type(exc).__name__}: {exc}", actor)
 
-    # -- the inbox of a waiting task ---------------------------------------------------------
+    # -- the inbox of a task that waits for a person or an operator --------------------------
 
     def _read_inbox(self, task: Task, pipeline: Pipeline, claim: Claim) -> None:
         events = self.store.pending_events(task.id)
         stray: list[int] = []
         for ev in events:
-            aimed = ev.payload.get("checkpoint")
-            if ev.kind in ("approve", "reject") and aimed in (None, task.waiting_for):
-                assert task.waiting_for is not None
-                if ev.kind == "approve":
-                    decision = pl.on_approve(pipeline, task.stage, task.waiting_for, ev.actor)
-                else:
-                    decision = pl.on_reject(
-                        pipeline,
-                        task.waiting_for,
-                        ev.actor,
-                        str(ev.payload.get("comment", "")),
-                        task.rework_rounds,
-                    )
+            decision = self._decision_for(task, pipeline, ev)
+            if decision is not None:
                 self.store.mark_events(claim, [*stray, ev.id])
+                if decision.stage != task.stage or decision.reset_rounds:
+                    self.forge.remove_worktree(task.repo, task.branch)  # rebuilt from the branch
                 self._apply(task, claim, decision, ev.actor)
                 return
-            log.info("ignored %s event for %s waiting at %s", ev.kind, task.key, task.waiting_for)
+            log.info("ignored %s event for %s (%s)", ev.kind, task.key, task.status)
             stray.append(ev.id)
         self.store.mark_events(claim, stray)
+        if task.status == TaskStatus.WAITING and task.waiting_for:
+            self._checkpoint_timer(task, pipeline, claim)
+            return
         self.store.supersede(claim)
+
+    def _decision_for(self, task: Task, pipeline: Pipeline, ev: Event) -> Decision | None:
+        if ev.kind == "retry" and task.status == TaskStatus.NEEDS_OPERATOR:
+            stage = Stage(str(ev.payload.get("stage") or task.stage))
+            if stage not in pipeline.stage_names:
+                return None
+            return pl.on_retry(pipeline, stage, ev.actor)
+        if task.status != TaskStatus.WAITING or task.waiting_for is None:
+            return None
+        if ev.kind not in ("approve", "reject") or ev.payload.get("checkpoint") not in (
+            None,
+            task.waiting_for,
+        ):
+            return None
+        if ev.kind == "approve":
+            return pl.on_approve(pipeline, task.stage, task.waiting_for, ev.actor)
+        return pl.on_reject(
+            pipeline,
+            task.waiting_for,
+            ev.actor,
+            str(ev.payload.get("comment", "")),
+            task.rework_rounds,
+        )
+
+    def _checkpoint_timer(self, task: Task, pipeline: Pipeline, claim: Claim) -> None:
+        """The wait's timer fired: remind people, or park the task, as the checkpoint says."""
+        assert task.waiting_for is not None
+        cp = pipeline.checkpoint(task.waiting_for)
+        if cp.timeout_s is None:
+            self.store.supersede(claim)
+            return
+        entered = self.store.transitions(task.id)[-1].at
+        overdue = self.store.now() - entered
+        if overdue < cp.timeout_s:
+            self.store.set_timer(claim, cp.timeout_s - overdue)
+            return
+        decision = pl.on_checkpoint_timeout(pipeline, task.stage, cp.name)
+        if decision is not None:
+            self._apply(task, claim, decision, "timer")
+            return
+        rounds = int(overdue // cp.timeout_s)
+        key = f"{task.key}#{task.id}:remind:v{task.version}:{rounds}"
+        self._send(
+            task, claim, key, f"{task.key} still waits for {cp.name} ({overdue:.0f}s so far)"
+        )
+        self.store.set_timer(claim, cp.timeout_s * (rounds + 1) - overdue)
 
     def _ignore_stray_events(self, task: Task, claim: Claim) -> None:
         events = self.store.pending_events(task.id)
@@ -164,6 +206,7 @@ class Engine:
         repo = self.repos.get(task.repo)
         worktree = self.forge.prepare_worktree(task.repo, task.branch)
         lease.check()
+        self._stop_point(task, lease)
         ctx = self._context(task, spec, claim, repo, worktree)
         if spec.agent is not None:
             failure = self._run_agent(task, spec, claim, lease, ctx, worktree)
@@ -175,6 +218,7 @@ class Engine:
                     actor,
                 )
                 return
+        self._stop_point(task, lease)
         lease.renew()
         head = self.forge.commit_and_push(
             task.repo,
@@ -199,11 +243,13 @@ class Engine:
             return
         release = ""
         for action in spec.actions:
+            self._stop_point(task, lease)
             outcome = self._act(action, task, claim, lease, repo, worktree, head, release)
             if isinstance(outcome, Decision):
                 self._apply(task, claim, outcome, actor)
                 return
             release = outcome or release
+        self._stop_point(task, lease)
         decision = pl.after_success(pipeline, task.stage)
         if decision.status == TaskStatus.DONE:
             self.forge.remove_worktree(task.repo, task.branch)
@@ -470,42 +516,25 @@ class Engine:
             return release  # nothing configured for this target: the stage has no deploy to do
         key = f"deploy:{repo.name}:{target}:{release}"
         effect = self.store.get_effect(key)
-        env = self._child_env(task, claim, {"ORCH_RELEASE": release, "ORCH_DEPLOY_TARGET": target})
         if effect is not None and effect.state == EffectState.SUCCEEDED:
             return release
         if effect is not None and effect.state in UNRESOLVED_EFFECT_STATES:
-            effect = self._mark_unknown(claim, effect)
-            if not spec.check:
-                return _park(
-                    task,
-                    f"deploy of {release[:12]} to {target} may have run; no check command can tell",
-                )
-            probe = self.runner.start(
-                spec.check, worktree, env, self._log_path(task, f"deploy-{target}-check.log")
-            )
-            code, _ = lease.supervise(probe, 300.0, self.settings.kill_grace_s)
-            if code == 0:
-                self.store.finish_effect(
-                    claim,
-                    key,
-                    EffectState.SUCCEEDED,
-                    {"release": release, "target": target, "resolved_by": "check"},
-                )
+            deployed = self._resolve_deploy(task, claim, lease, target, release)
+            if deployed is None:
+                return _park(task, f"deploy of {release[:12]} to {target} may have run; {key}")
+            if deployed:
                 return release
-            if code != 1:
-                # only an explicit "not deployed" (exit 1) allows deploying again
-                return _park(
-                    task,
-                    f"deploy of {release[:12]} to {target} may have run, and its check"
-                    f" could not tell (exit {code})",
-                )
-        else:
-            self.store.begin_effect(claim, key, f"deploy:{target}", repo.name, release)
+        self.store.begin_effect(claim, key, f"deploy:{target}", repo.name, release)
         lease.renew()
         self.forge.checkout(worktree, release)
         log_path = self._log_path(task, f"deploy-{target}-{release[:12]}.log")
-        proc = self.runner.start(spec.command, worktree, env, log_path)
-        code, timed_out = lease.supervise(proc, 1800.0, self.settings.kill_grace_s)
+        proc = self.runner.start(
+            spec.command, worktree, self._deploy_env(task, claim, target, release), log_path
+        )
+        # a deploy is never cut off by a STOP: the cancel waits for it and applies after
+        code, timed_out = lease.supervise(
+            proc, 1800.0, self.settings.kill_grace_s, cancellable=False
+        )
         if code == 0 and not timed_out:
             self.store.finish_effect(
                 claim,
@@ -518,6 +547,47 @@ class Engine:
             claim, key, EffectState.FAILED, {"exit_code": code, "log": str(log_path)}
         )
         raise ForgeError(f"deploy to {target} exited {code}: {proc.tail(400)}")
+
+    def _deploy_env(self, task: Task, claim: Claim, target: str, release: str) -> dict[str, str]:
+        return self._child_env(task, claim, {"ORCH_RELEASE": release, "ORCH_DEPLOY_TARGET": target})
+
+    def _resolve_deploy(
+        self, task: Task, claim: Claim, lease: Lease, target: str, release: str
+    ) -> bool | None:
+        """After a crash, ask the deploy's check whether `release` reached `target`: True (the
+        effect is SUCCEEDED), False (FAILED, so it may run again) or None (nobody can tell)."""
+        repo = self.repos.get(task.repo)
+        key = f"deploy:{repo.name}:{target}:{release}"
+        effect = self.store.get_effect(key)
+        if effect is None:
+            return False
+        self._mark_unknown(claim, effect)
+        spec = repo.deploy.get(target)
+        if spec is None or not spec.check:
+            return None
+        worktree = self.forge.prepare_worktree(task.repo, task.branch)
+        probe = self.runner.start(
+            spec.check,
+            worktree,
+            self._deploy_env(task, claim, target, release),
+            self._log_path(task, f"deploy-{target}-check.log"),
+        )
+        code, _ = lease.supervise(probe, 300.0, self.settings.kill_grace_s, cancellable=False)
+        if code == 0:
+            self.store.finish_effect(
+                claim,
+                key,
+                EffectState.SUCCEEDED,
+                {"release": release, "target": target, "resolved_by": "check"},
+            )
+            return True
+        if code == 1:
+            self.store.finish_effect(
+                claim, key, EffectState.FAILED, {"error": "not deployed", "resolved_by": "check"}
+            )
+            return False
+        # only an explicit "not deployed" (exit 1) allows deploying again
+        return None
 
     # -- writing the outcome -----------------------------------------------------------------
 
@@ -546,17 +616,21 @@ class Engine:
         return self.rng.uniform(ceiling / 2, ceiling) if ceiling > 0 else 0.0
 
     def _notify(self, task: Task, claim: Claim, decision: Decision) -> None:
-        """Tell people, at most once per key and best-effort: a notifier that fails is
-        recorded as FAILED and never fails the stage it reports on."""
         if decision.status == TaskStatus.WAITING:
             text = f"{task.key} waits for {decision.waiting_for} before {decision.stage}"
         elif decision.status == TaskStatus.DONE:
             text = f"{task.key} is done: {task.title}"
         elif decision.status == TaskStatus.NEEDS_OPERATOR:
             text = f"{task.key} needs an operator: {decision.reason}"
+        elif decision.status == TaskStatus.CANCELLED:
+            text = f"{task.key} is cancelled: {decision.reason}"
         else:
             return
-        key = f"{task.key}#{task.id}:notify:v{claim.version + 1}"
+        self._send(task, claim, f"{task.key}#{task.id}:notify:v{claim.version + 1}", text)
+
+    def _send(self, task: Task, claim: Claim, key: str, text: str) -> None:
+        """Tell people, at most once per key and best-effort: a notifier that fails is
+        recorded as FAILED and never fails the stage it reports on."""
         effect = self.store.get_effect(key)
         if effect is not None and effect.state == EffectState.SUCCEEDED:
             return
@@ -570,6 +644,56 @@ class Engine:
             )
             return
         self.store.finish_effect(claim, key, EffectState.SUCCEEDED, {"text": text})
+
+    # -- STOP ----------------------------------------------------------------------------------
+
+    def _stop_point(self, task: Task, lease: Lease) -> None:
+        """Between steps: a STOP that arrived is applied here, before anything else starts."""
+        if lease.cancel_seen or self.store.cancel_requested(task.id):
+            raise CancelRequested("stop requested")
+
+    def _cancel(self, task: Task, pipeline: Pipeline, claim: Claim, lease: Lease) -> None:
+        """Apply a STOP. The agent is already dead (the supervisor killed it); an effect still
+        in flight is resolved first, so nothing irreversible is cut off or left unknown."""
+        stops = [e for e in self.store.pending_events(task.id) if e.kind == "stop"]
+        actor = stops[0].actor if stops else "operator"
+        reason = str(stops[0].payload.get("reason", "")) if stops else ""
+        blocked = self._settle_for_cancel(task, claim, lease)
+        if blocked:
+            self._apply(
+                task,
+                claim,
+                _park(task, f"stop requested by {actor}, but {blocked}; an operator must decide"),
+                "worker",
+            )
+            return
+        key = f"{task.key}#{task.id}:cancel:delete-branch"
+        effect = self.store.get_effect(key)
+        if effect is None or effect.state != EffectState.SUCCEEDED:
+            self.store.begin_effect(claim, key, "delete-branch", task.repo, task.branch)
+            self.forge.delete_branch(task.repo, task.branch)
+            self.store.finish_effect(claim, key, EffectState.SUCCEEDED, {"branch": task.branch})
+        self.forge.remove_worktree(task.repo, task.branch)
+        self.store.mark_events(claim, [e.id for e in self.store.pending_events(task.id)])
+        self._apply(task, claim, pl.on_stop(task.stage, actor, reason), actor)
+
+    def _settle_for_cancel(self, task: Task, claim: Claim, lease: Lease) -> str:
+        """Resolve every effect of the task still in flight; say what could not be resolved."""
+        for effect in self.store.effects(task.id):
+            if effect.state not in UNRESOLVED_EFFECT_STATES:
+                continue
+            if effect.kind == "merge":
+                self._settle_merge(claim, effect.key, effect.precondition, task.repo)
+            elif effect.kind.startswith("deploy:"):
+                target = effect.kind.split(":", 1)[1]
+                deployed = self._resolve_deploy(task, claim, lease, target, effect.precondition)
+                if deployed is None:
+                    return f"the outcome of its {target} deploy is unknown"
+            else:
+                self.store.finish_effect(
+                    claim, effect.key, EffectState.FAILED, {"error": "abandoned by a stop"}
+                )
+        return ""
 
 
 def _park(task: Task, reason: str) -> Decision:

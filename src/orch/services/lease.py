@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from types import TracebackType
 
-from orch.domain.errors import LeaseLost, OrchError
+from orch.domain.errors import CancelRequested, LeaseLost
 from orch.domain.model import Claim
 from orch.ports import AgentProcess, Store
 
@@ -26,12 +26,15 @@ class Lease:
         ttl_s: float,
         heartbeat_s: float,
         monotonic: Callable[[], float] = time.monotonic,
+        cancel_poll_s: float = 1.0,
     ) -> None:
         self.store = store
         self.claim = claim
         self.ttl_s = ttl_s
         self.heartbeat_s = heartbeat_s
         self.poll_s = min(heartbeat_s, 1.0)
+        self.tick_s = min(heartbeat_s, cancel_poll_s)
+        self.cancel_seen = False
         self._monotonic = monotonic
         self._renewed = monotonic()
         self._lost: str | None = None
@@ -56,14 +59,19 @@ class Lease:
             self._thread.join()
 
     def _beat(self) -> None:
-        while not self._stop.wait(self.heartbeat_s):
+        while not self._stop.wait(self.tick_s):
             try:
+                # a STOP is read every tick, so an agent is signalled within about a second
+                if not self.cancel_seen and self.store.cancel_requested(self.claim.task_id):
+                    self.cancel_seen = True
+                if self._monotonic() - self._renewed < self.heartbeat_s:
+                    continue
                 self.store.renew(self.claim, self.ttl_s)
                 self._renewed = self._monotonic()
             except LeaseLost as exc:
                 self._lost = str(exc)
                 return
-            except OrchError as exc:
+            except Exception as exc:  # the store's trouble, or a bug: the lease decays the same way
                 if self._monotonic() - self._renewed >= self.ttl_s:
                     self._lost = f"lease not renewed for {self.ttl_s:g}s: {exc}"
                     return
@@ -83,12 +91,13 @@ class Lease:
         self._renewed = self._monotonic()
 
     def supervise(
-        self, proc: AgentProcess, timeout_s: float, grace_s: float
+        self, proc: AgentProcess, timeout_s: float, grace_s: float, *, cancellable: bool = True
     ) -> tuple[int | None, bool]:
         """Wait for a child. Returns (exit code, timed out).
 
-        However the wait ends early (the lease lost, an error, an interrupt) the child's group is
-        killed first, so no agent outlives its lease and no two agents share a worktree.
+        However the wait ends early (the lease lost, a STOP, an error, an interrupt) the child's
+        group is killed first, so no agent outlives its lease and no two agents share a worktree.
+        A child that is not `cancellable` (a deploy) is left to finish when a STOP arrives.
         """
         deadline = self._monotonic() + timeout_s
         try:
@@ -100,6 +109,8 @@ class Lease:
                 if code is not None:
                     return code, False
                 self.check()
+                if cancellable and self.cancel_seen:
+                    raise CancelRequested("stop requested")
         except BaseException:
             proc.kill(grace_s)
             raise

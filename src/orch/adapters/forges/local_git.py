@@ -237,3 +237,21 @@ class LocalGitForge:
             if path.exists():
                 self._git("worktree", "remove", "--force", str(path), cwd=mirror, check=False)
             self._git("worktree", "prune", cwd=mirror, check=False)
+
+    def delete_branch(self, repo: str, branch: str) -> None:
+        """Delete a task branch, on the remote and in the mirror. Never the default branch."""
+        url, default = self._remote(repo)
+        if branch in (default, f"refs/heads/{default}") or not branch.startswith("orch/"):
+            raise ForgeError(f"refusing to delete {branch}: orch deletes only its task branches")
+        with self._locks[repo]:
+            mirror = self.mirror(repo)
+            if self._git("ls-remote", url, f"refs/heads/{branch}").stdout.strip():
+                self._git(
+                    "push", "--quiet", "origin", "--delete", f"refs/heads/{branch}", cwd=mirror
+                )
+            path = self.worktree_path(repo, branch)
+            if path.exists():
+                self._git("worktree", "remove", "--force", str(path), cwd=mirror, check=False)
+            self._git("worktree", "prune", cwd=mirror, check=False)
+            if self._has_ref(mirror, f"refs/heads/{branch}"):
+                self._git("branch", "--quiet", "-D", branch, cwd=mirror)

@@ -39,6 +39,7 @@ from orch.domain.model import (
 from orch.domain.naming import branch_for
 from orch.domain.pipeline import Decision
 from orch.domain.states import (
+    TERMINAL_STATUSES,
     UNRESOLVED_EFFECT_STATES,
     EffectState,
     JobState,
@@ -336,7 +337,14 @@ class SqlStore:
         return int(task_id)
 
     def _enqueue(
-        self, conn: Connection, task_id: int, repo: str, version: int, stage: Stage, now: float
+        self,
+        conn: Connection,
+        task_id: int,
+        repo: str,
+        version: int,
+        stage: Stage,
+        now: float,
+        run_after: float | None = None,
     ) -> None:
         stmt = _insert_ignore(conn, t.jobs).values(
             task_id=task_id,
@@ -346,7 +354,7 @@ class SqlStore:
             state=JobState.QUEUED.value,
             attempt=0,
             lease_token=0,
-            run_after=now,
+            run_after=now if run_after is None else run_after,
             created_at=now,
             updated_at=now,
         )
@@ -676,11 +684,10 @@ class SqlStore:
     def advance(self, claim: Claim, expected: Stage, decision: Decision, actor: str) -> Task:
         def fn(conn: Connection) -> None:
             now = self._db_now(conn)
-            job_state = (
-                JobState.DEAD
-                if decision.status == TaskStatus.NEEDS_OPERATOR
-                else JobState.SUCCEEDED
-            )
+            job_state = {
+                TaskStatus.NEEDS_OPERATOR: JobState.DEAD,
+                TaskStatus.CANCELLED: JobState.CANCELLED,
+            }.get(decision.status, JobState.SUCCEEDED)
             self._guard(conn, claim, state=job_state.value, lease_owner=None, lease_expires_at=None)
             current = conn.execute(
                 sa.select(t.tasks.c.status, t.tasks.c.rework_rounds).where(
@@ -697,6 +704,10 @@ class SqlStore:
             }
             if decision.status != TaskStatus.ACTIVE:
                 values["slot"] = None  # a waiting or parked task holds no repository slot
+            if decision.reset_rounds:
+                values["rework_rounds"] = 0
+            if decision.status == TaskStatus.DONE:
+                values["cancel_requested_at"] = None  # a STOP that lost the race to done
             if decision.rework:
                 values["rework_rounds"] = current.rework_rounds + 1
                 values["feedback"] = decision.feedback
@@ -727,11 +738,15 @@ class SqlStore:
                     at=now,
                 )
             )
-            if decision.status == TaskStatus.ACTIVE:
+            if decision.status == TaskStatus.ACTIVE or decision.timer_s:
                 repo = conn.execute(
                     sa.select(t.tasks.c.repo).where(t.tasks.c.id == claim.task_id)
                 ).scalar_one()
-                self._enqueue(conn, claim.task_id, repo, claim.version + 1, decision.stage, now)
+                # a waiting task's only job is its checkpoint timer, due when the wait times out
+                due = now if decision.status == TaskStatus.ACTIVE else now + (decision.timer_s or 0)
+                self._enqueue(
+                    conn, claim.task_id, repo, claim.version + 1, decision.stage, now, due
+                )
 
         # waking on every stage write: a task that stops being active frees a repository slot
         self._write(fn, wakes=True)
@@ -970,8 +985,19 @@ class SqlStore:
     # -- the inbox ---------------------------------------------------------------------------
 
     def append_event(
-        self, task_id: int, key: str, kind: str, actor: str, payload: Mapping[str, Any]
+        self,
+        task_id: int,
+        key: str,
+        kind: str,
+        actor: str,
+        payload: Mapping[str, Any],
+        *,
+        cancel: bool = False,
     ) -> bool:
+        """Put an event in the task's inbox, once per key, and make sure a worker will read it.
+        With `cancel`, also raise the task's cancel flag, which a running job sees on its next
+        heartbeat."""
+
         def fn(conn: Connection) -> bool:
             now = self._db_now(conn)
             inserted = conn.execute(
@@ -988,27 +1014,76 @@ class SqlStore:
             ).first()
             if inserted is None:
                 return False
+            if cancel:
+                conn.execute(
+                    sa.update(t.tasks)
+                    .where(
+                        t.tasks.c.id == task_id,
+                        t.tasks.c.cancel_requested_at.is_(None),
+                        t.tasks.c.status.not_in([s.value for s in TERMINAL_STATUSES]),
+                    )
+                    .values(cancel_requested_at=now)
+                )
             task = conn.execute(
                 sa.select(
                     t.tasks.c.repo, t.tasks.c.status, t.tasks.c.version, t.tasks.c.stage
                 ).where(t.tasks.c.id == task_id)
             ).one()
-            # a waiting task has no job; give it one so a worker reads the inbox, or wake the
-            # one an earlier event at this same wait had and that found nothing to act on
-            if task.status == TaskStatus.WAITING.value:
+            # a waiting or parked task has no runnable job; give it one so a worker reads the
+            # inbox, or wake the one an earlier event at this version had and that found
+            # nothing to act on, or bring a timer set for later forward to now
+            if task.status in (TaskStatus.WAITING.value, TaskStatus.NEEDS_OPERATOR.value):
                 self._enqueue(conn, task_id, task.repo, task.version, Stage(task.stage), now)
                 conn.execute(
                     sa.update(t.jobs)
                     .where(
                         t.jobs.c.task_id == task_id,
                         t.jobs.c.version == task.version,
-                        t.jobs.c.state == JobState.SUPERSEDED.value,
+                        sa.or_(
+                            t.jobs.c.state == JobState.SUPERSEDED.value,
+                            sa.and_(
+                                t.jobs.c.state == JobState.QUEUED.value, t.jobs.c.run_after > now
+                            ),
+                        ),
                     )
                     .values(state=JobState.QUEUED.value, run_after=now, updated_at=now)
                 )
             return True
 
         return self._write(fn, wakes=True)  # type: ignore[no-any-return]
+
+    def cancel_requested(self, task_id: int) -> bool:
+        return bool(
+            self._read(
+                lambda c: c.execute(
+                    sa.select(t.tasks.c.cancel_requested_at.is_not(None)).where(
+                        t.tasks.c.id == task_id
+                    )
+                ).scalar()
+            )
+        )
+
+    def set_timer(self, claim: Claim, delay_s: float) -> None:
+        """End this job but run it again after `delay_s`: a checkpoint's timeout, which holds
+        no lease and no slot while it waits."""
+
+        def fn(conn: Connection) -> None:
+            self._guard(
+                conn,
+                claim,
+                state=JobState.QUEUED.value,
+                lease_owner=None,
+                lease_expires_at=None,
+                run_after=self._now_sql + delay_s,
+                attempt=0,
+            )
+            conn.execute(
+                sa.update(t.tasks)
+                .where(t.tasks.c.id == claim.task_id, t.tasks.c.status != TaskStatus.ACTIVE.value)
+                .values(slot=None)
+            )
+
+        self._write(fn)
 
     def pending_events(self, task_id: int) -> list[Event]:
         rows = self._read(
