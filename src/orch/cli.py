@@ -251,6 +251,51 @@ def task_reject(
     _decide(key, False, comment)
 
 
+@task_app.command("stop")
+def task_stop(
+    key: str = typer.Argument(..., help="The ticket key."),
+    reason: str = typer.Option("", help="Why; kept in the history."),
+) -> None:
+    """Stop a task: its agent is killed, its branch deleted, and it ends cancelled."""
+    orch_app = _app()
+    try:
+        task, recorded = _guard(lambda: orch_app.intake.stop(key, "cli", reason))
+        if task.status.value in ("done", "cancelled"):
+            print(f"{key} is already {task.status}; nothing to stop")
+        elif recorded:
+            print(f"stop of {key} recorded; it is cancelled as soon as its worker sees it")
+        else:
+            print(f"stop of {key} was already recorded")
+    finally:
+        orch_app.close()
+
+
+@task_app.command("retry")
+def task_retry(
+    key: str = typer.Argument(..., help="The ticket key."),
+    from_stage: str = typer.Option("", "--from", help="The stage to run again from."),
+) -> None:
+    """Run a task that needs an operator again, from a stage (default: where it stopped)."""
+    orch_app = _app()
+    try:
+        recorded = _guard(lambda: orch_app.intake.retry(key, from_stage or None, "cli"))
+        where = from_stage or "where it stopped"
+        print(f"retry of {key} from {where} " + ("recorded" if recorded else "already recorded"))
+    finally:
+        orch_app.close()
+
+
+@task_app.command("start")
+def task_start(key: str = typer.Argument(..., help="A ticket on the built-in board.")) -> None:
+    """Start a ticket again from scratch, after its task was cancelled."""
+    orch_app = _app()
+    try:
+        task = _guard(lambda: orch_app.intake.start(key, actor="cli"))
+        print(f"{task.key} started: {task.stage} ({task.status})")
+    finally:
+        orch_app.close()
+
+
 def _print_detail(d: dict[str, Any]) -> None:
     console = Console()
     waiting = f", waiting for {d['waiting_for']}" if d["waiting_for"] else ""
@@ -260,6 +305,14 @@ def _print_detail(d: dict[str, Any]) -> None:
     )
     if d["reason"]:
         console.print(f"reason: {d['reason']}")
+    if d["cancel"]:
+        c = d["cancel"]
+        deferred = (
+            f"; deferred until {', '.join(c['deferred_by'])} resolve" if c["deferred_by"] else ""
+        )
+        console.print(
+            f"[yellow]stop requested[/] by {c['actor']} at {_when(c['requested_at'])}{deferred}"
+        )
     c = d["cost"]
     console.print(f"cost: ${c['usd']:.4f}  tokens in {c['tokens_in']} out {c['tokens_out']}")
     stages = Table(title="stages")
@@ -286,18 +339,39 @@ def _print_detail(d: dict[str, Any]) -> None:
     for e in d["effects"]:
         effects.add_row(e["key"], e["state"], json.dumps(e["result"])[:100])
     console.print(effects)
+    events = Table(title="decisions and requests")
+    for col in ("when", "kind", "actor", "detail", "handled"):
+        events.add_column(col)
+    for e in d["events"]:
+        detail = e["payload"].get("reason") or e["payload"].get("comment") or ""
+        detail = detail or e["payload"].get("stage") or e["payload"].get("checkpoint") or ""
+        events.add_row(
+            _when(e["created_at"]),
+            e["kind"],
+            e["actor"],
+            str(detail)[:60],
+            "yes" if e["processed_at"] else "no",
+        )
+    console.print(events)
     history = Table(title="history")
-    for col in ("v", "from", "to", "actor", "reason"):
+    for col in ("v", "when", "from", "to", "actor", "reason"):
         history.add_column(col)
     for h in d["history"]:
         history.add_row(
             str(h["version"]),
+            _when(h["at"]),
             f"{h['from']['stage']}/{h['from']['status']}",
             f"{h['to']['stage']}/{h['to']['status']}",
             h["actor"],
             h["reason"][:80],
         )
     console.print(history)
+
+
+def _when(epoch: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def main() -> None:

@@ -189,6 +189,9 @@ class MemoryForge:
     def remove_worktree(self, repo: str, branch: str) -> None:
         shutil.rmtree(self._path(repo, branch), ignore_errors=True)
 
+    def worktree_exists(self, repo: str, branch: str) -> bool:
+        return self._path(repo, branch).exists()
+
     def delete_branch(self, repo: str, branch: str) -> None:
         r = self._repo(repo)
         if branch == r.default_branch:
@@ -249,6 +252,7 @@ def rig(
     notifier: MemoryNotifier | None = None,
     environ: Mapping[str, str] | None = None,
     max_attempts: int = 3,
+    kill_grace_s: float = 10.0,
 ) -> Rig:
     """One repository named "app" (unless `repo` says otherwise), the given agents, backoff off."""
     repo = repo or RepoSettings(
@@ -272,7 +276,9 @@ def rig(
         repos=repos,
         runner=LocalRunner(),
         notifier=notifier,
-        settings=EngineSettings(logs_dir=logs, backoff_base_s=0.0, heartbeat_s=5.0),
+        settings=EngineSettings(
+            logs_dir=logs, backoff_base_s=0.0, heartbeat_s=5.0, kill_grace_s=kill_grace_s
+        ),
         environ=environ,
     )
     dispatcher = Dispatcher(

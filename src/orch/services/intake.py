@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from orch.domain import pipeline as pl
-from orch.domain.errors import NotFound, OrchError
+from orch.domain.errors import Conflict, NotFound, OrchError
 from orch.domain.model import Task, Ticket
 from orch.domain.naming import branch_for, key_prefix
-from orch.domain.states import TaskStatus
+from orch.domain.states import Stage, TaskStatus, is_terminal
 from orch.ports import Repos, Store
 
 PipelineFor = Callable[[str], pl.Pipeline]
@@ -69,4 +69,37 @@ class Intake:
             kind,
             actor,
             {"checkpoint": checkpoint or "", "comment": comment},
+        )
+
+    def stop(self, key: str, actor: str, reason: str = "") -> tuple[Task, bool]:
+        """Ask for a task to be cancelled. Idempotent: a second STOP is recorded once.
+        Returns the task and whether this call recorded the request."""
+        task = self.task(key)
+        if is_terminal(task.status):
+            return task, False
+        recorded = self.store.append_event(
+            task.id, f"{task.id}:stop", "stop", actor, {"reason": reason}, cancel=True
+        )
+        return task, recorded
+
+    def retry(self, key: str, stage: str | None, actor: str) -> bool:
+        """Ask for a parked task to run again from `stage` (default: where it stopped)."""
+        task = self.task(key)
+        if task.status != TaskStatus.NEEDS_OPERATOR:
+            raise Conflict(f"{key} is {task.status}; only a task that needs an operator is retried")
+        pipeline = pl.from_dict(task.pipeline)
+        known = {s.value for s in pipeline.stage_names}
+        if stage and stage not in known:
+            names = ", ".join(sorted(known))
+            raise OrchError(f"{stage} is not a stage of {key}'s pipeline ({names})")
+        target = Stage(stage) if stage else task.stage
+        if target not in pipeline.stage_names:
+            names = ", ".join(pipeline.stage_names)
+            raise OrchError(f"{stage} is not a stage of {key}'s pipeline ({names})")
+        return self.store.append_event(
+            task.id,
+            f"{task.id}:v{task.version}:retry",
+            "retry",
+            actor,
+            {"stage": target.value},
         )

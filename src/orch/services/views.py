@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from orch.domain.model import Task, Transition
-from orch.domain.states import TaskStatus, is_terminal
+from orch.domain.states import UNRESOLVED_EFFECT_STATES, TaskStatus, is_terminal
 from orch.ports import StateSummary, Store
 
 
@@ -120,6 +120,17 @@ def task_detail(store: Store, task: Task) -> dict[str, Any]:
             }
             for r in store.runs(task.id)
         ],
+        "cancel": _cancel_view(task, store),
+        "events": [
+            {
+                "kind": e.kind,
+                "actor": e.actor,
+                "payload": e.payload,
+                "created_at": e.created_at,
+                "processed_at": e.processed_at,
+            }
+            for e in store.events(task.id)
+        ],
         "history": [
             {
                 "version": t.version,
@@ -130,6 +141,23 @@ def task_detail(store: Store, task: Task) -> dict[str, Any]:
                 "at": t.at,
             }
             for t in transitions
+        ],
+    }
+
+
+def _cancel_view(task: Task, store: Store) -> dict[str, Any] | None:
+    """A STOP not yet applied, and the effects in flight it waits for."""
+    if task.cancel_requested_at is None or is_terminal(task.status):
+        return None
+    stops = [e for e in store.events(task.id) if e.kind == "stop"]
+    return {
+        "requested_at": task.cancel_requested_at,
+        "actor": stops[0].actor if stops else "",
+        "reason": str(stops[0].payload.get("reason", "")) if stops else "",
+        "deferred_by": [
+            e.key
+            for e in store.effects(task.id)
+            if e.state in UNRESOLVED_EFFECT_STATES and e.kind != "notify"
         ],
     }
 

@@ -28,6 +28,20 @@ class Decision(BaseModel):
     comment: str = ""
 
 
+class Stop(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    actor: str = Field("api", min_length=1, max_length=200)
+    reason: str = ""
+
+
+class Retry(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    actor: str = Field("api", min_length=1, max_length=200)
+    from_stage: str | None = Field(None, alias="from")
+
+
 def create_app(app: App) -> FastAPI:
     api = FastAPI(title="orch", version="0.1.0")
 
@@ -71,6 +85,18 @@ def create_app(app: App) -> FastAPI:
     @api.post("/api/v1/tasks/{key}/reject")
     def reject(key: str, decision: Decision | None = None) -> dict[str, Any]:
         return _decide(key, False, decision or Decision())
+
+    @api.post("/api/v1/tasks/{key}/stop")
+    def stop(key: str, request: Stop | None = None) -> dict[str, Any]:
+        request = request or Stop()
+        task, recorded = app.intake.stop(key, request.actor, request.reason)
+        return {"key": key, "status": task.status.value, "recorded": recorded}
+
+    @api.post("/api/v1/tasks/{key}/retry")
+    def retry(key: str, request: Retry | None = None) -> dict[str, Any]:
+        request = request or Retry()
+        recorded = app.intake.retry(key, request.from_stage, request.actor)
+        return {"key": key, "recorded": recorded}
 
     def _decide(key: str, approve: bool, decision: Decision) -> dict[str, Any]:
         task = app.intake.task(key)

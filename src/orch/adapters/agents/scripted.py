@@ -3,7 +3,8 @@ hang or crash like any agent) that writes what each role is expected to produce.
 
 A playbook (JSON) may say, per stage, which files to write and how to behave:
 {"stages": {"development": {"files": {"src/x.py": "..."}, "mode": "ok" | "fail" | "hang" |
-"crash", "fail_attempts": 0}}}. Stages it does not name get the built-in defaults.
+"crash" | "stubborn" (hangs and ignores SIGTERM), "fail_attempts": 0}}}. Stages it does not
+name get the built-in defaults.
 """
 
 from __future__ import annotations

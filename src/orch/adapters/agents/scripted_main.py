@@ -66,8 +66,10 @@ def main():
     mode = plan.get("mode", "ok")
     if attempt <= int(plan.get("fail_attempts", 0)):
         mode = "fail"
-    if mode == "hang":
-        say("hang")
+    if mode in ("hang", "stubborn"):
+        if mode == "stubborn":
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only SIGKILL ends it
+        say("hang", pid=os.getpid())
         while True:
             time.sleep(3600)
     if mode == "crash":

@@ -404,6 +404,9 @@ class SqlStore:
     def runs(self, task_id: int) -> list[Run]:
         return [_run(r) for r in self._for_task(t.runs, task_id)]
 
+    def events(self, task_id: int) -> list[Event]:
+        return [_event(r) for r in self._for_task(t.events, task_id)]
+
     def jobs(self, task_id: int) -> list[Job]:
         return [_job(r) for r in self._for_task(t.jobs, task_id)]
 

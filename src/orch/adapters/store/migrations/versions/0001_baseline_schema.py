@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -176,7 +177,7 @@ def upgrade() -> None:
             name="ck_jobs_stage_known",
         ),
         sa.CheckConstraint(
-            "state IN ('queued', 'running', 'succeeded', 'superseded', 'dead')",
+            "state IN ('queued', 'running', 'succeeded', 'superseded', 'dead', 'cancelled')",
             name="ck_jobs_state_known",
         ),
         sa.ForeignKeyConstraint(

@@ -1,0 +1,290 @@
+"""STOP at any moment, operator retries, checkpoint timers: the engine on memory adapters."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from orch.adapters.agents.scripted import ScriptedAgent
+from orch.domain import pipeline as pl
+from orch.domain.errors import Conflict, OrchError
+from orch.domain.model import Task
+from orch.domain.states import EffectState, JobState, Stage, TaskStatus
+from orch.ports import DeployTarget, RepoSettings
+from orch.testing import Rig, rig
+
+NO_CHECKPOINTS = replace(pl.default_pipeline(), checkpoints=())
+
+
+@pytest.fixture
+def make_rig() -> Iterator[Any]:
+    made: list[Rig] = []
+
+    def make(
+        playbook: Mapping[str, Any] | None = None,
+        *,
+        pipeline: pl.Pipeline | None = None,
+        repo: RepoSettings | None = None,
+    ) -> Rig:
+        r = rig(
+            {"default": ScriptedAgent(playbook=playbook)},
+            pipeline=pipeline,
+            repo=repo,
+            kill_grace_s=0.5,
+        )
+        made.append(r)
+        return r
+
+    yield make
+    for r in made:
+        r.close()
+
+
+def now(r: Rig, task: Task) -> Task:
+    return r.store.get_task(task.id)
+
+
+def assert_cancelled_cleanly(r: Rig, task: Task, actor: str, reason: str) -> None:
+    t = now(r, task)
+    assert (t.stage, t.status) == (Stage.CANCELLED, TaskStatus.CANCELLED)
+    last = r.store.transitions(task.id)[-1]
+    assert last.actor == actor
+    assert reason in last.reason
+    assert ("app", task.branch) in r.forge.deleted
+    assert r.forge.branch_head("app", task.branch) is None
+    assert r.forge.branch_head("app", "main") is not None
+    assert not r.forge.worktree_exists("app", task.branch)
+    cancelled = [text for key, text in r.notifier.sent if "cancelled" in text]
+    assert len(cancelled) == 1
+    assert all(j.state != JobState.QUEUED for j in r.store.jobs(task.id))
+
+
+def test_stop_of_a_queued_task_cancels_it_before_any_agent_runs(make_rig: Any) -> None:
+    r = make_rig()
+    task = r.intake.file("app", "Add a greeting")
+    _, recorded = r.intake.stop(task.key, "ann", "wrong repository")
+    assert recorded
+    r.run_until_idle()
+    assert_cancelled_cleanly(r, task, "ann", "wrong repository")
+    assert r.store.runs(task.id) == []
+
+
+@pytest.mark.parametrize("mode", ["hang", "stubborn"])
+def test_stop_kills_a_running_agent_even_one_that_ignores_term(make_rig: Any, mode: str) -> None:
+    r = make_rig({"stages": {"analysis": {"mode": mode}}})
+    task = r.intake.file("app", "Add a greeting")
+    worker = threading.Thread(target=r.dispatcher.run_once)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not r.store.runs(task.id) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        [run] = r.store.runs(task.id)
+        assert run.pid is not None
+        r.intake.stop(task.key, "ann", "changed our minds")
+    finally:
+        worker.join(60)
+    assert not worker.is_alive()
+    assert_cancelled_cleanly(r, task, "ann", "changed our minds")
+    with pytest.raises(ProcessLookupError):
+        os.kill(run.pid, 0)
+
+
+def test_stop_between_stages_cancels_before_the_next_stage_starts(make_rig: Any) -> None:
+    r = make_rig(pipeline=NO_CHECKPOINTS)
+    task = r.intake.file("app", "Add a greeting")
+    assert r.dispatcher.run_once()  # analysis
+    assert now(r, task).stage == Stage.ARCHITECTURE
+    r.intake.stop(task.key, "ann", "")
+    r.run_until_idle()
+    assert_cancelled_cleanly(r, task, "ann", "stopped by ann")
+    assert [run.stage for run in r.store.runs(task.id)] == [Stage.ANALYSIS]
+
+
+@pytest.mark.parametrize("checkpoint", ["approve-plan", "confirm-deploy"])
+def test_stop_while_waiting_at_a_checkpoint_cancels_the_task(
+    make_rig: Any, checkpoint: str
+) -> None:
+    r = make_rig()
+    task = r.intake.file("app", "Add a greeting")
+    r.run_until_idle()
+    if checkpoint == "confirm-deploy":
+        r.intake.decide(task.key, True, "ann")
+        r.run_until_idle()
+    assert now(r, task).waiting_for == checkpoint
+    r.intake.stop(task.key, "bob", "not now")
+    r.run_until_idle()
+    assert_cancelled_cleanly(r, task, "bob", "not now")
+
+
+def test_stop_twice_is_recorded_once_and_notifies_once(make_rig: Any) -> None:
+    r = make_rig()
+    task = r.intake.file("app", "Add a greeting")
+    assert r.intake.stop(task.key, "ann", "one")[1]
+    assert not r.intake.stop(task.key, "bob", "two")[1]
+    r.run_until_idle()
+    assert_cancelled_cleanly(r, task, "ann", "one")
+    assert r.intake.stop(task.key, "carl", "three") == (now(r, task), False)
+    assert [e.kind for e in r.store.events(task.id)] == ["stop"]
+
+
+def test_a_stage_that_finished_first_keeps_its_result_and_a_late_stop_changes_nothing(
+    make_rig: Any,
+) -> None:
+    r = make_rig(pipeline=NO_CHECKPOINTS)
+    task = r.intake.file("app", "Add a greeting")
+    r.run_until_idle()
+    assert now(r, task).status == TaskStatus.DONE
+    assert r.intake.stop(task.key, "ann", "too late") == (now(r, task), False)
+    r.run_until_idle()
+    assert now(r, task).status == TaskStatus.DONE
+    assert r.forge.deleted == []
+
+
+def test_a_stop_recorded_before_the_last_stage_completes_wins_over_done(make_rig: Any) -> None:
+    r = make_rig(pipeline=NO_CHECKPOINTS)
+    task = r.intake.file("app", "Add a greeting")
+    while now(r, task).stage != Stage.DEPLOY:
+        assert r.dispatcher.run_once()
+    r.intake.stop(task.key, "ann", "hold the release")
+    r.run_until_idle()
+    assert_cancelled_cleanly(r, task, "ann", "hold the release")
+    assert not [e for e in r.store.effects(task.id) if e.kind == "deploy:production"]
+
+
+def test_a_stop_during_a_merge_in_flight_waits_for_the_forge_and_never_merges_twice(
+    make_rig: Any,
+) -> None:
+    r = make_rig(pipeline=NO_CHECKPOINTS)
+    task = r.intake.file("app", "Add a greeting")
+    while now(r, task).stage != Stage.DEPLOY_STAGING:
+        assert r.dispatcher.run_once()
+    crashed = r.store.claim("crashed:1:gone", -1, r.repos.limit)
+    assert crashed is not None
+    head = r.forge.branch_head("app", task.branch)
+    assert head is not None
+    key = f"{task.key}#{task.id}:deploy-staging:merge:{head}"
+    r.store.begin_effect(crashed, key, "merge", "app", head)
+    r.forge.merge("app", task.branch, head, "merged just before the crash")
+    r.intake.stop(task.key, "ann", "stop it")
+    assert r.intake.task(task.key).cancel_requested_at is not None
+    r.run_until_idle()
+    assert_cancelled_cleanly(r, task, "ann", "stop it")
+    merge = r.store.get_effect(key)
+    assert merge is not None and merge.state == EffectState.SUCCEEDED
+    assert len(r.forge.merges) == 1
+
+
+def test_a_stop_that_cannot_resolve_a_deploy_in_flight_parks_for_an_operator(
+    make_rig: Any, tmp_path: Any
+) -> None:
+    repo = RepoSettings(
+        name="app",
+        test_command="true",
+        deploy={"staging": DeployTarget(f"touch {tmp_path / 'deployed'}", check="exit 3")},
+    )
+    r = make_rig(pipeline=NO_CHECKPOINTS, repo=repo)
+    task = r.intake.file("app", "Add a greeting")
+    while now(r, task).stage != Stage.DEPLOY_STAGING:
+        assert r.dispatcher.run_once()
+    crashed = r.store.claim("crashed:1:gone", -1, r.repos.limit)
+    assert crashed is not None
+    r.store.begin_effect(crashed, "deploy:app:staging:abc", "deploy:staging", "app", "abc")
+    r.intake.stop(task.key, "ann", "stop it")
+    r.run_until_idle()
+    parked = now(r, task)
+    assert parked.status == TaskStatus.NEEDS_OPERATOR
+    assert "staging deploy is unknown" in parked.status_reason
+    assert not (tmp_path / "deployed").exists()
+    assert r.forge.deleted == []
+
+
+def test_a_cancelled_ticket_can_start_again_from_scratch(make_rig: Any) -> None:
+    r = make_rig()
+    first = r.intake.file("app", "Add a greeting")
+    r.intake.stop(first.key, "ann", "")
+    r.run_until_idle()
+    again = r.intake.start(first.key, actor="ann")
+    assert again.key == first.key and again.id != first.id
+    assert (again.stage, again.status) == (Stage.ANALYSIS, TaskStatus.ACTIVE)
+    r.run_until_idle()
+    assert now(r, again).waiting_for == "approve-plan"
+    assert now(r, first).status == TaskStatus.CANCELLED
+    assert len(r.store.transitions(first.id)) == 2
+
+
+def test_events_for_a_cancelled_task_never_relaunch_it(make_rig: Any) -> None:
+    r = make_rig()
+    task = r.intake.file("app", "Add a greeting")
+    r.intake.stop(task.key, "ann", "")
+    r.run_until_idle()
+    r.store.append_event(task.id, "late-approve", "approve", "bob", {"checkpoint": ""})
+    assert r.run_until_idle() == 0
+    assert now(r, task).status == TaskStatus.CANCELLED
+    with pytest.raises(Conflict):
+        r.intake.retry(task.key, "analysis", "bob")
+
+
+def test_an_operator_retries_a_parked_task_from_a_stage() -> None:
+    # the operator fixes what made the agent fail, then retries
+    agents = {"default": ScriptedAgent(playbook={"stages": {"analysis": {"mode": "fail"}}})}
+    r = rig(agents)
+    try:
+        task = r.intake.file("app", "Add a greeting")
+        r.run_until_idle()
+        assert now(r, task).status == TaskStatus.NEEDS_OPERATOR
+        agents["default"] = ScriptedAgent()
+        with pytest.raises(OrchError, match="not a stage"):
+            r.intake.retry(task.key, "linting", "ops")
+        assert r.intake.retry(task.key, "analysis", "ops")
+        r.run_until_idle()
+        resumed = now(r, task)
+        assert (resumed.status, resumed.waiting_for) == (TaskStatus.WAITING, "approve-plan")
+        retry = [t for t in r.store.transitions(task.id) if t.actor == "ops"]
+        assert [(t.from_status, t.to_stage, t.to_status) for t in retry] == [
+            (TaskStatus.NEEDS_OPERATOR, Stage.ANALYSIS, TaskStatus.ACTIVE)
+        ]
+        assert "retry from analysis requested by ops" in retry[0].reason
+    finally:
+        r.close()
+
+
+def test_retry_of_a_task_that_is_not_parked_is_refused(make_rig: Any) -> None:
+    r = make_rig()
+    task = r.intake.file("app", "Add a greeting")
+    with pytest.raises(Conflict):
+        r.intake.retry(task.key, None, "ops")
+
+
+@pytest.mark.parametrize("action", ["park", "remind"])
+def test_a_checkpoint_that_times_out_parks_or_reminds(make_rig: Any, action: str) -> None:
+    base = pl.default_pipeline()
+    plan = replace(base.checkpoints[0], timeout_s=0.2, on_timeout=pl.OnTimeout(action))
+    r = make_rig(pipeline=replace(base, checkpoints=(plan,)))
+    task = r.intake.file("app", "Add a greeting")
+    r.run_until_idle()
+    assert now(r, task).waiting_for == "approve-plan"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        r.run_until_idle()
+        if action == "park" and now(r, task).status == TaskStatus.NEEDS_OPERATOR:
+            break
+        if action == "remind" and any("still waits" in text for _, text in r.notifier.sent):
+            break
+        time.sleep(0.05)
+    t = now(r, task)
+    if action == "park":
+        assert t.status == TaskStatus.NEEDS_OPERATOR
+        assert "approve-plan was not decided" in t.status_reason
+    else:
+        assert (t.status, t.waiting_for) == (TaskStatus.WAITING, "approve-plan")
+        # the wait still holds nothing but its timer, and an approval still goes through
+        assert r.intake.decide(task.key, True, "ann")
+        r.run_until_idle()
+        assert now(r, task).stage != Stage.ARCHITECTURE or now(r, task).status != TaskStatus.WAITING
