@@ -64,13 +64,18 @@ def demo(
         None, "--dir", help="Where to put the demo (new or empty)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    scenario: str = typer.Option(
+        "happy",
+        help="happy: approve everything; stop: STOP while the development agent runs;"
+        " reject: reject the plan once with a comment.",
+    ),
 ) -> None:
     """Run one ticket through the whole pipeline on a sample project, offline."""
     from orch.demo.run import render_summary, run
 
     _logging("WARNING")
     console = Console(stderr=as_json)
-    result = _guard(lambda: run(directory, console))
+    result = _guard(lambda: run(directory, console, scenario))
     if as_json:
         print(json.dumps({**result.summary, "ok": result.ok, "reason": result.reason}, indent=2))
     elif result.summary:

@@ -62,6 +62,8 @@ class CheckpointModel(_Strict):
     after: WorkStage | None = None
     reject_to: WorkStage
     question: str = ""
+    timeout_s: float | None = Field(None, gt=0)
+    on_timeout: Literal["remind", "park"] = "remind"
 
     @model_validator(mode="after")
     def _one_side(self) -> CheckpointModel:
@@ -177,7 +179,16 @@ def parse(
                     raise fail(
                         ("checkpoints", i, field_name), f"{stage} is not a stage of this pipeline"
                     )
-            cps.append(pl.Checkpoint(cm.name, before, Stage(cm.reject_to), cm.question))
+            cps.append(
+                pl.Checkpoint(
+                    cm.name,
+                    before,
+                    Stage(cm.reject_to),
+                    cm.question,
+                    cm.timeout_s,
+                    pl.OnTimeout(cm.on_timeout),
+                )
+            )
         checkpoints = tuple(cps)
     else:
         checkpoints = tuple(c for c in checkpoints if c.before in names and c.reject_to in names)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -119,3 +120,61 @@ def test_demo_refuses_a_directory_that_is_not_empty(tmp_path: Path) -> None:
     assert done.stderr.strip().startswith("error:")
     assert "not empty" in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["something"]
+
+
+def test_demo_stop_scenario_kills_the_agent_deletes_the_branch_and_leaves_main(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "stop"
+    done = orch("demo", "--dir", str(root), "--scenario", "stop", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)["scenario"]
+    assert report["agent_alive"] is False
+    remote = root / "sample.git"
+    assert git(remote, "for-each-ref", "refs/heads/").count("refs/heads/") == 1
+    assert git(remote, "rev-list", "--count", "main") == "1"
+    store = SqlStore(f"sqlite:///{root / 'orch.db'}")
+    try:
+        task = store.find_task("DEMO-1")
+        assert task is not None
+        assert task.status.value == "cancelled"
+        history = store.transitions(task.id)
+        assert history[-1].actor == "demo"
+        assert (history[-2].to_stage.value, history[-1].to_stage.value) == (
+            "development",
+            "cancelled",
+        )
+        effects = store.effects(task.id)
+        notes = [e for e in effects if e.kind == "notify" and "cancelled" in e.result["text"]]
+        assert len(notes) == 1
+        assert [e.kind for e in effects if e.kind == "merge"] == []
+    finally:
+        store.close()
+    with pytest.raises(ProcessLookupError):
+        os.kill(report["agent_pid"], 0)
+
+
+def test_demo_reject_scenario_reworks_the_plan_with_the_comment_in_the_prompt(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "reject"
+    done = orch("demo", "--dir", str(root), "--scenario", "reject", "--json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    comment = summary["scenario"]["comment"]
+    rejections = [h for h in summary["task"]["history"] if "rejected" in h["reason"]]
+    assert len(rejections) == 1
+    assert rejections[0]["to"] == {"stage": "analysis", "status": "active"}
+    assert comment in rejections[0]["reason"]
+    prompts = sorted((root / "logs").glob("DEMO-1-*/v*-analysis-*.prompt.md"))
+    assert len(prompts) == 2
+    texts = {p.read_text() for p in prompts}
+    assert sum(comment in t for t in texts) == 1
+    assert summary["merge"]["commit"] == git(root / "sample.git", "rev-parse", "main")
+
+
+def test_demo_rejects_an_unknown_scenario_before_writing_anything(tmp_path: Path) -> None:
+    done = orch("demo", "--dir", str(tmp_path / "x"), "--scenario", "sideways")
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: unknown scenario 'sideways'")
+    assert not (tmp_path / "x").exists()

@@ -172,3 +172,44 @@ def test_approvals_over_the_api_carry_a_ticket_to_done_and_merge_it_once(served:
         check=True,
     ).stdout.strip()
     assert remote_main == merges[0]["result"]["merge_sha"]
+
+
+def test_stop_over_the_api_cancels_a_waiting_task_and_deletes_its_branch(served: Served) -> None:
+    remote = served.root / "sample.git"
+    with httpx.Client(base_url=served.url, timeout=10) as client:
+        key = client.post("/api/v1/tasks", json={"repo": "sample", "title": "Tidy"}).json()["key"]
+
+        def waiting() -> bool:
+            return client.get(f"/api/v1/tasks/{key}").json()["status"] == "waiting"
+
+        wait_for(waiting, "the plan checkpoint")
+        branch = f"refs/heads/orch/{key}"
+        assert (
+            subprocess.run(
+                ["git", "--git-dir", str(remote), "rev-parse", "--verify", branch],
+                capture_output=True,
+                check=False,
+            ).returncode
+            == 0
+        )
+        stopped = client.post(f"/api/v1/tasks/{key}/stop", json={"actor": "ann", "reason": "dup"})
+        assert stopped.json() == {"key": key, "status": "waiting", "recorded": True}
+        again = client.post(f"/api/v1/tasks/{key}/stop", json={"actor": "bob"})
+        assert again.json()["recorded"] is False
+
+        def cancelled() -> dict | None:
+            body = client.get(f"/api/v1/tasks/{key}").json()
+            return body if body["status"] == "cancelled" else None
+
+        task = wait_for(cancelled, "the task cancelled")
+    assert task["history"][-1]["actor"] == "ann"
+    assert "dup" in task["history"][-1]["reason"]
+    assert [(e["kind"], e["actor"]) for e in task["events"]] == [("stop", "ann")]
+    assert (
+        subprocess.run(
+            ["git", "--git-dir", str(remote), "rev-parse", "--verify", branch],
+            capture_output=True,
+            check=False,
+        ).returncode
+        != 0
+    )

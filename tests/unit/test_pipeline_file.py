@@ -370,3 +370,27 @@ def test_review_without_development_parses() -> None:
     # just as built-in checkpoints whose stages are left out are dropped
     p = _parse("stages:\n  - name: review\n")
     assert p.stage_names == (Stage.REVIEW,)
+
+
+def test_a_checkpoint_timeout_and_its_action_are_read() -> None:
+    pipeline = parse(
+        "checkpoints:\n"
+        "  - {name: approve-plan, after: analysis, reject_to: analysis,"
+        " timeout_s: 3600, on_timeout: park}\n"
+    )
+    [cp] = pipeline.checkpoints
+    assert (cp.before, cp.timeout_s, cp.on_timeout) == (
+        Stage.ARCHITECTURE,
+        3600.0,
+        pl.OnTimeout.PARK,
+    )
+    assert pl.from_dict(pl.to_dict(pipeline)) == pipeline
+
+
+def test_an_unknown_timeout_action_names_the_field() -> None:
+    with pytest.raises(PipelineError, match=r"^f:2: checkpoints\[0\]\.on_timeout: "):
+        parse(
+            "checkpoints:\n"
+            "  - {name: a, after: analysis, reject_to: analysis, on_timeout: shout}\n",
+            "f",
+        )

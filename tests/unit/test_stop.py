@@ -288,3 +288,14 @@ def test_a_checkpoint_that_times_out_parks_or_reminds(make_rig: Any, action: str
         assert r.intake.decide(task.key, True, "ann")
         r.run_until_idle()
         assert now(r, task).stage != Stage.ARCHITECTURE or now(r, task).status != TaskStatus.WAITING
+
+
+def test_stop_during_recovery_cancels_the_task_its_dead_worker_left_behind(make_rig: Any) -> None:
+    r = make_rig(pipeline=NO_CHECKPOINTS)
+    task = r.intake.file("app", "Add a greeting")
+    # a worker claimed the job and died: its lease is already past its expiry
+    assert r.store.claim("dead:1:gone", -1, r.repos.limit) is not None
+    r.intake.stop(task.key, "ann", "during recovery")
+    r.run_until_idle()  # the sweep requeues the job; the next worker applies the STOP
+    assert_cancelled_cleanly(r, task, "ann", "during recovery")
+    assert r.store.runs(task.id) == []

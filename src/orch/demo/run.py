@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import tempfile
 import time
@@ -19,7 +20,7 @@ from orch.bootstrap import App, build
 from orch.config import IsolatedSettings
 from orch.demo import sample
 from orch.domain.errors import OrchError
-from orch.domain.states import TaskStatus, is_terminal
+from orch.domain.states import Stage, TaskStatus, is_terminal
 from orch.services.views import task_detail
 
 ACTOR = "demo (auto-approve)"
@@ -68,39 +69,94 @@ def demo_settings(root: Path, remote: Path, playbook: Path) -> Any:
             }
         ],
         agents={"default": {"kind": "scripted", "playbook": str(playbook)}},
-        worker={"slots": 2, "heartbeat_s": 5, "poll_interval_s": 0.5, "backoff_base_s": 0.2},
+        worker={
+            "slots": 2,
+            "heartbeat_s": 5,
+            "poll_interval_s": 0.5,
+            "backoff_base_s": 0.2,
+            "kill_grace_s": 2,
+        },
     )
 
 
-def run(root: Path | None, console: Console, timeout_s: float = 120.0) -> DemoResult:
+SCENARIOS = ("happy", "stop", "reject")
+REJECTION = "Also say how accents are handled: 'Crème brûlée' must become 'creme-brulee'."
+
+
+class Scenario:
+    """What the demo does as the task goes: approve every checkpoint, or press STOP while the
+    development agent runs, or reject the plan once with a comment."""
+
+    def __init__(self, name: str, console: Console) -> None:
+        if name not in SCENARIOS:
+            raise OrchError(f"unknown scenario {name!r} (choose from {', '.join(SCENARIOS)})")
+        self.name = name
+        self.console = console
+        self.stopped_pid: int | None = None
+        self.rejected = False
+
+    def playbook(self) -> dict[str, Any]:
+        book = sample.playbook()
+        if self.name == "stop":
+            # an agent that hangs and ignores SIGTERM: only the supervisor's KILL ends it
+            book["stages"]["development"] = {"mode": "stubborn"}
+        return book
+
+    def step(self, app: App, task: Any) -> None:
+        if self.name == "stop" and self.stopped_pid is None and task.stage == Stage.DEVELOPMENT:
+            runs = [r for r in app.store.runs(task.id) if r.stage == Stage.DEVELOPMENT]
+            if runs and runs[-1].pid:
+                self.stopped_pid = runs[-1].pid
+                app.intake.stop(task.key, "demo", "stopped by the demo while development ran")
+                self.console.print(
+                    f"  [red]■ STOP[/] pressed while the development agent (pid"
+                    f" {self.stopped_pid}) is running; it ignores SIGTERM"
+                )
+            return
+        if task.status != TaskStatus.WAITING or not task.waiting_for:
+            return
+        if self.name == "reject" and not self.rejected and task.waiting_for == "approve-plan":
+            if app.intake.decide(task.key, False, ACTOR, REJECTION):
+                self.rejected = True
+                self.console.print(
+                    f"  [red]✘ checkpoint {task.waiting_for}[/]: rejected by the demo: {REJECTION}"
+                )
+            return
+        if app.intake.decide(task.key, True, ACTOR, "approved by the demo"):
+            self.console.print(
+                f"  [yellow]⏸  checkpoint {task.waiting_for}[/]: approved automatically by the demo"
+            )
+
+
+def run(
+    root: Path | None, console: Console, scenario: str = "happy", timeout_s: float = 120.0
+) -> DemoResult:
     started = time.monotonic()
+    plan = Scenario(scenario, console)
     root = prepare(root)
-    console.print(f"[bold]orch demo[/] in {root}")
+    console.print(f"[bold]orch demo[/] ({scenario}) in {root}")
     _, remote = sample.create(root)
+    initial_main = _git(remote, "rev-parse", "refs/heads/main")
     playbook = root / "playbook.json"
-    playbook.write_text(json.dumps(sample.playbook(), indent=2), encoding="utf-8")
+    playbook.write_text(json.dumps(plan.playbook(), indent=2), encoding="utf-8")
     console.print(f"sample project: {root / 'sample'} (remote {remote})")
     app = build(demo_settings(root, remote, playbook))
     try:
         task = app.intake.file("sample", sample.TICKET_TITLE, sample.TICKET_BODY, actor="demo")
         console.print(f"filed [bold]{task.key}[/] on the built-in board: {task.title}")
         app.dispatcher.start()
-        task = _watch(app, task.key, console, started, timeout_s)
+        task = _watch(app, task.key, console, started, timeout_s, plan)
         summary = _summary(app, task.key, root, remote, time.monotonic() - started)
-        if task.status != TaskStatus.DONE:
-            reason = task.status_reason or f"task ended {task.status}"
-            return DemoResult(
-                False, f"{task.key} stopped at {task.stage} ({task.status}): {reason}", summary
-            )
-        check = _verify(summary)
-        if check:
-            return DemoResult(False, check, summary)
-        return DemoResult(True, "done", summary)
+        summary["scenario"] = _scenario_report(app, task, plan, remote, initial_main)
+        check = _verify(summary, task, plan)
+        return DemoResult(not check, check or "done", summary)
     finally:
         app.close()
 
 
-def _watch(app: App, key: str, console: Console, started: float, timeout_s: float) -> Any:
+def _watch(
+    app: App, key: str, console: Console, started: float, timeout_s: float, plan: Scenario
+) -> Any:
     shown = 0
     task = app.intake.task(key)
     with Live(console=console, refresh_per_second=8, transient=True) as live:
@@ -110,21 +166,49 @@ def _watch(app: App, key: str, console: Console, started: float, timeout_s: floa
             for tr in history[shown:]:
                 _print_transition(app, task.id, tr, console)
             shown = len(history)
-            if (
-                task.status == TaskStatus.WAITING
-                and task.waiting_for
-                and app.intake.decide(key, True, ACTOR, "approved by the demo")
-            ):
-                console.print(
-                    f"  [yellow]⏸  checkpoint {task.waiting_for}[/]: "
-                    "approved automatically by the demo"
-                )
+            plan.step(app, task)
             if is_terminal(task.status) or task.status == TaskStatus.NEEDS_OPERATOR:
                 return task
             if time.monotonic() - started > timeout_s:
                 raise OrchError(f"the demo did not finish within {timeout_s:g}s (at {task.stage})")
             live.update(_status_line(app, task, started))
             app.dispatcher.wait_until(lambda: False, 0.1)
+
+
+def _scenario_report(
+    app: App, task: Any, plan: Scenario, remote: Path, initial_main: str
+) -> dict[str, Any]:
+    report: dict[str, Any] = {"name": plan.name}
+    if plan.name == "stop":
+        report.update(
+            agent_pid=plan.stopped_pid,
+            agent_alive=_alive(plan.stopped_pid),
+            branch_on_remote=bool(_git(remote, "ls-remote", ".", f"refs/heads/{task.branch}")),
+            main_untouched=_git(remote, "rev-parse", "refs/heads/main") == initial_main,
+        )
+    if plan.name == "reject":
+        prompts = sorted(
+            Path(app.settings.logs).glob(f"{task.key}-{task.id}/v*-analysis-*.prompt.md"),
+            key=lambda p: int(p.name.split("-")[0][1:]),
+        )
+        report.update(
+            comment=REJECTION,
+            analysis_rounds=len(prompts),
+            comment_in_next_prompt=bool(prompts) and REJECTION in prompts[-1].read_text(),
+        )
+    return report
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _status_line(app: App, task: Any, started: float) -> Text:
@@ -151,6 +235,8 @@ def _print_transition(app: App, task_id: int, tr: Any, console: Console) -> None
                 console.print(f"    {mark} gate {g.gate}: {g.reason}")
     if tr.to_status == TaskStatus.WAITING:
         console.print(f"  [yellow]⏸[/]  {tr.reason}; waiting before [bold]{tr.to_stage}[/]")
+    elif tr.to_status == TaskStatus.CANCELLED:
+        console.print(f"  [red]■[/] [bold red]cancelled[/]: {tr.reason}")
     elif tr.to_status == TaskStatus.DONE:
         console.print(f"  [green]■[/] {tr.reason}: [bold green]done[/]")
     elif tr.from_stage == tr.to_stage:
@@ -198,13 +284,30 @@ def _summary(app: App, key: str, root: Path, remote: Path, elapsed: float) -> di
     }
 
 
-def _verify(summary: dict[str, Any]) -> str:
+def _verify(summary: dict[str, Any], task: Any, plan: Scenario) -> str:
+    """The one-line reason the demo failed, or "" when it showed what it set out to."""
+    report = summary["scenario"]
+    if plan.name == "stop":
+        if task.status != TaskStatus.CANCELLED:
+            return f"{task.key} was not cancelled: {task.status} ({task.status_reason})"
+        if report["agent_alive"]:
+            return f"the development agent (pid {report['agent_pid']}) is still alive"
+        if report["branch_on_remote"]:
+            return f"{task.branch} is still on the remote"
+        if not report["main_untouched"]:
+            return "main moved although the task was stopped"
+        return ""
+    if task.status != TaskStatus.DONE:
+        reason = task.status_reason or f"task ended {task.status}"
+        return f"{task.key} stopped at {task.stage} ({task.status}): {reason}"
     merge = summary["merge"]
     succeeded = [e for e in merge["effects"] if e["state"] == "SUCCEEDED"]
     if len(succeeded) != 1:
         return f"expected one merge, found {len(succeeded)}"
     if merge["commit"] != merge["remote_main"]:
         return f"the remote's main is at {merge['remote_main']}, not the merge {merge['commit']}"
+    if plan.name == "reject" and not report["comment_in_next_prompt"]:
+        return "the rejection's comment did not reach the next analysis prompt"
     return ""
 
 
@@ -235,13 +338,28 @@ def render_summary(summary: dict[str, Any], console: Console) -> None:
         )
     console.print(table)
     merge = summary["merge"]
-    console.print(f"merge commit on main: [bold]{merge['commit']}[/] ({merge['subject']})")
+    if merge["commit"]:
+        console.print(f"merge commit on main: [bold]{merge['commit']}[/] ({merge['subject']})")
+    else:
+        console.print(f"no merge: main is at {merge['remote_main']} ({merge['subject']})")
     for d in summary["deploys"]:
         console.print(
             f"deploy {d['kind'].split(':', 1)[1]}: {d['state']} release {d['precondition'][:12]}"
         )
     for line in summary["deploy_log"]:
         console.print(f"  deploy.log: {line}")
+    report = summary.get("scenario", {})
+    if report.get("name") == "stop":
+        console.print(
+            f"STOP: agent pid {report['agent_pid']} alive: {report['agent_alive']};"
+            f" branch on the remote: {report['branch_on_remote']};"
+            f" main untouched: {report['main_untouched']}"
+        )
+    if report.get("name") == "reject":
+        console.print(
+            f"plan rejected once; analysis ran {report['analysis_rounds']} times; the comment"
+            f" reached the next prompt: {report['comment_in_next_prompt']}"
+        )
     console.print("where everything lives:")
     for name, path in summary["paths"].items():
         console.print(f"  {name:<11} {path}")
