@@ -171,7 +171,9 @@ def build(
             sweep_interval_s=w.sweep_interval_s,
             poll_interval_s=w.poll_interval_s,
             max_attempts=w.max_attempts,
+            cancel_bound_s=w.cancel_bound_s,
         ),
+        alert=notifier.notify,
     )
     app = App(
         settings=settings,

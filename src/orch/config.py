@@ -41,6 +41,7 @@ class WorkerSettings(_Strict):
     kill_grace_s: float = Field(10.0, ge=0)
     backoff_base_s: float = Field(1.0, ge=0)
     backoff_max_s: float = Field(60.0, ge=0)
+    cancel_bound_s: float = Field(1860.0, gt=0)
 
 
 class DeployTargetSettings(_Strict):

@@ -253,6 +253,7 @@ def rig(
     environ: Mapping[str, str] | None = None,
     max_attempts: int = 3,
     kill_grace_s: float = 10.0,
+    cancel_bound_s: float = 1860.0,
 ) -> Rig:
     """One repository named "app" (unless `repo` says otherwise), the given agents, backoff off."""
     repo = repo or RepoSettings(
@@ -282,7 +283,11 @@ def rig(
         environ=environ,
     )
     dispatcher = Dispatcher(
-        store, engine, repos.limit, DispatcherSettings(slots=1, max_attempts=max_attempts)
+        store,
+        engine,
+        repos.limit,
+        DispatcherSettings(slots=1, max_attempts=max_attempts, cancel_bound_s=cancel_bound_s),
+        alert=notifier.notify,
     )
     intake = Intake(store, repos, lambda _repo: chosen)
     return Rig(store, forge, repos, notifier, engine, dispatcher, intake, chosen, logs)

@@ -299,3 +299,36 @@ def test_stop_during_recovery_cancels_the_task_its_dead_worker_left_behind(make_
     r.run_until_idle()  # the sweep requeues the job; the next worker applies the STOP
     assert_cancelled_cleanly(r, task, "ann", "during recovery")
     assert r.store.runs(task.id) == []
+
+
+def test_a_stop_deferred_past_its_bound_alerts_once_and_leaves_a_held_task_to_its_worker() -> None:
+    r = rig({"default": ScriptedAgent()}, cancel_bound_s=0.01)
+    try:
+        task = r.intake.file("app", "Add a greeting")
+        # a worker holds the job with a live lease, stuck in an effect it must not cut off
+        assert r.store.claim("busy:1:deploying", 600, r.repos.limit) is not None
+        r.intake.stop(task.key, "ann", "")
+        time.sleep(0.05)
+        r.dispatcher.sweep()
+        r.dispatcher.sweep()
+        alerts = [text for key, text in r.notifier.sent if "waited more than" in text]
+        assert len(alerts) == 1
+        assert now(r, task).status == TaskStatus.ACTIVE  # its worker still owns it
+    finally:
+        r.close()
+
+
+def test_a_stop_deferred_past_its_bound_with_no_worker_parks_the_task() -> None:
+    r = rig({"default": ScriptedAgent()}, cancel_bound_s=0.01)
+    try:
+        task = r.intake.file("app", "Add a greeting")
+        r.intake.stop(task.key, "ann", "")
+        time.sleep(0.05)
+        r.dispatcher.sweep()
+        parked = now(r, task)
+        assert parked.status == TaskStatus.NEEDS_OPERATOR
+        assert "outlived its bound" in parked.status_reason
+        assert r.store.transitions(task.id)[-1].actor == "sweeper"
+        assert any("waited more than" in text for _, text in r.notifier.sent)
+    finally:
+        r.close()

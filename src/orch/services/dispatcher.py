@@ -36,6 +36,9 @@ class DispatcherSettings:
     sweep_interval_s: float = 10.0
     poll_interval_s: float = 1.0
     max_attempts: int = 3
+    # a STOP deferred behind an effect in flight longer than this raises an alert, and parks
+    # the task if no worker holds it: the default deploy timeout plus a minute
+    cancel_bound_s: float = 1860.0
 
 
 class Dispatcher:
@@ -46,12 +49,14 @@ class Dispatcher:
         repo_limit: Callable[[str], int],
         settings: DispatcherSettings,
         owner: str | None = None,
+        alert: Callable[[str, str], None] | None = None,
     ) -> None:
         self.store = store
         self.engine = engine
         self.repo_limit = repo_limit
         self.settings = settings
         self.owner = owner or incarnation()
+        self.alert = alert or (lambda key, text: log.error("alert %s: %s", key, text))
         self._cond = threading.Condition()
         self._generation = 0
         self._stopping = threading.Event()
@@ -81,7 +86,29 @@ class Dispatcher:
         return True
 
     def sweep(self) -> SweepResult:
-        return self.store.sweep(self.settings.max_attempts)
+        result = self.store.sweep(self.settings.max_attempts)
+        self._watch_deferred_cancels()
+        return result
+
+    def _watch_deferred_cancels(self) -> None:
+        bound = self.settings.cancel_bound_s
+        for task_id, key, version, held in self.store.overdue_cancels(bound):
+            text = f"{key}: a STOP has waited more than {bound:g}s for an effect in flight"
+            # the inbox's dedup key makes the alert go out once per task
+            if self.store.append_event(
+                task_id, f"{task_id}:cancel-overdue", "alert", "sweeper", {"text": text}
+            ):
+                try:
+                    self.alert(key, text)
+                except Exception:
+                    log.exception("alert for %s failed", key)
+            if not held:
+                self.store.park(
+                    task_id,
+                    version,
+                    f"a STOP outlived its bound of {bound:g}s; check the effect in flight",
+                    "sweeper",
+                )
 
     def run_until_idle(self, max_jobs: int = 100_000) -> int:
         """Run jobs in this thread until none is runnable now. Returns how many ran."""

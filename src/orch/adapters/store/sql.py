@@ -637,15 +637,21 @@ class SqlStore:
         return result
 
     def _park_in_txn(
-        self, conn: Connection, task_id: int, version: int, reason: str, now: float
-    ) -> None:
+        self,
+        conn: Connection,
+        task_id: int,
+        version: int,
+        reason: str,
+        now: float,
+        actor: str = "sweeper",
+    ) -> bool:
         row = conn.execute(
             sa.select(t.tasks.c.stage, t.tasks.c.status).where(
                 t.tasks.c.id == task_id, t.tasks.c.version == version
             )
         ).first()
         if row is None:
-            return
+            return False
         res = conn.execute(
             sa.update(t.tasks)
             .where(t.tasks.c.id == task_id, t.tasks.c.version == version)
@@ -657,20 +663,56 @@ class SqlStore:
                 updated_at=now,
             )
         )
-        if res.rowcount == 1:
-            conn.execute(
-                sa.insert(t.transitions).values(
-                    task_id=task_id,
-                    version=version + 1,
-                    from_stage=row.stage,
-                    to_stage=row.stage,
-                    from_status=row.status,
-                    to_status=TaskStatus.NEEDS_OPERATOR.value,
-                    actor="sweeper",
-                    reason=reason,
-                    at=now,
-                )
+        if res.rowcount != 1:
+            return False
+        conn.execute(
+            sa.insert(t.transitions).values(
+                task_id=task_id,
+                version=version + 1,
+                from_stage=row.stage,
+                to_stage=row.stage,
+                from_status=row.status,
+                to_status=TaskStatus.NEEDS_OPERATOR.value,
+                actor=actor,
+                reason=reason,
+                at=now,
             )
+        )
+        return True
+
+    def overdue_cancels(self, bound_s: float) -> list[tuple[int, str, int, bool]]:
+        """Tasks whose STOP has waited longer than `bound_s`: (id, key, version, lease live)."""
+
+        def fn(conn: Connection) -> list[tuple[int, str, int, bool]]:
+            now = self._db_now(conn)
+            live = (
+                sa.select(t.jobs.c.id)
+                .where(
+                    t.jobs.c.task_id == t.tasks.c.id,
+                    t.jobs.c.state == JobState.RUNNING.value,
+                    t.jobs.c.lease_expires_at >= now,
+                )
+                .exists()
+            )
+            rows = conn.execute(
+                sa.select(t.tasks.c.id, t.tasks.c.key, t.tasks.c.version, live).where(
+                    t.tasks.c.cancel_requested_at < now - bound_s,
+                    t.tasks.c.status.in_([TaskStatus.ACTIVE.value, TaskStatus.WAITING.value]),
+                )
+            ).all()
+            return [(r[0], r[1], r[2], bool(r[3])) for r in rows]
+
+        return self._read(fn)  # type: ignore[no-any-return]
+
+    def park(self, task_id: int, version: int, reason: str, actor: str) -> bool:
+        """Park a task no worker holds (a guarded write on its version)."""
+
+        return self._write(  # type: ignore[no-any-return]
+            lambda conn: self._park_in_txn(
+                conn, task_id, version, reason, self._db_now(conn), actor
+            ),
+            wakes=True,
+        )
 
     def next_run_after(self) -> float | None:
         value = self._read(
