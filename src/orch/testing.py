@@ -78,6 +78,7 @@ class MemoryForge:
         self.merges: list[tuple[str, str, str]] = []  # (repo, head, merge sha)
         self.deleted: list[tuple[str, str]] = []  # (repo, branch)
         self.fail_merge: Exception | None = None
+        self.fail_delete: Exception | None = None
         for name, files in repos.items():
             r = _Repo(default_branch)
             c = _Commit(_sha(files, ()), dict(files), ())
@@ -193,6 +194,8 @@ class MemoryForge:
         return self._path(repo, branch).exists()
 
     def delete_branch(self, repo: str, branch: str) -> None:
+        if self.fail_delete is not None:
+            raise self.fail_delete
         r = self._repo(repo)
         if branch == r.default_branch:
             raise ForgeError(f"refusing to delete {branch}")

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from orch.adapters.agents.scripted import ScriptedAgent
+from orch.adapters.notifiers.log import MemoryNotifier
 from orch.domain import pipeline as pl
-from orch.domain.errors import Conflict, OrchError
+from orch.domain.errors import Conflict, ForgeError, OrchError
 from orch.domain.model import Task
 from orch.domain.states import EffectState, JobState, Stage, TaskStatus
 from orch.ports import DeployTarget, RepoSettings
@@ -318,10 +319,28 @@ def test_a_stop_deferred_past_its_bound_alerts_once_and_leaves_a_held_task_to_it
         r.close()
 
 
-def test_a_stop_deferred_past_its_bound_with_no_worker_parks_the_task() -> None:
+def test_an_overdue_stop_with_nothing_in_flight_is_applied_not_parked() -> None:
     r = rig({"default": ScriptedAgent()}, cancel_bound_s=0.01)
     try:
         task = r.intake.file("app", "Add a greeting")
+        r.intake.stop(task.key, "ann", "late")
+        time.sleep(0.05)
+        r.dispatcher.sweep()
+        assert any("waited more than" in text for _, text in r.notifier.sent)
+        assert now(r, task).status == TaskStatus.ACTIVE
+        r.run_until_idle()
+        assert_cancelled_cleanly(r, task, "ann", "late")
+    finally:
+        r.close()
+
+
+def test_an_overdue_stop_behind_an_effect_no_worker_holds_parks_the_task() -> None:
+    r = rig({"default": ScriptedAgent()}, cancel_bound_s=0.01)
+    try:
+        task = r.intake.file("app", "Add a greeting")
+        crashed = r.store.claim("crashed:1:gone", -1, r.repos.limit)
+        assert crashed is not None
+        r.store.begin_effect(crashed, "deploy:app:staging:abc", "deploy:staging", "app", "abc")
         r.intake.stop(task.key, "ann", "")
         time.sleep(0.05)
         r.dispatcher.sweep()
@@ -329,6 +348,101 @@ def test_a_stop_deferred_past_its_bound_with_no_worker_parks_the_task() -> None:
         assert parked.status == TaskStatus.NEEDS_OPERATOR
         assert "outlived its bound" in parked.status_reason
         assert r.store.transitions(task.id)[-1].actor == "sweeper"
-        assert any("waited more than" in text for _, text in r.notifier.sent)
+        assert sum("waited more than" in text for _, text in r.notifier.sent) == 1
     finally:
         r.close()
+
+
+class StoppingNotifier(MemoryNotifier):
+    """Presses STOP from inside the first notification: the moment between a job's last look at
+    the cancel flag and its stage write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.intake: Any = None
+        self.key = ""
+
+    def notify(self, key: str, text: str) -> None:
+        super().notify(key, text)
+        if self.key:
+            self.intake.stop(self.key, "ann", "raced the wait")
+            self.key = ""
+
+
+def test_a_stop_that_races_the_write_into_a_wait_is_still_applied() -> None:
+    notifier = StoppingNotifier()
+    r = rig({"default": ScriptedAgent()}, notifier=notifier)
+    try:
+        notifier.intake = r.intake
+        task = r.intake.file("app", "Add a greeting")
+        notifier.key = task.key
+        r.run_until_idle()
+        assert_cancelled_cleanly(r, task, "ann", "raced the wait")
+    finally:
+        r.close()
+
+
+def test_a_stop_of_a_waiting_task_needs_no_repository_slot(make_rig: Any) -> None:
+    r = make_rig()
+    waiting = r.intake.file("app", "First")
+    r.run_until_idle()
+    assert now(r, waiting).waiting_for == "approve-plan"
+    busy = r.intake.file("app", "Second")
+    held = r.store.claim("busy:1:agent", 600, r.repos.limit)
+    assert held is not None and held.task_id == busy.id  # the one slot is taken
+    r.intake.stop(waiting.key, "ann", "while the repository is busy")
+    r.run_until_idle()
+    assert_cancelled_cleanly(r, waiting, "ann", "while the repository is busy")
+
+
+def test_a_retry_never_skips_ahead_or_past_a_checkpoint(make_rig: Any) -> None:
+    base = pl.default_pipeline()
+    timing_out = replace(base.checkpoints[1], timeout_s=0.05, on_timeout=pl.OnTimeout.PARK)
+    r = make_rig(pipeline=replace(base, checkpoints=(base.checkpoints[0], timing_out)))
+    task = r.intake.file("app", "Add a greeting")
+    r.run_until_idle()
+    r.intake.decide(task.key, True, "ann")
+    r.run_until_idle()
+    deadline = time.monotonic() + 30
+    while now(r, task).status != TaskStatus.NEEDS_OPERATOR and time.monotonic() < deadline:
+        time.sleep(0.05)
+        r.run_until_idle()
+    parked = now(r, task)
+    assert (parked.stage, parked.status) == (Stage.DEPLOY, TaskStatus.NEEDS_OPERATOR)
+    assert r.intake.retry(task.key, None, "ops")
+    r.run_until_idle()
+    again = now(r, task)
+    # back at the deploy confirmation, not deployed without a person's say
+    assert (again.status, again.waiting_for) == (TaskStatus.WAITING, "confirm-deploy")
+    assert not [e for e in r.store.effects(task.id) if e.kind == "deploy:production"]
+
+
+def test_a_retry_to_a_stage_after_the_current_one_is_refused(make_rig: Any) -> None:
+    agents = {"default": ScriptedAgent(playbook={"stages": {"analysis": {"mode": "fail"}}})}
+    r = rig(agents)
+    try:
+        task = r.intake.file("app", "Add a greeting")
+        r.run_until_idle()
+        assert now(r, task).status == TaskStatus.NEEDS_OPERATOR
+        with pytest.raises(OrchError, match="not review"):
+            r.intake.retry(task.key, "review", "ops")
+    finally:
+        r.close()
+
+
+def test_a_stop_that_fails_to_clean_up_is_retried_until_it_applies(make_rig: Any) -> None:
+    r = make_rig()
+    task = r.intake.file("app", "Add a greeting")
+    r.run_until_idle()
+    r.forge.fail_delete = ForgeError("remote unreachable")
+    r.intake.stop(task.key, "ann", "despite the outage")
+    r.run_until_idle()
+    stuck = now(r, task)
+    assert stuck.status != TaskStatus.CANCELLED
+    assert all(j.state != JobState.RUNNING for j in r.store.jobs(task.id))
+    assert stuck.status == TaskStatus.NEEDS_OPERATOR
+    assert "stop could not be applied: remote unreachable" in stuck.status_reason
+    r.forge.fail_delete = None
+    assert r.intake.retry(task.key, None, "ops")
+    r.run_until_idle()
+    assert_cancelled_cleanly(r, task, "ann", "despite the outage")

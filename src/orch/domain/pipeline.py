@@ -244,15 +244,14 @@ def on_stop(stage: Stage, actor: str, reason: str) -> Decision:
     return Decision(Move.ADVANCE, Stage.CANCELLED, TaskStatus.CANCELLED, why)
 
 
-def on_retry(pipeline: Pipeline, stage: Stage, actor: str) -> Decision:
-    pipeline.spec(stage)
-    return Decision(
-        Move.ADVANCE,
-        stage,
-        TaskStatus.ACTIVE,
-        f"retry from {stage} requested by {actor}",
-        reset_rounds=True,
-    )
+def on_retry(pipeline: Pipeline, current: Stage, stage: Stage, actor: str) -> Decision:
+    """An operator's retry from `stage`: the current stage or one before it, entered the usual
+    way, so a checkpoint before it is waited for again."""
+    names = pipeline.stage_names
+    if stage not in names or current not in names or names.index(stage) > names.index(current):
+        raise PipelineError(f"a retry goes back to {current} or a stage before it, not {stage}")
+    entered = _enter(pipeline, stage, f"retry from {stage} requested by {actor}")
+    return replace(entered, reset_rounds=True)
 
 
 def on_checkpoint_timeout(pipeline: Pipeline, stage: Stage, checkpoint: str) -> Decision | None:

@@ -92,9 +92,10 @@ class Dispatcher:
 
     def _watch_deferred_cancels(self) -> None:
         bound = self.settings.cancel_bound_s
-        for task_id, key, version, held in self.store.overdue_cancels(bound):
-            text = f"{key}: a STOP has waited more than {bound:g}s for an effect in flight"
-            # the inbox's dedup key makes the alert go out once per task
+        for task_id, key, version, held, in_flight in self.store.overdue_cancels(bound):
+            text = f"{key}: a STOP has waited more than {bound:g}s"
+            # the inbox's dedup key sends the alert once per task; appending it also gives a
+            # waiting or parked task a job that applies the STOP
             if self.store.append_event(
                 task_id, f"{task_id}:cancel-overdue", "alert", "sweeper", {"text": text}
             ):
@@ -102,11 +103,11 @@ class Dispatcher:
                     self.alert(key, text)
                 except Exception:
                     log.exception("alert for %s failed", key)
-            if not held:
+            if in_flight and not held:
                 self.store.park(
                     task_id,
                     version,
-                    f"a STOP outlived its bound of {bound:g}s; check the effect in flight",
+                    f"a STOP outlived its bound of {bound:g}s behind an effect in flight",
                     "sweeper",
                 )
 

@@ -110,7 +110,21 @@ class Engine:
                 self._ignore_stray_events(task, claim)
                 self._run_stage(task, pipeline, claim, lease, actor)
             except CancelRequested:
-                self._cancel(task, pipeline, claim, lease)
+                try:
+                    self._cancel(task, pipeline, claim, lease)
+                except (LeaseLost, Conflict) as exc:
+                    log.warning("stop of %s dropped: %s", task.key, exc)
+                except Exception as exc:
+                    # the cancel flag stays raised: a retry of this job, or an operator's retry
+                    # of the parked task, applies the STOP; its event is read once
+                    log.exception("stop of %s could not be applied", task.key)
+                    self.store.mark_events(
+                        claim,
+                        [e.id for e in self.store.pending_events(task.id) if e.kind == "stop"],
+                    )
+                    self._fail_attempt(
+                        task, pipeline, claim, f"stop could not be applied: {exc}", "worker"
+                    )
             except (LeaseLost, Conflict) as exc:
                 # someone else owns the task now: write nothing more
                 log.warning("job %s of %s dropped: %s", claim.job_id, task.key, exc)
@@ -137,6 +151,8 @@ class Engine:
                     self.forge.remove_worktree(task.repo, task.branch)  # rebuilt from the branch
                 self._apply(task, claim, decision, ev.actor)
                 return
+            if ev.kind == "stop":
+                continue  # only a cancel consumes a STOP
             log.info("ignored %s event for %s (%s)", ev.kind, task.key, task.status)
             stray.append(ev.id)
         self.store.mark_events(claim, stray)
@@ -147,10 +163,11 @@ class Engine:
 
     def _decision_for(self, task: Task, pipeline: Pipeline, ev: Event) -> Decision | None:
         if ev.kind == "retry" and task.status == TaskStatus.NEEDS_OPERATOR:
-            stage = Stage(str(ev.payload.get("stage") or task.stage))
-            if stage not in pipeline.stage_names:
+            try:
+                stage = Stage(str(ev.payload.get("stage") or task.stage))
+                return pl.on_retry(pipeline, task.stage, stage, ev.actor)
+            except (ValueError, OrchError):
                 return None
-            return pl.on_retry(pipeline, stage, ev.actor)
         if task.status != TaskStatus.WAITING or task.waiting_for is None:
             return None
         if ev.kind not in ("approve", "reject") or ev.payload.get("checkpoint") not in (
@@ -192,7 +209,7 @@ class Engine:
         self.store.set_timer(claim, cp.timeout_s * (rounds + 1) - overdue)
 
     def _ignore_stray_events(self, task: Task, claim: Claim) -> None:
-        events = self.store.pending_events(task.id)
+        events = [e for e in self.store.pending_events(task.id) if e.kind != "stop"]
         for ev in events:
             log.info("ignored %s event for %s: no checkpoint is waiting", ev.kind, task.key)
         self.store.mark_events(claim, [ev.id for ev in events])
@@ -543,6 +560,12 @@ class Engine:
                 {"release": release, "target": target, "log": str(log_path)},
             )
             return release
+        if timed_out:
+            # killed part-way: whether it took effect is unknown until the check says
+            self.store.finish_effect(
+                claim, key, EffectState.UNKNOWN, {"timed_out": True, "log": str(log_path)}
+            )
+            raise ForgeError(f"deploy to {target} timed out: {proc.tail(400)}")
         self.store.finish_effect(
             claim, key, EffectState.FAILED, {"exit_code": code, "log": str(log_path)}
         )
@@ -655,11 +678,13 @@ class Engine:
     def _cancel(self, task: Task, pipeline: Pipeline, claim: Claim, lease: Lease) -> None:
         """Apply a STOP. The agent is already dead (the supervisor killed it); an effect still
         in flight is resolved first, so nothing irreversible is cut off or left unknown."""
-        stops = [e for e in self.store.pending_events(task.id) if e.kind == "stop"]
+        stops = [e for e in self.store.events(task.id) if e.kind == "stop"]
         actor = stops[0].actor if stops else "operator"
         reason = str(stops[0].payload.get("reason", "")) if stops else ""
         blocked = self._settle_for_cancel(task, claim, lease)
         if blocked:
+            # read, and parked on: only an operator's retry brings the STOP back
+            self.store.mark_events(claim, [e.id for e in stops if e.processed_at is None])
             self._apply(
                 task,
                 claim,

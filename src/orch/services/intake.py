@@ -90,12 +90,10 @@ class Intake:
         pipeline = pl.from_dict(task.pipeline)
         known = {s.value for s in pipeline.stage_names}
         if stage and stage not in known:
-            names = ", ".join(sorted(known))
+            names = ", ".join(s.value for s in pipeline.stage_names)
             raise OrchError(f"{stage} is not a stage of {key}'s pipeline ({names})")
         target = Stage(stage) if stage else task.stage
-        if target not in pipeline.stage_names:
-            names = ", ".join(pipeline.stage_names)
-            raise OrchError(f"{stage} is not a stage of {key}'s pipeline ({names})")
+        pl.on_retry(pipeline, task.stage, target, actor)  # refuses a stage after the current one
         return self.store.append_event(
             task.id,
             f"{task.id}:v{task.version}:retry",

@@ -498,7 +498,14 @@ class SqlStore:
         def fn(conn: Connection) -> Claim | None:
             now = self._db_now(conn)
             candidates = conn.execute(
-                sa.select(t.jobs.c.id, t.jobs.c.repo, t.jobs.c.task_id, t.tasks.c.slot)
+                sa.select(
+                    t.jobs.c.id,
+                    t.jobs.c.repo,
+                    t.jobs.c.task_id,
+                    t.tasks.c.slot,
+                    t.tasks.c.status,
+                    t.tasks.c.cancel_requested_at,
+                )
                 .join(t.tasks, t.tasks.c.id == t.jobs.c.task_id)
                 .where(t.jobs.c.state == JobState.QUEUED.value, t.jobs.c.run_after <= now)
                 .order_by(t.jobs.c.run_after, t.jobs.c.id)
@@ -516,7 +523,12 @@ class SqlStore:
             ):
                 used[r.repo].add(r.slot)
             for cand in candidates:
-                if cand.slot is None:
+                # reading a waiting or parked task's inbox, or applying a STOP, is not work on
+                # the repository: it needs no slot, so a full repository never delays it
+                needs_slot = (
+                    cand.status == TaskStatus.ACTIVE.value and cand.cancel_requested_at is None
+                )
+                if needs_slot and cand.slot is None:
                     # a task takes a repository slot at its first claim and keeps it while
                     # active; the unique index on (repo, slot) makes a race fail closed
                     limit = max(repo_limit(cand.repo), 0)
@@ -680,12 +692,13 @@ class SqlStore:
         )
         return True
 
-    def overdue_cancels(self, bound_s: float) -> list[tuple[int, str, int, bool]]:
-        """Tasks whose STOP has waited longer than `bound_s`: (id, key, version, lease live)."""
+    def overdue_cancels(self, bound_s: float) -> list[tuple[int, str, int, bool, bool]]:
+        """Tasks whose STOP has waited longer than `bound_s`:
+        (id, key, version, a live lease holds it, an effect of it is still unresolved)."""
 
-        def fn(conn: Connection) -> list[tuple[int, str, int, bool]]:
+        def fn(conn: Connection) -> list[tuple[int, str, int, bool, bool]]:
             now = self._db_now(conn)
-            live = (
+            held = (
                 sa.select(t.jobs.c.id)
                 .where(
                     t.jobs.c.task_id == t.tasks.c.id,
@@ -694,13 +707,22 @@ class SqlStore:
                 )
                 .exists()
             )
+            in_flight = (
+                sa.select(t.effects.c.id)
+                .where(
+                    t.effects.c.task_id == t.tasks.c.id,
+                    t.effects.c.state.in_([st.value for st in UNRESOLVED_EFFECT_STATES]),
+                    t.effects.c.kind != "notify",
+                )
+                .exists()
+            )
             rows = conn.execute(
-                sa.select(t.tasks.c.id, t.tasks.c.key, t.tasks.c.version, live).where(
+                sa.select(t.tasks.c.id, t.tasks.c.key, t.tasks.c.version, held, in_flight).where(
                     t.tasks.c.cancel_requested_at < now - bound_s,
-                    t.tasks.c.status.in_([TaskStatus.ACTIVE.value, TaskStatus.WAITING.value]),
+                    t.tasks.c.status.not_in([st.value for st in TERMINAL_STATUSES]),
                 )
             ).all()
-            return [(r[0], r[1], r[2], bool(r[3])) for r in rows]
+            return [(r[0], r[1], r[2], bool(r[3]), bool(r[4])) for r in rows]
 
         return self._read(fn)  # type: ignore[no-any-return]
 
@@ -783,12 +805,27 @@ class SqlStore:
                     at=now,
                 )
             )
-            if decision.status == TaskStatus.ACTIVE or decision.timer_s:
+            unread_stop = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(t.events)
+                .where(
+                    t.events.c.task_id == claim.task_id,
+                    t.events.c.kind == "stop",
+                    t.events.c.processed_at.is_(None),
+                )
+            ).scalar_one()
+            stop_pending = bool(unread_stop) and decision.status not in TERMINAL_STATUSES
+            if decision.status == TaskStatus.ACTIVE or decision.timer_s or stop_pending:
                 repo = conn.execute(
                     sa.select(t.tasks.c.repo).where(t.tasks.c.id == claim.task_id)
                 ).scalar_one()
-                # a waiting task's only job is its checkpoint timer, due when the wait times out
-                due = now if decision.status == TaskStatus.ACTIVE else now + (decision.timer_s or 0)
+                # a waiting task's only job is its checkpoint timer, due when the wait times out;
+                # a STOP that arrived while this job ran is applied by a job due now
+                due = (
+                    now
+                    if decision.status == TaskStatus.ACTIVE or stop_pending
+                    else now + (decision.timer_s or 0)
+                )
                 self._enqueue(
                     conn, claim.task_id, repo, claim.version + 1, decision.stage, now, due
                 )
@@ -1113,13 +1150,19 @@ class SqlStore:
         no lease and no slot while it waits."""
 
         def fn(conn: Connection) -> None:
+            pending = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(t.events)
+                .where(t.events.c.task_id == claim.task_id, t.events.c.processed_at.is_(None))
+            ).scalar_one()
+            # an event that arrived while the timer ran is read now, not at the next timeout
             self._guard(
                 conn,
                 claim,
                 state=JobState.QUEUED.value,
                 lease_owner=None,
                 lease_expires_at=None,
-                run_after=self._now_sql + delay_s,
+                run_after=self._now_sql + (0 if pending else delay_s),
                 attempt=0,
             )
             conn.execute(
