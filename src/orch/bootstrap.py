@@ -46,9 +46,6 @@ class ConfiguredRepos:
             known = ", ".join(sorted(self._repos)) or "none configured"
             raise NotFound(f"unknown repository {name!r} (known: {known})") from None
 
-    def names(self) -> list[str]:
-        return sorted(self._repos)
-
     def limit(self, name: str) -> int:
         repo = self._repos.get(name)
         return repo.max_active if repo else 0  # fail closed for a repository no longer configured

@@ -17,6 +17,7 @@ from orch.adapters.process import LocalRunner
 from orch.adapters.store.sql import SqlStore
 from orch.domain import pipeline as pl
 from orch.domain.errors import ForgeError, HeadMoved, MergeConflict, NotFound
+from orch.domain.model import Claim
 from orch.ports import Agent, DeployTarget, RepoSettings
 from orch.services.dispatcher import Dispatcher, DispatcherSettings
 from orch.services.engine import Engine, EngineSettings
@@ -135,10 +136,6 @@ class MemoryForge:
     def branch_head(self, repo: str, branch: str) -> str | None:
         return self._repo(repo).branches.get(branch)
 
-    def default_head(self, repo: str) -> str:
-        r = self._repo(repo)
-        return r.branches[r.default_branch]
-
     def merge(self, repo: str, branch: str, expected_head: str, message: str) -> str:
         if self.fail_merge is not None:
             raise self.fail_merge
@@ -214,9 +211,6 @@ class MemoryRepos:
         except KeyError:
             raise NotFound(f"unknown repository {name!r}") from None
 
-    def names(self) -> list[str]:
-        return sorted(self._repos)
-
     def limit(self, name: str) -> int:
         repo = self._repos.get(name)
         return repo.max_active if repo else 0
@@ -238,6 +232,13 @@ class Rig:
 
     def run_until_idle(self) -> int:
         return self.dispatcher.run_until_idle()
+
+    def crash_a_worker(self) -> Claim:
+        """A worker claims the next runnable job and dies: its lease has already expired, so
+        the next sweep requeues the job, and whatever it wrote is left as it was."""
+        claim = self.store.claim("crashed:1:gone", -1, self.repos.limit)
+        assert claim is not None, "no runnable job to crash on"
+        return claim
 
     def close(self) -> None:
         self.store.close()

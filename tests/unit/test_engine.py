@@ -16,9 +16,11 @@ import pytest
 from orch.adapters.agents.scripted import ScriptedAgent
 from orch.adapters.notifiers.log import MemoryNotifier
 from orch.adapters.store import schema as tables
+from orch.domain import naming
 from orch.domain import pipeline as pl
 from orch.domain.errors import ForgeError, MergeConflict
 from orch.domain.model import Task
+from orch.domain.naming import merge_key
 from orch.domain.states import EffectState, JobState, Stage, TaskStatus
 from orch.ports import DeployTarget, RepoSettings
 from orch.testing import Rig, rig
@@ -497,8 +499,7 @@ def test_a_merge_conflict_sends_the_task_back_to_development_with_feedback(
 
 
 def _merge_key(task: Task, head: str) -> str:
-    # the key engine._merge records the merge intent under: one per head that passed the gates
-    return f"{task.key}#{task.id}:{Stage.DEPLOY_STAGING}:merge:{head}"
+    return merge_key(task.key, task.id, Stage.DEPLOY_STAGING, head)
 
 
 def test_a_merge_that_landed_before_a_crash_is_resolved_against_the_forge_not_repeated(
@@ -511,8 +512,8 @@ def test_a_merge_that_landed_before_a_crash_is_resolved_against_the_forge_not_re
     run_to_stage(r, task, Stage.DEPLOY_STAGING)
 
     # a worker claims the deploy-staging job, records the intent, merges, and dies
-    crashed = r.store.claim("crashed:1:gone", -1, r.repos.limit)
-    assert crashed is not None and crashed.stage == Stage.DEPLOY_STAGING
+    crashed = r.crash_a_worker()
+    assert crashed.stage == Stage.DEPLOY_STAGING
     head = r.forge.branch_head("app", task.branch)
     assert head is not None
     key = _merge_key(task, head)
@@ -542,8 +543,7 @@ def test_a_merge_intent_that_never_reached_the_forge_is_merged_once_on_recovery(
     assert r.intake.decide(task.key, True, "alice")
     run_to_stage(r, task, Stage.DEPLOY_STAGING)
 
-    crashed = r.store.claim("crashed:1:gone", -1, r.repos.limit)
-    assert crashed is not None
+    crashed = r.crash_a_worker()
     head = r.forge.branch_head("app", task.branch)
     assert head is not None
     key = _merge_key(task, head)
@@ -689,15 +689,14 @@ def test_a_deploy_of_unknown_outcome_is_checked_before_it_is_ever_repeated(
         assert r.intake.decide(task.key, True, "alice")
         run_to_stage(r, task, Stage.DEPLOY_STAGING)
         # a worker that merged, started the deploy and died before confirming it
-        crashed = r.store.claim("crashed:1:gone", -1, r.repos.limit)
-        assert crashed is not None
+        crashed = r.crash_a_worker()
         head = r.forge.branch_head("app", task.branch)
         assert head is not None
         release = r.forge.merge("app", task.branch, head, "merged before the crash")
         key = _merge_key(task, head)
         r.store.begin_effect(crashed, key, "merge", "app", head)
         r.store.finish_effect(crashed, key, EffectState.SUCCEEDED, {"merge_sha": release})
-        deploy_key = f"deploy:app:staging:{release}"
+        deploy_key = naming.deploy_key("app", "staging", release)
         r.store.begin_effect(crashed, deploy_key, "deploy:staging", "app", release)
 
         r.run_until_idle()

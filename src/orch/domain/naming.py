@@ -1,4 +1,4 @@
-"""Names orch derives from a ticket: its task branch and its key prefix."""
+"""Names orch derives: a ticket's branch and key prefix, and effects' idempotency keys."""
 
 from __future__ import annotations
 
@@ -14,3 +14,13 @@ def key_prefix(repo: str, configured: str) -> str:
         return configured
     cleaned = re.sub(r"[^A-Za-z0-9]", "", repo).upper()
     return cleaned[:10] or "TASK"
+
+
+def merge_key(task_key: str, task_id: int, stage: str, head: str) -> str:
+    """One merge per head that passed the gates, however often the stage is entered."""
+    return f"{task_key}#{task_id}:{stage}:merge:{head}"
+
+
+def deploy_key(repo: str, target: str, release: str) -> str:
+    """One deploy of a release to a target."""
+    return f"deploy:{repo}:{target}:{release}"

@@ -45,6 +45,5 @@ def sample_context() -> dict[str, Any]:
         "feedback": "",
         "previous_error": "",
         "repo": {"name": "repo", "default_branch": "main", "test_command": "true"},
-        "artifacts": {},
         "workdir": "/tmp/work",
     }

@@ -12,7 +12,6 @@ import logging
 import os
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,7 +60,6 @@ class Dispatcher:
         self._generation = 0
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.jobs_run = 0
         store.add_listener(self.wake)
 
     def wake(self) -> None:
@@ -81,8 +79,6 @@ class Dispatcher:
             self.engine.run_job(claim, self.owner)
         except OrchError as exc:  # pragma: no cover - run_job records its own failures
             log.error("job %s failed outside the engine: %s", claim.job_id, exc)
-        with self._cond:
-            self.jobs_run += 1
         return True
 
     def sweep(self) -> SweepResult:
@@ -177,12 +173,3 @@ class Dispatcher:
                     log.info("sweep: %s requeued, %s dead", result.requeued, result.dead)
             except OrchError as exc:
                 log.error("sweep failed: %s", exc)
-
-    def wait_until(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            with self._cond:
-                self._cond.wait(0.05)
-        return predicate()

@@ -30,6 +30,7 @@ from orch.domain.errors import (
 )
 from orch.domain.gates import Verdict, artifact_verdict, command_verdict, review_verdict
 from orch.domain.model import Claim, Effect, Event, GateRecord, Task
+from orch.domain.naming import deploy_key, merge_key
 from orch.domain.pipeline import Action, Decision, GateKind, GateSpec, Move, Pipeline, StageSpec
 from orch.domain.prompts import render
 from orch.domain.states import UNRESOLVED_EFFECT_STATES, EffectState, Stage, TaskStatus, is_terminal
@@ -261,7 +262,16 @@ class Engine:
         release = ""
         for action in spec.actions:
             self._stop_point(task, lease)
-            outcome = self._act(action, task, claim, lease, repo, worktree, head, release)
+            try:
+                outcome = self._act(action, task, claim, lease, repo, worktree, head, release)
+            except (MergeConflict, HeadMoved) as exc:
+                outcome = pl.after_gate_failure(
+                    pipeline,
+                    task.stage,
+                    task.rework_rounds,
+                    pipeline.max_attempts,
+                    f"the merge into {repo.default_branch} failed: {exc}",
+                )
             if isinstance(outcome, Decision):
                 self._apply(task, claim, outcome, actor)
                 return
@@ -288,7 +298,6 @@ class Engine:
                 "default_branch": repo.default_branch,
                 "test_command": repo.test_command,
             },
-            "artifacts": {},
             "workdir": str(worktree),
         }
 
@@ -431,7 +440,7 @@ class Engine:
         release: str,
     ) -> Decision | str:
         if action == Action.MERGE:
-            return self._merge(task, claim, lease, repo, head)
+            return self._merge(task, claim, lease, head)
         target = "staging" if action == Action.DEPLOY_STAGING else "production"
         release = release or self._released_sha(task)
         if not release:
@@ -446,12 +455,10 @@ class Engine:
         ]
         return str(merges[-1].result.get("merge_sha", "")) if merges else ""
 
-    def _merge(
-        self, task: Task, claim: Claim, lease: Lease, repo: RepoSettings, head: str
-    ) -> Decision | str:
+    def _merge(self, task: Task, claim: Claim, lease: Lease, head: str) -> str:
         # keyed by the head: the same commits are merged at most once, however often the task
         # comes back through this stage
-        key = f"{task.key}#{task.id}:{task.stage}:merge:{head}"
+        key = merge_key(task.key, task.id, task.stage, head)
         effect = self.store.get_effect(key)
         if effect is not None and effect.state == EffectState.SUCCEEDED:
             return str(effect.result["merge_sha"])
@@ -475,15 +482,9 @@ class Engine:
                 f"Merge {task.branch}: {task.key} {task.title}",
             )
         except (MergeConflict, HeadMoved) as exc:
+            # known not merged: the stage reworks it (see _run_stage)
             self.store.finish_effect(claim, key, EffectState.FAILED, {"error": str(exc)})
-            pipeline = pl.from_dict(task.pipeline)
-            return pl.after_gate_failure(
-                pipeline,
-                task.stage,
-                task.rework_rounds,
-                pipeline.max_attempts,
-                f"the merge into {repo.default_branch} failed: {exc}",
-            )
+            raise
         except ForgeError:
             self._settle_merge(claim, key, head, task.repo)
             raise
@@ -531,7 +532,7 @@ class Engine:
         spec = repo.deploy.get(target)
         if spec is None:
             return release  # nothing configured for this target: the stage has no deploy to do
-        key = f"deploy:{repo.name}:{target}:{release}"
+        key = deploy_key(repo.name, target, release)
         effect = self.store.get_effect(key)
         if effect is not None and effect.state == EffectState.SUCCEEDED:
             return release
@@ -580,7 +581,7 @@ class Engine:
         """After a crash, ask the deploy's check whether `release` reached `target`: True (the
         effect is SUCCEEDED), False (FAILED, so it may run again) or None (nobody can tell)."""
         repo = self.repos.get(task.repo)
-        key = f"deploy:{repo.name}:{target}:{release}"
+        key = deploy_key(repo.name, target, release)
         effect = self.store.get_effect(key)
         if effect is None:
             return False

@@ -140,13 +140,6 @@ class LocalGitForge:
         out = self._git("ls-remote", url, f"refs/heads/{branch}").stdout.split()
         return out[0] if out else None
 
-    def default_head(self, repo: str) -> str:
-        _, default = self._remote(repo)
-        head = self.branch_head(repo, default)
-        if head is None:
-            raise ForgeError(f"{repo} has no branch {default}")
-        return head
-
     def merge(self, repo: str, branch: str, expected_head: str, message: str) -> str:
         """Merge exactly `expected_head` into the default branch, once: a head that is already
         on the default branch returns the merge that brought it there."""
