@@ -14,6 +14,7 @@ from orch.adapters.agents.scripted import ScriptedAgent
 from orch.adapters.forges.local_git import LocalGitForge, check_writable
 from orch.adapters.notifiers.log import LogNotifier
 from orch.adapters.process import LocalRunner
+from orch.adapters.proctable import LinuxProcessTable
 from orch.adapters.store.sql import SqlStore, sqlite_path
 from orch.config import CommandAgentSettings, Settings
 from orch.domain import pipeline as pl
@@ -171,6 +172,7 @@ def build(
             cancel_bound_s=w.cancel_bound_s,
         ),
         alert=notifier.notify,
+        processes=LinuxProcessTable(),
     )
     app = App(
         settings=settings,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -97,6 +98,7 @@ def serve(
 
     settings = _settings()
     _logging(settings.log_level)
+    _arm_crashpoint()
     orch_app = _guard(lambda: build(settings, migrate=False))
     try:
         _guard(orch_app.lock_for_serving)
@@ -126,11 +128,48 @@ def _announce(server: Any, orch_app: Any) -> None:
             for sock in s.sockets:
                 host, port = sock.getsockname()[:2]
                 print(
-                    f"orch serving on http://{host}:{port} (store {orch_app.store.display_url})",
+                    f"orch serving on http://{host}:{port} (store {orch_app.store.display_url},"
+                    f" incarnation {orch_app.dispatcher.owner})",
                     flush=True,
                 )
 
     server.startup = startup
+
+
+def _arm_crashpoint() -> None:
+    """ORCH_CRASHPOINT=name[:nth]: SIGKILL this process at that point (for chaos testing)."""
+    from orch import crashpoints
+
+    spec = _guard(lambda: crashpoints.arm_from_env(os.environ))
+    if spec:
+        Console(stderr=True).print(f"[yellow]crash point armed:[/] {spec}", highlight=False)
+
+
+@app.command()
+def worker() -> None:
+    """Run worker slots without the API. Several workers (and one serve) may share a store."""
+    import signal
+    import threading
+
+    from orch.bootstrap import build
+
+    settings = _settings()
+    _logging(settings.log_level)
+    _arm_crashpoint()
+    orch_app = _guard(lambda: build(settings))
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    try:
+        orch_app.dispatcher.start()
+        print(
+            f"orch worker running (store {orch_app.store.display_url},"
+            f" incarnation {orch_app.dispatcher.owner})",
+            flush=True,
+        )
+        done.wait()
+    finally:
+        orch_app.close()
 
 
 @app.command()

@@ -54,6 +54,7 @@ class StageModel(_Strict):
     actions: list[Literal["merge", "deploy:staging", "deploy:production"]] | None = None
     rework_to: WorkStage | None = None
     timeout_s: float | None = Field(None, gt=0)
+    stall_s: float | None = Field(None, gt=0)  # absent: the default; `null` turns it off
 
 
 class CheckpointModel(_Strict):
@@ -77,6 +78,7 @@ class PipelineModel(_Strict):
     checkpoints: list[CheckpointModel] | None = None
     max_rework_rounds: int | None = Field(None, ge=0)
     max_attempts: int | None = Field(None, ge=1)
+    deadline_s: float | None = Field(None, gt=0)
 
 
 def parse(
@@ -140,6 +142,8 @@ def parse(
                 changes["rework_to"] = None  # an inherited target this file left out
             if sm.timeout_s is not None:
                 changes["timeout_s"] = sm.timeout_s
+            if "stall_s" in sm.model_fields_set:
+                changes["stall_s"] = sm.stall_s
             spec = replace(spec, **changes)
             _check_templates(spec, ("stages", i), fail)
             built.append(spec)
@@ -200,6 +204,7 @@ def parse(
             if model.max_rework_rounds is None
             else model.max_rework_rounds,
             max_attempts=base.max_attempts if model.max_attempts is None else model.max_attempts,
+            deadline_s=model.deadline_s,
         )
     except PipelineError as exc:
         raise PipelineError(f"{source}:1: {exc}") from exc

@@ -19,7 +19,7 @@ from orch.domain.model import (
     Transition,
 )
 from orch.domain.pipeline import Decision
-from orch.domain.states import EffectState, Stage
+from orch.domain.states import EffectState, RunOutcome, Stage
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,8 @@ class Store(Protocol):
     def claim(self, owner: str, ttl_s: float, repo_limit: Callable[[str], int]) -> Claim | None: ...
     def renew(self, claim: Claim, ttl_s: float) -> None: ...
     def sweep(self, max_attempts: int) -> SweepResult: ...
+    def lease_owners(self) -> list[str]: ...
+    def void_leases(self, owner: str) -> int: ...
     def next_run_after(self) -> float | None: ...
     def overdue_cancels(self, bound_s: float) -> list[tuple[int, str, int, bool, bool]]: ...
     def park(self, task_id: int, version: int, reason: str, actor: str) -> bool: ...
@@ -103,7 +105,12 @@ class Store(Protocol):
     def get_effect(self, key: str) -> Effect | None: ...
     def start_run(self, claim: Claim, agent: str, pid: int | None, log_path: str) -> int: ...
     def finish_run(
-        self, claim: Claim, run_id: int, exit_code: int | None, usage: Mapping[str, float]
+        self,
+        claim: Claim,
+        run_id: int,
+        exit_code: int | None,
+        usage: Mapping[str, float],
+        outcome: RunOutcome = RunOutcome.EXITED,
     ) -> None: ...
 
     # the inbox
@@ -172,12 +179,19 @@ class AgentProcess(Protocol):
     def wait(self, timeout_s: float) -> int | None: ...
     def kill(self, grace_s: float) -> int | None: ...
     def usage(self) -> Usage: ...
+    def output_bytes(self) -> int:
+        """How much it has printed so far: output that stops growing is a stall."""
+        ...
 
 
 class Agent(Protocol):
     name: str
 
     def start(self, request: AgentRequest) -> AgentProcess: ...
+    def preflight(self) -> str | None:
+        """A cheap check that the agent can run at all (its command exists, its provider is
+        reachable): None if so, else what is wrong."""
+        ...
 
 
 class Notifier(Protocol):
@@ -208,6 +222,22 @@ class Repos(Protocol):
 
 class RunningCommand(AgentProcess, Protocol):
     def tail(self, chars: int = 2000) -> str: ...
+
+
+class ProcessTable(Protocol):
+    """Process identity on this host: a pid plus its start time, never a pid alone."""
+
+    def incarnation(self) -> str:
+        """A name for this process that a later process with the same pid cannot share."""
+        ...
+
+    def is_dead(self, incarnation: str) -> bool:
+        """True only if this host can prove that incarnation has ended."""
+        ...
+
+    def reap_orphans(self, live: str, grace_s: float) -> list[int]:
+        """End the children that dead incarnations left behind; return their pids."""
+        ...
 
 
 class CommandRunner(Protocol):

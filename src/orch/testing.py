@@ -5,39 +5,159 @@ Tests build their own settings and hand these fakes to the code under test; noth
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 import tempfile
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from orch import crashpoints
+from orch.adapters.agents.scripted_main import DEFAULTS as SCRIPTED_FILES
 from orch.adapters.notifiers.log import MemoryNotifier
 from orch.adapters.process import LocalRunner
 from orch.adapters.store.sql import SqlStore
 from orch.domain import pipeline as pl
 from orch.domain.errors import ForgeError, HeadMoved, MergeConflict, NotFound
 from orch.domain.model import Claim
-from orch.ports import Agent, DeployTarget, RepoSettings
+from orch.ports import Agent, AgentRequest, DeployTarget, RepoSettings, Usage
 from orch.services.dispatcher import Dispatcher, DispatcherSettings
 from orch.services.engine import Engine, EngineSettings
 from orch.services.intake import Intake
 
 __all__ = [
+    "InstantAgent",
     "MemoryForge",
     "MemoryNotifier",
+    "MemoryProcessTable",
     "MemoryRepos",
     "Rig",
+    "SimClock",
+    "SimulatedCrash",
+    "crash_at",
     "memory_store",
     "rig",
 ]
 
 
-def memory_store() -> SqlStore:
+class SimClock:
+    """A clock that moves only when told: the store reads it in place of the database's."""
+
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self._now = start
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self._now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self._now += seconds
+
+
+def memory_store(clock: Callable[[], float] | None = None) -> SqlStore:
     """The store on an in-memory SQLite database: the same SQL, nothing on disk."""
-    store = SqlStore("sqlite://")
+    store = SqlStore("sqlite://", clock=clock)
     store.migrate()
     return store
+
+
+class SimulatedCrash(BaseException):
+    """Raised at an armed crash point: the job is abandoned mid-step, as if orch died there.
+    A BaseException, so no `except Exception` in orch catches it."""
+
+
+@contextlib.contextmanager
+def crash_at(spec: str) -> Iterator[None]:
+    """Within the block, reaching crash point `name[:nth]` raises SimulatedCrash."""
+
+    def crash(name: str) -> None:
+        raise SimulatedCrash(name)
+
+    crashpoints.arm(spec, crash)
+    try:
+        yield
+    finally:
+        crashpoints.disarm()
+
+
+class _Finished:
+    """An agent process that already ended: it did its work when it started."""
+
+    pid: int | None = None
+
+    def __init__(self, code: int | None) -> None:
+        self.code = code
+        self.killed = False
+
+    def wait(self, timeout_s: float) -> int | None:
+        return self.code
+
+    def kill(self, grace_s: float) -> int | None:
+        self.killed = True
+        crashpoints.hit("agent.sigterm")
+        if self.code is None:
+            self.code = -9
+        return self.code
+
+    def usage(self) -> Usage:
+        return Usage()
+
+    def output_bytes(self) -> int:
+        return 0
+
+
+class InstantAgent:
+    """An agent that works in this process, at once: it writes what each stage's gates expect
+    (the scripted agent's defaults) and ends with the code `outcome(request)` returns; None
+    means it hangs until it is killed. For tests that drive thousands of jobs."""
+
+    def __init__(
+        self,
+        name: str = "default",
+        outcome: Callable[[AgentRequest], int | None] | None = None,
+    ) -> None:
+        self.name = name
+        self.outcome = outcome or (lambda _req: 0)
+        self.started: list[AgentRequest] = []
+
+    def preflight(self) -> str | None:
+        return None
+
+    def start(self, request: AgentRequest) -> _Finished:
+        self.started.append(request)
+        code = self.outcome(request)
+        if code == 0:
+            for rel, content in SCRIPTED_FILES.get(request.stage.value, {}).items():
+                for k, v in (("{{key}}", request.task_key), ("{{title}}", request.task_key)):
+                    rel = rel.replace(k, v)
+                    content = content.replace(k, v)
+                path = request.workdir / rel
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(content.replace("{{body}}", ""), encoding="utf-8")
+        return _Finished(code)
+
+
+class MemoryProcessTable:
+    """A process table where the test says which incarnations have died."""
+
+    def __init__(self) -> None:
+        self.dead: set[str] = set()
+        self.count = 0
+        self.reaped: list[str] = []
+
+    def incarnation(self) -> str:
+        self.count += 1
+        return f"memory:{self.count}:1:incarnation{self.count}"
+
+    def is_dead(self, incarnation: str) -> bool:
+        return incarnation in self.dead
+
+    def reap_orphans(self, live: str, grace_s: float) -> list[int]:
+        return []
 
 
 Snapshot = dict[str, bytes]
@@ -164,6 +284,7 @@ class MemoryForge:
         r.commits[c.sha] = c
         r.branches[r.default_branch] = c.sha
         self.merges.append((repo, head, c.sha))
+        crashpoints.hit("forge.request.sent")
         return c.sha
 
     def find_merge(self, repo: str, head_sha: str) -> str | None:
@@ -229,9 +350,19 @@ class Rig:
     intake: Intake
     pipeline: pl.Pipeline
     logs: Path
+    make: Callable[[], tuple[Engine, Dispatcher]] = field(repr=False)
+    processes: MemoryProcessTable | None = None
 
     def run_until_idle(self) -> int:
         return self.dispatcher.run_until_idle()
+
+    def restart(self) -> Dispatcher:
+        """orch dies and starts again: a new incarnation with a new engine and dispatcher on
+        the same store and forge. With a process table, the old incarnation is known dead."""
+        if self.processes is not None:
+            self.processes.dead.add(self.dispatcher.owner)
+        self.engine, self.dispatcher = self.make()
+        return self.dispatcher
 
     def crash_a_worker(self) -> Claim:
         """A worker claims the next runnable job and dies: its lease has already expired, so
@@ -258,6 +389,8 @@ def rig(
     max_attempts: int = 3,
     kill_grace_s: float = 10.0,
     cancel_bound_s: float = 1860.0,
+    clock: Callable[[], float] | None = None,
+    processes: MemoryProcessTable | None = None,
 ) -> Rig:
     """One repository named "app" (unless `repo` says otherwise), the given agents, backoff off."""
     repo = repo or RepoSettings(
@@ -268,30 +401,38 @@ def rig(
             "production": DeployTarget("true"),
         },
     )
-    store = store or memory_store()
+    store = store or memory_store(clock)
     forge = MemoryForge({repo.name: files or {"README.md": b"app\n"}})
     repos = MemoryRepos(repo)
     notifier = notifier or MemoryNotifier()
     logs = Path(tempfile.mkdtemp(prefix="orch-logs-"))
     chosen = pipeline or pl.default_pipeline()
-    engine = Engine(
-        store=store,
-        forge=forge,
-        agents=agents,
-        repos=repos,
-        runner=LocalRunner(),
-        notifier=notifier,
-        settings=EngineSettings(
-            logs_dir=logs, backoff_base_s=0.0, heartbeat_s=5.0, kill_grace_s=kill_grace_s
-        ),
-        environ=environ,
-    )
-    dispatcher = Dispatcher(
-        store,
-        engine,
-        repos.limit,
-        DispatcherSettings(slots=1, max_attempts=max_attempts, cancel_bound_s=cancel_bound_s),
-        alert=notifier.notify,
-    )
+
+    def make() -> tuple[Engine, Dispatcher]:
+        engine = Engine(
+            store=store,
+            forge=forge,
+            agents=agents,
+            repos=repos,
+            runner=LocalRunner(),
+            notifier=notifier,
+            settings=EngineSettings(
+                logs_dir=logs, backoff_base_s=0.0, heartbeat_s=5.0, kill_grace_s=kill_grace_s
+            ),
+            environ=environ,
+        )
+        dispatcher = Dispatcher(
+            store,
+            engine,
+            repos.limit,
+            DispatcherSettings(slots=1, max_attempts=max_attempts, cancel_bound_s=cancel_bound_s),
+            alert=notifier.notify,
+            processes=processes,
+        )
+        return engine, dispatcher
+
+    engine, dispatcher = make()
     intake = Intake(store, repos, lambda _repo: chosen)
-    return Rig(store, forge, repos, notifier, engine, dispatcher, intake, chosen, logs)
+    return Rig(
+        store, forge, repos, notifier, engine, dispatcher, intake, chosen, logs, make, processes
+    )

@@ -91,7 +91,9 @@ def run_to_stage(r: Rig, task: Task, stage: Stage) -> None:
         t = current(r, task)
         if t.stage == stage and t.status == TaskStatus.ACTIVE:
             return
-        assert r.dispatcher.run_once(), f"stuck at {t.stage}/{t.status} before reaching {stage}"
+        assert r.dispatcher.run_once(), (
+            f"stuck at {t.stage}/{t.status} ({t.status_reason}) before reaching {stage}"
+        )
     raise AssertionError(f"never reached {stage}")
 
 

@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from orch.domain.errors import CancelRequested, LeaseLost, StoreUnavailable
+from orch.domain.errors import CancelRequested, LeaseLost, ShuttingDown, StoreUnavailable
 from orch.domain.model import Claim
-from orch.domain.states import Stage
+from orch.domain.states import RunOutcome, Stage
 from orch.ports import Usage
 from orch.services.lease import Lease
 
@@ -47,6 +47,9 @@ class EndlessChild:
         self.killed.set()
         return -9
 
+    def output_bytes(self) -> int:
+        return 0
+
     def usage(self) -> Usage:
         return Usage()
 
@@ -71,8 +74,8 @@ def test_a_child_past_its_timeout_is_killed_and_reported_as_timed_out() -> None:
     store = RenewingStore(None)
     child = EndlessChild()
     with Lease(store, CLAIM, ttl_s=30, heartbeat_s=0.01) as lease:  # type: ignore[arg-type]
-        code, timed_out = lease.supervise(child, timeout_s=0.05, grace_s=0)
-    assert (code, timed_out) == (-9, True)
+        code, outcome = lease.supervise(child, timeout_s=0.05, grace_s=0)
+    assert (code, outcome) == (-9, RunOutcome.TIMED_OUT)
     assert child.killed.is_set()
 
 
@@ -116,6 +119,53 @@ def test_a_stop_kills_a_cancellable_child_and_spares_one_that_is_not() -> None:
 
     deploy = EndlessChild()
     with Lease(store, CLAIM, ttl_s=30, heartbeat_s=0.01) as lease:  # type: ignore[arg-type]
-        code, timed_out = lease.supervise(deploy, timeout_s=0.2, grace_s=0, cancellable=False)
+        code, outcome = lease.supervise(deploy, timeout_s=0.2, grace_s=0, cancellable=False)
     # the deploy ran to its own timeout: the stop never cut it off
-    assert (code, timed_out) == (-9, True)
+    assert (code, outcome) == (-9, RunOutcome.TIMED_OUT)
+
+
+class TalkingChild(EndlessChild):
+    """A child that prints something every time it is waited on, and never exits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.printed = 0
+
+    def output_bytes(self) -> int:
+        self.printed += 10
+        return self.printed
+
+
+def test_a_silent_child_is_killed_as_stalled_while_one_that_prints_runs_on() -> None:
+    store = RenewingStore(None)
+    silent = EndlessChild()
+    with Lease(store, CLAIM, ttl_s=30, heartbeat_s=0.01) as lease:  # type: ignore[arg-type]
+        code, outcome = lease.supervise(silent, timeout_s=600, grace_s=0, stall_s=0.05)
+    assert (code, outcome) == (-9, RunOutcome.STALLED)
+
+    talking = TalkingChild()
+    with Lease(store, CLAIM, ttl_s=30, heartbeat_s=0.01) as lease:  # type: ignore[arg-type]
+        code, outcome = lease.supervise(talking, timeout_s=0.3, grace_s=0, stall_s=0.05)
+    # output kept coming, so only the attempt's own timeout ended it
+    assert (code, outcome) == (-9, RunOutcome.TIMED_OUT)
+
+
+def test_the_task_deadline_ends_an_attempt_before_its_own_timeout_and_says_so() -> None:
+    store = RenewingStore(None)
+    child = EndlessChild()
+    with Lease(store, CLAIM, ttl_s=30, heartbeat_s=0.01) as lease:  # type: ignore[arg-type]
+        code, outcome = lease.supervise(child, timeout_s=600, grace_s=0, deadline_s=0.05)
+    assert (code, outcome) == (-9, RunOutcome.DEADLINE)
+
+
+def test_a_shutdown_kills_the_child_and_lets_the_job_go() -> None:
+    store = RenewingStore(None)
+    shutdown = threading.Event()
+    shutdown.set()
+    child = EndlessChild()
+    with (
+        Lease(store, CLAIM, ttl_s=30, heartbeat_s=0.01, shutdown=shutdown) as lease,  # type: ignore[arg-type]
+        pytest.raises(ShuttingDown),
+    ):
+        lease.supervise(child, timeout_s=600, grace_s=0)
+    assert child.killed.is_set()

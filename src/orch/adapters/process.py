@@ -7,9 +7,11 @@ import os
 import select
 import signal
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from orch import crashpoints
 from orch.ports import Usage
 
 
@@ -52,18 +54,38 @@ class ProcessGroup:
             self._pidfd = os.pidfd_open(self._proc.pid)
 
     def wait(self, timeout_s: float) -> int | None:
-        code = self._proc.poll()
-        if code is not None:
-            return self._reaped(code)
+        """The exit status once the leader has exited (within `timeout_s`), else None.
+
+        When the leader exits, whatever it left running in its group is killed before the
+        leader is reaped: until then its pid names the group, so the signal cannot reach a
+        process that later inherits the pid.
+        """
+        if self._proc.returncode is not None:
+            return self._proc.returncode
+        if not self._exited(timeout_s):
+            return None
+        self._signal(signal.SIGKILL)
+        return self._reap()
+
+    def _exited(self, timeout_s: float) -> bool:
+        """Whether the leader has exited, without reaping it."""
         if self._pidfd is not None:
             ready, _, _ = select.select([self._pidfd], [], [], max(timeout_s, 0.0))
-            return self._reaped(self._proc.wait()) if ready else None
-        try:
-            return self._reaped(self._proc.wait(timeout=timeout_s))
-        except subprocess.TimeoutExpired:
-            return None
+            return bool(ready)
+        deadline = time.monotonic() + max(timeout_s, 0.0)
+        while True:
+            try:
+                info = os.waitid(os.P_PID, self._proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return True
+            if info is not None:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(min(0.01, max(deadline - time.monotonic(), 0.0)))
 
-    def _reaped(self, code: int) -> int:
+    def _reap(self) -> int:
+        code = self._proc.wait()
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
@@ -71,14 +93,16 @@ class ProcessGroup:
 
     def kill(self, grace_s: float) -> int | None:
         """TERM the group, wait out the grace, then KILL it; return the exit status."""
-        if self._proc.poll() is None:
+        if self._proc.returncode is not None:
+            return self._proc.returncode
+        if not self._exited(0):
             self._signal(signal.SIGTERM)
+            crashpoints.hit("agent.sigterm")
             code = self.wait(grace_s)
             if code is not None:
-                self._signal(signal.SIGKILL)  # stragglers the leader left behind
                 return code
         self._signal(signal.SIGKILL)
-        return self._reaped(self._proc.wait())
+        return self._reap()
 
     def _signal(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -86,6 +110,12 @@ class ProcessGroup:
 
     def usage(self) -> Usage:
         return self._usage
+
+    def output_bytes(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
 
     def tail(self, chars: int = 2000) -> str:
         try:

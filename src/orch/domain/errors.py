@@ -55,6 +55,10 @@ class CancelRequested(OrchError):
     """A person pressed STOP: the job stops what it is doing and cancels the task."""
 
 
+class ShuttingDown(OrchError):
+    """orch is shutting down: the job kills its children and gives its lease back."""
+
+
 class Conflict(OrchError):
     """A compare-and-set found the task in another state than expected. Write nothing."""
 

@@ -136,3 +136,4 @@ class Run:
     tokens_in: int = 0
     tokens_out: int = 0
     cost_usd: float = 0.0
+    outcome: str | None = None  # a RunOutcome; None while it runs, or if its worker died

@@ -46,7 +46,8 @@ class StageSpec:
     gates: tuple[GateSpec, ...] = ()
     actions: tuple[Action, ...] = ()
     rework_to: Stage | None = None  # where a failed gate sends the task; None retries the stage
-    timeout_s: float = 1800.0
+    timeout_s: float = 1800.0  # one attempt's wall-clock limit
+    stall_s: float | None = 600.0  # an agent silent this long is stalled; None: never
 
 
 class OnTimeout(StrEnum):
@@ -70,6 +71,8 @@ class Pipeline:
     checkpoints: tuple[Checkpoint, ...] = ()
     max_rework_rounds: int = 3
     max_attempts: int = 3
+    # working time a task may take, human waits excluded; None: no deadline
+    deadline_s: float | None = None
 
     def __post_init__(self) -> None:
         if not self.stages:
@@ -292,6 +295,7 @@ def to_dict(pipeline: Pipeline) -> dict[str, Any]:
                 "actions": [a.value for a in s.actions],
                 "rework_to": s.rework_to.value if s.rework_to else None,
                 "timeout_s": s.timeout_s,
+                "stall_s": s.stall_s,
             }
             for s in pipeline.stages
         ],
@@ -308,6 +312,7 @@ def to_dict(pipeline: Pipeline) -> dict[str, Any]:
         ],
         "max_rework_rounds": pipeline.max_rework_rounds,
         "max_attempts": pipeline.max_attempts,
+        "deadline_s": pipeline.deadline_s,
     }
 
 
@@ -332,6 +337,7 @@ def from_dict(data: dict[str, Any]) -> Pipeline:
             actions=tuple(Action(a) for a in s.get("actions", ())),
             rework_to=Stage(s["rework_to"]) if s.get("rework_to") else None,
             timeout_s=float(s.get("timeout_s", 1800.0)),
+            stall_s=_optional_float(s.get("stall_s", 600.0)),
         )
         for s in data["stages"]
     )
@@ -351,7 +357,12 @@ def from_dict(data: dict[str, Any]) -> Pipeline:
         checkpoints=checkpoints,
         max_rework_rounds=int(data.get("max_rework_rounds", 3)),
         max_attempts=int(data.get("max_attempts", 3)),
+        deadline_s=_optional_float(data.get("deadline_s")),
     )
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def with_agent(pipeline: Pipeline, agent: str) -> Pipeline:

@@ -65,5 +65,18 @@ UNRESOLVED_EFFECT_STATES: frozenset[EffectState] = frozenset(
 )
 
 
+class RunOutcome(StrEnum):
+    """How a supervised child ended. Each clock that can end it records its own outcome."""
+
+    EXITED = "exited"  # it ended by itself; its exit code says how
+    TIMED_OUT = "timed_out"  # the attempt's wall-clock limit
+    STALLED = "stalled"  # no output for the stage's stall timeout
+    DEADLINE = "deadline"  # the task's deadline (working time, not human waits) ran out
+    STOPPED = "stopped"  # a STOP
+    LEASE_LOST = "lease_lost"  # this worker lost the job's lease
+    SHUTDOWN = "shutdown"  # orch shut down
+    ERROR = "error"  # the supervisor itself failed
+
+
 def is_terminal(status: TaskStatus) -> bool:
     return status in TERMINAL_STATUSES

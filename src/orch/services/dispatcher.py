@@ -2,8 +2,10 @@
 
 It wakes as soon as the store commits runnable work in this process (the store calls `wake`),
 so there is no poll delay between stages; the poll interval only bounds how late it notices work
-written by another process. The sweeper runs at start and then periodically: recovery after a
-crash is the same function as the periodic sweep.
+written by another process. Recovery runs at start and then periodically, and is the same
+function both times: end the children that dead incarnations on this host left behind, void
+those incarnations' leases (they are provably dead, so their jobs need not wait out the TTL),
+then sweep expired leases.
 """
 
 from __future__ import annotations
@@ -16,16 +18,27 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from orch import crashpoints
 from orch.domain.errors import OrchError
-from orch.ports import Store, SweepResult
+from orch.ports import ProcessTable, Store, SweepResult
 from orch.services.engine import Engine
 
 log = logging.getLogger("orch.dispatcher")
 
 
 def incarnation() -> str:
-    """This process's identity: host, pid and a fresh uuid, so a reused pid is a new owner."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+    """This process's identity where no process table can name it: host, pid, no start time
+    ("-": nothing can prove it dead by its pid) and a fresh uuid, so a reused pid is a new
+    owner."""
+    return f"{socket.gethostname()}:{os.getpid()}:-:{uuid.uuid4().hex[:12]}"
+
+
+@dataclass(frozen=True)
+class Recovery:
+    orphans_killed: int = 0
+    leases_voided: int = 0
+    requeued: int = 0
+    dead: int = 0
 
 
 @dataclass(frozen=True)
@@ -49,12 +62,14 @@ class Dispatcher:
         settings: DispatcherSettings,
         owner: str | None = None,
         alert: Callable[[str, str], None] | None = None,
+        processes: ProcessTable | None = None,
     ) -> None:
         self.store = store
         self.engine = engine
         self.repo_limit = repo_limit
         self.settings = settings
-        self.owner = owner or incarnation()
+        self.processes = processes
+        self.owner = owner or (processes.incarnation() if processes else incarnation())
         self.alert = alert or (lambda key, text: log.error("alert %s: %s", key, text))
         self._cond = threading.Condition()
         self._generation = 0
@@ -75,6 +90,7 @@ class Dispatcher:
         claim = self.store.claim(self.owner, self.settings.lease_ttl_s, self.repo_limit)
         if claim is None:
             return False
+        crashpoints.hit("claim.committed")
         try:
             self.engine.run_job(claim, self.owner)
         except OrchError as exc:  # pragma: no cover - run_job records its own failures
@@ -85,6 +101,24 @@ class Dispatcher:
         result = self.store.sweep(self.settings.max_attempts)
         self._watch_deferred_cancels()
         return result
+
+    def recover(self) -> Recovery:
+        """Orphans first, so no task is driven again while an agent of its last attempt lives;
+        then the dead incarnations' leases; then the sweep."""
+        killed = voided = 0
+        if self.processes is not None:
+            killed = len(self.processes.reap_orphans(self.owner, self.engine.settings.kill_grace_s))
+            for owner in self.store.lease_owners():
+                if owner != self.owner and self.processes.is_dead(owner):
+                    voided += self.store.void_leases(owner)
+        swept = self.sweep()
+        if killed or voided:
+            log.warning(
+                "recovery: %s orphaned child(ren) killed, %s lease(s) of dead workers voided",
+                killed,
+                voided,
+            )
+        return Recovery(killed, voided, swept.requeued, swept.dead)
 
     def _watch_deferred_cancels(self) -> None:
         bound = self.settings.cancel_bound_s
@@ -109,7 +143,7 @@ class Dispatcher:
 
     def run_until_idle(self, max_jobs: int = 100_000) -> int:
         """Run jobs in this thread until none is runnable now. Returns how many ran."""
-        self.sweep()
+        self.recover()
         ran = 0
         while ran < max_jobs and self.run_once():
             ran += 1
@@ -118,7 +152,7 @@ class Dispatcher:
     # -- threads, for `orch serve` -----------------------------------------------------------
 
     def start(self) -> None:
-        self.sweep()
+        self.recover()
         for i in range(self.settings.slots):
             th = threading.Thread(target=self._slot, name=f"orch-slot-{i}", daemon=True)
             th.start()
@@ -127,12 +161,15 @@ class Dispatcher:
         sweeper.start()
         self._threads.append(sweeper)
 
-    def stop(self, timeout_s: float = 5.0) -> None:
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Stop claiming; jobs in flight kill their children and give their leases back."""
         self._stopping.set()
+        self.engine.shutdown.set()
         with self._cond:
             self._cond.notify_all()
+        wait = self.engine.settings.kill_grace_s + 5.0 if timeout_s is None else timeout_s
         for th in self._threads:
-            th.join(timeout_s)
+            th.join(wait)
         self._threads.clear()
 
     def _slot(self) -> None:
@@ -168,7 +205,7 @@ class Dispatcher:
     def _sweeper(self) -> None:
         while not self._stopping.wait(self.settings.sweep_interval_s):
             try:
-                result = self.sweep()
+                result = self.recover()
                 if result.requeued or result.dead:
                     log.info("sweep: %s requeued, %s dead", result.requeued, result.dead)
             except OrchError as exc:

@@ -11,11 +11,13 @@ import contextlib
 import logging
 import os
 import random
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orch import crashpoints
 from orch.domain import pipeline as pl
 from orch.domain.agent_env import child_env
 from orch.domain.errors import (
@@ -27,13 +29,22 @@ from orch.domain.errors import (
     LeaseLost,
     MergeConflict,
     OrchError,
+    ShuttingDown,
 )
+from orch.domain.failures import FailureClass, classify
 from orch.domain.gates import Verdict, artifact_verdict, command_verdict, review_verdict
 from orch.domain.model import Claim, Effect, Event, GateRecord, Task
 from orch.domain.naming import deploy_key, merge_key
 from orch.domain.pipeline import Action, Decision, GateKind, GateSpec, Move, Pipeline, StageSpec
 from orch.domain.prompts import render
-from orch.domain.states import UNRESOLVED_EFFECT_STATES, EffectState, Stage, TaskStatus, is_terminal
+from orch.domain.states import (
+    UNRESOLVED_EFFECT_STATES,
+    EffectState,
+    RunOutcome,
+    Stage,
+    TaskStatus,
+    is_terminal,
+)
 from orch.ports import (
     Agent,
     AgentRequest,
@@ -44,6 +55,7 @@ from orch.ports import (
     RepoSettings,
     Store,
 )
+from orch.services.breaker import Breakers
 from orch.services.lease import Lease
 
 log = logging.getLogger("orch.engine")
@@ -58,6 +70,8 @@ class EngineSettings:
     backoff_base_s: float = 1.0
     backoff_max_s: float = 60.0
     agent_env_allow: tuple[str, ...] = ()
+    breaker_threshold: int = 5  # provider failures in a row that open an agent's circuit
+    breaker_cooldown_s: float = 30.0
 
 
 class Engine:
@@ -73,6 +87,7 @@ class Engine:
         settings: EngineSettings,
         environ: Mapping[str, str] | None = None,
         rng: random.Random | None = None,
+        breakers: Breakers | None = None,
     ) -> None:
         self.store = store
         self.forge = forge
@@ -83,6 +98,11 @@ class Engine:
         self.settings = settings
         self.environ = dict(os.environ if environ is None else environ)
         self.rng = rng or random.Random()
+        self.breakers = breakers or Breakers(
+            settings.breaker_threshold, settings.breaker_cooldown_s
+        )
+        # set when the process shuts down: jobs in flight kill their children and let go
+        self.shutdown = threading.Event()
 
     # -- entry -------------------------------------------------------------------------------
 
@@ -100,7 +120,11 @@ class Engine:
             )
             return
         with Lease(
-            self.store, claim, self.settings.lease_ttl_s, self.settings.heartbeat_s
+            self.store,
+            claim,
+            self.settings.lease_ttl_s,
+            self.settings.heartbeat_s,
+            shutdown=self.shutdown,
         ) as lease:
             try:
                 if task.cancel_requested_at is not None:
@@ -109,7 +133,11 @@ class Engine:
                     self._read_inbox(task, pipeline, claim)
                     return
                 self._ignore_stray_events(task, claim)
-                self._run_stage(task, pipeline, claim, lease, actor)
+                left = self._deadline_left(task, pipeline)
+                if left is not None and left <= 0:
+                    self._apply(task, claim, _deadline_passed(task, pipeline), actor)
+                    return
+                self._run_stage(task, pipeline, claim, lease, actor, left)
             except CancelRequested:
                 try:
                     self._cancel(task, pipeline, claim, lease)
@@ -129,6 +157,10 @@ class Engine:
             except (LeaseLost, Conflict) as exc:
                 # someone else owns the task now: write nothing more
                 log.warning("job %s of %s dropped: %s", claim.job_id, task.key, exc)
+            except ShuttingDown:
+                # not the task's failure: the job goes back to the queue for the next worker
+                with contextlib.suppress(OrchError):
+                    self.store.retry(claim, "the worker shut down", 0.0, counts=False)
             except Busy as exc:
                 # waiting for another task's merge is not this task's failure
                 self.store.retry(claim, str(exc), max(self._backoff(1), 1.0), counts=False)
@@ -149,7 +181,7 @@ class Engine:
             if decision is not None:
                 self.store.mark_events(claim, [*stray, ev.id])
                 if decision.stage != task.stage or decision.reset_rounds:
-                    self.forge.remove_worktree(task.repo, task.branch)  # rebuilt from the branch
+                    self._remove_worktree(task)  # rebuilt from the branch
                 self._apply(task, claim, decision, ev.actor)
                 return
             if ev.kind == "stop":
@@ -218,23 +250,36 @@ class Engine:
     # -- one stage ---------------------------------------------------------------------------
 
     def _run_stage(
-        self, task: Task, pipeline: Pipeline, claim: Claim, lease: Lease, actor: str
+        self,
+        task: Task,
+        pipeline: Pipeline,
+        claim: Claim,
+        lease: Lease,
+        actor: str,
+        deadline_left: float | None,
     ) -> None:
         spec = pipeline.spec(task.stage)
+        agent = self._agent_for(task, spec)
+        if agent is not None:
+            wait = self.breakers.admit(agent.name, agent.preflight)
+            if wait > 0:
+                # the provider is down: this attempt is not launched, and not counted
+                why = self.breakers.state(agent.name)["reason"]
+                self.store.retry(
+                    claim, f"circuit open for agent {agent.name}: {why}", wait, counts=False
+                )
+                return
         repo = self.repos.get(task.repo)
         worktree = self.forge.prepare_worktree(task.repo, task.branch)
         lease.check()
         self._stop_point(task, lease)
         ctx = self._context(task, spec, claim, repo, worktree)
-        if spec.agent is not None:
-            failure = self._run_agent(task, spec, claim, lease, ctx, worktree)
+        if agent is not None:
+            failure = self._run_agent(
+                task, pipeline, spec, agent, claim, lease, ctx, worktree, deadline_left
+            )
             if failure is not None:
-                self._apply(
-                    task,
-                    claim,
-                    pl.after_attempt_failure(pipeline, task.stage, claim.attempt, failure),
-                    actor,
-                )
+                self._apply(task, claim, failure, actor)
                 return
         self._stop_point(task, lease)
         lease.renew()
@@ -279,8 +324,12 @@ class Engine:
         self._stop_point(task, lease)
         decision = pl.after_success(pipeline, task.stage)
         if decision.status == TaskStatus.DONE:
-            self.forge.remove_worktree(task.repo, task.branch)
+            self._remove_worktree(task)
         self._apply(task, claim, decision, actor)
+
+    def _remove_worktree(self, task: Task) -> None:
+        self.forge.remove_worktree(task.repo, task.branch)
+        crashpoints.hit("worktree.removed")
 
     def _context(
         self, task: Task, spec: StageSpec, claim: Claim, repo: RepoSettings, worktree: Path
@@ -310,6 +359,8 @@ class Engine:
             "ORCH_STAGE": task.stage.value,
             "ORCH_ATTEMPT": str(claim.attempt),
             "ORCH_BRANCH": task.branch,
+            # names the orch process that owns this child, so a later one can find it orphaned
+            "ORCH_INCARNATION": claim.owner,
         }
         base.update(extra or {})
         return child_env(self.environ, base, self.settings.agent_env_allow)
@@ -317,21 +368,29 @@ class Engine:
     def _log_path(self, task: Task, name: str) -> Path:
         return self.settings.logs_dir / f"{task.key}-{task.id}" / name
 
-    def _run_agent(
-        self,
-        task: Task,
-        spec: StageSpec,
-        claim: Claim,
-        lease: Lease,
-        ctx: dict[str, Any],
-        worktree: Path,
-    ) -> str | None:
-        assert spec.agent is not None
+    def _agent_for(self, task: Task, spec: StageSpec) -> Agent | None:
+        if spec.agent is None:
+            return None
         agent = self.agents.get(spec.agent)
         if agent is None:
             raise OrchError(
                 f"stage {task.stage} names agent {spec.agent!r}, which is not configured"
             )
+        return agent
+
+    def _run_agent(
+        self,
+        task: Task,
+        pipeline: Pipeline,
+        spec: StageSpec,
+        agent: Agent,
+        claim: Claim,
+        lease: Lease,
+        ctx: dict[str, Any],
+        worktree: Path,
+        deadline_left: float | None,
+    ) -> Decision | None:
+        """Run the stage's agent; None if it succeeded, else what its failure decides."""
         prompt = render(spec.prompt, ctx)
         log_path = self._log_path(task, f"v{claim.version}-{task.stage}-{claim.attempt}.log")
         prompt_file = log_path.with_suffix(".prompt.md")
@@ -359,17 +418,65 @@ class Engine:
         except BaseException:
             proc.kill(self.settings.kill_grace_s)
             raise
+        outcome = RunOutcome.ERROR
         try:
-            code, timed_out = lease.supervise(proc, spec.timeout_s, self.settings.kill_grace_s)
+            code, outcome = lease.supervise(
+                proc,
+                spec.timeout_s,
+                self.settings.kill_grace_s,
+                stall_s=spec.stall_s,
+                deadline_s=deadline_left,
+            )
+        except CancelRequested:
+            outcome = RunOutcome.STOPPED
+            raise
+        except LeaseLost:
+            outcome = RunOutcome.LEASE_LOST
+            raise
+        except ShuttingDown:
+            outcome = RunOutcome.SHUTDOWN
+            raise
         finally:
             # the run row is closed even when the lease is lost; that write is fenced and may fail
             with contextlib.suppress(OrchError):
-                self.store.finish_run(claim, run_id, proc.wait(0), proc.usage().as_dict())
-        if timed_out:
-            return f"agent {agent.name} timed out after {spec.timeout_s:g}s"
-        if code != 0:
-            return f"agent {agent.name} exited {code} (log: {log_path})"
-        return None
+                self.store.finish_run(claim, run_id, proc.wait(0), proc.usage().as_dict(), outcome)
+        name = agent.name
+        if outcome == RunOutcome.DEADLINE:
+            self.breakers.record(name, ok=True)
+            return _deadline_passed(task, pipeline)
+        if outcome == RunOutcome.TIMED_OUT:
+            reason = f"agent {name} timed out after {spec.timeout_s:g}s (the attempt timeout)"
+        elif outcome == RunOutcome.STALLED:
+            reason = f"agent {name} stalled: no output for {spec.stall_s:g}s"
+        elif code == 0:
+            self.breakers.record(name, ok=True)
+            return None
+        else:
+            kind, why = classify(code, _tail(log_path))
+            reason = f"agent {name} exited {code}" + (f": {why}" if why else "")
+            reason += f" (log: {log_path})"
+            self.breakers.record(
+                name, ok=False, provider_failure=kind == FailureClass.PROVIDER, reason=why
+            )
+            if kind == FailureClass.PERMANENT:
+                return _park(task, f"permanent failure, not retried: {reason}")
+            return pl.after_attempt_failure(pipeline, task.stage, claim.attempt, reason)
+        self.breakers.record(name, ok=False)
+        return pl.after_attempt_failure(pipeline, task.stage, claim.attempt, reason)
+
+    def _deadline_left(self, task: Task, pipeline: Pipeline) -> float | None:
+        """Seconds of working time the task has left; None without a deadline. Time spent
+        waiting for people or parked does not count."""
+        if pipeline.deadline_s is None:
+            return None
+        history = self.store.transitions(task.id)
+        now = self.store.now()
+        worked = 0.0
+        for i, tr in enumerate(history):
+            if tr.to_status == TaskStatus.ACTIVE:
+                end = history[i + 1].at if i + 1 < len(history) else now
+                worked += max(0.0, end - tr.at)
+        return pipeline.deadline_s - worked
 
     # -- gates -------------------------------------------------------------------------------
 
@@ -418,8 +525,8 @@ class Engine:
                 self._child_env(task, claim),
                 self._log_path(task, f"v{claim.version}-{task.stage}-gate-{gate.name}.log"),
             )
-            code, timed_out = lease.supervise(proc, gate.timeout_s, self.settings.kill_grace_s)
-            return command_verdict(command, code, timed_out, proc.tail())
+            code, outcome = lease.supervise(proc, gate.timeout_s, self.settings.kill_grace_s)
+            return command_verdict(command, code, outcome != RunOutcome.EXITED, proc.tail())
         rel = render(gate.path, ctx)
         text = _read_inside(worktree, rel)
         if gate.kind == GateKind.ARTIFACT:
@@ -488,6 +595,7 @@ class Engine:
         except ForgeError:
             self._settle_merge(claim, key, head, task.repo)
             raise
+        crashpoints.hit("forge.response.received")
         self.store.finish_effect(
             claim, key, EffectState.SUCCEEDED, {"merge_sha": sha, "head": head}
         )
@@ -550,9 +658,8 @@ class Engine:
             spec.command, worktree, self._deploy_env(task, claim, target, release), log_path
         )
         # a deploy is never cut off by a STOP: the cancel waits for it and applies after
-        code, timed_out = lease.supervise(
-            proc, 1800.0, self.settings.kill_grace_s, cancellable=False
-        )
+        code, outcome = lease.supervise(proc, 1800.0, self.settings.kill_grace_s, cancellable=False)
+        timed_out = outcome != RunOutcome.EXITED
         if code == 0 and not timed_out:
             self.store.finish_effect(
                 claim,
@@ -596,7 +703,9 @@ class Engine:
             self._deploy_env(task, claim, target, release),
             self._log_path(task, f"deploy-{target}-check.log"),
         )
-        code, _ = lease.supervise(probe, 300.0, self.settings.kill_grace_s, cancellable=False)
+        code, outcome = lease.supervise(probe, 300.0, self.settings.kill_grace_s, cancellable=False)
+        if outcome != RunOutcome.EXITED:
+            code = None  # a check that had to be killed says nothing
         if code == 0:
             self.store.finish_effect(
                 claim,
@@ -699,7 +808,7 @@ class Engine:
             self.store.begin_effect(claim, key, "delete-branch", task.repo, task.branch)
             self.forge.delete_branch(task.repo, task.branch)
             self.store.finish_effect(claim, key, EffectState.SUCCEEDED, {"branch": task.branch})
-        self.forge.remove_worktree(task.repo, task.branch)
+        self._remove_worktree(task)
         self.store.mark_events(claim, [e.id for e in self.store.pending_events(task.id)])
         self._apply(task, claim, pl.on_stop(task.stage, actor, reason), actor)
 
@@ -724,6 +833,20 @@ class Engine:
 
 def _park(task: Task, reason: str) -> Decision:
     return Decision(Move.PARK, task.stage, TaskStatus.NEEDS_OPERATOR, reason)
+
+
+def _deadline_passed(task: Task, pipeline: Pipeline) -> Decision:
+    return _park(task, f"deadline: the task used its {pipeline.deadline_s:g}s of working time")
+
+
+def _tail(path: Path, chars: int = 4000) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - chars))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
 
 
 def _read_inside(root: Path, rel: str) -> str | None:

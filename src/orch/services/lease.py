@@ -13,8 +13,9 @@ import time
 from collections.abc import Callable
 from types import TracebackType
 
-from orch.domain.errors import CancelRequested, LeaseLost
+from orch.domain.errors import CancelRequested, LeaseLost, ShuttingDown
 from orch.domain.model import Claim
+from orch.domain.states import RunOutcome
 from orch.ports import AgentProcess, Store
 
 
@@ -27,8 +28,10 @@ class Lease:
         heartbeat_s: float,
         monotonic: Callable[[], float] = time.monotonic,
         cancel_poll_s: float = 1.0,
+        shutdown: threading.Event | None = None,
     ) -> None:
         self.store = store
+        self.shutdown = shutdown
         self.claim = claim
         self.ttl_s = ttl_s
         self.heartbeat_s = heartbeat_s
@@ -91,26 +94,48 @@ class Lease:
         self._renewed = self._monotonic()
 
     def supervise(
-        self, proc: AgentProcess, timeout_s: float, grace_s: float, *, cancellable: bool = True
-    ) -> tuple[int | None, bool]:
-        """Wait for a child. Returns (exit code, timed out).
+        self,
+        proc: AgentProcess,
+        timeout_s: float,
+        grace_s: float,
+        *,
+        cancellable: bool = True,
+        stall_s: float | None = None,
+        deadline_s: float | None = None,
+    ) -> tuple[int | None, RunOutcome]:
+        """Wait for a child; return its exit code and how it ended.
 
-        However the wait ends early (the lease lost, a STOP, an error, an interrupt) the child's
-        group is killed first, so no agent outlives its lease and no two agents share a worktree.
-        A child that is not `cancellable` (a deploy) is left to finish when a STOP arrives.
+        Separate clocks end it: the attempt's `timeout_s`, `stall_s` without new output, and
+        `deadline_s`, what is left of the task's deadline. However the wait ends early (the lease
+        lost, a STOP, a shutdown, an error, an interrupt) the child's group is killed first, so
+        no agent outlives its lease and no two agents share a worktree. A child that is not
+        `cancellable` (a deploy) is left to finish when a STOP arrives.
         """
-        deadline = self._monotonic() + timeout_s
+        started = self._monotonic()
+        limit, limit_outcome = timeout_s, RunOutcome.TIMED_OUT
+        if deadline_s is not None and deadline_s < timeout_s:
+            limit, limit_outcome = max(deadline_s, 0.0), RunOutcome.DEADLINE
+        deadline = started + limit
+        printed, progressed = proc.output_bytes(), started
         try:
             while True:
                 remaining = deadline - self._monotonic()
                 if remaining <= 0:
-                    return proc.kill(grace_s), True
+                    return proc.kill(grace_s), limit_outcome
                 code = proc.wait(min(self.poll_s, remaining))
                 if code is not None:
-                    return code, False
+                    return code, RunOutcome.EXITED
                 self.check()
+                if self.shutdown is not None and self.shutdown.is_set():
+                    raise ShuttingDown("orch is shutting down")
                 if cancellable and self.cancel_seen:
                     raise CancelRequested("stop requested")
+                if stall_s is not None:
+                    now, size = self._monotonic(), proc.output_bytes()
+                    if size != printed:
+                        printed, progressed = size, now
+                    elif now - progressed >= stall_s:
+                        return proc.kill(grace_s), RunOutcome.STALLED
         except BaseException:
             proc.kill(grace_s)
             raise

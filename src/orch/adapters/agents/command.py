@@ -8,6 +8,7 @@ stage and attempt are in ORCH_TICKET, ORCH_STAGE and ORCH_ATTEMPT. `{prompt_file
 from __future__ import annotations
 
 import shlex
+import shutil
 from collections.abc import Mapping, Sequence
 
 from orch.adapters.process import ProcessGroup
@@ -24,6 +25,11 @@ class CommandAgent:
         if not self.argv:
             raise AgentError(f"agent {name!r} has an empty command")
         self.env = dict(env or {})
+
+    def preflight(self) -> str | None:
+        if shutil.which(self.argv[0]) is None:
+            return f"{self.argv[0]} is not on PATH or not executable"
+        return None
 
     def start(self, request: AgentRequest) -> ProcessGroup:
         values = {

@@ -10,6 +10,7 @@ name get the built-in defaults.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,6 +35,9 @@ class ScriptedAgent:
         self._inline = playbook if isinstance(playbook, Mapping) else None
         if isinstance(playbook, Path):
             self.playbook_path = playbook
+
+    def preflight(self) -> str | None:
+        return None if os.access(self.python, os.X_OK) else f"{self.python} cannot be run"
 
     def start(self, request: AgentRequest) -> ProcessGroup:
         env = dict(request.env)

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
+from orch import crashpoints
 from orch.domain.errors import ForgeError, HeadMoved, MergeConflict, NotFound, WorkspaceError
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -180,6 +181,7 @@ class LocalGitForge:
                     check=False,
                 )
                 if pushed.returncode == 0:
+                    crashpoints.hit("forge.request.sent")  # merged on the remote, not yet told
                     self._git("fetch", "--quiet", "origin", cwd=mirror)
                     return commit
                 # someone else moved the default branch meanwhile: look again on the new base

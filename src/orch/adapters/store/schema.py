@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from orch.domain.states import EffectState, JobState, Stage, TaskStatus
+from orch.domain.states import EffectState, JobState, RunOutcome, Stage, TaskStatus
 
 metadata = sa.MetaData()
 
@@ -189,6 +189,7 @@ runs = sa.Table(
     sa.Column("agent", sa.String(120), nullable=False),
     sa.Column("pid", sa.Integer),
     sa.Column("exit_code", sa.Integer),
+    sa.Column("outcome", sa.String(16)),  # how it ended; NULL while running or after a crash
     sa.Column("log_path", sa.Text, nullable=False, server_default=""),
     sa.Column("started_at", sa.Float, nullable=False),
     sa.Column("ended_at", sa.Float),
@@ -197,4 +198,5 @@ runs = sa.Table(
     sa.Column("cost_usd", sa.Float, nullable=False, server_default="0"),
     sa.Index("ix_runs_task", "task_id"),
     _one_of("runs", "stage", Stage),
+    _one_of("runs", "outcome", RunOutcome),
 )

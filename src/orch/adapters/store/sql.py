@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -23,6 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.pool import StaticPool
 
+from orch import crashpoints
 from orch.adapters.store import schema as t
 from orch.domain.errors import Busy, Conflict, LeaseLost, NotFound, StoreUnavailable
 from orch.domain.model import (
@@ -43,12 +45,14 @@ from orch.domain.states import (
     UNRESOLVED_EFFECT_STATES,
     EffectState,
     JobState,
+    RunOutcome,
     Stage,
     TaskStatus,
 )
 from orch.ports import StateSummary, SweepResult
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
+log = logging.getLogger("orch.store")
 
 
 def normalise_url(url: str) -> str:
@@ -91,7 +95,10 @@ class SqlStore:
         synchronous: str = "NORMAL",
         echo: bool = False,
         pool_size: int = 10,
+        clock: Callable[[], float] | None = None,
     ) -> None:
+        """`clock` (SQLite only) replaces the database's clock: a simulated one, for tests that
+        move time forward past leases and timers without waiting."""
         self.url = normalise_url(url)
         self._listeners: list[Callable[[], None]] = []
         self._lock = threading.RLock()
@@ -117,9 +124,15 @@ class SqlStore:
                     raise StoreUnavailable(f"cannot create {path.parent}: {exc.strerror}") from exc
             self.engine: Engine = sa.create_engine(self.url, echo=echo, **kwargs)
             self._write_lock = threading.Lock()
-            self._install_sqlite_hooks(busy_timeout_ms, synchronous, in_memory=path is None)
-            self._now_sql = sa.literal_column("((julianday('now') - 2440587.5) * 86400.0)")
+            self._install_sqlite_hooks(
+                busy_timeout_ms, synchronous, in_memory=path is None, clock=clock
+            )
+            self._now_sql = sa.literal_column(
+                "orch_now()" if clock else "((julianday('now') - 2440587.5) * 86400.0)"
+            )
         elif self.dialect == "postgresql":
+            if clock is not None:
+                raise StoreUnavailable("a simulated clock needs SQLite")
             self.engine = sa.create_engine(
                 self.url, echo=echo, pool_pre_ping=True, pool_size=pool_size, max_overflow=20
             )
@@ -142,12 +155,18 @@ class SqlStore:
         return sa.engine.make_url(self.url).render_as_string(hide_password=True)
 
     def _install_sqlite_hooks(
-        self, busy_timeout_ms: int, synchronous: str, in_memory: bool
+        self,
+        busy_timeout_ms: int,
+        synchronous: str,
+        in_memory: bool,
+        clock: Callable[[], float] | None,
     ) -> None:
         @sa_event.listens_for(self.engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
             # let SQLAlchemy's begin hook below issue BEGIN itself, so writes can be IMMEDIATE
             dbapi_conn.isolation_level = None
+            if clock is not None:
+                dbapi_conn.create_function("orch_now", 0, clock)
             cur = dbapi_conn.cursor()
             if not in_memory:
                 cur.execute("PRAGMA journal_mode=WAL")
@@ -543,6 +562,7 @@ class SqlStore:
                     if took.rowcount != 1:
                         continue
                     used[cand.repo].add(free)
+                    crashpoints.hit("slot.acquired")
                 row = conn.execute(
                     sa.update(t.jobs)
                     .where(t.jobs.c.id == cand.id, t.jobs.c.state == JobState.QUEUED.value)
@@ -591,10 +611,44 @@ class SqlStore:
             .values(updated_at=self._now_sql, **values)
         )
         if res.rowcount != 1:
+            # counted by the chaos harness: a worker that lost its lease tried to write
+            log.warning(
+                "write fenced: job %s token %s of %s", claim.job_id, claim.token, claim.owner
+            )
             raise LeaseLost(f"job {claim.job_id} is no longer held with token {claim.token}")
 
     def renew(self, claim: Claim, ttl_s: float) -> None:
         self._write(lambda c: self._guard(c, claim, lease_expires_at=self._now_sql + ttl_s))
+
+    def lease_owners(self) -> list[str]:
+        """The incarnations holding running jobs."""
+        rows = self._read(
+            lambda c: c.execute(
+                sa.select(t.jobs.c.lease_owner)
+                .where(t.jobs.c.state == JobState.RUNNING.value)
+                .distinct()
+            ).all()
+        )
+        return sorted(r[0] for r in rows if r[0])
+
+    def void_leases(self, owner: str) -> int:
+        """Expire every lease `owner` holds now: it is known dead, so its jobs need not wait out
+        their TTL. The sweep that follows requeues them (or dead-letters them)."""
+
+        def fn(conn: Connection) -> int:
+            now = self._db_now(conn)
+            res = conn.execute(
+                sa.update(t.jobs)
+                .where(
+                    t.jobs.c.state == JobState.RUNNING.value,
+                    t.jobs.c.lease_owner == owner,
+                    t.jobs.c.lease_expires_at >= now,
+                )
+                .values(lease_expires_at=now - 1.0, updated_at=now)
+            )
+            return int(res.rowcount)
+
+        return self._write(fn)  # type: ignore[no-any-return]
 
     def sweep(self, max_attempts: int) -> SweepResult:
         def fn(conn: Connection) -> SweepResult:
@@ -792,6 +846,7 @@ class SqlStore:
             )
             if res.rowcount != 1:
                 raise Conflict(f"task {claim.task_id} is not at {expected} version {claim.version}")
+            crashpoints.hit("stage.cas")  # inside the transaction: a crash here rolls it back
             conn.execute(
                 sa.insert(t.transitions).values(
                     task_id=claim.task_id,
@@ -832,6 +887,9 @@ class SqlStore:
 
         # waking on every stage write: a task that stops being active frees a repository slot
         self._write(fn, wakes=True)
+        crashpoints.hit("next_job.enqueued")
+        if decision.status != TaskStatus.ACTIVE:
+            crashpoints.hit("slot.released")
         return self.get_task(claim.task_id)
 
     def retry(self, claim: Claim, reason: str, backoff_s: float, *, counts: bool = True) -> None:
@@ -974,6 +1032,7 @@ class SqlStore:
             self._write(fn)
         except IntegrityError as exc:
             raise Busy(f"another {kind} is in flight for {repo}") from exc
+        crashpoints.hit("effect.initiated")
         found = self.get_effect(key)
         assert found is not None
         return found
@@ -1000,6 +1059,8 @@ class SqlStore:
                 raise Conflict(f"effect {key} is already resolved")
 
         self._write(fn)
+        if state == EffectState.SUCCEEDED:
+            crashpoints.hit("effect.succeeded")
         found = self.get_effect(key)
         assert found is not None
         return found
@@ -1033,7 +1094,12 @@ class SqlStore:
         return self._write(fn)  # type: ignore[no-any-return]
 
     def finish_run(
-        self, claim: Claim, run_id: int, exit_code: int | None, usage: Mapping[str, float]
+        self,
+        claim: Claim,
+        run_id: int,
+        exit_code: int | None,
+        usage: Mapping[str, float],
+        outcome: RunOutcome = RunOutcome.EXITED,
     ) -> None:
         tokens_in = int(usage.get("tokens_in", 0))
         tokens_out = int(usage.get("tokens_out", 0))
@@ -1046,6 +1112,7 @@ class SqlStore:
                 .where(t.runs.c.id == run_id)
                 .values(
                     exit_code=exit_code,
+                    outcome=outcome.value,
                     ended_at=self._now_sql,
                     tokens_in=tokens_in,
                     tokens_out=tokens_out,
@@ -1106,6 +1173,8 @@ class SqlStore:
                     )
                     .values(cancel_requested_at=now)
                 )
+                # inside the transaction: a crash here loses the STOP, and its caller sees an error
+                crashpoints.hit("cancel.flag")
             task = conn.execute(
                 sa.select(
                     t.tasks.c.repo, t.tasks.c.status, t.tasks.c.version, t.tasks.c.stage
@@ -1132,7 +1201,10 @@ class SqlStore:
                 )
             return True
 
-        return self._write(fn, wakes=True)  # type: ignore[no-any-return]
+        stored: bool = self._write(fn, wakes=True)
+        if stored:
+            crashpoints.hit("inbox.event")
+        return stored
 
     def cancel_requested(self, task_id: int) -> bool:
         return bool(

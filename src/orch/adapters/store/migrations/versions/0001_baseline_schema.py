@@ -232,6 +232,7 @@ def upgrade() -> None:
         sa.Column("agent", sa.String(length=120), nullable=False),
         sa.Column("pid", sa.Integer(), nullable=True),
         sa.Column("exit_code", sa.Integer(), nullable=True),
+        sa.Column("outcome", sa.String(length=16), nullable=True),
         sa.Column("log_path", sa.Text(), server_default="", nullable=False),
         sa.Column("started_at", sa.Float(), nullable=False),
         sa.Column("ended_at", sa.Float(), nullable=True),
@@ -241,6 +242,10 @@ def upgrade() -> None:
         sa.CheckConstraint(
             "stage IN ('analysis', 'architecture', 'development', 'review', 'testing', 'deploy-staging', 'deploy', 'done', 'cancelled')",
             name="ck_runs_stage_known",
+        ),
+        sa.CheckConstraint(
+            "outcome IN ('exited', 'timed_out', 'stalled', 'deadline', 'stopped', 'lease_lost', 'shutdown', 'error')",
+            name="ck_runs_outcome_known",
         ),
         sa.ForeignKeyConstraint(
             ["job_id"],
