@@ -22,7 +22,8 @@ from orch.adapters.store.sql import SqlStore
 from orch.domain import pipeline as pl
 from orch.domain.errors import ForgeError, HeadMoved, MergeConflict, NotFound
 from orch.domain.model import Claim
-from orch.ports import Agent, AgentRequest, DeployTarget, RepoSettings, Usage
+from orch.ports import Agent, AgentRequest, DeployTarget, ProcessTable, RepoSettings, Usage
+from orch.services.breaker import Breakers
 from orch.services.dispatcher import Dispatcher, DispatcherSettings
 from orch.services.engine import Engine, EngineSettings
 from orch.services.intake import Intake
@@ -351,7 +352,7 @@ class Rig:
     pipeline: pl.Pipeline
     logs: Path
     make: Callable[[], tuple[Engine, Dispatcher]] = field(repr=False)
-    processes: MemoryProcessTable | None = None
+    processes: ProcessTable | None = None
 
     def run_until_idle(self) -> int:
         return self.dispatcher.run_until_idle()
@@ -359,7 +360,7 @@ class Rig:
     def restart(self) -> Dispatcher:
         """orch dies and starts again: a new incarnation with a new engine and dispatcher on
         the same store and forge. With a process table, the old incarnation is known dead."""
-        if self.processes is not None:
+        if isinstance(self.processes, MemoryProcessTable):
             self.processes.dead.add(self.dispatcher.owner)
         self.engine, self.dispatcher = self.make()
         return self.dispatcher
@@ -390,7 +391,8 @@ def rig(
     kill_grace_s: float = 10.0,
     cancel_bound_s: float = 1860.0,
     clock: Callable[[], float] | None = None,
-    processes: MemoryProcessTable | None = None,
+    processes: ProcessTable | None = None,
+    breakers: Breakers | None = None,
 ) -> Rig:
     """One repository named "app" (unless `repo` says otherwise), the given agents, backoff off."""
     repo = repo or RepoSettings(
@@ -420,6 +422,7 @@ def rig(
                 logs_dir=logs, backoff_base_s=0.0, heartbeat_s=5.0, kill_grace_s=kill_grace_s
             ),
             environ=environ,
+            breakers=breakers,
         )
         dispatcher = Dispatcher(
             store,

@@ -8,7 +8,6 @@ unrelated process that inherited a pid is never touched.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
@@ -106,17 +105,21 @@ class LinuxProcessTable:
         signal goes only to a pid whose start time still matches. Returns the pids ended."""
         orphans = self.orphans(live)
         for o in orphans:
-            self._signal(o, signal.SIGTERM)
+            self.signal(o.pid, o.start, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
         while any(start_time(o.pid) == o.start for o in orphans) and time.monotonic() < deadline:
             time.sleep(0.05)
         for o in orphans:
-            self._signal(o, signal.SIGKILL)
+            self.signal(o.pid, o.start, signal.SIGKILL)
         return [o.pid for o in orphans]
 
     @staticmethod
-    def _signal(o: Orphan, sig: int) -> None:
-        if start_time(o.pid) != o.start:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(o.pid, sig)
+    def signal(pid: int, start: str, sig: int) -> bool:
+        """Send `sig` to `pid` only if it is still the process that started at `start`."""
+        if start_time(pid) != start:
+            return False
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True

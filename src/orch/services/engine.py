@@ -21,6 +21,7 @@ from orch import crashpoints
 from orch.domain import pipeline as pl
 from orch.domain.agent_env import child_env
 from orch.domain.errors import (
+    AgentError,
     Busy,
     CancelRequested,
     Conflict,
@@ -412,7 +413,10 @@ class Engine:
             env=env,
             timeout_s=spec.timeout_s,
         )
-        proc = agent.start(request)
+        try:
+            proc = agent.start(request)
+        except AgentError as exc:
+            return _park(task, f"permanent failure, not retried: {exc}")
         try:
             run_id = self.store.start_run(claim, agent.name, proc.pid, str(log_path))
         except BaseException:
