@@ -68,7 +68,8 @@ def demo(
     scenario: str = typer.Option(
         "happy",
         help="happy: approve everything; stop: STOP while the development agent runs;"
-        " reject: reject the plan once with a comment.",
+        " reject: reject the plan once with a comment; crash: kill the worker with SIGKILL in"
+        " the middle of the merge and restart it.",
     ),
 ) -> None:
     """Run one ticket through the whole pipeline on a sample project, offline."""
@@ -220,23 +221,32 @@ def task_add(
 @task_app.command("list")
 def task_list(
     limit: int = typer.Option(50, min=1, max=1000),
+    status: str = typer.Option(
+        "", help="Only tasks in this status: active, waiting, needs_operator, done, cancelled."
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """The most recent tasks."""
+    """The most recent tasks; a parked task (needs_operator) shows why it was parked."""
+    from orch.domain.states import TaskStatus
     from orch.services.views import task_summary
 
+    try:
+        wanted = TaskStatus(status) if status else None
+    except ValueError:
+        _fail(f"unknown status {status!r} (one of {', '.join(s.value for s in TaskStatus)})")
     orch_app = _app()
     try:
-        tasks = _guard(lambda: orch_app.store.list_tasks(limit))
+        tasks = _guard(lambda: orch_app.store.list_tasks(limit, wanted))
         if as_json:
             print(json.dumps([task_summary(t) for t in tasks], indent=2))
             return
         table = Table()
-        for col in ("key", "repo", "stage", "status", "title"):
+        for col in ("key", "repo", "stage", "status", "title", "why parked"):
             table.add_column(col)
         for t in tasks:
-            status = f"{t.status} ({t.waiting_for})" if t.waiting_for else t.status.value
-            table.add_row(t.key, t.repo, t.stage.value, status, t.title)
+            shown = f"{t.status} ({t.waiting_for})" if t.waiting_for else t.status.value
+            parked = t.status_reason if t.status == TaskStatus.NEEDS_OPERATOR else ""
+            table.add_row(t.key, t.repo, t.stage.value, shown, t.title, parked)
         Console().print(table)
     finally:
         orch_app.close()

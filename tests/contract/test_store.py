@@ -15,7 +15,7 @@ from orch.domain import pipeline as pl
 from orch.domain.errors import Busy, Conflict, LeaseLost
 from orch.domain.model import Claim, GateRecord, Task, Ticket
 from orch.domain.pipeline import Checkpoint, Decision, Move, Pipeline
-from orch.domain.states import EffectState, JobState, Stage, TaskStatus
+from orch.domain.states import EffectState, JobState, RunOutcome, Stage, TaskStatus
 
 # the default pipeline without its human waits: every success is another ACTIVE stage
 FLOW: Pipeline = replace(pl.default_pipeline(), checkpoints=())
@@ -799,3 +799,44 @@ def test_concurrent_claims_never_exceed_the_repo_limit(store: SqlStore) -> None:
         j for t in store.list_tasks() for j in store.jobs(t.id) if j.state == JobState.RUNNING
     ]
     assert len(running) == 1
+
+
+def test_the_leases_of_a_dead_owner_are_voided_and_swept_at_once(store: SqlStore) -> None:
+    new_task(store, "APP-1", "app")
+    new_task(store, "WEB-1", "web")
+    dead = claim(store, ttl_s=3600.0, owner="host:1:1:dead")
+    live = claim(store, ttl_s=3600.0, owner="host:2:2:live")
+    assert store.lease_owners() == ["host:1:1:dead", "host:2:2:live"]
+
+    assert store.void_leases("host:1:1:dead") == 1
+    assert store.sweep(max_attempts=3).requeued == 1
+    assert store.jobs(dead.task_id)[0].state == JobState.QUEUED
+    assert store.jobs(live.task_id)[0].state == JobState.RUNNING
+    assert store.lease_owners() == ["host:2:2:live"]
+    with pytest.raises(LeaseLost):
+        store.renew(dead, 60.0)  # the dead owner, should it come back, writes nothing
+
+
+def test_tasks_can_be_listed_by_status(store: SqlStore) -> None:
+    parked = new_task(store, "APP-1", "app")
+    new_task(store, "WEB-1", "web")
+    c = claim(store)
+    assert c.task_id == parked.id
+    store.advance(
+        c,
+        Stage.ANALYSIS,
+        Decision(Move.PARK, Stage.ANALYSIS, TaskStatus.NEEDS_OPERATOR, "3 attempts failed"),
+        "worker",
+    )
+    listed = store.list_tasks(status=TaskStatus.NEEDS_OPERATOR)
+    assert [(t.key, t.status_reason) for t in listed] == [("APP-1", "3 attempts failed")]
+    assert [t.key for t in store.list_tasks(status=TaskStatus.ACTIVE)] == ["WEB-1"]
+
+
+def test_a_finished_run_records_how_it_ended(store: SqlStore) -> None:
+    new_task(store)
+    c = claim(store)
+    run_id = store.start_run(c, "scripted", 4242, "/tmp/log")
+    store.finish_run(c, run_id, -9, {}, RunOutcome.STALLED)
+    (run,) = store.runs(c.task_id)
+    assert (run.exit_code, run.outcome) == (-9, "stalled")

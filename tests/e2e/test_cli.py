@@ -10,6 +10,8 @@ import sqlalchemy
 
 from orch.adapters.store.sql import SqlStore
 from orch.demo import sample
+from orch.domain.pipeline import Decision, Move
+from orch.domain.states import Stage, TaskStatus
 
 from .conftest import orch, write_config
 
@@ -41,6 +43,35 @@ def test_task_add_files_a_ticket_and_list_and_show_report_it(configured: Path) -
     shown = json.loads(orch("-c", str(configured), "task", "show", "SAM-1", "--json").stdout)
     assert shown["history"][0]["actor"] == "cli"
     assert shown["history"][0]["to"] == {"stage": "analysis", "status": "active"}
+
+
+def test_task_list_shows_the_dead_letters_with_why_they_were_parked(configured: Path) -> None:
+    assert orch("-c", str(configured), "task", "add", "sample", "Add slugify").returncode == 0
+    assert orch("-c", str(configured), "task", "add", "sample", "Add a title").returncode == 0
+    store = SqlStore(f"sqlite:///{configured.parent / 'orch.db'}")
+    try:
+        # a worker gave up on SAM-1 after its last attempt
+        c = store.claim("host:1:1:worker", 60.0, lambda _repo: 1)
+        assert c is not None
+        reason = "3 attempts failed; last: agent default exited 1"
+        store.advance(c, Stage.ANALYSIS, pl_park(reason), "worker")
+    finally:
+        store.close()
+
+    wide = {"COLUMNS": "200"}  # so the table does not wrap the reason
+    listed = orch("-c", str(configured), "task", "list", "--status", "needs_operator", env=wide)
+    assert listed.returncode == 0, listed.stderr
+    assert "SAM-1" in listed.stdout and "SAM-2" not in listed.stdout
+    assert "3 attempts failed" in listed.stdout
+    as_json = orch("-c", str(configured), "task", "list", "--status", "needs_operator", "--json")
+    assert [(t["key"], t["reason"]) for t in json.loads(as_json.stdout)] == [("SAM-1", reason)]
+    wrong = orch("-c", str(configured), "task", "list", "--status", "parked")
+    assert wrong.returncode == 2
+    assert wrong.stderr.startswith("error: unknown status 'parked'")
+
+
+def pl_park(reason: str) -> Decision:
+    return Decision(Move.PARK, Stage.ANALYSIS, TaskStatus.NEEDS_OPERATOR, reason)
 
 
 def test_invalid_pipeline_file_is_reported_with_file_line_and_field(

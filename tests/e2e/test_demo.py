@@ -178,3 +178,26 @@ def test_demo_rejects_an_unknown_scenario_before_writing_anything(tmp_path: Path
     assert done.returncode == 2
     assert done.stderr.startswith("error: unknown scenario 'sideways'")
     assert not (tmp_path / "x").exists()
+
+
+def test_demo_crash_scenario_restarts_the_killed_worker_and_merges_exactly_once(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "crash"
+    done = orch("demo", "--dir", str(root), "--scenario", "crash", "--json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    report = summary["scenario"]
+    assert report["exit"] == -9  # SIGKILL, at the crash point
+    assert report["crash_point"] == "forge.request.sent"
+    assert report["restarted_pid"] != report["killed_pid"]
+    # the worker died with the merge's intent recorded and its outcome unknown to it
+    assert report["effect_after_crash"] == "INITIATED"
+    assert report["merge_effect"]["state"] == "SUCCEEDED"
+    assert report["merge_effect"]["result"]["resolved_by"] == "forge"
+    # the forge's own log: the approved head reached main through exactly one merge
+    merges = git(root / "sample.git", "rev-list", "--merges", "--parents", "refs/heads/main")
+    bringing_head = [ln for ln in merges.splitlines() if report["head"] in ln.split()[2:]]
+    assert len(bringing_head) == 1
+    assert summary["task"]["status"] == "done"
+    assert "killed with SIGKILL" in done.stderr

@@ -98,9 +98,23 @@ def test_filed_ticket_runs_analysis_and_waits_for_plan_approval(served: Served) 
         ]
         assert [h["version"] for h in task["history"]] == [1, 2]
         assert task["history"][0]["actor"] == "api"
-        assert task["runs"][0]["exit_code"] == 0
+        assert (task["runs"][0]["exit_code"], task["runs"][0]["outcome"]) == (0, "exited")
+        listed = client.get("/api/v1/tasks", params={"status": "waiting"}).json()["tasks"]
+        assert [t["key"] for t in listed] == [key]
+        assert client.get("/api/v1/tasks", params={"status": "needs_operator"}).json() == {
+            "tasks": []
+        }
+        assert client.get("/api/v1/tasks", params={"status": "sideways"}).status_code == 422
 
         state = client.get("/api/v1/state").json()
+        assert state["circuits"] == {
+            "default": {
+                "circuit": "closed",
+                "failures_in_a_row": 0,
+                "retry_in_s": 0.0,
+                "reason": "",
+            }
+        }
         assert state["tasks"]["by_status"] == {"waiting": 1}
         assert state["running"] == []
         assert [t["task"] for t in state["recent_transitions"]] == [key, key]

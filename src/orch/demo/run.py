@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import tempfile
 import time
@@ -19,6 +20,7 @@ from rich.text import Text
 from orch.bootstrap import App, build
 from orch.config import IsolatedSettings
 from orch.demo import sample
+from orch.demo.crash import CRASH_POINT, WorkerProcess, merges_of
 from orch.domain.errors import OrchError
 from orch.domain.states import Stage, TaskStatus, is_terminal
 from orch.services.views import task_detail
@@ -79,13 +81,14 @@ def demo_settings(root: Path, remote: Path, playbook: Path) -> Any:
     )
 
 
-SCENARIOS = ("happy", "stop", "reject")
+SCENARIOS = ("happy", "stop", "reject", "crash")
 REJECTION = "Also say how accents are handled: 'Crème brûlée' must become 'creme-brulee'."
 
 
 class Scenario:
     """What the demo does as the task goes: approve every checkpoint, or press STOP while the
-    development agent runs, or reject the plan once with a comment."""
+    development agent runs, or reject the plan once with a comment, or kill the worker in the
+    middle of the merge and start it again."""
 
     def __init__(self, name: str, console: Console) -> None:
         if name not in SCENARIOS:
@@ -94,6 +97,8 @@ class Scenario:
         self.console = console
         self.stopped_pid: int | None = None
         self.rejected = False
+        self.worker: WorkerProcess | None = None
+        self.crash: dict[str, Any] = {}
 
     def playbook(self) -> dict[str, Any]:
         book = sample.playbook()
@@ -102,7 +107,50 @@ class Scenario:
             book["stages"]["development"] = {"mode": "stubborn"}
         return book
 
+    def start_workers(self, app: App, root: Path) -> None:
+        if self.name != "crash":
+            app.dispatcher.start()
+            return
+        self.worker = WorkerProcess(app.settings, root)
+        pid = self.worker.start(CRASH_POINT)
+        self.console.print(
+            f"orch worker started as a separate process (pid {pid}), armed to die with SIGKILL"
+            f" in the middle of the merge (ORCH_CRASHPOINT={CRASH_POINT})"
+        )
+
+    def stop_workers(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+
+    def _watch_worker(self, app: App, task: Any) -> None:
+        assert self.worker is not None
+        code = self.worker.exited()
+        if code is None:
+            return
+        if self.crash:
+            raise OrchError(f"the restarted orch worker exited {code}; see {self.worker.starts}")
+        merge = [e for e in app.store.effects(task.id) if e.kind == "merge"]
+        self.crash = {
+            "crash_point": CRASH_POINT,
+            "killed_pid": self.worker.starts[-1]["pid"],
+            "exit": code,
+            "effect_after_crash": merge[-1].state.value if merge else None,
+        }
+        self.console.print(
+            f"  [red]✖ orch worker (pid {self.crash['killed_pid']}) killed with"
+            f" {_signal_name(code)}[/] in the middle of the merge; the merge's effect is"
+            f" {self.crash['effect_after_crash']}, and the remote may or may not have it"
+        )
+        pid = self.worker.start(None)
+        self.crash["restarted_pid"] = pid
+        self.console.print(
+            f"  [cyan]↻ orch worker restarted[/] (pid {pid}): it voids the dead worker's lease"
+            " and asks the forge about the merge before doing anything again"
+        )
+
     def step(self, app: App, task: Any) -> None:
+        if self.name == "crash":
+            self._watch_worker(app, task)
         if self.name == "stop" and self.stopped_pid is None and task.stage == Stage.DEVELOPMENT:
             runs = [r for r in app.store.runs(task.id) if r.stage == Stage.DEVELOPMENT]
             if runs and runs[-1].pid:
@@ -144,13 +192,14 @@ def run(
     try:
         task = app.intake.file("sample", sample.TICKET_TITLE, sample.TICKET_BODY, actor="demo")
         console.print(f"filed [bold]{task.key}[/] on the built-in board: {task.title}")
-        app.dispatcher.start()
+        plan.start_workers(app, root)
         task = _watch(app, task.key, console, started, timeout_s, plan)
         summary = _summary(app, task.key, root, remote, time.monotonic() - started)
         summary["scenario"] = _scenario_report(app, task, plan, remote, initial_main)
         check = _verify(summary, task, plan)
         return DemoResult(not check, check or "done", summary)
     finally:
+        plan.stop_workers()
         app.close()
 
 
@@ -179,6 +228,17 @@ def _scenario_report(
     app: App, task: Any, plan: Scenario, remote: Path, initial_main: str
 ) -> dict[str, Any]:
     report: dict[str, Any] = {"name": plan.name}
+    if plan.name == "crash":
+        merge = [e for e in app.store.effects(task.id) if e.kind == "merge"]
+        head = merge[-1].precondition if merge else ""
+        report.update(
+            plan.crash,
+            merge_effect=(
+                {"state": merge[-1].state.value, "result": merge[-1].result} if merge else None
+            ),
+            merges_on_main=merges_of(remote, head) if head else 0,
+            head=head,
+        )
     if plan.name == "stop":
         report.update(
             agent_pid=plan.stopped_pid,
@@ -287,6 +347,14 @@ def _summary(app: App, key: str, root: Path, remote: Path, elapsed: float) -> di
 def _verify(summary: dict[str, Any], task: Any, plan: Scenario) -> str:
     """The one-line reason the demo failed, or "" when it showed what it set out to."""
     report = summary["scenario"]
+    if plan.name == "crash":
+        if report.get("exit") != -signal.SIGKILL:
+            return f"the worker was not killed at the merge (exit {report.get('exit')})"
+        effect = report.get("merge_effect") or {}
+        if effect.get("result", {}).get("resolved_by") != "forge":
+            return f"the merge after the crash was not resolved against the forge: {effect}"
+        if report["merges_on_main"] != 1:
+            return f"{report['head'][:12]} was merged {report['merges_on_main']} times, not once"
     if plan.name == "stop":
         if task.status != TaskStatus.CANCELLED:
             return f"{task.key} was not cancelled: {task.status} ({task.status_reason})"
@@ -355,6 +423,16 @@ def render_summary(summary: dict[str, Any], console: Console) -> None:
             f" branch on the remote: {report['branch_on_remote']};"
             f" main untouched: {report['main_untouched']}"
         )
+    if report.get("name") == "crash":
+        effect = report.get("merge_effect") or {}
+        console.print(
+            f"crash: orch worker pid {report.get('killed_pid')} was killed with SIGKILL at"
+            f" {report.get('crash_point')} and restarted as pid {report.get('restarted_pid')};"
+            f" the merge's effect was {report.get('effect_after_crash')}, was marked UNKNOWN and"
+            f" resolved against the forge ({effect.get('state')}, merge"
+            f" {str(effect.get('result', {}).get('merge_sha', ''))[:12]});"
+            f" merges of {report.get('head', '')[:12]} on main: {report.get('merges_on_main')}"
+        )
     if report.get("name") == "reject":
         console.print(
             f"plan rejected once; analysis ran {report['analysis_rounds']} times; the comment"
@@ -364,3 +442,10 @@ def render_summary(summary: dict[str, Any], console: Console) -> None:
     for name, path in summary["paths"].items():
         console.print(f"  {name:<11} {path}")
     console.print(f"finished in {summary['elapsed_s']:.1f}s")
+
+
+def _signal_name(code: int) -> str:
+    try:
+        return signal.Signals(-code).name if code < 0 else f"exit {code}"
+    except ValueError:
+        return f"exit {code}"

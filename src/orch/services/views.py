@@ -111,6 +111,7 @@ def task_detail(store: Store, task: Task) -> dict[str, Any]:
                 "agent": r.agent,
                 "pid": r.pid,
                 "exit_code": r.exit_code,
+                "outcome": r.outcome,
                 "log": r.log_path,
                 "started_at": r.started_at,
                 "ended_at": r.ended_at,
@@ -162,8 +163,12 @@ def _cancel_view(task: Task, store: Store) -> dict[str, Any] | None:
     }
 
 
-def state_view(summary: StateSummary) -> dict[str, Any]:
+def state_view(
+    summary: StateSummary, circuits: dict[str, dict[str, object]] | None = None
+) -> dict[str, Any]:
     return {
+        # per agent: a provider outage opens its circuit and new attempts wait (retries)
+        "circuits": circuits or {},
         "tasks": {"by_stage": summary.by_stage, "by_status": summary.by_status},
         "running": summary.running,
         "recent_transitions": summary.recent,

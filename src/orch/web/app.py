@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from orch.bootstrap import App
 from orch.domain.errors import Conflict, NotFound, OrchError, StoreUnavailable
+from orch.domain.states import TaskStatus
 from orch.services.views import state_view, task_detail, task_summary
 
 
@@ -63,11 +64,14 @@ def create_app(app: App) -> FastAPI:
 
     @api.get("/api/v1/state")
     def state() -> dict[str, Any]:
-        return state_view(app.store.summary())
+        return state_view(app.store.summary(), app.engine.breakers.states())
 
     @api.get("/api/v1/tasks")
-    def tasks(limit: int = 50) -> dict[str, Any]:
-        return {"tasks": [task_summary(t) for t in app.store.list_tasks(min(max(limit, 1), 500))]}
+    def tasks(limit: int = 50, status: TaskStatus | None = None) -> dict[str, Any]:
+        """The most recent tasks; `status=needs_operator` lists the dead letters, each with the
+        reason it was parked."""
+        listed = app.store.list_tasks(min(max(limit, 1), 500), status)
+        return {"tasks": [task_summary(t) for t in listed]}
 
     @api.get("/api/v1/tasks/{key}")
     def task(key: str) -> dict[str, Any]:

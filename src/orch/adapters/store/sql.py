@@ -398,10 +398,11 @@ class SqlStore:
         )
         return _task(row) if row is not None else None
 
-    def list_tasks(self, limit: int = 100) -> list[Task]:
-        rows = self._read(
-            lambda c: c.execute(sa.select(t.tasks).order_by(t.tasks.c.id.desc()).limit(limit)).all()
-        )
+    def list_tasks(self, limit: int = 100, status: TaskStatus | None = None) -> list[Task]:
+        query = sa.select(t.tasks).order_by(t.tasks.c.id.desc()).limit(limit)
+        if status is not None:
+            query = query.where(t.tasks.c.status == status.value)
+        rows = self._read(lambda c: c.execute(query).all())
         return [_task(r) for r in rows]
 
     def _for_task(self, table: sa.Table, task_id: int, order: str = "id") -> list[Any]:
