@@ -74,6 +74,7 @@ class App:
     intake: Intake
     notifier: Notifier
     _lock: IO[str] | None = field(default=None, repr=False)
+    _workspace_lock: IO[str] | None = field(default=None, repr=False)
 
     def pipeline_for(self, repo: str) -> pl.Pipeline:
         self.repos.get(repo)
@@ -106,12 +107,28 @@ class App:
         handle.flush()
         self._lock = handle
 
+    def lock_workspace(self) -> None:
+        """One process running workers per workspace root: two would share worktrees, and two
+        agents must never work in one worktree. Give each serve or worker its own root."""
+        root = Path(self.settings.workspace)
+        handle = open(root / ".orch-workers.lock", "a+")  # noqa: SIM115 - held while running
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise AlreadyRunning(
+                f"another orch process runs workers in {root}; give each serve or worker its"
+                " own workspace_root"
+            ) from None
+        self._workspace_lock = handle
+
     def close(self) -> None:
         self.dispatcher.stop()
         self.store.close()
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
+        for lock in (self._lock, self._workspace_lock):
+            if lock is not None:
+                lock.close()
+        self._lock = self._workspace_lock = None
 
 
 def build(
@@ -156,6 +173,8 @@ def build(
             backoff_base_s=w.backoff_base_s,
             backoff_max_s=w.backoff_max_s,
             agent_env_allow=tuple(settings.agent_env_allow),
+            breaker_threshold=w.breaker_threshold,
+            breaker_cooldown_s=w.breaker_cooldown_s,
         ),
         environ=environ,
     )

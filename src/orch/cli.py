@@ -103,6 +103,7 @@ def serve(
     orch_app = _guard(lambda: build(settings, migrate=False))
     try:
         _guard(orch_app.lock_for_serving)
+        _guard(orch_app.lock_workspace)
         _guard(orch_app.store.migrate)
         orch_app.dispatcher.start()
         config = uvicorn.Config(
@@ -162,6 +163,7 @@ def worker() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     try:
+        _guard(orch_app.lock_workspace)
         orch_app.dispatcher.start()
         print(
             f"orch worker running (store {orch_app.store.display_url},"

@@ -42,6 +42,10 @@ class WorkerSettings(_Strict):
     backoff_base_s: float = Field(1.0, ge=0)
     backoff_max_s: float = Field(60.0, ge=0)
     cancel_bound_s: float = Field(1860.0, gt=0)
+    # provider failures in a row (rate limits, network errors) that open an agent's circuit,
+    # and how long it stays open before one probe may go
+    breaker_threshold: int = Field(5, ge=1)
+    breaker_cooldown_s: float = Field(30.0, gt=0)
 
 
 class DeployTargetSettings(_Strict):

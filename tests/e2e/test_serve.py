@@ -227,3 +227,10 @@ def test_stop_over_the_api_cancels_a_waiting_task_and_deletes_its_branch(served:
         ).returncode
         != 0
     )
+
+
+def test_a_worker_on_the_workspace_of_a_running_serve_is_refused(served: Served) -> None:
+    refused = orch("--config", str(served.config), "worker", timeout=60)
+    assert refused.returncode == 2
+    assert "another orch process runs workers in" in refused.stderr
+    assert "give each serve or worker its own workspace_root" in refused.stderr
