@@ -83,6 +83,14 @@ class Breakers:
             else:
                 st.failures = 0
 
+    def release(self, agent: str) -> None:
+        """An admitted attempt ended without telling how the provider did (the job crashed,
+        lost its lease, failed before the agent ran): let another attempt probe."""
+        with self._lock:
+            st = self._states.get(agent)
+            if st is not None and st.circuit == Circuit.HALF_OPEN:
+                st.probing = False
+
     def _failure(self, agent: str, reason: str) -> None:
         with self._lock:
             st = self._states.setdefault(agent, _State())

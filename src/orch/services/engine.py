@@ -270,18 +270,22 @@ class Engine:
                     claim, f"circuit open for agent {agent.name}: {why}", wait, counts=False
                 )
                 return
-        repo = self.repos.get(task.repo)
-        worktree = self.forge.prepare_worktree(task.repo, task.branch)
-        lease.check()
-        self._stop_point(task, lease)
-        ctx = self._context(task, spec, claim, repo, worktree)
-        if agent is not None:
-            failure = self._run_agent(
-                task, pipeline, spec, agent, claim, lease, ctx, worktree, deadline_left
-            )
-            if failure is not None:
-                self._apply(task, claim, failure, actor)
-                return
+        try:
+            repo = self.repos.get(task.repo)
+            worktree = self.forge.prepare_worktree(task.repo, task.branch)
+            lease.check()
+            self._stop_point(task, lease)
+            ctx = self._context(task, spec, claim, repo, worktree)
+            if agent is not None:
+                failure = self._run_agent(
+                    task, pipeline, spec, agent, claim, lease, ctx, worktree, deadline_left
+                )
+                if failure is not None:
+                    self._apply(task, claim, failure, actor)
+                    return
+        finally:
+            if agent is not None:
+                self.breakers.release(agent.name)
         self._stop_point(task, lease)
         lease.renew()
         head = self.forge.commit_and_push(

@@ -1,0 +1,72 @@
+"""The provider circuit breaker as a state machine on a simulated clock."""
+
+from __future__ import annotations
+
+from orch.domain.failures import FailureClass, classify
+from orch.services.breaker import Breakers
+from orch.testing import SimClock
+
+
+def ok() -> str | None:
+    return None
+
+
+def test_the_circuit_opens_after_the_threshold_of_provider_failures_in_a_row() -> None:
+    clock = SimClock()
+    b = Breakers(threshold=3, cooldown_s=10, clock=clock)
+    for _ in range(2):
+        assert b.admit("claude", ok) == 0
+        b.record("claude", ok=False, provider_failure=True, reason="429")
+    # another kind of failure means the provider answered: the count starts again
+    b.record("claude", ok=False)
+    b.record("claude", ok=False, provider_failure=True, reason="429")
+    assert b.state("claude")["circuit"] == "closed"
+    b.record("claude", ok=False, provider_failure=True, reason="429")
+    b.record("claude", ok=False, provider_failure=True, reason="429")
+    assert b.state("claude")["circuit"] == "open"
+    assert b.admit("claude", ok) == 10
+    assert b.admit("codex", ok) == 0  # one provider's outage is not another's
+
+
+def test_half_open_lets_one_probe_through_and_its_success_closes_the_circuit() -> None:
+    clock = SimClock()
+    b = Breakers(threshold=1, cooldown_s=10, clock=clock)
+    b.record("claude", ok=False, provider_failure=True, reason="overloaded")
+    clock.advance(10)
+    assert b.admit("claude", ok) == 0  # the probe
+    assert b.admit("claude", ok) > 0  # nobody else while it is out
+    b.record("claude", ok=True)
+    assert b.state("claude")["circuit"] == "closed"
+    assert b.admit("claude", ok) == 0
+
+
+def test_a_failed_probe_or_preflight_reopens_for_twice_as_long_up_to_the_maximum() -> None:
+    clock = SimClock()
+    b = Breakers(threshold=1, cooldown_s=10, max_cooldown_s=25, clock=clock)
+    b.record("claude", ok=False, provider_failure=True, reason="503")
+    clock.advance(10)
+    assert b.admit("claude", ok) == 0
+    b.record("claude", ok=False, provider_failure=True, reason="503")
+    assert b.state("claude")["retry_in_s"] == 20
+    clock.advance(20)
+    assert b.admit("claude", lambda: "connection refused") == 25  # capped
+    assert b.state("claude")["reason"] == "preflight: connection refused"
+
+
+def test_a_probe_that_ended_without_an_outcome_lets_another_probe_go() -> None:
+    clock = SimClock()
+    b = Breakers(threshold=1, cooldown_s=10, clock=clock)
+    b.record("claude", ok=False, provider_failure=True, reason="429")
+    clock.advance(10)
+    assert b.admit("claude", ok) == 0
+    b.release("claude")  # its job crashed before the agent ran
+    assert b.admit("claude", ok) == 0
+
+
+def test_failures_are_classed_by_exit_code_and_what_the_agent_printed() -> None:
+    assert classify(127, "")[0] == FailureClass.PERMANENT
+    assert classify(1, "Error: invalid x-api-key")[0] == FailureClass.PERMANENT
+    assert classify(1, "API Error: 429 Too Many Requests")[0] == FailureClass.PROVIDER
+    assert classify(1, "connect ECONNREFUSED 127.0.0.1:443")[0] == FailureClass.PROVIDER
+    assert classify(1, "AssertionError: expected 3")[0] == FailureClass.TRANSIENT
+    assert classify(-9, "")[0] == FailureClass.TRANSIENT
