@@ -448,7 +448,21 @@ class Engine:
             # the run row is closed even when the lease is lost; that write is fenced and may fail
             with contextlib.suppress(OrchError):
                 self.store.finish_run(claim, run_id, proc.wait(0), proc.usage().as_dict(), outcome)
-        name = agent.name
+        return self._judge_run(task, pipeline, spec, claim, agent.name, code, outcome, log_path)
+
+    def _judge_run(
+        self,
+        task: Task,
+        pipeline: Pipeline,
+        spec: StageSpec,
+        claim: Claim,
+        name: str,
+        code: int | None,
+        outcome: RunOutcome,
+        log_path: Path,
+    ) -> Decision | None:
+        """What an agent's run decides: None if it succeeded, else parking or a retry. Whether
+        the provider answered is told to the agent's circuit breaker."""
         if outcome == RunOutcome.DEADLINE:
             self.breakers.record(name, ok=True)
             return _deadline_passed(task, pipeline)
