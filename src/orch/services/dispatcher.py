@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from orch import crashpoints
-from orch.domain.errors import OrchError
+from orch.domain.errors import OrchError, StoreUnavailable
 from orch.ports import ProcessTable, Store, SweepResult
 from orch.services.engine import Engine
 
@@ -75,6 +75,7 @@ class Dispatcher:
         self._generation = 0
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._outage: str | None = None  # why the store refused the last claim, while it does
         store.add_listener(self.wake)
 
     def wake(self) -> None:
@@ -178,13 +179,40 @@ class Dispatcher:
                 seen = self._generation
             try:
                 ran = self.run_once()
+            except StoreUnavailable as exc:
+                # a full disk, a read-only file, a database that went away: claim nothing, say
+                # so once, and try again; no effect can start without its INITIATED row anyway
+                self._store_down(str(exc))
+                self._stopping.wait(self.settings.poll_interval_s)
+                continue
             except Exception:
                 log.exception("worker slot error")
                 self._stopping.wait(self.settings.poll_interval_s)  # no hot loop on a fault
                 continue
+            self._store_up()
             if ran:
                 continue
             self._idle(seen)
+
+    def _store_down(self, error: str) -> None:
+        with self._cond:
+            first = self._outage is None
+            if first:
+                self._outage = error
+        if first:
+            log.error("claiming paused: %s", error)
+            try:
+                self.alert(f"{self.owner}:store-down", f"orch stopped claiming work: {error}")
+            except Exception:
+                log.exception("alert for the store outage failed")
+
+    def _store_up(self) -> None:
+        if self._outage is None:
+            return
+        with self._cond:
+            was, self._outage = self._outage, None
+        if was is not None:
+            log.warning("claiming resumed: the store answers again")
 
     def _idle(self, seen: int) -> None:
         timeout = self.settings.poll_interval_s
