@@ -110,23 +110,24 @@ class LocalGitForge:
         _, default = self._remote(repo)
         with self._locks[repo]:
             path = self.worktree_path(repo, branch)
+            # every attempt starts from the branch as the remote has it: another orch process
+            # may have pushed the stages since this one last worked on the task, and a crashed
+            # agent's half-written files or an unpushed commit must not leak into the retry
+            mirror = self.mirror(repo)
+            pushed = self._has_ref(mirror, f"refs/remotes/origin/{branch}")
             if (path / ".git").exists():
-                # start every attempt from the branch's last commit: a crashed agent's
-                # half-written files must not leak into the retry
-                self._git("checkout", "--quiet", "--force", branch, cwd=path)
+                start = f"origin/{branch}" if pushed else branch
+                self._git("checkout", "--quiet", "--force", "-B", branch, start, cwd=path)
                 self._git("clean", "-fdq", cwd=path)
                 return path
-            mirror = self.mirror(repo)  # fetch only when a worktree is made
             self._git("worktree", "prune", cwd=mirror)
-            if self._has_ref(mirror, f"refs/heads/{branch}"):
-                self._git("worktree", "add", "--quiet", str(path), branch, cwd=mirror)
+            if pushed:
+                start = f"origin/{branch}"
+            elif self._has_ref(mirror, f"refs/heads/{branch}"):
+                start = branch  # made here and never pushed
             else:
-                start = (
-                    f"origin/{branch}"
-                    if self._has_ref(mirror, f"refs/remotes/origin/{branch}")
-                    else f"origin/{default}"
-                )
-                self._git("worktree", "add", "--quiet", "-b", branch, str(path), start, cwd=mirror)
+                start = f"origin/{default}"
+            self._git("worktree", "add", "--quiet", "-B", branch, str(path), start, cwd=mirror)
             return path
 
     def commit_and_push(self, repo: str, worktree: Path, branch: str, message: str) -> str:

@@ -53,6 +53,7 @@ from orch.ports import StateSummary, SweepResult
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
 log = logging.getLogger("orch.store")
+_MIGRATE_LOCK = 0x6F726368  # "orch": the advisory lock key migrations hold on PostgreSQL
 
 
 def normalise_url(url: str) -> str:
@@ -231,10 +232,19 @@ class SqlStore:
         cfg.set_main_option("script_location", str(_MIGRATIONS))
         with self._lock:
             try:
-                with self.engine.begin() as conn:
-                    cfg.attributes["connection"] = conn
-                    alembic_command.upgrade(cfg, "head")
-            except OperationalError as exc:
+                with self.engine.connect() as conn:
+                    # processes that start together on a new store take turns: the first
+                    # migrates, the others then find it at head (SQLite: a write transaction
+                    # from the start; PostgreSQL: a transaction-scoped advisory lock)
+                    conn.execution_options(orch_write=True)
+                    with conn.begin():
+                        if self.dialect == "postgresql":
+                            conn.execute(
+                                sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATE_LOCK}
+                            )
+                        cfg.attributes["connection"] = conn
+                        alembic_command.upgrade(cfg, "head")
+            except (OperationalError, IntegrityError) as exc:
                 raise StoreUnavailable(
                     f"cannot migrate {self.display_url}: {_first_line(exc)}"
                 ) from exc
