@@ -29,6 +29,18 @@ class SweepResult:
 
 
 @dataclass(frozen=True)
+class OverdueCancel:
+    """A task whose STOP has waited longer than its bound."""
+
+    task_id: int
+    key: str
+    version: int
+    parked: bool  # it is in needs_operator already
+    held: bool  # a live lease holds it, or a queued job will run it
+    in_flight: bool  # an effect of it is still unresolved
+
+
+@dataclass(frozen=True)
 class StateSummary:
     by_stage: dict[str, int]
     by_status: dict[str, int]
@@ -83,11 +95,19 @@ class Store(Protocol):
     def lease_owners(self) -> list[str]: ...
     def void_leases(self, owner: str) -> int: ...
     def next_run_after(self) -> float | None: ...
-    def overdue_cancels(self, bound_s: float) -> list[tuple[int, str, int, bool, bool]]: ...
+    def overdue_cancels(self, bound_s: float) -> list[OverdueCancel]: ...
     def park(self, task_id: int, version: int, reason: str, actor: str) -> bool: ...
 
     # writes under a lease
-    def advance(self, claim: Claim, expected: Stage, decision: Decision, actor: str) -> Task: ...
+    def advance(
+        self,
+        claim: Claim,
+        expected: Stage,
+        decision: Decision,
+        actor: str,
+        *,
+        read: Sequence[int] = (),
+    ) -> Task: ...
     def retry(
         self, claim: Claim, reason: str, backoff_s: float, *, counts: bool = True
     ) -> None: ...

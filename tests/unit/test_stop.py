@@ -13,6 +13,7 @@ import pytest
 
 from orch.adapters.agents.scripted import ScriptedAgent
 from orch.adapters.notifiers.log import MemoryNotifier
+from orch.adapters.store import schema as tables
 from orch.domain import pipeline as pl
 from orch.domain.errors import Conflict, ForgeError, OrchError
 from orch.domain.model import Task
@@ -333,7 +334,7 @@ def test_an_overdue_stop_with_nothing_in_flight_is_applied_not_parked() -> None:
         r.close()
 
 
-def test_an_overdue_stop_behind_an_effect_no_worker_holds_parks_the_task() -> None:
+def test_an_overdue_stop_behind_an_effect_of_a_dead_worker_is_left_to_the_next_worker() -> None:
     r = rig({"default": ScriptedAgent()}, cancel_bound_s=0.01)
     try:
         task = r.intake.file("app", "Add a greeting")
@@ -342,11 +343,36 @@ def test_an_overdue_stop_behind_an_effect_no_worker_holds_parks_the_task() -> No
         r.intake.stop(task.key, "ann", "")
         time.sleep(0.05)
         r.dispatcher.sweep()
+        # the sweep requeued the dead worker's job: the next worker resolves the effect first
+        assert now(r, task).status == TaskStatus.ACTIVE
+        assert sum("waited more than" in text for _, text in r.notifier.sent) == 1
+        r.run_until_idle()
+        parked = now(r, task)
+        assert parked.status == TaskStatus.NEEDS_OPERATOR
+        assert "the outcome of its staging deploy is unknown" in parked.status_reason
+        assert r.store.transitions(task.id)[-1].actor == "worker"
+    finally:
+        r.close()
+
+
+def test_an_overdue_stop_of_a_task_nothing_will_run_parks_it_for_an_operator() -> None:
+    r = rig({"default": ScriptedAgent()}, cancel_bound_s=0.01)
+    try:
+        task = r.intake.file("app", "Add a greeting")
+        crashed = r.crash_a_worker()
+        r.store.begin_effect(crashed, "deploy:app:staging:abc", "deploy:staging", "app", "abc")
+        # a task stranded by a fault outside orch: its job is gone, so no worker will come
+        with r.store.engine.begin() as conn:
+            conn.execute(tables.jobs.delete().where(tables.jobs.c.task_id == task.id))
+        r.intake.stop(task.key, "ann", "")
+        time.sleep(0.05)
+        r.dispatcher.sweep()
         parked = now(r, task)
         assert parked.status == TaskStatus.NEEDS_OPERATOR
         assert "outlived its bound" in parked.status_reason
         assert r.store.transitions(task.id)[-1].actor == "sweeper"
-        assert sum("waited more than" in text for _, text in r.notifier.sent) == 1
+        r.dispatcher.sweep()
+        assert r.store.transitions(task.id)[-1].version == parked.version  # parked once
     finally:
         r.close()
 

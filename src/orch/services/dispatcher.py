@@ -123,7 +123,8 @@ class Dispatcher:
 
     def _watch_deferred_cancels(self) -> None:
         bound = self.settings.cancel_bound_s
-        for task_id, key, version, held, in_flight in self.store.overdue_cancels(bound):
+        for overdue in self.store.overdue_cancels(bound):
+            task_id, key, version = overdue.task_id, overdue.key, overdue.version
             text = f"{key}: a STOP has waited more than {bound:g}s"
             # the inbox's dedup key sends the alert once per task; appending it also gives a
             # waiting or parked task a job that applies the STOP
@@ -134,7 +135,7 @@ class Dispatcher:
                     self.alert(key, text)
                 except Exception:
                     log.exception("alert for %s failed", key)
-            if in_flight and not held:
+            if overdue.in_flight and not overdue.held and not overdue.parked:
                 self.store.park(
                     task_id,
                     version,

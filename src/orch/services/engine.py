@@ -12,7 +12,7 @@ import logging
 import os
 import random
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -175,15 +175,20 @@ class Engine:
     # -- the inbox of a task that waits for a person or an operator --------------------------
 
     def _read_inbox(self, task: Task, pipeline: Pipeline, claim: Claim) -> None:
+        if task.status == TaskStatus.NEEDS_OPERATOR:
+            # parked by the sweeper mid-merge: ask the forge, so the repository's one merge
+            # slot is not held by a task nobody drives
+            self._settle_open_merges(task, claim)
         events = self.store.pending_events(task.id)
         stray: list[int] = []
         for ev in events:
             decision = self._decision_for(task, pipeline, ev)
             if decision is not None:
-                self.store.mark_events(claim, [*stray, ev.id])
                 if decision.stage != task.stage or decision.reset_rounds:
                     self._remove_worktree(task)  # rebuilt from the branch
-                self._apply(task, claim, decision, ev.actor)
+                # the decision is read in the stage write's own transaction: a crash before it
+                # leaves the event unread, for the job that runs again
+                self._apply(task, claim, decision, ev.actor, read=[*stray, ev.id])
                 return
             if ev.kind == "stop":
                 continue  # only a cancel consumes a STOP
@@ -746,14 +751,23 @@ class Engine:
 
     # -- writing the outcome -----------------------------------------------------------------
 
-    def _apply(self, task: Task, claim: Claim, decision: Decision, actor: str) -> None:
+    def _apply(
+        self,
+        task: Task,
+        claim: Claim,
+        decision: Decision,
+        actor: str,
+        read: Sequence[int] = (),
+    ) -> None:
+        """Write a decision; `read` are the inbox events it answers, marked read with it."""
         if decision.move == Move.RETRY:
+            self.store.mark_events(claim, read)
             self.store.retry(claim, decision.reason, self._backoff(claim.attempt))
             return
         if decision.move == Move.PARK:
             self._settle_open_merges(task, claim)
         self._notify(task, claim, decision)
-        self.store.advance(claim, task.stage, decision, actor)
+        self.store.advance(claim, task.stage, decision, actor, read=read)
 
     def _fail_attempt(
         self, task: Task, pipeline: Pipeline, claim: Claim, reason: str, actor: str
@@ -816,12 +830,12 @@ class Engine:
         blocked = self._settle_for_cancel(task, claim, lease)
         if blocked:
             # read, and parked on: only an operator's retry brings the STOP back
-            self.store.mark_events(claim, [e.id for e in stops if e.processed_at is None])
             self._apply(
                 task,
                 claim,
                 _park(task, f"stop requested by {actor}, but {blocked}; an operator must decide"),
                 "worker",
+                read=[e.id for e in stops if e.processed_at is None],
             )
             return
         key = f"{task.key}#{task.id}:cancel:delete-branch"
@@ -831,8 +845,8 @@ class Engine:
             self.forge.delete_branch(task.repo, task.branch)
             self.store.finish_effect(claim, key, EffectState.SUCCEEDED, {"branch": task.branch})
         self._remove_worktree(task)
-        self.store.mark_events(claim, [e.id for e in self.store.pending_events(task.id)])
-        self._apply(task, claim, pl.on_stop(task.stage, actor, reason), actor)
+        pending = [e.id for e in self.store.pending_events(task.id)]
+        self._apply(task, claim, pl.on_stop(task.stage, actor, reason), actor, read=pending)
 
     def _settle_for_cancel(self, task: Task, claim: Claim, lease: Lease) -> str:
         """Resolve every effect of the task still in flight; say what could not be resolved."""

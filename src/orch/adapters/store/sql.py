@@ -49,7 +49,7 @@ from orch.domain.states import (
     Stage,
     TaskStatus,
 )
-from orch.ports import StateSummary, SweepResult
+from orch.ports import OverdueCancel, StateSummary, SweepResult
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
 log = logging.getLogger("orch.store")
@@ -755,20 +755,37 @@ class SqlStore:
                 at=now,
             )
         )
+        merging = conn.execute(
+            sa.select(t.effects.c.repo).where(
+                t.effects.c.task_id == task_id,
+                t.effects.c.kind == "merge",
+                t.effects.c.state.in_([st.value for st in UNRESOLVED_EFFECT_STATES]),
+            )
+        ).first()
+        if merging is not None:
+            # parked mid-merge, and nobody holds it: a job asks the forge how the merge ended,
+            # so the repository's merge slot is freed (or the merge recorded)
+            self._enqueue(conn, task_id, merging.repo, version + 1, Stage(row.stage), now)
         return True
 
-    def overdue_cancels(self, bound_s: float) -> list[tuple[int, str, int, bool, bool]]:
-        """Tasks whose STOP has waited longer than `bound_s`:
-        (id, key, version, a live lease holds it, an effect of it is still unresolved)."""
+    def overdue_cancels(self, bound_s: float) -> list[OverdueCancel]:
+        """Tasks whose STOP has waited longer than `bound_s`."""
 
-        def fn(conn: Connection) -> list[tuple[int, str, int, bool, bool]]:
+        def fn(conn: Connection) -> list[OverdueCancel]:
             now = self._db_now(conn)
+            # a live lease holds it, or a queued job (one just requeued from a dead worker, say)
+            # will: either applies the STOP once the effect resolves
             held = (
                 sa.select(t.jobs.c.id)
                 .where(
                     t.jobs.c.task_id == t.tasks.c.id,
-                    t.jobs.c.state == JobState.RUNNING.value,
-                    t.jobs.c.lease_expires_at >= now,
+                    sa.or_(
+                        sa.and_(
+                            t.jobs.c.state == JobState.RUNNING.value,
+                            t.jobs.c.lease_expires_at >= now,
+                        ),
+                        t.jobs.c.state == JobState.QUEUED.value,
+                    ),
                 )
                 .exists()
             )
@@ -782,12 +799,29 @@ class SqlStore:
                 .exists()
             )
             rows = conn.execute(
-                sa.select(t.tasks.c.id, t.tasks.c.key, t.tasks.c.version, held, in_flight).where(
+                sa.select(
+                    t.tasks.c.id,
+                    t.tasks.c.key,
+                    t.tasks.c.version,
+                    t.tasks.c.status,
+                    held,
+                    in_flight,
+                ).where(
                     t.tasks.c.cancel_requested_at < now - bound_s,
                     t.tasks.c.status.not_in([st.value for st in TERMINAL_STATUSES]),
                 )
             ).all()
-            return [(r[0], r[1], r[2], bool(r[3]), bool(r[4])) for r in rows]
+            return [
+                OverdueCancel(
+                    r[0],
+                    r[1],
+                    r[2],
+                    r[3] == TaskStatus.NEEDS_OPERATOR.value,
+                    bool(r[4]),
+                    bool(r[5]),
+                )
+                for r in rows
+            ]
 
         return self._read(fn)  # type: ignore[no-any-return]
 
@@ -813,7 +847,19 @@ class SqlStore:
 
     # -- writes under a lease ----------------------------------------------------------------
 
-    def advance(self, claim: Claim, expected: Stage, decision: Decision, actor: str) -> Task:
+    def advance(
+        self,
+        claim: Claim,
+        expected: Stage,
+        decision: Decision,
+        actor: str,
+        *,
+        read: Sequence[int] = (),
+    ) -> Task:
+        """The stage write: a compare-and-set on (task, stage, version) under the claim's lease,
+        its history row, the inbox events it answers marked read, and the next job, in one
+        transaction."""
+
         def fn(conn: Connection) -> None:
             now = self._db_now(conn)
             job_state = {
@@ -858,6 +904,12 @@ class SqlStore:
             if res.rowcount != 1:
                 raise Conflict(f"task {claim.task_id} is not at {expected} version {claim.version}")
             crashpoints.hit("stage.cas")  # inside the transaction: a crash here rolls it back
+            if read:
+                conn.execute(
+                    sa.update(t.events)
+                    .where(t.events.c.id.in_(list(read)), t.events.c.processed_at.is_(None))
+                    .values(processed_at=now)
+                )
             conn.execute(
                 sa.insert(t.transitions).values(
                     task_id=claim.task_id,
