@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from orch.chaos.command import chaos as chaos_command
 from orch.config import Settings, load_settings
 from orch.domain.errors import OrchError
 
@@ -22,6 +23,7 @@ app = typer.Typer(
 )
 task_app = typer.Typer(no_args_is_help=True, help="File, list and inspect tasks.")
 app.add_typer(task_app, name="task")
+app.command("chaos")(chaos_command)
 
 T = TypeVar("T")
 _state: dict[str, Any] = {"config": None}

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from orch.bootstrap import App
-from orch.domain.errors import Conflict, NotFound, OrchError, StoreUnavailable
+from orch.domain.errors import Conflict, ForgeError, NotFound, OrchError, StoreUnavailable
 from orch.domain.states import TaskStatus
 from orch.services.views import state_view, task_detail, task_summary
 
@@ -53,8 +53,8 @@ def create_app(app: App) -> FastAPI:
             status = 404
         elif isinstance(exc, Conflict):
             status = 409
-        elif isinstance(exc, StoreUnavailable):
-            status = 503
+        elif isinstance(exc, (StoreUnavailable, ForgeError)):
+            status = 503  # a store or forge that does not answer now: try again later
         return JSONResponse({"error": str(exc)}, status_code=status)
 
     @api.get("/api/v1/health")

@@ -134,7 +134,10 @@ class LocalGitForge:
         self._git("add", "--all", cwd=worktree)
         if self._git("status", "--porcelain", cwd=worktree).stdout.strip():
             self._git("commit", "--quiet", "--no-verify", "-m", message, cwd=worktree)
-        self._git("push", "--quiet", "origin", f"{branch}:refs/heads/{branch}", cwd=worktree)
+        # the push updates the mirror's remote-tracking ref, which a fetch in another thread
+        # updates too: under the repository's lock, or git refuses one of them
+        with self._locks[repo]:
+            self._git("push", "--quiet", "origin", f"{branch}:refs/heads/{branch}", cwd=worktree)
         return self._git("rev-parse", "HEAD", cwd=worktree).stdout.strip()
 
     def branch_head(self, repo: str, branch: str) -> str | None:

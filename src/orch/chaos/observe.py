@@ -1,0 +1,321 @@
+"""What the harness watches while the run goes on: the store (jobs, leases, task statuses), the
+process table (every child of every orch process it started), and the jobs a killed or paused
+process held, until someone else runs them."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from orch.adapters.proctable import ENV as INCARNATION_ENV
+from orch.adapters.proctable import parse_incarnation
+from orch.adapters.store import schema as t
+from orch.adapters.store.sql import SqlStore
+from orch.chaos.processes import Life
+from orch.domain.errors import OrchError, StoreUnavailable
+from orch.domain.states import JobState, TaskStatus
+
+_PROC = Path("/proc")
+
+
+@dataclass(frozen=True)
+class HeldJob:
+    job_id: int
+    task_id: int
+    token: int
+
+
+class Probe:
+    """Small reads of the store while orch runs. Failures read as "nothing known"."""
+
+    def __init__(self, url: str) -> None:
+        self.store = SqlStore(url, pool_size=2)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def _rows(self, stmt: sa.Select) -> list[sa.Row]:  # type: ignore[type-arg]
+        try:
+            with self.store.engine.connect() as conn:
+                return list(conn.execute(stmt).all())
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreUnavailable(f"chaos probe: {exc}") from exc
+
+    def has_tasks(self) -> bool:
+        """Whether the store already holds tasks (a store not yet migrated holds none)."""
+        try:
+            migrated = sa.inspect(self.store.engine).has_table(t.tasks.name)
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreUnavailable(f"cannot read the store: {exc}") from exc
+        return migrated and bool(sum(self.statuses().values()))
+
+    def statuses(self) -> Counter[str]:
+        rows = self._rows(sa.select(t.tasks.c.status, sa.func.count()).group_by(t.tasks.c.status))
+        return Counter({r[0]: int(r[1]) for r in rows})
+
+    def held_by(self, owner_matches: Callable[[str], bool]) -> list[HeldJob]:
+        rows = self._rows(
+            sa.select(
+                t.jobs.c.id, t.jobs.c.task_id, t.jobs.c.lease_token, t.jobs.c.lease_owner
+            ).where(t.jobs.c.state == JobState.RUNNING.value)
+        )
+        return [HeldJob(r[0], r[1], int(r[2])) for r in rows if r[3] and owner_matches(r[3])]
+
+    def job_states(self, ids: Iterable[int]) -> dict[int, tuple[str, int]]:
+        wanted = list(ids)
+        if not wanted:
+            return {}
+        rows = self._rows(
+            sa.select(t.jobs.c.id, t.jobs.c.state, t.jobs.c.lease_token).where(
+                t.jobs.c.id.in_(wanted)
+            )
+        )
+        return {r[0]: (r[1], int(r[2])) for r in rows}
+
+    def claimable_jobs(
+        self, limits: dict[str, int], owner_alive: Callable[[str], bool]
+    ) -> list[HeldJob]:
+        """Jobs a healthy dispatcher could claim right now: due and queued, needing no
+        repository slot, holding one, or able to take a free one; or still `running` under an
+        orch process that is dead."""
+        now = self.store.now()
+        used = Counter(
+            r[0] for r in self._rows(sa.select(t.tasks.c.repo).where(t.tasks.c.slot.is_not(None)))
+        )
+        rows = self._rows(
+            sa.select(
+                t.jobs.c.id,
+                t.jobs.c.task_id,
+                t.jobs.c.lease_token,
+                t.jobs.c.state,
+                t.jobs.c.run_after,
+                t.jobs.c.lease_owner,
+                t.tasks.c.repo,
+                t.tasks.c.status,
+                t.tasks.c.slot,
+                t.tasks.c.cancel_requested_at,
+            )
+            .join(t.tasks, t.tasks.c.id == t.jobs.c.task_id)
+            .where(t.jobs.c.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]))
+        )
+        out: list[HeldJob] = []
+        for r in rows:
+            job = HeldJob(r.id, r.task_id, int(r.lease_token))
+            if r.state == JobState.RUNNING.value:
+                if r.lease_owner and not owner_alive(r.lease_owner):
+                    out.append(job)
+                continue
+            if r.run_after > now:
+                continue
+            needs_slot = r.status == TaskStatus.ACTIVE.value and r.cancel_requested_at is None
+            if not needs_slot or r.slot is not None or used[r.repo] < limits.get(r.repo, 0):
+                out.append(job)
+        return out
+
+
+@dataclass
+class Watch:
+    """A job followed until a process claims it (a new lease token) or it ends: one a killed or
+    paused process held, or one that was claimable when a process restarted."""
+
+    cause: str  # "kill", "pause" or "restart"
+    life: str
+    job: HeldJob
+    since: float
+    resolved_at: float | None = None
+    how: str = ""  # "reclaimed", or "finished" (by its holder, after it resumed)
+
+
+@dataclass
+class Seen:
+    """A child of an orch process, as the process table showed it."""
+
+    pid: int
+    start: str
+    owner: Life
+    first: float
+    last: float
+
+
+class Monitor:
+    """Samples the process table and follows watched jobs, on its own thread."""
+
+    def __init__(
+        self,
+        probe: Probe,
+        lives: Callable[[], list[Life]],
+        interval_s: float = 0.25,
+        zombie_after_s: float = 30.0,
+    ) -> None:
+        self.probe = probe
+        self.lives = lives
+        self.interval_s = interval_s
+        self.zombie_after_s = zombie_after_s
+        self.seen: dict[tuple[int, str], Seen] = {}
+        # processes found to be nobody's child of ours: a process's parent and environment do
+        # not change, so they are not read again
+        self._foreign: set[tuple[int, str]] = set()
+        self.watches: list[Watch] = []
+        self.zombies_during_run: list[str] = []
+        self.errors: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="chaos-monitor", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def watch(self, cause: str, life: Life, jobs: Iterable[HeldJob], since: float) -> None:
+        with self._lock:
+            self.watches.extend(Watch(cause, life.name, j, since) for j in jobs)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            for step in (self.sample_processes, self.follow_watches):
+                try:
+                    step()
+                except (OrchError, OSError) as exc:
+                    self.errors[f"{step.__name__}: {type(exc).__name__}"] += 1
+
+    # -- the process table -------------------------------------------------------------------
+
+    def sample_processes(self) -> None:
+        now = time.time()
+        lives = self.lives()
+        by_pid = {life.pid: life for life in lives if life.alive}
+        by_identity = {(life.pid, life.start): life for life in lives}
+        for entry in _PROC.iterdir():
+            if not entry.name.isdigit():
+                continue
+            stat = _stat(entry)
+            if stat is None:
+                continue
+            pid, ppid, start = int(entry.name), stat[0], stat[1]
+            key = (pid, start)
+            known = self.seen.get(key)
+            if known is not None:
+                known.last = now
+                self._zombie(known, now)
+                continue
+            if key in self._foreign:
+                continue
+            owner = by_pid.get(ppid) or _owner_by_env(entry, by_identity)
+            if owner is not None and key != (owner.pid, owner.start):
+                self.seen[key] = Seen(pid, start, owner, now, now)
+            else:
+                self._foreign.add(key)
+
+    def _zombie(self, seen: Seen, now: float) -> None:
+        owner = seen.owner
+        if owner.ended_at is None or now - owner.ended_at < self.zombie_after_s:
+            return
+        text = (
+            f"pid {seen.pid} alive {now - owner.ended_at:.0f}s after {owner.name}, which started"
+            " it, died"
+        )
+        if not any(z.startswith(f"pid {seen.pid} ") for z in self.zombies_during_run):
+            self.zombies_during_run.append(text)
+
+    def longest_orphan_s(self) -> float:
+        spans = [
+            s.last - s.owner.ended_at
+            for s in self.seen.values()
+            if s.owner.ended_at is not None and s.last > s.owner.ended_at
+        ]
+        return max(spans, default=0.0)
+
+    def children_seen(self) -> int:
+        return len(self.seen)
+
+    def open_run_ends(self, runs: Iterable[tuple[int, int | None, float]]) -> dict[int, float]:
+        """run id -> the last moment its agent was seen alive, for runs with no recorded end.
+        `runs` gives (run id, agent pid, started_at). The agent surely lived until then (it may
+        have lived up to one sample longer), so an overlap found with this end is real."""
+        out: dict[int, float] = {}
+        by_pid: dict[int, list[Seen]] = {}
+        for s in self.seen.values():
+            by_pid.setdefault(s.pid, []).append(s)
+        for run_id, pid, started_at in runs:
+            for s in by_pid.get(pid or -1, []):
+                if s.first >= started_at - 2.0:
+                    out[run_id] = s.last
+                    break
+        return out
+
+    # -- watched jobs ------------------------------------------------------------------------
+
+    def follow_watches(self) -> None:
+        with self._lock:
+            pending = [w for w in self.watches if w.resolved_at is None]
+        if not pending:
+            return
+        states = self.probe.job_states({w.job.job_id for w in pending})
+        now = time.time()
+        for w in pending:
+            state, token = states.get(w.job.job_id, ("gone", w.job.token))
+            if token > w.job.token:
+                w.resolved_at, w.how = now, "reclaimed"
+            elif state not in (JobState.RUNNING.value, JobState.QUEUED.value):
+                w.resolved_at, w.how = now, "finished"
+
+    def longest(self, cause: str, how: str = "reclaimed") -> float | None:
+        spans = [
+            w.resolved_at - w.since
+            for w in self.watches
+            if w.cause == cause and w.how == how and w.resolved_at is not None
+        ]
+        return max(spans, default=None)
+
+    def first_per_life(self, cause: str) -> list[float | None]:
+        """Per life with watches of `cause`: seconds until the first of its jobs moved on."""
+        firsts: dict[str, float | None] = {}
+        for w in self.watches:
+            if w.cause != cause:
+                continue
+            took = None if w.resolved_at is None else w.resolved_at - w.since
+            best = firsts.get(w.life)
+            firsts[w.life] = took if best is None else (best if took is None else min(best, took))
+        return list(firsts.values())
+
+    def count(self, cause: str, how: str | None = None) -> int:
+        return sum(1 for w in self.watches if w.cause == cause and (how is None or w.how == how))
+
+    def unresolved(self, cause: str) -> list[Watch]:
+        return [w for w in self.watches if w.cause == cause and w.resolved_at is None]
+
+
+def _stat(entry: Path) -> tuple[int, str] | None:
+    """(ppid, start time) of a live process, or None (gone, or a zombie waiting to be reaped)."""
+    try:
+        raw = (entry / "stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2 :].split()
+    if fields[0] == "Z":
+        return None
+    return int(fields[1]), fields[19]
+
+
+def _owner_by_env(entry: Path, by_identity: dict[tuple[int, str], Life]) -> Life | None:
+    """The orch process named by a process's ORCH_INCARNATION, if it is one of ours."""
+    environ = b""
+    with contextlib.suppress(OSError):
+        environ = (entry / "environ").read_bytes()
+    needle = INCARNATION_ENV.encode() + b"="
+    for item in environ.split(b"\0"):
+        if item.startswith(needle):
+            parsed = parse_incarnation(item[len(needle) :].decode(errors="replace"))
+            if parsed is not None:
+                return by_identity.get((parsed[1], parsed[2]))
+    return None
