@@ -15,22 +15,14 @@ import pytest
 KILLS = 50
 
 
-def chaos_argv() -> list[str]:
-    """`python -m orch chaos` once the command is registered in the CLI; until then the same
-    command function, run on its own."""
-    from orch.cli import app
-
-    if any(c.name == "chaos" for c in app.registered_commands):
-        return [sys.executable, "-m", "orch", "chaos"]
-    runner = "import typer; from orch.chaos.command import chaos; typer.run(chaos)"
-    return [sys.executable, "-c", runner]
+CHAOS = [sys.executable, "-m", "orch", "chaos"]
 
 
 def run_chaos(*args: str, bound_s: float = 600) -> subprocess.CompletedProcess[str]:
     """Run it; on a hang, SIGTERM it first so that it ends every process it started."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
     proc = subprocess.Popen(
-        [*chaos_argv(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        [*CHAOS, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
     try:
         out, err = proc.communicate(timeout=bound_s)
