@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -18,6 +19,7 @@ from orch.adapters.store import schema as t
 from orch.adapters.store.sql import SqlStore
 from orch.chaos import checks
 from orch.chaos.checks import History, ProcessIdentity, Remote
+from orch.chaos.observe import Seen, match_open_runs
 from orch.demo import sample
 from orch.domain import pipeline as pl
 from orch.domain.model import Effect, Event, Run, Task, Transition
@@ -419,3 +421,11 @@ def test_notifications_are_counted_per_key_from_the_log_lines() -> None:
     assert sent == {"SAM-1#1:notify:v2": ["serve#1", "serve#2"], "SAM-1#1:notify:v4": ["serve#2"]}
     assert finding.ok
     assert finding.figures["notifications_repeated"] == 1
+
+
+def test_a_reused_pid_seen_long_after_a_run_started_is_not_taken_for_its_agent() -> None:
+    owner: Any = object()  # whose child it was does not matter here
+    agent = Seen(pid=4242, start="100", owner=owner, first=10.1, last=10.4)
+    later = Seen(pid=4242, start="9000", owner=owner, first=95.0, last=120.0)  # pid wrapped
+    ends = match_open_runs([later, agent], [(1, 4242, 10.0), (2, 4242, 200.0)])
+    assert ends == {1: 10.4}

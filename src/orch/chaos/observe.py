@@ -242,16 +242,25 @@ class Monitor:
         """run id -> the last moment its agent was seen alive, for runs with no recorded end.
         `runs` gives (run id, agent pid, started_at). The agent surely lived until then (it may
         have lived up to one sample longer), so an overlap found with this end is real."""
-        out: dict[int, float] = {}
-        by_pid: dict[int, list[Seen]] = {}
-        for s in self.seen.values():
-            by_pid.setdefault(s.pid, []).append(s)
-        for run_id, pid, started_at in runs:
-            for s in by_pid.get(pid or -1, []):
-                if s.first >= started_at - 2.0:
-                    out[run_id] = s.last
-                    break
-        return out
+        return match_open_runs(self.seen.values(), runs)
+
+
+def match_open_runs(
+    seen: Iterable[Seen], runs: Iterable[tuple[int, int | None, float]], window_s: float = 2.0
+) -> dict[int, float]:
+    """The agent of a run is the process with its pid first seen within `window_s` of the run's
+    start: pids wrap (a long run spawns tens of thousands of processes), so a later process with
+    the same pid is someone else, and must not stretch the run."""
+    out: dict[int, float] = {}
+    by_pid: dict[int, list[Seen]] = {}
+    for s in seen:
+        by_pid.setdefault(s.pid, []).append(s)
+    for run_id, pid, started_at in runs:
+        for s in by_pid.get(pid or -1, []):
+            if abs(s.first - started_at) <= window_s:
+                out[run_id] = s.last
+                break
+    return out
 
     # -- watched jobs ------------------------------------------------------------------------
 
