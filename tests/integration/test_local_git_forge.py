@@ -98,3 +98,27 @@ def test_worktree_names_are_reduced_and_kept_inside_the_root(
     assert safe_name("orch/KEY 1:x") == "orch-KEY-1-x"
     with pytest.raises(WorkspaceError):
         safe_name("../..")
+
+
+def test_a_worktree_a_killed_git_left_locked_is_rebuilt_from_the_remote_branch(
+    forge: tuple[LocalGitForge, Path],
+) -> None:
+    f, remote = forge
+    head = change(f, "orch/APP-1", "NOTES.md", "first\n")
+    wt = f.worktree_path("sample", "orch/APP-1")
+    lock = subprocess.run(
+        ["git", "rev-parse", "--git-path", "index.lock"],
+        cwd=wt,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    (wt / lock).write_text("")  # what a git killed mid-checkout leaves behind
+    (wt / "half-written.txt").write_text("from the attempt that died\n")
+
+    again = f.prepare_worktree("sample", "orch/APP-1")
+    assert again == wt
+    assert (wt / "NOTES.md").read_text() == "first\n"
+    assert not (wt / "half-written.txt").exists()
+    assert f.commit_and_push("sample", wt, "orch/APP-1", "nothing new") == head
+    assert rev(remote, "refs/heads/orch/APP-1") == head

@@ -244,24 +244,6 @@ class Monitor:
         have lived up to one sample longer), so an overlap found with this end is real."""
         return match_open_runs(self.seen.values(), runs)
 
-
-def match_open_runs(
-    seen: Iterable[Seen], runs: Iterable[tuple[int, int | None, float]], window_s: float = 2.0
-) -> dict[int, float]:
-    """The agent of a run is the process with its pid first seen within `window_s` of the run's
-    start: pids wrap (a long run spawns tens of thousands of processes), so a later process with
-    the same pid is someone else, and must not stretch the run."""
-    out: dict[int, float] = {}
-    by_pid: dict[int, list[Seen]] = {}
-    for s in seen:
-        by_pid.setdefault(s.pid, []).append(s)
-    for run_id, pid, started_at in runs:
-        for s in by_pid.get(pid or -1, []):
-            if abs(s.first - started_at) <= window_s:
-                out[run_id] = s.last
-                break
-    return out
-
     # -- watched jobs ------------------------------------------------------------------------
 
     def follow_watches(self) -> None:
@@ -328,3 +310,21 @@ def _owner_by_env(entry: Path, by_identity: dict[tuple[int, str], Life]) -> Life
             if parsed is not None:
                 return by_identity.get((parsed[1], parsed[2]))
     return None
+
+
+def match_open_runs(
+    seen: Iterable[Seen], runs: Iterable[tuple[int, int | None, float]], window_s: float = 2.0
+) -> dict[int, float]:
+    """The agent of a run is the process with its pid first seen within `window_s` of the run's
+    start: pids wrap (a long run spawns tens of thousands of processes), so a later process with
+    the same pid is someone else, and must not stretch the run."""
+    out: dict[int, float] = {}
+    by_pid: dict[int, list[Seen]] = {}
+    for s in seen:
+        by_pid.setdefault(s.pid, []).append(s)
+    for run_id, pid, started_at in runs:
+        for s in by_pid.get(pid or -1, []):
+            if abs(s.first - started_at) <= window_s:
+                out[run_id] = s.last
+                break
+    return out

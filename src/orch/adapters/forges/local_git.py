@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import threading
 from collections.abc import Mapping
@@ -117,9 +118,15 @@ class LocalGitForge:
             pushed = self._has_ref(mirror, f"refs/remotes/origin/{branch}")
             if (path / ".git").exists():
                 start = f"origin/{branch}" if pushed else branch
-                self._git("checkout", "--quiet", "--force", "-B", branch, start, cwd=path)
-                self._git("clean", "-fdq", cwd=path)
-                return path
+                try:
+                    self._git("checkout", "--quiet", "--force", "-B", branch, start, cwd=path)
+                    self._git("clean", "-fdq", cwd=path)
+                    return path
+                except ForgeError:
+                    # a git killed mid-command (orch itself died) leaves a lock or half a
+                    # checkout behind; a worktree is disposable: build it again from the remote
+                    self._git("worktree", "remove", "--force", str(path), cwd=mirror, check=False)
+                    shutil.rmtree(path, ignore_errors=True)
             self._git("worktree", "prune", cwd=mirror)
             if pushed:
                 start = f"origin/{branch}"
