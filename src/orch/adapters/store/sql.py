@@ -144,12 +144,17 @@ class SqlStore:
             raise StoreUnavailable(f"unsupported store URL scheme: {parsed.drivername}")
         self.engine = self.engine.execution_options()
         try:
-            with self.engine.connect() as conn:
-                conn.execute(sa.text("SELECT 1"))
+            # the first connection to a new SQLite file switches it to WAL, which waits for
+            # processes migrating it at the same moment: a lock is worth a few more tries
+            _when_free(lambda: self._probe())
         except OperationalError as exc:
             raise StoreUnavailable(
                 f"cannot open the store at {self.display_url}: {_first_line(exc)}"
             ) from exc
+
+    def _probe(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
 
     @property
     def display_url(self) -> str:
@@ -230,20 +235,24 @@ class SqlStore:
     def migrate(self) -> None:
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(_MIGRATIONS))
+
+        def upgrade() -> None:
+            with self.engine.connect() as conn:
+                # processes that start together on a new store take turns: the first migrates,
+                # the others then find it at head (SQLite: a write transaction from the start,
+                # and more tries past the busy timeout; PostgreSQL: an advisory lock)
+                conn.execution_options(orch_write=True)
+                with conn.begin():
+                    if self.dialect == "postgresql":
+                        conn.execute(
+                            sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATE_LOCK}
+                        )
+                    cfg.attributes["connection"] = conn
+                    alembic_command.upgrade(cfg, "head")
+
         with self._lock:
             try:
-                with self.engine.connect() as conn:
-                    # processes that start together on a new store take turns: the first
-                    # migrates, the others then find it at head (SQLite: a write transaction
-                    # from the start; PostgreSQL: a transaction-scoped advisory lock)
-                    conn.execution_options(orch_write=True)
-                    with conn.begin():
-                        if self.dialect == "postgresql":
-                            conn.execute(
-                                sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATE_LOCK}
-                            )
-                        cfg.attributes["connection"] = conn
-                        alembic_command.upgrade(cfg, "head")
+                _when_free(upgrade)
             except (OperationalError, IntegrityError) as exc:
                 raise StoreUnavailable(
                     f"cannot migrate {self.display_url}: {_first_line(exc)}"
@@ -1354,6 +1363,18 @@ def _insert_ignore(conn: Connection, table: sa.Table) -> Any:
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
     return sqlite_insert(table).on_conflict_do_nothing()
+
+
+def _when_free(fn: Callable[[], None], tries: int = 5) -> None:
+    """Run fn, trying again with backoff while the database is locked by another process."""
+    for attempt in range(tries):
+        try:
+            fn()
+            return
+        except OperationalError as exc:
+            if not _transient(exc) or attempt == tries - 1:
+                raise
+            time.sleep(0.2 * 2**attempt)
 
 
 def _first_line(exc: BaseException) -> str:
