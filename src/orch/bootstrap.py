@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from orch.adapters.agents.claude_code import ClaudeCodeAgent
+from orch.adapters.agents.codex import CodexAgent, Provider
 from orch.adapters.agents.command import CommandAgent
 from orch.adapters.agents.scripted import ScriptedAgent
 from orch.adapters.forges.local_git import LocalGitForge, check_writable
@@ -16,9 +18,15 @@ from orch.adapters.notifiers.log import LogNotifier
 from orch.adapters.process import LocalRunner
 from orch.adapters.proctable import LinuxProcessTable
 from orch.adapters.store.sql import SqlStore, sqlite_path
-from orch.config import CommandAgentSettings, Settings
+from orch.config import (
+    ClaudeCodeAgentSettings,
+    CommandAgentSettings,
+    ScriptedAgentSettings,
+    Settings,
+)
 from orch.domain import pipeline as pl
 from orch.domain.errors import AlreadyRunning, ConfigError, NotFound
+from orch.domain.ledger import Prices
 from orch.pipeline_file import PIPELINE_PATH, parse
 from orch.ports import Agent, DeployTarget, Forge, Notifier, RepoSettings
 from orch.services.dispatcher import Dispatcher, DispatcherSettings
@@ -52,13 +60,47 @@ class ConfiguredRepos:
         return repo.max_active if repo else 0  # fail closed for a repository no longer configured
 
 
-def build_agents(settings: Settings) -> dict[str, Agent]:
+def build_agents(settings: Settings, environ: Mapping[str, str] | None = None) -> dict[str, Agent]:
+    environ = os.environ if environ is None else environ
     agents: dict[str, Agent] = {}
     for name, cfg in settings.agents.items():
-        if isinstance(cfg, CommandAgentSettings):
-            agents[name] = CommandAgent(name, cfg.command, cfg.env)
-        else:
+        if isinstance(cfg, ScriptedAgentSettings):
             agents[name] = ScriptedAgent(name, cfg.playbook)
+            continue
+        prices = Prices(**cfg.prices.model_dump()) if cfg.prices else None
+        if isinstance(cfg, CommandAgentSettings):
+            agents[name] = CommandAgent(name, cfg.command, cfg.env, cfg.pass_env, cfg.run_as)
+        elif isinstance(cfg, ClaudeCodeAgentSettings):
+            agents[name] = ClaudeCodeAgent(
+                name,
+                command=cfg.command,
+                model=cfg.model,
+                permission_mode=cfg.permission_mode,
+                allowed_tools=cfg.allowed_tools,
+                max_turns=cfg.max_turns,
+                extra_args=cfg.extra_args,
+                env=cfg.env,
+                pass_env=cfg.pass_env,
+                prices=prices,
+                run_as=cfg.run_as,
+                environ=environ,
+            )
+        else:
+            p = cfg.provider
+            agents[name] = CodexAgent(
+                name,
+                command=cfg.command,
+                model=cfg.model,
+                sandbox=cfg.sandbox,
+                provider=Provider(p.name, p.base_url, p.env_key, p.options) if p else None,
+                config=cfg.config,
+                extra_args=cfg.extra_args,
+                env=cfg.env,
+                pass_env=cfg.pass_env,
+                prices=prices,
+                run_as=cfg.run_as,
+                environ=environ,
+            )
     return agents
 
 
@@ -155,7 +197,7 @@ def build(
         forge = LocalGitForge(
             workspace, {r.name: (r.remote, r.default_branch) for r in settings.repos}
         )
-    all_agents = dict(agents) if agents is not None else build_agents(settings)
+    all_agents = dict(agents) if agents is not None else build_agents(settings, environ)
     notifier = notifier or LogNotifier()
     w = settings.worker
     engine = Engine(

@@ -73,13 +73,18 @@ def demo(
         " reject: reject the plan once with a comment; crash: kill the worker with SIGKILL in"
         " the middle of the merge and restart it.",
     ),
+    agent: str = typer.Option(
+        "scripted",
+        help="scripted: orch's built-in stand-in; claude or codex: the real CLI (on PATH, or at"
+        " ORCH_CLAUDE_BIN / ORCH_CODEX_BIN) against orch's scripted model server, offline.",
+    ),
 ) -> None:
     """Run one ticket through the whole pipeline on a sample project, offline."""
     from orch.demo.run import render_summary, run
 
     _logging("WARNING")
     console = Console(stderr=as_json)
-    result = _guard(lambda: run(directory, console, scenario))
+    result = _guard(lambda: run(directory, console, scenario, agent=agent))
     if as_json:
         print(json.dumps({**result.summary, "ok": result.ok, "reason": result.reason}, indent=2))
     elif result.summary:
@@ -332,13 +337,33 @@ def task_stop(
 def task_retry(
     key: str = typer.Argument(..., help="The ticket key."),
     from_stage: str = typer.Option("", "--from", help="The stage to run again from."),
+    budget_usd: float | None = typer.Option(
+        None, "--budget-usd", min=0.000001, help="Raise the budget that stopped it to this, in USD."
+    ),
+    budget_tokens: int | None = typer.Option(
+        None, "--budget-tokens", min=1, help="Raise the budget that stopped it to this many tokens."
+    ),
 ) -> None:
-    """Run a task that needs an operator again, from a stage (default: where it stopped)."""
+    """Run a task that needs an operator again, from a stage (default: where it stopped).
+
+    A task parked by a budget runs again once the budget is raised: --budget-usd or
+    --budget-tokens raise whichever budget it used up, its stage's or its own."""
+    from orch.domain.ledger import Budget
+
     orch_app = _app()
     try:
-        recorded = _guard(lambda: orch_app.intake.retry(key, from_stage or None, "cli"))
+        budget = Budget(budget_usd, budget_tokens)
+        recorded = _guard(lambda: orch_app.intake.retry(key, from_stage or None, "cli", budget))
         where = from_stage or "where it stopped"
-        print(f"retry of {key} from {where} " + ("recorded" if recorded else "already recorded"))
+        raised = (
+            ""
+            if budget.unlimited
+            else f" with the budget raised to {_budget_view(budget.as_dict())}"
+        )
+        print(
+            f"retry of {key} from {where}{raised} "
+            + ("recorded" if recorded else "already recorded")
+        )
     finally:
         orch_app.close()
 
@@ -371,20 +396,47 @@ def _print_detail(d: dict[str, Any]) -> None:
         console.print(
             f"[yellow]stop requested[/] by {c['actor']} at {_when(c['requested_at'])}{deferred}"
         )
-    c = d["cost"]
-    console.print(f"cost: ${c['usd']:.4f}  tokens in {c['tokens_in']} out {c['tokens_out']}")
+    ledger = d["ledger"]
+    console.print(
+        f"spent: {_spent(d['cost'])}"
+        + (
+            f"  (budget {_budget_view(ledger['task']['budget'])})"
+            if ledger["task"]["budget"]
+            else ""
+        )
+    )
     stages = Table(title="stages")
-    for col in ("stage", "agent", "working", "waiting", "visits"):
+    for col in ("stage", "agent", "working", "waiting", "visits", "tokens in/out/cache", "cost"):
         stages.add_column(col)
     for s in d["stages"]:
+        u = s["usage"]
+        limit = (ledger["stages"].get(s["stage"]) or {}).get("budget")
         stages.add_row(
             s["stage"],
             s.get("agent") or "—",
             f"{s['active_s']:.2f}s",
             f"{s['waiting_s']:.2f}s",
             str(s["visits"]),
+            f"{u['tokens_in']}/{u['tokens_out']}/{u['cache_read'] + u['cache_write']}",
+            f"${u['usd']:.4f}" + (f" of {_budget_view(limit)}" if limit else ""),
         )
     console.print(stages)
+    runs = Table(title="agent runs")
+    for col in ("stage", "try", "agent", "outcome", "exit", "tokens in/out", "cost", "detail"):
+        runs.add_column(col)
+    for r in d["runs"]:
+        u = r["usage"]
+        runs.add_row(
+            r["stage"],
+            str(r["attempt"]),
+            r["agent"],
+            r["outcome"] or "running",
+            "" if r["exit_code"] is None else str(r["exit_code"]),
+            f"{u['tokens_in']}/{u['tokens_out']}",
+            f"${u['usd']:.4f}",
+            (r["detail"] or "")[:60],
+        )
+    console.print(runs)
     gates = Table(title="gates")
     for col in ("stage", "gate", "verdict", "reason"):
         gates.add_column(col)
@@ -424,6 +476,22 @@ def _print_detail(d: dict[str, Any]) -> None:
             h["reason"][:80],
         )
     console.print(history)
+
+
+def _spent(u: dict[str, Any]) -> str:
+    return (
+        f"${u['usd']:.4f}, tokens in {u['tokens_in']} out {u['tokens_out']}"
+        f" cache read {u['cache_read']} write {u['cache_write']}"
+    )
+
+
+def _budget_view(b: dict[str, Any]) -> str:
+    parts = []
+    if b.get("usd") is not None:
+        parts.append(f"${b['usd']:.4f}")
+    if b.get("tokens") is not None:
+        parts.append(f"{b['tokens']} tokens")
+    return " and ".join(parts)
 
 
 def _when(epoch: float) -> str:

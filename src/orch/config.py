@@ -63,18 +63,71 @@ class RepoSettingsModel(_Strict):
     deploy: dict[Literal["staging", "production"], DeployTargetSettings] = {}
 
 
+class PricesSettings(_Strict):
+    """US dollars per million tokens: the cost of an agent whose CLI reports none (Codex), and
+    the running estimate a dollar budget is checked against between Claude Code's reports."""
+
+    input: float = Field(0.0, ge=0)
+    output: float = Field(0.0, ge=0)
+    cache_read: float = Field(0.0, ge=0)
+    cache_write: float = Field(0.0, ge=0)
+
+
+class _AgentCommon(_Strict):
+    env: dict[str, str] = {}  # values the agent gets, e.g. its base URL
+    pass_env: list[str] = []  # more variables from orch's environment the agent may see
+    prices: PricesSettings | None = None
+    # a non-root user the agent runs as (orch must run as root to switch); its worktree is
+    # handed to that user before each run
+    run_as: str | None = None
+
+
 class ScriptedAgentSettings(_Strict):
     kind: Literal["scripted"] = "scripted"
     playbook: Path | None = None
 
 
-class CommandAgentSettings(_Strict):
+class CommandAgentSettings(_AgentCommon):
     kind: Literal["command"] = "command"
     command: list[str] | str
-    env: dict[str, str] = {}
 
 
-AgentSettings = Annotated[ScriptedAgentSettings | CommandAgentSettings, Field(discriminator="kind")]
+class ClaudeCodeAgentSettings(_AgentCommon):
+    kind: Literal["claude_code"] = "claude_code"
+    command: str = "claude"  # a name on PATH or a path; ORCH_CLAUDE_BIN overrides the name
+    model: str = "sonnet"
+    permission_mode: Literal[
+        "acceptEdits", "auto", "bypassPermissions", "manual", "dontAsk", "plan"
+    ] = "acceptEdits"
+    allowed_tools: list[str] = ["Bash", "Edit", "Read", "Write", "Glob", "Grep"]
+    max_turns: int = Field(40, ge=1)
+    extra_args: list[str] = []
+
+
+class CodexProviderSettings(_Strict):
+    """A provider speaking the OpenAI Responses API (`wire_api = "responses"`)."""
+
+    name: str = Field("orch", pattern=r"^[A-Za-z0-9_-]+$")
+    base_url: str
+    env_key: str = ""  # the variable holding its API key; give its value in the agent's env
+    # more keys of codex's provider table, e.g. request_max_retries, stream_idle_timeout_ms
+    options: dict[str, int | str | bool] = {}
+
+
+class CodexAgentSettings(_AgentCommon):
+    kind: Literal["codex"] = "codex"
+    command: str = "codex"  # a name on PATH or a path; ORCH_CODEX_BIN overrides the name
+    model: str = "gpt-5-codex"
+    sandbox: Literal["read-only", "workspace-write", "danger-full-access"] = "workspace-write"
+    provider: CodexProviderSettings | None = None
+    config: list[str] = []  # more `-c key=value` overrides
+    extra_args: list[str] = []
+
+
+AgentSettings = Annotated[
+    ScriptedAgentSettings | CommandAgentSettings | ClaudeCodeAgentSettings | CodexAgentSettings,
+    Field(discriminator="kind"),
+]
 
 
 class ApiSettings(_Strict):

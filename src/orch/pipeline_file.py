@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from orch.domain import pipeline as pl
 from orch.domain.errors import OrchError, PipelineError
+from orch.domain.ledger import Budget
 from orch.domain.prompts import render, sample_context
 from orch.domain.states import WORK_STAGES, Stage
 
@@ -45,6 +46,14 @@ class GateModel(_Strict):
         return self
 
 
+class BudgetModel(_Strict):
+    usd: float | None = Field(None, ge=0)
+    tokens: int | None = Field(None, ge=0)
+
+    def budget(self) -> Budget:
+        return Budget(self.usd, self.tokens)
+
+
 class StageModel(_Strict):
     name: WorkStage
     role: str | None = None
@@ -55,6 +64,8 @@ class StageModel(_Strict):
     rework_to: WorkStage | None = None
     timeout_s: float | None = Field(None, gt=0)
     stall_s: float | None = Field(None, gt=0)  # absent: the default; `null` turns it off
+    instructions: str | None = None
+    budget: BudgetModel | None = None
 
 
 class CheckpointModel(_Strict):
@@ -79,6 +90,7 @@ class PipelineModel(_Strict):
     max_rework_rounds: int | None = Field(None, ge=0)
     max_attempts: int | None = Field(None, ge=1)
     deadline_s: float | None = Field(None, gt=0)
+    budget: BudgetModel | None = None
 
 
 def parse(
@@ -144,6 +156,10 @@ def parse(
                 changes["timeout_s"] = sm.timeout_s
             if "stall_s" in sm.model_fields_set:
                 changes["stall_s"] = sm.stall_s
+            if sm.instructions is not None:
+                changes["instructions"] = sm.instructions
+            if sm.budget is not None:
+                changes["budget"] = sm.budget.budget()
             spec = replace(spec, **changes)
             _check_templates(spec, ("stages", i), fail)
             built.append(spec)
@@ -205,6 +221,7 @@ def parse(
             else model.max_rework_rounds,
             max_attempts=base.max_attempts if model.max_attempts is None else model.max_attempts,
             deadline_s=model.deadline_s,
+            budget=model.budget.budget() if model.budget else base.budget,
         )
     except PipelineError as exc:
         raise PipelineError(f"{source}:1: {exc}") from exc
@@ -212,7 +229,10 @@ def parse(
 
 def _check_templates(spec: pl.StageSpec, at: tuple[str | int, ...], fail: Any) -> None:
     ctx = sample_context()
-    checks: list[tuple[tuple[str | int, ...], str]] = [((*at, "prompt"), spec.prompt)]
+    checks: list[tuple[tuple[str | int, ...], str]] = [
+        ((*at, "prompt"), spec.prompt),
+        ((*at, "instructions"), spec.instructions),
+    ]
     for j, g in enumerate(spec.gates):
         checks.append(((*at, "gates", j, "path"), g.path))
         checks.append(((*at, "gates", j, "command"), g.command))

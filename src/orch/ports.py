@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from orch.domain.ledger import NO_BUDGET, Budget, Usage
 from orch.domain.model import (
     Claim,
     Effect,
@@ -46,9 +47,8 @@ class StateSummary:
     by_status: dict[str, int]
     running: list[dict[str, Any]]
     recent: list[dict[str, Any]]
-    cost_usd: float = 0.0
-    tokens_in: int = 0
-    tokens_out: int = 0
+    spent: Usage = field(default_factory=Usage)
+    spent_by_repo: dict[str, Usage] = field(default_factory=dict)
 
 
 class Store(Protocol):
@@ -129,9 +129,17 @@ class Store(Protocol):
         claim: Claim,
         run_id: int,
         exit_code: int | None,
-        usage: Mapping[str, float],
+        usage: Usage,
         outcome: RunOutcome = RunOutcome.EXITED,
+        *,
+        session: str | None = None,
+        detail: str = "",
     ) -> None: ...
+    def record_usage(self, task_id: int, run_id: int, usage: Usage) -> None:
+        """The usage of a run whose lease was lost: the ledger is not fenced."""
+        ...
+
+    def spending(self, task_id: int) -> dict[Stage, Usage]: ...
 
     # the inbox
     def append_event(
@@ -177,20 +185,21 @@ class AgentRequest:
     log_path: Path
     env: Mapping[str, str]
     timeout_s: float
+    instructions: str = ""  # the role's standing instructions, for a system prompt
+    budget: Budget = NO_BUDGET  # what this run may spend before orch stops it
+    resume: str | None = None  # an earlier run's conversation to continue, where supported
 
 
-@dataclass
-class Usage:
-    tokens_in: int = 0
-    tokens_out: int = 0
-    cost_usd: float = 0.0
+@dataclass(frozen=True)
+class AgentReport:
+    """How an agent says its run ended, read from its own events; agents that say nothing
+    (a plain command) have no report and their exit code decides."""
 
-    def as_dict(self) -> dict[str, float]:
-        return {
-            "tokens_in": self.tokens_in,
-            "tokens_out": self.tokens_out,
-            "cost_usd": self.cost_usd,
-        }
+    ok: bool
+    detail: str = ""  # in its own words: the result, the error, the limit it reached
+    over_budget: str = ""  # the budget it crossed, whether orch or the agent's CLI stopped it
+    session: str | None = None  # its conversation id, for resuming it
+    tools: tuple[str, ...] = ()  # the tool calls it made, in order
 
 
 class AgentProcess(Protocol):
@@ -198,14 +207,22 @@ class AgentProcess(Protocol):
 
     def wait(self, timeout_s: float) -> int | None: ...
     def kill(self, grace_s: float) -> int | None: ...
-    def usage(self) -> Usage: ...
+    def usage(self) -> Usage:
+        """What it has spent so far, from its own usage events."""
+        ...
+
     def output_bytes(self) -> int:
         """How much it has printed so far: output that stops growing is a stall."""
         ...
 
+    def report(self) -> AgentReport | None: ...
+
 
 class Agent(Protocol):
     name: str
+    # names from orch's environment this agent may see beyond the common allowlist: its own API
+    # key and endpoint variables, never a tracker's, a forge's or a notifier's
+    env_names: frozenset[str]
 
     def start(self, request: AgentRequest) -> AgentProcess: ...
     def preflight(self) -> str | None:

@@ -21,8 +21,16 @@ from orch.adapters.process import LocalRunner
 from orch.adapters.store.sql import SqlStore
 from orch.domain import pipeline as pl
 from orch.domain.errors import ForgeError, HeadMoved, MergeConflict, NotFound
+from orch.domain.ledger import Usage
 from orch.domain.model import Claim
-from orch.ports import Agent, AgentRequest, DeployTarget, ProcessTable, RepoSettings, Usage
+from orch.ports import (
+    Agent,
+    AgentReport,
+    AgentRequest,
+    DeployTarget,
+    ProcessTable,
+    RepoSettings,
+)
 from orch.services.breaker import Breakers
 from orch.services.dispatcher import Dispatcher, DispatcherSettings
 from orch.services.engine import Engine, EngineSettings
@@ -90,9 +98,13 @@ class _Finished:
 
     pid: int | None = None
 
-    def __init__(self, code: int | None) -> None:
+    def __init__(
+        self, code: int | None, spent: Usage | None = None, session: str | None = None
+    ) -> None:
         self.code = code
         self.killed = False
+        self.spent = spent or Usage()
+        self.session = session
 
     def wait(self, timeout_s: float) -> int | None:
         return self.code
@@ -105,10 +117,15 @@ class _Finished:
         return self.code
 
     def usage(self) -> Usage:
-        return Usage()
+        return self.spent
 
     def output_bytes(self) -> int:
         return 0
+
+    def report(self) -> AgentReport | None:
+        if self.session is None:
+            return None
+        return AgentReport(self.code == 0, session=self.session)
 
 
 class InstantAgent:
@@ -120,9 +137,15 @@ class InstantAgent:
         self,
         name: str = "default",
         outcome: Callable[[AgentRequest], int | None] | None = None,
+        spends: Usage | None = None,
+        sessions: bool = False,
+        env_names: frozenset[str] = frozenset(),
     ) -> None:
         self.name = name
+        self.env_names = env_names
         self.outcome = outcome or (lambda _req: 0)
+        self.spends = spends  # what each run reports it spent
+        self.sessions = sessions  # whether runs report a conversation, named for their request
         self.started: list[AgentRequest] = []
 
     def preflight(self) -> str | None:
@@ -139,7 +162,8 @@ class InstantAgent:
                 path = request.workdir / rel
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(content.replace("{{body}}", ""), encoding="utf-8")
-        return _Finished(code)
+        session = request.resume or f"{request.task_key}:{request.stage}:{request.attempt}"
+        return _Finished(code, self.spends, session if self.sessions else None)
 
 
 class MemoryProcessTable:

@@ -13,6 +13,7 @@ import pytest
 from orch.adapters.store.sql import SqlStore
 from orch.domain import pipeline as pl
 from orch.domain.errors import Busy, Conflict, LeaseLost
+from orch.domain.ledger import Usage
 from orch.domain.model import Claim, GateRecord, Task, Ticket
 from orch.domain.pipeline import Checkpoint, Decision, Move, Pipeline
 from orch.domain.states import EffectState, JobState, RunOutcome, Stage, TaskStatus
@@ -475,7 +476,7 @@ def _start_run(s: SqlStore, t: Task, old: Claim, new: Claim) -> object:
 
 def _finish_run(s: SqlStore, t: Task, old: Claim, new: Claim) -> object:
     run_id = s.runs(t.id)[0].id
-    return s.finish_run(old, run_id, 0, {"tokens_in": 5, "tokens_out": 5, "cost_usd": 1.0})
+    return s.finish_run(old, run_id, 0, Usage(5, 5, cost_usd=1.0))
 
 
 def _mark_events(s: SqlStore, t: Task, old: Claim, new: Claim) -> object:
@@ -751,7 +752,7 @@ def test_runs_record_exit_and_usage_and_add_to_the_task_cost(store: SqlStore) ->
     task = new_task(store)
     c = claim(store)
     run_id = store.start_run(c, "scripted", 123, "/tmp/x.log")
-    store.finish_run(c, run_id, 0, {"tokens_in": 10, "tokens_out": 4, "cost_usd": 0.5})
+    store.finish_run(c, run_id, 0, Usage(10, 4, cost_usd=0.5))
     [run] = store.runs(task.id)
     assert (run.agent, run.pid, run.exit_code, run.attempt, run.stage) == (
         "scripted",
@@ -763,6 +764,60 @@ def test_runs_record_exit_and_usage_and_add_to_the_task_cost(store: SqlStore) ->
     assert run.ended_at is not None
     after = store.get_task(task.id)
     assert (after.tokens_in, after.tokens_out, after.cost_usd) == (10, 4, 0.5)
+
+
+def test_a_run_records_its_cache_tokens_session_and_the_agents_account(store: SqlStore) -> None:
+    task = new_task(store)
+    c = claim(store)
+    run_id = store.start_run(c, "claude", 7, "/tmp/x.log")
+    store.finish_run(
+        c, run_id, 0, Usage(10, 4, 900, 30, 0.25), session="s-1", detail="wrote the spec"
+    )
+    [run] = store.runs(task.id)
+    assert run.usage == Usage(10, 4, 900, 30, 0.25)
+    assert (run.session, run.detail) == ("s-1", "wrote the spec")
+    assert store.get_task(task.id).spent == Usage(10, 4, 900, 30, 0.25)
+
+
+def test_the_usage_of_a_run_whose_lease_was_lost_is_counted_once_and_the_run_stays_open(
+    store: SqlStore,
+) -> None:
+    task = new_task(store)
+    lost = claim(store)
+    run_id = store.start_run(lost, "claude", 7, "/tmp/lost.log")
+    # the run's worker lost the lease: its outcome cannot be written, its spending can
+    third = claim_again(store, lost)
+    with pytest.raises(LeaseLost):
+        store.finish_run(lost, run_id, -9, Usage(100, 10, cost_usd=0.1))
+    store.record_usage(task.id, run_id, Usage(100, 10, cost_usd=0.1))
+    store.record_usage(task.id, run_id, Usage(100, 10, cost_usd=0.1))
+    [run] = store.runs(task.id)
+    assert run.usage == Usage(100, 10, cost_usd=0.1)
+    assert (run.ended_at, run.outcome) == (None, None)
+    assert store.get_task(task.id).spent == Usage(100, 10, cost_usd=0.1)
+    # and the live owner's own run is counted too
+    live = store.start_run(third, "claude", 8, "/tmp/third.log")
+    store.finish_run(third, live, 0, Usage(1, 1, cost_usd=0.01))
+    assert store.get_task(task.id).spent == Usage(101, 11, cost_usd=0.11)
+
+
+def claim_again(store: SqlStore, held: Claim) -> Claim:
+    """Another worker takes the job `held` after its lease expires."""
+    store.renew(held, -1)
+    assert store.sweep(max_attempts=9).requeued == 1
+    return claim(store, owner="third:3:new")
+
+
+def test_spending_is_summed_per_stage_over_every_run(store: SqlStore) -> None:
+    task = new_task(store)
+    c = claim(store)
+    for n in (1, 2):
+        run_id = store.start_run(c, "claude", n, f"/tmp/{n}.log")
+        store.finish_run(c, run_id, 0, Usage(n, n, n, n, n / 10))
+    assert store.spending(task.id) == {Stage.ANALYSIS: Usage(3, 3, 3, 3, pytest.approx(0.3))}
+    summary = store.summary()
+    assert summary.spent.tokens_in == 3
+    assert summary.spent_by_repo["app"].cache_read == 3
 
 
 # -- concurrency ----------------------------------------------------------------------------------
@@ -837,6 +892,6 @@ def test_a_finished_run_records_how_it_ended(store: SqlStore) -> None:
     new_task(store)
     c = claim(store)
     run_id = store.start_run(c, "scripted", 4242, "/tmp/log")
-    store.finish_run(c, run_id, -9, {}, RunOutcome.STALLED)
+    store.finish_run(c, run_id, -9, Usage(), RunOutcome.STALLED)
     (run,) = store.runs(c.task_id)
     assert (run.exit_code, run.outcome) == (-9, "stalled")

@@ -137,6 +137,19 @@ def test_api_answers_bad_requests_with_clear_errors(served: Served) -> None:
         assert client.get("/api/v1/state").json()["tasks"]["by_status"] == {}
 
 
+def test_a_retry_that_raises_a_budget_is_checked_before_it_is_recorded(served: Served) -> None:
+    with httpx.Client(base_url=served.url, timeout=10) as client:
+        key = client.post("/api/v1/tasks", json={"repo": "sample", "title": "Tidy"}).json()["key"]
+        for bad in ({"budget_usd": 0}, {"budget_tokens": -5}, {"budget_usd": "lots"}):
+            refused = client.post(f"/api/v1/tasks/{key}/retry", json=bad)
+            assert refused.status_code == 422, bad
+        not_parked = client.post(f"/api/v1/tasks/{key}/retry", json={"budget_usd": 2.5})
+        assert not_parked.status_code == 409
+        assert "only a task that needs an operator is retried" in not_parked.json()["error"]
+        events = client.get(f"/api/v1/tasks/{key}").json()["events"]
+        assert [e for e in events if e["kind"] == "retry"] == []
+
+
 def test_second_serve_on_the_same_sqlite_file_is_refused(served: Served) -> None:
     second = start_serve(served.config)
     try:

@@ -644,8 +644,8 @@ def test_the_previous_attempts_error_reaches_the_retry_prompt(make_rig: Any) -> 
     task = file_ticket(r)
     r.run_until_idle()
     first, second = prompts(r, task, Stage.ANALYSIS)
-    assert "previous attempt failed" not in first
-    assert "The previous attempt failed: agent scripted exited 1" in second
+    assert "Why the previous attempt failed" not in first
+    assert "Why the previous attempt failed\n\nagent scripted exited 1" in second
     assert current(r, task).feedback == ""
 
 

@@ -8,6 +8,7 @@ from orch.domain.agent_env import BASE_ALLOWED, child_env
 from orch.domain.errors import TemplateError
 from orch.domain.gates import artifact_verdict, command_verdict, review_verdict
 from orch.domain.prompts import render, sample_context
+from orch.domain.states import Stage
 
 # -- artifact gate ------------------------------------------------------------------------------
 
@@ -183,6 +184,40 @@ def test_feedback_renders_into_the_default_prompt_only_when_present() -> None:
     assert "Feedback to address" not in render(prompt, ctx)
     ctx["feedback"] = "add a test for empty input"
     assert "add a test for empty input" in render(prompt, ctx)
+
+
+def test_each_default_prompt_asks_for_exactly_what_its_stage_gates_check() -> None:
+    from orch.domain.pipeline import GateKind, default_pipeline
+
+    for spec in default_pipeline().stages:
+        if spec.agent is None:
+            continue
+        ctx = {**sample_context(), "stage": spec.stage.value, "role": spec.role}
+        prompt = render(spec.prompt, ctx)
+        assert f"Stage: {spec.stage}" in prompt
+        assert render(spec.instructions, ctx), f"{spec.role} has no standing instructions"
+        for gate in spec.gates:
+            if gate.kind == GateKind.COMMAND:
+                assert render(gate.command, ctx) in prompt, (spec.stage, gate.name)
+                continue
+            assert render(gate.path, ctx) in prompt, (spec.stage, gate.name)
+            for heading in gate.headings:
+                assert f"## {heading}" in prompt, (spec.stage, heading)
+            if gate.kind == GateKind.VERDICT:
+                assert "Verdict: approve" in prompt and "Verdict: request-changes" in prompt
+
+
+def test_earlier_stages_artifacts_and_feedback_reach_the_prompt() -> None:
+    from orch.domain.pipeline import default_pipeline
+
+    ctx = sample_context()
+    ctx["artifacts"] = [{"stage": "analysis", "path": "docs/spec.md", "text": "SPEC BODY"}]
+    ctx["feedback"] = "the reviewer wants input validation"
+    ctx["previous_error"] = "`pytest` exited 1"
+    prompt = render(default_pipeline().spec(Stage.DEVELOPMENT).prompt, ctx)
+    assert "## docs/spec.md (from analysis)\n\nSPEC BODY" in prompt
+    assert "## Feedback to address\n\nthe reviewer wants input validation" in prompt
+    assert "## Why the previous attempt failed\n\n`pytest` exited 1" in prompt
 
 
 # -- the agent's environment --------------------------------------------------------------------

@@ -7,9 +7,9 @@ import threading
 import pytest
 
 from orch.domain.errors import CancelRequested, LeaseLost, ShuttingDown, StoreUnavailable
+from orch.domain.ledger import Usage
 from orch.domain.model import Claim
 from orch.domain.states import RunOutcome, Stage
-from orch.ports import Usage
 from orch.services.lease import Lease
 
 CLAIM = Claim(job_id=1, task_id=1, version=1, stage=Stage.ANALYSIS, attempt=1, token=1, owner="w")
@@ -52,6 +52,9 @@ class EndlessChild:
 
     def usage(self) -> Usage:
         return Usage()
+
+    def report(self) -> None:
+        return None
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from orch.domain import pipeline as pl
 from orch.domain.errors import PipelineError
+from orch.domain.ledger import Budget
 from orch.domain.pipeline import Checkpoint, GateKind
 from orch.domain.states import WORK_STAGES, Stage
 from orch.pipeline_file import parse
@@ -180,10 +181,65 @@ def test_explicit_rework_to_null_lets_review_stand_without_development() -> None
     assert p.spec(Stage.REVIEW).rework_to is None
 
 
+def test_budgets_are_read_for_the_task_and_per_stage() -> None:
+    p = _parse(
+        """\
+        budget: {usd: 5.0, tokens: 2000000}
+        stages:
+          - name: analysis
+            budget: {usd: 0.5}
+          - name: development
+        """
+    )
+    assert p.budget == Budget(usd=5.0, tokens=2_000_000)
+    assert p.spec(Stage.ANALYSIS).budget == Budget(usd=0.5)
+    assert p.spec(Stage.DEVELOPMENT).budget == Budget()
+    assert pl.from_dict(pl.to_dict(p)) == p
+
+
+def test_a_stages_role_instructions_can_be_overridden() -> None:
+    p = _parse(
+        """\
+        stages:
+          - name: review
+            instructions: "Review {{ ticket.key }} as a security engineer."
+        """
+    )
+    assert p.spec(Stage.REVIEW).instructions == "Review {{ ticket.key }} as a security engineer."
+
+
 # -- errors: `source:line: field:` ------------------------------------------------------------
 
 
 ERRORS = [
+    (
+        "negative-budget",
+        """\
+        stages:
+          - name: analysis
+            budget: {usd: -1}
+        """,
+        None,
+        f"{SOURCE}:3: stages[0].budget.usd: ",
+    ),
+    (
+        "unknown-budget-unit",
+        """\
+        budget: {euros: 3}
+        """,
+        None,
+        f"{SOURCE}:1: budget.euros: ",
+    ),
+    (
+        "unknown-variable-in-instructions",
+        """\
+        stages:
+          - name: analysis
+            instructions: "You serve {{ customer }}"
+        """,
+        None,
+        f"{SOURCE}:3: stages[0].instructions: ",
+    ),
     (
         "unknown-stage",
         """\

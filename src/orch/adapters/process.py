@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import select
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
 from orch import crashpoints
-from orch.ports import Usage
+from orch.ports import AgentReport, Usage
 
 
 class ProcessGroup:
-    """One supervised child: the leader of a new session, output appended to a log file."""
+    """One supervised child: the leader of a new session, output appended to a log file.
+
+    With `on_line`, the output passes through a pipe: a reader thread appends each line to the
+    log and hands it to `on_line` as it arrives, so an agent's events are seen the moment it
+    prints them (a budget is enforced within one event).
+    """
 
     def __init__(
         self,
@@ -26,10 +34,12 @@ class ProcessGroup:
         env: Mapping[str, str],
         log_path: Path,
         stdin_path: Path | None = None,
+        on_line: Callable[[bytes], None] | None = None,
+        user: tuple[int, int] | None = None,
     ) -> None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path = log_path
-        self._usage = Usage()
+        self._reader: threading.Thread | None = None
         with open(log_path, "ab") as log:
             stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL  # noqa: SIM115
             try:
@@ -39,13 +49,26 @@ class ProcessGroup:
                     cwd=cwd,
                     env=dict(env),
                     stdin=stdin,
-                    stdout=log,
+                    stdout=subprocess.PIPE if on_line else log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
+                    # (uid, gid): the child runs as that user, with no other groups
+                    user=user[0] if user else None,
+                    group=user[1] if user else None,
+                    extra_groups=[] if user else None,
                 )
             finally:
                 if stdin_path:
                     stdin.close()  # type: ignore[union-attr]
+        if on_line is not None:
+            assert self._proc.stdout is not None
+            self._reader = threading.Thread(
+                target=_pump,
+                args=(self._proc.stdout, log_path, on_line),
+                name=f"orch-output-{self._proc.pid}",
+                daemon=True,
+            )
+            self._reader.start()
         self.pid: int | None = self._proc.pid
         # a pidfd becomes readable the moment the child exits, where Popen.wait(timeout) would
         # poll with sleeps of up to 50 ms
@@ -89,7 +112,17 @@ class ProcessGroup:
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
+        if self._reader is not None:
+            # the group is dead, so the pipe is at its end: the last events are read before the
+            # exit is reported
+            self._reader.join(5.0)
         return code
+
+    def kill_now(self) -> None:
+        """SIGKILL the whole group at once, without reaping: from the output reader, which must
+        stop an agent before it starts another turn."""
+        if self._proc.returncode is None:
+            self._signal(signal.SIGKILL)
 
     def kill(self, grace_s: float) -> int | None:
         """TERM the group, wait out the grace, then KILL it; return the exit status."""
@@ -109,7 +142,10 @@ class ProcessGroup:
             os.killpg(self._proc.pid, sig)
 
     def usage(self) -> Usage:
-        return self._usage
+        return Usage()
+
+    def report(self) -> AgentReport | None:
+        return None
 
     def output_bytes(self) -> int:
         try:
@@ -126,6 +162,17 @@ class ProcessGroup:
                 return f.read().decode("utf-8", "replace")
         except OSError:
             return ""
+
+
+def _pump(pipe: IO[bytes], log_path: Path, on_line: Callable[[bytes], None]) -> None:
+    with pipe, open(log_path, "ab") as log:
+        for line in pipe:
+            log.write(line)
+            log.flush()
+            try:
+                on_line(line)
+            except Exception:  # a parser's bug must not stop the log, nor leave the pipe full
+                logging.getLogger("orch.process").exception("reading %s failed", log_path)
 
 
 class LocalRunner:

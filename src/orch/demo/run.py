@@ -19,6 +19,7 @@ from rich.text import Text
 
 from orch.bootstrap import App, build
 from orch.config import IsolatedSettings
+from orch.demo import agents as real_agents
 from orch.demo import sample
 from orch.demo.crash import CRASH_POINT, WorkerProcess, merges_of
 from orch.domain.errors import OrchError
@@ -48,7 +49,9 @@ def prepare(root: Path | None) -> Path:
     return root
 
 
-def demo_settings(root: Path, remote: Path, playbook: Path) -> Any:
+def demo_settings(
+    root: Path, remote: Path, playbook: Path, agent: dict[str, Any] | None = None
+) -> Any:
     target = {
         t: {
             "command": sample.deploy_command(root, t),
@@ -70,7 +73,7 @@ def demo_settings(root: Path, remote: Path, playbook: Path) -> Any:
                 "deploy": target,
             }
         ],
-        agents={"default": {"kind": "scripted", "playbook": str(playbook)}},
+        agents={"default": agent or {"kind": "scripted", "playbook": str(playbook)}},
         worker={
             "slots": 2,
             "heartbeat_s": 5,
@@ -177,25 +180,56 @@ class Scenario:
 
 
 def run(
-    root: Path | None, console: Console, scenario: str = "happy", timeout_s: float = 120.0
+    root: Path | None,
+    console: Console,
+    scenario: str = "happy",
+    timeout_s: float = 120.0,
+    agent: str = "scripted",
 ) -> DemoResult:
     started = time.monotonic()
     plan = Scenario(scenario, console)
+    real_agents.check_name(agent)
+    if agent != "scripted":
+        real_agents.find(agent, os.environ)  # a missing CLI is said before anything is made
     root = prepare(root)
-    console.print(f"[bold]orch demo[/] ({scenario}) in {root}")
+    console.print(f"[bold]orch demo[/] ({scenario}, agent {agent}) in {root}")
+    real = real_agents.start(agent, root, os.environ) if agent != "scripted" else None
+    try:
+        return _run(root, console, plan, started, timeout_s, real)
+    finally:
+        if real is not None:
+            real.close()
+
+
+def _run(
+    root: Path,
+    console: Console,
+    plan: Scenario,
+    started: float,
+    timeout_s: float,
+    real: real_agents.RealAgent | None,
+) -> DemoResult:
     _, remote = sample.create(root)
     initial_main = _git(remote, "rev-parse", "refs/heads/main")
     playbook = root / "playbook.json"
     playbook.write_text(json.dumps(plan.playbook(), indent=2), encoding="utf-8")
     console.print(f"sample project: {root / 'sample'} (remote {remote})")
-    app = build(demo_settings(root, remote, playbook))
+    if real is not None:
+        console.print(
+            f"agent: the real {real.name} CLI ({real.binary}) against orch's scripted model"
+            f" server at {real.server.url}: offline and free"
+        )
+    app = build(demo_settings(root, remote, playbook, real.settings() if real else None))
     try:
         task = app.intake.file("sample", sample.TICKET_TITLE, sample.TICKET_BODY, actor="demo")
         console.print(f"filed [bold]{task.key}[/] on the built-in board: {task.title}")
+        if real is not None:
+            real.play(task.key, hang_in="development" if plan.name == "stop" else None)
         plan.start_workers(app, root)
         task = _watch(app, task.key, console, started, timeout_s, plan)
         summary = _summary(app, task.key, root, remote, time.monotonic() - started)
         summary["scenario"] = _scenario_report(app, task, plan, remote, initial_main)
+        summary["agent"] = real.name if real else "scripted"
         check = _verify(summary, task, plan)
         return DemoResult(not check, check or "done", summary)
     finally:
@@ -376,6 +410,14 @@ def _verify(summary: dict[str, Any], task: Any, plan: Scenario) -> str:
         return f"the remote's main is at {merge['remote_main']}, not the merge {merge['commit']}"
     if plan.name == "reject" and not report["comment_in_next_prompt"]:
         return "the rejection's comment did not reach the next analysis prompt"
+    if summary["agent"] != "scripted":
+        unrecorded = [
+            row["stage"]
+            for row in summary["task"]["stages"]
+            if row.get("agent") and not row["usage"]["tokens_in"]
+        ]
+        if unrecorded:
+            return f"no usage was recorded for {', '.join(unrecorded)}"
     return ""
 
 
@@ -386,6 +428,8 @@ def render_summary(summary: dict[str, Any], console: Console) -> None:
     table.add_column("agent")
     table.add_column("working", justify="right")
     table.add_column("waiting", justify="right")
+    table.add_column("tokens in/out/cache", justify="right")
+    table.add_column("cost", justify="right")
     table.add_column("gates")
     gates: dict[str, dict[str, Any]] = {}
     for g in task["gates"]:
@@ -397,14 +441,25 @@ def render_summary(summary: dict[str, Any], console: Console) -> None:
             f"{name} {'✔' if g['passed'] else '✘'}"
             for name, g in gates.get(row["stage"], {}).items()
         )
+        u = row["usage"]
+        spent = u["tokens_in"] or u["tokens_out"] or u["usd"]
         table.add_row(
             row["stage"],
             row["agent"] or "—",
             f"{row['active_s']:.2f}s",
             f"{row['waiting_s']:.2f}s" if row["waiting_s"] else "",
+            "/".join(_k(u[f]) for f in ("tokens_in", "tokens_out", "cache_read")) if spent else "",
+            f"${u['usd']:.4f}" if spent else "",
             verdicts or "—",
         )
     console.print(table)
+    total = task["cost"]
+    if total["tokens_in"] or total["usd"]:
+        console.print(
+            f"spent by the {summary.get('agent', 'scripted')} agent: ${total['usd']:.4f};"
+            f" tokens in {total['tokens_in']}, out {total['tokens_out']}, cache read"
+            f" {total['cache_read']}, cache write {total['cache_write']}"
+        )
     merge = summary["merge"]
     if merge["commit"]:
         console.print(f"merge commit on main: [bold]{merge['commit']}[/] ({merge['subject']})")
@@ -442,6 +497,10 @@ def render_summary(summary: dict[str, Any], console: Console) -> None:
     for name, path in summary["paths"].items():
         console.print(f"  {name:<11} {path}")
     console.print(f"finished in {summary['elapsed_s']:.1f}s")
+
+
+def _k(n: int) -> str:
+    return str(n) if n < 1000 else f"{n / 1000:.1f}k"
 
 
 def _signal_name(code: int) -> str:

@@ -93,6 +93,66 @@ class SlugifyTest(unittest.TestCase):
         self.assertEqual(slugify("  !! "), "")
 """
 
+SPEC = """# {key}: a `slugify` helper
+
+## Problem
+
+Titles need URL slugs, and the package has no helper that makes them: callers each lower-case and
+strip text their own way, and accented titles come out wrong.
+
+## Acceptance criteria
+
+- `sample.slug.slugify("Hello, World!")` returns `"hello-world"`.
+- Accents are dropped: `slugify("Crème brûlée")` returns `"creme-brulee"`.
+- Text with no letters or digits gives `""`.
+- The tests in `tests/test_slug.py` cover each case and pass.
+"""
+
+ADR = """# ADR for {key}: slugs in `sample.slug`
+
+## Context
+
+The specification asks for `slugify(text)`. The package is small and has no dependencies.
+
+## Decision
+
+Add `sample/slug.py` with one function: NFKD-normalise, drop what is not ASCII, lower-case, keep
+runs of letters and digits, join them with hyphens. Standard library only. Tests in
+`tests/test_slug.py`, one per acceptance criterion.
+
+## Consequences
+
+One new module and its tests; nothing else changes.
+"""
+
+CHANGES = """# Changes for {key}
+
+- `sample/slug.py`: `slugify(text)`.
+- `tests/test_slug.py`: a test per acceptance criterion.
+"""
+
+REVIEW = """# Review of {key}
+
+`slugify` matches the specification: lower-case ASCII words joined by hyphens, accents dropped,
+punctuation removed. Each acceptance criterion has a test, and the tests pass.
+
+Verdict: approve
+"""
+
+TEST_REPORT = """# Test report for {key}
+
+## Results
+
+- `slugify("Hello, World!") == "hello-world"`: pass (`test_joins_lowercase_words_with_hyphens`).
+- Accents dropped: pass (`test_drops_accents`).
+- Empty slug for text without letters or digits: pass (`test_empty_text_gives_empty_slug`).
+- The whole suite passes.
+
+## Verdict
+
+pass
+"""
+
 TICKET_TITLE = "Add a `slugify` helper with tests"
 TICKET_BODY = (
     "We need `sample.slug.slugify(text)` that turns a title into a URL slug: lower-case ASCII"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from orch.domain.ledger import Usage
 from orch.domain.states import EffectState, JobState, Stage, TaskStatus
 
 
@@ -37,8 +38,17 @@ class Task:
     cost_usd: float = 0.0
     tokens_in: int = 0
     tokens_out: int = 0
+    cache_read: int = 0
+    cache_write: int = 0
+    budgets: dict[str, Any] = field(default_factory=dict)  # an operator's budget overrides
     created_at: float = 0.0
     updated_at: float = 0.0
+
+    @property
+    def spent(self) -> Usage:
+        return Usage(
+            self.tokens_in, self.tokens_out, self.cache_read, self.cache_write, self.cost_usd
+        )
 
 
 @dataclass(frozen=True)
@@ -137,3 +147,13 @@ class Run:
     tokens_out: int = 0
     cost_usd: float = 0.0
     outcome: str | None = None  # a RunOutcome; None while it runs, or if its worker died
+    cache_read: int = 0
+    cache_write: int = 0
+    session: str | None = None  # the agent's conversation id, for resuming it
+    detail: str = ""  # the agent's own account of how the run ended
+
+    @property
+    def usage(self) -> Usage:
+        return Usage(
+            self.tokens_in, self.tokens_out, self.cache_read, self.cache_write, self.cost_usd
+        )

@@ -11,7 +11,9 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
+from orch.domain.default_prompts import INSTRUCTIONS, PROMPTS, WORK
 from orch.domain.errors import PipelineError
+from orch.domain.ledger import NO_BUDGET, Budget
 from orch.domain.states import Stage, TaskStatus
 
 
@@ -48,6 +50,8 @@ class StageSpec:
     rework_to: Stage | None = None  # where a failed gate sends the task; None retries the stage
     timeout_s: float = 1800.0  # one attempt's wall-clock limit
     stall_s: float | None = 600.0  # an agent silent this long is stalled; None: never
+    budget: Budget = NO_BUDGET  # what the stage's runs may spend in all, across attempts
+    instructions: str = ""  # template; the role's standing instructions (a system prompt)
 
 
 class OnTimeout(StrEnum):
@@ -73,6 +77,7 @@ class Pipeline:
     max_attempts: int = 3
     # working time a task may take, human waits excluded; None: no deadline
     deadline_s: float | None = None
+    budget: Budget = NO_BUDGET  # what all of a task's agent runs may spend
 
     def __post_init__(self) -> None:
         if not self.stages:
@@ -155,6 +160,7 @@ class Decision:
     rework: bool = False
     timer_s: float | None = None  # a waiting task's checkpoint timeout
     reset_rounds: bool = False  # an operator's retry starts the rework count again
+    budgets: dict[str, Any] | None = None  # an operator's new budget overrides, if any
 
 
 def _enter(pipeline: Pipeline, stage: Stage, reason: str, feedback: str = "") -> Decision:
@@ -296,6 +302,8 @@ def to_dict(pipeline: Pipeline) -> dict[str, Any]:
                 "rework_to": s.rework_to.value if s.rework_to else None,
                 "timeout_s": s.timeout_s,
                 "stall_s": s.stall_s,
+                "budget": s.budget.as_dict(),
+                "instructions": s.instructions,
             }
             for s in pipeline.stages
         ],
@@ -313,6 +321,7 @@ def to_dict(pipeline: Pipeline) -> dict[str, Any]:
         "max_rework_rounds": pipeline.max_rework_rounds,
         "max_attempts": pipeline.max_attempts,
         "deadline_s": pipeline.deadline_s,
+        "budget": pipeline.budget.as_dict(),
     }
 
 
@@ -338,6 +347,8 @@ def from_dict(data: dict[str, Any]) -> Pipeline:
             rework_to=Stage(s["rework_to"]) if s.get("rework_to") else None,
             timeout_s=float(s.get("timeout_s", 1800.0)),
             stall_s=_optional_float(s.get("stall_s", 600.0)),
+            budget=Budget.from_dict(s.get("budget")),
+            instructions=s.get("instructions", ""),
         )
         for s in data["stages"]
     )
@@ -358,6 +369,7 @@ def from_dict(data: dict[str, Any]) -> Pipeline:
         max_rework_rounds=int(data.get("max_rework_rounds", 3)),
         max_attempts=int(data.get("max_attempts", 3)),
         deadline_s=_optional_float(data.get("deadline_s")),
+        budget=Budget.from_dict(data.get("budget")),
     )
 
 
@@ -373,102 +385,71 @@ def with_agent(pipeline: Pipeline, agent: str) -> Pipeline:
     )
 
 
-_WORK = "docs/work-items/{{ ticket.key }}"
-_COMMON = (
-    "Ticket {{ ticket.key }}: {{ ticket.title }}\n\n{{ ticket.body }}\n\n"
-    "Repository {{ repo.name }} (default branch {{ repo.default_branch }}); "
-    "stage {{ stage }}, attempt {{ attempt }}.\n"
-    "{% if feedback %}\nFeedback to address from the last round:\n{{ feedback }}\n{% endif %}"
-    "{% if previous_error %}\nThe previous attempt failed: {{ previous_error }}\n{% endif %}"
-)
+def _role(stage: Stage, role: str, agent: str | None, **kw: Any) -> StageSpec:
+    return StageSpec(stage, role, agent, PROMPTS[role], instructions=INSTRUCTIONS[role], **kw)
 
 
 def default_pipeline() -> Pipeline:
     tests = GateSpec("tests", GateKind.COMMAND, command="{{ repo.test_command }}")
     return Pipeline(
         stages=(
-            StageSpec(
+            _role(
                 Stage.ANALYSIS,
                 "analyst",
                 "default",
-                "You are the analyst. " + _COMMON + f"\nWrite the specification to {_WORK}/spec.md"
-                " with the headings 'Problem' and 'Acceptance criteria'.",
                 gates=(
                     GateSpec(
                         "spec",
                         GateKind.ARTIFACT,
-                        path=f"{_WORK}/spec.md",
+                        path=f"{WORK}/spec.md",
                         headings=("Problem", "Acceptance criteria"),
                     ),
                 ),
             ),
-            StageSpec(
+            _role(
                 Stage.ARCHITECTURE,
                 "architect",
                 "default",
-                "You are the architect. " + _COMMON + f"\nRead {_WORK}/spec.md and write an"
-                f" architecture decision record to {_WORK}/adr.md with the headings 'Context',"
-                " 'Decision' and 'Consequences'.",
                 gates=(
                     GateSpec(
                         "adr",
                         GateKind.ARTIFACT,
-                        path=f"{_WORK}/adr.md",
+                        path=f"{WORK}/adr.md",
                         headings=("Context", "Decision", "Consequences"),
                     ),
                 ),
             ),
-            StageSpec(
-                Stage.DEVELOPMENT,
-                "developer",
-                "default",
-                "You are the developer. " + _COMMON + f"\nImplement {_WORK}/spec.md following"
-                f" {_WORK}/adr.md, with tests. The test command is `{{{{ repo.test_command }}}}`.",
-                gates=(tests,),
-            ),
-            StageSpec(
+            _role(Stage.DEVELOPMENT, "developer", "default", gates=(tests,)),
+            _role(
                 Stage.REVIEW,
                 "reviewer",
                 "default",
-                "You are the reviewer. " + _COMMON + "\nReview the change on this branch against"
-                f" {_WORK}/spec.md. Write {_WORK}/review.md ending with a line"
-                " 'Verdict: approve' or 'Verdict: request-changes' and your reasons.",
-                gates=(GateSpec("review", GateKind.VERDICT, path=f"{_WORK}/review.md"),),
+                gates=(GateSpec("review", GateKind.VERDICT, path=f"{WORK}/review.md"),),
                 rework_to=Stage.DEVELOPMENT,
             ),
-            StageSpec(
+            _role(
                 Stage.TESTING,
                 "tester",
                 "default",
-                "You are the tester. " + _COMMON + "\nRun the tests, check the acceptance"
-                f" criteria and write {_WORK}/test-report.md with the headings 'Results' and"
-                " 'Verdict'.",
                 gates=(
                     tests,
                     GateSpec(
                         "test-report",
                         GateKind.ARTIFACT,
-                        path=f"{_WORK}/test-report.md",
+                        path=f"{WORK}/test-report.md",
                         headings=("Results", "Verdict"),
                     ),
                 ),
                 rework_to=Stage.DEVELOPMENT,
             ),
-            StageSpec(
+            _role(
                 Stage.DEPLOY_STAGING,
                 "deployer",
                 None,
-                "",
                 actions=(Action.MERGE, Action.DEPLOY_STAGING),
                 rework_to=Stage.DEVELOPMENT,
             ),
-            StageSpec(
-                Stage.DEPLOY,
-                "deployer",
-                None,
-                "",
-                actions=(Action.DEPLOY_PRODUCTION,),
-            ),
+            _role(Stage.DEPLOY, "deployer", None, actions=(Action.DEPLOY_PRODUCTION,)),
         ),
         checkpoints=(
             Checkpoint(

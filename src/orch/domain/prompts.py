@@ -46,4 +46,5 @@ def sample_context() -> dict[str, Any]:
         "previous_error": "",
         "repo": {"name": "repo", "default_branch": "main", "test_command": "true"},
         "workdir": "/tmp/work",
+        "artifacts": [{"stage": "analysis", "path": "docs/spec.md", "text": "text"}],
     }

@@ -75,6 +75,7 @@ class RunOutcome(StrEnum):
     STOPPED = "stopped"  # a STOP
     LEASE_LOST = "lease_lost"  # this worker lost the job's lease
     SHUTDOWN = "shutdown"  # orch shut down
+    BUDGET = "budget"  # it crossed its stage's or its task's budget
     ERROR = "error"  # the supervisor itself failed
 
 

@@ -13,7 +13,7 @@ import os
 import random
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from orch.domain.errors import (
 )
 from orch.domain.failures import FailureClass, classify
 from orch.domain.gates import Verdict, artifact_verdict, command_verdict, review_verdict
+from orch.domain.ledger import Budget, Limits, Usage, budgets_of, raised
 from orch.domain.model import Claim, Effect, Event, GateRecord, Task
 from orch.domain.naming import deploy_key, merge_key
 from orch.domain.pipeline import Action, Decision, GateKind, GateSpec, Move, Pipeline, StageSpec
@@ -48,6 +49,8 @@ from orch.domain.states import (
 )
 from orch.ports import (
     Agent,
+    AgentProcess,
+    AgentReport,
     AgentRequest,
     CommandRunner,
     Forge,
@@ -204,9 +207,15 @@ class Engine:
         if ev.kind == "retry" and task.status == TaskStatus.NEEDS_OPERATOR:
             try:
                 stage = Stage(str(ev.payload.get("stage") or task.stage))
-                return pl.on_retry(pipeline, task.stage, stage, ev.actor)
-            except (ValueError, OrchError):
+                decision = pl.on_retry(pipeline, task.stage, stage, ev.actor)
+                budget = Budget.from_dict(ev.payload.get("budget"))
+            except (ValueError, TypeError, OrchError):
                 return None
+            if budget.unlimited:
+                return decision
+            # the operator raised the budget that stopped the task
+            limits = self._limits(task, pipeline, pipeline.spec(task.stage))
+            return replace(decision, budgets=raised(task.budgets, limits, budget))
         if task.status != TaskStatus.WAITING or task.waiting_for is None:
             return None
         if ev.kind not in ("approve", "reject") or ev.payload.get("checkpoint") not in (
@@ -280,7 +289,7 @@ class Engine:
             worktree = self.forge.prepare_worktree(task.repo, task.branch)
             lease.check()
             self._stop_point(task, lease)
-            ctx = self._context(task, spec, claim, repo, worktree)
+            ctx = self._context(task, pipeline, spec, claim, repo, worktree)
             if agent is not None:
                 failure = self._run_agent(
                     task, pipeline, spec, agent, claim, lease, ctx, worktree, deadline_left
@@ -342,9 +351,15 @@ class Engine:
         crashpoints.hit("worktree.removed")
 
     def _context(
-        self, task: Task, spec: StageSpec, claim: Claim, repo: RepoSettings, worktree: Path
+        self,
+        task: Task,
+        pipeline: Pipeline,
+        spec: StageSpec,
+        claim: Claim,
+        repo: RepoSettings,
+        worktree: Path,
     ) -> dict[str, Any]:
-        return {
+        ctx: dict[str, Any] = {
             "ticket": {"key": task.key, "title": task.title, "body": task.body, "url": ""},
             "stage": task.stage.value,
             "role": spec.role,
@@ -358,10 +373,17 @@ class Engine:
                 "test_command": repo.test_command,
             },
             "workdir": str(worktree),
+            "artifacts": [],
         }
+        ctx["artifacts"] = _artifacts(pipeline, spec.stage, ctx, worktree)
+        return ctx
 
     def _child_env(
-        self, task: Task, claim: Claim, extra: Mapping[str, str] | None = None
+        self,
+        task: Task,
+        claim: Claim,
+        extra: Mapping[str, str] | None = None,
+        allow: frozenset[str] = frozenset(),
     ) -> dict[str, str]:
         base = {
             "ORCH_TICKET": task.key,
@@ -373,7 +395,7 @@ class Engine:
             "ORCH_INCARNATION": claim.owner,
         }
         base.update(extra or {})
-        return child_env(self.environ, base, self.settings.agent_env_allow)
+        return child_env(self.environ, base, allow | frozenset(self.settings.agent_env_allow))
 
     def _log_path(self, task: Task, name: str) -> Path:
         return self.settings.logs_dir / f"{task.key}-{task.id}" / name
@@ -401,6 +423,10 @@ class Engine:
         deadline_left: float | None,
     ) -> Decision | None:
         """Run the stage's agent; None if it succeeded, else what its failure decides."""
+        limits = self._limits(task, pipeline, spec)
+        exhausted = limits.exhausted()
+        if exhausted:
+            return _park(task, exhausted)
         prompt = render(spec.prompt, ctx)
         log_path = self._log_path(task, f"v{claim.version}-{task.stage}-{claim.attempt}.log")
         prompt_file = log_path.with_suffix(".prompt.md")
@@ -410,6 +436,7 @@ class Engine:
             task,
             claim,
             {"ORCH_ROLE": spec.role, "ORCH_PROMPT": prompt, "ORCH_PROMPT_FILE": str(prompt_file)},
+            allow=agent.env_names,
         )
         request = AgentRequest(
             task_key=task.key,
@@ -421,6 +448,9 @@ class Engine:
             log_path=log_path,
             env=env,
             timeout_s=spec.timeout_s,
+            instructions=render(spec.instructions, ctx),
+            budget=limits.left(),
+            resume=self._session_to_resume(task, spec, agent.name),
         )
         try:
             proc = agent.start(request)
@@ -432,6 +462,7 @@ class Engine:
             proc.kill(self.settings.kill_grace_s)
             raise
         outcome = RunOutcome.ERROR
+        report = None
         try:
             code, outcome = lease.supervise(
                 proc,
@@ -440,6 +471,16 @@ class Engine:
                 stall_s=spec.stall_s,
                 deadline_s=deadline_left,
             )
+            report = proc.report()
+            # orch's own reckoning names the budget (the stage's or the task's); an agent that
+            # cannot be stopped mid-run is held to it when it ends
+            over = limits.crossed(proc.usage())
+            said = report.over_budget if report is not None else ""
+            if over or said:
+                outcome = RunOutcome.BUDGET
+                why = over or f"budget: {said.removeprefix('budget: ')}"
+                session = report.session if report is not None else None
+                report = AgentReport(False, why, over_budget=why, session=session)
         except CancelRequested:
             outcome = RunOutcome.STOPPED
             raise
@@ -450,10 +491,64 @@ class Engine:
             outcome = RunOutcome.SHUTDOWN
             raise
         finally:
-            # the run row is closed even when the lease is lost; that write is fenced and may fail
+            self._close_run(task, claim, run_id, proc, outcome, report)
+        return self._judge_run(
+            task, pipeline, spec, claim, agent.name, code, outcome, log_path, report
+        )
+
+    def _close_run(
+        self,
+        task: Task,
+        claim: Claim,
+        run_id: int,
+        proc: AgentProcess,
+        outcome: RunOutcome,
+        report: AgentReport | None,
+    ) -> None:
+        """Record how the run ended and what it spent. The ledger outlives the lease: the usage
+        of a run whose lease was lost is still counted, since that money was spent."""
+        code, usage = proc.wait(0), proc.usage()
+        try:
+            self.store.finish_run(
+                claim,
+                run_id,
+                code,
+                usage,
+                outcome,
+                session=report.session if report else None,
+                detail=report.detail if report else "",
+            )
+        except LeaseLost:
             with contextlib.suppress(OrchError):
-                self.store.finish_run(claim, run_id, proc.wait(0), proc.usage().as_dict(), outcome)
-        return self._judge_run(task, pipeline, spec, claim, agent.name, code, outcome, log_path)
+                self.store.record_usage(task.id, run_id, usage)
+        except OrchError as exc:
+            log.warning("could not close run %s of %s: %s", run_id, task.key, exc)
+
+    def _limits(self, task: Task, pipeline: Pipeline, spec: StageSpec) -> Limits:
+        stage_budget, task_budget = budgets_of(
+            task.budgets, spec.stage.value, spec.budget, pipeline.budget
+        )
+        by_stage = self.store.spending(task.id)
+        return Limits(
+            stage=spec.stage.value,
+            stage_budget=stage_budget,
+            task_budget=task_budget,
+            stage_spent=by_stage.get(spec.stage, Usage()),
+            task_spent=sum(by_stage.values(), Usage()),
+        )
+
+    def _session_to_resume(self, task: Task, spec: StageSpec, agent: str) -> str | None:
+        """The conversation to continue: the task's latest run, if it was this stage's with
+        this agent and left a session. A retried stage (another attempt, or an operator's retry
+        after a budget stop) goes on where the agent left off; a stage entered anew starts
+        afresh."""
+        runs = self.store.runs(task.id)
+        if not runs:
+            return None
+        last = runs[-1]
+        if last.stage == spec.stage and last.agent == agent and last.session:
+            return last.session
+        return None
 
     def _judge_run(
         self,
@@ -465,9 +560,19 @@ class Engine:
         code: int | None,
         outcome: RunOutcome,
         log_path: Path,
+        report: AgentReport | None = None,
     ) -> Decision | None:
         """What an agent's run decides: None if it succeeded, else parking or a retry. Whether
         the provider answered is told to the agent's circuit breaker."""
+        if outcome == RunOutcome.BUDGET:
+            self.breakers.record(name, ok=True)
+            assert report is not None
+            return _park(task, f"{report.over_budget} (agent {name}; log: {log_path})")
+        if report is not None and code == 0 and not report.ok:
+            # the CLI exited cleanly but its own result says it did not do the task
+            self.breakers.record(name, ok=True)
+            reason = f"agent {name} did not finish: {report.detail} (log: {log_path})"
+            return pl.after_attempt_failure(pipeline, task.stage, claim.attempt, reason)
         if outcome == RunOutcome.DEADLINE:
             self.breakers.record(name, ok=True)
             return _deadline_passed(task, pipeline)
@@ -479,7 +584,9 @@ class Engine:
             self.breakers.record(name, ok=True)
             return None
         else:
-            kind, why = classify(code, _tail(log_path))
+            said = report.detail if report is not None and not report.ok else ""
+            kind, why = classify(code, f"{_tail(log_path)}\n{said}")
+            why = why or said
             reason = f"agent {name} exited {code}" + (f": {why}" if why else "")
             reason += f" (log: {log_path})"
             self.breakers.record(
@@ -883,6 +990,30 @@ def _tail(path: Path, chars: int = 4000) -> str:
             return f.read().decode("utf-8", "replace")
     except OSError:
         return ""
+
+
+ARTIFACT_CHARS = 20_000  # of each earlier artifact, in a prompt
+
+
+def _artifacts(
+    pipeline: Pipeline, stage: Stage, ctx: dict[str, Any], worktree: Path
+) -> list[dict[str, str]]:
+    """What the stages before `stage` produced, as their gates name it: the spec, the ADR,
+    the review, for the next agent to read in its prompt."""
+    out = []
+    for earlier in pipeline.stages:
+        if earlier.stage == stage:
+            break
+        for gate in earlier.gates:
+            if gate.kind == GateKind.COMMAND:
+                continue
+            rel = render(gate.path, ctx)
+            text = _read_inside(worktree, rel)
+            if text:
+                if len(text) > ARTIFACT_CHARS:
+                    text = text[:ARTIFACT_CHARS] + "\n[... cut by orch]"
+                out.append({"stage": earlier.stage.value, "path": rel, "text": text})
+    return out
 
 
 def _read_inside(root: Path, rel: str) -> str | None:

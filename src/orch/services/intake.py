@@ -7,9 +7,11 @@ task's inbox, and the worker that reads the inbox applies them.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from orch.domain import pipeline as pl
 from orch.domain.errors import Conflict, NotFound, OrchError
+from orch.domain.ledger import NO_BUDGET, Budget
 from orch.domain.model import Task, Ticket
 from orch.domain.naming import branch_for, key_prefix
 from orch.domain.states import Stage, TaskStatus, is_terminal
@@ -82,8 +84,9 @@ class Intake:
         )
         return task, recorded
 
-    def retry(self, key: str, stage: str | None, actor: str) -> bool:
-        """Ask for a parked task to run again from `stage` (default: where it stopped)."""
+    def retry(self, key: str, stage: str | None, actor: str, budget: Budget = NO_BUDGET) -> bool:
+        """Ask for a parked task to run again from `stage` (default: where it stopped), with
+        the budget that stopped it raised to `budget` if one is given."""
         task = self.task(key)
         if task.status != TaskStatus.NEEDS_OPERATOR:
             raise Conflict(f"{key} is {task.status}; only a task that needs an operator is retried")
@@ -94,10 +97,9 @@ class Intake:
             raise OrchError(f"{stage} is not a stage of {key}'s pipeline ({names})")
         target = Stage(stage) if stage else task.stage
         pl.on_retry(pipeline, task.stage, target, actor)  # refuses a stage after the current one
+        payload: dict[str, Any] = {"stage": target.value}
+        if not budget.unlimited:
+            payload["budget"] = budget.as_dict()
         return self.store.append_event(
-            task.id,
-            f"{task.id}:v{task.version}:retry",
-            "retry",
-            actor,
-            {"stage": target.value},
+            task.id, f"{task.id}:v{task.version}:retry", "retry", actor, payload
         )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from orch.domain import pipeline as pl
+from orch.domain.ledger import Usage, budgets_of
 from orch.domain.model import Task, Transition
 from orch.domain.states import UNRESOLVED_EFFECT_STATES, TaskStatus, is_terminal
 from orch.ports import StateSummary, Store
@@ -55,11 +57,8 @@ def task_summary(task: Task) -> dict[str, Any]:
         "branch": task.branch,
         "reason": task.status_reason,
         "rework_rounds": task.rework_rounds,
-        "cost": {
-            "usd": round(task.cost_usd, 6),
-            "tokens_in": task.tokens_in,
-            "tokens_out": task.tokens_out,
-        },
+        "cost": _usage(task.spent),
+        "budgets": task.budgets,
         "created_at": task.created_at,
         "updated_at": task.updated_at,
     }
@@ -73,8 +72,13 @@ def task_detail(store: Store, task: Task) -> dict[str, Any]:
     except (KeyError, TypeError):
         stage_names, agents = [], {}  # an unreadable snapshot still shows its history
     stages = stage_timings(transitions, store.now(), is_terminal(task.status))
+    runs = store.runs(task.id)
+    spent: dict[str, Usage] = {}
+    for r in runs:
+        spent[r.stage.value] = spent.get(r.stage.value, Usage()) + r.usage
     for row in stages:
         row["agent"] = agents.get(row["stage"])
+        row["usage"] = _usage(spent.get(row["stage"], Usage()))
     return {
         **task_summary(task),
         "feedback": task.feedback,
@@ -115,12 +119,13 @@ def task_detail(store: Store, task: Task) -> dict[str, Any]:
                 "log": r.log_path,
                 "started_at": r.started_at,
                 "ended_at": r.ended_at,
-                "tokens_in": r.tokens_in,
-                "tokens_out": r.tokens_out,
-                "cost_usd": r.cost_usd,
+                "usage": _usage(r.usage),
+                "session": r.session,
+                "detail": r.detail,
             }
-            for r in store.runs(task.id)
+            for r in runs
         ],
+        "ledger": _ledger(task, spent),
         "cancel": _cancel_view(task, store),
         "events": [
             {
@@ -172,9 +177,38 @@ def state_view(
         "tasks": {"by_stage": summary.by_stage, "by_status": summary.by_status},
         "running": summary.running,
         "recent_transitions": summary.recent,
-        "cost": {
-            "usd": round(summary.cost_usd, 6),
-            "tokens_in": summary.tokens_in,
-            "tokens_out": summary.tokens_out,
+        "cost": _usage(summary.spent),
+        "cost_by_repo": {repo: _usage(u) for repo, u in sorted(summary.spent_by_repo.items())},
+    }
+
+
+def _usage(u: Usage) -> dict[str, Any]:
+    """Tokens and dollars as the API shows them: `usd` rounded to a millionth of a dollar."""
+    d = u.as_dict()
+    return {"usd": d.pop("cost_usd"), **d}
+
+
+def _ledger(task: Task, by_stage: dict[str, Usage]) -> dict[str, Any]:
+    """Spending per stage and in all, against the budgets that hold for the task."""
+    try:
+        pipeline = pl.from_dict(task.pipeline)
+    except (KeyError, TypeError, ValueError):
+        return {"stages": {}, "task": {"spent": _usage(task.spent), "budget": None}}
+    stages = {}
+    task_budget = pipeline.budget
+    for spec in pipeline.stages:
+        stage_budget, task_budget = budgets_of(
+            task.budgets, spec.stage.value, spec.budget, pipeline.budget
+        )
+        if spec.stage.value in by_stage or not stage_budget.unlimited:
+            stages[spec.stage.value] = {
+                "spent": _usage(by_stage.get(spec.stage.value, Usage())),
+                "budget": None if stage_budget.unlimited else stage_budget.as_dict(),
+            }
+    return {
+        "stages": stages,
+        "task": {
+            "spent": _usage(task.spent),
+            "budget": None if task_budget.unlimited else task_budget.as_dict(),
         },
     }

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from orch.bootstrap import App
 from orch.domain.errors import Conflict, ForgeError, NotFound, OrchError, StoreUnavailable
+from orch.domain.ledger import Budget
 from orch.domain.states import TaskStatus
 from orch.services.views import state_view, task_detail, task_summary
 
@@ -41,6 +42,9 @@ class Retry(BaseModel):
 
     actor: str = Field("api", min_length=1, max_length=200)
     from_stage: str | None = Field(None, alias="from")
+    # raise the budget that stopped the task (a stage's, the task's, or both) to this
+    budget_usd: float | None = Field(None, gt=0)
+    budget_tokens: int | None = Field(None, gt=0)
 
 
 def create_app(app: App) -> FastAPI:
@@ -99,7 +103,12 @@ def create_app(app: App) -> FastAPI:
     @api.post("/api/v1/tasks/{key}/retry")
     def retry(key: str, request: Retry | None = None) -> dict[str, Any]:
         request = request or Retry()
-        recorded = app.intake.retry(key, request.from_stage, request.actor)
+        recorded = app.intake.retry(
+            key,
+            request.from_stage,
+            request.actor,
+            Budget(request.budget_usd, request.budget_tokens),
+        )
         return {"key": key, "recorded": recorded}
 
     def _decide(key: str, approve: bool, decision: Decision) -> dict[str, Any]:

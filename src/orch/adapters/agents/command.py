@@ -1,7 +1,8 @@
 """The command agent: any command line, run in the task's worktree in its own process group.
 
 The rendered prompt is in the file named by ORCH_PROMPT_FILE and in ORCH_PROMPT; the ticket,
-stage and attempt are in ORCH_TICKET, ORCH_STAGE and ORCH_ATTEMPT. `{prompt_file}` and
+stage and attempt are in ORCH_TICKET, ORCH_STAGE and ORCH_ATTEMPT, the role's standing
+instructions in ORCH_INSTRUCTIONS. `{prompt_file}` and
 `{workdir}` in the argv are replaced too.
 """
 
@@ -11,6 +12,7 @@ import shlex
 import shutil
 from collections.abc import Mapping, Sequence
 
+from orch.adapters.agents.users import AgentUser
 from orch.adapters.process import ProcessGroup
 from orch.domain.errors import AgentError
 from orch.ports import AgentRequest
@@ -18,9 +20,16 @@ from orch.ports import AgentRequest
 
 class CommandAgent:
     def __init__(
-        self, name: str, argv: Sequence[str] | str, env: Mapping[str, str] | None = None
+        self,
+        name: str,
+        argv: Sequence[str] | str,
+        env: Mapping[str, str] | None = None,
+        pass_env: Sequence[str] = (),
+        run_as: str | None = None,
     ) -> None:
         self.name = name
+        self.user = AgentUser.resolve(name, run_as) if run_as else None
+        self.env_names = frozenset(pass_env)
         self.argv = shlex.split(argv) if isinstance(argv, str) else list(argv)
         if not self.argv:
             raise AgentError(f"agent {name!r} has an empty command")
@@ -37,12 +46,17 @@ class CommandAgent:
             "{workdir}": str(request.workdir),
         }
         argv = [_fill(a, values) for a in self.argv]
+        env = {**request.env, "ORCH_INSTRUCTIONS": request.instructions, **self.env}
+        if self.user is not None:
+            self.user.grant(request.workdir)
+            env.update(self.user.env())
         try:
             return ProcessGroup(
                 argv,
                 cwd=request.workdir,
-                env={**request.env, **self.env},
+                env=env,
                 log_path=request.log_path,
+                user=(self.user.uid, self.user.gid) if self.user else None,
             )
         except OSError as exc:
             raise AgentError(

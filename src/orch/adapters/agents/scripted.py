@@ -30,6 +30,7 @@ class ScriptedAgent:
         python: str = sys.executable,
     ) -> None:
         self.name = name
+        self.env_names: frozenset[str] = frozenset()
         self.python = python
         self.playbook_path: Path | None = None
         self._inline = playbook if isinstance(playbook, Mapping) else None

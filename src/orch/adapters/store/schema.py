@@ -53,6 +53,10 @@ tasks = sa.Table(
     sa.Column("cost_usd", sa.Float, nullable=False, server_default="0"),
     sa.Column("tokens_in", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("tokens_out", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("cache_read", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("cache_write", sa.BigInteger, nullable=False, server_default="0"),
+    # an operator's budget overrides: {"task": {"usd", "tokens"}, "stages": {stage: {...}}}
+    sa.Column("budgets", sa.JSON),
     sa.Column("slot", sa.Integer),  # the repository slot an active task holds
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
@@ -196,6 +200,11 @@ runs = sa.Table(
     sa.Column("tokens_in", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("tokens_out", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("cost_usd", sa.Float, nullable=False, server_default="0"),
+    sa.Column("cache_read", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("cache_write", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("session", sa.String(120)),  # the agent's conversation, resumed by a retry
+    sa.Column("detail", sa.Text, nullable=False, server_default=""),  # the agent's own account
+    sa.Column("accounted_at", sa.Float),  # when its usage entered the ledger, once
     sa.Index("ix_runs_task", "task_id"),
     _one_of("runs", "stage", Stage),
     _one_of("runs", "outcome", RunOutcome),

@@ -27,6 +27,7 @@ from sqlalchemy.pool import StaticPool
 from orch import crashpoints
 from orch.adapters.store import schema as t
 from orch.domain.errors import Busy, Conflict, LeaseLost, NotFound, StoreUnavailable
+from orch.domain.ledger import Usage
 from orch.domain.model import (
     Claim,
     Effect,
@@ -512,21 +513,32 @@ class SqlStore:
                     .limit(recent)
                 )
             ]
-            totals = c.execute(
-                sa.select(
-                    sa.func.coalesce(sa.func.sum(t.tasks.c.cost_usd), 0.0),
-                    sa.func.coalesce(sa.func.sum(t.tasks.c.tokens_in), 0),
-                    sa.func.coalesce(sa.func.sum(t.tasks.c.tokens_out), 0),
+            by_repo = {
+                r.repo: Usage(
+                    int(r.tokens_in),
+                    int(r.tokens_out),
+                    int(r.cache_read),
+                    int(r.cache_write),
+                    float(r.cost_usd),
                 )
-            ).one()
+                for r in c.execute(
+                    sa.select(
+                        t.tasks.c.repo,
+                        sa.func.sum(t.tasks.c.tokens_in).label("tokens_in"),
+                        sa.func.sum(t.tasks.c.tokens_out).label("tokens_out"),
+                        sa.func.sum(t.tasks.c.cache_read).label("cache_read"),
+                        sa.func.sum(t.tasks.c.cache_write).label("cache_write"),
+                        sa.func.sum(t.tasks.c.cost_usd).label("cost_usd"),
+                    ).group_by(t.tasks.c.repo)
+                )
+            }
             return StateSummary(
                 by_stage=by_stage,
                 by_status=by_status,
                 running=running,
                 recent=recent_rows,
-                cost_usd=float(totals[0]),
-                tokens_in=int(totals[1]),
-                tokens_out=int(totals[2]),
+                spent=sum(by_repo.values(), Usage()),
+                spent_by_repo=by_repo,
             )
 
         return self._read(fn)  # type: ignore[no-any-return]
@@ -895,6 +907,8 @@ class SqlStore:
                 values["rework_rounds"] = 0
             if decision.status == TaskStatus.DONE:
                 values["cancel_requested_at"] = None  # a STOP that lost the race to done
+            if decision.budgets is not None:
+                values["budgets"] = decision.budgets
             if decision.rework:
                 values["rework_rounds"] = current.rework_rounds + 1
                 values["feedback"] = decision.feedback
@@ -1170,13 +1184,12 @@ class SqlStore:
         claim: Claim,
         run_id: int,
         exit_code: int | None,
-        usage: Mapping[str, float],
+        usage: Usage,
         outcome: RunOutcome = RunOutcome.EXITED,
+        *,
+        session: str | None = None,
+        detail: str = "",
     ) -> None:
-        tokens_in = int(usage.get("tokens_in", 0))
-        tokens_out = int(usage.get("tokens_out", 0))
-        cost = float(usage.get("cost_usd", 0.0))
-
         def fn(conn: Connection) -> None:
             self._guard(conn, claim)
             conn.execute(
@@ -1186,22 +1199,67 @@ class SqlStore:
                     exit_code=exit_code,
                     outcome=outcome.value,
                     ended_at=self._now_sql,
-                    tokens_in=tokens_in,
-                    tokens_out=tokens_out,
-                    cost_usd=cost,
+                    session=session,
+                    detail=detail[:2000],
                 )
             )
-            conn.execute(
-                sa.update(t.tasks)
-                .where(t.tasks.c.id == claim.task_id)
-                .values(
-                    tokens_in=t.tasks.c.tokens_in + tokens_in,
-                    tokens_out=t.tasks.c.tokens_out + tokens_out,
-                    cost_usd=t.tasks.c.cost_usd + cost,
-                )
-            )
+            self._account(conn, claim.task_id, run_id, usage)
 
         self._write(fn)
+
+    def record_usage(self, task_id: int, run_id: int, usage: Usage) -> None:
+        """The ledger of a run whose lease was lost. Not fenced, because the money was spent
+        whoever holds the task now; the run itself stays open, as its worker lost it."""
+        self._write(lambda conn: self._account(conn, task_id, run_id, usage))
+
+    def _account(self, conn: Connection, task_id: int, run_id: int, usage: Usage) -> None:
+        # a run's usage is counted once, into the run and into its task's totals
+        res = conn.execute(
+            sa.update(t.runs)
+            .where(t.runs.c.id == run_id, t.runs.c.accounted_at.is_(None))
+            .values(
+                accounted_at=self._now_sql,
+                tokens_in=usage.tokens_in,
+                tokens_out=usage.tokens_out,
+                cache_read=usage.cache_read,
+                cache_write=usage.cache_write,
+                cost_usd=usage.cost_usd,
+            )
+        )
+        if res.rowcount != 1:
+            return
+        conn.execute(
+            sa.update(t.tasks)
+            .where(t.tasks.c.id == task_id)
+            .values(
+                tokens_in=t.tasks.c.tokens_in + usage.tokens_in,
+                tokens_out=t.tasks.c.tokens_out + usage.tokens_out,
+                cache_read=t.tasks.c.cache_read + usage.cache_read,
+                cache_write=t.tasks.c.cache_write + usage.cache_write,
+                cost_usd=t.tasks.c.cost_usd + usage.cost_usd,
+            )
+        )
+
+    def spending(self, task_id: int) -> dict[Stage, Usage]:
+        """What the task's agent runs have spent, per stage, over all versions and attempts."""
+        rows = self._read(
+            lambda c: c.execute(
+                sa.select(
+                    t.runs.c.stage,
+                    sa.func.sum(t.runs.c.tokens_in),
+                    sa.func.sum(t.runs.c.tokens_out),
+                    sa.func.sum(t.runs.c.cache_read),
+                    sa.func.sum(t.runs.c.cache_write),
+                    sa.func.sum(t.runs.c.cost_usd),
+                )
+                .where(t.runs.c.task_id == task_id)
+                .group_by(t.runs.c.stage)
+            ).all()
+        )
+        return {
+            Stage(r[0]): Usage(int(r[1]), int(r[2]), int(r[3]), int(r[4]), float(r[5]))
+            for r in rows
+        }
 
     # -- the inbox ---------------------------------------------------------------------------
 
@@ -1392,7 +1450,9 @@ def _record(cls: type[Any], row: Any, **converted: Any) -> Any:
 
 
 def _task(r: Any) -> Task:
-    return _record(Task, r, stage=Stage(r.stage), status=TaskStatus(r.status))  # type: ignore[no-any-return]
+    return _record(  # type: ignore[no-any-return]
+        Task, r, stage=Stage(r.stage), status=TaskStatus(r.status), budgets=r.budgets or {}
+    )
 
 
 def _transition(r: Any) -> Transition:

@@ -1,0 +1,240 @@
+"""The Claude Code agent: `claude -p` with stream-json events (../shared/specs/INTEGRATIONS.md §7).
+
+The last `result` event decides the run: `success` with `is_error` false is success; a turn
+limit, a budget or an error is not, and `is_error` is checked even on `success` (an API error can
+end that way). Usage comes from each assistant message while the run goes, so a budget can stop
+it within one event, and from `modelUsage` and `total_cost_usd` at the end, which count subagents
+too.
+
+Two behaviours of the CLI shape the invocation: it refuses `bypassPermissions` as root, so orch
+defaults to `acceptEdits` with an explicit tool allowlist; and it may retry forever against an
+endpoint that refuses it, so orch's own attempt and stall timeouts always apply.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from orch.adapters.agents.streaming import (
+    StreamingProcess,
+    find_binary,
+    missing_binary,
+    not_startable,
+    write_prompt,
+)
+from orch.adapters.agents.users import AgentUser
+from orch.domain.errors import ConfigError
+from orch.domain.ledger import Prices, Usage
+from orch.ports import AgentReport, AgentRequest
+
+PACKAGE, VERSION = "@anthropic-ai/claude-code", "2.1.328"
+BIN_ENV = "ORCH_CLAUDE_BIN"
+PERMISSION_MODES = ("acceptEdits", "auto", "bypassPermissions", "manual", "dontAsk", "plan")
+DEFAULT_TOOLS = ("Bash", "Edit", "Read", "Write", "Glob", "Grep")
+
+# the agent's own variables: its key, its endpoint, where it keeps its sessions
+ENV_NAMES = frozenset(
+    {
+        "ANTHROPIC_API_KEY",
+        "ANTHROPIC_AUTH_TOKEN",
+        "ANTHROPIC_BASE_URL",
+        "ANTHROPIC_CUSTOM_HEADERS",
+        "ANTHROPIC_MODEL",
+        "CLAUDE_CONFIG_DIR",
+        "API_TIMEOUT_MS",
+    }
+)
+# nothing but the model's own requests leaves the machine
+QUIET = {
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    "DISABLE_AUTOUPDATER": "1",
+    "DISABLE_TELEMETRY": "1",
+    "DISABLE_ERROR_REPORTING": "1",
+}
+
+
+class ClaudeStream:
+    """The state of one run, from its stream-json events."""
+
+    def __init__(self) -> None:
+        self.session: str | None = None
+        self.messages: dict[str, Usage] = {}  # per assistant message id: its latest usage
+        self.result: Mapping[str, Any] | None = None
+        self.tools: list[str] = []
+        self.text = ""
+
+    def feed(self, event: Mapping[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "system" and event.get("subtype") == "init":
+            self.session = str(event.get("session_id") or "") or self.session
+        elif kind == "assistant":
+            self._assistant(event.get("message") or {})
+        elif kind == "result":
+            self.result = event
+            self.session = str(event.get("session_id") or "") or self.session
+
+    def _assistant(self, message: Mapping[str, Any]) -> None:
+        # one message may arrive as several events (a block each), each with the usage so far
+        key = str(message.get("id") or len(self.messages))
+        self.messages[key] = _usage(message.get("usage") or {})
+        for block in message.get("content") or ():
+            if block.get("type") == "tool_use":
+                self.tools.append(_tool_call(block))
+            elif block.get("type") == "text" and block.get("text"):
+                self.text = str(block["text"])
+
+    def usage(self) -> Usage:
+        if self.result is not None:
+            return _result_usage(self.result)
+        return sum(self.messages.values(), Usage())
+
+    def report(self, exit_code: int | None) -> AgentReport:
+        tools = tuple(self.tools)
+        r = self.result
+        if r is None:
+            detail = f"exited {exit_code} without a result event" if exit_code else ""
+            return AgentReport(exit_code == 0, detail, session=self.session, tools=tools)
+        subtype = str(r.get("subtype", ""))
+        errors = "; ".join(str(e) for e in r.get("errors") or ())
+        if subtype == "error_max_budget_usd":
+            why = f"budget: the agent's own limit (--max-budget-usd): {errors or subtype}"
+            return AgentReport(False, why, over_budget=why, session=self.session, tools=tools)
+        if subtype == "success" and not r.get("is_error"):
+            return AgentReport(
+                True, str(r.get("result", ""))[:2000], session=self.session, tools=tools
+            )
+        if subtype == "error_max_turns":
+            detail = f"turn limit reached after {r.get('num_turns')} turns"
+        elif r.get("is_error") and subtype == "success":
+            status = r.get("api_error_status")
+            detail = f"API error{f' {status}' if status else ''}: {r.get('result', '')}"
+        else:
+            detail = f"{subtype or 'error'}: {errors or r.get('terminal_reason', '')}"
+        return AgentReport(False, detail[:2000], session=self.session, tools=tools)
+
+
+def _usage(u: Mapping[str, Any]) -> Usage:
+    return Usage(
+        int(u.get("input_tokens") or 0),
+        int(u.get("output_tokens") or 0),
+        int(u.get("cache_read_input_tokens") or 0),
+        int(u.get("cache_creation_input_tokens") or 0),
+    )
+
+
+def _result_usage(r: Mapping[str, Any]) -> Usage:
+    """The whole run: `modelUsage` counts every model the run used, subagents included."""
+    models = r.get("modelUsage") or {}
+    cost = float(r.get("total_cost_usd") or 0.0)
+    if models:
+        total = Usage()
+        for m in models.values():
+            total = total + Usage(
+                int(m.get("inputTokens") or 0),
+                int(m.get("outputTokens") or 0),
+                int(m.get("cacheReadInputTokens") or 0),
+                int(m.get("cacheCreationInputTokens") or 0),
+            )
+        return Usage(total.tokens_in, total.tokens_out, total.cache_read, total.cache_write, cost)
+    u = _usage(r.get("usage") or {})
+    return Usage(u.tokens_in, u.tokens_out, u.cache_read, u.cache_write, cost)
+
+
+def _tool_call(block: Mapping[str, Any]) -> str:
+    args = block.get("input") or {}
+    what = args.get("file_path") or args.get("command") or args.get("pattern") or ""
+    return f"{block.get('name')} {str(what)[:120]}".strip()
+
+
+class ClaudeCodeAgent:
+    def __init__(
+        self,
+        name: str,
+        *,
+        command: str = "claude",
+        model: str = "sonnet",
+        permission_mode: str = "acceptEdits",
+        allowed_tools: Sequence[str] = DEFAULT_TOOLS,
+        max_turns: int = 40,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        pass_env: Sequence[str] = (),
+        prices: Prices | None = None,
+        run_as: str | None = None,
+        environ: Mapping[str, str] | None = None,
+        euid: Callable[[], int] = os.geteuid,
+    ) -> None:
+        if permission_mode not in PERMISSION_MODES:
+            raise ConfigError(
+                f"agent {name!r}: permission_mode {permission_mode!r} is not one of"
+                f" {', '.join(PERMISSION_MODES)}"
+            )
+        environ = os.environ if environ is None else environ
+        self.env = dict(env or {})
+        self.user = AgentUser.resolve(name, run_as, euid) if run_as else None
+        if (
+            permission_mode == "bypassPermissions"
+            and euid() == 0
+            and self.user is None
+            and self.env.get("IS_SANDBOX", environ.get("IS_SANDBOX")) != "1"
+        ):
+            raise ConfigError(
+                f"agent {name!r}: claude refuses permission_mode bypassPermissions as root; use"
+                " acceptEdits (the default) with allowed_tools, set run_as to a non-root user,"
+                " or set IS_SANDBOX=1 in the agent's env if it runs in a sandbox"
+            )
+        self.name = name
+        self.binary = find_binary(command, BIN_ENV, environ)
+        self.model = model
+        self.permission_mode = permission_mode
+        self.allowed_tools = tuple(allowed_tools)
+        self.max_turns = max_turns
+        self.extra_args = tuple(extra_args)
+        self.prices = prices or Prices()
+        self.env_names = ENV_NAMES | frozenset(pass_env)
+
+    def preflight(self) -> str | None:
+        return missing_binary(self.binary, BIN_ENV, PACKAGE, VERSION)
+
+    def argv(self, request: AgentRequest, session: str) -> list[str]:
+        argv = [
+            self.binary,
+            "-p",
+            "--output-format",
+            "stream-json",
+            "--verbose",
+            "--model",
+            self.model,
+            "--permission-mode",
+            self.permission_mode,
+            "--max-turns",
+            str(self.max_turns),
+        ]
+        if self.allowed_tools:
+            argv += ["--allowedTools", " ".join(self.allowed_tools)]
+        if request.instructions:
+            argv += ["--append-system-prompt", request.instructions]
+        argv += ["--resume", session] if request.resume else ["--session-id", session]
+        if request.budget.usd is not None:
+            argv += ["--max-budget-usd", f"{request.budget.usd:.6f}"]
+        return [*argv, *self.extra_args]
+
+    def start(self, request: AgentRequest) -> StreamingProcess:
+        session = request.resume or str(uuid.uuid4())
+        argv = self.argv(request, session)
+        env = {**request.env, **QUIET, **self.env}
+        try:
+            return StreamingProcess(
+                argv,
+                request,
+                env,
+                ClaudeStream(),
+                self.prices,
+                stdin_path=write_prompt(request, request.prompt),
+                user=self.user,
+            )
+        except OSError as exc:
+            raise not_startable(self.name, argv[0], exc) from exc

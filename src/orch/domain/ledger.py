@@ -1,0 +1,236 @@
+"""Tokens and money: what an agent run used, what it may still use, and what it costs.
+
+Token counts follow the agents' own usage events. `tokens_in` is fresh input only: cache reads and
+cache writes are counted apart, because they are priced apart and a long session re-reads its
+context on every turn. A token budget counts fresh input plus output plus cache writes, the tokens
+a run makes the provider process anew; cache reads count towards cost only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from orch.domain.errors import PipelineError
+
+
+@dataclass(frozen=True)
+class Usage:
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cache_read: int = 0
+    cache_write: int = 0
+    cost_usd: float = 0.0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.tokens_in + other.tokens_in,
+            self.tokens_out + other.tokens_out,
+            self.cache_read + other.cache_read,
+            self.cache_write + other.cache_write,
+            self.cost_usd + other.cost_usd,
+        )
+
+    @property
+    def tokens(self) -> int:
+        """The tokens a token budget counts."""
+        return self.tokens_in + self.tokens_out + self.cache_write
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+            "cache_read": self.cache_read,
+            "cache_write": self.cache_write,
+            "cost_usd": round(self.cost_usd, 6),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Usage:
+        return cls(
+            int(data.get("tokens_in", 0)),
+            int(data.get("tokens_out", 0)),
+            int(data.get("cache_read", 0)),
+            int(data.get("cache_write", 0)),
+            float(data.get("cost_usd", 0.0)),
+        )
+
+
+@dataclass(frozen=True)
+class Prices:
+    """US dollars per million tokens, for agents whose CLI reports tokens but no cost."""
+
+    input: float = 0.0
+    output: float = 0.0
+    cache_read: float = 0.0
+    cache_write: float = 0.0
+
+    def cost(self, usage: Usage) -> float:
+        return (
+            usage.tokens_in * self.input
+            + usage.tokens_out * self.output
+            + usage.cache_read * self.cache_read
+            + usage.cache_write * self.cache_write
+        ) / 1_000_000
+
+    def __bool__(self) -> bool:
+        return any(getattr(self, f.name) for f in fields(self))
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A limit in dollars, in tokens, or both; None is no limit."""
+
+    usd: float | None = None
+    tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.usd is not None and self.usd < 0:
+            raise PipelineError(f"a budget of {self.usd} USD is negative")
+        if self.tokens is not None and self.tokens < 0:
+            raise PipelineError(f"a budget of {self.tokens} tokens is negative")
+
+    @property
+    def unlimited(self) -> bool:
+        return self.usd is None and self.tokens is None
+
+    def left(self, spent: Usage) -> Budget:
+        """What is left of this budget after `spent`; never below zero."""
+        return Budget(
+            None if self.usd is None else max(self.usd - spent.cost_usd, 0.0),
+            None if self.tokens is None else max(self.tokens - spent.tokens, 0),
+        )
+
+    def crossed(self, spent: Usage) -> str:
+        """Why `spent` is over this budget, or "" while it is within."""
+        if self.usd is not None and spent.cost_usd > self.usd + 1e-9:
+            return f"${spent.cost_usd:.4f} of ${self.usd:.4f}"
+        if self.tokens is not None and spent.tokens > self.tokens:
+            return f"{spent.tokens} of {self.tokens} tokens"
+        return ""
+
+    def exhausted(self, spent: Usage) -> str:
+        """Why nothing more may be spent (the budget is used up or crossed), or ""."""
+        if self.usd is not None and spent.cost_usd >= self.usd - 1e-9:
+            return f"${spent.cost_usd:.4f} of ${self.usd:.4f}"
+        if self.tokens is not None and spent.tokens >= self.tokens:
+            return f"{spent.tokens} of {self.tokens} tokens"
+        return ""
+
+    def tightest(self, other: Budget) -> Budget:
+        return Budget(_least(self.usd, other.usd), _least_int(self.tokens, other.tokens))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"usd": self.usd, "tokens": self.tokens}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> Budget:
+        if not data:
+            return cls()
+        usd, tokens = data.get("usd"), data.get("tokens")
+        return cls(
+            None if usd is None else float(usd),
+            None if tokens is None else int(tokens),
+        )
+
+
+NO_BUDGET = Budget()
+
+
+def _least(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    return a if b is None else min(a, b)
+
+
+def _least_int(a: int | None, b: int | None) -> int | None:
+    if a is None:
+        return b
+    return a if b is None else min(a, b)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The budgets one agent run is held to: its stage's and its task's, each against what the
+    task has spent so far in that scope."""
+
+    stage: str
+    stage_budget: Budget
+    task_budget: Budget
+    stage_spent: Usage
+    task_spent: Usage
+
+    def exhausted(self) -> str:
+        """Why no run may start (a budget is used up), or ""."""
+        return self._first(Usage())
+
+    def left(self) -> Budget:
+        """What one more run may spend before it crosses a budget."""
+        return self.stage_budget.left(self.stage_spent).tightest(
+            self.task_budget.left(self.task_spent)
+        )
+
+    def crossed(self, run: Usage) -> str:
+        """Why a run that has spent `run` so far is over a budget, or ""."""
+        for scope, budget, spent in self._scopes():
+            why = budget.crossed(spent + run)
+            if why:
+                return f"budget: {scope} spent {why}"
+        return ""
+
+    def _first(self, run: Usage) -> str:
+        for scope, budget, spent in self._scopes():
+            why = budget.exhausted(spent + run)
+            if why:
+                return f"budget: {scope} spent {why}"
+        return ""
+
+    def _scopes(self) -> tuple[tuple[str, Budget, Usage], ...]:
+        return (
+            (f"stage {self.stage}", self.stage_budget, self.stage_spent),
+            ("the task", self.task_budget, self.task_spent),
+        )
+
+
+def budgets_of(
+    overrides: Mapping[str, Any], stage: str, stage_default: Budget, task_default: Budget
+) -> tuple[Budget, Budget]:
+    """The stage's and the task's budgets: an operator's override where one was set, else the
+    pipeline's. `overrides` is {"task": {...}, "stages": {stage: {...}}}, per unit."""
+    return (
+        _overridden(stage_default, overrides.get("stages", {}).get(stage)),
+        _overridden(task_default, overrides.get("task")),
+    )
+
+
+def raised(overrides: Mapping[str, Any], limits: Limits, to: Budget) -> dict[str, Any]:
+    """The overrides after an operator raises the budget to `to`: each scope used up in a unit
+    `to` names is raised in that unit; if none is, the task's budget is."""
+    out: dict[str, Any] = {
+        "task": dict(overrides.get("task") or {}),
+        "stages": {k: dict(v) for k, v in (overrides.get("stages") or {}).items()},
+    }
+    scopes = (
+        (out["stages"].setdefault(limits.stage, {}), limits.stage_budget, limits.stage_spent),
+        (out["task"], limits.task_budget, limits.task_spent),
+    )
+    hit = False
+    for target, budget, spent in scopes:
+        if to.usd is not None and budget.usd is not None and spent.cost_usd >= budget.usd - 1e-9:
+            target["usd"], hit = to.usd, True
+        if to.tokens is not None and budget.tokens is not None and spent.tokens >= budget.tokens:
+            target["tokens"], hit = to.tokens, True
+    if not hit:
+        out["task"].update({k: v for k, v in to.as_dict().items() if v is not None})
+    if not out["stages"][limits.stage]:
+        del out["stages"][limits.stage]
+    return out
+
+
+def _overridden(default: Budget, override: Mapping[str, Any] | None) -> Budget:
+    if not override:
+        return default
+    usd = override.get("usd", default.usd)
+    tokens = override.get("tokens", default.tokens)
+    return Budget(None if usd is None else float(usd), None if tokens is None else int(tokens))
