@@ -1,4 +1,5 @@
-"""`python -m bench`: floors first, then S1 and S2, then one table of measured / floor."""
+"""`python -m bench`: floors first, then S1, S2 and one stage by the real claude, then one table
+of measured / floor."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 import traceback
 from collections.abc import Sequence
 
+from bench import agent_stage
 from bench import floors as fl
 from bench import s1_throughput as s1
 from bench import s2_latency as s2
@@ -53,6 +55,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--s2-rate", type=float, default=2.0, help="S2 Poisson rate, tickets/s (2)")
     p.add_argument("--skip-s1", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--skip-s2", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--skip-agent", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.rounds is None:
         args.rounds = 1 if args.quick else 5
@@ -160,6 +163,23 @@ def s2_rows(f: fl.Floors, results: dict[str, s2.S2Result | str]) -> list[Row]:
     return rows
 
 
+def agent_rows(res: agent_stage.StageResult | str) -> list[Row]:
+    if isinstance(res, str):
+        return [Row("agent: claude stage p50", math.nan, "ms", note=f"failed: {res}")]
+    overhead = median(res.orch_s) - median(res.bare_s)
+    return [
+        Row(
+            "agent: claude stage p50",
+            median(res.orch_s) * 1e3,
+            "ms",
+            median(res.bare_s) * 1e3,
+            higher_is_better=False,
+            note=f"n={len(res.orch_s)} after a warm-up each; orch adds {overhead * 1e3:.0f} ms"
+            f" at the median (claim, worktree, commit, push, store); {res.events} events read",
+        )
+    ]
+
+
 def _terminate(signum: int, _frame: object) -> None:
     # SIGTERM unwinds like Ctrl-C, so every `finally` stops its servers and removes its files
     raise SystemExit(128 + signum)
@@ -215,10 +235,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 s2_results = {s: f"{type(exc).__name__}: {exc}"[:160] for s in s2_stores}
             rows += s2_rows(floors, s2_results)
 
+        if not args.skip_agent:
+            log(f"agent: one development stage by the real claude, {max(rounds, 2)} round(s)")
+            rows += agent_rows(agent_stage.run(max(rounds, 2)))
+
     notes.append(f"total {time.monotonic() - started:.0f} s")
     notes.append(
         "ratio = measured / floor. S1 floor T* = min(commit/6, stub spawn rate x min(C, CPUs)); "
-        "S2 floor = HTTP /ping + stub Popen..1st instruction, same percentile"
+        "S2 floor = HTTP /ping + stub Popen..1st instruction, same percentile; "
+        "agent floor = the same claude run bare against the same scripted model server"
     )
     for note in notes:
         print(note)

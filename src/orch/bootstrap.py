@@ -26,7 +26,7 @@ from orch.config import (
 )
 from orch.domain import pipeline as pl
 from orch.domain.errors import AlreadyRunning, ConfigError, NotFound
-from orch.domain.ledger import Prices
+from orch.domain.ledger import Prices, unmetered
 from orch.pipeline_file import PIPELINE_PATH, parse
 from orch.ports import Agent, DeployTarget, Forge, Notifier, RepoSettings
 from orch.services.dispatcher import Dispatcher, DispatcherSettings
@@ -129,7 +129,26 @@ class App:
                     f"the built-in pipeline needs agent(s) {', '.join(sorted(missing))}"
                 )
             return pipeline
-        return parse(text, f"{repo}:{PIPELINE_PATH}", self.agents.keys())
+        source = f"{repo}:{PIPELINE_PATH}"
+        pipeline = parse(text, source, self.agents.keys())
+        self._check_budgets(pipeline, source)
+        return pipeline
+
+    def _check_budgets(self, pipeline: pl.Pipeline, source: str) -> None:
+        """A budget must be in a unit the stage's agent reports: one it cannot be held to
+        would look like a limit and be none."""
+        for spec in pipeline.stages:
+            if spec.agent is None:
+                continue
+            agent = self.agents[spec.agent]
+            for budget, whose in ((spec.budget, f"stage {spec.stage}"), (pipeline.budget, "task")):
+                units = unmetered(budget, agent.meters)
+                if units:
+                    raise ConfigError(
+                        f"{source}: the {whose} budget is in {' and '.join(units)}, which agent"
+                        f" {agent.name!r} of stage {spec.stage} does not report"
+                        + (" (give it `prices`)" if units == ["usd"] and agent.meters else "")
+                    )
 
     def lock_for_serving(self) -> None:
         """One `orch serve` per SQLite file; PostgreSQL allows several, fenced by leases."""

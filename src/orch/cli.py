@@ -146,8 +146,12 @@ def _announce(server: Any, orch_app: Any) -> None:
 
 
 def _arm_crashpoint() -> None:
-    """ORCH_CRASHPOINT=name[:nth]: SIGKILL this process at that point (for chaos testing)."""
+    """ORCH_CRASHPOINT=name[:nth]: SIGKILL this process at that point (for chaos testing).
+    Also hides this process's environment from the agents it will start."""
     from orch import crashpoints
+    from orch.adapters.proctable import hide_environment
+
+    hide_environment()
 
     spec = _guard(lambda: crashpoints.arm_from_env(os.environ))
     if spec:
@@ -411,18 +415,31 @@ def _print_detail(d: dict[str, Any]) -> None:
     for s in d["stages"]:
         u = s["usage"]
         limit = (ledger["stages"].get(s["stage"]) or {}).get("budget")
+        spent = bool(s.get("agent") or u["usd"] or u["tokens_in"])
         stages.add_row(
             s["stage"],
             s.get("agent") or "—",
             f"{s['active_s']:.2f}s",
             f"{s['waiting_s']:.2f}s",
             str(s["visits"]),
-            f"{u['tokens_in']}/{u['tokens_out']}/{u['cache_read'] + u['cache_write']}",
-            f"${u['usd']:.4f}" + (f" of {_budget_view(limit)}" if limit else ""),
+            f"{u['tokens_in']}/{u['tokens_out']}/{u['cache_read'] + u['cache_write']}"
+            if spent
+            else "",
+            f"${u['usd']:.4f}" + (f" of {_budget_view(limit)}" if limit else "") if spent else "",
         )
     console.print(stages)
     runs = Table(title="agent runs")
-    for col in ("stage", "try", "agent", "outcome", "exit", "tokens in/out", "cost", "detail"):
+    for col in (
+        "stage",
+        "try",
+        "agent",
+        "outcome",
+        "exit",
+        "tokens in/out",
+        "cost",
+        "tools",
+        "detail",
+    ):
         runs.add_column(col)
     for r in d["runs"]:
         u = r["usage"]
@@ -434,6 +451,7 @@ def _print_detail(d: dict[str, Any]) -> None:
             "" if r["exit_code"] is None else str(r["exit_code"]),
             f"{u['tokens_in']}/{u['tokens_out']}",
             f"${u['usd']:.4f}",
+            str(len(r["tools"])),
             (r["detail"] or "")[:60],
         )
     console.print(runs)

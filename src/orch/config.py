@@ -18,6 +18,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from orch.domain.agent_env import forbidden
 from orch.domain.errors import ConfigError
 
 
@@ -73,10 +74,30 @@ class PricesSettings(_Strict):
     cache_write: float = Field(0.0, ge=0)
 
 
+def _not_credentials(names: list[str]) -> list[str]:
+    refused = forbidden(names)
+    if refused:
+        raise ValueError(
+            f"{', '.join(refused)} may not be given to an agent: orch's own settings and the"
+            " credentials of its tracker, forge, notifier or store stay orch's; give the agent a"
+            " variable of its own"
+        )
+    return names
+
+
 class _AgentCommon(_Strict):
     env: dict[str, str] = {}  # values the agent gets, e.g. its base URL
     pass_env: list[str] = []  # more variables from orch's environment the agent may see
     prices: PricesSettings | None = None
+
+    _pass_env = field_validator("pass_env")(_not_credentials)
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
+        _not_credentials(list(env))
+        return env
+
     # a non-root user the agent runs as (orch must run as root to switch); its worktree is
     # handed to that user before each run
     run_as: str | None = None
@@ -110,6 +131,13 @@ class CodexProviderSettings(_Strict):
     name: str = Field("orch", pattern=r"^[A-Za-z0-9_-]+$")
     base_url: str
     env_key: str = ""  # the variable holding its API key; give its value in the agent's env
+
+    @field_validator("env_key")
+    @classmethod
+    def _own_key(cls, name: str) -> str:
+        _not_credentials([name] if name else [])
+        return name
+
     # more keys of codex's provider table, e.g. request_max_retries, stream_idle_timeout_ms
     options: dict[str, int | str | bool] = {}
 
@@ -149,6 +177,8 @@ class Settings(BaseSettings):
     repos: list[RepoSettingsModel] = []
     agents: dict[str, AgentSettings] = {"default": ScriptedAgentSettings()}
     agent_env_allow: list[str] = []  # more variables an agent may see, beyond the base allowlist
+
+    _agent_env_allow = field_validator("agent_env_allow")(_not_credentials)
     log_level: str = "INFO"
 
     isolated: ClassVar[bool] = False

@@ -52,8 +52,9 @@ Tool mapping per wire
     the tool calls of one response concurrently: put dependent actions in separate turns.
 
 Usage
-    Every response reports its turn's `Usage` in the wire's own fields: Anthropic in
-    `message_start.message.usage` and again in `message_delta.usage`; Responses in
+    Every response reports its turn's `Usage` in the wire's own fields: Anthropic as the real API
+    streams it, the input in `message_start.message.usage` (with `output_tokens: 1`) and the
+    whole usage in `message_delta.usage`; Responses in
     `response.completed.response.usage` (`input_tokens`, all input, cached included as OpenAI
     counts it, `input_tokens_details.cached_tokens` =
     cache reads, `input_tokens_details.cache_write_tokens` = cache creation, `output_tokens`,
@@ -295,7 +296,14 @@ def _anthropic_message(body: Mapping[str, Any], reply: _Reply) -> dict[str, Any]
 
 
 def _anthropic_events(message: Mapping[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
-    start = {**message, "content": [], "stop_reason": None}
+    # as the real API streams it: message_start knows the input but counts one output token;
+    # the output's real count comes only with message_delta, at the end of the message
+    start = {
+        **message,
+        "content": [],
+        "stop_reason": None,
+        "usage": {**message["usage"], "output_tokens": min(1, message["usage"]["output_tokens"])},
+    }
     yield "message_start", {"type": "message_start", "message": start}
     for index, block in enumerate(message["content"]):
         yield from _anthropic_block_events(index, block)

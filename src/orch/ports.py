@@ -134,6 +134,8 @@ class Store(Protocol):
         *,
         session: str | None = None,
         detail: str = "",
+        tools: Sequence[str] = (),
+        reported: Usage | None = None,
     ) -> None: ...
     def record_usage(self, task_id: int, run_id: int, usage: Usage) -> None:
         """The usage of a run whose lease was lost: the ledger is not fenced."""
@@ -188,6 +190,8 @@ class AgentRequest:
     instructions: str = ""  # the role's standing instructions, for a system prompt
     budget: Budget = NO_BUDGET  # what this run may spend before orch stops it
     resume: str | None = None  # an earlier run's conversation to continue, where supported
+    # what the agent itself reported at the end of that run: a resumed CLI counts it again
+    carried: Usage = field(default_factory=Usage)
 
 
 @dataclass(frozen=True)
@@ -200,6 +204,8 @@ class AgentReport:
     over_budget: str = ""  # the budget it crossed, whether orch or the agent's CLI stopped it
     session: str | None = None  # its conversation id, for resuming it
     tools: tuple[str, ...] = ()  # the tool calls it made, in order
+    # its own totals as it reported them (for a resumed session: since the session began)
+    reported: Usage | None = None
 
 
 class AgentProcess(Protocol):
@@ -218,8 +224,23 @@ class AgentProcess(Protocol):
     def report(self) -> AgentReport | None: ...
 
 
+class RunAs(Protocol):
+    """Another user an agent runs as, and whatever it makes run in its worktree (the gates)."""
+
+    uid: int
+    gid: int
+
+    def env(self) -> dict[str, str]: ...
+    def grant(self, worktree: Path) -> None:
+        """Hand the worktree to that user before something runs as them in it."""
+        ...
+
+
 class Agent(Protocol):
     name: str
+    run_as: RunAs | None
+    # the units its usage is reported in ("tokens", "usd"): a budget in another is unenforceable
+    meters: frozenset[str]
     # names from orch's environment this agent may see beyond the common allowlist: its own API
     # key and endpoint variables, never a tracker's, a forge's or a notifier's
     env_names: frozenset[str]
@@ -281,5 +302,10 @@ class CommandRunner(Protocol):
     """Starts a shell command as a supervised child (gate checks, deploy commands)."""
 
     def start(
-        self, command: str, cwd: Path, env: Mapping[str, str], log_path: Path
+        self,
+        command: str,
+        cwd: Path,
+        env: Mapping[str, str],
+        log_path: Path,
+        run_as: RunAs | None = None,
     ) -> RunningCommand: ...

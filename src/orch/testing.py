@@ -1,4 +1,5 @@
-"""Test support shipped with orch: memory adapters, factories and a steppable app.
+"""Test support shipped with orch: memory adapters, factories, a steppable app, and the scripted
+model server (`orch.modelserver`) that the real `claude` and `codex` CLIs talk to in tests.
 
 Tests build their own settings and hand these fakes to the code under test; nothing is patched.
 """
@@ -23,6 +24,8 @@ from orch.domain import pipeline as pl
 from orch.domain.errors import ForgeError, HeadMoved, MergeConflict, NotFound
 from orch.domain.ledger import Usage
 from orch.domain.model import Claim
+from orch.modelserver import Edit, ModelServer, Say, Script, Shell, Turn, Write
+from orch.modelserver import Usage as ModelUsage
 from orch.ports import (
     Agent,
     AgentReport,
@@ -37,14 +40,22 @@ from orch.services.engine import Engine, EngineSettings
 from orch.services.intake import Intake
 
 __all__ = [
+    "Edit",
     "InstantAgent",
     "MemoryForge",
     "MemoryNotifier",
     "MemoryProcessTable",
     "MemoryRepos",
+    "ModelServer",
+    "ModelUsage",
     "Rig",
+    "Say",
+    "Script",
+    "Shell",
     "SimClock",
     "SimulatedCrash",
+    "Turn",
+    "Write",
     "crash_at",
     "memory_store",
     "rig",
@@ -143,6 +154,8 @@ class InstantAgent:
     ) -> None:
         self.name = name
         self.env_names = env_names
+        self.run_as = None
+        self.meters = frozenset({"tokens", "usd"})
         self.outcome = outcome or (lambda _req: 0)
         self.spends = spends  # what each run reports it spent
         self.sessions = sessions  # whether runs report a conversation, named for their request

@@ -41,7 +41,9 @@ def open_dir() -> Iterator[Path]:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs orch to run as root")
-def test_an_agent_configured_to_run_as_another_user_works_as_that_user(open_dir: Path) -> None:
+def test_an_agent_configured_to_run_as_another_user_works_and_is_tested_as_that_user(
+    open_dir: Path,
+) -> None:
     work, remote = sample.create(open_dir / "project")
     settings = IsolatedSettings(
         data_dir=open_dir / "data",
@@ -49,7 +51,7 @@ def test_an_agent_configured_to_run_as_another_user_works_as_that_user(open_dir:
         workspace_root=open_dir / "workspaces",
         logs_dir=open_dir / "logs",
         repos=[
-            {"name": "sample", "remote": str(remote), "key_prefix": "RUN", "test_command": "true"}
+            {"name": "sample", "remote": str(remote), "key_prefix": "RUN", "test_command": "id -u"}
         ],
         agents={
             "default": {"kind": "command", "command": ["sh", "-c", SCRIPT], "run_as": "nobody"}
@@ -87,6 +89,9 @@ def test_an_agent_configured_to_run_as_another_user_works_as_that_user(open_dir:
     assert on_branch("notes/new.txt") == "hi\n"
     # the agent's git trusted a worktree it does not own, and saw its own changes
     assert " M README.md" in on_branch("git-status.txt")
+    # the tests gate runs what the agent wrote, so it runs as the agent's user too
+    [gate_log] = (open_dir / "logs").glob("RUN-1-*/v*-development-gate-tests.log")
+    assert gate_log.read_text().strip() == str(NOBODY.pw_uid)
 
 
 def test_run_as_must_name_an_existing_user_other_than_root() -> None:

@@ -17,7 +17,7 @@ FIGURE = re.compile(r"\s\d[\d,]*(\.\d+)?\s(tr/s|ms)\s")
 
 
 @pytest.mark.slow
-def test_bench_quick_prints_s1_and_s2_rows() -> None:
+def test_bench_quick_prints_s1_s2_and_agent_rows() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--quick"],
         cwd=ROOT,
@@ -33,6 +33,7 @@ def test_bench_quick_prints_s1_and_s2_rows() -> None:
         "S1 sqlite-normal C=10",
         "S2 sqlite p50",
         "S2 sqlite p99",
+        "agent: claude stage p50",
     ):
         matching = [line for line in lines if line.startswith(prefix + " ")]
         assert matching, f"no row {prefix!r} in:\n{proc.stdout}"

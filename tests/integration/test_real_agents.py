@@ -23,11 +23,13 @@ from orch.bootstrap import App, build
 from orch.config import IsolatedSettings
 from orch.demo import agents as demo_agents
 from orch.demo import sample
+from orch.domain.errors import ConfigError
 from orch.domain.ledger import Budget
 from orch.domain.model import Task
 from orch.domain.states import RunOutcome, Stage, TaskStatus
-from orch.modelserver import ModelServer, Script, Shell, Turn, Usage, Write
 from orch.services.views import task_detail
+from orch.testing import ModelServer, Script, Shell, Turn, Write
+from orch.testing import ModelUsage as Usage
 
 pytestmark = pytest.mark.slow
 
@@ -195,6 +197,15 @@ def test_the_default_pipeline_runs_on_real_claude_with_codex_reviewing_what_clau
             want.cache_creation_input_tokens,
         ), stage
         assert run.session, "the agent's session id is recorded for a resume"
+    # the tool calls each agent made, as its own events reported them
+    assert [t.split()[0] for t in runs[Stage.DEVELOPMENT].tools] == [
+        "Write",
+        "Write",
+        "Bash",
+        "Write",
+    ]
+    assert runs[Stage.DEVELOPMENT].tools[0].endswith("/sample/slug.py")
+    assert [t.split()[0] for t in runs[Stage.REVIEW].tools] == ["shell", "patch"]
     # Claude Code prices its own usage; codex's is the configured prices' estimate
     dev = runs[Stage.DEVELOPMENT]
     assert dev.cost_usd == pytest.approx(
@@ -217,11 +228,11 @@ def test_the_default_pipeline_runs_on_real_claude_with_codex_reviewing_what_clau
     assert state.spent_by_repo["sample"].tokens_in == sum(r.tokens_in for r in runs.values())
 
 
-def budget_script(n: int) -> Script:
-    """Five turns of 1200 tokens, each writing its own file."""
+def writes(n: int, usage: Usage) -> Script:
+    """`n` turns, each writing its own file and reporting `usage`."""
     return Script(
         "Stage: development",
-        tuple(Turn((Write(f"turn-{i}.txt", f"turn {i}\n"),), Usage(1000, 200)) for i in range(n)),
+        tuple(Turn((Write(f"turn-{i}.txt", f"turn {i}\n"),), usage) for i in range(n)),
     )
 
 
@@ -231,11 +242,13 @@ def test_a_real_claude_run_over_its_budget_is_stopped_within_one_model_turn(
     world.pipeline("stages:\n  - name: development\n    gates: []\n    budget: {tokens: 3000}\n")
     app = world.app({"default": world.claude()})
     task = app.intake.file("sample", "Write five files", "", actor="test")
-    world.server.set_scripts([budget_script(5)])
+    # output-heavy turns: the budget is crossed by what the model writes, which the API counts
+    # only at the end of each message
+    world.server.set_scripts([writes(5, Usage(200, 1000))])
 
     task = drive(app, task)
 
-    # turn 0: 1200, turn 1: 2400, turn 2: 3600 > 3000: stopped on the event of turn 2
+    # turn 0: 1200, turn 1: 2400, turn 2: 3600 > 3000, known when turn 2's output is counted
     assert task.status == TaskStatus.NEEDS_OPERATOR
     assert task.status_reason.startswith("budget: stage development spent 3600 of 3000 tokens")
     played = [r.turn for r in world.server.requests if r.script]
@@ -257,6 +270,41 @@ def test_a_real_claude_run_over_its_budget_is_stopped_within_one_model_turn(
     resumed = [r for r in world.server.requests if r.script][-1]
     assert len(resumed.body["messages"]) > 2, "a resumed run sends the earlier conversation"
     assert task.budgets == {"task": {}, "stages": {"development": {"tokens": 20_000}}}
+
+
+def test_a_resumed_claude_session_is_not_counted_twice_in_the_ledger(world: World) -> None:
+    world.pipeline("stages:\n  - name: development\n    gates: []\n")
+    # two turns per run: the first run stops at its turn limit, the retry resumes it
+    app = world.app({"default": world.claude(max_turns=2)})
+    task = app.intake.file("sample", "Write three files", "", actor="test")
+    script = writes(3, Usage(1000, 100, 500, 50))
+    world.server.set_scripts([script])
+
+    task = drive(app, task)
+
+    assert task.status == TaskStatus.DONE, task.status_reason
+    first, second = app.store.runs(task.id)
+    assert "turn limit" in first.detail
+    assert second.session == first.session
+    turns = [r.turn for r in world.server.requests if r.script]
+    played = [script.turns[t].usage for t in turns if t < len(script.turns)]
+    want = (
+        sum(u.input_tokens for u in played),
+        sum(u.output_tokens for u in played),
+        sum(u.cache_read_input_tokens for u in played),
+        sum(u.cache_creation_input_tokens for u in played),
+    )
+    spent = task.spent
+    assert (spent.tokens_in, spent.tokens_out, spent.cache_read, spent.cache_write) == want
+    assert spent.cost_usd == pytest.approx(
+        (
+            want[0] * SONNET["input"]
+            + want[1] * SONNET["output"]
+            + want[2] * SONNET["cache_read"]
+            + want[3] * SONNET["cache_write"]
+        )
+        / 1e6
+    )
 
 
 def test_a_real_agent_sees_only_its_allowlisted_environment(world: World) -> None:
@@ -341,3 +389,19 @@ def test_orch_demo_with_a_missing_cli_says_how_to_install_it_in_one_line(tmp_pat
         " @anthropic-ai/claude-code@2.1.328`, or point ORCH_CLAUDE_BIN at the binary"
     )
     assert not (tmp_path / "demo").exists()
+
+
+def test_a_budget_in_a_unit_the_stages_agent_does_not_report_is_refused_at_filing(
+    world: World,
+) -> None:
+    world.pipeline("budget: {usd: 1.0}\nstages:\n  - name: development\n")
+    unpriced = world.codex()
+    del unpriced["prices"]
+    app = world.app({"default": unpriced})
+    with pytest.raises(ConfigError) as info:
+        app.intake.file("sample", "Spend", "", actor="test")
+    assert str(info.value) == (
+        "sample:.orch/pipeline.yaml: the task budget is in usd, which agent 'default' of stage"
+        " development does not report (give it `prices`)"
+    )
+    assert app.store.list_tasks() == []

@@ -58,7 +58,6 @@ def test_an_agent_that_crosses_its_budget_is_killed_on_the_event_that_crossed_it
     assert report.over_budget == "1200 of 1000 tokens"
     assert not report.ok
     assert proc.usage() == Usage(tokens_in=1000, tokens_out=200)
-    assert not (tmp_path / "third-turn").exists()
     log = req.log_path.read_text()
     assert log.count('"type": "assistant"') == 2
 

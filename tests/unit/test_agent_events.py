@@ -36,30 +36,70 @@ def test_claude_usage_while_running_counts_each_message_once_at_its_latest_figur
     assert s.session == "s-1"
 
 
-def test_claude_result_usage_comes_from_model_usage_and_its_cost() -> None:
+def partial(msg_id: str, kind: str, usage: dict) -> dict:
+    inner: dict = {"type": kind}
+    if kind == "message_start":
+        inner["message"] = {"id": msg_id, "usage": usage}
+    else:
+        inner["usage"] = usage
+    return {"type": "stream_event", "api_message_id": msg_id, "event": inner}
+
+
+def test_claude_output_tokens_count_when_the_message_ends_not_at_its_start() -> None:
     s = ClaudeStream()
-    s.feed(assistant("m1", {"input_tokens": 5, "output_tokens": 5}))
-    s.feed(
-        result(
-            subtype="success",
-            is_error=False,
-            result="done",
-            total_cost_usd=0.0123,
-            usage={"input_tokens": 1, "output_tokens": 1},
-            modelUsage={
-                "claude-sonnet-4-5": {
-                    "inputTokens": 300,
-                    "outputTokens": 70,
-                    "cacheReadInputTokens": 20,
-                    "cacheCreationInputTokens": 10,
-                },
-                "claude-haiku-4-5": {"inputTokens": 50, "outputTokens": 5},
-            },
-        )
+    s.feed(partial("m1", "message_start", {"input_tokens": 200, "output_tokens": 1}))
+    s.feed(assistant("m1", {"input_tokens": 200, "output_tokens": 1}))
+    assert s.usage() == Usage(tokens_in=200, tokens_out=1)
+    s.feed(partial("m1", "message_delta", {"input_tokens": 200, "output_tokens": 900}))
+    assert s.usage() == Usage(tokens_in=200, tokens_out=900)
+
+
+def sonnet(**extra: object) -> dict:
+    return result(
+        subtype="success",
+        is_error=False,
+        result="done",
+        total_cost_usd=0.03,
+        modelUsage={
+            "claude-sonnet-4-5": {"inputTokens": 300, "outputTokens": 70},
+            "claude-haiku-4-5": {"inputTokens": 50, "outputTokens": 5},
+        },
+        **extra,
     )
-    assert s.usage() == Usage(350, 75, 20, 10, 0.0123)
+
+
+def test_claude_tokens_are_the_runs_own_and_its_cost_is_the_results() -> None:
+    s = ClaudeStream()
+    s.feed({"type": "system", "subtype": "init", "session_id": "s-1"})
+    s.feed(assistant("m1", {"input_tokens": 300, "output_tokens": 70}))
+    s.feed(assistant("m2", {"input_tokens": 50, "output_tokens": 5}))  # a subagent's message
+    s.feed(sonnet())
+    assert s.usage() == Usage(350, 75, 0, 0, 0.03)
     report = s.report(0)
     assert (report.ok, report.detail, report.session) == (True, "done", "s-1")
+    assert report.reported == Usage(350, 75, 0, 0, 0.03)
+
+
+def test_a_resumed_claude_session_is_charged_only_for_its_own_turns() -> None:
+    # the earlier run of the session reported $0.02; the CLI counts it again in this result
+    s = ClaudeStream(carried=Usage(200, 50, 0, 0, 0.02))
+    s.feed({"type": "system", "subtype": "init", "session_id": "s-1"})
+    s.feed(assistant("m3", {"input_tokens": 150, "output_tokens": 25}))
+    s.feed(sonnet())
+    assert s.usage() == Usage(150, 25, 0, 0, pytest.approx(0.01))
+
+
+def test_a_failed_resume_leaves_no_session_to_resume_again() -> None:
+    s = ClaudeStream()
+    s.feed(
+        result(
+            subtype="error_during_execution",
+            is_error=True,
+            errors=["No conversation found with session ID: s-1"],
+        )
+    )
+    report = s.report(1)
+    assert not report.ok and report.session is None
 
 
 @pytest.mark.parametrize(
@@ -168,6 +208,7 @@ def test_claude_is_asked_for_stream_json_with_a_fresh_session_and_its_budget(
     agent = ClaudeCodeAgent("c", command="/opt/claude", model="m", environ={}, euid=lambda: 1000)
     argv = agent.argv(request(tmp_path, budget=Budget(usd=0.25), instructions="be brief"), "sid")
     assert argv[:5] == ["/opt/claude", "-p", "--output-format", "stream-json", "--verbose"]
+    assert "--include-partial-messages" in argv  # output tokens are known only at a message's end
     assert argv[argv.index("--session-id") + 1] == "sid"
     assert argv[argv.index("--max-budget-usd") + 1] == "0.250000"
     assert argv[argv.index("--append-system-prompt") + 1] == "be brief"
@@ -180,6 +221,12 @@ def test_a_retried_claude_stage_resumes_the_earlier_session(tmp_path: Path) -> N
     argv = agent.argv(request(tmp_path, resume="s-1"), "s-1")
     assert argv[argv.index("--resume") + 1] == "s-1"
     assert "--session-id" not in argv and "--max-budget-usd" not in argv
+    # the CLI holds a resumed session's whole cost to its limit, the earlier run's included
+    carried = Usage(cost_usd=0.5)
+    argv = agent.argv(
+        request(tmp_path, resume="s-1", budget=Budget(usd=1.0), carried=carried), "s-1"
+    )
+    assert argv[argv.index("--max-budget-usd") + 1] == "1.500000"
 
 
 def test_bypassing_permissions_as_root_is_refused_at_configuration() -> None:
@@ -190,7 +237,7 @@ def test_bypassing_permissions_as_root_is_refused_at_configuration() -> None:
     agent = ClaudeCodeAgent(
         "c", permission_mode="bypassPermissions", run_as="nobody", environ={}, euid=lambda: 0
     )
-    assert agent.user is not None and agent.user.name == "nobody"
+    assert agent.run_as is not None and agent.run_as.name == "nobody"
     ClaudeCodeAgent(
         "c",
         permission_mode="bypassPermissions",

@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
+from orch.config import load_settings
 from orch.domain import pipeline as pl
+from orch.domain.errors import ConfigError
 from orch.domain.ledger import Budget, Usage
 from orch.domain.model import Task
 from orch.domain.states import RunOutcome, Stage, TaskStatus
@@ -172,3 +174,36 @@ def test_an_agent_sees_its_own_variables_and_never_a_tracker_forge_or_notifier_c
     assert "OPENAI_API_KEY" not in env
     leaked = [k for k, v in env.items() if v in SECRETS.values() or k in SECRETS]
     assert leaked == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "where", "name"),
+    [
+        ({"agent_env_allow": ["GITEA_TOKEN"]}, "agent_env_allow", "GITEA_TOKEN"),
+        (
+            {"agents": {"a": {"kind": "claude_code", "pass_env": ["ORCH_STORE__URL"]}}},
+            "agents.a.claude_code.pass_env",
+            "ORCH_STORE__URL",
+        ),
+        (
+            {"agents": {"a": {"kind": "command", "command": "x", "env": {"PLANE_API_KEY": "k"}}}},
+            "agents.a.command.env",
+            "PLANE_API_KEY",
+        ),
+        (
+            {
+                "agents": {
+                    "a": {"kind": "codex", "provider": {"base_url": "u", "env_key": "GITHUB_TOKEN"}}
+                }
+            },
+            "agents.a.codex.provider.env_key",
+            "GITHUB_TOKEN",
+        ),
+    ],
+)
+def test_no_setting_may_hand_an_agent_orchs_own_or_a_services_credentials(
+    overrides: dict[str, Any], where: str, name: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(**overrides)
+    assert str(info.value).startswith(f"invalid setting {where}: Value error, {name} may not be")

@@ -62,6 +62,24 @@ def test_the_command_agent_sees_its_ticket_and_prompt_and_no_credentials(tmp_pat
         r.close()
 
 
+def test_a_prompt_too_large_for_the_environment_reaches_the_agent_in_its_file_only(
+    tmp_path: Path,
+) -> None:
+    # one environment string over 128 KiB would make every start fail with E2BIG
+    script = 'test -z "${ORCH_PROMPT+set}" && wc -c < "$ORCH_PROMPT_FILE"'
+    agent = CommandAgent("default", ["sh", "-c", script])
+    r = rig({"default": agent}, pipeline=analysis_only())
+    try:
+        task = r.intake.file("app", "Add a greeting", "a pasted log line\n" * 12_000)
+        r.run_until_idle()
+        assert r.store.get_task(task.id).status == TaskStatus.DONE
+        [run] = r.store.runs(task.id)
+        size = int(Path(run.log_path).read_text().strip())
+        assert size == len(Path(run.log_path).with_suffix(".prompt.md").read_bytes()) > 200_000
+    finally:
+        r.close()
+
+
 def test_a_command_that_cannot_start_fails_the_attempt_with_the_reason(tmp_path: Path) -> None:
     agent = CommandAgent("default", [str(tmp_path / "no-such-agent")])
     r = rig({"default": agent}, pipeline=analysis_only(), max_attempts=1)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import IO
 
 from orch import crashpoints
-from orch.ports import AgentReport, Usage
+from orch.ports import AgentReport, RunAs, Usage
 
 
 class ProcessGroup:
@@ -40,6 +40,10 @@ class ProcessGroup:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path = log_path
         self._reader: threading.Thread | None = None
+        # held while reaping, so kill_now never signals a group whose leader was reaped
+        self._reaping = threading.Lock()
+        # only root may switch; an agent run as orch's own user simply runs
+        switch = user is not None and os.geteuid() == 0 and user[0] != os.geteuid()
         with open(log_path, "ab") as log:
             stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL  # noqa: SIM115
             try:
@@ -53,9 +57,9 @@ class ProcessGroup:
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                     # (uid, gid): the child runs as that user, with no other groups
-                    user=user[0] if user else None,
-                    group=user[1] if user else None,
-                    extra_groups=[] if user else None,
+                    user=user[0] if switch else None,
+                    group=user[1] if switch else None,
+                    extra_groups=[] if switch else None,
                 )
             finally:
                 if stdin_path:
@@ -108,7 +112,8 @@ class ProcessGroup:
             time.sleep(min(0.01, max(deadline - time.monotonic(), 0.0)))
 
     def _reap(self) -> int:
-        code = self._proc.wait()
+        with self._reaping:
+            code = self._proc.wait()
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
@@ -121,8 +126,9 @@ class ProcessGroup:
     def kill_now(self) -> None:
         """SIGKILL the whole group at once, without reaping: from the output reader, which must
         stop an agent before it starts another turn."""
-        if self._proc.returncode is None:
-            self._signal(signal.SIGKILL)
+        with self._reaping:
+            if self._proc.returncode is None:
+                self._signal(signal.SIGKILL)
 
     def kill(self, grace_s: float) -> int | None:
         """TERM the group, wait out the grace, then KILL it; return the exit status."""
@@ -179,6 +185,21 @@ class LocalRunner:
     """Runs gate and deploy commands through the shell, each in its own process group."""
 
     def start(
-        self, command: str, cwd: Path, env: Mapping[str, str], log_path: Path
+        self,
+        command: str,
+        cwd: Path,
+        env: Mapping[str, str],
+        log_path: Path,
+        run_as: RunAs | None = None,
     ) -> ProcessGroup:
-        return ProcessGroup(command, cwd=cwd, env=env, log_path=log_path)
+        if run_as is None:
+            return ProcessGroup(command, cwd=cwd, env=env, log_path=log_path)
+        # a gate runs what the agent wrote (its tests, its conftest): as the agent's user
+        run_as.grant(cwd)
+        return ProcessGroup(
+            command,
+            cwd=cwd,
+            env={**env, **run_as.env()},
+            log_path=log_path,
+            user=(run_as.uid, run_as.gid),
+        )

@@ -8,6 +8,7 @@ unrelated process that inherited a pid is never touched.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -18,6 +19,19 @@ from pathlib import Path
 
 ENV = "ORCH_INCARNATION"
 _PROC = Path("/proc")
+_PR_SET_DUMPABLE = 4
+
+
+def hide_environment() -> bool:
+    """Make this process non-dumpable, so its /proc/<pid>/environ (which holds orch's
+    credentials) cannot be read by its children: agents run as the same user unless `run_as`
+    says otherwise, and `cat /proc/$PPID/environ` is one shell command away. Root can still
+    read it. Returns whether it took."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 def start_time(pid: int) -> str | None:

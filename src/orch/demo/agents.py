@@ -30,7 +30,7 @@ CLAUDE_MODEL = "claude-sonnet-4-5"
 CODEX_MODEL = "gpt-5.5"
 # what the demo charges for codex, which reports tokens only: example prices, USD per million
 CODEX_PRICES = {"input": 1.25, "output": 10.0, "cache_read": 0.125}
-API_KEY_ENV = "ORCH_DEMO_MODEL_KEY"
+API_KEY_ENV = "SCRIPTED_MODEL_KEY"
 
 
 def _usage(n: int) -> Usage:

@@ -13,6 +13,30 @@ BASE_ALLOWED: frozenset[str] = frozenset(
 )
 
 
+# credentials of the services orch itself talks to (trackers, forges, notifiers, its store):
+# no setting may pass them to an agent, which runs whatever its model tells it to
+FORBIDDEN: frozenset[str] = frozenset(
+    {
+        "GITEA_TOKEN",
+        "GITHUB_TOKEN",
+        "GH_TOKEN",
+        "GITLAB_TOKEN",
+        "PLANE_API_KEY",
+        "TELEGRAM_BOT_TOKEN",
+        "LINEAR_API_KEY",
+        "JIRA_API_TOKEN",
+        "DATABASE_URL",
+        "PGPASSWORD",
+    }
+)
+
+
+def forbidden(names: Iterable[str]) -> list[str]:
+    """The names an agent may never be given: orch's own settings (ORCH_*) and the
+    credentials of the services orch talks to."""
+    return sorted(n for n in names if n in FORBIDDEN or n.startswith("ORCH_"))
+
+
 def child_env(
     environ: Mapping[str, str], extra: Mapping[str, str], allowed: Iterable[str] = ()
 ) -> dict[str, str]:

@@ -8,7 +8,7 @@ a run makes the provider process anew; cache reads count towards cost only.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -112,7 +112,8 @@ class Budget:
 
     def exhausted(self, spent: Usage) -> str:
         """Why nothing more may be spent (the budget is used up or crossed), or ""."""
-        if self.usd is not None and spent.cost_usd >= self.usd - 1e-9:
+        # less than a micro-dollar left is nothing: a CLI refuses a limit that rounds to zero
+        if self.usd is not None and spent.cost_usd >= self.usd - 1e-6:
             return f"${spent.cost_usd:.4f} of ${self.usd:.4f}"
         if self.tokens is not None and spent.tokens >= self.tokens:
             return f"{spent.tokens} of {self.tokens} tokens"
@@ -163,7 +164,7 @@ class Limits:
 
     def exhausted(self) -> str:
         """Why no run may start (a budget is used up), or ""."""
-        return self._first(Usage())
+        return self._why(Budget.exhausted, Usage())
 
     def left(self) -> Budget:
         """What one more run may spend before it crosses a budget."""
@@ -173,15 +174,11 @@ class Limits:
 
     def crossed(self, run: Usage) -> str:
         """Why a run that has spent `run` so far is over a budget, or ""."""
-        for scope, budget, spent in self._scopes():
-            why = budget.crossed(spent + run)
-            if why:
-                return f"budget: {scope} spent {why}"
-        return ""
+        return self._why(Budget.crossed, run)
 
-    def _first(self, run: Usage) -> str:
+    def _why(self, test: Callable[[Budget, Usage], str], run: Usage) -> str:
         for scope, budget, spent in self._scopes():
-            why = budget.exhausted(spent + run)
+            why = test(budget, spent + run)
             if why:
                 return f"budget: {scope} spent {why}"
         return ""
@@ -191,6 +188,12 @@ class Limits:
             (f"stage {self.stage}", self.stage_budget, self.stage_spent),
             ("the task", self.task_budget, self.task_spent),
         )
+
+
+def unmetered(budget: Budget, meters: frozenset[str]) -> list[str]:
+    """The units of `budget` an agent that reports `meters` cannot be held to."""
+    units = [u for u, v in (("usd", budget.usd), ("tokens", budget.tokens)) if v is not None]
+    return [u for u in units if u not in meters]
 
 
 def budgets_of(

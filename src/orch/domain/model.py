@@ -151,6 +151,8 @@ class Run:
     cache_write: int = 0
     session: str | None = None  # the agent's conversation id, for resuming it
     detail: str = ""  # the agent's own account of how the run ended
+    tools: list[str] = field(default_factory=list)  # the tool calls it made, in order
+    reported: Usage | None = None  # the agent's own totals (a resumed session's since it began)
 
     @property
     def usage(self) -> Usage:

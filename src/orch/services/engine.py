@@ -35,7 +35,7 @@ from orch.domain.errors import (
 from orch.domain.failures import FailureClass, classify
 from orch.domain.gates import Verdict, artifact_verdict, command_verdict, review_verdict
 from orch.domain.ledger import Budget, Limits, Usage, budgets_of, raised
-from orch.domain.model import Claim, Effect, Event, GateRecord, Task
+from orch.domain.model import Claim, Effect, Event, GateRecord, Run, Task
 from orch.domain.naming import deploy_key, merge_key
 from orch.domain.pipeline import Action, Decision, GateKind, GateSpec, Move, Pipeline, StageSpec
 from orch.domain.prompts import render
@@ -57,6 +57,7 @@ from orch.ports import (
     Notifier,
     Repos,
     RepoSettings,
+    RunAs,
     Store,
 )
 from orch.services.breaker import Breakers
@@ -308,8 +309,9 @@ class Engine:
             task.branch,
             f"{task.key}: {task.stage} ({spec.role})\n\n{task.title}",
         )
+        run_as = agent.run_as if agent is not None else None
         verdicts = [
-            self._gate(task, spec, claim, lease, g, worktree, head, ctx) for g in spec.gates
+            self._gate(task, spec, claim, lease, g, worktree, head, ctx, run_as) for g in spec.gates
         ]
         failed = [v for v in verdicts if not v.passed]
         if failed:
@@ -427,6 +429,7 @@ class Engine:
         exhausted = limits.exhausted()
         if exhausted:
             return _park(task, exhausted)
+        resumed = self._run_to_resume(task, claim, spec, agent.name)
         prompt = render(spec.prompt, ctx)
         log_path = self._log_path(task, f"v{claim.version}-{task.stage}-{claim.attempt}.log")
         prompt_file = log_path.with_suffix(".prompt.md")
@@ -435,7 +438,7 @@ class Engine:
         env = self._child_env(
             task,
             claim,
-            {"ORCH_ROLE": spec.role, "ORCH_PROMPT": prompt, "ORCH_PROMPT_FILE": str(prompt_file)},
+            {"ORCH_ROLE": spec.role, "ORCH_PROMPT_FILE": str(prompt_file)},
             allow=agent.env_names,
         )
         request = AgentRequest(
@@ -450,7 +453,8 @@ class Engine:
             timeout_s=spec.timeout_s,
             instructions=render(spec.instructions, ctx),
             budget=limits.left(),
-            resume=self._session_to_resume(task, spec, agent.name),
+            resume=resumed.session if resumed else None,
+            carried=resumed.reported or Usage() if resumed else Usage(),
         )
         try:
             proc = agent.start(request)
@@ -479,8 +483,14 @@ class Engine:
             if over or said:
                 outcome = RunOutcome.BUDGET
                 why = over or f"budget: {said.removeprefix('budget: ')}"
-                session = report.session if report is not None else None
-                report = AgentReport(False, why, over_budget=why, session=session)
+                report = AgentReport(
+                    False,
+                    why,
+                    over_budget=why,
+                    session=report.session if report is not None else None,
+                    tools=report.tools if report is not None else (),
+                    reported=report.reported if report is not None else None,
+                )
         except CancelRequested:
             outcome = RunOutcome.STOPPED
             raise
@@ -517,6 +527,8 @@ class Engine:
                 outcome,
                 session=report.session if report else None,
                 detail=report.detail if report else "",
+                tools=report.tools if report else (),
+                reported=report.reported if report else None,
             )
         except LeaseLost:
             with contextlib.suppress(OrchError):
@@ -537,17 +549,20 @@ class Engine:
             task_spent=sum(by_stage.values(), Usage()),
         )
 
-    def _session_to_resume(self, task: Task, spec: StageSpec, agent: str) -> str | None:
-        """The conversation to continue: the task's latest run, if it was this stage's with
-        this agent and left a session. A retried stage (another attempt, or an operator's retry
-        after a budget stop) goes on where the agent left off; a stage entered anew starts
-        afresh."""
+    def _run_to_resume(self, task: Task, claim: Claim, spec: StageSpec, agent: str) -> Run | None:
+        """The run whose conversation this one continues, if any: the task's latest run, when
+        it was this stage's with this agent, left a session, and the stage is being retried:
+        another attempt of the same job, or an operator's retry of the stage it stopped at. A
+        stage entered from another (a rework, a checkpoint) starts afresh."""
         runs = self.store.runs(task.id)
         if not runs:
             return None
         last = runs[-1]
-        if last.stage == spec.stage and last.agent == agent and last.session:
-            return last.session
+        if last.stage != spec.stage or last.agent != agent or not last.session:
+            return None
+        entered = self.store.transitions(task.id)[-1]
+        if last.job_id == claim.job_id or entered.from_stage == entered.to_stage == spec.stage:
+            return last
         return None
 
     def _judge_run(
@@ -584,8 +599,14 @@ class Engine:
             self.breakers.record(name, ok=True)
             return None
         else:
-            said = report.detail if report is not None and not report.ok else ""
-            kind, why = classify(code, f"{_tail(log_path)}\n{said}")
+            if report is not None:
+                # an agent that reports how it ended is judged by that, not by its raw events,
+                # whose numbers and tool output would read as HTTP statuses
+                said = report.detail
+                kind, why = classify(code, said)
+            else:
+                said = ""
+                kind, why = classify(code, _tail(log_path))
             why = why or said
             reason = f"agent {name} exited {code}" + (f": {why}" if why else "")
             reason += f" (log: {log_path})"
@@ -624,11 +645,12 @@ class Engine:
         worktree: Path,
         head: str,
         ctx: dict[str, Any],
+        run_as: RunAs | None,
     ) -> GateRecord:
         known = self.store.find_gate(task.id, claim.version, gate.name, head)
         if known is not None:
             return known  # recorded once, replayed on re-entry
-        verdict = self._evaluate(task, claim, lease, gate, worktree, ctx)
+        verdict = self._evaluate(task, claim, lease, gate, worktree, ctx, run_as)
         return self.store.record_gate(
             claim,
             GateRecord(
@@ -650,6 +672,7 @@ class Engine:
         gate: GateSpec,
         worktree: Path,
         ctx: dict[str, Any],
+        run_as: RunAs | None,
     ) -> Verdict:
         if gate.kind == GateKind.COMMAND:
             command = render(gate.command, ctx)
@@ -658,6 +681,7 @@ class Engine:
                 worktree,
                 self._child_env(task, claim),
                 self._log_path(task, f"v{claim.version}-{task.stage}-gate-{gate.name}.log"),
+                run_as,
             )
             code, outcome = lease.supervise(proc, gate.timeout_s, self.settings.kill_grace_s)
             return command_verdict(command, code, outcome != RunOutcome.EXITED, proc.tail())

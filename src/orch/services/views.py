@@ -122,6 +122,7 @@ def task_detail(store: Store, task: Task) -> dict[str, Any]:
                 "usage": _usage(r.usage),
                 "session": r.session,
                 "detail": r.detail,
+                "tools": r.tools,
             }
             for r in runs
         ],

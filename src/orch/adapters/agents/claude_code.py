@@ -57,11 +57,20 @@ QUIET = {
 
 
 class ClaudeStream:
-    """The state of one run, from its stream-json events."""
+    """The state of one run, from its stream-json events.
 
-    def __init__(self) -> None:
+    Tokens are counted per model message from the run's own events: `message_start` knows a
+    message's input, and only `message_delta` (a partial-message event) its real output, so a
+    budget sees each turn's output as soon as the model has produced it. Cost comes from the
+    `result` event, where Claude Code prices the run itself. A resumed session's result also
+    counts the turns of the runs before it, so `carried` (what the previous run of the session
+    reported) is taken off.
+    """
+
+    def __init__(self, carried: Usage | None = None) -> None:
+        self.carried = carried or Usage()
         self.session: str | None = None
-        self.messages: dict[str, Usage] = {}  # per assistant message id: its latest usage
+        self.messages: dict[str, Usage] = {}  # per model message: the highest counts seen
         self.result: Mapping[str, Any] | None = None
         self.tools: list[str] = []
         self.text = ""
@@ -69,31 +78,69 @@ class ClaudeStream:
     def feed(self, event: Mapping[str, Any]) -> None:
         kind = event.get("type")
         if kind == "system" and event.get("subtype") == "init":
+            # only a started session can be resumed: a failed --resume names the session it
+            # could not find in its result, never in an init
             self.session = str(event.get("session_id") or "") or self.session
+        elif kind == "stream_event":
+            self._partial(event)
         elif kind == "assistant":
             self._assistant(event.get("message") or {})
         elif kind == "result":
             self.result = event
-            self.session = str(event.get("session_id") or "") or self.session
+
+    def _partial(self, event: Mapping[str, Any]) -> None:
+        inner = event.get("event") or {}
+        message = inner.get("message") or {}
+        key = str(event.get("api_message_id") or message.get("id") or "")
+        if key and inner.get("type") == "message_start":
+            self._count(key, message.get("usage") or {})
+        elif key and inner.get("type") == "message_delta":
+            self._count(key, inner.get("usage") or {})
 
     def _assistant(self, message: Mapping[str, Any]) -> None:
-        # one message may arrive as several events (a block each), each with the usage so far
-        key = str(message.get("id") or len(self.messages))
-        self.messages[key] = _usage(message.get("usage") or {})
+        # one message may arrive as several events (a block each), each with its start's usage
+        self._count(str(message.get("id") or ""), message.get("usage") or {})
         for block in message.get("content") or ():
             if block.get("type") == "tool_use":
                 self.tools.append(_tool_call(block))
             elif block.get("type") == "text" and block.get("text"):
                 self.text = str(block["text"])
 
+    def _count(self, key: str, usage: Mapping[str, Any]) -> None:
+        seen = self.messages.get(key, Usage())
+        now = _usage(usage)
+        self.messages[key or str(len(self.messages))] = Usage(
+            max(seen.tokens_in, now.tokens_in),
+            max(seen.tokens_out, now.tokens_out),
+            max(seen.cache_read, now.cache_read),
+            max(seen.cache_write, now.cache_write),
+        )
+
     def usage(self) -> Usage:
-        if self.result is not None:
-            return _result_usage(self.result)
-        return sum(self.messages.values(), Usage())
+        own = sum(self.messages.values(), Usage())
+        if self.result is None:
+            return own
+        reported = self.reported()
+        if not self.messages:
+            return reported
+        cost = reported.cost_usd
+        if _tokens(reported) > _tokens(own):
+            # the CLI carried the session's earlier runs into this result
+            cost = (
+                max(cost - self.carried.cost_usd, 0.0)
+                if self.carried.cost_usd
+                else (cost * _tokens(own) / _tokens(reported))
+            )
+        return Usage(own.tokens_in, own.tokens_out, own.cache_read, own.cache_write, cost)
+
+    def reported(self) -> Usage:
+        """The result's own totals: for a resumed session, since the session began."""
+        return _result_usage(self.result) if self.result is not None else Usage()
 
     def report(self, exit_code: int | None) -> AgentReport:
         tools = tuple(self.tools)
         r = self.result
+        reported = self.reported() if r is not None else None
         if r is None:
             detail = f"exited {exit_code} without a result event" if exit_code else ""
             return AgentReport(exit_code == 0, detail, session=self.session, tools=tools)
@@ -101,11 +148,12 @@ class ClaudeStream:
         errors = "; ".join(str(e) for e in r.get("errors") or ())
         if subtype == "error_max_budget_usd":
             why = f"budget: the agent's own limit (--max-budget-usd): {errors or subtype}"
-            return AgentReport(False, why, over_budget=why, session=self.session, tools=tools)
-        if subtype == "success" and not r.get("is_error"):
             return AgentReport(
-                True, str(r.get("result", ""))[:2000], session=self.session, tools=tools
+                False, why, over_budget=why, session=self.session, tools=tools, reported=reported
             )
+        if subtype == "success" and not r.get("is_error"):
+            text = str(r.get("result", ""))[:2000]
+            return AgentReport(True, text, session=self.session, tools=tools, reported=reported)
         if subtype == "error_max_turns":
             detail = f"turn limit reached after {r.get('num_turns')} turns"
         elif r.get("is_error") and subtype == "success":
@@ -113,7 +161,13 @@ class ClaudeStream:
             detail = f"API error{f' {status}' if status else ''}: {r.get('result', '')}"
         else:
             detail = f"{subtype or 'error'}: {errors or r.get('terminal_reason', '')}"
-        return AgentReport(False, detail[:2000], session=self.session, tools=tools)
+        return AgentReport(
+            False, detail[:2000], session=self.session, tools=tools, reported=reported
+        )
+
+
+def _tokens(u: Usage) -> int:
+    return u.tokens_in + u.tokens_out + u.cache_read + u.cache_write
 
 
 def _usage(u: Mapping[str, Any]) -> Usage:
@@ -126,7 +180,7 @@ def _usage(u: Mapping[str, Any]) -> Usage:
 
 
 def _result_usage(r: Mapping[str, Any]) -> Usage:
-    """The whole run: `modelUsage` counts every model the run used, subagents included."""
+    """The result's totals: `modelUsage` counts every model the run used, subagents included."""
     models = r.get("modelUsage") or {}
     cost = float(r.get("total_cost_usd") or 0.0)
     if models:
@@ -174,11 +228,11 @@ class ClaudeCodeAgent:
             )
         environ = os.environ if environ is None else environ
         self.env = dict(env or {})
-        self.user = AgentUser.resolve(name, run_as, euid) if run_as else None
+        self.run_as = AgentUser.resolve(name, run_as, euid) if run_as else None
         if (
             permission_mode == "bypassPermissions"
             and euid() == 0
-            and self.user is None
+            and self.run_as is None
             and self.env.get("IS_SANDBOX", environ.get("IS_SANDBOX")) != "1"
         ):
             raise ConfigError(
@@ -195,6 +249,7 @@ class ClaudeCodeAgent:
         self.extra_args = tuple(extra_args)
         self.prices = prices or Prices()
         self.env_names = ENV_NAMES | frozenset(pass_env)
+        self.meters = frozenset({"tokens", "usd"})
 
     def preflight(self) -> str | None:
         return missing_binary(self.binary, BIN_ENV, PACKAGE, VERSION)
@@ -206,6 +261,7 @@ class ClaudeCodeAgent:
             "--output-format",
             "stream-json",
             "--verbose",
+            "--include-partial-messages",
             "--model",
             self.model,
             "--permission-mode",
@@ -219,7 +275,9 @@ class ClaudeCodeAgent:
             argv += ["--append-system-prompt", request.instructions]
         argv += ["--resume", session] if request.resume else ["--session-id", session]
         if request.budget.usd is not None:
-            argv += ["--max-budget-usd", f"{request.budget.usd:.6f}"]
+            # the CLI holds a resumed session's whole cost to this limit, the earlier runs' too
+            limit = request.budget.usd + (request.carried.cost_usd if request.resume else 0.0)
+            argv += ["--max-budget-usd", f"{limit:.6f}"]
         return [*argv, *self.extra_args]
 
     def start(self, request: AgentRequest) -> StreamingProcess:
@@ -231,10 +289,10 @@ class ClaudeCodeAgent:
                 argv,
                 request,
                 env,
-                ClaudeStream(),
+                ClaudeStream(request.carried if request.resume else None),
                 self.prices,
                 stdin_path=write_prompt(request, request.prompt),
-                user=self.user,
+                user=self.run_as,
             )
         except OSError as exc:
             raise not_startable(self.name, argv[0], exc) from exc

@@ -139,11 +139,13 @@ class CodexAgent:
         self.extra_args = tuple(extra_args)
         self.env = dict(env or {})
         self.prices = prices or Prices()
-        self.user = AgentUser.resolve(name, run_as) if run_as else None
+        self.run_as = AgentUser.resolve(name, run_as) if run_as else None
         names = set(ENV_NAMES) | set(pass_env)
         if provider is not None and provider.env_key:
             names.add(provider.env_key)
         self.env_names = frozenset(names)
+        # codex reports tokens; its dollars are the configured prices' estimate
+        self.meters = frozenset({"tokens", "usd"} if self.prices else {"tokens"})
 
     def preflight(self) -> str | None:
         return missing_binary(self.binary, BIN_ENV, PACKAGE, VERSION)
@@ -196,7 +198,7 @@ class CodexAgent:
                 CodexStream(),
                 self.prices,
                 stdin_path=write_prompt(request, prompt),
-                user=self.user,
+                user=self.run_as,
             )
         except OSError as exc:
             raise not_startable(self.name, argv[0], exc) from exc

@@ -1,9 +1,9 @@
 """The command agent: any command line, run in the task's worktree in its own process group.
 
-The rendered prompt is in the file named by ORCH_PROMPT_FILE and in ORCH_PROMPT; the ticket,
-stage and attempt are in ORCH_TICKET, ORCH_STAGE and ORCH_ATTEMPT, the role's standing
-instructions in ORCH_INSTRUCTIONS. `{prompt_file}` and
-`{workdir}` in the argv are replaced too.
+The rendered prompt is in the file named by ORCH_PROMPT_FILE and, up to 100 kB, in ORCH_PROMPT;
+the ticket, stage and attempt are in ORCH_TICKET, ORCH_STAGE and ORCH_ATTEMPT, the role's
+standing instructions in ORCH_INSTRUCTIONS. `{prompt_file}` and `{workdir}` in the argv are
+replaced too.
 """
 
 from __future__ import annotations
@@ -17,6 +17,10 @@ from orch.adapters.process import ProcessGroup
 from orch.domain.errors import AgentError
 from orch.ports import AgentRequest
 
+# a variable larger than 128 KiB cannot be passed to a program at all (E2BIG); a longer prompt
+# is only in the file
+PROMPT_ENV_BYTES = 100_000
+
 
 class CommandAgent:
     def __init__(
@@ -28,8 +32,9 @@ class CommandAgent:
         run_as: str | None = None,
     ) -> None:
         self.name = name
-        self.user = AgentUser.resolve(name, run_as) if run_as else None
+        self.run_as = AgentUser.resolve(name, run_as) if run_as else None
         self.env_names = frozenset(pass_env)
+        self.meters: frozenset[str] = frozenset()  # a plain command reports no usage
         self.argv = shlex.split(argv) if isinstance(argv, str) else list(argv)
         if not self.argv:
             raise AgentError(f"agent {name!r} has an empty command")
@@ -47,16 +52,18 @@ class CommandAgent:
         }
         argv = [_fill(a, values) for a in self.argv]
         env = {**request.env, "ORCH_INSTRUCTIONS": request.instructions, **self.env}
-        if self.user is not None:
-            self.user.grant(request.workdir)
-            env.update(self.user.env())
+        if len(request.prompt.encode()) <= PROMPT_ENV_BYTES:
+            env["ORCH_PROMPT"] = request.prompt
+        if self.run_as is not None:
+            self.run_as.grant(request.workdir)
+            env.update(self.run_as.env())
         try:
             return ProcessGroup(
                 argv,
                 cwd=request.workdir,
                 env=env,
                 log_path=request.log_path,
-                user=(self.user.uid, self.user.gid) if self.user else None,
+                user=(self.run_as.uid, self.run_as.gid) if self.run_as else None,
             )
         except OSError as exc:
             raise AgentError(

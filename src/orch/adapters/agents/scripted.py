@@ -31,6 +31,8 @@ class ScriptedAgent:
     ) -> None:
         self.name = name
         self.env_names: frozenset[str] = frozenset()
+        self.run_as = None
+        self.meters: frozenset[str] = frozenset()
         self.python = python
         self.playbook_path: Path | None = None
         self._inline = playbook if isinstance(playbook, Mapping) else None

@@ -9,6 +9,7 @@ import os
 import shutil
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -61,6 +62,10 @@ class StreamingProcess:
             user=(user.uid, user.gid) if user else None,
         )
         self.pid = self._group.pid
+        with self._lock:
+            over = self._over
+        if over:  # crossed before the group was known here
+            self._group.kill_now()
 
     def _line(self, raw: bytes) -> None:
         text = raw.decode("utf-8", "replace").strip()
@@ -75,11 +80,13 @@ class StreamingProcess:
                 self._noise = [*self._noise[-19:], text[:500]]
                 return
             self._stream.feed(event)
-            if self._over:
-                return
-            self._over = self._budget.crossed(self._priced(self._stream.usage()))
+            if not self._over:
+                self._over = self._budget.crossed(self._priced(self._stream.usage()))
         if self._over:
-            self._group.kill_now()
+            # again on every later line, until the group is gone
+            group = getattr(self, "_group", None)
+            if group is not None:
+                group.kill_now()
 
     def _priced(self, usage: Usage) -> Usage:
         """Usage with a cost: the agent's own figure where it gave one, else the configured
@@ -115,15 +122,17 @@ class StreamingProcess:
         with self._lock:
             report = self._stream.report(code)
             if self._over and not report.over_budget:
-                report = AgentReport(
+                report = replace(
+                    report,
                     ok=False,
                     detail=f"stopped by orch: {self._over}",
                     over_budget=self._over,
-                    session=report.session,
-                    tools=report.tools,
                 )
-            if not report.ok and not report.detail and self._noise:
-                report = AgentReport(False, self._noise[-1], report.over_budget, report.session)
+            if not report.ok and self._noise:
+                # what the CLI printed besides its events: its own error message
+                said = "; ".join(self._noise[-3:])
+                detail = f"{report.detail}: {said}" if report.detail else said
+                report = replace(report, detail=detail[:2000])
             return report
 
 

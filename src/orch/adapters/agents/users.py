@@ -57,16 +57,24 @@ class AgentUser:
         }
 
     def grant(self, worktree: Path) -> None:
-        """Hand the worktree's contents to this user, keeping its top and `.git` orch's."""
+        """Hand the worktree's contents to this user, keeping its top and `.git` orch's.
+
+        The walk goes by directory descriptors and never follows a link, so a link planted by
+        an earlier run cannot steer it outside the worktree; a file with other hard links is
+        left alone for the same reason. The top directory is sticky: the agent may add and
+        remove its own entries there, but not orch's `.git`.
+        """
         if os.geteuid() != 0:
             return
         top = worktree.resolve()
         os.chown(top, -1, self.gid)
-        os.chmod(top, stat.S_IMODE(top.stat().st_mode) | stat.S_IRWXG)
-        for dirpath, dirnames, filenames in os.walk(top):
-            here = Path(dirpath)
-            if here == top:
+        os.chmod(top, stat.S_IMODE(top.stat().st_mode) | stat.S_IRWXG | stat.S_ISVTX)
+        for dirpath, dirnames, filenames, dirfd in os.fwalk(top, follow_symlinks=False):
+            if Path(dirpath) == top:
                 dirnames[:] = [d for d in dirnames if d != ".git"]
                 filenames = [f for f in filenames if f != ".git"]
             for entry in (*dirnames, *filenames):
-                os.chown(here / entry, self.uid, self.gid, follow_symlinks=False)
+                info = os.stat(entry, dir_fd=dirfd, follow_symlinks=False)
+                if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
+                    continue
+                os.chown(entry, self.uid, self.gid, dir_fd=dirfd, follow_symlinks=False)

@@ -205,6 +205,8 @@ runs = sa.Table(
     sa.Column("session", sa.String(120)),  # the agent's conversation, resumed by a retry
     sa.Column("detail", sa.Text, nullable=False, server_default=""),  # the agent's own account
     sa.Column("accounted_at", sa.Float),  # when its usage entered the ledger, once
+    sa.Column("tools", sa.JSON),  # the tool calls the agent reported, in order
+    sa.Column("reported", sa.JSON),  # the agent's own totals, which a resumed run counts again
     sa.Index("ix_runs_task", "task_id"),
     _one_of("runs", "stage", Stage),
     _one_of("runs", "outcome", RunOutcome),

@@ -1189,6 +1189,8 @@ class SqlStore:
         *,
         session: str | None = None,
         detail: str = "",
+        tools: Sequence[str] = (),
+        reported: Usage | None = None,
     ) -> None:
         def fn(conn: Connection) -> None:
             self._guard(conn, claim)
@@ -1201,6 +1203,8 @@ class SqlStore:
                     ended_at=self._now_sql,
                     session=session,
                     detail=detail[:2000],
+                    tools=list(tools)[:500] or None,
+                    reported=reported.as_dict() if reported else None,
                 )
             )
             self._account(conn, claim.task_id, run_id, usage)
@@ -1479,7 +1483,13 @@ def _event(r: Any) -> Event:
 
 
 def _run(r: Any) -> Run:
-    return _record(Run, r, stage=Stage(r.stage))  # type: ignore[no-any-return]
+    return _record(  # type: ignore[no-any-return]
+        Run,
+        r,
+        stage=Stage(r.stage),
+        tools=r.tools or [],
+        reported=Usage.from_dict(r.reported) if r.reported else None,
+    )
 
 
 def _job(r: Any) -> Job:

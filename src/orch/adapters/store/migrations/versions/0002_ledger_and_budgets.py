@@ -40,15 +40,27 @@ def upgrade() -> None:
         batch.add_column(sa.Column("session", sa.String(length=120), nullable=True))
         batch.add_column(sa.Column("detail", sa.Text(), server_default="", nullable=False))
         batch.add_column(sa.Column("accounted_at", sa.Float(), nullable=True))
+        batch.add_column(sa.Column("tools", sa.JSON(), nullable=True))
+        batch.add_column(sa.Column("reported", sa.JSON(), nullable=True))
         batch.drop_constraint("ck_runs_outcome_known", type_="check")
         batch.create_check_constraint("ck_runs_outcome_known", f"outcome IN ({NEW_OUTCOMES})")
+    # the runs that ended before the ledger were counted into their tasks' totals already
+    op.execute("UPDATE runs SET accounted_at = ended_at WHERE ended_at IS NOT NULL")
 
 
 def downgrade() -> None:
     with op.batch_alter_table("runs", recreate="auto") as batch:
         batch.drop_constraint("ck_runs_outcome_known", type_="check")
         batch.create_check_constraint("ck_runs_outcome_known", f"outcome IN ({OLD_OUTCOMES})")
-        for column in ("accounted_at", "detail", "session", "cache_write", "cache_read"):
+        for column in (
+            "reported",
+            "tools",
+            "accounted_at",
+            "detail",
+            "session",
+            "cache_write",
+            "cache_read",
+        ):
             batch.drop_column(column)
     with op.batch_alter_table("tasks") as batch:
         for column in ("budgets", "cache_write", "cache_read"):
