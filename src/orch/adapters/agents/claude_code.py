@@ -2,9 +2,9 @@
 
 The last `result` event decides the run: `success` with `is_error` false is success; a turn
 limit, a budget or an error is not, and `is_error` is checked even on `success` (an API error can
-end that way). Usage comes from each assistant message while the run goes, so a budget can stop
-it within one event, and from `modelUsage` and `total_cost_usd` at the end, which count subagents
-too.
+end that way). Tokens come from each model message as it streams (`--include-partial-messages`),
+so a budget can stop the run within one event; the cost comes from the result, where the CLI
+prices its own usage.
 
 Two behaviours of the CLI shape the invocation: it refuses `bypassPermissions` as root, so orch
 defaults to `acceptEdits` with an explicit tool allowlist; and it may retry forever against an
