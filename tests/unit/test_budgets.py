@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -18,14 +17,6 @@ from orch.services.views import state_view, task_detail
 from orch.testing import InstantAgent, Rig, rig
 
 PER_RUN = Usage(tokens_in=300, tokens_out=100, cache_read=1000, cache_write=0, cost_usd=0.02)
-
-
-@pytest.fixture
-def made() -> Iterator[list[Rig]]:
-    rigs: list[Rig] = []
-    yield rigs
-    for r in rigs:
-        r.close()
 
 
 def build(made: list[Rig], agent: InstantAgent, pipeline: pl.Pipeline, **kw: Any) -> Rig:

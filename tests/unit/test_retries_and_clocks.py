@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
@@ -18,14 +17,6 @@ from orch.domain.states import JobState, RunOutcome, Stage, TaskStatus
 from orch.ports import AgentRequest, RepoSettings
 from orch.services.breaker import Breakers
 from orch.testing import InstantAgent, MemoryProcessTable, Rig, SimClock, rig
-
-
-@pytest.fixture
-def made() -> Iterator[list[Rig]]:
-    rigs: list[Rig] = []
-    yield rigs
-    for r in rigs:
-        r.close()
 
 
 def file_ticket(r: Rig, title: str = "Add a greeting") -> Task:
