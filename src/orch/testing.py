@@ -164,6 +164,9 @@ class InstantAgent:
     def preflight(self) -> str | None:
         return None
 
+    def usage_from_log(self, log_path: Path) -> Usage | None:
+        return None  # it leaves no log
+
     def start(self, request: AgentRequest) -> _Finished:
         self.started.append(request)
         code = self.outcome(request)

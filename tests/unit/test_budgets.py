@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from orch.adapters.agents.claude_code import ClaudeCodeAgent
 from orch.config import load_settings
 from orch.domain import pipeline as pl
 from orch.domain.errors import ConfigError
-from orch.domain.ledger import Budget, Usage
+from orch.domain.ledger import Budget, Prices, Usage
 from orch.domain.model import Task
 from orch.domain.states import RunOutcome, Stage, TaskStatus
 from orch.services.views import state_view, task_detail
-from orch.testing import InstantAgent, Rig, rig
+from orch.testing import InstantAgent, MemoryProcessTable, Rig, rig
 
 PER_RUN = Usage(tokens_in=300, tokens_out=100, cache_read=1000, cache_write=0, cost_usd=0.02)
 
@@ -198,3 +201,48 @@ def test_no_setting_may_hand_an_agent_orchs_own_or_a_services_credentials(
     with pytest.raises(ConfigError) as info:
         load_settings(**overrides)
     assert str(info.value).startswith(f"invalid setting {where}: Value error, {name} may not be")
+
+
+CLAUDE_LOG = [
+    {"type": "system", "subtype": "init", "session_id": "s-9"},
+    {
+        "type": "stream_event",
+        "api_message_id": "m1",
+        "event": {"type": "message_start", "message": {"id": "m1", "usage": {"input_tokens": 800}}},
+    },
+    {
+        "type": "stream_event",
+        "api_message_id": "m1",
+        "event": {"type": "message_delta", "usage": {"input_tokens": 800, "output_tokens": 300}},
+    },
+]
+
+
+def test_what_a_dead_workers_run_spent_is_read_back_from_its_log_once(
+    made: list[Rig], tmp_path: Path
+) -> None:
+    processes = MemoryProcessTable()
+    claude = ClaudeCodeAgent(
+        "claude",
+        command="/nonexistent/claude",
+        prices=Prices(input=3.0, output=15.0),
+        environ={},
+        euid=lambda: 1000,
+    )
+    r = rig({"default": InstantAgent(), "claude": claude}, processes=processes)
+    made.append(r)
+    task = r.intake.file("app", "Add a greeting", "")
+    # a worker starts a claude run, which prints one model message, and dies
+    held = r.store.claim("gone:1:x", 60, r.repos.limit)
+    assert held is not None
+    log = tmp_path / "run.log"
+    log.write_text("".join(json.dumps(e) + "\n" for e in CLAUDE_LOG) + "not json\n")
+    r.store.start_run(held, "claude", 4242, str(log))
+    assert r.dispatcher.recover().runs_accounted == 0  # its worker may still live
+    processes.dead.add("gone:1:x")
+
+    assert r.dispatcher.recover().runs_accounted == 1
+    assert r.dispatcher.recover().runs_accounted == 0
+    spent = r.store.get_task(task.id).spent
+    assert (spent.tokens_in, spent.tokens_out) == (800, 300)
+    assert spent.cost_usd == pytest.approx((800 * 3.0 + 300 * 15.0) / 1e6)

@@ -153,6 +153,8 @@ class Run:
     detail: str = ""  # the agent's own account of how the run ended
     tools: list[str] = field(default_factory=list)  # the tool calls it made, in order
     reported: Usage | None = None  # the agent's own totals (a resumed session's since it began)
+    owner: str | None = None  # the incarnation that supervised it
+    accounted_at: float | None = None  # when its usage entered the ledger
 
     @property
     def usage(self) -> Usage:

@@ -39,6 +39,7 @@ class Recovery:
     leases_voided: int = 0
     requeued: int = 0
     dead: int = 0
+    runs_accounted: int = 0
 
 
 @dataclass(frozen=True)
@@ -105,13 +106,14 @@ class Dispatcher:
 
     def recover(self) -> Recovery:
         """Orphans first, so no task is driven again while an agent of its last attempt lives;
-        then the dead incarnations' leases; then the sweep."""
-        killed = voided = 0
+        then the dead incarnations' leases, and what their runs spent; then the sweep."""
+        killed = voided = accounted = 0
         if self.processes is not None:
             killed = len(self.processes.reap_orphans(self.owner, self.engine.settings.kill_grace_s))
             for owner in self.store.lease_owners():
                 if owner != self.owner and self.processes.is_dead(owner):
                     voided += self.store.void_leases(owner)
+            accounted = self.engine.account_dead_runs(self.processes.is_dead)
         swept = self.sweep()
         if killed or voided:
             log.warning(
@@ -119,7 +121,7 @@ class Dispatcher:
                 killed,
                 voided,
             )
-        return Recovery(killed, voided, swept.requeued, swept.dead)
+        return Recovery(killed, voided, swept.requeued, swept.dead, accounted)
 
     def _watch_deferred_cancels(self) -> None:
         bound = self.settings.cancel_bound_s

@@ -12,7 +12,7 @@ import logging
 import os
 import random
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -535,6 +535,21 @@ class Engine:
                 self.store.record_usage(task.id, run_id, usage)
         except OrchError as exc:
             log.warning("could not close run %s of %s: %s", run_id, task.key, exc)
+
+    def account_dead_runs(self, is_dead: Callable[[str], bool]) -> int:
+        """Put in the ledger what the runs of dead workers spent, read back from their logs:
+        a worker killed mid-run never closed its run, but its agent's spending was real. Runs
+        whose worker may still live are left to it."""
+        accounted = 0
+        for run in self.store.unaccounted_runs():
+            if not run.owner or not is_dead(run.owner):
+                continue
+            agent = self.agents.get(run.agent)
+            usage = agent.usage_from_log(Path(run.log_path)) if agent is not None else None
+            # counted even when nothing can be read, so the log is read once
+            self.store.record_usage(run.task_id, run.id, usage or Usage())
+            accounted += 1
+        return accounted
 
     def _limits(self, task: Task, pipeline: Pipeline, spec: StageSpec) -> Limits:
         stage_budget, task_budget = budgets_of(

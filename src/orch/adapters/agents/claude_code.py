@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from orch.adapters.agents.streaming import (
@@ -23,6 +24,7 @@ from orch.adapters.agents.streaming import (
     find_binary,
     missing_binary,
     not_startable,
+    replay,
     write_prompt,
 )
 from orch.adapters.agents.users import AgentUser
@@ -253,6 +255,9 @@ class ClaudeCodeAgent:
 
     def preflight(self) -> str | None:
         return missing_binary(self.binary, BIN_ENV, PACKAGE, VERSION)
+
+    def usage_from_log(self, log_path: Path) -> Usage:
+        return replay(log_path, ClaudeStream(), self.prices)
 
     def argv(self, request: AgentRequest, session: str) -> list[str]:
         argv = [

@@ -13,6 +13,7 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from orch.adapters.agents.streaming import (
@@ -20,6 +21,7 @@ from orch.adapters.agents.streaming import (
     find_binary,
     missing_binary,
     not_startable,
+    replay,
     write_prompt,
 )
 from orch.adapters.agents.users import AgentUser
@@ -149,6 +151,9 @@ class CodexAgent:
 
     def preflight(self) -> str | None:
         return missing_binary(self.binary, BIN_ENV, PACKAGE, VERSION)
+
+    def usage_from_log(self, log_path: Path) -> Usage:
+        return replay(log_path, CodexStream(), self.prices)
 
     def argv(self, request: AgentRequest) -> list[str]:
         argv = [

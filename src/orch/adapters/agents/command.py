@@ -11,6 +11,7 @@ from __future__ import annotations
 import shlex
 import shutil
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from orch.adapters.agents.users import AgentUser
 from orch.adapters.process import ProcessGroup
@@ -39,6 +40,9 @@ class CommandAgent:
         if not self.argv:
             raise AgentError(f"agent {name!r} has an empty command")
         self.env = dict(env or {})
+
+    def usage_from_log(self, log_path: Path) -> None:
+        return None  # a plain command reports no usage
 
     def preflight(self) -> str | None:
         if shutil.which(self.argv[0]) is None:

@@ -39,6 +39,9 @@ class ScriptedAgent:
         if isinstance(playbook, Path):
             self.playbook_path = playbook
 
+    def usage_from_log(self, log_path: Path) -> None:
+        return None  # it spends nothing
+
     def preflight(self) -> str | None:
         return None if os.access(self.python, os.X_OK) else f"{self.python} cannot be run"
 

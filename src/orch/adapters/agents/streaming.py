@@ -136,6 +136,26 @@ class StreamingProcess:
             return report
 
 
+def replay(log_path: Path, stream: EventStream, prices: Prices) -> Usage:
+    """What a run's log says it spent: its events read again, after its worker died. A run
+    cut off before its CLI priced it costs what `prices` say, or nothing."""
+    try:
+        with open(log_path, encoding="utf-8", errors="replace") as log:
+            for line in log:
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(event, dict):
+                    stream.feed(event)
+    except OSError:
+        return Usage()
+    usage = stream.usage()
+    if usage.cost_usd or not prices:
+        return usage
+    return replace(usage, cost_usd=prices.cost(usage))
+
+
 def find_binary(configured: str, env_var: str, environ: Mapping[str, str]) -> str:
     """Where an agent's CLI is: the configured path, else `env_var`, else the name on PATH."""
     override = environ.get(env_var, "")

@@ -207,6 +207,7 @@ runs = sa.Table(
     sa.Column("accounted_at", sa.Float),  # when its usage entered the ledger, once
     sa.Column("tools", sa.JSON),  # the tool calls the agent reported, in order
     sa.Column("reported", sa.JSON),  # the agent's own totals, which a resumed run counts again
+    sa.Column("owner", sa.String(200)),  # the incarnation that supervised it
     sa.Index("ix_runs_task", "task_id"),
     _one_of("runs", "stage", Stage),
     _one_of("runs", "outcome", RunOutcome),

@@ -652,6 +652,17 @@ class SqlStore:
     def renew(self, claim: Claim, ttl_s: float) -> None:
         self._write(lambda c: self._guard(c, claim, lease_expires_at=self._now_sql + ttl_s))
 
+    def unaccounted_runs(self) -> list[Run]:
+        """Runs neither closed nor in the ledger: running now, or their worker died mid-run."""
+        rows = self._read(
+            lambda c: c.execute(
+                sa.select(t.runs)
+                .where(t.runs.c.accounted_at.is_(None), t.runs.c.ended_at.is_(None))
+                .order_by(t.runs.c.id)
+            ).all()
+        )
+        return [_run(r) for r in rows]
+
     def lease_owners(self) -> list[str]:
         """The incarnations holding running jobs."""
         rows = self._read(
@@ -1171,6 +1182,7 @@ class SqlStore:
                         agent=agent,
                         pid=pid,
                         log_path=log_path,
+                        owner=claim.owner,
                         started_at=self._now_sql,
                     )
                     .returning(t.runs.c.id)

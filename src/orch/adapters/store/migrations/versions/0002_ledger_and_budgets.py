@@ -42,6 +42,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("accounted_at", sa.Float(), nullable=True))
         batch.add_column(sa.Column("tools", sa.JSON(), nullable=True))
         batch.add_column(sa.Column("reported", sa.JSON(), nullable=True))
+        batch.add_column(sa.Column("owner", sa.String(length=200), nullable=True))
         batch.drop_constraint("ck_runs_outcome_known", type_="check")
         batch.create_check_constraint("ck_runs_outcome_known", f"outcome IN ({NEW_OUTCOMES})")
     # the runs that ended before the ledger were counted into their tasks' totals already
@@ -53,6 +54,7 @@ def downgrade() -> None:
         batch.drop_constraint("ck_runs_outcome_known", type_="check")
         batch.create_check_constraint("ck_runs_outcome_known", f"outcome IN ({OLD_OUTCOMES})")
         for column in (
+            "owner",
             "reported",
             "tools",
             "accounted_at",
