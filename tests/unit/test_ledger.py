@@ -84,6 +84,16 @@ def test_raising_with_no_budget_used_up_sets_the_task_budget() -> None:
     assert raised({}, lim, Budget(usd=4.0)) == {"task": {"usd": 4.0}, "stages": {}}
 
 
+def test_a_raise_never_lowers_a_budget() -> None:
+    used_up = limits(Budget(usd=5.0), Budget(), Usage(cost_usd=5.0), Usage(cost_usd=5.0))
+    assert raised({}, used_up, Budget(usd=2.0)) == {
+        "task": {},
+        "stages": {"development": {"usd": 5.0}},
+    }
+    not_used_up = limits(Budget(), Budget(usd=10.0), Usage(), Usage(cost_usd=1.0))
+    assert raised({}, not_used_up, Budget(usd=3.0)) == {"task": {"usd": 10.0}, "stages": {}}
+
+
 def test_prices_turn_tokens_into_dollars_per_million() -> None:
     prices = Prices(input=3.0, output=15.0, cache_read=0.3, cache_write=3.75)
     cost = prices.cost(Usage(1_000_000, 100_000, 2_000_000, 0))

@@ -220,12 +220,19 @@ def raised(overrides: Mapping[str, Any], limits: Limits, to: Budget) -> dict[str
     )
     hit = False
     for target, budget, spent in scopes:
-        if to.usd is not None and budget.usd is not None and spent.cost_usd >= budget.usd - 1e-9:
-            target["usd"], hit = to.usd, True
+        # a raise never lowers a budget
+        if to.usd is not None and budget.usd is not None and spent.cost_usd >= budget.usd - 1e-6:
+            target["usd"], hit = max(to.usd, budget.usd), True
         if to.tokens is not None and budget.tokens is not None and spent.tokens >= budget.tokens:
-            target["tokens"], hit = to.tokens, True
+            target["tokens"], hit = max(to.tokens, budget.tokens), True
     if not hit:
-        out["task"].update({k: v for k, v in to.as_dict().items() if v is not None})
+        current = limits.task_budget
+        if to.usd is not None:
+            out["task"]["usd"] = to.usd if current.usd is None else max(to.usd, current.usd)
+        if to.tokens is not None:
+            out["task"]["tokens"] = (
+                to.tokens if current.tokens is None else max(to.tokens, current.tokens)
+            )
     if not out["stages"][limits.stage]:
         del out["stages"][limits.stage]
     return out

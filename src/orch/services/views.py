@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from orch.domain import pipeline as pl
-from orch.domain.ledger import Usage, budgets_of
+from orch.domain.ledger import Budget, Usage, budgets_of
 from orch.domain.model import Task, Transition
 from orch.domain.states import UNRESOLVED_EFFECT_STATES, TaskStatus, is_terminal
 from orch.ports import StateSummary, Store
@@ -196,7 +196,6 @@ def _ledger(task: Task, by_stage: dict[str, Usage]) -> dict[str, Any]:
     except (KeyError, TypeError, ValueError):
         return {"stages": {}, "task": {"spent": _usage(task.spent), "budget": None}}
     stages = {}
-    task_budget = pipeline.budget
     for spec in pipeline.stages:
         stage_budget, task_budget = budgets_of(
             task.budgets, spec.stage.value, spec.budget, pipeline.budget
@@ -206,6 +205,7 @@ def _ledger(task: Task, by_stage: dict[str, Usage]) -> dict[str, Any]:
                 "spent": _usage(by_stage.get(spec.stage.value, Usage())),
                 "budget": None if stage_budget.unlimited else stage_budget.as_dict(),
             }
+    _, task_budget = budgets_of(task.budgets, "", Budget(), pipeline.budget)
     return {
         "stages": stages,
         "task": {
