@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -47,11 +48,26 @@ def request(tmp_path: Path, budget: Budget) -> AgentRequest:
     )
 
 
+@pytest.fixture
+def started() -> Iterator[list[StreamingProcess]]:
+    """The processes a test starts, killed when it ends however it ends."""
+    procs: list[StreamingProcess] = []
+    yield procs
+    for proc in procs:
+        proc.kill(0)
+
+
+def start(procs: list[StreamingProcess], req: AgentRequest, prices: Prices) -> StreamingProcess:
+    proc = StreamingProcess([sys.executable, "-c", CHILD], req, req.env, ClaudeStream(), prices)
+    procs.append(proc)
+    return proc
+
+
 def test_an_agent_that_crosses_its_budget_is_killed_on_the_event_that_crossed_it(
-    tmp_path: Path,
+    tmp_path: Path, started: list[StreamingProcess]
 ) -> None:
     req = request(tmp_path, Budget(tokens=1000))
-    proc = StreamingProcess([sys.executable, "-c", CHILD], req, req.env, ClaudeStream(), Prices())
+    proc = start(started, req, Prices())
     code = proc.wait(30)
     assert code == -9, "the child should have been killed, not left waiting"
     report = proc.report()
@@ -63,13 +79,11 @@ def test_an_agent_that_crosses_its_budget_is_killed_on_the_event_that_crossed_it
 
 
 def test_a_dollar_budget_is_checked_against_the_configured_prices_between_reports(
-    tmp_path: Path,
+    tmp_path: Path, started: list[StreamingProcess]
 ) -> None:
     req = request(tmp_path, Budget(usd=0.002))
     # $3 per million input tokens: each message's 500 tokens cost $0.0015, so the second crosses
-    proc = StreamingProcess(
-        [sys.executable, "-c", CHILD], req, req.env, ClaudeStream(), Prices(input=3.0)
-    )
+    proc = start(started, req, Prices(input=3.0))
     assert proc.wait(30) == -9
     assert proc.report().over_budget == "$0.0030 of $0.0020"
     assert proc.usage().cost_usd == pytest.approx(0.003)
