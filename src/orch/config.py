@@ -89,6 +89,9 @@ class _AgentCommon(_Strict):
     env: dict[str, str] = {}  # values the agent gets, e.g. its base URL
     pass_env: list[str] = []  # more variables from orch's environment the agent may see
     prices: PricesSettings | None = None
+    # a non-root user the agent runs as (orch must run as root to switch); its worktree is
+    # handed to that user before each run
+    run_as: str | None = None
 
     _pass_env = field_validator("pass_env")(_not_credentials)
 
@@ -97,10 +100,6 @@ class _AgentCommon(_Strict):
     def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
         _not_credentials(list(env))
         return env
-
-    # a non-root user the agent runs as (orch must run as root to switch); its worktree is
-    # handed to that user before each run
-    run_as: str | None = None
 
 
 class ScriptedAgentSettings(_Strict):
@@ -131,15 +130,14 @@ class CodexProviderSettings(_Strict):
     name: str = Field("orch", pattern=r"^[A-Za-z0-9_-]+$")
     base_url: str
     env_key: str = ""  # the variable holding its API key; give its value in the agent's env
+    # more keys of codex's provider table, e.g. request_max_retries, stream_idle_timeout_ms
+    options: dict[str, int | str | bool] = {}
 
     @field_validator("env_key")
     @classmethod
     def _own_key(cls, name: str) -> str:
         _not_credentials([name] if name else [])
         return name
-
-    # more keys of codex's provider table, e.g. request_max_retries, stream_idle_timeout_ms
-    options: dict[str, int | str | bool] = {}
 
 
 class CodexAgentSettings(_AgentCommon):

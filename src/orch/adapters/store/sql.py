@@ -1224,8 +1224,9 @@ class SqlStore:
         self._write(fn)
 
     def record_usage(self, task_id: int, run_id: int, usage: Usage) -> None:
-        """The ledger of a run whose lease was lost. Not fenced, because the money was spent
-        whoever holds the task now; the run itself stays open, as its worker lost it."""
+        """The ledger of a run whose worker lost its lease, or died (read back from its log).
+        Not fenced, because the money was spent whoever holds the task now; the run itself
+        stays open, as its worker lost it."""
         self._write(lambda conn: self._account(conn, task_id, run_id, usage))
 
     def _account(self, conn: Connection, task_id: int, run_id: int, usage: Usage) -> None:
