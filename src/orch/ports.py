@@ -222,6 +222,10 @@ class AgentProcess(Protocol):
         """How much it has printed so far: output that stops growing is a stall."""
         ...
 
+    def tail(self, chars: int = 2000) -> str:
+        """The end of what it printed."""
+        ...
+
     def report(self) -> AgentReport | None: ...
 
 
@@ -284,10 +288,6 @@ class Repos(Protocol):
     def get(self, name: str) -> RepoSettings: ...
 
 
-class RunningCommand(AgentProcess, Protocol):
-    def tail(self, chars: int = 2000) -> str: ...
-
-
 class ProcessTable(Protocol):
     """Process identity on this host: a pid plus its start time, never a pid alone."""
 
@@ -314,4 +314,4 @@ class CommandRunner(Protocol):
         env: Mapping[str, str],
         log_path: Path,
         run_as: RunAs | None = None,
-    ) -> RunningCommand: ...
+    ) -> AgentProcess: ...

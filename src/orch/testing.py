@@ -110,9 +110,14 @@ class _Finished:
     pid: int | None = None
 
     def __init__(
-        self, code: int | None, spent: Usage | None = None, session: str | None = None
+        self,
+        code: int | None,
+        log_path: Path,
+        spent: Usage | None = None,
+        session: str | None = None,
     ) -> None:
         self.code = code
+        self.log_path = log_path  # what the test's `outcome` wrote there is its output
         self.killed = False
         self.spent = spent or Usage()
         self.session = session
@@ -132,6 +137,12 @@ class _Finished:
 
     def output_bytes(self) -> int:
         return 0
+
+    def tail(self, chars: int = 2000) -> str:
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")[-chars:]
+        except OSError:
+            return ""
 
     def report(self) -> AgentReport | None:
         if self.session is None:
@@ -179,7 +190,7 @@ class InstantAgent:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(content.replace("{{body}}", ""), encoding="utf-8")
         session = request.resume or f"{request.task_key}:{request.stage}:{request.attempt}"
-        return _Finished(code, self.spends, session if self.sessions else None)
+        return _Finished(code, request.log_path, self.spends, session if self.sessions else None)
 
 
 class MemoryProcessTable:

@@ -3,7 +3,6 @@ run passes them all: a check that cannot fail proves nothing."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +13,7 @@ from orch.adapters.store import schema as tables
 from orch.domain.model import Task
 from orch.domain.states import EffectState, JobState, Stage, TaskStatus
 
-from .harness import REPO, StartedAgent, World, build_world
+from .harness import REPO, StartedAgent, World
 from .invariants import (
     Observed,
     Violation,
@@ -29,15 +28,6 @@ from .invariants import (
     check_i8,
     observe,
 )
-
-
-@pytest.fixture
-def world() -> Iterator[World]:
-    w = build_world()
-    try:
-        yield w
-    finally:
-        w.close()
 
 
 @dataclass
@@ -75,6 +65,13 @@ def test_a_clean_run_of_the_whole_pipeline_passes_every_check(world: World) -> N
     check_all(seen(world), swept_at=world.swept_at, settled=True)
 
 
+def deploy_again(world: World, target: str) -> None:
+    """The deploy log shows the task's release deployed to `target` a second time."""
+    [release] = [r for t, r in world.deploys.entries() if t == target]
+    with world.deploys.path.open("a", encoding="utf-8") as log:
+        log.write(f"{target} {release}\n")
+
+
 def test_i1_catches_a_second_merge_of_the_same_head(world: World) -> None:
     run_to_the_end(world, world.rig.intake.file(REPO, "Add a greeting"))
     world.rig.forge.merges.append(world.rig.forge.merges[0])
@@ -84,9 +81,7 @@ def test_i1_catches_a_second_merge_of_the_same_head(world: World) -> None:
 
 def test_i1_catches_a_second_production_deploy_of_a_release(world: World) -> None:
     run_to_the_end(world, world.rig.intake.file(REPO, "Add a greeting"))
-    [release] = [r for target, r in world.deploys.entries() if target == "production"]
-    with world.deploys.path.open("a", encoding="utf-8") as log:
-        log.write(f"production {release}\n")
+    deploy_again(world, "production")
     with pytest.raises(Violation, match=r"I1.*production deploy ran more than once"):
         check_i1(seen(world))
 
@@ -250,9 +245,7 @@ def test_i7_catches_an_effect_recorded_as_done_that_never_happened(world: World)
 
 def test_i7_catches_a_deploy_that_ran_twice(world: World) -> None:
     run_to_the_end(world, world.rig.intake.file(REPO, "Add a greeting"))
-    [release] = [r for target, r in world.deploys.entries() if target == "staging"]
-    with world.deploys.path.open("a", encoding="utf-8") as log:
-        log.write(f"staging {release}\n")
+    deploy_again(world, "staging")
     with pytest.raises(Violation, match=r"I7.*ran more than once"):
         check_i7(seen(world))
 

@@ -5,23 +5,12 @@ Each is named for the behaviour it proves; all of them failed before their fix.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from orch.domain.states import EffectState, Stage, TaskStatus
 from orch.testing import SimulatedCrash, crash_at
 
-from .harness import REPO, Outcome, World, build_world
-
-
-@pytest.fixture
-def world() -> Iterator[World]:
-    w = build_world()
-    try:
-        yield w
-    finally:
-        w.close()
+from .harness import REPO, Outcome, World
 
 
 def drive_to(w: World, key: str, stage: Stage) -> None:

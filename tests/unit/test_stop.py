@@ -334,12 +334,18 @@ def test_an_overdue_stop_with_nothing_in_flight_is_applied_not_parked() -> None:
         r.close()
 
 
+def deploy_of_a_dead_worker(r: Rig) -> Task:
+    """A task whose worker died with a staging deploy in flight, its outcome unknown."""
+    task = r.intake.file("app", "Add a greeting")
+    crashed = r.crash_a_worker()
+    r.store.begin_effect(crashed, "deploy:app:staging:abc", "deploy:staging", "app", "abc")
+    return task
+
+
 def test_an_overdue_stop_behind_an_effect_of_a_dead_worker_is_left_to_the_next_worker() -> None:
     r = rig({"default": ScriptedAgent()}, cancel_bound_s=0.01)
     try:
-        task = r.intake.file("app", "Add a greeting")
-        crashed = r.crash_a_worker()
-        r.store.begin_effect(crashed, "deploy:app:staging:abc", "deploy:staging", "app", "abc")
+        task = deploy_of_a_dead_worker(r)
         r.intake.stop(task.key, "ann", "")
         time.sleep(0.05)
         r.dispatcher.sweep()
@@ -358,9 +364,7 @@ def test_an_overdue_stop_behind_an_effect_of_a_dead_worker_is_left_to_the_next_w
 def test_an_overdue_stop_of_a_task_nothing_will_run_parks_it_for_an_operator() -> None:
     r = rig({"default": ScriptedAgent()}, cancel_bound_s=0.01)
     try:
-        task = r.intake.file("app", "Add a greeting")
-        crashed = r.crash_a_worker()
-        r.store.begin_effect(crashed, "deploy:app:staging:abc", "deploy:staging", "app", "abc")
+        task = deploy_of_a_dead_worker(r)
         # a task stranded by a fault outside orch: its job is gone, so no worker will come
         with r.store.engine.begin() as conn:
             conn.execute(tables.jobs.delete().where(tables.jobs.c.task_id == task.id))

@@ -483,13 +483,8 @@ class Engine:
             if over or said:
                 outcome = RunOutcome.BUDGET
                 why = over or f"budget: {said.removeprefix('budget: ')}"
-                report = AgentReport(
-                    False,
-                    why,
-                    over_budget=why,
-                    session=report.session if report is not None else None,
-                    tools=report.tools if report is not None else (),
-                    reported=report.reported if report is not None else None,
+                report = replace(
+                    report or AgentReport(False), ok=False, detail=why, over_budget=why
                 )
         except CancelRequested:
             outcome = RunOutcome.STOPPED
@@ -503,7 +498,7 @@ class Engine:
         finally:
             self._close_run(task, claim, run_id, proc, outcome, report)
         return self._judge_run(
-            task, pipeline, spec, claim, agent.name, code, outcome, log_path, report
+            task, pipeline, spec, claim, agent.name, code, outcome, log_path, report, proc
         )
 
     def _close_run(
@@ -541,8 +536,13 @@ class Engine:
         a worker killed mid-run never closed its run, but its agent's spending was real. Runs
         whose worker may still live are left to it."""
         accounted = 0
+        dead: dict[str, bool] = {}  # one look at the process table per worker
         for run in self.store.unaccounted_runs():
-            if not run.owner or not is_dead(run.owner):
+            if not run.owner:
+                continue
+            if run.owner not in dead:
+                dead[run.owner] = is_dead(run.owner)
+            if not dead[run.owner]:
                 continue
             agent = self.agents.get(run.agent)
             usage = agent.usage_from_log(Path(run.log_path)) if agent is not None else None
@@ -590,7 +590,8 @@ class Engine:
         code: int | None,
         outcome: RunOutcome,
         log_path: Path,
-        report: AgentReport | None = None,
+        report: AgentReport | None,
+        proc: AgentProcess,
     ) -> Decision | None:
         """What an agent's run decides: None if it succeeded, else parking or a retry. Whether
         the provider answered is told to the agent's circuit breaker."""
@@ -614,14 +615,10 @@ class Engine:
             self.breakers.record(name, ok=True)
             return None
         else:
-            if report is not None:
-                # an agent that reports how it ended is judged by that, not by its raw events,
-                # whose numbers and tool output would read as HTTP statuses
-                said = report.detail
-                kind, why = classify(code, said)
-            else:
-                said = ""
-                kind, why = classify(code, _tail(log_path))
+            # an agent that reports how it ended is judged by that, not by its raw events, whose
+            # numbers and tool output would read as HTTP statuses; any other by its last output
+            said = report.detail if report is not None else ""
+            kind, why = classify(code, said if report is not None else proc.tail(4000))
             why = why or said
             reason = f"agent {name} exited {code}" + (f": {why}" if why else "")
             reason += f" (log: {log_path})"
@@ -1019,16 +1016,6 @@ def _park(task: Task, reason: str) -> Decision:
 
 def _deadline_passed(task: Task, pipeline: Pipeline) -> Decision:
     return _park(task, f"deadline: the task used its {pipeline.deadline_s:g}s of working time")
-
-
-def _tail(path: Path, chars: int = 4000) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - chars))
-            return f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
 
 
 ARTIFACT_CHARS = 20_000  # of each earlier artifact, in a prompt

@@ -81,25 +81,12 @@ class StreamingProcess:
                 return
             self._stream.feed(event)
             if not self._over:
-                self._over = self._budget.crossed(self._priced(self._stream.usage()))
+                self._over = self._budget.crossed(self._prices.priced(self._stream.usage()))
         if self._over:
             # again on every later line, until the group is gone
             group = getattr(self, "_group", None)
             if group is not None:
                 group.kill_now()
-
-    def _priced(self, usage: Usage) -> Usage:
-        """Usage with a cost: the agent's own figure where it gave one, else the configured
-        prices' estimate."""
-        if usage.cost_usd or not self._prices:
-            return usage
-        return Usage(
-            usage.tokens_in,
-            usage.tokens_out,
-            usage.cache_read,
-            usage.cache_write,
-            self._prices.cost(usage),
-        )
 
     def wait(self, timeout_s: float) -> int | None:
         return self._group.wait(timeout_s)
@@ -115,7 +102,7 @@ class StreamingProcess:
 
     def usage(self) -> Usage:
         with self._lock:
-            return self._priced(self._stream.usage())
+            return self._prices.priced(self._stream.usage())
 
     def report(self) -> AgentReport:
         code = self._group.wait(0)
@@ -150,10 +137,7 @@ def replay(log_path: Path, stream: EventStream, prices: Prices) -> Usage:
                     stream.feed(event)
     except OSError:
         return Usage()
-    usage = stream.usage()
-    if usage.cost_usd or not prices:
-        return usage
-    return replace(usage, cost_usd=prices.cost(usage))
+    return prices.priced(stream.usage())
 
 
 def find_binary(configured: str, env_var: str, environ: Mapping[str, str]) -> str:
