@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from bench.common import median, percentile, pg_schema, stub_argv
 from orch.adapters.agents.command import CommandAgent
 from orch.adapters.process import LocalRunner
+from orch.adapters.sandbox.policy import LandlockSandbox
 from orch.adapters.store import schema as t
 from orch.adapters.store.sql import SqlStore
 from orch.domain import pipeline as pl
@@ -135,7 +136,8 @@ def _run(
         repos=repos,
         runner=LocalRunner(),
         notifier=notifier,
-        settings=EngineSettings(logs_dir=logs, backoff_base_s=0.0),
+        sandbox=LandlockSandbox(protect=()),
+        settings=EngineSettings(logs_dir=logs, homes_dir=logs / "homes", backoff_base_s=0.0),
     )
     dispatcher = Dispatcher(store, engine, repos.limit, DispatcherSettings(slots=slots))
     pipeline = bench_pipeline()

@@ -17,6 +17,7 @@ from orch.adapters.forges.local_git import LocalGitForge, check_writable
 from orch.adapters.notifiers.log import LogNotifier
 from orch.adapters.process import LocalRunner
 from orch.adapters.proctable import LinuxProcessTable
+from orch.adapters.sandbox.policy import LandlockSandbox
 from orch.adapters.store.sql import SqlStore, sqlite_path
 from orch.config import (
     ClaudeCodeAgentSettings,
@@ -28,7 +29,7 @@ from orch.domain import pipeline as pl
 from orch.domain.errors import AlreadyRunning, ConfigError, NotFound
 from orch.domain.ledger import Prices, unmetered
 from orch.pipeline_file import PIPELINE_PATH, parse
-from orch.ports import Agent, DeployTarget, Forge, Notifier, RepoSettings
+from orch.ports import Agent, DeployTarget, Forge, Notifier, RepoSettings, Sandbox
 from orch.services.dispatcher import Dispatcher, DispatcherSettings
 from orch.services.engine import Engine, EngineSettings
 from orch.services.intake import Intake
@@ -44,6 +45,7 @@ class ConfiguredRepos:
                 key_prefix=r.key_prefix,
                 max_active=r.max_active,
                 deploy={k: DeployTarget(v.command, v.check) for k, v in r.deploy.items()},
+                sandbox=r.sandbox,
             )
             for r in settings.repos
         }
@@ -192,6 +194,22 @@ class App:
         self._lock = self._workspace_lock = None
 
 
+def protected_paths(settings: Settings, logs: Path) -> list[Path]:
+    """What no agent or gate may read: the store (and its journal files), the settings file,
+    orch's logs (a run gets its own task's back) and the other tasks' homes."""
+    paths = [logs, Path(settings.homes)]
+    store = sqlite_path(settings.store_url)
+    if store is not None:
+        paths += [store.with_name(store.name + suffix) for suffix in STORE_FILES]
+    if settings.source_file is not None:
+        paths.append(settings.source_file)
+    return paths
+
+
+# a SQLite store's own file and the files SQLite and orch keep beside it
+STORE_FILES = ("", "-wal", "-shm", "-journal", ".serve.lock")
+
+
 def build(
     settings: Settings,
     *,
@@ -200,6 +218,7 @@ def build(
     forge: Forge | None = None,
     environ: Mapping[str, str] | None = None,
     migrate: bool = True,
+    sandbox: Sandbox | None = None,
 ) -> App:
     workspace = check_writable(Path(settings.workspace))
     logs = check_writable(Path(settings.logs))
@@ -226,8 +245,10 @@ def build(
         repos=repos,
         runner=LocalRunner(),
         notifier=notifier,
+        sandbox=sandbox or LandlockSandbox(protected_paths(settings, logs), w.output_cap_bytes),
         settings=EngineSettings(
             logs_dir=logs,
+            homes_dir=Path(settings.homes),
             lease_ttl_s=w.lease_ttl_s,
             heartbeat_s=w.heartbeat_s,
             kill_grace_s=w.kill_grace_s,

@@ -141,8 +141,17 @@ def _announce(server: Any, orch_app: Any) -> None:
                     f" incarnation {orch_app.dispatcher.owner})",
                     flush=True,
                 )
+        _print_confinement(orch_app)
 
     server.startup = startup
+
+
+def _print_confinement(orch_app: Any) -> None:
+    """Say which confinement agents and gates run under, and which repositories opted out."""
+    print(f"confinement: {orch_app.engine.sandbox.describe()}", flush=True)
+    for repo in orch_app.settings.repos:
+        if repo.sandbox == "none":
+            print(f"confinement: repository {repo.name} runs unconfined (sandbox: none)")
 
 
 def _arm_crashpoint() -> None:
@@ -181,6 +190,7 @@ def worker() -> None:
             f" incarnation {orch_app.dispatcher.owner})",
             flush=True,
         )
+        _print_confinement(orch_app)
         done.wait()
     finally:
         orch_app.close()

@@ -11,7 +11,14 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import platformdirs
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -40,6 +47,8 @@ class WorkerSettings(_Strict):
     poll_interval_s: float = Field(1.0, gt=0)
     max_attempts: int = Field(3, ge=1)
     kill_grace_s: float = Field(10.0, ge=0)
+    # what a run's log keeps of its output, the tail; the rest is dropped and the cut noted
+    output_cap_bytes: int = Field(64 * 1024 * 1024, ge=4096)
     backoff_base_s: float = Field(1.0, ge=0)
     backoff_max_s: float = Field(60.0, ge=0)
     cancel_bound_s: float = Field(1860.0, gt=0)
@@ -62,6 +71,9 @@ class RepoSettingsModel(_Strict):
     key_prefix: str = Field("", pattern=r"^([A-Z][A-Z0-9]*)?$")
     max_active: int = Field(1, ge=1)
     deploy: dict[Literal["staging", "production"], DeployTargetSettings] = {}
+    # how agents and gates are confined: Landlock, or none at all (said explicitly, never
+    # assumed: without Landlock a run refuses to start)
+    sandbox: Literal["landlock", "none"] = "landlock"
 
 
 class PricesSettings(_Strict):
@@ -180,6 +192,8 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     isolated: ClassVar[bool] = False
+    # the settings file they were read from: no agent may read it
+    _source_file: Path | None = PrivateAttr(default=None)
 
     @field_validator("repos")
     @classmethod
@@ -201,6 +215,15 @@ class Settings(BaseSettings):
     @property
     def logs(self) -> Path:
         return self.logs_dir or self.data_dir / "logs"
+
+    @property
+    def source_file(self) -> Path | None:
+        return self._source_file
+
+    @property
+    def homes(self) -> Path:
+        """Each task's agent home (HOME, TMPDIR, the CLIs' config) lives under it."""
+        return self.data_dir / "homes"
 
     @classmethod
     def settings_customise_sources(
@@ -242,9 +265,11 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         data.update(loaded)
     data.update(overrides)
     try:
-        return Settings(**data)
+        settings = Settings(**data)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
         source = f"{path}: " if path else ""
         raise ConfigError(f"{source}invalid setting {where}: {err['msg']}") from exc
+    settings._source_file = path.resolve() if path is not None else None
+    return settings

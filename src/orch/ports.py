@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -170,11 +170,33 @@ class Forge(Protocol):
     def merge(self, repo: str, branch: str, expected_head: str, message: str) -> str: ...
     def find_merge(self, repo: str, head_sha: str) -> str | None: ...
     def read_default_file(self, repo: str, path: str) -> str | None: ...
-    def checkout(self, worktree: Path, sha: str) -> None: ...
+    def checkout(self, repo: str, worktree: Path, sha: str) -> None: ...
     def remove_worktree(self, repo: str, branch: str) -> None: ...
     def delete_branch(self, repo: str, branch: str) -> None:
         """Delete a task branch on the remote; refuses the default branch."""
         ...
+
+
+DEFAULT_OUTPUT_CAP = 64 * 1024 * 1024  # bytes of a run's output its log keeps
+
+
+@dataclass(frozen=True)
+class Confinement:
+    """How a run is confined. With `landlock`, it may write only in `write` (and to the
+    `devices`), and read everything but `protect` (with `read` granted back inside it); with or
+    without, every process it starts dies with it, and its log keeps at most `output_cap`
+    bytes of what it prints, the tail."""
+
+    landlock: bool = False
+    write: tuple[Path, ...] = ()
+    read: tuple[Path, ...] = ()
+    protect: tuple[Path, ...] = ()
+    devices: tuple[Path, ...] = ()
+    output_cap: int = DEFAULT_OUTPUT_CAP
+
+    def writing(self, *paths: Path) -> Confinement:
+        """The same confinement, with more places it may write."""
+        return replace(self, write=(*self.write, *paths))
 
 
 @dataclass(frozen=True)
@@ -193,6 +215,7 @@ class AgentRequest:
     resume: str | None = None  # an earlier run's conversation to continue, where supported
     # what the agent itself reported at the end of that run: a resumed CLI counts it again
     carried: Usage = field(default_factory=Usage)
+    confine: Confinement | None = None
 
 
 @dataclass(frozen=True)
@@ -222,6 +245,10 @@ class AgentProcess(Protocol):
         """How much it has printed so far: output that stops growing is a stall."""
         ...
 
+    def dropped_bytes(self) -> int:
+        """How much of its output the log cap dropped."""
+        ...
+
     def tail(self, chars: int = 2000) -> str:
         """The end of what it printed."""
         ...
@@ -235,7 +262,7 @@ class RunAs(Protocol):
     uid: int
     gid: int
 
-    def env(self) -> dict[str, str]: ...
+    def env(self, home: str | None = None) -> dict[str, str]: ...
     def grant(self, worktree: Path) -> None:
         """Hand the worktree to that user before something runs as them in it."""
         ...
@@ -282,6 +309,7 @@ class RepoSettings:
     key_prefix: str = ""
     max_active: int = 1
     deploy: Mapping[str, DeployTarget] = field(default_factory=dict)
+    sandbox: str = "landlock"  # or "none": agents and gates run unconfined, by choice
 
 
 class Repos(Protocol):
@@ -314,4 +342,18 @@ class CommandRunner(Protocol):
         env: Mapping[str, str],
         log_path: Path,
         run_as: RunAs | None = None,
+        confine: Confinement | None = None,
     ) -> AgentProcess: ...
+
+
+class Sandbox(Protocol):
+    """Where the runs of a repository's agents and gates may write and read."""
+
+    def describe(self) -> str:
+        """One line: the confinement in force on this host."""
+        ...
+
+    def confine(self, repo: RepoSettings, worktree: Path, home: Path, own: Path) -> Confinement:
+        """The confinement of a run in `worktree` with its own `home` and log directory `own`.
+        Raises AgentError when the repository needs a sandbox this host cannot apply."""
+        ...

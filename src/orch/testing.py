@@ -19,6 +19,7 @@ from orch import crashpoints
 from orch.adapters.agents.scripted_main import DEFAULTS as SCRIPTED_FILES
 from orch.adapters.notifiers.log import MemoryNotifier
 from orch.adapters.process import LocalRunner
+from orch.adapters.sandbox.policy import LandlockSandbox
 from orch.adapters.store.sql import SqlStore
 from orch.domain import pipeline as pl
 from orch.domain.errors import ForgeError, HeadMoved, MergeConflict, NotFound
@@ -33,6 +34,7 @@ from orch.ports import (
     DeployTarget,
     ProcessTable,
     RepoSettings,
+    Sandbox,
 )
 from orch.services.breaker import Breakers
 from orch.services.dispatcher import Dispatcher, DispatcherSettings
@@ -136,6 +138,9 @@ class _Finished:
         return self.spent
 
     def output_bytes(self) -> int:
+        return 0
+
+    def dropped_bytes(self) -> int:
         return 0
 
     def tail(self, chars: int = 2000) -> str:
@@ -350,7 +355,7 @@ class MemoryForge:
         data = r.commits[r.branches[r.default_branch]].files.get(path)
         return data.decode() if data is not None else None
 
-    def checkout(self, worktree: Path, sha: str) -> None:
+    def checkout(self, repo: str, worktree: Path, sha: str) -> None:
         for r in self.repos.values():
             if sha in r.commits:
                 self._write_tree(worktree, r.commits[sha].files)
@@ -444,6 +449,7 @@ def rig(
     clock: Callable[[], float] | None = None,
     processes: ProcessTable | None = None,
     breakers: Breakers | None = None,
+    sandbox: Sandbox | None = None,
 ) -> Rig:
     """One repository named "app" (unless `repo` says otherwise), the given agents, backoff off."""
     repo = repo or RepoSettings(
@@ -460,6 +466,8 @@ def rig(
     notifier = notifier or MemoryNotifier()
     logs = Path(tempfile.mkdtemp(prefix="orch-logs-"))
     chosen = pipeline or pl.default_pipeline()
+    # agents and gates run confined as in production: they may read the whole host here
+    confinement = sandbox or LandlockSandbox(protect=())
 
     def make() -> tuple[Engine, Dispatcher]:
         engine = Engine(
@@ -469,8 +477,13 @@ def rig(
             repos=repos,
             runner=LocalRunner(),
             notifier=notifier,
+            sandbox=confinement,
             settings=EngineSettings(
-                logs_dir=logs, backoff_base_s=0.0, heartbeat_s=5.0, kill_grace_s=kill_grace_s
+                logs_dir=logs,
+                homes_dir=logs / "homes",
+                backoff_base_s=0.0,
+                heartbeat_s=5.0,
+                kill_grace_s=kill_grace_s,
             ),
             environ=environ,
             breakers=breakers,

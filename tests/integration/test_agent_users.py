@@ -84,7 +84,10 @@ def test_an_agent_configured_to_run_as_another_user_works_and_is_tested_as_that_
         ).stdout
 
     assert on_branch("whoami.txt") == f"{NOBODY.pw_uid}\n"
-    assert on_branch("home.txt") == f"{NOBODY.pw_dir}\n"
+    # a home of the task's own, which that user may write
+    home = open_dir / "data" / "homes" / f"{task.key}-{task.id}"
+    assert on_branch("home.txt") == f"{home}\n"
+    assert home.stat().st_uid == NOBODY.pw_uid
     assert on_branch("README.md").endswith("changed by the agent\n")
     assert on_branch("notes/new.txt") == "hi\n"
     # the agent's git trusted a worktree it does not own, and saw its own changes

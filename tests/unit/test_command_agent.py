@@ -25,9 +25,9 @@ def analysis_only() -> pl.Pipeline:
 
 def test_the_command_agent_sees_its_ticket_and_prompt_and_no_credentials(tmp_path: Path) -> None:
     script = (
-        'env > "$ORCH_PROMPT_FILE.env"; '
+        'env > "$HOME/seen.env"; '
         'echo "$ORCH_TICKET $ORCH_STAGE $ORCH_ATTEMPT {workdir}"; '
-        'cp "{prompt_file}" "$ORCH_PROMPT_FILE.copy"; pwd'
+        'cp "{prompt_file}" "$HOME/prompt.copy"; pwd'
     )
     agent = CommandAgent("default", ["sh", "-c", script])
     environ = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LC_ALL": "C.UTF-8", **SECRETS}
@@ -39,11 +39,13 @@ def test_the_command_agent_sees_its_ticket_and_prompt_and_no_credentials(tmp_pat
         [run] = r.store.runs(task.id)
         log = Path(run.log_path)
         prompt = log.with_suffix(".prompt.md")
+        home = r.logs / "homes" / f"{task.key}-{task.id}"
         seen = dict(
             line.split("=", 1)
-            for line in Path(f"{prompt}.env").read_text().splitlines()
+            for line in (home / "seen.env").read_text().splitlines()
             if "=" in line
         )
+        assert seen["HOME"] == str(home)  # a home of its own, not orch's
         assert not set(SECRETS) & set(seen)
         assert (seen["ORCH_TICKET"], seen["ORCH_STAGE"], seen["ORCH_ATTEMPT"]) == (
             task.key,
@@ -52,7 +54,7 @@ def test_the_command_agent_sees_its_ticket_and_prompt_and_no_credentials(tmp_pat
         )
         assert seen["ORCH_PROMPT"] == prompt.read_text().splitlines()[0]  # env prints line by line
         assert seen["LC_ALL"] == "C.UTF-8"
-        assert Path(f"{prompt}.copy").read_text() == prompt.read_text()
+        assert (home / "prompt.copy").read_text() == prompt.read_text()
         assert "Add a greeting" in prompt.read_text()
         first, cwd = log.read_text().splitlines()
         workdir = r.forge.prepare_worktree("app", task.branch)

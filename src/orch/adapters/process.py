@@ -1,4 +1,4 @@
-"""Child processes in their own process group, so a kill reaches everything they started."""
+"""Child processes started through the launcher, so a kill reaches everything they started."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import select
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -15,15 +16,43 @@ from pathlib import Path
 from typing import IO
 
 from orch import crashpoints
-from orch.ports import AgentReport, RunAs, Usage
+from orch.ports import DEFAULT_OUTPUT_CAP, AgentReport, Confinement, RunAs, Usage
+
+LAUNCHER = Path(__file__).with_name("sandbox") / "launcher.py"
+KILL_MARGIN_S = 5.0  # how long the launcher may take to end its subtree before orch KILLs it
+_CHUNK = 1 << 16
+_LINE_MAX = 1 << 20  # a longer line reaches `on_line` in pieces
+
+
+def launcher_argv(
+    argv: Sequence[str] | str, confine: Confinement | None, user: tuple[int, int] | None = None
+) -> list[str]:
+    """The command line that starts `argv` through the launcher, confined as `confine` says."""
+    command = ["/bin/sh", "-c", argv] if isinstance(argv, str) else list(argv)
+    options: list[str] = []
+    if confine is not None and confine.landlock:
+        options.append("--landlock")
+        for flag, paths in (
+            ("--write", confine.write),
+            ("--read", confine.read),
+            ("--protect", confine.protect),
+            ("--device", confine.devices),
+        ):
+            for path in paths:
+                options += [flag, str(path)]
+    # only root may switch; an agent run as orch's own user simply runs
+    if user is not None and os.geteuid() == 0 and user[0] != os.geteuid():
+        options += ["--user", f"{user[0]}:{user[1]}"]
+    return [sys.executable, "-I", "-S", str(LAUNCHER), *options, "--", *command]
 
 
 class ProcessGroup:
-    """One supervised child: the leader of a new session, output appended to a log file.
-
-    With `on_line`, the output passes through a pipe: a reader thread appends each line to the
-    log and hands it to `on_line` as it arrives, so an agent's events are seen the moment it
-    prints them (a budget is enforced within one event).
+    """One supervised child, started through the launcher (sandbox/launcher.py): the leader of
+    a new session and a subreaper, so a kill reaches everything the command started, even what
+    left the session. Its output passes through a pipe: a reader thread appends it to the log,
+    at most `confine.output_cap` bytes of it (the tail is kept), and with `on_line` hands each
+    line to `on_line` as it arrives, so an agent's events are seen the moment it prints them (a
+    budget is enforced within one event).
     """
 
     def __init__(
@@ -36,43 +65,38 @@ class ProcessGroup:
         stdin_path: Path | None = None,
         on_line: Callable[[bytes], None] | None = None,
         user: tuple[int, int] | None = None,
+        confine: Confinement | None = None,
     ) -> None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path = log_path
-        self._reader: threading.Thread | None = None
-        # held while reaping, so kill_now never signals a group whose leader was reaped
+        # held while reaping, so kill_now never signals a launcher that was reaped
         self._reaping = threading.Lock()
-        # only root may switch; an agent run as orch's own user simply runs
-        switch = user is not None and os.geteuid() == 0 and user[0] != os.geteuid()
-        with open(log_path, "ab") as log:
-            stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL  # noqa: SIM115
-            try:
-                self._proc = subprocess.Popen(
-                    argv,
-                    shell=isinstance(argv, str),
-                    cwd=cwd,
-                    env=dict(env),
-                    stdin=stdin,
-                    stdout=subprocess.PIPE if on_line else log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    # (uid, gid): the child runs as that user, with no other groups
-                    user=user[0] if switch else None,
-                    group=user[1] if switch else None,
-                    extra_groups=[] if switch else None,
-                )
-            finally:
-                if stdin_path:
-                    stdin.close()  # type: ignore[union-attr]
-        if on_line is not None:
-            assert self._proc.stdout is not None
-            self._reader = threading.Thread(
-                target=_pump,
-                args=(self._proc.stdout, log_path, on_line),
-                name=f"orch-output-{self._proc.pid}",
-                daemon=True,
+        self._log = CappedLog(log_path, confine.output_cap if confine else DEFAULT_OUTPUT_CAP)
+        stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            self._proc = subprocess.Popen(
+                launcher_argv(argv, confine, user),
+                cwd=cwd,
+                env=dict(env),
+                stdin=stdin,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
-            self._reader.start()
+        except BaseException:
+            self._log.close()
+            raise
+        finally:
+            if stdin_path:
+                stdin.close()  # type: ignore[union-attr]
+        assert self._proc.stdout is not None
+        self._reader = threading.Thread(
+            target=_pump,
+            args=(self._proc.stdout, self._log, on_line),
+            name=f"orch-output-{self._proc.pid}",
+            daemon=True,
+        )
+        self._reader.start()
         self.pid: int | None = self._proc.pid
         # a pidfd becomes readable the moment the child exits, where Popen.wait(timeout) would
         # poll with sleeps of up to 50 ms
@@ -83,9 +107,9 @@ class ProcessGroup:
     def wait(self, timeout_s: float) -> int | None:
         """The exit status once the leader has exited (within `timeout_s`), else None.
 
-        When the leader exits, whatever it left running in its group is killed before the
-        leader is reaped: until then its pid names the group, so the signal cannot reach a
-        process that later inherits the pid.
+        The launcher ends its whole subtree before it exits; whatever is still in its group is
+        killed before it is reaped: until then its pid names the group, so the signal cannot
+        reach a process that later inherits the pid.
         """
         if self._proc.returncode is not None:
             return self._proc.returncode
@@ -117,27 +141,33 @@ class ProcessGroup:
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
-        if self._reader is not None:
-            # the group is dead, so the pipe is at its end: the last events are read before the
-            # exit is reported
-            self._reader.join(5.0)
+        # the subtree is dead, so the pipe is at its end: the last output is read before the
+        # exit is reported
+        self._reader.join(5.0)
         return code
 
     def kill_now(self) -> None:
-        """SIGKILL the whole group at once, without reaping: from the output reader, which must
-        stop an agent before it starts another turn."""
+        """Have the launcher KILL the whole subtree at once, without reaping: from the output
+        reader, which must stop an agent before it starts another turn."""
         with self._reaping:
             if self._proc.returncode is None:
-                self._signal(signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(self._proc.pid, signal.SIGUSR1)
 
     def kill(self, grace_s: float) -> int | None:
-        """TERM the group, wait out the grace, then KILL it; return the exit status."""
+        """TERM the subtree, wait out the grace, then KILL it; return the exit status."""
         if self._proc.returncode is not None:
             return self._proc.returncode
         if not self._exited(0):
-            self._signal(signal.SIGTERM)
+            # the launcher passes the TERM on to every descendant, in its group or not
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self._proc.pid, signal.SIGTERM)
             crashpoints.hit("agent.sigterm")
             code = self.wait(grace_s)
+            if code is not None:
+                return code
+            self.kill_now()
+            code = self.wait(KILL_MARGIN_S)
             if code is not None:
                 return code
         self._signal(signal.SIGKILL)
@@ -154,10 +184,10 @@ class ProcessGroup:
         return None
 
     def output_bytes(self) -> int:
-        try:
-            return self.log_path.stat().st_size
-        except OSError:
-            return 0
+        return self._log.received
+
+    def dropped_bytes(self) -> int:
+        return self._log.dropped
 
     def tail(self, chars: int = 2000) -> str:
         try:
@@ -170,19 +200,67 @@ class ProcessGroup:
             return ""
 
 
-def _pump(pipe: IO[bytes], log_path: Path, on_line: Callable[[bytes], None]) -> None:
-    with pipe, open(log_path, "ab") as log:
-        for line in pipe:
-            log.write(line)
-            log.flush()
-            try:
-                on_line(line)
-            except Exception:  # a parser's bug must not stop the log, nor leave the pipe full
-                logging.getLogger("orch.process").exception("reading %s failed", log_path)
+class CappedLog:
+    """An output log that never holds more than `cap` bytes: past it, the oldest output goes
+    and the newest half is kept, behind one line that says how much was cut."""
+
+    def __init__(self, path: Path, cap: int) -> None:
+        self.path = path
+        self.cap = max(cap, 4096)
+        self.received = 0  # everything the process printed, for the stall clock
+        self.dropped = 0
+        self._file = open(path, "ab")  # noqa: SIM115 - closed by the pump
+        self._size = self._file.tell()
+        self._note = 0  # the length of the note at the top of a cut log, which is not output
+
+    def write(self, data: bytes) -> None:
+        self.received += len(data)
+        if self._size + len(data) > self.cap:
+            self._cut(data)
+            return
+        self._file.write(data)
+        self._file.flush()
+        self._size += len(data)
+
+    def _cut(self, data: bytes) -> None:
+        keep = self.cap // 2
+        self._file.flush()
+        with open(self.path, "rb") as f:
+            f.seek(max(0, self._size - keep))
+            old = f.read()
+        tail = (old + data)[-keep:]
+        self.dropped += self._size - self._note + len(data) - len(tail)
+        note = f"[orch: output cut at {self.cap} bytes; {self.dropped} bytes dropped]\n".encode()
+        self._note = len(note)
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(note + tail)
+        self._file.flush()
+        self._size = len(note) + len(tail)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _pump(pipe: IO[bytes], log: CappedLog, on_line: Callable[[bytes], None] | None) -> None:
+    with pipe:
+        try:
+            if on_line is None:
+                while chunk := pipe.read1(_CHUNK):  # type: ignore[attr-defined]
+                    log.write(chunk)
+                return
+            while line := pipe.readline(_LINE_MAX):
+                log.write(line)
+                try:
+                    on_line(line)
+                except Exception:  # a parser's bug must not stop the log, nor leave the pipe full
+                    logging.getLogger("orch.process").exception("reading %s failed", log.path)
+        finally:
+            log.close()
 
 
 class LocalRunner:
-    """Runs gate and deploy commands through the shell, each in its own process group."""
+    """Runs gate and deploy commands through the shell, each started by the launcher."""
 
     def start(
         self,
@@ -191,15 +269,17 @@ class LocalRunner:
         env: Mapping[str, str],
         log_path: Path,
         run_as: RunAs | None = None,
+        confine: Confinement | None = None,
     ) -> ProcessGroup:
         if run_as is None:
-            return ProcessGroup(command, cwd=cwd, env=env, log_path=log_path)
+            return ProcessGroup(command, cwd=cwd, env=env, log_path=log_path, confine=confine)
         # a gate runs what the agent wrote (its tests, its conftest): as the agent's user
         run_as.grant(cwd)
         return ProcessGroup(
             command,
             cwd=cwd,
-            env={**env, **run_as.env()},
+            env={**env, **run_as.env(env.get("HOME"))},
             log_path=log_path,
             user=(run_as.uid, run_as.gid),
+            confine=confine,
         )

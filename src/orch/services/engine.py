@@ -53,11 +53,13 @@ from orch.ports import (
     AgentReport,
     AgentRequest,
     CommandRunner,
+    Confinement,
     Forge,
     Notifier,
     Repos,
     RepoSettings,
     RunAs,
+    Sandbox,
     Store,
 )
 from orch.services.breaker import Breakers
@@ -69,6 +71,7 @@ log = logging.getLogger("orch.engine")
 @dataclass(frozen=True)
 class EngineSettings:
     logs_dir: Path
+    homes_dir: Path  # each task's agents get a home of their own under it
     lease_ttl_s: float = 30.0
     heartbeat_s: float = 10.0
     kill_grace_s: float = 10.0
@@ -89,6 +92,7 @@ class Engine:
         repos: Repos,
         runner: CommandRunner,
         notifier: Notifier,
+        sandbox: Sandbox,
         settings: EngineSettings,
         environ: Mapping[str, str] | None = None,
         rng: random.Random | None = None,
@@ -100,6 +104,7 @@ class Engine:
         self.repos = repos
         self.runner = runner
         self.notifier = notifier
+        self.sandbox = sandbox
         self.settings = settings
         self.environ = dict(os.environ if environ is None else environ)
         self.rng = rng or random.Random()
@@ -291,9 +296,14 @@ class Engine:
             lease.check()
             self._stop_point(task, lease)
             ctx = self._context(task, pipeline, spec, claim, repo, worktree)
+            try:
+                confine = self._confinement(task, repo, worktree, agent)
+            except AgentError as exc:
+                self._apply(task, claim, _park(task, str(exc)), actor)
+                return
             if agent is not None:
                 failure = self._run_agent(
-                    task, pipeline, spec, agent, claim, lease, ctx, worktree, deadline_left
+                    task, pipeline, spec, agent, claim, lease, ctx, worktree, deadline_left, confine
                 )
                 if failure is not None:
                     self._apply(task, claim, failure, actor)
@@ -311,7 +321,8 @@ class Engine:
         )
         run_as = agent.run_as if agent is not None else None
         verdicts = [
-            self._gate(task, spec, claim, lease, g, worktree, head, ctx, run_as) for g in spec.gates
+            self._gate(task, spec, claim, lease, g, worktree, head, ctx, run_as, confine)
+            for g in spec.gates
         ]
         failed = [v for v in verdicts if not v.passed]
         if failed:
@@ -347,6 +358,25 @@ class Engine:
         if decision.status == TaskStatus.DONE:
             self._remove_worktree(task)
         self._apply(task, claim, decision, actor)
+
+    def _confinement(
+        self, task: Task, repo: RepoSettings, worktree: Path, agent: Agent | None
+    ) -> Confinement:
+        """The confinement of this stage's agent and gates: they write only in the worktree
+        and the task's home, and read nothing of orch's own."""
+        home = self._home(task)
+        if agent is not None and agent.run_as is not None:
+            with contextlib.suppress(OSError):
+                os.chown(home, agent.run_as.uid, agent.run_as.gid)
+                os.chown(home / "tmp", agent.run_as.uid, agent.run_as.gid)
+        return self.sandbox.confine(repo, worktree, home, self._log_dir(task))
+
+    def _home(self, task: Task) -> Path:
+        """The task's own home directory, kept across its runs (an agent's sessions live there,
+        for a retry to resume)."""
+        home = self.settings.homes_dir / f"{task.key}-{task.id}"
+        (home / "tmp").mkdir(parents=True, exist_ok=True)
+        return home
 
     def _remove_worktree(self, task: Task) -> None:
         self.forge.remove_worktree(task.repo, task.branch)
@@ -399,8 +429,11 @@ class Engine:
         base.update(extra or {})
         return child_env(self.environ, base, allow | frozenset(self.settings.agent_env_allow))
 
+    def _log_dir(self, task: Task) -> Path:
+        return self.settings.logs_dir / f"{task.key}-{task.id}"
+
     def _log_path(self, task: Task, name: str) -> Path:
-        return self.settings.logs_dir / f"{task.key}-{task.id}" / name
+        return self._log_dir(task) / name
 
     def _agent_for(self, task: Task, spec: StageSpec) -> Agent | None:
         if spec.agent is None:
@@ -423,6 +456,7 @@ class Engine:
         ctx: dict[str, Any],
         worktree: Path,
         deadline_left: float | None,
+        confine: Confinement,
     ) -> Decision | None:
         """Run the stage's agent; None if it succeeded, else what its failure decides."""
         limits = self._limits(task, pipeline, spec)
@@ -435,10 +469,16 @@ class Engine:
         prompt_file = log_path.with_suffix(".prompt.md")
         prompt_file.parent.mkdir(parents=True, exist_ok=True)
         prompt_file.write_text(prompt, encoding="utf-8")
+        home = self._home(task)
         env = self._child_env(
             task,
             claim,
-            {"ORCH_ROLE": spec.role, "ORCH_PROMPT_FILE": str(prompt_file)},
+            {
+                "ORCH_ROLE": spec.role,
+                "ORCH_PROMPT_FILE": str(prompt_file),
+                "HOME": str(home),
+                "TMPDIR": str(home / "tmp"),
+            },
             allow=agent.env_names,
         )
         request = AgentRequest(
@@ -455,6 +495,7 @@ class Engine:
             budget=limits.left(),
             resume=resumed.session if resumed else None,
             carried=resumed.reported or Usage() if resumed else Usage(),
+            confine=confine,
         )
         try:
             proc = agent.start(request)
@@ -513,6 +554,11 @@ class Engine:
         """Record how the run ended and what it spent. The ledger outlives the lease: the usage
         of a run whose lease was lost is still counted, since that money was spent."""
         code, usage = proc.wait(0), proc.usage()
+        detail = report.detail if report else ""
+        dropped = proc.dropped_bytes()
+        if dropped:
+            cut = f"output over the log cap: {dropped} bytes dropped, the tail kept"
+            detail = f"{detail}; {cut}" if detail else cut
         try:
             self.store.finish_run(
                 claim,
@@ -521,7 +567,7 @@ class Engine:
                 usage,
                 outcome,
                 session=report.session if report else None,
-                detail=report.detail if report else "",
+                detail=detail,
                 tools=report.tools if report else (),
                 reported=report.reported if report else None,
             )
@@ -658,11 +704,12 @@ class Engine:
         head: str,
         ctx: dict[str, Any],
         run_as: RunAs | None,
+        confine: Confinement,
     ) -> GateRecord:
         known = self.store.find_gate(task.id, claim.version, gate.name, head)
         if known is not None:
             return known  # recorded once, replayed on re-entry
-        verdict = self._evaluate(task, claim, lease, gate, worktree, ctx, run_as)
+        verdict = self._evaluate(task, claim, lease, gate, worktree, ctx, run_as, confine)
         return self.store.record_gate(
             claim,
             GateRecord(
@@ -685,15 +732,19 @@ class Engine:
         worktree: Path,
         ctx: dict[str, Any],
         run_as: RunAs | None,
+        confine: Confinement,
     ) -> Verdict:
         if gate.kind == GateKind.COMMAND:
             command = render(gate.command, ctx)
+            # the command runs what the agent wrote: confined as the agent was
+            home = self._home(task)
             proc = self.runner.start(
                 command,
                 worktree,
-                self._child_env(task, claim),
+                self._child_env(task, claim, {"HOME": str(home), "TMPDIR": str(home / "tmp")}),
                 self._log_path(task, f"v{claim.version}-{task.stage}-gate-{gate.name}.log"),
                 run_as,
+                confine,
             )
             code, outcome = lease.supervise(proc, gate.timeout_s, self.settings.kill_grace_s)
             return command_verdict(command, code, outcome != RunOutcome.EXITED, proc.tail())
@@ -822,7 +873,7 @@ class Engine:
                 return release
         self.store.begin_effect(claim, key, f"deploy:{target}", repo.name, release)
         lease.renew()
-        self.forge.checkout(worktree, release)
+        self.forge.checkout(task.repo, worktree, release)
         log_path = self._log_path(task, f"deploy-{target}-{release[:12]}.log")
         proc = self.runner.start(
             spec.command, worktree, self._deploy_env(task, claim, target, release), log_path

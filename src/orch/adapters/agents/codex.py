@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -166,11 +166,25 @@ class CodexAgent:
             "-m",
             self.model,
             "-s",
-            self.sandbox,
+            self._sandbox(request),
         ]
         for override in self._overrides():
             argv += ["-c", override]
         return [*argv, *self.extra_args, "-"]
+
+    def _sandbox(self, request: AgentRequest) -> str:
+        """Codex's own sandbox (bubblewrap) cannot run inside orch's Landlock confinement, which
+        forbids the mounts and user-namespace maps it makes; there orch's confinement is the
+        sandbox, and `read-only` keeps the worktree out of its writable places."""
+        if request.confine is not None and request.confine.landlock:
+            return "danger-full-access"
+        return self.sandbox
+
+    def _confined(self, request: AgentRequest) -> AgentRequest:
+        if self.sandbox != "read-only" or request.confine is None:
+            return request
+        writable = tuple(p for p in request.confine.write if p != request.workdir)
+        return replace(request, confine=replace(request.confine, write=writable))
 
     def _overrides(self) -> list[str]:
         out = []
@@ -190,6 +204,7 @@ class CodexAgent:
         return [*out, *self.config]
 
     def start(self, request: AgentRequest) -> StreamingProcess:
+        request = self._confined(request)
         argv = self.argv(request)
         env = {**request.env, **self.env}
         prompt = request.prompt

@@ -8,6 +8,7 @@ replaced too.
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 from collections.abc import Mapping, Sequence
@@ -56,11 +57,14 @@ class CommandAgent:
         }
         argv = [_fill(a, values) for a in self.argv]
         env = {**request.env, "ORCH_INSTRUCTIONS": request.instructions, **self.env}
+        program = argv[0] if os.sep not in argv[0] else str(request.workdir / argv[0])
+        if shutil.which(program, path=env.get("PATH")) is None:
+            raise AgentError(f"agent {self.name!r} could not start {argv[0]}: not found")
         if len(request.prompt.encode()) <= PROMPT_ENV_BYTES:
             env["ORCH_PROMPT"] = request.prompt
         if self.run_as is not None:
             self.run_as.grant(request.workdir)
-            env.update(self.run_as.env())
+            env.update(self.run_as.env(request.env.get("HOME")))
         try:
             return ProcessGroup(
                 argv,
@@ -68,6 +72,7 @@ class CommandAgent:
                 env=env,
                 log_path=request.log_path,
                 user=(self.run_as.uid, self.run_as.gid) if self.run_as else None,
+                confine=request.confine,
             )
         except OSError as exc:
             raise AgentError(

@@ -59,4 +59,5 @@ class ScriptedAgent:
             cwd=request.workdir,
             env=env,
             log_path=request.log_path,
+            confine=request.confine,
         )

@@ -19,6 +19,9 @@ from orch.domain.errors import AgentError
 from orch.domain.ledger import Prices, Usage
 from orch.ports import AgentReport, AgentRequest
 
+# the variables that name an agent CLI's own state directory
+STATE_DIRS = ("CLAUDE_CONFIG_DIR", "CODEX_HOME")
+
 
 class EventStream(Protocol):
     """Parses one agent's events; every method is called with the stream's lock held."""
@@ -51,7 +54,15 @@ class StreamingProcess:
         self._noise: list[str] = []  # lines that are not events: a CLI's own errors
         if user is not None:
             user.grant(request.workdir)
-            env = {**env, **user.env()}
+            env = {**env, **user.env(request.env.get("HOME"))}
+        confine = request.confine
+        if confine is not None:
+            # the CLI keeps its sessions and settings in its own directory, when one is named;
+            # it must exist to be granted
+            state = [Path(env[n]) for n in STATE_DIRS if env.get(n)]
+            for path in state:
+                path.mkdir(parents=True, exist_ok=True)
+            confine = confine.writing(*state)
         self._group = ProcessGroup(
             argv,
             cwd=request.workdir,
@@ -60,6 +71,7 @@ class StreamingProcess:
             stdin_path=stdin_path,
             on_line=self._line,
             user=(user.uid, user.gid) if user else None,
+            confine=confine,
         )
         self.pid = self._group.pid
         with self._lock:
@@ -96,6 +108,9 @@ class StreamingProcess:
 
     def output_bytes(self) -> int:
         return self._group.output_bytes()
+
+    def dropped_bytes(self) -> int:
+        return self._group.dropped_bytes()
 
     def tail(self, chars: int = 2000) -> str:
         return self._group.tail(chars)

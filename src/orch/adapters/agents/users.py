@@ -44,11 +44,11 @@ class AgentUser:
             )
         return cls(name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
 
-    def env(self) -> dict[str, str]:
-        """What the agent's environment says about who it is; its git trusts the worktree,
-        which it does not own."""
+    def env(self, home: str | None = None) -> dict[str, str]:
+        """What the agent's environment says about who it is (with `home`, the one orch gave
+        it, else the user's own); its git trusts the worktree, which it does not own."""
         return {
-            "HOME": self.home,
+            "HOME": home or self.home,
             "USER": self.name,
             "LOGNAME": self.name,
             "GIT_CONFIG_COUNT": "1",

@@ -4,6 +4,12 @@ a bare mirror and one worktree per task under the workspace root.
 The merge is built with `git merge-tree --write-tree` and `git commit-tree` against the exact head
 it was authorised for, then pushed as a plain fast-forward: orch never force-pushes, and never
 deletes or rewrites a default branch.
+
+Nothing an agent can read names the remote: the mirror has no `origin`, and orch passes the URL
+on its own command lines only. A worktree is the agent's ground, so orch never lets git discover
+the repository from it (an agent may have replaced its `.git`): every command in a worktree names
+the worktree's administrative directory in the mirror explicitly, and every git orch runs takes
+its hooks from an empty directory and ignores `core.fsmonitor` and `core.sshCommand`.
 """
 
 from __future__ import annotations
@@ -54,20 +60,55 @@ class LocalGitForge:
         self.root = check_writable(Path(root))
         self.remotes = dict(remotes)
         self._locks: dict[str, threading.Lock] = {name: threading.Lock() for name in remotes}
+        self.no_hooks = self.root / ".orch-no-hooks"
+        self.no_hooks.mkdir(exist_ok=True)
+        self._checked: set[str] = set()  # repositories whose mirror holds no remote URL
+        self._env = {
+            **os.environ,
+            **_IDENTITY,
+            "GIT_TERMINAL_PROMPT": "0",
+            # wins over any core.sshCommand a repository's config may hold
+            "GIT_SSH_COMMAND": os.environ.get("GIT_SSH_COMMAND", "ssh"),
+        }
+        self._safe = (
+            "-c",
+            f"core.hooksPath={self.no_hooks}",
+            "-c",
+            "core.fsmonitor=false",
+            "-c",
+            "protocol.ext.allow=never",
+        )
 
     # -- plumbing ----------------------------------------------------------------------------
 
     def _git(
         self, *args: str, cwd: Path | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, **_IDENTITY, "GIT_TERMINAL_PROMPT": "0"}
         proc = subprocess.run(
-            ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=False
+            ["git", *self._safe, *args],
+            cwd=cwd,
+            env=self._env,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if check and proc.returncode != 0:
             detail = (proc.stderr or proc.stdout).strip().splitlines()
-            raise ForgeError(f"git {args[0]} failed: {detail[-1] if detail else proc.returncode}")
+            what = next((a for a in args if not a.startswith("-")), "")
+            raise ForgeError(f"git {what} failed: {detail[-1] if detail else proc.returncode}")
         return proc
+
+    def _in_worktree(
+        self, repo: str, worktree: Path, *args: str, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """git on a task's worktree, never through the `.git` the agent could have changed."""
+        admin = self._admin_dir(repo, worktree)
+        return self._git(
+            f"--git-dir={admin}", f"--work-tree={worktree}", *args, cwd=worktree, check=check
+        )
+
+    def _admin_dir(self, repo: str, worktree: Path) -> Path:
+        return self._repo_dir(repo) / ".mirror.git" / "worktrees" / worktree.name
 
     def _remote(self, repo: str) -> tuple[str, str]:
         try:
@@ -85,16 +126,25 @@ class LocalGitForge:
         return resolved
 
     def mirror(self, repo: str) -> Path:
-        url, _ = self._remote(repo)
         mirror = self._repo_dir(repo) / ".mirror.git"
         if not (mirror / "HEAD").exists():
             mirror.parent.mkdir(parents=True, exist_ok=True)
-            self._git("clone", "--quiet", "--bare", url, str(mirror))
-            self._git(
-                "config", "remote.origin.fetch", "+refs/heads/*:refs/remotes/origin/*", cwd=mirror
-            )
-        self._git("fetch", "--quiet", "--prune", "origin", cwd=mirror)
+            self._git("init", "--quiet", "--bare", str(mirror))
+        elif (
+            repo not in self._checked
+            and self._git("config", "--get", "remote.origin.url", cwd=mirror, check=False).stdout
+        ):
+            # a mirror made by an earlier orch named its remote: that name goes
+            self._git("config", "--remove-section", "remote.origin", cwd=mirror)
+        self._checked.add(repo)
+        self._fetch(repo, mirror)
         return mirror
+
+    def _fetch(self, repo: str, mirror: Path) -> None:
+        url, _ = self._remote(repo)
+        self._git(
+            "fetch", "--quiet", "--prune", url, "+refs/heads/*:refs/remotes/origin/*", cwd=mirror
+        )
 
     def worktree_path(self, repo: str, branch: str) -> Path:
         return self._inside(self._repo_dir(repo) / safe_name(branch))
@@ -116,17 +166,22 @@ class LocalGitForge:
             # agent's half-written files or an unpushed commit must not leak into the retry
             mirror = self.mirror(repo)
             pushed = self._has_ref(mirror, f"refs/remotes/origin/{branch}")
-            if (path / ".git").exists():
+            admin = self._admin_dir(repo, path)
+            if path.is_dir() and (admin / "HEAD").exists():
                 start = f"origin/{branch}" if pushed else branch
                 try:
-                    self._git("checkout", "--quiet", "--force", "-B", branch, start, cwd=path)
-                    self._git("clean", "-fdq", cwd=path)
+                    self._in_worktree(
+                        repo, path, "checkout", "--quiet", "--force", "-B", branch, start
+                    )
+                    self._in_worktree(repo, path, "clean", "-fdxq")
+                    self._point_at(path, admin)
                     return path
                 except ForgeError:
                     # a git killed mid-command (orch itself died) leaves a lock or half a
                     # checkout behind; a worktree is disposable: build it again from the remote
-                    self._git("worktree", "remove", "--force", str(path), cwd=mirror, check=False)
-                    shutil.rmtree(path, ignore_errors=True)
+                    self._drop_worktree(mirror, path)
+            elif path.exists():
+                self._drop_worktree(mirror, path)  # files without git's record of them
             self._git("worktree", "prune", cwd=mirror)
             if pushed:
                 start = f"origin/{branch}"
@@ -134,18 +189,46 @@ class LocalGitForge:
                 start = branch  # made here and never pushed
             else:
                 start = f"origin/{default}"
-            self._git("worktree", "add", "--quiet", "-B", branch, str(path), start, cwd=mirror)
+            # locked: a prune (another task's) must not take its record away should the agent
+            # delete the worktree's `.git`
+            self._git(
+                "worktree", "add", "--quiet", "--lock", "-B", branch, str(path), start, cwd=mirror
+            )
             return path
 
+    def _drop_worktree(self, mirror: Path, path: Path) -> None:
+        self._git("worktree", "remove", "-f", "-f", str(path), cwd=mirror, check=False)
+        shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(mirror / "worktrees" / path.name, ignore_errors=True)
+
+    @staticmethod
+    def _point_at(worktree: Path, admin: Path) -> None:
+        """Put back the worktree's `.git` as git made it, for the agent's own git: a previous
+        run may have replaced it. orch itself never reads it."""
+        dot_git = worktree / ".git"
+        if dot_git.is_dir() and not dot_git.is_symlink():
+            shutil.rmtree(dot_git)
+        else:
+            dot_git.unlink(missing_ok=True)
+        dot_git.write_text(f"gitdir: {admin}\n")
+
     def commit_and_push(self, repo: str, worktree: Path, branch: str, message: str) -> str:
-        self._git("add", "--all", cwd=worktree)
-        if self._git("status", "--porcelain", cwd=worktree).stdout.strip():
-            self._git("commit", "--quiet", "--no-verify", "-m", message, cwd=worktree)
-        # the push updates the mirror's remote-tracking ref, which a fetch in another thread
-        # updates too: under the repository's lock, or git refuses one of them
+        url, _ = self._remote(repo)
+        self._in_worktree(repo, worktree, "add", "--all")
+        if self._in_worktree(repo, worktree, "status", "--porcelain").stdout.strip():
+            self._in_worktree(repo, worktree, "commit", "--quiet", "--no-verify", "-m", message)
+        head = self._in_worktree(repo, worktree, "rev-parse", "HEAD").stdout.strip()
+        # the mirror's remote-tracking ref is updated with the push, and a fetch in another
+        # thread updates it too: under the repository's lock, or git refuses one of them
         with self._locks[repo]:
-            self._git("push", "--quiet", "origin", f"{branch}:refs/heads/{branch}", cwd=worktree)
-        return self._git("rev-parse", "HEAD", cwd=worktree).stdout.strip()
+            self._in_worktree(repo, worktree, "push", "--quiet", url, f"{head}:refs/heads/{branch}")
+            self._git(
+                "update-ref", f"refs/remotes/origin/{branch}", head, cwd=self.mirror_dir(repo)
+            )
+        return head
+
+    def mirror_dir(self, repo: str) -> Path:
+        return self._repo_dir(repo) / ".mirror.git"
 
     def branch_head(self, repo: str, branch: str) -> str | None:
         url, _ = self._remote(repo)
@@ -155,7 +238,7 @@ class LocalGitForge:
     def merge(self, repo: str, branch: str, expected_head: str, message: str) -> str:
         """Merge exactly `expected_head` into the default branch, once: a head that is already
         on the default branch returns the merge that brought it there."""
-        _, default = self._remote(repo)
+        url, default = self._remote(repo)
         with self._locks[repo]:
             for _ in range(3):
                 mirror = self.mirror(repo)
@@ -186,14 +269,14 @@ class LocalGitForge:
                 pushed = self._git(
                     "push",
                     "--quiet",
-                    "origin",
+                    url,
                     f"{commit}:refs/heads/{default}",
                     cwd=mirror,
                     check=False,
                 )
                 if pushed.returncode == 0:
                     crashpoints.hit("forge.request.sent")  # merged on the remote, not yet told
-                    self._git("fetch", "--quiet", "origin", cwd=mirror)
+                    self._fetch(repo, mirror)
                     return commit
                 # someone else moved the default branch meanwhile: look again on the new base
             raise ForgeError(f"{default} kept moving; the merge of {branch} was not pushed")
@@ -233,15 +316,15 @@ class LocalGitForge:
         shown = self._git("show", f"origin/{default}:{path}", cwd=mirror, check=False)
         return shown.stdout if shown.returncode == 0 else None
 
-    def checkout(self, worktree: Path, sha: str) -> None:
-        self._git("checkout", "--quiet", "--force", "--detach", sha, cwd=worktree)
+    def checkout(self, repo: str, worktree: Path, sha: str) -> None:
+        self._in_worktree(repo, worktree, "checkout", "--quiet", "--force", "--detach", sha)
 
     def remove_worktree(self, repo: str, branch: str) -> None:
         with self._locks[repo]:
             path = self.worktree_path(repo, branch)
-            mirror = self._repo_dir(repo) / ".mirror.git"
+            mirror = self.mirror_dir(repo)
             if path.exists():
-                self._git("worktree", "remove", "--force", str(path), cwd=mirror, check=False)
+                self._drop_worktree(mirror, path)
             self._git("worktree", "prune", cwd=mirror, check=False)
 
     def delete_branch(self, repo: str, branch: str) -> None:
@@ -252,12 +335,12 @@ class LocalGitForge:
         with self._locks[repo]:
             mirror = self.mirror(repo)
             if self._git("ls-remote", url, f"refs/heads/{branch}").stdout.strip():
-                self._git(
-                    "push", "--quiet", "origin", "--delete", f"refs/heads/{branch}", cwd=mirror
-                )
+                self._git("push", "--quiet", url, "--delete", f"refs/heads/{branch}", cwd=mirror)
             path = self.worktree_path(repo, branch)
             if path.exists():
-                self._git("worktree", "remove", "--force", str(path), cwd=mirror, check=False)
+                self._drop_worktree(mirror, path)
             self._git("worktree", "prune", cwd=mirror, check=False)
+            # the remote-tracking ref goes too, or a new task on the branch would start from it
+            self._git("update-ref", "-d", f"refs/remotes/origin/{branch}", cwd=mirror, check=False)
             if self._has_ref(mirror, f"refs/heads/{branch}"):
                 self._git("branch", "--quiet", "-D", branch, cwd=mirror)
