@@ -10,7 +10,7 @@ from orch.adapters.agents.command import CommandAgent
 from orch.adapters.process import CappedLog
 from orch.adapters.sandbox.policy import LandlockSandbox
 from orch.domain import pipeline as pl
-from orch.domain.states import TaskStatus
+from orch.domain.states import Stage, TaskStatus
 from orch.ports import RepoSettings
 from orch.testing import rig
 
@@ -67,3 +67,17 @@ def test_a_capped_log_keeps_the_newest_output_and_counts_what_it_dropped(tmp_pat
     note, kept = text.split("\n", 1)
     assert f"{log.dropped} bytes dropped" in note
     assert len(kept.encode()) == log.received - log.dropped
+
+
+def test_a_stage_that_runs_nothing_the_agents_wrote_needs_no_sandbox() -> None:
+    base = pl.default_pipeline()
+    deploy = replace(base.spec(Stage.DEPLOY_STAGING), rework_to=None)
+    merge_only = replace(base, stages=(deploy,), checkpoints=())
+    r = rig({}, pipeline=merge_only, sandbox=LandlockSandbox((), abi=0))
+    try:
+        task = r.intake.file("app", "Anything")
+        r.run_until_idle()
+        done = r.store.get_task(task.id)
+        assert done.status == TaskStatus.DONE, done.status_reason
+    finally:
+        r.close()

@@ -297,7 +297,7 @@ class Engine:
             self._stop_point(task, lease)
             ctx = self._context(task, pipeline, spec, claim, repo, worktree)
             try:
-                confine = self._confinement(task, repo, worktree, agent)
+                confine = self._confinement(task, spec, repo, worktree, agent)
             except AgentError as exc:
                 self._apply(task, claim, _park(task, str(exc)), actor)
                 return
@@ -360,10 +360,13 @@ class Engine:
         self._apply(task, claim, decision, actor)
 
     def _confinement(
-        self, task: Task, repo: RepoSettings, worktree: Path, agent: Agent | None
+        self, task: Task, spec: StageSpec, repo: RepoSettings, worktree: Path, agent: Agent | None
     ) -> Confinement:
         """The confinement of this stage's agent and gates: they write only in the worktree
-        and the task's home, and read nothing of orch's own."""
+        and the task's home, and read nothing of orch's own. A stage that runs neither an agent
+        nor a command gate runs nothing the agents wrote, and needs none."""
+        if agent is None and not any(g.kind == GateKind.COMMAND for g in spec.gates):
+            return Confinement()
         home = self._home(task)
         if agent is not None and agent.run_as is not None:
             with contextlib.suppress(OSError):
