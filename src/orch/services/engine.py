@@ -381,6 +381,11 @@ class Engine:
         (home / "tmp").mkdir(parents=True, exist_ok=True)
         return home
 
+    def _home_env(self, task: Task) -> dict[str, str]:
+        """HOME and TMPDIR of what runs the agents' work (not of deploys, which keep orch's)."""
+        home = self._home(task)
+        return {"HOME": str(home), "TMPDIR": str(home / "tmp")}
+
     def _remove_worktree(self, task: Task) -> None:
         self.forge.remove_worktree(task.repo, task.branch)
         crashpoints.hit("worktree.removed")
@@ -472,16 +477,10 @@ class Engine:
         prompt_file = log_path.with_suffix(".prompt.md")
         prompt_file.parent.mkdir(parents=True, exist_ok=True)
         prompt_file.write_text(prompt, encoding="utf-8")
-        home = self._home(task)
         env = self._child_env(
             task,
             claim,
-            {
-                "ORCH_ROLE": spec.role,
-                "ORCH_PROMPT_FILE": str(prompt_file),
-                "HOME": str(home),
-                "TMPDIR": str(home / "tmp"),
-            },
+            {"ORCH_ROLE": spec.role, "ORCH_PROMPT_FILE": str(prompt_file), **self._home_env(task)},
             allow=agent.env_names,
         )
         request = AgentRequest(
@@ -740,11 +739,10 @@ class Engine:
         if gate.kind == GateKind.COMMAND:
             command = render(gate.command, ctx)
             # the command runs what the agent wrote: confined as the agent was
-            home = self._home(task)
             proc = self.runner.start(
                 command,
                 worktree,
-                self._child_env(task, claim, {"HOME": str(home), "TMPDIR": str(home / "tmp")}),
+                self._child_env(task, claim, self._home_env(task)),
                 self._log_path(task, f"v{claim.version}-{task.stage}-gate-{gate.name}.log"),
                 run_as,
                 confine,
