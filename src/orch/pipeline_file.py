@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from orch.domain import pipeline as pl
 from orch.domain.errors import OrchError, PipelineError
+from orch.domain.gates import PASS_WORDS
 from orch.domain.ledger import Budget
 from orch.domain.prompts import render, sample_context
 from orch.domain.states import WORK_STAGES, Stage
@@ -36,6 +37,7 @@ class GateModel(_Strict):
     headings: list[str] = []
     command: str = ""
     timeout_s: float = Field(600.0, gt=0)
+    passes: list[str] | None = None  # a verdict gate's pass words
 
     @model_validator(mode="after")
     def _needs(self) -> GateModel:
@@ -43,6 +45,13 @@ class GateModel(_Strict):
             raise ValueError("a command gate needs `command`")
         if self.kind in ("artifact", "verdict") and not self.path:
             raise ValueError(f"an {self.kind} gate needs `path`")
+        if self.passes is not None:
+            if self.kind != "verdict":
+                raise ValueError("only a verdict gate takes `passes`")
+            words = [" ".join(w.lower().split()) for w in self.passes]
+            if not words or not all(words):
+                raise ValueError("`passes` lists at least one non-empty verdict")
+            self.passes = words
         return self
 
 
@@ -143,6 +152,7 @@ def parse(
                         tuple(g.headings),
                         g.command,
                         g.timeout_s,
+                        tuple(g.passes) if g.passes is not None else PASS_WORDS,
                     )
                     for g in sm.gates
                 )

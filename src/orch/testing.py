@@ -234,6 +234,7 @@ class _Commit:
     sha: str
     files: Snapshot
     parents: tuple[str, ...]
+    message: str = ""
 
 
 @dataclass
@@ -305,7 +306,7 @@ class MemoryForge:
         files = self._read_tree(worktree)
         head = r.branches[branch]
         if files != r.commits[head].files:
-            c = _Commit(_sha(files, (head,)), files, (head,))
+            c = _Commit(_sha(files, (head,)), files, (head,), message)
             r.commits[c.sha] = c
             r.branches[branch] = c.sha
         return r.branches[branch]
@@ -340,6 +341,7 @@ class MemoryForge:
         c = _Commit(_sha(merged, parents), merged, parents)
         r.commits[c.sha] = c
         r.branches[r.default_branch] = c.sha
+        r.base_of[branch] = head  # the merged head is the branch's next merge base
         self.merges.append((repo, head, c.sha))
         crashpoints.hit("forge.request.sent")
         return c.sha
@@ -354,6 +356,17 @@ class MemoryForge:
         r = self._repo(repo)
         data = r.commits[r.branches[r.default_branch]].files.get(path)
         return data.decode() if data is not None else None
+
+    def read_file(self, repo: str, sha: str, path: str) -> str | None:
+        data = self._repo(repo).commits[sha].files.get(path)
+        return data.decode() if data is not None else None
+
+    def round_base(self, repo: str, head: str, marker: str) -> str:
+        commits = self._repo(repo).commits
+        sha = head
+        while commits[sha].parents and commits[sha].message.rstrip().endswith("\n" + marker):
+            sha = commits[sha].parents[0]
+        return sha
 
     def checkout(self, repo: str, worktree: Path, sha: str) -> None:
         for r in self.repos.values():

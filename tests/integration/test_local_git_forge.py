@@ -122,3 +122,25 @@ def test_a_worktree_a_killed_git_left_locked_is_rebuilt_from_the_remote_branch(
     assert not (wt / "half-written.txt").exists()
     assert f.commit_and_push("sample", wt, "orch/APP-1", "nothing new") == head
     assert rev(remote, "refs/heads/orch/APP-1") == head
+
+
+def test_a_rounds_base_is_found_behind_every_commit_of_that_round(
+    forge: tuple[LocalGitForge, Path],
+) -> None:
+    f, _ = forge
+    marker = "Orch-Round: A-1#1 v7"
+    before = change(f, "orch/A-1", "review.md", "Verdict: request-changes\n")
+    wt = f.prepare_worktree("sample", "orch/A-1")
+    (wt / "review.md").write_text("Verdict: approve\n")
+    first = f.commit_and_push("sample", wt, "orch/A-1", f"review\n\n{marker}")
+    # a second attempt of the same round (its first died after the commit) adds another
+    (wt / "notes.md").write_text("more\n")
+    second = f.commit_and_push("sample", wt, "orch/A-1", f"review again\n\n{marker}")
+    assert f.round_base("sample", second, marker) == before
+    assert f.round_base("sample", first, marker) == before
+    assert f.round_base("sample", before, marker) == before
+    # another round's marker: none of these commits is that round's
+    assert f.round_base("sample", second, "Orch-Round: A-1#1 v8") == second
+    assert f.read_file("sample", before, "review.md") == "Verdict: request-changes\n"
+    assert f.read_file("sample", second, "review.md") == "Verdict: approve\n"
+    assert f.read_file("sample", before, "no-such-file") is None

@@ -26,7 +26,9 @@ from orch.ports import DeployTarget, RepoSettings
 from orch.testing import Rig, rig
 
 REVIEW_FILE = "docs/work-items/{{key}}/review.md"
-CHANGES_REQUESTED = "# Review\n\nPlease validate the input.\n\nVerdict: request-changes\n"
+CHANGES_REQUESTED = (
+    "# Review\n\nPlease validate the input.\n\nRun {{run}}.\n\nVerdict: request-changes\n"
+)
 
 
 @pytest.fixture
@@ -229,6 +231,37 @@ def test_a_review_requesting_changes_sends_the_task_back_to_development_with_the
     for later in dev_prompts[1:]:
         assert "Feedback to address" in later
         assert "Please validate the input." in later
+
+
+REPORT_FILE = "docs/work-items/{{key}}/test-report.md"
+
+
+@pytest.mark.parametrize(
+    ("said", "why"),
+    [
+        ("Verdict: fail", "verdict is fail"),
+        ("## Verdict\n\nfail", "verdict is fail"),
+        ("Verdict: mostly fine", "not a verdict orch knows"),
+        ("(no verdict)", "states no verdict"),
+    ],
+)
+def test_a_test_report_that_does_not_say_pass_sends_the_task_back_and_nothing_merges(
+    make_rig: Any, said: str, why: str
+) -> None:
+    report = f"# Report\n\n## Results\n\nThe greeting is empty (run {{{{run}}}}).\n\n{said}\n"
+    r = make_rig({"stages": {"testing": {"files": {REPORT_FILE: report}}}})
+    task = file_ticket(r)
+    r.run_until_idle()
+    approve(r, task, "alice")
+    parked = current(r, task)
+    assert (parked.stage, parked.status) == (Stage.TESTING, TaskStatus.NEEDS_OPERATOR)
+    assert why in parked.status_reason
+    history = r.store.transitions(task.id)
+    back = [t for t in history if (t.from_stage, t.to_stage) == (Stage.TESTING, Stage.DEVELOPMENT)]
+    assert len(back) == r.pipeline.max_rework_rounds
+    dev_prompts = prompts(r, task, Stage.DEVELOPMENT)
+    assert all("The greeting is empty" in later for later in dev_prompts[1:])
+    assert r.forge.merges == []
 
 
 def test_a_review_that_keeps_requesting_changes_parks_after_the_rework_rounds(
@@ -571,7 +604,9 @@ def approve_all(r: Rig, *tasks: Task) -> None:
     r.run_until_idle()
 
 
-def test_a_rejected_deploy_with_unchanged_code_is_not_merged_again(make_rig: Any) -> None:
+def test_a_rejected_deploy_is_reviewed_again_and_merges_only_the_new_rounds_commits(
+    make_rig: Any,
+) -> None:
     r = make_rig()
     task = file_ticket(r)
     r.run_until_idle()
@@ -582,7 +617,9 @@ def test_a_rejected_deploy_with_unchanged_code_is_not_merged_again(make_rig: Any
     back = current(r, task)
     assert (back.status, back.waiting_for) == (TaskStatus.WAITING, "confirm-deploy")
     assert back.rework_rounds == 1
-    assert len(r.forge.merges) == 1
+    # the second round wrote a new review and report: their commits merge, once
+    heads = [head for _, head, _ in r.forge.merges]
+    assert len(heads) == 2 and len(set(heads)) == 2
 
 
 def test_a_merge_the_forge_refuses_is_settled_and_does_not_block_the_repository(

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from orch.domain.agent_env import BASE_ALLOWED, child_env
 from orch.domain.errors import TemplateError
-from orch.domain.gates import artifact_verdict, command_verdict, review_verdict
+from orch.domain.gates import Verdict, artifact_verdict, command_verdict, file_verdict
 from orch.domain.prompts import render, sample_context
 from orch.domain.states import Stage
 
@@ -63,7 +67,13 @@ def test_an_artifact_with_no_required_headings_passes_when_not_empty() -> None:
     assert artifact_verdict("notes.md", "anything", ()).passed
 
 
-# -- review verdict -----------------------------------------------------------------------------
+# -- verdict files ------------------------------------------------------------------------------
+
+REVIEW_PASSES = ("approve", "approved")
+
+
+def review(text: str | None, before: str | None = None) -> Verdict:
+    return file_verdict("review.md", text, before, REVIEW_PASSES)
 
 
 @pytest.mark.parametrize(
@@ -73,42 +83,95 @@ def test_an_artifact_with_no_required_headings_passes_when_not_empty() -> None:
         "Verdict: Approved\n",
         "**Verdict:** approve\n",
         "VERDICT: APPROVE\n",
+        "Verdict: `approve`.\n",
+        "# Review\n\nFine.\n\n## Verdict\n\napprove\n",
     ],
 )
 def test_an_approving_review_passes(text: str) -> None:
-    v = review_verdict("review.md", text)
+    v = review(text)
     assert v.passed, v.reason
 
 
 def test_a_review_requesting_changes_fails_with_its_reasons() -> None:
     text = "# Review\n\nPlease validate the input.\n\nVerdict: request-changes\n"
-    v = review_verdict("review.md", text)
+    v = review(text)
     assert not v.passed
     assert "request-changes" in v.reason
     assert "Please validate the input." in v.reason
 
 
-def test_a_review_without_a_verdict_fails() -> None:
-    v = review_verdict("review.md", "# Review\n\nThe verdict is unclear to me.\n")
+def test_a_review_without_a_verdict_fails_and_says_what_it_needs() -> None:
+    v = review("# Review\n\nThe verdict is unclear to me.\n")
     assert not v.passed
-    assert "no verdict" in v.reason
+    assert "states no verdict" in v.reason
+    assert "`Verdict: approve`" in v.reason
 
 
 def test_a_missing_review_fails() -> None:
-    v = review_verdict("review.md", None)
+    v = review(None)
     assert not v.passed
     assert "missing" in v.reason
 
 
 @pytest.mark.parametrize(
-    ("text", "passed"),
+    "text",
     [
-        ("Verdict: request-changes\n\nFixed now.\n\nVerdict: approve\n", True),
-        ("Verdict: approve\n\nOn second thought.\n\nVerdict: request-changes\n", False),
+        "Verdict: request-changes\n\nFixed now.\n\nVerdict: approve\n",
+        "Verdict: approve\n\nOn second thought.\n\nVerdict: request-changes\n",
+        "## Verdict\n\nreject\n\nVerdict: approve\n",
     ],
 )
-def test_the_last_verdict_in_a_review_wins(text: str, passed: bool) -> None:
-    assert review_verdict("review.md", text).passed is passed
+def test_a_file_stating_two_different_verdicts_fails_quoting_both(text: str) -> None:
+    v = review(text)
+    assert not v.passed
+    assert "2 different verdicts" in v.reason
+    assert "approve" in v.reason and ("request-changes" in v.reason or "reject" in v.reason)
+
+
+@pytest.mark.parametrize(
+    "said",
+    ["lgtm", "approve, but rename the helper", "approve?", "probably approve", "yes"],
+)
+def test_an_unrecognised_verdict_fails_closed_and_quotes_the_line(said: str) -> None:
+    v = review(f"# Review\n\nNotes.\n\nVerdict: {said}\n")
+    assert not v.passed
+    assert f"line 5 reads 'Verdict: {said}'" in v.reason
+    assert "only approve or approved passes" in v.reason
+
+
+def test_a_verdict_file_unchanged_since_the_round_began_fails() -> None:
+    old = "# Review\n\nRound 0 was fine.\n\nVerdict: approve\n"
+    v = review(old, before=old)
+    assert not v.passed
+    assert v.reason.startswith("no verdict written in this round")
+
+
+def test_a_verdict_rewritten_in_this_round_counts() -> None:
+    old = "# Review\n\nRound 0 was fine.\n\nVerdict: request-changes\n"
+    assert review("# Review\n\nRound 1 is fine.\n\nVerdict: approve\n", before=old).passed
+
+
+@pytest.mark.parametrize(
+    ("text", "passed", "says"),
+    [
+        ("## Results\n\nall green\n\nVerdict: pass\n", True, "verdict pass"),
+        ("## Results\n\n2 of 3 criteria fail\n\n## Verdict\n\nfail\n", False, "2 of 3"),
+        ("## Results\n\nall green\n\nVerdict: approve\n", False, "only pass or passed"),
+        ("Everything passes.\n\nVerdict: pass\n", False, "lacks the heading(s): Results"),
+        ("## Results\n\nran it\n\n## Verdict\n\n", False, "states no verdict"),
+    ],
+)
+def test_a_test_report_passes_only_on_an_explicit_pass(text: str, passed: bool, says: str) -> None:
+    v = file_verdict("test-report.md", text, None, ("pass", "passed"), ("Results",))
+    assert v.passed is passed
+    assert says in v.reason
+
+
+@given(st.text(max_size=300))
+def test_no_text_without_a_pass_word_ever_passes_a_verdict_gate(text: str) -> None:
+    if re.search(r"approve", text, re.I):
+        return
+    assert not review(text).passed
 
 
 # -- command verdict ----------------------------------------------------------------------------
@@ -204,7 +267,9 @@ def test_each_default_prompt_asks_for_exactly_what_its_stage_gates_check() -> No
             for heading in gate.headings:
                 assert f"## {heading}" in prompt, (spec.stage, heading)
             if gate.kind == GateKind.VERDICT:
-                assert "Verdict: approve" in prompt and "Verdict: request-changes" in prompt
+                # the prompt names the pass word the gate accepts, and a way to say no
+                assert f"`Verdict: {gate.passes[0]}`" in prompt, (spec.stage, gate.name)
+                assert "`Verdict: request-changes`" in prompt or "`Verdict: fail`" in prompt
 
 
 def test_earlier_stages_artifacts_and_feedback_reach_the_prompt() -> None:

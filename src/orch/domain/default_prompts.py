@@ -76,14 +76,19 @@ PROMPTS = {
     + "/spec.md`: correctness, tests, and anything the specification asks that is"
     " missing. Write `" + WORK + "/review.md` with your findings, ending with exactly one line"
     " `Verdict: approve` or `Verdict: request-changes`. With request-changes, say precisely what"
-    " must change: the developer receives your reasons as feedback.\n",
+    " must change: the developer receives your reasons as feedback. Write the file anew in this"
+    " round, even if one is there from an earlier round: orch counts only a verdict written"
+    " now.\n",
     "tester": HEADER + CONTEXT + "\n## Your task\n\n"
     "Run `{{ repo.test_command }}` and check each acceptance criterion of `"
     + WORK
     + "/spec.md`. Write `"
     + WORK
     + "/test-report.md` with a `## Results` section (each"
-    " criterion, how you checked it, pass or fail) and a `## Verdict` section (pass or fail).\n",
+    " criterion, how you checked it, pass or fail), ending with exactly one line `Verdict: pass`"
+    " or `Verdict: fail`. With fail, say precisely what is wrong: the developer receives your"
+    " report as feedback. Write the file anew in this round, even if one is there from an"
+    " earlier round: orch counts only a verdict written now.\n",
     "deployer": HEADER + CONTEXT + "\n## Your task\n\n"
     "Prepare the release of this change: add an entry for {{ ticket.key }} to `CHANGELOG.md`"
     " (create it if missing). orch merges and deploys; do not run deploy commands.\n",

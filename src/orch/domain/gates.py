@@ -5,6 +5,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+# what a verdict gate accepts as a pass unless the gate names its own words
+PASS_WORDS = ("approve", "approved", "pass", "passed")
+# verdicts that are known to say no: their reasons go back as feedback
+NO_WORDS = ("request-changes", "changes-requested", "reject", "rejected", "fail", "failed")
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -26,25 +31,94 @@ def artifact_verdict(path: str, text: str | None, headings: tuple[str, ...]) -> 
     return Verdict(True, f"{path} present")
 
 
-_VERDICT = re.compile(r"^\W*verdict\W*:?\s*\**\s*([a-z-]+)", re.I | re.M)
+_HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$")
+_LINE = re.compile(r"^[\s>*_`-]*verdict[*_`\s]*:(.*)$", re.I)
+_DECOR = "*_`'\".!;, \t"
 
 
-def review_verdict(path: str, text: str | None) -> Verdict:
+@dataclass(frozen=True)
+class _Statement:
+    line: int  # 1-based
+    text: str  # the line as written
+    value: str  # what it says, lower case, emphasis and end punctuation stripped
+
+
+def _statements(text: str) -> list[_Statement]:
+    """Every place the file states a verdict: a `Verdict: X` line, or the first non-empty line
+    under a `Verdict` heading."""
+    out: list[_Statement] = []
+    lines = text.splitlines()
+    for i, raw in enumerate(lines):
+        heading = _HEADING.match(raw)
+        if heading is not None:
+            if heading.group(1).strip(_DECOR).lower() == "verdict":
+                body = next(
+                    ((j, ln) for j, ln in enumerate(lines[i + 1 :], i + 1) if ln.strip()), None
+                )
+                if body is not None and not _HEADING.match(body[1]) and not _LINE.match(body[1]):
+                    out.append(_Statement(body[0] + 1, body[1].strip(), _value(body[1])))
+            continue
+        m = _LINE.match(raw)
+        if m is not None:
+            out.append(_Statement(i + 1, raw.strip(), _value(m.group(1))))
+    return out
+
+
+def _value(said: str) -> str:
+    return " ".join(said.strip().strip(_DECOR).lower().split())
+
+
+def file_verdict(
+    path: str,
+    text: str | None,
+    before: str | None,
+    passes: tuple[str, ...] = PASS_WORDS,
+    headings: tuple[str, ...] = (),
+) -> Verdict:
+    """The verdict a stage's agent wrote to `path`; `before` is the file as it stood when the
+    stage's round began. Fails closed: a file not written in this round, no verdict, more than
+    one, or one that is not exactly a pass word fails, and the reason quotes what was read."""
     if text is None:
         return Verdict(False, f"{path} is missing")
-    found = _VERDICT.findall(text)
+    if text == before:
+        return Verdict(
+            False, f"no verdict written in this round: {path} is as it was when the round began"
+        )
+    if headings:
+        shape = artifact_verdict(path, text, headings)
+        if not shape.passed:
+            return shape
+    found = _statements(text)
     if not found:
-        return Verdict(False, f"{path} states no verdict")
-    last = found[-1].lower()
-    if last in ("approve", "approved"):
-        return Verdict(True, "review approved")
-    return Verdict(False, f"review verdict is {last}: {_reasons(text)}")
+        why = (
+            f"{path} states no verdict: it needs one line `Verdict: {passes[0]}` (or another"
+            " verdict)"
+        )
+    elif len({s.value for s in found}) > 1:
+        read = "; ".join(f"line {s.line}: {s.text!r}" for s in found)
+        why = f"{path} states {len({s.value for s in found})} different verdicts ({read})"
+    elif found[0].value in passes:
+        return Verdict(True, f"{path}: verdict {found[0].value}")
+    elif found[0].value in NO_WORDS:
+        why = f"verdict is {found[0].value}"
+    else:
+        first = found[0]
+        why = (
+            f"{path} line {first.line} reads {first.text!r}: not a verdict orch knows; only"
+            f" {' or '.join(passes)} passes"
+        )
+    # what the file says goes back with the failure: it is the next stage's feedback
+    return Verdict(False, f"{why}: {_reasons(text, found)}")
 
 
-def _reasons(text: str) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
-    kept = [ln for ln in lines if not _VERDICT.match(ln)]
-    return " ".join(kept)[:500] or "no reason given"
+def _reasons(text: str, statements: list[_Statement]) -> str:
+    said = {s.line for s in statements}
+    kept = [
+        ln.strip()
+        for i, ln in enumerate(text.splitlines(), 1)
+        if ln.strip() and i not in said and not ln.lstrip().startswith("#")
+    ]
+    return " ".join(kept)[:1500] or "no reason given"
 
 
 def command_verdict(command: str, exit_code: int | None, timed_out: bool, tail: str) -> Verdict:

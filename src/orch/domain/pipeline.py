@@ -13,6 +13,7 @@ from typing import Any
 
 from orch.domain.default_prompts import INSTRUCTIONS, PROMPTS, WORK
 from orch.domain.errors import PipelineError
+from orch.domain.gates import PASS_WORDS
 from orch.domain.ledger import NO_BUDGET, Budget
 from orch.domain.states import Stage, TaskStatus
 
@@ -37,6 +38,7 @@ class GateSpec:
     headings: tuple[str, ...] = ()
     command: str = ""  # template; run by the shell in the worktree
     timeout_s: float = 600.0
+    passes: tuple[str, ...] = PASS_WORDS  # a verdict gate: the verdicts that pass it
 
 
 @dataclass(frozen=True)
@@ -295,6 +297,7 @@ def to_dict(pipeline: Pipeline) -> dict[str, Any]:
                         "headings": list(g.headings),
                         "command": g.command,
                         "timeout_s": g.timeout_s,
+                        "passes": list(g.passes),
                     }
                     for g in s.gates
                 ],
@@ -340,6 +343,7 @@ def from_dict(data: dict[str, Any]) -> Pipeline:
                     headings=tuple(g.get("headings", ())),
                     command=g.get("command", ""),
                     timeout_s=float(g.get("timeout_s", 600.0)),
+                    passes=tuple(g.get("passes", PASS_WORDS)),
                 )
                 for g in s.get("gates", ())
             ),
@@ -424,7 +428,14 @@ def default_pipeline() -> Pipeline:
                 Stage.REVIEW,
                 "reviewer",
                 "default",
-                gates=(GateSpec("review", GateKind.VERDICT, path=f"{WORK}/review.md"),),
+                gates=(
+                    GateSpec(
+                        "review",
+                        GateKind.VERDICT,
+                        path=f"{WORK}/review.md",
+                        passes=("approve", "approved"),
+                    ),
+                ),
                 rework_to=Stage.DEVELOPMENT,
             ),
             _role(
@@ -435,9 +446,10 @@ def default_pipeline() -> Pipeline:
                     tests,
                     GateSpec(
                         "test-report",
-                        GateKind.ARTIFACT,
+                        GateKind.VERDICT,
                         path=f"{WORK}/test-report.md",
-                        headings=("Results", "Verdict"),
+                        headings=("Results",),
+                        passes=("pass", "passed"),
                     ),
                 ),
                 rework_to=Stage.DEVELOPMENT,

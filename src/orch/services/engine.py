@@ -33,7 +33,7 @@ from orch.domain.errors import (
     ShuttingDown,
 )
 from orch.domain.failures import FailureClass, classify
-from orch.domain.gates import Verdict, artifact_verdict, command_verdict, review_verdict
+from orch.domain.gates import Verdict, artifact_verdict, command_verdict, file_verdict
 from orch.domain.ledger import Budget, Limits, Usage, budgets_of, raised
 from orch.domain.model import Claim, Effect, Event, GateRecord, Run, Task
 from orch.domain.naming import deploy_key, merge_key
@@ -313,15 +313,22 @@ class Engine:
                 self.breakers.release(agent.name)
         self._stop_point(task, lease)
         lease.renew()
+        marker = _round_marker(task, claim)
         head = self.forge.commit_and_push(
             task.repo,
             worktree,
             task.branch,
-            f"{task.key}: {task.stage} ({spec.role})\n\n{task.title}",
+            f"{task.key}: {task.stage} ({spec.role})\n\n{task.title}\n\n{marker}",
         )
         run_as = agent.run_as if agent is not None else None
+        # a verdict counts only if this round wrote it: compared with the round's first commit
+        base = (
+            self.forge.round_base(task.repo, head, marker)
+            if any(g.kind == GateKind.VERDICT for g in spec.gates)
+            else head
+        )
         verdicts = [
-            self._gate(task, spec, claim, lease, g, worktree, head, ctx, run_as, confine)
+            self._gate(task, spec, claim, lease, g, worktree, (base, head), ctx, run_as, confine)
             for g in spec.gates
         ]
         failed = [v for v in verdicts if not v.passed]
@@ -703,15 +710,17 @@ class Engine:
         lease: Lease,
         gate: GateSpec,
         worktree: Path,
-        head: str,
+        commits: tuple[str, str],
         ctx: dict[str, Any],
         run_as: RunAs | None,
         confine: Confinement,
     ) -> GateRecord:
+        """Judge `gate` on the round's work: `commits` are the round's base and its head."""
+        head = commits[1]
         known = self.store.find_gate(task.id, claim.version, gate.name, head)
         if known is not None:
             return known  # recorded once, replayed on re-entry
-        verdict = self._evaluate(task, claim, lease, gate, worktree, ctx, run_as, confine)
+        verdict = self._evaluate(task, claim, lease, gate, worktree, commits, ctx, run_as, confine)
         return self.store.record_gate(
             claim,
             GateRecord(
@@ -732,6 +741,7 @@ class Engine:
         lease: Lease,
         gate: GateSpec,
         worktree: Path,
+        commits: tuple[str, str],
         ctx: dict[str, Any],
         run_as: RunAs | None,
         confine: Confinement,
@@ -749,11 +759,14 @@ class Engine:
             )
             code, outcome = lease.supervise(proc, gate.timeout_s, self.settings.kill_grace_s)
             return command_verdict(command, code, outcome != RunOutcome.EXITED, proc.tail())
+        # what was committed is judged, not what the worktree holds (an ignored file is not)
+        base, head = commits
         rel = render(gate.path, ctx)
-        text = _read_inside(worktree, rel)
+        text = self.forge.read_file(task.repo, head, rel)
         if gate.kind == GateKind.ARTIFACT:
             return artifact_verdict(rel, text, gate.headings)
-        return review_verdict(rel, text)
+        before = self.forge.read_file(task.repo, base, rel) if base != head else text
+        return file_verdict(rel, text, before, gate.passes, gate.headings)
 
     # -- actions: merge and deploy, as intent -> act -> confirm ------------------------------
 
@@ -1060,6 +1073,12 @@ class Engine:
                     claim, effect.key, EffectState.FAILED, {"error": "abandoned by a stop"}
                 )
         return ""
+
+
+def _round_marker(task: Task, claim: Claim) -> str:
+    """The last line of every commit orch makes for this round (this version of the task): it
+    lets a verdict gate find where the round began, even after a crash between commit and gate."""
+    return f"Orch-Round: {task.key}#{task.id} v{claim.version}"
 
 
 def _park(task: Task, reason: str) -> Decision:

@@ -316,6 +316,23 @@ class LocalGitForge:
         shown = self._git("show", f"origin/{default}:{path}", cwd=mirror, check=False)
         return shown.stdout if shown.returncode == 0 else None
 
+    def read_file(self, repo: str, sha: str, path: str) -> str | None:
+        """A file as commit `sha` holds it; None if it has no such file."""
+        shown = self._git("show", f"{sha}:{path}", cwd=self.mirror_dir(repo), check=False)
+        return shown.stdout if shown.returncode == 0 else None
+
+    def round_base(self, repo: str, head: str, marker: str) -> str:
+        """The commit a round started from: walking back from `head` along first parents, the
+        first whose message does not end with `marker` (orch's own commits of the round do)."""
+        out = self._git(
+            "log", "--first-parent", "--format=%H%x00%B%x1e", head, cwd=self.mirror_dir(repo)
+        ).stdout
+        for record in out.split("\x1e"):
+            sha, _, body = record.strip("\n").partition("\x00")
+            if sha and _last_line(body) != marker:
+                return sha
+        return head
+
     def checkout(self, repo: str, worktree: Path, sha: str) -> None:
         self._in_worktree(repo, worktree, "checkout", "--quiet", "--force", "--detach", sha)
 
@@ -344,3 +361,8 @@ class LocalGitForge:
             self._git("update-ref", "-d", f"refs/remotes/origin/{branch}", cwd=mirror, check=False)
             if self._has_ref(mirror, f"refs/heads/{branch}"):
                 self._git("branch", "--quiet", "-D", branch, cwd=mirror)
+
+
+def _last_line(message: str) -> str:
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
