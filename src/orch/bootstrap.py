@@ -233,7 +233,9 @@ def build(
     repos = ConfiguredRepos(settings)
     if forge is None:
         forge = LocalGitForge(
-            workspace, {r.name: (r.remote, r.default_branch) for r in settings.repos}
+            workspace,
+            {r.name: (r.remote, r.default_branch) for r in settings.repos},
+            {r.name: r.exclude for r in settings.repos},
         )
     all_agents = dict(agents) if agents is not None else build_agents(settings, environ)
     notifier = notifier or LogNotifier()

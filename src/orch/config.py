@@ -74,6 +74,16 @@ class RepoSettingsModel(_Strict):
     # how agents and gates are confined: Landlock, or none at all (said explicitly, never
     # assumed: without Landlock a run refuses to start)
     sandbox: Literal["landlock", "none"] = "landlock"
+    # gitignore patterns orch's commits leave out, after the built-in list (`!x` takes one back)
+    exclude: list[str] = []
+
+    @field_validator("exclude")
+    @classmethod
+    def _one_line_each(cls, patterns: list[str]) -> list[str]:
+        for p in patterns:
+            if not p.strip() or "\n" in p or "\r" in p:
+                raise ValueError(f"{p!r} is not one gitignore pattern")
+        return patterns
 
 
 class PricesSettings(_Strict):

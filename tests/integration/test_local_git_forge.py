@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from orch.adapters.forges.local_git import LocalGitForge, safe_name
+from orch.config import load_settings
 from orch.demo import sample
-from orch.domain.errors import HeadMoved, MergeConflict, WorkspaceError
+from orch.domain.errors import ConfigError, HeadMoved, MergeConflict, WorkspaceError
 
 
 def rev(remote: Path, ref: str) -> str:
@@ -144,3 +145,56 @@ def test_a_rounds_base_is_found_behind_every_commit_of_that_round(
     assert f.read_file("sample", before, "review.md") == "Verdict: request-changes\n"
     assert f.read_file("sample", second, "review.md") == "Verdict: approve\n"
     assert f.read_file("sample", before, "no-such-file") is None
+
+
+def test_commits_leave_out_caches_and_what_the_repository_ignores(tmp_path: Path) -> None:
+    _, remote = sample.create(tmp_path)
+    f = LocalGitForge(
+        tmp_path / "ws",
+        {"sample": (str(remote), "main")},
+        {"sample": ["secrets.txt", "!node_modules/"]},
+    )
+    wt = f.prepare_worktree("sample", "orch/A-1")
+    files = {
+        "keep.py": "x = 1\n",
+        "pkg/__pycache__/keep.cpython-311.pyc": "bytecode",
+        "stray.pyc": "bytecode",
+        ".venv/bin/python": "#!",
+        ".pytest_cache/v/cache/lastfailed": "{}",
+        "secrets.txt": "token\n",
+        "node_modules/left/index.js": "module.exports = 1\n",
+        ".gitignore": "out/\n",
+        "out/report.txt": "generated\n",
+    }
+    for rel, text in files.items():
+        (wt / rel).parent.mkdir(parents=True, exist_ok=True)
+        (wt / rel).write_text(text)
+    head = f.commit_and_push("sample", wt, "orch/A-1", "work")
+    committed = subprocess.run(
+        ["git", "--git-dir", str(remote), "ls-tree", "-r", "--name-only", head],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    new = set(committed) & set(files)
+    assert new == {"keep.py", ".gitignore", "node_modules/left/index.js"}
+
+
+def test_a_worktree_holding_only_excluded_files_commits_nothing(
+    forge: tuple[LocalGitForge, Path],
+) -> None:
+    f, remote = forge
+    wt = f.prepare_worktree("sample", "orch/A-1")
+    start = f.commit_and_push("sample", wt, "orch/A-1", "nothing yet")
+    (wt / "__pycache__").mkdir()
+    (wt / "__pycache__" / "x.pyc").write_text("bytecode")
+    assert f.commit_and_push("sample", wt, "orch/A-1", "only a cache") == start
+    assert rev(remote, "orch/A-1") == start
+
+
+@pytest.mark.parametrize("pattern", ["", "  ", "a\nb"])
+def test_an_exclude_setting_is_one_gitignore_pattern_per_entry(pattern: str) -> None:
+    repo = {"name": "sample", "remote": "/nowhere", "exclude": ["ok/", pattern]}
+    with pytest.raises(ConfigError) as info:
+        load_settings(repos=[repo])
+    assert str(info.value).startswith("invalid setting repos.0.exclude: Value error")

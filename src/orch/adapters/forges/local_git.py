@@ -19,11 +19,12 @@ import re
 import shutil
 import subprocess
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from orch import crashpoints
 from orch.domain.errors import ForgeError, HeadMoved, MergeConflict, NotFound, WorkspaceError
+from orch.domain.excludes import DEFAULT_EXCLUDES
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 _IDENTITY = {
@@ -55,10 +56,19 @@ def check_writable(root: Path) -> Path:
 
 
 class LocalGitForge:
-    def __init__(self, root: Path, remotes: Mapping[str, tuple[str, str]]) -> None:
-        """`remotes` maps a repository name to (remote URL or path, default branch)."""
+    def __init__(
+        self,
+        root: Path,
+        remotes: Mapping[str, tuple[str, str]],
+        excludes: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
+        """`remotes` maps a repository name to (remote URL or path, default branch);
+        `excludes` a repository to the gitignore patterns its commits leave out after the
+        built-in ones."""
         self.root = check_writable(Path(root))
         self.remotes = dict(remotes)
+        extra = excludes or {}
+        self.excludes = {name: (*DEFAULT_EXCLUDES, *extra.get(name, ())) for name in remotes}
         self._locks: dict[str, threading.Lock] = {name: threading.Lock() for name in remotes}
         self.no_hooks = self.root / ".orch-no-hooks"
         self.no_hooks.mkdir(exist_ok=True)
@@ -212,10 +222,26 @@ class LocalGitForge:
             dot_git.unlink(missing_ok=True)
         dot_git.write_text(f"gitdir: {admin}\n")
 
+    def _exclude_file(self, repo: str) -> Path:
+        """The repository's exclude patterns, as a file beside its worktrees (no agent writes
+        there), for git's `core.excludesFile`."""
+        path = self._repo_dir(repo) / ".orch-exclude"
+        text = "".join(f"{p}\n" for p in self.excludes.get(repo, DEFAULT_EXCLUDES))
+        if not path.exists() or path.read_text() != text:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        return path
+
     def commit_and_push(self, repo: str, worktree: Path, branch: str, message: str) -> str:
         url, _ = self._remote(repo)
-        self._in_worktree(repo, worktree, "add", "--all")
-        if self._in_worktree(repo, worktree, "status", "--porcelain").stdout.strip():
+        # the repository's .gitignore is honoured as git does; caches and dependency trees an
+        # agent's tools left behind are not committed either
+        excludes = self._exclude_file(repo)
+        self._in_worktree(repo, worktree, "-c", f"core.excludesFile={excludes}", "add", "--all")
+        staged = self._in_worktree(repo, worktree, "diff", "--cached", "--quiet", check=False)
+        if staged.returncode not in (0, 1):
+            raise ForgeError(f"git diff failed: {staged.stderr.strip()}")
+        if staged.returncode == 1:
             self._in_worktree(repo, worktree, "commit", "--quiet", "--no-verify", "-m", message)
         head = self._in_worktree(repo, worktree, "rev-parse", "HEAD").stdout.strip()
         # the mirror's remote-tracking ref is updated with the push, and a fetch in another
