@@ -161,13 +161,40 @@ class Store(Protocol):
     def mark_events(self, claim: Claim, event_ids: Sequence[int]) -> None: ...
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """A merge commit built for a task's head, to be tested before it lands."""
+
+    sha: str
+    base: str  # the default branch's head it was built on
+    head: str  # the task branch's head it merges
+    landed: bool = False  # the head is on the default branch already; `sha` brought it there
+
+
 class Forge(Protocol):
     """Where code lives: worktrees, task branches, the default branch and merges into it."""
 
     def prepare_worktree(self, repo: str, branch: str) -> Path: ...
     def commit_and_push(self, repo: str, worktree: Path, branch: str, message: str) -> str: ...
     def branch_head(self, repo: str, branch: str) -> str | None: ...
-    def merge(self, repo: str, branch: str, expected_head: str, message: str) -> str: ...
+    def merge_candidate(
+        self, repo: str, branch: str, expected_head: str, message: str
+    ) -> Candidate:
+        """The merge of exactly `expected_head` onto the default branch's current head, built
+        but not pushed; one that has landed already says so. Raises HeadMoved if the branch is
+        not at `expected_head`, MergeConflict if it does not merge cleanly."""
+        ...
+
+    def adopt(self, repo: str, branch: str, candidate: Candidate) -> None:
+        """Move the task branch from the candidate's head to the candidate (a fast-forward):
+        the default branch's changes join the task's, for its next round to work on."""
+        ...
+
+    def land(self, repo: str, candidate: Candidate) -> str:
+        """Push the candidate to the default branch if, and only if, the default branch is
+        still the candidate's base; DefaultMoved otherwise."""
+        ...
+
     def find_merge(self, repo: str, head_sha: str) -> str | None: ...
     def read_default_file(self, repo: str, path: str) -> str | None: ...
     def read_file(self, repo: str, sha: str, path: str) -> str | None: ...

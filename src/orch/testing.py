@@ -22,7 +22,7 @@ from orch.adapters.process import LocalRunner
 from orch.adapters.sandbox.policy import LandlockSandbox
 from orch.adapters.store.sql import SqlStore
 from orch.domain import pipeline as pl
-from orch.domain.errors import ForgeError, HeadMoved, MergeConflict, NotFound
+from orch.domain.errors import DefaultMoved, ForgeError, HeadMoved, MergeConflict, NotFound
 from orch.domain.ledger import Usage
 from orch.domain.model import Claim
 from orch.modelserver import Edit, ModelServer, Say, Script, Shell, Turn, Write
@@ -31,6 +31,7 @@ from orch.ports import (
     Agent,
     AgentReport,
     AgentRequest,
+    Candidate,
     DeployTarget,
     ProcessTable,
     RepoSettings,
@@ -314,13 +315,13 @@ class MemoryForge:
     def branch_head(self, repo: str, branch: str) -> str | None:
         return self._repo(repo).branches.get(branch)
 
-    def merge(self, repo: str, branch: str, expected_head: str, message: str) -> str:
-        if self.fail_merge is not None:
-            raise self.fail_merge
+    def merge_candidate(
+        self, repo: str, branch: str, expected_head: str, message: str
+    ) -> Candidate:
         r = self._repo(repo)
         landed = self.find_merge(repo, expected_head)
         if landed:
-            return landed
+            return Candidate(landed, landed, expected_head, landed=True)
         head = r.branches.get(branch)
         if head != expected_head:
             raise HeadMoved(f"{branch} is at {head}, not {expected_head}")
@@ -332,24 +333,68 @@ class MemoryForge:
             if base.get(path) == theirs.get(path):
                 continue
             if ours.get(path) not in (base.get(path), theirs.get(path)):
-                raise MergeConflict(f"{branch} conflicts with {r.default_branch} on {path}")
+                raise MergeConflict(f"{branch} conflicts with {r.default_branch} in {path}")
             if path in theirs:
                 merged[path] = theirs[path]
             else:
                 merged.pop(path, None)
         parents = (r.branches[r.default_branch], head)
-        c = _Commit(_sha(merged, parents), merged, parents)
+        c = _Commit(_sha(merged, parents), merged, parents, message)
+        r.commits[c.sha] = c
+        return Candidate(c.sha, parents[0], head)
+
+    def land(self, repo: str, candidate: Candidate) -> str:
+        if candidate.landed:
+            return candidate.sha
+        if self.fail_merge is not None:
+            raise self.fail_merge
+        r = self._repo(repo)
+        if r.branches[r.default_branch] != candidate.base:
+            raise DefaultMoved(f"{r.default_branch} moved from {candidate.base[:12]}")
+        r.branches[r.default_branch] = candidate.sha
+        for branch, head in r.branches.items():
+            if head == candidate.head:
+                r.base_of[branch] = head  # the merged head is the branch's next merge base
+        self.merges.append((repo, candidate.head, candidate.sha))
+        crashpoints.hit("forge.request.sent")
+        return candidate.sha
+
+    def adopt(self, repo: str, branch: str, candidate: Candidate) -> None:
+        r = self._repo(repo)
+        if r.branches.get(branch) != candidate.head:
+            raise HeadMoved(f"{branch} is not at {candidate.head}")
+        r.branches[branch] = candidate.sha
+        r.base_of[branch] = candidate.base
+
+    def merge(self, repo: str, branch: str, expected_head: str, message: str) -> str:
+        """Merge without a test, as a worker that crashed after landing would have."""
+        return self.land(repo, self.merge_candidate(repo, branch, expected_head, message))
+
+    def move_default(self, repo: str, files: Snapshot) -> str:
+        """Someone else's commit on the default branch."""
+        r = self._repo(repo)
+        head = r.branches[r.default_branch]
+        merged = {**r.commits[head].files, **files}
+        c = _Commit(_sha(merged, (head,)), merged, (head,))
         r.commits[c.sha] = c
         r.branches[r.default_branch] = c.sha
-        r.base_of[branch] = head  # the merged head is the branch's next merge base
-        self.merges.append((repo, head, c.sha))
-        crashpoints.hit("forge.request.sent")
         return c.sha
 
     def find_merge(self, repo: str, head_sha: str) -> str | None:
-        for c in self._repo(repo).commits.values():
+        """The merge on the default branch that brought `head_sha` there (a candidate that
+        never landed is not on it)."""
+        r = self._repo(repo)
+        seen: set[str] = set()
+        todo = [r.branches[r.default_branch]]
+        while todo:
+            sha = todo.pop()
+            if sha in seen:
+                continue
+            seen.add(sha)
+            c = r.commits[sha]
             if head_sha in c.parents[1:]:
                 return c.sha
+            todo.extend(c.parents)
         return None
 
     def read_default_file(self, repo: str, path: str) -> str | None:

@@ -39,7 +39,9 @@ def test_demo_merges_the_change_into_the_remote_default_branch(demo_run: tuple[P
     assert summary["ok"] is True
     assert summary["merge"]["commit"] == main
     parents = git(remote, "rev-list", "--parents", "-n", "1", main).split()[1:]
-    assert parents[1] == git(remote, "rev-parse", "refs/heads/orch/DEMO-1")
+    assert parents[1] == summary["merge"]["effects"][-1]["precondition"]
+    # the merged task branch is gone from the remote
+    assert git(remote, "for-each-ref", "--format=%(refname)") == "refs/heads/main"
     assert "def slugify" in git(remote, "show", "main:sample/slug.py")
     assert "Verdict: approve" in git(remote, "show", "main:docs/work-items/DEMO-1/review.md")
 
@@ -110,6 +112,7 @@ def test_demo_summary_reports_every_stage_with_its_gate_verdicts(
         ("review", "review"): True,
         ("testing", "tests"): True,
         ("testing", "test-report"): True,
+        ("deploy-staging", "merge-candidate"): True,
     }
 
 

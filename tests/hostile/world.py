@@ -41,8 +41,9 @@ class Project:
         sample.git("commit", "--quiet", "-m", "pipeline", cwd=self.work)
         sample.git("push", "--quiet", "origin", "main", cwd=self.work)
 
-    def app(self, script: str, **worker: object) -> App:
-        """orch with settings from a file, as a user runs it, and `script` as every agent."""
+    def app(self, script: str, repo: dict[str, object] | None = None, **worker: object) -> App:
+        """orch with settings from a file, as a user runs it, and `script` as every agent;
+        `repo` adds to the repository's settings."""
         settings = {
             "data_dir": str(self.root / "data"),
             "workspace_root": str(self.root / "workspaces"),
@@ -52,6 +53,7 @@ class Project:
                     "remote": str(self.remote),
                     "key_prefix": "EVIL",
                     "test_command": sample.test_command(),
+                    **(repo or {}),
                 }
             ],
             "agents": {"default": {"kind": "command", "command": ["sh", "-c", script]}},

@@ -10,7 +10,13 @@ import pytest
 from orch.adapters.forges.local_git import LocalGitForge, safe_name
 from orch.config import load_settings
 from orch.demo import sample
-from orch.domain.errors import ConfigError, HeadMoved, MergeConflict, WorkspaceError
+from orch.domain.errors import (
+    ConfigError,
+    DefaultMoved,
+    HeadMoved,
+    MergeConflict,
+    WorkspaceError,
+)
 
 
 def rev(remote: Path, ref: str) -> str:
@@ -34,14 +40,18 @@ def change(forge: LocalGitForge, branch: str, rel: str, text: str) -> str:
     return forge.commit_and_push("sample", wt, branch, f"change {rel}")
 
 
+def merge(f: LocalGitForge, branch: str, head: str, message: str) -> str:
+    return f.land("sample", f.merge_candidate("sample", branch, head, message))
+
+
 def test_a_head_is_merged_once_however_often_the_merge_is_asked_for(
     forge: tuple[LocalGitForge, Path],
 ) -> None:
     f, remote = forge
     old_main = rev(remote, "main")
     head = change(f, "orch/A-1", "NOTES.md", "notes\n")
-    first = f.merge("sample", "orch/A-1", head, "merge A-1")
-    again = f.merge("sample", "orch/A-1", head, "merge A-1 again")
+    first = merge(f, "orch/A-1", head, "merge A-1")
+    again = merge(f, "orch/A-1", head, "merge A-1 again")
     assert first == again == rev(remote, "main")
     assert rev(remote, f"{first}^1") == old_main
     assert rev(remote, f"{first}^2") == head
@@ -62,7 +72,7 @@ def test_a_merge_of_a_head_that_moved_is_refused(forge: tuple[LocalGitForge, Pat
     change(f, "orch/A-1", "NOTES.md", "two\n")
     before = rev(remote, "main")
     with pytest.raises(HeadMoved):
-        f.merge("sample", "orch/A-1", approved, "merge what was approved")
+        merge(f, "orch/A-1", approved, "merge what was approved")
     assert rev(remote, "main") == before
 
 
@@ -72,10 +82,37 @@ def test_conflicting_branches_merge_the_first_and_refuse_the_second(
     f, remote = forge
     a = change(f, "orch/A-1", "README.md", "from A\n")
     b = change(f, "orch/B-1", "README.md", "from B\n")
-    merged = f.merge("sample", "orch/A-1", a, "merge A")
-    with pytest.raises(MergeConflict):
-        f.merge("sample", "orch/B-1", b, "merge B")
+    merged = merge(f, "orch/A-1", a, "merge A")
+    with pytest.raises(MergeConflict) as info:
+        merge(f, "orch/B-1", b, "merge B")
+    assert "README.md" in str(info.value)
     assert rev(remote, "main") == merged
+
+
+def test_a_candidate_lands_only_on_the_head_it_was_built_on(
+    forge: tuple[LocalGitForge, Path],
+) -> None:
+    f, remote = forge
+    before = rev(remote, "main")
+    a = change(f, "orch/A-1", "a.txt", "A\n")
+    candidate = f.merge_candidate("sample", "orch/A-1", a, "merge A")
+    # built, not pushed: the remote has not moved, and the tree holds both sides
+    assert rev(remote, "main") == before
+    assert (candidate.base, candidate.head, candidate.landed) == (before, a, False)
+    assert f.read_file("sample", candidate.sha, "a.txt") == "A\n"
+    # someone else lands first: the candidate is refused, nothing is overwritten
+    b = change(f, "orch/B-1", "b.txt", "B\n")
+    other = merge(f, "orch/B-1", b, "merge B")
+    with pytest.raises(DefaultMoved):
+        f.land("sample", candidate)
+    assert rev(remote, "main") == other
+    # built again on the new head, it lands as exactly that commit, a fast-forward
+    again = f.merge_candidate("sample", "orch/A-1", a, "merge A")
+    assert again.base == other
+    assert f.land("sample", again) == again.sha == rev(remote, "main")
+    assert rev(remote, f"{again.sha}^1") == other
+    landed = f.merge_candidate("sample", "orch/A-1", a, "merge A")
+    assert (landed.sha, landed.landed) == (again.sha, True)
 
 
 def test_a_retried_worktree_starts_from_the_last_commit(forge: tuple[LocalGitForge, Path]) -> None:

@@ -10,6 +10,7 @@ from orch.adapters.agents.command import CommandAgent
 from orch.adapters.process import CappedLog
 from orch.adapters.sandbox.policy import LandlockSandbox
 from orch.domain import pipeline as pl
+from orch.domain.model import Task
 from orch.domain.states import Stage, TaskStatus
 from orch.ports import RepoSettings
 from orch.testing import rig
@@ -69,15 +70,30 @@ def test_a_capped_log_keeps_the_newest_output_and_counts_what_it_dropped(tmp_pat
     assert len(kept.encode()) == log.received - log.dropped
 
 
-def test_a_stage_that_runs_nothing_the_agents_wrote_needs_no_sandbox() -> None:
+def _without_landlock(stage: pl.StageSpec) -> Task:
     base = pl.default_pipeline()
-    deploy = replace(base.spec(Stage.DEPLOY_STAGING), rework_to=None)
-    merge_only = replace(base, stages=(deploy,), checkpoints=())
-    r = rig({}, pipeline=merge_only, sandbox=LandlockSandbox((), abi=0))
+    r = rig(
+        {},
+        pipeline=replace(base, stages=(stage,), checkpoints=()),
+        sandbox=LandlockSandbox((), abi=0),
+    )
     try:
         task = r.intake.file("app", "Anything")
         r.run_until_idle()
-        done = r.store.get_task(task.id)
-        assert done.status == TaskStatus.DONE, done.status_reason
+        return r.store.get_task(task.id)
     finally:
         r.close()
+
+
+def test_a_stage_that_runs_nothing_the_agents_wrote_needs_no_sandbox() -> None:
+    deploy = pl.default_pipeline().spec(Stage.DEPLOY_STAGING)
+    done = _without_landlock(replace(deploy, rework_to=None, actions=(pl.Action.DEPLOY_STAGING,)))
+    # nothing was merged, so there is nothing to deploy: the stage parks for that, not Landlock
+    assert "needs a merged release" in done.status_reason
+
+
+def test_a_merge_runs_the_tests_on_the_candidate_so_it_needs_the_sandbox() -> None:
+    deploy = pl.default_pipeline().spec(Stage.DEPLOY_STAGING)
+    parked = _without_landlock(replace(deploy, rework_to=None))
+    assert parked.status == TaskStatus.NEEDS_OPERATOR
+    assert "Landlock is not available" in parked.status_reason

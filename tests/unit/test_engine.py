@@ -123,11 +123,15 @@ def test_a_ticket_runs_through_the_whole_pipeline_with_approvals(make_rig: Any) 
     done = current(r, task)
     assert (done.stage, done.status) == (Stage.DONE, TaskStatus.DONE)
 
-    # exactly one merge, of the task branch's head, and the work is on the default branch
+    # exactly one merge, of the head the gates passed, and the work is on the default branch
     assert len(r.forge.merges) == 1
     repo, head, _merge_sha = r.forge.merges[0]
     assert repo == "app"
-    assert head == r.forge.branch_head("app", task.branch)
+    testing = [g for g in r.store.gate_records(task.id) if g.stage == Stage.TESTING]
+    assert {g.head_sha for g in testing} == {head}
+    # the merged branch is gone from the remote
+    assert r.forge.deleted == [("app", task.branch)]
+    assert r.forge.branch_head("app", task.branch) is None
     spec = r.forge.read_default_file("app", f"docs/work-items/{task.key}/spec.md")
     assert spec is not None and "## Acceptance criteria" in spec
 
@@ -156,6 +160,8 @@ def test_a_ticket_runs_through_the_whole_pipeline_with_approvals(make_rig: Any) 
             ("review", "review"),
             ("testing", "tests"),
             ("testing", "test-report"),
+            # the tree that landed: the head merged onto the default branch, tested
+            ("deploy-staging", "merge-candidate"),
         ]
     )
     assert all(g.passed for g in records)
@@ -183,7 +189,7 @@ def test_a_ticket_runs_through_the_whole_pipeline_with_approvals(make_rig: Any) 
     effects = r.store.effects(task.id)
     assert all(e.state == EffectState.SUCCEEDED for e in effects)
     assert sorted(e.kind for e in effects) == sorted(
-        ["merge", "deploy:staging", "deploy:production", "notify", "notify", "notify"]
+        ["merge", "deploy:staging", "deploy:production", "delete-branch"] + ["notify"] * 3
     )
     assert all(j.state != JobState.QUEUED for j in r.store.jobs(task.id))
     assert r.run_until_idle() == 0

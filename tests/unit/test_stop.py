@@ -144,10 +144,12 @@ def test_a_stage_that_finished_first_keeps_its_result_and_a_late_stop_changes_no
     task = r.intake.file("app", "Add a greeting")
     r.run_until_idle()
     assert now(r, task).status == TaskStatus.DONE
+    # done deleted the merged branch once; the late stop deletes nothing more
+    assert r.forge.deleted == [("app", task.branch)]
     assert r.intake.stop(task.key, "ann", "too late") == (now(r, task), False)
     r.run_until_idle()
     assert now(r, task).status == TaskStatus.DONE
-    assert r.forge.deleted == []
+    assert r.forge.deleted == [("app", task.branch)]
 
 
 def test_a_stop_recorded_before_the_last_stage_completes_wins_over_done(make_rig: Any) -> None:

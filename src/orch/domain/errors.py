@@ -47,6 +47,14 @@ class HeadMoved(ForgeError):
     """The branch head is not the one the merge was authorised for."""
 
 
+class DefaultMoved(ForgeError):
+    """The default branch moved after the merge candidate was built on it."""
+
+
+class CandidateFailed(OrchError):
+    """The merge candidate (the task's head merged onto the default branch) failed its tests."""
+
+
 class LeaseLost(OrchError):
     """This worker's lease was fenced off: another owner holds the job now. Write nothing."""
 

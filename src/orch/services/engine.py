@@ -24,7 +24,9 @@ from orch.domain.errors import (
     AgentError,
     Busy,
     CancelRequested,
+    CandidateFailed,
     Conflict,
+    DefaultMoved,
     ForgeError,
     HeadMoved,
     LeaseLost,
@@ -52,6 +54,7 @@ from orch.ports import (
     AgentProcess,
     AgentReport,
     AgentRequest,
+    Candidate,
     CommandRunner,
     Confinement,
     Forge,
@@ -320,7 +323,7 @@ class Engine:
             task.branch,
             f"{task.key}: {task.stage} ({spec.role})\n\n{task.title}\n\n{marker}",
         )
-        run_as = agent.run_as if agent is not None else None
+        where = _Where(worktree, ctx, agent.run_as if agent is not None else None, confine)
         # a verdict counts only if this round wrote it: compared with the round's first commit
         base = (
             self.forge.round_base(task.repo, head, marker)
@@ -328,8 +331,7 @@ class Engine:
             else head
         )
         verdicts = [
-            self._gate(task, spec, claim, lease, g, worktree, (base, head), ctx, run_as, confine)
-            for g in spec.gates
+            self._gate(task, spec, claim, lease, g, where, (base, head)) for g in spec.gates
         ]
         failed = [v for v in verdicts if not v.passed]
         if failed:
@@ -347,8 +349,8 @@ class Engine:
         for action in spec.actions:
             self._stop_point(task, lease)
             try:
-                outcome = self._act(action, task, claim, lease, repo, worktree, head, release)
-            except (MergeConflict, HeadMoved) as exc:
+                outcome = self._act(action, task, spec, claim, lease, repo, where, head, release)
+            except (MergeConflict, HeadMoved, CandidateFailed) as exc:
                 outcome = pl.after_gate_failure(
                     pipeline,
                     task.stage,
@@ -364,15 +366,20 @@ class Engine:
         decision = pl.after_success(pipeline, task.stage)
         if decision.status == TaskStatus.DONE:
             self._remove_worktree(task)
+            self._delete_merged_branch(task, claim)
         self._apply(task, claim, decision, actor)
 
     def _confinement(
         self, task: Task, spec: StageSpec, repo: RepoSettings, worktree: Path, agent: Agent | None
     ) -> Confinement:
         """The confinement of this stage's agent and gates: they write only in the worktree
-        and the task's home, and read nothing of orch's own. A stage that runs neither an agent
-        nor a command gate runs nothing the agents wrote, and needs none."""
-        if agent is None and not any(g.kind == GateKind.COMMAND for g in spec.gates):
+        and the task's home, and read nothing of orch's own. A stage that runs neither an agent,
+        a command gate nor a merge candidate's tests runs nothing the agents wrote, and needs
+        none."""
+        runs_code = any(g.kind == GateKind.COMMAND for g in spec.gates) or (
+            Action.MERGE in spec.actions and bool(repo.test_command.strip())
+        )
+        if agent is None and not runs_code:
             return Confinement()
         home = self._home(task)
         if agent is not None and agent.run_as is not None:
@@ -709,18 +716,15 @@ class Engine:
         claim: Claim,
         lease: Lease,
         gate: GateSpec,
-        worktree: Path,
+        where: _Where,
         commits: tuple[str, str],
-        ctx: dict[str, Any],
-        run_as: RunAs | None,
-        confine: Confinement,
     ) -> GateRecord:
         """Judge `gate` on the round's work: `commits` are the round's base and its head."""
         head = commits[1]
         known = self.store.find_gate(task.id, claim.version, gate.name, head)
         if known is not None:
             return known  # recorded once, replayed on re-entry
-        verdict = self._evaluate(task, claim, lease, gate, worktree, commits, ctx, run_as, confine)
+        verdict = self._evaluate(task, claim, lease, gate, where, commits)
         return self.store.record_gate(
             claim,
             GateRecord(
@@ -740,28 +744,25 @@ class Engine:
         claim: Claim,
         lease: Lease,
         gate: GateSpec,
-        worktree: Path,
+        where: _Where,
         commits: tuple[str, str],
-        ctx: dict[str, Any],
-        run_as: RunAs | None,
-        confine: Confinement,
     ) -> Verdict:
         if gate.kind == GateKind.COMMAND:
-            command = render(gate.command, ctx)
+            command = render(gate.command, where.ctx)
             # the command runs what the agent wrote: confined as the agent was
             proc = self.runner.start(
                 command,
-                worktree,
+                where.worktree,
                 self._child_env(task, claim, self._home_env(task)),
                 self._log_path(task, f"v{claim.version}-{task.stage}-gate-{gate.name}.log"),
-                run_as,
-                confine,
+                where.run_as,
+                where.confine,
             )
             code, outcome = lease.supervise(proc, gate.timeout_s, self.settings.kill_grace_s)
             return command_verdict(command, code, outcome != RunOutcome.EXITED, proc.tail())
         # what was committed is judged, not what the worktree holds (an ignored file is not)
         base, head = commits
-        rel = render(gate.path, ctx)
+        rel = render(gate.path, where.ctx)
         text = self.forge.read_file(task.repo, head, rel)
         if gate.kind == GateKind.ARTIFACT:
             return artifact_verdict(rel, text, gate.headings)
@@ -774,20 +775,21 @@ class Engine:
         self,
         action: Action,
         task: Task,
+        spec: StageSpec,
         claim: Claim,
         lease: Lease,
         repo: RepoSettings,
-        worktree: Path,
+        where: _Where,
         head: str,
         release: str,
     ) -> Decision | str:
         if action == Action.MERGE:
-            return self._merge(task, claim, lease, head)
+            return self._merge(task, spec, claim, lease, repo, where, head)
         target = "staging" if action == Action.DEPLOY_STAGING else "production"
         release = release or self._released_sha(task)
         if not release:
             return _park(task, f"{action} needs a merged release, and this task has none")
-        return self._deploy(task, claim, lease, repo, worktree, target, release)
+        return self._deploy(task, claim, lease, repo, where.worktree, target, release)
 
     def _released_sha(self, task: Task) -> str:
         merges = [
@@ -797,7 +799,21 @@ class Engine:
         ]
         return str(merges[-1].result.get("merge_sha", "")) if merges else ""
 
-    def _merge(self, task: Task, claim: Claim, lease: Lease, head: str) -> str:
+    def _merge(
+        self,
+        task: Task,
+        spec: StageSpec,
+        claim: Claim,
+        lease: Lease,
+        repo: RepoSettings,
+        where: _Where,
+        head: str,
+    ) -> str:
+        """Land exactly `head`, merged onto the default branch's current head, as the tree
+        that passed the repository's tests. The merge effect is the repository's one merge
+        slot: it is taken before the candidate is built, so candidates are tested one at a
+        time per repository, and a default branch that moves anyway is built on and tested
+        again."""
         # keyed by the head: the same commits are merged at most once, however often the task
         # comes back through this stage
         key = merge_key(task.key, task.id, task.stage, head)
@@ -815,26 +831,61 @@ class Engine:
                 return found
         else:
             self.store.begin_effect(claim, key, "merge", task.repo, head)
-        lease.renew()
-        try:
-            sha = self.forge.merge(
-                task.repo,
-                task.branch,
-                head,
-                f"Merge {task.branch}: {task.key} {task.title}",
+        message = f"Merge {task.branch}: {task.key} {task.title}"
+        for _ in range(MERGE_TRIES):
+            lease.renew()
+            try:
+                candidate = self.forge.merge_candidate(task.repo, task.branch, head, message)
+                if not candidate.landed:
+                    self._test_candidate(task, spec, claim, lease, repo, where, candidate)
+                sha = self.forge.land(task.repo, candidate)
+            except DefaultMoved as exc:
+                log.info("%s: %s; building the merge candidate again", task.key, exc)
+                continue
+            except (MergeConflict, HeadMoved, CandidateFailed) as exc:
+                # known not merged: the stage reworks it (see _run_stage)
+                self.store.finish_effect(claim, key, EffectState.FAILED, {"error": str(exc)})
+                raise
+            except ForgeError:
+                self._settle_merge(claim, key, head, task.repo)
+                raise
+            crashpoints.hit("forge.response.received")
+            self.store.finish_effect(
+                claim,
+                key,
+                EffectState.SUCCEEDED,
+                {"merge_sha": sha, "head": head, "base": candidate.base},
             )
-        except (MergeConflict, HeadMoved) as exc:
-            # known not merged: the stage reworks it (see _run_stage)
-            self.store.finish_effect(claim, key, EffectState.FAILED, {"error": str(exc)})
-            raise
-        except ForgeError:
-            self._settle_merge(claim, key, head, task.repo)
-            raise
-        crashpoints.hit("forge.response.received")
-        self.store.finish_effect(
-            claim, key, EffectState.SUCCEEDED, {"merge_sha": sha, "head": head}
+            return sha
+        self._settle_merge(claim, key, head, task.repo)
+        raise Busy(
+            f"{repo.default_branch} moved {MERGE_TRIES} times while the merge of {task.branch}"
+            " was tested; it is tried again"
         )
-        return sha
+
+    def _test_candidate(
+        self,
+        task: Task,
+        spec: StageSpec,
+        claim: Claim,
+        lease: Lease,
+        repo: RepoSettings,
+        where: _Where,
+        candidate: Candidate,
+    ) -> None:
+        """Run the repository's test command on exactly the tree that would land."""
+        if not repo.test_command.strip():
+            return
+        self.forge.checkout(task.repo, where.worktree, candidate.sha)
+        gate = GateSpec(CANDIDATE_GATE, GateKind.COMMAND, command="{{ repo.test_command }}")
+        record = self._gate(task, spec, claim, lease, gate, where, (candidate.sha, candidate.sha))
+        if not record.passed:
+            # the next round starts from the merged tree, so the developer meets the failure
+            self.forge.adopt(task.repo, task.branch, candidate)
+            raise CandidateFailed(
+                f"{task.branch} merged onto {repo.default_branch} at {candidate.base[:12]}"
+                f" (candidate {candidate.sha[:12]}) fails the tests: {record.reason}"
+            )
 
     def _settle_merge(self, claim: Claim, key: str, head: str, repo: str) -> None:
         """Resolve an unconfirmed merge by asking the forge, so it never holds the repository's
@@ -1046,15 +1097,43 @@ class Engine:
                 read=[e.id for e in stops if e.processed_at is None],
             )
             return
-        key = f"{task.key}#{task.id}:cancel:delete-branch"
-        effect = self.store.get_effect(key)
-        if effect is None or effect.state != EffectState.SUCCEEDED:
-            self.store.begin_effect(claim, key, "delete-branch", task.repo, task.branch)
-            self.forge.delete_branch(task.repo, task.branch)
-            self.store.finish_effect(claim, key, EffectState.SUCCEEDED, {"branch": task.branch})
+        self._delete_branch(task, claim, "cancel")
         self._remove_worktree(task)
         pending = [e.id for e in self.store.pending_events(task.id)]
         self._apply(task, claim, pl.on_stop(task.stage, actor, reason), actor, read=pending)
+
+    def _delete_branch(self, task: Task, claim: Claim, why: str) -> None:
+        """Delete the task's branch on the remote, once (an effect keyed by `why`)."""
+        key = f"{task.key}#{task.id}:{why}:delete-branch"
+        effect = self.store.get_effect(key)
+        if effect is not None and effect.state == EffectState.SUCCEEDED:
+            return
+        self.store.begin_effect(claim, key, "delete-branch", task.repo, task.branch)
+        self.forge.delete_branch(task.repo, task.branch)
+        self.store.finish_effect(claim, key, EffectState.SUCCEEDED, {"branch": task.branch})
+
+    def _delete_merged_branch(self, task: Task, claim: Claim) -> None:
+        """A done task's branch leaves the remote once all of it has landed. A branch with
+        commits that did not land is kept, and a forge that refuses the delete is recorded,
+        not held against a task whose work is done."""
+        if not self._released_sha(task):
+            return
+        head = self.forge.branch_head(task.repo, task.branch)
+        if head is None:
+            return
+        if not self.forge.find_merge(task.repo, head):
+            log.warning("%s: %s holds commits that did not land; kept", task.key, task.branch)
+            return
+        try:
+            self._delete_branch(task, claim, "done")
+        except ForgeError as exc:
+            log.error("could not delete %s of %s: %s", task.branch, task.key, exc)
+            self.store.finish_effect(
+                claim,
+                f"{task.key}#{task.id}:done:delete-branch",
+                EffectState.FAILED,
+                {"branch": task.branch, "error": str(exc)},
+            )
 
     def _settle_for_cancel(self, task: Task, claim: Claim, lease: Lease) -> str:
         """Resolve every effect of the task still in flight; say what could not be resolved."""
@@ -1073,6 +1152,20 @@ class Engine:
                     claim, effect.key, EffectState.FAILED, {"error": "abandoned by a stop"}
                 )
         return ""
+
+
+@dataclass(frozen=True)
+class _Where:
+    """Where a stage's gates run: its worktree and prompt context, as whom, how confined."""
+
+    worktree: Path
+    ctx: dict[str, Any]
+    run_as: RunAs | None
+    confine: Confinement
+
+
+MERGE_TRIES = 3  # builds of a merge candidate while the default branch keeps moving
+CANDIDATE_GATE = "merge-candidate"
 
 
 def _round_marker(task: Task, claim: Claim) -> str:

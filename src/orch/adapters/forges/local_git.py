@@ -2,8 +2,9 @@
 a bare mirror and one worktree per task under the workspace root.
 
 The merge is built with `git merge-tree --write-tree` and `git commit-tree` against the exact head
-it was authorised for, then pushed as a plain fast-forward: orch never force-pushes, and never
-deletes or rewrites a default branch.
+it was authorised for, tested by the engine, then pushed only if the default branch is still where
+it was built (a lease on its old head): always a fast-forward. orch never rewrites or deletes a
+default branch.
 
 Nothing an agent can read names the remote: the mirror has no `origin`, and orch passes the URL
 on its own command lines only. A worktree is the agent's ground, so orch never lets git discover
@@ -23,8 +24,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from orch import crashpoints
-from orch.domain.errors import ForgeError, HeadMoved, MergeConflict, NotFound, WorkspaceError
+from orch.domain.errors import (
+    DefaultMoved,
+    ForgeError,
+    HeadMoved,
+    MergeConflict,
+    NotFound,
+    WorkspaceError,
+)
 from orch.domain.excludes import DEFAULT_EXCLUDES
+from orch.ports import Candidate
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 _IDENTITY = {
@@ -261,51 +270,90 @@ class LocalGitForge:
         out = self._git("ls-remote", url, f"refs/heads/{branch}").stdout.split()
         return out[0] if out else None
 
-    def merge(self, repo: str, branch: str, expected_head: str, message: str) -> str:
-        """Merge exactly `expected_head` into the default branch, once: a head that is already
-        on the default branch returns the merge that brought it there."""
-        url, default = self._remote(repo)
+    def merge_candidate(
+        self, repo: str, branch: str, expected_head: str, message: str
+    ) -> Candidate:
+        """The merge of exactly `expected_head` onto the default branch as the remote has it
+        now, built with `merge-tree` and `commit-tree` in the mirror and not pushed."""
+        _, default = self._remote(repo)
         with self._locks[repo]:
-            for _ in range(3):
-                mirror = self.mirror(repo)
-                landed = self._landed(mirror, default, expected_head)
-                if landed:
-                    return landed
-                head = self.branch_head(repo, branch)
-                if head != expected_head:
-                    raise HeadMoved(f"{branch} is at {head}, not the approved {expected_head}")
-                base = self._git("rev-parse", f"origin/{default}", cwd=mirror).stdout.strip()
-                tree = self._git(
-                    "merge-tree", "--write-tree", base, expected_head, cwd=mirror, check=False
+            mirror = self.mirror(repo)
+            landed = self._landed(mirror, default, expected_head)
+            if landed:
+                return Candidate(landed, landed, expected_head, landed=True)
+            head = self.branch_head(repo, branch)
+            if head != expected_head:
+                raise HeadMoved(f"{branch} is at {head}, not the approved {expected_head}")
+            base = self._git("rev-parse", f"origin/{default}", cwd=mirror).stdout.strip()
+            tree = self._git(
+                "merge-tree",
+                "--write-tree",
+                "--name-only",
+                base,
+                expected_head,
+                cwd=mirror,
+                check=False,
+            )
+            if tree.returncode != 0:
+                files = [ln for ln in tree.stdout.split("\n\n")[0].splitlines()[1:] if ln]
+                raise MergeConflict(
+                    f"{branch} conflicts with {default} in {', '.join(files[:10]) or 'its tree'}"
                 )
-                if tree.returncode != 0:
-                    files = [ln for ln in tree.stdout.splitlines()[1:] if ln.strip()]
-                    raise MergeConflict(f"{branch} conflicts with {default}: {' '.join(files[:5])}")
-                commit = self._git(
-                    "commit-tree",
-                    tree.stdout.split()[0],
-                    "-p",
-                    base,
-                    "-p",
-                    expected_head,
-                    "-m",
-                    message,
-                    cwd=mirror,
-                ).stdout.strip()
-                pushed = self._git(
-                    "push",
-                    "--quiet",
-                    url,
-                    f"{commit}:refs/heads/{default}",
-                    cwd=mirror,
-                    check=False,
-                )
-                if pushed.returncode == 0:
-                    crashpoints.hit("forge.request.sent")  # merged on the remote, not yet told
-                    self._fetch(repo, mirror)
-                    return commit
-                # someone else moved the default branch meanwhile: look again on the new base
-            raise ForgeError(f"{default} kept moving; the merge of {branch} was not pushed")
+            commit = self._git(
+                "commit-tree",
+                tree.stdout.split()[0],
+                "-p",
+                base,
+                "-p",
+                expected_head,
+                "-m",
+                message,
+                cwd=mirror,
+            ).stdout.strip()
+            return Candidate(commit, base, expected_head)
+
+    def land(self, repo: str, candidate: Candidate) -> str:
+        """Push the candidate with the default branch's expected old head as the lease: the
+        push happens only if the remote's default branch is still the candidate's base, which
+        makes it a fast-forward (the base is the candidate's first parent), never a rewrite."""
+        url, default = self._remote(repo)
+        if candidate.landed:
+            return candidate.sha
+        with self._locks[repo]:
+            mirror = self.mirror_dir(repo)
+            pushed = self._git(
+                "push",
+                "--quiet",
+                f"--force-with-lease=refs/heads/{default}:{candidate.base}",
+                url,
+                f"{candidate.sha}:refs/heads/{default}",
+                cwd=mirror,
+                check=False,
+            )
+            if pushed.returncode == 0:
+                crashpoints.hit("forge.request.sent")  # merged on the remote, not yet told
+                self._fetch(repo, mirror)
+                return candidate.sha
+            self._fetch(repo, mirror)
+            now = self._git("rev-parse", f"origin/{default}", cwd=mirror).stdout.strip()
+            if now != candidate.base:
+                raise DefaultMoved(f"{default} moved from {candidate.base[:12]} to {now[:12]}")
+            detail = (pushed.stderr or pushed.stdout).strip().splitlines()
+            raise ForgeError(f"git push failed: {detail[-1] if detail else pushed.returncode}")
+
+    def adopt(self, repo: str, branch: str, candidate: Candidate) -> None:
+        url, _ = self._remote(repo)
+        with self._locks[repo]:
+            mirror = self.mirror_dir(repo)
+            self._git(
+                "push",
+                "--quiet",
+                f"--force-with-lease=refs/heads/{branch}:{candidate.head}",
+                url,
+                f"{candidate.sha}:refs/heads/{branch}",
+                cwd=mirror,
+            )
+            self._git("update-ref", f"refs/remotes/origin/{branch}", candidate.sha, cwd=mirror)
 
     def _landed(self, mirror: Path, default: str, head_sha: str) -> str | None:
         """The commit that brought `head_sha` onto the default branch, if it is there."""
