@@ -477,6 +477,18 @@ def _print_detail(d: dict[str, Any]) -> None:
     for e in d["effects"]:
         effects.add_row(e["key"], e["state"], json.dumps(e["result"])[:100])
     console.print(effects)
+    if d["deploys"]:
+        deploys = Table(title="deploys")
+        for col in ("target", "release", "outcome", "detail"):
+            deploys.add_column(col)
+        for dep in d["deploys"]:
+            detail = ""
+            if dep["superseded_by"]:
+                detail = f"{dep['target']} already ran {dep['superseded_by'][:12]}, newer"
+            elif dep["rolled_back_from"]:
+                detail = f"back from {dep['rolled_back_from'][:12]}, which failed its check"
+            deploys.add_row(dep["target"], dep["release"][:12], dep["outcome"], detail)
+        console.print(deploys)
     events = Table(title="decisions and requests")
     for col in ("when", "kind", "actor", "detail", "handled"):
         events.add_column(col)

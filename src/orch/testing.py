@@ -258,6 +258,7 @@ class MemoryForge:
         self.merges: list[tuple[str, str, str]] = []  # (repo, head, merge sha)
         self.deleted: list[tuple[str, str]] = []  # (repo, branch)
         self.fail_merge: Exception | None = None
+        self.before_land: Callable[[], None] | None = None  # runs once, as the next land starts
         self.fail_delete: Exception | None = None
         for name, files in repos.items():
             r = _Repo(default_branch)
@@ -348,6 +349,9 @@ class MemoryForge:
             return candidate.sha
         if self.fail_merge is not None:
             raise self.fail_merge
+        hook, self.before_land = self.before_land, None
+        if hook is not None:
+            hook()
         r = self._repo(repo)
         if r.branches[r.default_branch] != candidate.base:
             raise DefaultMoved(f"{r.default_branch} moved from {candidate.base[:12]}")
@@ -405,6 +409,18 @@ class MemoryForge:
     def read_file(self, repo: str, sha: str, path: str) -> str | None:
         data = self._repo(repo).commits[sha].files.get(path)
         return data.decode() if data is not None else None
+
+    def is_ancestor(self, repo: str, ancestor: str, descendant: str) -> bool:
+        commits = self._repo(repo).commits
+        todo, seen = [descendant], set()
+        while todo:
+            sha = todo.pop()
+            if sha == ancestor:
+                return True
+            if sha not in seen:
+                seen.add(sha)
+                todo.extend(commits[sha].parents)
+        return False
 
     def round_base(self, repo: str, head: str, marker: str) -> str:
         commits = self._repo(repo).commits

@@ -681,6 +681,43 @@ def test_an_unknown_merge_also_holds_the_repo_merge_slot(store: SqlStore) -> Non
     assert store.get_effect("m-2") is None
 
 
+def test_one_deploy_per_target_starts_at_a_time_and_other_targets_are_free(
+    store: SqlStore,
+) -> None:
+    new_task(store)
+    c = claim(store)
+    store.begin_effect(c, "d-1", "deploy:production", "app", "sha-1")
+    with pytest.raises(Busy):
+        store.begin_effect(c, "d-2", "deploy:production", "app", "sha-2")
+    store.begin_effect(c, "d-3", "deploy:staging", "app", "sha-2")
+    store.begin_effect(c, "d-4", "deploy:production", "web", "sha-2")
+    store.finish_effect(c, "d-1", EffectState.SUCCEEDED, {})
+    assert store.begin_effect(c, "d-2", "deploy:production", "app", "sha-2").state == (
+        EffectState.INITIATED
+    )
+
+
+def test_the_latest_effect_of_a_kind_is_the_one_that_changed_last(store: SqlStore) -> None:
+    new_task(store)
+    c = claim(store)
+    kinds = ("deploy:production", "rollback:production")
+    assert store.latest_effect("app", kinds) is None
+    store.begin_effect(c, "d-1", "deploy:production", "app", "sha-1")
+    store.begin_effect(c, "d-2", "deploy:staging", "app", "sha-2")
+    store.finish_effect(c, "d-2", EffectState.SUCCEEDED, {})
+    assert store.latest_effect("app", kinds) is None  # in flight, or another kind
+    store.finish_effect(c, "d-1", EffectState.SUCCEEDED, {})
+    store.begin_effect(c, "d-3", "deploy:production", "app", "sha-3")
+    store.finish_effect(c, "d-3", EffectState.FAILED, {})
+    store.begin_effect(c, "r-1", "rollback:production", "app", "sha-0")
+    store.finish_effect(c, "r-1", EffectState.SUCCEEDED, {})
+    latest = store.latest_effect("app", kinds)
+    assert latest is not None and latest.key == "r-1"
+    assert store.latest_effect("web", kinds) is None
+    failed = store.latest_effect("app", kinds, EffectState.FAILED)
+    assert failed is not None and failed.key == "d-3"
+
+
 def test_a_failed_effect_is_re_armed_by_a_new_intent(store: SqlStore) -> None:
     task = new_task(store)
     c = claim(store)

@@ -650,6 +650,26 @@ def test_a_merge_the_forge_refuses_is_settled_and_does_not_block_the_repository(
     assert len(r.forge.merges) == 1
 
 
+def test_a_default_branch_that_moves_during_the_candidate_test_is_built_on_and_tested_again(
+    make_rig: Any,
+) -> None:
+    r = make_rig()
+    task = file_ticket(r)
+    r.run_until_idle()
+    moved: list[str] = []
+    r.forge.before_land = lambda: moved.append(r.forge.move_default("app", {"OTHER.md": b"x"}))
+    approve_all(r, task)
+    assert current(r, task).waiting_for == "confirm-deploy"
+    candidates = [g for g in r.store.gate_records(task.id) if g.gate == "merge-candidate"]
+    assert [g.passed for g in candidates] == [True, True]
+    assert len({g.head_sha for g in candidates}) == 2
+    [(_, head, landed)] = r.forge.merges
+    # what landed is the second candidate: built on the moved head, holding both changes
+    assert landed == candidates[-1].head_sha
+    assert r.forge.repos["app"].commits[landed].parents == (moved[0], head)
+    assert r.forge.read_file("app", landed, "OTHER.md") == "x"
+
+
 class FailingNotifier(MemoryNotifier):
     def notify(self, key: str, text: str) -> None:
         raise ConnectionError("chat service down")
@@ -714,7 +734,8 @@ def test_an_active_task_holds_the_repository_until_it_waits(make_rig: Any) -> No
     ("check", "deployed_again", "status"),
     [
         ("exit 0", False, TaskStatus.WAITING),
-        ("exit 1", True, TaskStatus.WAITING),
+        # "not deployed" (exit 1) before the deploy, and deployed after it
+        ("test -e {marker}", True, TaskStatus.WAITING),
         ("exit 2", False, TaskStatus.NEEDS_OPERATOR),
     ],
 )
@@ -725,7 +746,7 @@ def test_a_deploy_of_unknown_outcome_is_checked_before_it_is_ever_repeated(
     repo = RepoSettings(
         name="app",
         test_command="true",
-        deploy={"staging": DeployTarget(f"touch {marker}", check=check)},
+        deploy={"staging": DeployTarget(f"touch {marker}", check=check.format(marker=marker))},
     )
     r = rig({"default": ScriptedAgent()}, repo=repo)
     try:

@@ -349,7 +349,6 @@ def _summary(app: App, key: str, root: Path, remote: Path, elapsed: float) -> di
     task = app.intake.task(key)
     detail = task_detail(app.store, task)
     merges = [e for e in detail["effects"] if e["kind"] == "merge"]
-    deploys = [e for e in detail["effects"] if e["kind"].startswith("deploy:")]
     main_head = _git(remote, "rev-parse", "refs/heads/main")
     deploy_log = root / "deploy.log"
     return {
@@ -362,7 +361,7 @@ def _summary(app: App, key: str, root: Path, remote: Path, elapsed: float) -> di
             "subject": _git(remote, "log", "-1", "--format=%s", "refs/heads/main"),
             "effects": merges,
         },
-        "deploys": deploys,
+        "deploys": detail["deploys"],
         "deploy_log": deploy_log.read_text().splitlines() if deploy_log.exists() else [],
         "paths": {
             "demo": str(root),
@@ -466,9 +465,10 @@ def render_summary(summary: dict[str, Any], console: Console) -> None:
     else:
         console.print(f"no merge: main is at {merge['remote_main']} ({merge['subject']})")
     for d in summary["deploys"]:
-        console.print(
-            f"deploy {d['kind'].split(':', 1)[1]}: {d['state']} release {d['precondition'][:12]}"
-        )
+        note = f", superseded by {d['superseded_by'][:12]}" if d["superseded_by"] else ""
+        if d["rolled_back_from"]:
+            note = f", back from {d['rolled_back_from'][:12]}"
+        console.print(f"deploy {d['target']}: {d['outcome']} release {d['release'][:12]}{note}")
     for line in summary["deploy_log"]:
         console.print(f"  deploy.log: {line}")
     report = summary.get("scenario", {})

@@ -923,12 +923,20 @@ class Engine:
         target: str,
         release: str,
     ) -> Decision | str:
+        """Move `target` to `release`, forward only: a release already in the history of what
+        the target runs is recorded as superseded and not deployed. A deploy is followed by its
+        check; one that fails it is rolled back to the release the target ran before."""
         spec = repo.deploy.get(target)
         if spec is None:
             return release  # nothing configured for this target: the stage has no deploy to do
         key = deploy_key(repo.name, target, release)
+        skipped = self.store.get_effect(f"{key}:superseded")
+        if skipped is not None and skipped.state == EffectState.SUCCEEDED:
+            return release
         effect = self.store.get_effect(key)
         if effect is not None and effect.state == EffectState.SUCCEEDED:
+            if effect.result.get("check") == "failed":
+                return self._roll_back(task, claim, lease, repo, worktree, target, effect)
             return release
         if effect is not None and effect.state in UNRESOLVED_EFFECT_STATES:
             deployed = self._resolve_deploy(task, claim, lease, target, release)
@@ -936,23 +944,36 @@ class Engine:
                 return _park(task, f"deploy of {release[:12]} to {target} may have run; {key}")
             if deployed:
                 return release
-        self.store.begin_effect(claim, key, f"deploy:{target}", repo.name, release)
-        lease.renew()
-        self.forge.checkout(task.repo, worktree, release)
-        log_path = self._log_path(task, f"deploy-{target}-{release[:12]}.log")
-        proc = self.runner.start(
-            spec.command, worktree, self._deploy_env(task, claim, target, release), log_path
-        )
-        # a deploy is never cut off by a STOP: the cancel waits for it and applies after
-        code, outcome = lease.supervise(proc, 1800.0, self.settings.kill_grace_s, cancellable=False)
-        timed_out = outcome != RunOutcome.EXITED
-        if code == 0 and not timed_out:
+        if skipped is not None and skipped.state in UNRESOLVED_EFFECT_STATES:
+            # interrupted while recording a skip: nothing ran, the choice is made again below
+            self.store.finish_effect(claim, skipped.key, EffectState.FAILED, {"error": "redone"})
+        running = self._running(repo.name, target)
+        if running and running != release and self.forge.is_ancestor(task.repo, release, running):
+            self.store.begin_effect(
+                claim, f"{key}:superseded", f"superseded:{target}", repo.name, release
+            )
             self.store.finish_effect(
                 claim,
-                key,
+                f"{key}:superseded",
                 EffectState.SUCCEEDED,
-                {"release": release, "target": target, "log": str(log_path)},
+                {"release": release, "target": target, "superseded_by": running},
             )
+            log.info("%s: %s already runs %s, newer than %s", task.key, target, running, release)
+            return release
+        self.store.begin_effect(claim, key, f"deploy:{target}", repo.name, release)
+        lease.renew()
+        code, timed_out, proc, log_path = self._run_deploy(
+            task, claim, lease, spec.command, worktree, target, release
+        )
+        if code == 0 and not timed_out:
+            result = {"release": release, "target": target, "log": str(log_path)}
+            result["previous"] = running or ""
+            if spec.check:
+                verified = self._check(task, claim, lease, spec.check, worktree, target, release)
+                result["check"] = "passed" if verified else "failed"
+            done = self.store.finish_effect(claim, key, EffectState.SUCCEEDED, result)
+            if result.get("check") == "failed":
+                return self._roll_back(task, claim, lease, repo, worktree, target, done)
             return release
         if timed_out:
             # killed part-way: whether it took effect is unknown until the check says
@@ -964,6 +985,109 @@ class Engine:
             claim, key, EffectState.FAILED, {"exit_code": code, "log": str(log_path)}
         )
         raise ForgeError(f"deploy to {target} exited {code}: {proc.tail(400)}")
+
+    def _running(self, repo: str, target: str) -> str:
+        """The release `target` runs, as far as orch made it so: the last deploy or rollback
+        that took effect there; empty if none did."""
+        last = self.store.latest_effect(repo, (f"deploy:{target}", f"rollback:{target}"))
+        return last.precondition if last is not None else ""
+
+    def _run_deploy(
+        self,
+        task: Task,
+        claim: Claim,
+        lease: Lease,
+        command: str,
+        worktree: Path,
+        target: str,
+        release: str,
+        extra: Mapping[str, str] | None = None,
+    ) -> tuple[int | None, bool, AgentProcess, Path]:
+        """Run a deploy command on the worktree checked out at `release`; never cut off by a
+        STOP (the cancel waits for it and applies after)."""
+        self.forge.checkout(task.repo, worktree, release)
+        log_path = self._log_path(task, f"deploy-{target}-{release[:12]}.log")
+        env = {**self._deploy_env(task, claim, target, release), **(extra or {})}
+        proc = self.runner.start(command, worktree, env, log_path)
+        code, outcome = lease.supervise(proc, 1800.0, self.settings.kill_grace_s, cancellable=False)
+        return code, outcome != RunOutcome.EXITED, proc, log_path
+
+    def _check(
+        self,
+        task: Task,
+        claim: Claim,
+        lease: Lease,
+        check: str,
+        worktree: Path,
+        target: str,
+        release: str,
+    ) -> bool:
+        """Whether the deploy's check says `target` now runs `release` (exit 0)."""
+        probe = self.runner.start(
+            check,
+            worktree,
+            self._deploy_env(task, claim, target, release),
+            self._log_path(task, f"deploy-{target}-{release[:12]}-check.log"),
+        )
+        code, outcome = lease.supervise(probe, 300.0, self.settings.kill_grace_s, cancellable=False)
+        return outcome == RunOutcome.EXITED and code == 0
+
+    def _roll_back(
+        self,
+        task: Task,
+        claim: Claim,
+        lease: Lease,
+        repo: RepoSettings,
+        worktree: Path,
+        target: str,
+        deployed: Effect,
+    ) -> Decision:
+        """A deploy failed its check: put back the release the target ran before (once, as an
+        effect) and park the task with what happened."""
+        release = deployed.precondition
+        previous = str(deployed.result.get("previous", ""))
+        why = f"the deploy of {release[:12]} to {target} failed its check"
+        if not previous:
+            return _park(task, f"{why}, and {target} ran no earlier release to roll back to")
+        key = f"{deployed.key}:rollback"
+        effect = self.store.get_effect(key)
+        if effect is None or effect.state != EffectState.SUCCEEDED:
+            self.store.begin_effect(claim, key, f"rollback:{target}", repo.name, previous)
+            lease.renew()
+            code, timed_out, proc, log_path = self._run_deploy(
+                task,
+                claim,
+                lease,
+                repo.deploy[target].command,
+                worktree,
+                target,
+                previous,
+                {"ORCH_ROLLBACK_FROM": release},
+            )
+            if code != 0 or timed_out:
+                self.store.finish_effect(
+                    claim,
+                    key,
+                    EffectState.UNKNOWN if timed_out else EffectState.FAILED,
+                    {"exit_code": code, "timed_out": timed_out, "log": str(log_path)},
+                )
+                return _park(
+                    task,
+                    f"{why}, and the rollback to {previous[:12]} failed too: {proc.tail(300)};"
+                    f" what {target} runs is unknown",
+                )
+            self.store.finish_effect(
+                claim,
+                key,
+                EffectState.SUCCEEDED,
+                {
+                    "release": previous,
+                    "target": target,
+                    "rolled_back": release,
+                    "log": str(log_path),
+                },
+            )
+        return _park(task, f"{why}; {target} was rolled back to {previous[:12]}")
 
     def _deploy_env(self, task: Task, claim: Claim, target: str, release: str) -> dict[str, str]:
         return self._child_env(task, claim, {"ORCH_RELEASE": release, "ORCH_DEPLOY_TARGET": target})

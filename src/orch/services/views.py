@@ -6,8 +6,8 @@ from typing import Any
 
 from orch.domain import pipeline as pl
 from orch.domain.ledger import Budget, Usage, budgets_of
-from orch.domain.model import Task, Transition
-from orch.domain.states import UNRESOLVED_EFFECT_STATES, TaskStatus, is_terminal
+from orch.domain.model import Effect, Task, Transition
+from orch.domain.states import UNRESOLVED_EFFECT_STATES, EffectState, TaskStatus, is_terminal
 from orch.ports import StateSummary, Store
 
 
@@ -73,6 +73,7 @@ def task_detail(store: Store, task: Task) -> dict[str, Any]:
         stage_names, agents = [], {}  # an unreadable snapshot still shows its history
     stages = stage_timings(transitions, store.now(), is_terminal(task.status))
     runs = store.runs(task.id)
+    effects = store.effects(task.id)
     spent: dict[str, Usage] = {}
     for r in runs:
         spent[r.stage.value] = spent.get(r.stage.value, Usage()) + r.usage
@@ -106,8 +107,9 @@ def task_detail(store: Store, task: Task) -> dict[str, Any]:
                 "created_at": e.created_at,
                 "updated_at": e.updated_at,
             }
-            for e in store.effects(task.id)
+            for e in effects
         ],
+        "deploys": deploys(effects),
         "runs": [
             {
                 "stage": r.stage.value,
@@ -213,3 +215,40 @@ def _ledger(task: Task, by_stage: dict[str, Usage]) -> dict[str, Any]:
             "budget": None if task_budget.unlimited else task_budget.as_dict(),
         },
     }
+
+
+_DEPLOY_OUTCOMES = {
+    ("deploy", EffectState.SUCCEEDED): "deployed",
+    ("deploy", EffectState.FAILED): "failed",
+    ("deploy", EffectState.INITIATED): "in flight",
+    ("deploy", EffectState.UNKNOWN): "unknown",
+    ("superseded", EffectState.SUCCEEDED): "superseded",
+    ("rollback", EffectState.SUCCEEDED): "rolled back",
+    ("rollback", EffectState.FAILED): "rollback failed",
+    ("rollback", EffectState.INITIATED): "rolling back",
+    ("rollback", EffectState.UNKNOWN): "rollback unknown",
+}
+
+
+def deploys(effects: list[Effect]) -> list[dict[str, Any]]:
+    """What each deploy of the task did to its target: deployed, superseded by a newer release
+    the target already ran, failed its check, rolled back (to `release`), in order."""
+    out = []
+    for e in effects:
+        kind, _, target = e.kind.partition(":")
+        outcome = _DEPLOY_OUTCOMES.get((kind, e.state))
+        if outcome is None:
+            continue
+        if outcome == "deployed" and e.result.get("check") == "failed":
+            outcome = "check failed"
+        out.append(
+            {
+                "target": target,
+                "release": e.precondition,
+                "outcome": outcome,
+                "superseded_by": e.result.get("superseded_by"),
+                "rolled_back_from": e.result.get("rolled_back"),
+                "at": e.updated_at,
+            }
+        )
+    return out

@@ -395,6 +395,19 @@ class LocalGitForge:
         shown = self._git("show", f"{sha}:{path}", cwd=self.mirror_dir(repo), check=False)
         return shown.stdout if shown.returncode == 0 else None
 
+    def is_ancestor(self, repo: str, ancestor: str, descendant: str) -> bool:
+        found = self._git(
+            "merge-base",
+            "--is-ancestor",
+            ancestor,
+            descendant,
+            cwd=self.mirror_dir(repo),
+            check=False,
+        )
+        if found.returncode not in (0, 1):
+            raise ForgeError(f"git merge-base failed: {found.stderr.strip()}")
+        return found.returncode == 0
+
     def round_base(self, repo: str, head: str, marker: str) -> str:
         """The commit a round started from: walking back from `head` along first parents, the
         first whose message does not end with `marker` (orch's own commits of the round do)."""

@@ -149,7 +149,18 @@ effects = sa.Table(
         sqlite_where=sa.text("kind = 'merge' AND state IN ('INITIATED', 'UNKNOWN')"),
         postgresql_where=sa.text("kind = 'merge' AND state IN ('INITIATED', 'UNKNOWN')"),
     ),
+    # one deploy to a target starting at a time per repository: what a target runs is read
+    # before deploying, and two deploys racing would each read the same
+    sa.Index(
+        "uq_effects_deploy_in_flight",
+        "repo",
+        "kind",
+        unique=True,
+        sqlite_where=sa.text("kind LIKE 'deploy:%' AND state = 'INITIATED'"),
+        postgresql_where=sa.text("kind LIKE 'deploy:%' AND state = 'INITIATED'"),
+    ),
     sa.Index("ix_effects_task", "task_id"),
+    sa.Index("ix_effects_repo_kind", "repo", "kind"),
 )
 
 events = sa.Table(

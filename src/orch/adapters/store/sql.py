@@ -1162,6 +1162,23 @@ class SqlStore:
         assert found is not None
         return found
 
+    def latest_effect(
+        self, repo: str, kinds: Sequence[str], state: EffectState = EffectState.SUCCEEDED
+    ) -> Effect | None:
+        row = self._read(
+            lambda c: c.execute(
+                sa.select(t.effects)
+                .where(
+                    t.effects.c.repo == repo,
+                    t.effects.c.kind.in_(list(kinds)),
+                    t.effects.c.state == state.value,
+                )
+                .order_by(t.effects.c.updated_at.desc(), t.effects.c.id.desc())
+                .limit(1)
+            ).first()
+        )
+        return _effect(row) if row is not None else None
+
     def get_effect(self, key: str) -> Effect | None:
         row = self._read(
             lambda c: c.execute(sa.select(t.effects).where(t.effects.c.key == key)).first()

@@ -1,0 +1,133 @@
+"""Deploys move forward: a release older than what a target runs is superseded, not deployed, and
+a deploy that fails its check is rolled back to the release before it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from orch.adapters.agents.scripted import ScriptedAgent
+from orch.domain.model import Task
+from orch.domain.states import EffectState, Stage, TaskStatus
+from orch.ports import DeployTarget, RepoSettings
+from orch.services.views import task_detail
+from orch.testing import Rig, rig
+
+
+@pytest.fixture
+def prod(tmp_path: Path) -> Path:
+    return tmp_path / "production"
+
+
+@pytest.fixture
+def r(tmp_path: Path, prod: Path) -> Iterator[Rig]:
+    broken = tmp_path / "broken"
+    # the target keeps the release it runs in a file; its check fails while `broken` exists
+    deploy = DeployTarget(
+        f'echo "$ORCH_RELEASE" > {prod}; echo "$ORCH_RELEASE" >> {prod}.log',
+        check=f'grep -qx "$ORCH_RELEASE" {prod} && ! test -e {broken}',
+    )
+    repo = RepoSettings(
+        name="app",
+        test_command="true",
+        deploy={"staging": DeployTarget("true"), "production": deploy},
+    )
+    made = rig({"default": ScriptedAgent()}, repo=repo)
+    yield made
+    made.close()
+
+
+def to_confirm_deploy(r: Rig, title: str) -> Task:
+    task = r.intake.file("app", title, "")
+    r.run_until_idle()
+    assert r.intake.decide(task.key, True, "alice")
+    r.run_until_idle()
+    waiting = r.store.get_task(task.id)
+    assert waiting.waiting_for == "confirm-deploy", waiting.status_reason
+    return waiting
+
+
+def confirm(r: Rig, task: Task) -> Task:
+    assert r.intake.decide(task.key, True, "bob")
+    r.run_until_idle()
+    return r.store.get_task(task.id)
+
+
+def release_of(r: Rig, task: Task) -> str:
+    [merge] = [e for e in r.store.effects(task.id) if e.kind == "merge"]
+    return str(merge.result["merge_sha"])
+
+
+def test_confirming_the_newer_release_first_leaves_production_on_it(r: Rig, prod: Path) -> None:
+    older = to_confirm_deploy(r, "First change")
+    newer = to_confirm_deploy(r, "Second change")
+    assert r.forge.is_ancestor("app", release_of(r, older), release_of(r, newer))
+
+    assert confirm(r, newer).status == TaskStatus.DONE
+    done = confirm(r, older)
+    assert done.status == TaskStatus.DONE
+    assert prod.read_text().strip() == release_of(r, newer)
+    # the older release never ran in production
+    assert Path(f"{prod}.log").read_text().split() == [release_of(r, newer)]
+    deploys = task_detail(r.store, done)["deploys"]
+    assert [(d["target"], d["outcome"]) for d in deploys] == [
+        ("staging", "deployed"),
+        ("production", "superseded"),
+    ]
+    assert deploys[1]["superseded_by"] == release_of(r, newer)
+
+
+def test_confirming_in_order_deploys_each_release_forward(r: Rig, prod: Path) -> None:
+    older = to_confirm_deploy(r, "First change")
+    newer = to_confirm_deploy(r, "Second change")
+    confirm(r, older)
+    confirm(r, newer)
+    assert Path(f"{prod}.log").read_text().split() == [release_of(r, older), release_of(r, newer)]
+
+
+def test_a_deploy_that_fails_its_check_is_rolled_back_once_and_the_task_parks(
+    r: Rig, prod: Path, tmp_path: Path
+) -> None:
+    good = confirm(r, to_confirm_deploy(r, "First change"))
+    assert good.status == TaskStatus.DONE
+    bad = to_confirm_deploy(r, "Second change")
+    (tmp_path / "broken").touch()
+    parked = confirm(r, bad)
+    assert (parked.stage, parked.status) == (Stage.DEPLOY, TaskStatus.NEEDS_OPERATOR)
+    assert "failed its check" in parked.status_reason
+    assert f"rolled back to {release_of(r, good)[:12]}" in parked.status_reason
+    assert prod.read_text().strip() == release_of(r, good)
+    effects = {e.kind: e for e in r.store.effects(bad.id)}
+    assert effects["deploy:production"].result["check"] == "failed"
+    assert effects["rollback:production"].state == EffectState.SUCCEEDED
+    assert effects["rollback:production"].precondition == release_of(r, good)
+    deploys = task_detail(r.store, parked)["deploys"]
+    assert [d["outcome"] for d in deploys if d["target"] == "production"] == [
+        "check failed",
+        "rolled back",
+    ]
+
+    # an operator's retry neither deploys the bad release again nor rolls back twice
+    (tmp_path / "broken").unlink()
+    assert r.intake.retry(bad.key, None, "carol")
+    r.run_until_idle()
+    again = confirm(r, r.store.get_task(bad.id))  # the retry waits at confirm-deploy again
+    assert again.status == TaskStatus.NEEDS_OPERATOR
+    assert "rolled back to" in again.status_reason
+    assert Path(f"{prod}.log").read_text().split() == [
+        release_of(r, good),
+        release_of(r, bad),
+        release_of(r, good),
+    ]
+
+
+def test_a_first_deploy_that_fails_its_check_has_nothing_to_roll_back_to(
+    r: Rig, prod: Path, tmp_path: Path
+) -> None:
+    task = to_confirm_deploy(r, "First change")
+    (tmp_path / "broken").touch()
+    parked = confirm(r, task)
+    assert parked.status == TaskStatus.NEEDS_OPERATOR
+    assert "no earlier release to roll back to" in parked.status_reason
