@@ -46,6 +46,8 @@ class ConfiguredRepos:
                 max_active=r.max_active,
                 deploy={k: DeployTarget(v.command, v.check) for k, v in r.deploy.items()},
                 sandbox=r.sandbox,
+                protect=r.protect,
+                protected_paths=tuple(r.protected_paths),
             )
             for r in settings.repos
         }

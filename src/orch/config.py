@@ -27,6 +27,7 @@ from pydantic_settings import (
 
 from orch.domain.agent_env import forbidden
 from orch.domain.errors import ConfigError
+from orch.domain.integrity import DEFAULT_PROTECTED
 
 
 class _Strict(BaseModel):
@@ -76,6 +77,10 @@ class RepoSettingsModel(_Strict):
     sandbox: Literal["landlock", "none"] = "landlock"
     # gitignore patterns orch's commits leave out, after the built-in list (`!x` takes one back)
     exclude: list[str] = []
+    # a change that weakens the checks is flagged to the reviewer and in `task show`; `strict`
+    # also makes its merge wait for a person
+    protect: Literal["flag", "strict"] = "flag"
+    protected_paths: list[str] = list(DEFAULT_PROTECTED)  # replaces the built-in list
 
     @field_validator("exclude")
     @classmethod

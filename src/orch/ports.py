@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from orch.domain.integrity import DEFAULT_PROTECTED
 from orch.domain.ledger import NO_BUDGET, Budget, Usage
 from orch.domain.model import (
     Claim,
@@ -204,6 +205,10 @@ class Forge(Protocol):
     def find_merge(self, repo: str, head_sha: str) -> str | None: ...
     def read_default_file(self, repo: str, path: str) -> str | None: ...
     def read_file(self, repo: str, sha: str, path: str) -> str | None: ...
+    def diff(self, repo: str, head: str) -> str:
+        """`git diff` of `head` against where it left the default branch (their merge base)."""
+        ...
+
     def is_ancestor(self, repo: str, ancestor: str, descendant: str) -> bool:
         """True if `ancestor` is `descendant` or in its history."""
         ...
@@ -353,6 +358,9 @@ class RepoSettings:
     max_active: int = 1
     deploy: Mapping[str, DeployTarget] = field(default_factory=dict)
     sandbox: str = "landlock"  # or "none": agents and gates run unconfined, by choice
+    # gate integrity: "flag" shows what weakens the checks; "strict" also waits for a person
+    protect: str = "flag"
+    protected_paths: tuple[str, ...] = DEFAULT_PROTECTED
 
 
 class Repos(Protocol):

@@ -7,6 +7,7 @@ Tests build their own settings and hand these fakes to the code under test; noth
 from __future__ import annotations
 
 import contextlib
+import difflib
 import hashlib
 import shutil
 import tempfile
@@ -409,6 +410,25 @@ class MemoryForge:
     def read_file(self, repo: str, sha: str, path: str) -> str | None:
         data = self._repo(repo).commits[sha].files.get(path)
         return data.decode() if data is not None else None
+
+    def diff(self, repo: str, head: str) -> str:
+        r = self._repo(repo)
+        branch = next((b for b, h in r.branches.items() if h == head), "")
+        old = r.commits[r.base_of.get(branch, r.branches[r.default_branch])].files
+        new = r.commits[head].files
+        out = []
+        for path in sorted(set(old) | set(new)):
+            if old.get(path) == new.get(path):
+                continue
+            a = old.get(path, b"").decode(errors="replace").splitlines()
+            b = new.get(path, b"").decode(errors="replace").splitlines()
+            out.append(f"diff --git a/{path} b/{path}")
+            if path not in old:
+                out.append("new file mode 100644")
+            if path not in new:
+                out.append("deleted file mode 100644")
+            out.extend(difflib.unified_diff(a, b, f"a/{path}", f"b/{path}", n=0, lineterm=""))
+        return "\n".join(out) + "\n"
 
     def is_ancestor(self, repo: str, ancestor: str, descendant: str) -> bool:
         commits = self._repo(repo).commits

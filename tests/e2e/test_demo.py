@@ -112,6 +112,7 @@ def test_demo_summary_reports_every_stage_with_its_gate_verdicts(
         ("review", "review"): True,
         ("testing", "tests"): True,
         ("testing", "test-report"): True,
+        ("deploy-staging", "integrity"): True,
         ("deploy-staging", "merge-candidate"): True,
     }
 

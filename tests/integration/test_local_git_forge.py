@@ -17,6 +17,7 @@ from orch.domain.errors import (
     MergeConflict,
     WorkspaceError,
 )
+from orch.domain.integrity import DEFAULT_PROTECTED, findings, parse_diff
 
 
 def rev(remote: Path, ref: str) -> str:
@@ -235,3 +236,27 @@ def test_an_exclude_setting_is_one_gitignore_pattern_per_entry(pattern: str) -> 
     with pytest.raises(ConfigError) as info:
         load_settings(repos=[repo])
     assert str(info.value).startswith("invalid setting repos.0.exclude: Value error")
+
+
+def test_the_diff_of_a_head_is_read_from_where_it_left_the_default_branch(
+    forge: tuple[LocalGitForge, Path],
+) -> None:
+    f, _ = forge
+    wt = f.prepare_worktree("sample", "orch/A-1")
+    test = wt / "tests" / "test_text.py"
+    lines = test.read_text().splitlines(keepends=True)
+    test.write_text(
+        "".join("        self.skipTest('later')\n" if "assertEqual" in ln else ln for ln in lines)
+    )
+    (wt / ".orch").mkdir()
+    (wt / ".orch" / "pipeline.yaml").write_text("stages: []\n")
+    head = f.commit_and_push("sample", wt, "orch/A-1", "weaken")
+    # the default branch moving on does not show up in the task's change
+    change(f, "orch/B-1", "README.md", "other\n")
+    merge(f, "orch/B-1", f.branch_head("sample", "orch/B-1") or "", "merge B")
+    found = findings(parse_diff(f.diff("sample", head)), DEFAULT_PROTECTED)
+    assert found == [
+        "touches protected path .orch/pipeline.yaml",
+        "removes 1 assertion(s) in tests/test_text.py",
+        "adds 1 skip marker(s) in tests/test_text.py",
+    ]

@@ -175,7 +175,7 @@ def test_the_default_pipeline_runs_on_real_claude_with_codex_reviewing_what_clau
     gates = {(g.stage, g.gate): g for g in app.store.gate_records(task.id)}
     assert all(g.passed for g in gates.values())
     assert sorted(g for _, g in gates) == sorted(
-        ["spec", "adr", "tests", "review", "tests", "test-report", "merge-candidate"]
+        ["spec", "adr", "tests", "review", "tests", "test-report", "integrity", "merge-candidate"]
     )
     # each stage's usage is exactly what the model server reported for its turns
     runs = {r.stage: r for r in app.store.runs(task.id)}

@@ -161,6 +161,7 @@ def test_a_ticket_runs_through_the_whole_pipeline_with_approvals(make_rig: Any) 
             ("testing", "tests"),
             ("testing", "test-report"),
             # the tree that landed: the head merged onto the default branch, tested
+            ("deploy-staging", "integrity"),
             ("deploy-staging", "merge-candidate"),
         ]
     )

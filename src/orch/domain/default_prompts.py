@@ -70,7 +70,10 @@ PROMPTS = {
     " orch runs the same command as this stage's gate. List what you changed in `"
     + WORK
     + "/changes.md`.\n",
-    "reviewer": HEADER + CONTEXT + "\n## Your task\n\n"
+    "reviewer": HEADER + CONTEXT + "{% if integrity %}\n## What orch flagged in this change\n\n"
+    "{% for f in integrity %}- {{ f }}\n{% endfor %}\nA change like this can make the checks"
+    " pass without the work being right. Say in your review, for each, whether it is intended"
+    " and right; if not, request changes.\n{% endif %}" + "\n## Your task\n\n"
     "Review the change on this branch (compare it with `{{ repo.default_branch }}`) against `"
     + WORK
     + "/spec.md`: correctness, tests, and anything the specification asks that is"

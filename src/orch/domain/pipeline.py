@@ -56,6 +56,9 @@ class StageSpec:
     instructions: str = ""  # template; the role's standing instructions (a system prompt)
 
 
+INTEGRITY = "confirm-integrity"  # the wait before a strict repository merges a flagged change
+
+
 class OnTimeout(StrEnum):
     REMIND = "remind"  # notify again, and keep waiting
     PARK = "park"  # needs_operator
@@ -116,6 +119,15 @@ class Pipeline:
         for c in self.checkpoints:
             if c.name == name:
                 return c
+        merging = [s for s in self.stages if Action.MERGE in s.actions]
+        if name == INTEGRITY and merging:
+            # a repository with `protect: strict` waits here when a change weakens the checks
+            return Checkpoint(
+                INTEGRITY,
+                before=merging[0].stage,
+                reject_to=merging[0].rework_to or merging[0].stage,
+                question="This change weakens the checks (see its integrity gate). Merge it?",
+            )
         raise PipelineError(f"no checkpoint named {name}")
 
     def next_stage(self, stage: Stage) -> Stage:

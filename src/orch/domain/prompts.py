@@ -47,4 +47,5 @@ def sample_context() -> dict[str, Any]:
         "repo": {"name": "repo", "default_branch": "main", "test_command": "true"},
         "workdir": "/tmp/work",
         "artifacts": [{"stage": "analysis", "path": "docs/spec.md", "text": "text"}],
+        "integrity": ["deletes test file tests/test_a.py"],
     }

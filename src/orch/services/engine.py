@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from orch import crashpoints
+from orch.domain import integrity
 from orch.domain import pipeline as pl
 from orch.domain.agent_env import child_env
 from orch.domain.errors import (
@@ -345,6 +346,11 @@ class Engine:
                 actor,
             )
             return
+        if Action.MERGE in spec.actions:
+            held = self._check_integrity(task, claim, repo, head)
+            if held is not None:
+                self._apply(task, claim, held, actor)
+                return
         release = ""
         for action in spec.actions:
             self._stop_point(task, lease)
@@ -368,6 +374,53 @@ class Engine:
             self._remove_worktree(task)
             self._delete_merged_branch(task, claim)
         self._apply(task, claim, decision, actor)
+
+    def _check_integrity(
+        self, task: Task, claim: Claim, repo: RepoSettings, head: str
+    ) -> Decision | None:
+        """Record what in the change about to merge weakens the checks, as the `integrity`
+        gate; with `protect: strict`, a flagged change waits for a person (once per head)."""
+        flagged = self._integrity(task.repo, repo, head)
+        strict = repo.protect == "strict" and bool(flagged)
+        earlier = [
+            g
+            for g in self.store.gate_records(task.id)
+            if g.gate == INTEGRITY_GATE and g.head_sha == head
+        ]
+        confirmed = ""
+        if strict and earlier:
+            first = min(g.version for g in earlier)
+            approvals = [
+                t
+                for t in self.store.transitions(task.id)
+                if t.version > first and t.reason.startswith(f"{pl.INTEGRITY} approved by ")
+            ]
+            confirmed = approvals[-1].actor if approvals else ""
+        if self.store.find_gate(task.id, claim.version, INTEGRITY_GATE, head) is None:
+            reason = "flagged: " + "; ".join(flagged) if flagged else "nothing weakens the checks"
+            if confirmed:
+                reason += f"; merged as confirmed by {confirmed}"
+            self.store.record_gate(
+                claim,
+                GateRecord(
+                    task_id=task.id,
+                    version=claim.version,
+                    gate=INTEGRITY_GATE,
+                    head_sha=head,
+                    stage=task.stage,
+                    passed=not strict or bool(confirmed),
+                    reason=reason,
+                ),
+            )
+        if not strict or confirmed:
+            return None
+        return Decision(
+            Move.ADVANCE,
+            task.stage,
+            TaskStatus.WAITING,
+            f"the change weakens the checks ({'; '.join(flagged)}); a person must confirm it",
+            waiting_for=pl.INTEGRITY,
+        )
 
     def _confinement(
         self, task: Task, spec: StageSpec, repo: RepoSettings, worktree: Path, agent: Agent | None
@@ -428,9 +481,20 @@ class Engine:
             },
             "workdir": str(worktree),
             "artifacts": [],
+            "integrity": [],
         }
         ctx["artifacts"] = _artifacts(pipeline, spec.stage, ctx, worktree)
+        if spec.stage == Stage.REVIEW:
+            head = self.forge.branch_head(task.repo, task.branch)
+            if head is not None:
+                ctx["integrity"] = self._integrity(task.repo, repo, head)
         return ctx
+
+    def _integrity(self, name: str, repo: RepoSettings, head: str) -> list[str]:
+        """What in the task's change weakens the checks (see orch.domain.integrity)."""
+        return integrity.findings(
+            integrity.parse_diff(self.forge.diff(name, head)), repo.protected_paths
+        )
 
     def _child_env(
         self,
@@ -1290,6 +1354,7 @@ class _Where:
 
 MERGE_TRIES = 3  # builds of a merge candidate while the default branch keeps moving
 CANDIDATE_GATE = "merge-candidate"
+INTEGRITY_GATE = "integrity"
 
 
 def _round_marker(task: Task, claim: Claim) -> str:

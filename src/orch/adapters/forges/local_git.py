@@ -395,6 +395,20 @@ class LocalGitForge:
         shown = self._git("show", f"{sha}:{path}", cwd=self.mirror_dir(repo), check=False)
         return shown.stdout if shown.returncode == 0 else None
 
+    def diff(self, repo: str, head: str) -> str:
+        _, default = self._remote(repo)
+        # no external diff or textconv driver runs: a repository's attributes choose those
+        return self._git(
+            "diff",
+            "-U0",
+            "--no-color",
+            "--no-ext-diff",
+            "--no-textconv",
+            "--no-renames",
+            f"origin/{default}...{head}",
+            cwd=self.mirror_dir(repo),
+        ).stdout
+
     def is_ancestor(self, repo: str, ancestor: str, descendant: str) -> bool:
         found = self._git(
             "merge-base",
