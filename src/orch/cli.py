@@ -71,7 +71,8 @@ def demo(
         "happy",
         help="happy: approve everything; stop: STOP while the development agent runs;"
         " reject: reject the plan once with a comment; crash: kill the worker with SIGKILL in"
-        " the middle of the merge and restart it.",
+        " the middle of the merge and restart it; landing: two tickets that pass alone and"
+        " break together, confirmed for production newest first.",
     ),
     agent: str = typer.Option(
         "scripted",

@@ -205,3 +205,27 @@ def test_demo_crash_scenario_restarts_the_killed_worker_and_merges_exactly_once(
     assert len(bringing_head) == 1
     assert summary["task"]["status"] == "done"
     assert "killed with SIGKILL" in done.stderr
+
+
+def test_demo_landing_scenario_keeps_main_green_and_production_on_the_newer_release(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "landing"
+    done = orch("demo", "--dir", str(root), "--scenario", "landing", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)["scenario"]
+    assert [t["status"] for t in report["tasks"]] == ["done", "done"]
+    # the second merge met the first on main: its candidate was red, and it was not pushed
+    [red] = report["red_candidates"]
+    assert "ImportError" in red["reason"] or "cannot import" in red["reason"]
+    assert report["main_tests_pass"] is True
+    remote = root / "sample.git"
+    assert git(remote, "for-each-ref", "--format=%(refname)") == "refs/heads/main"
+    # the newer release was confirmed first; the older was superseded, never deployed
+    outcomes = {p["key"]: p["outcome"] for p in report["production"]}
+    assert outcomes == {report["confirmed_in_order"][0]: "deployed"} | {
+        report["confirmed_in_order"][1]: "superseded"
+    }
+    newer = next(p["release"] for p in report["production"] if p["outcome"] == "deployed")
+    assert report["production_deploys"] == [newer]
+    assert (root / "prod" / "RELEASE").read_text().strip() == newer

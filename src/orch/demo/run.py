@@ -20,7 +20,7 @@ from rich.text import Text
 from orch.bootstrap import App, build
 from orch.config import IsolatedSettings
 from orch.demo import agents as real_agents
-from orch.demo import sample
+from orch.demo import landing, sample
 from orch.demo.crash import CRASH_POINT, WorkerProcess, merges_of
 from orch.domain.errors import OrchError
 from orch.domain.states import Stage, TaskStatus, is_terminal
@@ -50,7 +50,12 @@ def prepare(root: Path | None) -> Path:
 
 
 def demo_settings(
-    root: Path, remote: Path, playbook: Path, agent: dict[str, Any] | None = None
+    root: Path,
+    remote: Path,
+    playbook: Path,
+    agent: dict[str, Any] | None = None,
+    more_agents: dict[str, Any] | None = None,
+    max_active: int = 1,
 ) -> Any:
     target = {
         t: {
@@ -71,9 +76,13 @@ def demo_settings(
                 "key_prefix": "DEMO",
                 "test_command": sample.test_command(),
                 "deploy": target,
+                "max_active": max_active,
             }
         ],
-        agents={"default": agent or {"kind": "scripted", "playbook": str(playbook)}},
+        agents={
+            "default": agent or {"kind": "scripted", "playbook": str(playbook)},
+            **(more_agents or {}),
+        },
         worker={
             "slots": 2,
             "heartbeat_s": 5,
@@ -84,7 +93,7 @@ def demo_settings(
     )
 
 
-SCENARIOS = ("happy", "stop", "reject", "crash")
+SCENARIOS = ("happy", "stop", "reject", "crash", "landing")
 REJECTION = "Also say how accents are handled: 'Crème brûlée' must become 'creme-brulee'."
 
 
@@ -189,6 +198,8 @@ def run(
     started = time.monotonic()
     plan = Scenario(scenario, console)
     real_agents.check_name(agent)
+    if scenario == "landing" and agent != "scripted":
+        raise OrchError("the landing scenario runs with the scripted agent only")
     if agent != "scripted":
         real_agents.find(agent, os.environ)  # a missing CLI is said before anything is made
     root = prepare(root)
@@ -213,6 +224,19 @@ def _run(
     initial_main = _git(remote, "rev-parse", "refs/heads/main")
     playbook = root / "playbook.json"
     playbook.write_text(json.dumps(plan.playbook(), indent=2), encoding="utf-8")
+    if plan.name == "landing":
+        landing.prepare_sample(root / "sample")
+        settings = demo_settings(
+            root, remote, playbook, more_agents={"landing": landing.agent_settings()}, max_active=2
+        )
+        report = landing.run_landing(root, console, settings, timeout_s)
+        summary = {
+            "scenario": report,
+            "agent": "scripted",
+            "elapsed_s": round(time.monotonic() - started, 2),
+            "paths": {"demo": str(root), "remote": str(remote), "store": str(root / "orch.db")},
+        }
+        return DemoResult(not report["problem"], report["problem"] or "done", summary)
     console.print(f"sample project: {root / 'sample'} (remote {remote})")
     if real is not None:
         console.print(
@@ -421,6 +445,10 @@ def _verify(summary: dict[str, Any], task: Any, plan: Scenario) -> str:
 
 
 def render_summary(summary: dict[str, Any], console: Console) -> None:
+    if summary.get("scenario", {}).get("name") == "landing":
+        landing.render(summary["scenario"], console)
+        console.print(f"finished in {summary['elapsed_s']:.1f}s")
+        return
     task = summary["task"]
     table = Table(title=f"{task['key']}: {task['title']}", title_justify="left")
     table.add_column("stage")
