@@ -176,6 +176,9 @@ class Candidate:
     base: str  # the default branch's head it was built on
     head: str  # the task branch's head it merges
     landed: bool = False  # the head is on the default branch already; `sha` brought it there
+    # files that do not merge cleanly: `sha` holds them with git's conflict markers, and is
+    # never landed
+    conflicts: tuple[str, ...] = ()
 
 
 class Forge(Protocol):
@@ -188,8 +191,8 @@ class Forge(Protocol):
         self, repo: str, branch: str, expected_head: str, message: str
     ) -> Candidate:
         """The merge of exactly `expected_head` onto the default branch's current head, built
-        but not pushed; one that has landed already says so. Raises HeadMoved if the branch is
-        not at `expected_head`, MergeConflict if it does not merge cleanly."""
+        but not pushed; one that has landed already says so, and one that does not merge
+        cleanly names its conflicts. Raises HeadMoved if the branch is not at `expected_head`."""
         ...
 
     def adopt(self, repo: str, branch: str, candidate: Candidate) -> None:

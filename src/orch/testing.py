@@ -331,23 +331,33 @@ class MemoryForge:
         ours = r.commits[r.branches[r.default_branch]].files
         theirs = r.commits[head].files
         merged = dict(ours)
-        for path in set(base) | set(theirs):
+        conflicts = []
+        for path in sorted(set(base) | set(theirs)):
             if base.get(path) == theirs.get(path):
                 continue
             if ours.get(path) not in (base.get(path), theirs.get(path)):
-                raise MergeConflict(f"{branch} conflicts with {r.default_branch} in {path}")
-            if path in theirs:
+                conflicts.append(path)
+                merged[path] = (
+                    b"<<<<<<< ours\n"
+                    + ours.get(path, b"")
+                    + b"=======\n"
+                    + theirs.get(path, b"")
+                    + b">>>>>>> theirs\n"
+                )
+            elif path in theirs:
                 merged[path] = theirs[path]
             else:
                 merged.pop(path, None)
         parents = (r.branches[r.default_branch], head)
         c = _Commit(_sha(merged, parents), merged, parents, message)
         r.commits[c.sha] = c
-        return Candidate(c.sha, parents[0], head)
+        return Candidate(c.sha, parents[0], head, conflicts=tuple(conflicts))
 
     def land(self, repo: str, candidate: Candidate) -> str:
         if candidate.landed:
             return candidate.sha
+        if candidate.conflicts:
+            raise MergeConflict(f"{candidate.sha[:12]} holds conflicts; it never lands")
         if self.fail_merge is not None:
             raise self.fail_merge
         hook, self.before_land = self.before_land, None

@@ -84,10 +84,24 @@ def test_conflicting_branches_merge_the_first_and_refuse_the_second(
     a = change(f, "orch/A-1", "README.md", "from A\n")
     b = change(f, "orch/B-1", "README.md", "from B\n")
     merged = merge(f, "orch/A-1", a, "merge A")
-    with pytest.raises(MergeConflict) as info:
-        merge(f, "orch/B-1", b, "merge B")
-    assert "README.md" in str(info.value)
+    candidate = f.merge_candidate("sample", "orch/B-1", b, "merge B")
+    assert candidate.conflicts == ("README.md",)
+    # the conflicted merge holds both sides, marked, and never lands
+    marked = f.read_file("sample", candidate.sha, "README.md") or ""
+    assert "<<<<<<<" in marked and "from A" in marked and "from B" in marked
+    with pytest.raises(MergeConflict):
+        f.land("sample", candidate)
     assert rev(remote, "main") == merged
+    # adopted by the task branch, it leaves a merge the developer resolves and lands cleanly
+    f.adopt("sample", "orch/B-1", candidate)
+    wt = f.prepare_worktree("sample", "orch/B-1")
+    assert "<<<<<<<" in (wt / "README.md").read_text()
+    (wt / "README.md").write_text("from A and B\n")
+    resolved = f.commit_and_push("sample", wt, "orch/B-1", "resolve")
+    again = f.merge_candidate("sample", "orch/B-1", resolved, "merge B")
+    assert again.conflicts == ()
+    f.land("sample", again)
+    assert f.read_file("sample", again.sha, "README.md") == "from A and B\n"
 
 
 def test_a_candidate_lands_only_on_the_head_it_was_built_on(

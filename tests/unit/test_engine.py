@@ -512,6 +512,29 @@ def test_a_rejection_racing_an_approval_of_the_same_wait_is_ignored(make_rig: An
 # -- merges ---------------------------------------------------------------------------------------
 
 
+def test_a_conflicting_merge_goes_back_to_development_with_the_conflicts_to_resolve(
+    make_rig: Any,
+) -> None:
+    notes = {"NOTES.md": "notes of {{key}}\n"}
+    r = make_rig({"stages": {"development": {"files": notes}}})
+    first, second = file_ticket(r, "First"), file_ticket(r, "Second")
+    r.run_until_idle()
+    approve_all(r, first, second)  # the plans: both branches started from the same main
+    assert [current(r, t).waiting_for for t in (first, second)] == ["confirm-deploy"] * 2
+    back = [
+        t
+        for t in r.store.transitions(second.id)
+        if (t.from_stage, t.to_stage) == (Stage.DEPLOY_STAGING, Stage.DEVELOPMENT)
+    ]
+    assert len(back) == 1 and "conflicts with main in NOTES.md" in back[0].reason
+    # the developer's next round started from the merge with the conflict marked, and its
+    # resolution landed
+    assert "conflicts with main in NOTES.md" in prompts(r, second, Stage.DEVELOPMENT)[1]
+    assert len(r.forge.merges) == 2
+    landed = r.forge.merges[-1][2]
+    assert r.forge.read_file("app", landed, "NOTES.md") == f"notes of {second.key}\n"
+
+
 def test_a_merge_conflict_sends_the_task_back_to_development_with_feedback(
     make_rig: Any,
 ) -> None:

@@ -64,6 +64,14 @@ def test_a_change_that_weakens_the_checks_is_flagged_line_by_line() -> None:
     ]
 
 
+def test_conflict_markers_left_in_a_file_are_flagged() -> None:
+    diff = (
+        "diff --git a/README.md b/README.md\n--- a/README.md\n+++ b/README.md\n@@ -1 +1,5 @@\n"
+        "-old\n+<<<<<<< ours\n+old\n+=======\n+new\n+>>>>>>> theirs\n"
+    )
+    assert findings(parse_diff(diff), ()) == ["leaves merge conflict markers in README.md"]
+
+
 def test_a_plain_change_with_its_tests_is_not_flagged() -> None:
     diff = (
         "diff --git a/tests/test_text.py b/tests/test_text.py\n--- a/tests/test_text.py\n"

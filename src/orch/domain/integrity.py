@@ -41,6 +41,7 @@ TEST_FILES: tuple[str, ...] = (
 _ASSERTION = re.compile(
     r"\bassert\w*\b|\bexpect\s*\(|\.should\b|\bt\.(Error|Errorf|Fatal|Fatalf)\(|\bassert_\w+!"
 )
+_MARKER = re.compile(r"^(<{7}|>{7})( |$)|^={7}$")
 _SKIP = re.compile(
     r"pytest\.mark\.(skip|skipif|xfail)\b|\bpytest\.skip\(|\bunittest\.skip\w*\b|@skip\w*\b"
     r"|\b(it|test|describe)\.(skip|todo)\(|\bx(it|describe|test)\(|\bt\.Skip(Now|f)?\("
@@ -134,6 +135,8 @@ def findings(changes: list[FileChange], protected: tuple[str, ...]) -> list[str]
                 gone = _count(_ASSERTION, c.removed) - _count(_ASSERTION, c.added)
                 if gone > 0:
                     out.append(f"removes {gone} assertion(s) in {c.path}")
+        if _count(_MARKER, c.added):
+            out.append(f"leaves merge conflict markers in {c.path}")
         skips = _count(_SKIP, c.added) - _count(_SKIP, c.removed)
         if skips > 0:
             out.append(f"adds {skips} skip marker(s) in {c.path}")

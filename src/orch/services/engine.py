@@ -900,6 +900,16 @@ class Engine:
             lease.renew()
             try:
                 candidate = self.forge.merge_candidate(task.repo, task.branch, head, message)
+                if candidate.conflicts:
+                    # the next round starts from the merge with the conflicts marked, to
+                    # resolve them where they are; the merge itself is then on the branch
+                    self.forge.adopt(task.repo, task.branch, candidate)
+                    raise MergeConflict(
+                        f"{task.branch} conflicts with {repo.default_branch} in"
+                        f" {', '.join(candidate.conflicts[:10])}; the task branch now merges"
+                        f" {repo.default_branch} with those conflicts marked (<<<<<<< ======="
+                        " >>>>>>>): resolve them"
+                    )
                 if not candidate.landed:
                     self._test_candidate(task, spec, claim, lease, repo, where, candidate)
                 sha = self.forge.land(task.repo, candidate)

@@ -294,11 +294,12 @@ class LocalGitForge:
                 cwd=mirror,
                 check=False,
             )
-            if tree.returncode != 0:
-                files = [ln for ln in tree.stdout.split("\n\n")[0].splitlines()[1:] if ln]
-                raise MergeConflict(
-                    f"{branch} conflicts with {default} in {', '.join(files[:10]) or 'its tree'}"
-                )
+            if tree.returncode not in (0, 1):
+                raise ForgeError(f"git merge-tree failed: {tree.stderr.strip()}")
+            # on a conflict, the tree git wrote holds the conflicted files with their markers
+            files = tuple(ln for ln in tree.stdout.split("\n\n")[0].splitlines()[1:] if ln)
+            if files:
+                message += "\n\nConflicts:\n" + "".join(f"\t{f}\n" for f in files)
             commit = self._git(
                 "commit-tree",
                 tree.stdout.split()[0],
@@ -310,7 +311,7 @@ class LocalGitForge:
                 message,
                 cwd=mirror,
             ).stdout.strip()
-            return Candidate(commit, base, expected_head)
+            return Candidate(commit, base, expected_head, conflicts=files)
 
     def land(self, repo: str, candidate: Candidate) -> str:
         """Push the candidate with the default branch's expected old head as the lease: the
@@ -319,6 +320,8 @@ class LocalGitForge:
         url, default = self._remote(repo)
         if candidate.landed:
             return candidate.sha
+        if candidate.conflicts:
+            raise MergeConflict(f"{candidate.sha[:12]} holds conflicts; it never lands")
         with self._locks[repo]:
             mirror = self.mirror_dir(repo)
             pushed = self._git(
