@@ -22,7 +22,7 @@ from orch.chaos.checks import History, ProcessIdentity, Remote
 from orch.chaos.observe import Seen, match_open_runs
 from orch.demo import sample
 from orch.domain import pipeline as pl
-from orch.domain.model import Effect, Event, Run, Task, Transition
+from orch.domain.model import Effect, Event, GateRecord, Run, Task, Transition
 from orch.domain.states import EffectState, Stage, TaskStatus
 
 
@@ -301,6 +301,50 @@ def test_a_release_deployed_twice_is_a_duplicate(tmp_path: Path) -> None:
 
     assert finding.figures["duplicate_deploys"] == 1
     assert finding.violations == ["sample: release abc deployed to production 2 times"]
+
+
+# -- I9 and I10 ---------------------------------------------------------------------------------
+
+
+def _candidate(sha: str, passed: bool = True) -> GateRecord:
+    return GateRecord(1, 5, "merge-candidate", sha, Stage.DEPLOY_STAGING, passed, "")
+
+
+def test_a_merge_that_landed_untested_is_caught(project: tuple[Path, Remote, str]) -> None:
+    work, remote, head = project
+    merge_into_main(work, head, "merge")
+    landed = _git(remote.path, "rev-parse", "main")
+    tested = History([], {}, [], [], [], [], 0.0, [_candidate(landed)])
+    assert checks.check_landed([remote], tested).ok
+
+    # the branch's head passed, but not the merged tree that landed
+    for gates in ([_candidate(head)], [_candidate(landed, passed=False)]):
+        finding = checks.check_landed([remote], History([], {}, [], [], [], [], 0.0, gates))
+        assert finding.violations == [
+            f"sample: {landed[:12]} is on main without a passing merge-candidate test of that"
+            " commit"
+        ]
+
+
+def test_a_target_moving_backwards_is_caught_unless_orch_rolled_it_back(
+    project: tuple[Path, Remote, str], tmp_path: Path
+) -> None:
+    work, remote, head = project
+    merge_into_main(work, head, "merge")
+    old, new = remote.initial_sha, _git(remote.path, "rev-parse", "main")
+    log = tmp_path / "deploy.log"
+    log.write_text(f"t0 production {old}\nt1 production {new}\nt2 production {old}\n")
+
+    finding = checks.check_forward([remote], {"sample": log}, _empty_history())
+    assert finding.violations == [
+        f"sample: production went from {new[:12]} to {old[:12]}, not a descendant, with no"
+        " rollback recorded"
+    ]
+    rollback = Effect(
+        "r", 1, "rollback:production", EffectState.SUCCEEDED, old, {"rolled_back": new}
+    )
+    history = History([_task(1)], {}, [], [], [rollback], [], 0.0)
+    assert checks.check_forward([remote], {"sample": log}, history).ok
 
 
 # -- I5 ------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The invariants I1-I8 (DESIGN.md §4), checked after a chaos run.
+"""The invariants I1-I10 (DESIGN.md §4), checked after a chaos run.
 
 Each check reads what the run left behind: the store's history (tasks, transitions, jobs, runs,
 effects, events), the forge's log (the bare remotes' default branches and the deploy logs) and the
@@ -21,7 +21,7 @@ from typing import Any
 from orch.adapters.proctable import LinuxProcessTable, Orphan, parse_incarnation
 from orch.adapters.store.sql import SqlStore
 from orch.domain import pipeline as pl
-from orch.domain.model import Effect, Event, Job, Run, Task, Transition
+from orch.domain.model import Effect, Event, GateRecord, Job, Run, Task, Transition
 from orch.domain.states import EffectState, JobState, Stage, TaskStatus
 
 SETTLED = frozenset({TaskStatus.DONE, TaskStatus.CANCELLED, TaskStatus.NEEDS_OPERATOR})
@@ -64,6 +64,7 @@ class History:
     effects: list[Effect]
     events: list[Event]
     now: float  # the store's clock when it was read
+    gates: list[GateRecord] = field(default_factory=list)
 
 
 def load_history(store: SqlStore) -> History:
@@ -74,13 +75,15 @@ def load_history(store: SqlStore) -> History:
     runs: list[Run] = []
     effects: list[Effect] = []
     events: list[Event] = []
+    gates: list[GateRecord] = []
     for task in tasks:
         transitions[task.id] = store.transitions(task.id)
         jobs.extend(store.jobs(task.id))
         runs.extend(store.runs(task.id))
         effects.extend(store.effects(task.id))
         events.extend(store.events(task.id))
-    return History(tasks, transitions, jobs, runs, effects, events, store.now())
+        gates.extend(store.gate_records(task.id))
+    return History(tasks, transitions, jobs, runs, effects, events, store.now(), gates)
 
 
 @dataclass(frozen=True)
@@ -191,6 +194,76 @@ def _deploy_violations(
         if not counts[(target, effect.precondition)]:
             out.append(f"{effect.key}: SUCCEEDED, but the deploy log has no such line")
     return out
+
+
+# -- I9: what lands is what was tested -----------------------------------------------------------
+
+
+def check_landed(remotes: Sequence[Remote], history: History) -> Finding:
+    """Every merge on a default branch is a commit whose own tree passed the merge-candidate
+    test: the tested candidate is what was pushed, not a branch that passed alone."""
+    f = Finding("I9", "every merge that landed is a tree that passed its tests")
+    tested = {g.head_sha for g in history.gates if g.gate == "merge-candidate" and g.passed}
+    landed = 0
+    for remote in remotes:
+        out = git(remote.path, "rev-list", "--merges", "--first-parent", remote.default_branch)
+        for sha in out.split():
+            landed += 1
+            if sha not in tested:
+                f.violations.append(
+                    f"{remote.repo}: {sha[:12]} is on {remote.default_branch} without a passing"
+                    " merge-candidate test of that commit"
+                )
+    f.figures.update(landed=landed, tested=len(tested))
+    return f
+
+
+# -- I10: deploys move forward -------------------------------------------------------------------
+
+
+def check_forward(
+    remotes: Sequence[Remote], deploy_logs: Mapping[str, Path], history: History
+) -> Finding:
+    """Each target's releases, in the order the deploy log has them, each descend from the one
+    before, but for a rollback orch recorded."""
+    f = Finding("I10", "a target only moves forward, or back by a recorded rollback")
+    path_of = {r.repo: r.path for r in remotes}
+    rollbacks = {
+        (e.kind.split(":", 1)[1], str(e.result.get("rolled_back", "")), e.precondition)
+        for e in history.effects
+        if e.kind.startswith("rollback:") and e.state == EffectState.SUCCEEDED
+    }
+    moves = 0
+    for repo, log in sorted(deploy_logs.items()):
+        if repo not in path_of or not log.exists():
+            continue
+        last: dict[str, str] = {}
+        for line in log.read_text(encoding="utf-8").splitlines():
+            parts = line.split()
+            if len(parts) < 3:
+                continue
+            target, release = parts[1], parts[2]
+            before = last.get(target)
+            last[target] = release
+            if before is None or before == release:
+                continue
+            moves += 1
+            forward = (
+                subprocess.run(
+                    ["git", "merge-base", "--is-ancestor", before, release],
+                    cwd=path_of[repo],
+                    capture_output=True,
+                    check=False,
+                ).returncode
+                == 0
+            )
+            if not forward and (target, before, release) not in rollbacks:
+                f.violations.append(
+                    f"{repo}: {target} went from {before[:12]} to {release[:12]}, not a"
+                    " descendant, with no rollback recorded"
+                )
+    f.figures.update(moves=moves, rollbacks=len(rollbacks))
+    return f
 
 
 # -- I2 and I8: no lost task; every task converged ----------------------------------------------

@@ -50,7 +50,7 @@ def chaos(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON too."),
 ) -> None:
     """Kill orch (SIGKILL at crash points and at random, SIGSTOP past the lease) while it works
-    through tickets, then check the invariants I1-I8. Exits 1 if any broke."""
+    through tickets, then check the invariants I1-I10. Exits 1 if any broke."""
     from orch.chaos.harness import ChaosOptions, run_chaos
     from orch.domain.errors import OrchError
 

@@ -5,7 +5,7 @@ API, and lets a simulated person approve checkpoints and press STOP. Then it hur
 SIGKILL at a named crash point (`ORCH_CRASHPOINT`), SIGKILL at a random moment, or SIGSTOP for
 longer than the lease so the other process must take the job over, then SIGCONT. Every dead
 process is started again at once. After the last fault it waits for every task to end terminal
-or parked, stops both processes, and checks I1-I8 (see `orch.chaos.checks`).
+or parked, stops both processes, and checks I1-I10 (see `orch.chaos.checks`).
 """
 
 from __future__ import annotations
@@ -518,6 +518,8 @@ class Harness:
         open_runs = [(r.id, r.pid, r.started_at) for r in history.runs if r.ended_at is None]
         findings = [
             checks.check_irreversible(self.lab.remotes(), self.lab.deploy_logs(), history),
+            checks.check_landed(self.lab.remotes(), history),
+            checks.check_forward(self.lab.remotes(), self.lab.deploy_logs(), history),
             checks.check_lost(history),
             checks.check_leases(at_settle, self.o.sweep_s),
             checks.check_zombies(zombies, self.monitor.zombies_during_run),
