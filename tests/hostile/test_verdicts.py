@@ -57,3 +57,18 @@ def test_a_round_zero_approval_does_not_pass_the_review_of_changed_code(
     app = project.apps[-1]
     reasons = [t.reason for t in app.store.transitions(task.id)]
     assert any("testing failed" in r and "hello is wrong" in r for r in reasons), reasons
+
+
+def test_a_verdict_written_again_word_for_word_is_this_rounds_verdict(project: Project) -> None:
+    project.use_pipeline(
+        "stages:\n  - name: development\n  - name: review\ncheckpoints: []\nmax_rework_rounds: 1\n"
+    )
+    script = COUNT + (
+        ' echo "def hello(): return $n" > hello.py;'
+        ' [ "$ORCH_STAGE" = review ] && printf "Rename hello.\\n\\nVerdict: request-changes\\n"'
+        " > $d/review.md; true"
+    )
+    task = project.run(script)
+    assert (task.stage, task.status) == (Stage.REVIEW, TaskStatus.NEEDS_OPERATOR)
+    # the second review said the same as the first, and it is read as said, not as stale
+    assert "verdict is request-changes: Rename hello." in task.status_reason

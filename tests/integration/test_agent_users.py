@@ -61,7 +61,9 @@ def test_an_agent_configured_to_run_as_another_user_works_and_is_tested_as_that_
     (open_dir / "workspaces").chmod(0o755)
     work_pipeline = work / ".orch" / "pipeline.yaml"
     work_pipeline.parent.mkdir()
-    work_pipeline.write_text("stages:\n  - name: development\n", encoding="utf-8")
+    work_pipeline.write_text(
+        "stages:\n  - name: development\n  - name: deploy-staging\n", encoding="utf-8"
+    )
     sample.git("add", "--all", cwd=work)
     sample.git("commit", "--quiet", "-m", "one stage", cwd=work)
     sample.git("push", "--quiet", "origin", "main", cwd=work)
@@ -76,7 +78,7 @@ def test_an_agent_configured_to_run_as_another_user_works_and_is_tested_as_that_
 
     def on_branch(path: str) -> str:
         return subprocess.run(
-            ["git", "show", f"{task.branch}:{path}"],
+            ["git", "show", f"main:{path}"],
             cwd=remote,
             capture_output=True,
             text=True,
@@ -95,6 +97,9 @@ def test_an_agent_configured_to_run_as_another_user_works_and_is_tested_as_that_
     # the tests gate runs what the agent wrote, so it runs as the agent's user too
     [gate_log] = (open_dir / "logs").glob("RUN-1-*/v*-development-gate-tests.log")
     assert gate_log.read_text().strip() == str(NOBODY.pw_uid)
+    # and so does the test of the merge candidate, in a stage with no agent of its own
+    [candidate_log] = (open_dir / "logs").glob("RUN-1-*/v*-deploy-staging-gate-merge-candidate.log")
+    assert candidate_log.read_text().strip() == str(NOBODY.pw_uid)
 
 
 def test_run_as_must_name_an_existing_user_other_than_root() -> None:

@@ -274,3 +274,19 @@ def test_the_diff_of_a_head_is_read_from_where_it_left_the_default_branch(
         "removes 1 assertion(s) in tests/test_text.py",
         "adds 1 skip marker(s) in tests/test_text.py",
     ]
+
+
+def test_a_checkout_leaves_exactly_the_commits_tree(forge: tuple[LocalGitForge, Path]) -> None:
+    f, _ = forge
+    head = change(f, "orch/A-1", "NOTES.md", "notes\n")
+    wt = f.prepare_worktree("sample", "orch/A-1")
+    # what a test run leaves behind: an ignored cache, an untracked file, a nested repository
+    (wt / "sample" / "__pycache__").mkdir(exist_ok=True)
+    (wt / "sample" / "__pycache__" / "text.cpython-311.pyc").write_bytes(b"planted")
+    (wt / ".env").write_text("DEPLOY_HOOK=evil\n")
+    subprocess.run(["git", "init", "-q", str(wt / "vendored")], check=True)
+    f.checkout("sample", wt, head)
+    assert not (wt / "sample" / "__pycache__").exists()
+    assert not (wt / ".env").exists() and not (wt / "vendored").exists()
+    assert (wt / "NOTES.md").read_text() == "notes\n"
+    assert (wt / ".git").read_text().startswith("gitdir: ")

@@ -15,7 +15,7 @@ from alembic.migration import MigrationContext
 from orch.adapters.store import schema
 from orch.adapters.store.sql import _MIGRATIONS, SqlStore
 from orch.domain.ledger import Usage
-from orch.domain.states import RunOutcome
+from orch.domain.states import EffectState, RunOutcome
 
 
 def upgrade(engine: sa.Engine, revision: str) -> None:
@@ -84,6 +84,43 @@ def test_a_store_from_before_the_ledger_keeps_its_runs_and_gains_the_budget_outc
 def test_the_migrated_postgresql_schema_is_the_declared_one(pg_migrated: str) -> None:
     store = SqlStore(pg_migrated)
     try:
+        assert differences(store.engine) == []
+    finally:
+        store.close()
+
+
+def test_deploys_an_earlier_orch_left_begun_twice_migrate_to_one_in_flight(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = sa.create_engine(url)
+    upgrade(engine, "0002")
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO tasks (id, key, repo, title, stage, status, version, branch,"
+                " pipeline, cost_usd, tokens_in, tokens_out, created_at, updated_at) VALUES"
+                " (1, 'APP-1', 'app', 't', 'deploy', 'active', 1, 'orch/APP-1', '{}',"
+                " 0, 0, 0, 0, 0)"
+            )
+        )
+        for key in ("d-old", "d-new"):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO effects (key, task_id, repo, kind, state, precondition, result,"
+                    " lease_token, created_at, updated_at) VALUES"
+                    f" ('{key}', 1, 'app', 'deploy:production', 'INITIATED', 'sha', '{{}}',"
+                    " 1, 0, 0)"
+                )
+            )
+    engine.dispose()
+
+    store = SqlStore(url)
+    try:
+        store.migrate()
+        old, new = store.get_effect("d-old"), store.get_effect("d-new")
+        assert old is not None and new is not None
+        assert (old.state, new.state) == (EffectState.UNKNOWN, EffectState.INITIATED)
         assert differences(store.engine) == []
     finally:
         store.close()

@@ -93,6 +93,26 @@ def test_a_task_dead_lettered_mid_merge_does_not_block_the_repositorys_merges(
     assert r.intake.task(second.key).status == TaskStatus.DONE
 
 
+def test_a_task_dead_lettered_mid_deploy_does_not_block_the_targets_deploys(
+    world: World,
+) -> None:
+    r = world.rig
+    first = r.intake.file(REPO, "First")
+    drive_to(world, first.key, Stage.DEPLOY_STAGING)
+    # the last loss comes right after the staging deploy's intent (the merge's is the first)
+    for point in ("claim.committed", "claim.committed", "effect.initiated:2"):
+        with crash_at(point), pytest.raises(SimulatedCrash):
+            r.dispatcher.run_once()
+        r.restart()
+        world.sweep()
+    assert r.intake.task(first.key).status == TaskStatus.NEEDS_OPERATOR
+    second = r.intake.file(REPO, "Second")
+    settle(world)
+    deploy = [e for e in r.store.effects(first.id) if e.kind == "deploy:staging"]
+    assert [e.state for e in deploy] == [EffectState.UNKNOWN], "nobody drives it: unknown"
+    assert r.intake.task(second.key).status == TaskStatus.DONE
+
+
 def test_a_stop_that_outlives_its_bound_mid_merge_applies_once_the_forge_confirms_it(
     world: World,
 ) -> None:

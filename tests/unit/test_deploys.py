@@ -103,11 +103,21 @@ def test_a_deploy_that_fails_its_check_is_rolled_back_once_and_the_task_parks(
     assert effects["deploy:production"].result["check"] == "failed"
     assert effects["rollback:production"].state == EffectState.SUCCEEDED
     assert effects["rollback:production"].precondition == release_of(r, good)
+    # the deploy held the target's one deploy slot until its rollback was done
+    assert effects["deploy:production"].updated_at >= effects["rollback:production"].updated_at
     deploys = task_detail(r.store, parked)["deploys"]
     assert [d["outcome"] for d in deploys if d["target"] == "production"] == [
         "check failed",
         "rolled back",
     ]
+
+    # what production runs is the release it was rolled back to: a later deploy builds on it
+    newest = to_confirm_deploy(r, "Third change")
+    (tmp_path / "broken").unlink()
+    assert confirm(r, newest).status == TaskStatus.DONE
+    production = [d for d in task_detail(r.store, newest)["deploys"] if d["target"] == "production"]
+    assert [d["outcome"] for d in production] == ["deployed"]
+    (tmp_path / "broken").touch()
 
     # an operator's retry neither deploys the bad release again nor rolls back twice
     (tmp_path / "broken").unlink()
@@ -120,6 +130,7 @@ def test_a_deploy_that_fails_its_check_is_rolled_back_once_and_the_task_parks(
         release_of(r, good),
         release_of(r, bad),
         release_of(r, good),
+        release_of(r, newest),
     ]
 
 

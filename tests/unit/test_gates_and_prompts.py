@@ -139,16 +139,21 @@ def test_an_unrecognised_verdict_fails_closed_and_quotes_the_line(said: str) -> 
     assert "only approve or approved passes" in v.reason
 
 
-def test_a_verdict_file_unchanged_since_the_round_began_fails() -> None:
+def test_a_verdict_file_there_when_the_round_began_and_not_written_again_fails() -> None:
     old = "# Review\n\nRound 0 was fine.\n\nVerdict: approve\n"
-    v = review(old, before=old)
+    v = review(None, before=old)
     assert not v.passed
     assert v.reason.startswith("no verdict written in this round")
 
 
-def test_a_verdict_rewritten_in_this_round_counts() -> None:
-    old = "# Review\n\nRound 0 was fine.\n\nVerdict: request-changes\n"
-    assert review("# Review\n\nRound 1 is fine.\n\nVerdict: approve\n", before=old).passed
+@pytest.mark.parametrize(
+    "old",
+    ["# Review\n\nRound 0.\n\nVerdict: request-changes\n", "# Review\n\nVerdict: approve\n"],
+)
+def test_a_verdict_written_in_this_round_counts_even_if_an_earlier_one_said_the_same(
+    old: str,
+) -> None:
+    assert review("# Review\n\nVerdict: approve\n", before=old).passed
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import pytest
 from orch.adapters.agents.scripted import ScriptedAgent
 from orch.domain.integrity import DEFAULT_PROTECTED, findings, is_test_file, matches, parse_diff
 from orch.domain.model import GateRecord, Task
-from orch.domain.states import Stage
+from orch.domain.states import Stage, TaskStatus
 from orch.ports import DeployTarget, RepoSettings
 from orch.testing import Rig, rig
 
@@ -208,5 +208,18 @@ def test_with_protect_strict_a_clean_change_merges_without_waiting() -> None:
         assert task.waiting_for == "confirm-deploy"
         [gate] = integrity_gates(r, task)
         assert (gate.passed, gate.reason) == (True, "nothing weakens the checks")
+    finally:
+        r.close()
+
+
+def test_a_change_that_leaves_conflict_markers_never_merges_in_any_mode() -> None:
+    marked = "<<<<<<< ours\nhello\n=======\nhi\n>>>>>>> theirs\n"
+    r, task = run_to_merge("flag", {"stages": {"development": {"files": {"NOTES.md": marked}}}})
+    try:
+        parked = r.store.get_task(task.id)
+        assert parked.status == TaskStatus.NEEDS_OPERATOR
+        assert "leaves merge conflict markers in NOTES.md" in parked.status_reason
+        assert r.forge.merges == []
+        assert not any(g.passed for g in integrity_gates(r, task))
     finally:
         r.close()

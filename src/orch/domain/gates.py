@@ -75,15 +75,18 @@ def file_verdict(
     passes: tuple[str, ...] = PASS_WORDS,
     headings: tuple[str, ...] = (),
 ) -> Verdict:
-    """The verdict a stage's agent wrote to `path`; `before` is the file as it stood when the
-    stage's round began. Fails closed: a file not written in this round, no verdict, more than
-    one, or one that is not exactly a pass word fails, and the reason quotes what was read."""
+    """The verdict a stage's agent wrote to `path` in this round (orch removes the file before
+    the agent runs, so `text` is None unless the agent wrote it); `before` is the file as it
+    stood when the round began. Fails closed: no file, no verdict, more than one, or one that is
+    not exactly a pass word fails, and the reason quotes what was read."""
+    if text is None and before is not None:
+        return Verdict(
+            False,
+            f"no verdict written in this round: {path} was there when the round began, and the"
+            " stage's agent did not write it again",
+        )
     if text is None:
         return Verdict(False, f"{path} is missing")
-    if text == before:
-        return Verdict(
-            False, f"no verdict written in this round: {path} is as it was when the round began"
-        )
     if headings:
         shape = artifact_verdict(path, text, headings)
         if not shape.passed:

@@ -191,7 +191,7 @@ class Engine:
         if task.status == TaskStatus.NEEDS_OPERATOR:
             # parked by the sweeper mid-merge: ask the forge, so the repository's one merge
             # slot is not held by a task nobody drives
-            self._settle_open_merges(task, claim)
+            self._settle_open_effects(task, claim)
         events = self.store.pending_events(task.id)
         stray: list[int] = []
         for ev in events:
@@ -301,11 +301,12 @@ class Engine:
             self._stop_point(task, lease)
             ctx = self._context(task, pipeline, spec, claim, repo, worktree)
             try:
-                confine = self._confinement(task, spec, repo, worktree, agent)
+                confine = self._confinement(task, pipeline, spec, repo, worktree, agent)
             except AgentError as exc:
                 self._apply(task, claim, _park(task, str(exc)), actor)
                 return
             if agent is not None:
+                _clear_verdicts(spec, ctx, worktree)
                 failure = self._run_agent(
                     task, pipeline, spec, agent, claim, lease, ctx, worktree, deadline_left, confine
                 )
@@ -324,7 +325,7 @@ class Engine:
             task.branch,
             f"{task.key}: {task.stage} ({spec.role})\n\n{task.title}\n\n{marker}",
         )
-        where = _Where(worktree, ctx, agent.run_as if agent is not None else None, confine)
+        where = _Where(worktree, ctx, self._code_user(pipeline, agent), confine)
         # a verdict counts only if this round wrote it: compared with the round's first commit
         base = (
             self.forge.round_base(task.repo, head, marker)
@@ -347,7 +348,7 @@ class Engine:
             )
             return
         if Action.MERGE in spec.actions:
-            held = self._check_integrity(task, claim, repo, head)
+            held = self._check_integrity(task, pipeline, claim, repo, head)
             if held is not None:
                 self._apply(task, claim, held, actor)
                 return
@@ -376,11 +377,18 @@ class Engine:
         self._apply(task, claim, decision, actor)
 
     def _check_integrity(
-        self, task: Task, claim: Claim, repo: RepoSettings, head: str
+        self, task: Task, pipeline: Pipeline, claim: Claim, repo: RepoSettings, head: str
     ) -> Decision | None:
         """Record what in the change about to merge weakens the checks, as the `integrity`
-        gate; with `protect: strict`, a flagged change waits for a person (once per head)."""
+        gate; with `protect: strict`, a flagged change waits for a person (once per head).
+        Conflict markers never merge, in any mode: the change goes back to be resolved."""
         flagged = self._integrity(task.repo, repo, head)
+        markers = [f for f in flagged if f.startswith(integrity.MARKERS)]
+        if markers:
+            self._record_integrity(task, claim, head, False, "; ".join(markers))
+            return pl.after_gate_failure(
+                pipeline, task.stage, task.rework_rounds, pipeline.max_attempts, "; ".join(markers)
+            )
         strict = repo.protect == "strict" and bool(flagged)
         earlier = [
             g
@@ -396,22 +404,10 @@ class Engine:
                 if t.version > first and t.reason.startswith(f"{pl.INTEGRITY} approved by ")
             ]
             confirmed = approvals[-1].actor if approvals else ""
-        if self.store.find_gate(task.id, claim.version, INTEGRITY_GATE, head) is None:
-            reason = "flagged: " + "; ".join(flagged) if flagged else "nothing weakens the checks"
-            if confirmed:
-                reason += f"; merged as confirmed by {confirmed}"
-            self.store.record_gate(
-                claim,
-                GateRecord(
-                    task_id=task.id,
-                    version=claim.version,
-                    gate=INTEGRITY_GATE,
-                    head_sha=head,
-                    stage=task.stage,
-                    passed=not strict or bool(confirmed),
-                    reason=reason,
-                ),
-            )
+        reason = "flagged: " + "; ".join(flagged) if flagged else "nothing weakens the checks"
+        if confirmed:
+            reason += f"; merged as confirmed by {confirmed}"
+        self._record_integrity(task, claim, head, not strict or bool(confirmed), reason)
         if not strict or confirmed:
             return None
         return Decision(
@@ -422,8 +418,24 @@ class Engine:
             waiting_for=pl.INTEGRITY,
         )
 
+    def _record_integrity(
+        self, task: Task, claim: Claim, head: str, passed: bool, reason: str
+    ) -> None:
+        if self.store.find_gate(task.id, claim.version, INTEGRITY_GATE, head) is not None:
+            return  # recorded once per version and head
+        self.store.record_gate(
+            claim,
+            GateRecord(task.id, claim.version, INTEGRITY_GATE, head, task.stage, passed, reason),
+        )
+
     def _confinement(
-        self, task: Task, spec: StageSpec, repo: RepoSettings, worktree: Path, agent: Agent | None
+        self,
+        task: Task,
+        pipeline: Pipeline,
+        spec: StageSpec,
+        repo: RepoSettings,
+        worktree: Path,
+        agent: Agent | None,
     ) -> Confinement:
         """The confinement of this stage's agent and gates: they write only in the worktree
         and the task's home, and read nothing of orch's own. A stage that runs neither an agent,
@@ -435,11 +447,24 @@ class Engine:
         if agent is None and not runs_code:
             return Confinement()
         home = self._home(task)
-        if agent is not None and agent.run_as is not None:
+        user = self._code_user(pipeline, agent)
+        if user is not None:
             with contextlib.suppress(OSError):
-                os.chown(home, agent.run_as.uid, agent.run_as.gid)
-                os.chown(home / "tmp", agent.run_as.uid, agent.run_as.gid)
+                os.chown(home, user.uid, user.gid)
+                os.chown(home / "tmp", user.uid, user.gid)
         return self.sandbox.confine(repo, worktree, home, self._log_dir(task))
+
+    def _code_user(self, pipeline: Pipeline, agent: Agent | None) -> RunAs | None:
+        """Whom the stage's agent and gates run as. A stage without an agent (the merge's test
+        of its candidate, say) still runs the agents' code: as the user the pipeline's agents
+        run as, never as orch itself when there is one."""
+        if agent is not None:
+            return agent.run_as
+        for s in pipeline.stages:
+            other = self.agents.get(s.agent) if s.agent else None
+            if other is not None and other.run_as is not None:
+                return other.run_as
+        return None
 
     def _home(self, task: Task) -> Path:
         """The task's own home directory, kept across its runs (an agent's sessions live there,
@@ -813,6 +838,8 @@ class Engine:
     ) -> Verdict:
         if gate.kind == GateKind.COMMAND:
             command = render(gate.command, where.ctx)
+            if where.run_as is not None:
+                where.run_as.grant(where.worktree)  # what orch checked out there is orch's
             # the command runs what the agent wrote: confined as the agent was
             proc = self.runner.start(
                 command,
@@ -830,7 +857,7 @@ class Engine:
         text = self.forge.read_file(task.repo, head, rel)
         if gate.kind == GateKind.ARTIFACT:
             return artifact_verdict(rel, text, gate.headings)
-        before = self.forge.read_file(task.repo, base, rel) if base != head else text
+        before = self.forge.read_file(task.repo, base, rel) if text is None else None
         return file_verdict(rel, text, before, gate.passes, gate.headings)
 
     # -- actions: merge and deploy, as intent -> act -> confirm ------------------------------
@@ -894,35 +921,34 @@ class Engine:
                 )
                 return found
         else:
+            # an earlier head's merge this task left unresolved would hold the slot against it
+            self._settle_open_effects(task, claim)
             self.store.begin_effect(claim, key, "merge", task.repo, head)
         message = f"Merge {task.branch}: {task.key} {task.title}"
         for _ in range(MERGE_TRIES):
             lease.renew()
             try:
                 candidate = self.forge.merge_candidate(task.repo, task.branch, head, message)
-                if candidate.conflicts:
-                    # the next round starts from the merge with the conflicts marked, to
-                    # resolve them where they are; the merge itself is then on the branch
-                    self.forge.adopt(task.repo, task.branch, candidate)
-                    raise MergeConflict(
-                        f"{task.branch} conflicts with {repo.default_branch} in"
-                        f" {', '.join(candidate.conflicts[:10])}; the task branch now merges"
-                        f" {repo.default_branch} with those conflicts marked (<<<<<<< ======="
-                        " >>>>>>>): resolve them"
-                    )
-                if not candidate.landed:
-                    self._test_candidate(task, spec, claim, lease, repo, where, candidate)
-                sha = self.forge.land(task.repo, candidate)
+                failure = self._candidate_failure(task, spec, claim, lease, repo, where, candidate)
+                sha = "" if failure is not None else self.forge.land(task.repo, candidate)
             except DefaultMoved as exc:
                 log.info("%s: %s; building the merge candidate again", task.key, exc)
                 continue
-            except (MergeConflict, HeadMoved, CandidateFailed) as exc:
+            except HeadMoved as exc:
                 # known not merged: the stage reworks it (see _run_stage)
                 self.store.finish_effect(claim, key, EffectState.FAILED, {"error": str(exc)})
                 raise
             except ForgeError:
                 self._settle_merge(claim, key, head, task.repo)
                 raise
+            if failure is not None:
+                # known not merged, and recorded so before the branch moves on: the next round
+                # starts from the merged tree, and meets the failure there
+                self.store.finish_effect(
+                    claim, key, EffectState.FAILED, {"error": str(failure), "to": candidate.sha}
+                )
+                self.forge.adopt(task.repo, task.branch, candidate)
+                raise failure
             crashpoints.hit("forge.response.received")
             self.store.finish_effect(
                 claim,
@@ -937,7 +963,7 @@ class Engine:
             " was tested; it is tried again"
         )
 
-    def _test_candidate(
+    def _candidate_failure(
         self,
         task: Task,
         spec: StageSpec,
@@ -946,20 +972,27 @@ class Engine:
         repo: RepoSettings,
         where: _Where,
         candidate: Candidate,
-    ) -> None:
-        """Run the repository's test command on exactly the tree that would land."""
-        if not repo.test_command.strip():
-            return
+    ) -> OrchError | None:
+        """Why the candidate may not land: it conflicts, or the repository's test command fails
+        on exactly its tree; None if it may."""
+        if candidate.conflicts:
+            return MergeConflict(
+                f"{task.branch} conflicts with {repo.default_branch} in"
+                f" {', '.join(candidate.conflicts[:10])}; the task branch now merges"
+                f" {repo.default_branch} with those conflicts marked (<<<<<<< ======= >>>>>>>):"
+                " resolve them"
+            )
+        if candidate.landed or not repo.test_command.strip():
+            return None
         self.forge.checkout(task.repo, where.worktree, candidate.sha)
         gate = GateSpec(CANDIDATE_GATE, GateKind.COMMAND, command="{{ repo.test_command }}")
         record = self._gate(task, spec, claim, lease, gate, where, (candidate.sha, candidate.sha))
-        if not record.passed:
-            # the next round starts from the merged tree, so the developer meets the failure
-            self.forge.adopt(task.repo, task.branch, candidate)
-            raise CandidateFailed(
-                f"{task.branch} merged onto {repo.default_branch} at {candidate.base[:12]}"
-                f" (candidate {candidate.sha[:12]}) fails the tests: {record.reason}"
-            )
+        if record.passed:
+            return None
+        return CandidateFailed(
+            f"{task.branch} merged onto {repo.default_branch} at {candidate.base[:12]}"
+            f" (candidate {candidate.sha[:12]}) fails the tests: {record.reason}"
+        )
 
     def _settle_merge(self, claim: Claim, key: str, head: str, repo: str) -> None:
         """Resolve an unconfirmed merge by asking the forge, so it never holds the repository's
@@ -974,13 +1007,17 @@ class Engine:
                 claim, key, EffectState.FAILED, {"error": "not merged", "resolved_by": "forge"}
             )
 
-    def _settle_open_merges(self, task: Task, claim: Claim) -> None:
+    def _settle_open_effects(self, task: Task, claim: Claim) -> None:
         for effect in self.store.effects(task.id):
             if effect.kind == "merge" and effect.state in UNRESOLVED_EFFECT_STATES:
                 try:
                     self._settle_merge(claim, effect.key, effect.precondition, task.repo)
                 except ForgeError as exc:
                     log.error("could not settle %s: %s", effect.key, exc)
+            elif effect.kind.startswith("deploy:") and effect.state == EffectState.INITIATED:
+                # nobody drives a parked task's deploy: its outcome is unknown until a retry's
+                # check says, and the target's deploy slot is free for others meanwhile
+                self._mark_unknown(claim, effect)
 
     def _mark_unknown(self, claim: Claim, effect: Effect) -> Effect:
         if effect.state == EffectState.UNKNOWN:
@@ -1010,8 +1047,15 @@ class Engine:
         effect = self.store.get_effect(key)
         if effect is not None and effect.state == EffectState.SUCCEEDED:
             if effect.result.get("check") == "failed":
-                return self._roll_back(task, claim, lease, repo, worktree, target, effect)
+                previous = str(effect.result.get("previous", ""))
+                return self._roll_back(task, claim, lease, repo, worktree, target, key, previous)
             return release
+        rolling = self.store.get_effect(f"{key}:rollback")
+        if effect is not None and effect.state in UNRESOLVED_EFFECT_STATES and rolling is not None:
+            # the deploy ran and failed its check, and its rollback was under way
+            return self._failed_check(
+                task, claim, lease, repo, worktree, target, key, rolling.precondition, {}
+            )
         if effect is not None and effect.state in UNRESOLVED_EFFECT_STATES:
             deployed = self._resolve_deploy(task, claim, lease, target, release)
             if deployed is None:
@@ -1041,13 +1085,15 @@ class Engine:
         )
         if code == 0 and not timed_out:
             result = {"release": release, "target": target, "log": str(log_path)}
-            result["previous"] = running or ""
             if spec.check:
-                verified = self._check(task, claim, lease, spec.check, worktree, target, release)
-                result["check"] = "passed" if verified else "failed"
-            done = self.store.finish_effect(claim, key, EffectState.SUCCEEDED, result)
-            if result.get("check") == "failed":
-                return self._roll_back(task, claim, lease, repo, worktree, target, done)
+                if not self._check(task, claim, lease, spec.check, worktree, target, release):
+                    return self._failed_check(
+                        task, claim, lease, repo, worktree, target, key, running, result
+                    )
+                result["check"] = "passed"
+            self.store.finish_effect(
+                claim, key, EffectState.SUCCEEDED, {**result, "previous": running}
+            )
             return release
         if timed_out:
             # killed part-way: whether it took effect is unknown until the check says
@@ -1064,7 +1110,14 @@ class Engine:
         """The release `target` runs, as far as orch made it so: the last deploy or rollback
         that took effect there; empty if none did."""
         last = self.store.latest_effect(repo, (f"deploy:{target}", f"rollback:{target}"))
-        return last.precondition if last is not None else ""
+        if last is None:
+            return ""
+        if last.result.get("check") == "failed":
+            # recorded after its rollback, which put back the release before it
+            back = self.store.get_effect(f"{last.key}:rollback")
+            if back is not None and back.state == EffectState.SUCCEEDED:
+                return back.precondition
+        return last.precondition
 
     def _run_deploy(
         self,
@@ -1106,6 +1159,37 @@ class Engine:
         code, outcome = lease.supervise(probe, 300.0, self.settings.kill_grace_s, cancellable=False)
         return outcome == RunOutcome.EXITED and code == 0
 
+    def _failed_check(
+        self,
+        task: Task,
+        claim: Claim,
+        lease: Lease,
+        repo: RepoSettings,
+        worktree: Path,
+        target: str,
+        key: str,
+        previous: str,
+        result: dict[str, Any],
+    ) -> Decision:
+        """The deploy under `key` ran and failed its check: roll back while its effect still
+        holds the target's one deploy slot (no other deploy can move the target meanwhile),
+        then record it as run, with the failed check."""
+        decision = self._roll_back(task, claim, lease, repo, worktree, target, key, previous)
+        release = key.rsplit(":", 1)[1]
+        self.store.finish_effect(
+            claim,
+            key,
+            EffectState.SUCCEEDED,
+            {
+                "release": release,
+                "target": target,
+                **result,
+                "check": "failed",
+                "previous": previous,
+            },
+        )
+        return decision
+
     def _roll_back(
         self,
         task: Task,
@@ -1114,19 +1198,19 @@ class Engine:
         repo: RepoSettings,
         worktree: Path,
         target: str,
-        deployed: Effect,
+        key: str,
+        previous: str,
     ) -> Decision:
-        """A deploy failed its check: put back the release the target ran before (once, as an
-        effect) and park the task with what happened."""
-        release = deployed.precondition
-        previous = str(deployed.result.get("previous", ""))
+        """Put back the release the target ran before the deploy under `key` failed its check
+        (once, as an effect) and park the task with what happened."""
+        release = key.rsplit(":", 1)[1]
         why = f"the deploy of {release[:12]} to {target} failed its check"
         if not previous:
             return _park(task, f"{why}, and {target} ran no earlier release to roll back to")
-        key = f"{deployed.key}:rollback"
-        effect = self.store.get_effect(key)
+        back = f"{key}:rollback"
+        effect = self.store.get_effect(back)
         if effect is None or effect.state != EffectState.SUCCEEDED:
-            self.store.begin_effect(claim, key, f"rollback:{target}", repo.name, previous)
+            self.store.begin_effect(claim, back, f"rollback:{target}", repo.name, previous)
             lease.renew()
             code, timed_out, proc, log_path = self._run_deploy(
                 task,
@@ -1141,7 +1225,7 @@ class Engine:
             if code != 0 or timed_out:
                 self.store.finish_effect(
                     claim,
-                    key,
+                    back,
                     EffectState.UNKNOWN if timed_out else EffectState.FAILED,
                     {"exit_code": code, "timed_out": timed_out, "log": str(log_path)},
                 )
@@ -1152,7 +1236,7 @@ class Engine:
                 )
             self.store.finish_effect(
                 claim,
-                key,
+                back,
                 EffectState.SUCCEEDED,
                 {
                     "release": previous,
@@ -1222,7 +1306,7 @@ class Engine:
             self.store.retry(claim, decision.reason, self._backoff(claim.attempt))
             return
         if decision.move == Move.PARK:
-            self._settle_open_merges(task, claim)
+            self._settle_open_effects(task, claim)
         self._notify(task, claim, decision)
         self.store.advance(claim, task.stage, decision, actor, read=read)
 
@@ -1301,10 +1385,13 @@ class Engine:
         self._apply(task, claim, pl.on_stop(task.stage, actor, reason), actor, read=pending)
 
     def _delete_branch(self, task: Task, claim: Claim, why: str) -> None:
-        """Delete the task's branch on the remote, once (an effect keyed by `why`)."""
+        """Delete the task's branch on the remote, recorded once (an effect keyed by `why`). The
+        delete itself is repeated if asked again: a retry after a crash may have pushed the
+        branch anew, and deleting a task branch twice does no harm."""
         key = f"{task.key}#{task.id}:{why}:delete-branch"
         effect = self.store.get_effect(key)
         if effect is not None and effect.state == EffectState.SUCCEEDED:
+            self.forge.delete_branch(task.repo, task.branch)
             return
         self.store.begin_effect(claim, key, "delete-branch", task.repo, task.branch)
         self.forge.delete_branch(task.repo, task.branch)
@@ -1322,16 +1409,16 @@ class Engine:
         if not self.forge.find_merge(task.repo, head):
             log.warning("%s: %s holds commits that did not land; kept", task.key, task.branch)
             return
+        key = f"{task.key}#{task.id}:done:delete-branch"
         try:
             self._delete_branch(task, claim, "done")
         except ForgeError as exc:
             log.error("could not delete %s of %s: %s", task.branch, task.key, exc)
-            self.store.finish_effect(
-                claim,
-                f"{task.key}#{task.id}:done:delete-branch",
-                EffectState.FAILED,
-                {"branch": task.branch, "error": str(exc)},
-            )
+            effect = self.store.get_effect(key)
+            if effect is not None and effect.state in UNRESOLVED_EFFECT_STATES:
+                self.store.finish_effect(
+                    claim, key, EffectState.FAILED, {"branch": task.branch, "error": str(exc)}
+                )
 
     def _settle_for_cancel(self, task: Task, claim: Claim, lease: Lease) -> str:
         """Resolve every effect of the task still in flight; say what could not be resolved."""
@@ -1403,6 +1490,19 @@ def _artifacts(
                     text = text[:ARTIFACT_CHARS] + "\n[... cut by orch]"
                 out.append({"stage": earlier.stage.value, "path": rel, "text": text})
     return out
+
+
+def _clear_verdicts(spec: StageSpec, ctx: dict[str, Any], worktree: Path) -> None:
+    """Remove the stage's verdict files before its agent runs: one there after the run is one
+    the agent wrote in this round, even if it says what an earlier round's said."""
+    for gate in spec.gates:
+        if gate.kind != GateKind.VERDICT:
+            continue
+        path = worktree / render(gate.path, ctx)
+        if path.parent.resolve().is_relative_to(worktree.resolve()) and (
+            path.is_symlink() or path.is_file()
+        ):
+            path.unlink()
 
 
 def _read_inside(root: Path, rel: str) -> str | None:

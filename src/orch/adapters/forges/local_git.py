@@ -36,6 +36,7 @@ from orch.domain.excludes import DEFAULT_EXCLUDES
 from orch.ports import Candidate
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
+ROUND_COMMITS = 64  # how far back a round's first commit is looked for
 _IDENTITY = {
     "GIT_AUTHOR_NAME": "orch",
     "GIT_AUTHOR_EMAIL": "orch@localhost",
@@ -428,8 +429,15 @@ class LocalGitForge:
     def round_base(self, repo: str, head: str, marker: str) -> str:
         """The commit a round started from: walking back from `head` along first parents, the
         first whose message does not end with `marker` (orch's own commits of the round do)."""
+        # a round holds a commit per attempt that got that far: a few, never a long history
         out = self._git(
-            "log", "--first-parent", "--format=%H%x00%B%x1e", head, cwd=self.mirror_dir(repo)
+            "log",
+            "-n",
+            str(ROUND_COMMITS),
+            "--first-parent",
+            "--format=%H%x00%B%x1e",
+            head,
+            cwd=self.mirror_dir(repo),
         ).stdout
         for record in out.split("\x1e"):
             sha, _, body = record.strip("\n").partition("\x00")
@@ -438,7 +446,11 @@ class LocalGitForge:
         return head
 
     def checkout(self, repo: str, worktree: Path, sha: str) -> None:
+        """Make the worktree exactly `sha`'s tree: what a test or an agent left there, ignored
+        files included, must not reach what runs next (a deploy above all)."""
         self._in_worktree(repo, worktree, "checkout", "--quiet", "--force", "--detach", sha)
+        self._in_worktree(repo, worktree, "clean", "-ffdxq")
+        self._point_at(worktree, self._admin_dir(repo, worktree))
 
     def remove_worktree(self, repo: str, branch: str) -> None:
         with self._locks[repo]:

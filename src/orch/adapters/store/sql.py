@@ -790,13 +790,19 @@ class SqlStore:
         merging = conn.execute(
             sa.select(t.effects.c.repo).where(
                 t.effects.c.task_id == task_id,
-                t.effects.c.kind == "merge",
+                sa.or_(
+                    t.effects.c.kind == "merge",
+                    sa.and_(
+                        t.effects.c.kind.like("deploy:%"),
+                        t.effects.c.state == EffectState.INITIATED.value,
+                    ),
+                ),
                 t.effects.c.state.in_([st.value for st in UNRESOLVED_EFFECT_STATES]),
             )
         ).first()
         if merging is not None:
-            # parked mid-merge, and nobody holds it: a job asks the forge how the merge ended,
-            # so the repository's merge slot is freed (or the merge recorded)
+            # parked mid-merge or mid-deploy, and nobody holds it: a job settles the effect, so
+            # the repository's merge slot or the target's deploy slot is freed
             self._enqueue(conn, task_id, merging.repo, version + 1, Stage(row.stage), now)
         return True
 

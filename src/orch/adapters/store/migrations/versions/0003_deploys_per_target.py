@@ -18,6 +18,14 @@ IN_FLIGHT = "kind LIKE 'deploy:%' AND state = 'INITIATED'"
 
 
 def upgrade() -> None:
+    # an earlier orch let two deploys to one target start; a crash could leave both begun. All
+    # but the newest become UNKNOWN (what the engine makes of an unconfirmed deploy anyway), so
+    # the one-in-flight index can be built
+    op.execute(
+        "UPDATE effects SET state = 'UNKNOWN' WHERE kind LIKE 'deploy:%' AND state = 'INITIATED'"
+        " AND id NOT IN (SELECT id FROM (SELECT MAX(id) AS id FROM effects"
+        " WHERE kind LIKE 'deploy:%' AND state = 'INITIATED' GROUP BY repo, kind) AS newest)"
+    )
     op.create_index("ix_effects_repo_kind", "effects", ["repo", "kind"])
     op.create_index(
         "uq_effects_deploy_in_flight",
