@@ -7,7 +7,13 @@ from typing import Any
 import pytest
 
 from orch.adapters.agents.scripted import ScriptedAgent
-from orch.domain.integrity import DEFAULT_PROTECTED, findings, is_test_file, matches, parse_diff
+from orch.domain.integrity import (
+    DEFAULT_PROTECTED,
+    FileChange,
+    findings,
+    is_test_file,
+    parse_diff,
+)
 from orch.domain.model import GateRecord, Task
 from orch.domain.states import Stage, TaskStatus
 from orch.ports import DeployTarget, RepoSettings
@@ -96,7 +102,8 @@ def test_a_plain_change_with_its_tests_is_not_flagged() -> None:
     ],
 )
 def test_protected_path_patterns_match_like_gitignore(path: str, pattern: str, hit: bool) -> None:
-    assert matches(path, pattern) is hit
+    flagged = findings([FileChange(path)], (pattern,))
+    assert flagged == ([f"touches protected path {path}"] if hit else [])
 
 
 @pytest.mark.parametrize(

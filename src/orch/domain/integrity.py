@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from pathspec import GitIgnoreSpec
+
 # where the checks themselves live; a repository's `protected_paths` replaces this list
 DEFAULT_PROTECTED: tuple[str, ...] = (
     ".orch/**",
@@ -30,9 +32,9 @@ TEST_FILES: tuple[str, ...] = (
     "test_*.py",
     "*_test.py",
     "conftest.py",
-    "tests/**",
-    "test/**",
-    "__tests__/**",
+    "tests/",
+    "test/",
+    "__tests__/",
     "*.test.*",
     "*.spec.*",
     "*_test.go",
@@ -40,6 +42,9 @@ TEST_FILES: tuple[str, ...] = (
     "*Tests.cs",
 )
 
+# gitignore semantics: a pattern without a slash matches a name in any directory, `dir/` any
+# directory of that name
+_TESTS = GitIgnoreSpec.from_lines(TEST_FILES)
 _ASSERTION = re.compile(
     r"\bassert\w*\b|\bexpect\s*\(|\.should\b|\bt\.(Error|Errorf|Fatal|Fatalf)\(|\bassert_\w+!"
 )
@@ -88,48 +93,16 @@ def parse_diff(text: str) -> list[FileChange]:
     return changes
 
 
-def matches(path: str, pattern: str) -> bool:
-    """gitignore-like: a pattern without `/` matches a file's name in any directory; `**`
-    crosses directories, `*` and `?` do not."""
-    if "/" not in pattern:
-        return bool(_glob(pattern).fullmatch(path.rsplit("/", 1)[-1]))
-    return bool(_glob(pattern.lstrip("/")).fullmatch(path))
-
-
-def _glob(pattern: str) -> re.Pattern[str]:
-    out = []
-    i = 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return re.compile("".join(out))
-
-
 def is_test_file(path: str) -> bool:
-    parts = path.split("/")
-    if any(p in ("tests", "test", "__tests__") for p in parts[:-1]):
-        return True
-    return any(matches(path, p) for p in TEST_FILES if "/" not in p)
+    return _TESTS.match_file(path)
 
 
 def findings(changes: list[FileChange], protected: tuple[str, ...]) -> list[str]:
     """What a person or the reviewer should look at on purpose, one line each."""
+    guarded = GitIgnoreSpec.from_lines(protected)
     out: list[str] = []
     for c in changes:
-        if any(matches(c.path, p) for p in protected):
+        if guarded.match_file(c.path):
             out.append(f"touches protected path {c.path}")
         if is_test_file(c.path):
             if c.status == "D":

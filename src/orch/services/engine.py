@@ -390,18 +390,21 @@ class Engine:
                 pipeline, task.stage, task.rework_rounds, pipeline.max_attempts, "; ".join(markers)
             )
         strict = repo.protect == "strict" and bool(flagged)
-        earlier = [
-            g
+        confirmed = ""
+        held = [
+            g.at
             for g in self.store.gate_records(task.id)
             if g.gate == INTEGRITY_GATE and g.head_sha == head
         ]
-        confirmed = ""
-        if strict and earlier:
-            first = min(g.version for g in earlier)
+        if strict and held:
+            # a person approved this head at the checkpoint since it was first held there
             approvals = [
-                t
-                for t in self.store.transitions(task.id)
-                if t.version > first and t.reason.startswith(f"{pl.INTEGRITY} approved by ")
+                e
+                for e in self.store.events(task.id)
+                if e.kind == "approve"
+                and e.payload.get("checkpoint") == pl.INTEGRITY
+                and e.processed_at is not None
+                and e.created_at >= min(held)
             ]
             confirmed = approvals[-1].actor if approvals else ""
         reason = "flagged: " + "; ".join(flagged) if flagged else "nothing weakens the checks"
@@ -1086,7 +1089,7 @@ class Engine:
         if code == 0 and not timed_out:
             result = {"release": release, "target": target, "log": str(log_path)}
             if spec.check:
-                if not self._check(task, claim, lease, spec.check, worktree, target, release):
+                if self._check(task, claim, lease, spec.check, worktree, target, release) != 0:
                     return self._failed_check(
                         task, claim, lease, repo, worktree, target, key, running, result
                     )
@@ -1148,8 +1151,9 @@ class Engine:
         worktree: Path,
         target: str,
         release: str,
-    ) -> bool:
-        """Whether the deploy's check says `target` now runs `release` (exit 0)."""
+    ) -> int | None:
+        """What the deploy's check answers to "does `target` run `release`?": 0 yes, 1 no,
+        anything else (None: it had to be killed) says nothing."""
         probe = self.runner.start(
             check,
             worktree,
@@ -1157,7 +1161,7 @@ class Engine:
             self._log_path(task, f"deploy-{target}-{release[:12]}-check.log"),
         )
         code, outcome = lease.supervise(probe, 300.0, self.settings.kill_grace_s, cancellable=False)
-        return outcome == RunOutcome.EXITED and code == 0
+        return code if outcome == RunOutcome.EXITED else None
 
     def _failed_check(
         self,
@@ -1265,15 +1269,7 @@ class Engine:
         if spec is None or not spec.check:
             return None
         worktree = self.forge.prepare_worktree(task.repo, task.branch)
-        probe = self.runner.start(
-            spec.check,
-            worktree,
-            self._deploy_env(task, claim, target, release),
-            self._log_path(task, f"deploy-{target}-check.log"),
-        )
-        code, outcome = lease.supervise(probe, 300.0, self.settings.kill_grace_s, cancellable=False)
-        if outcome != RunOutcome.EXITED:
-            code = None  # a check that had to be killed says nothing
+        code = self._check(task, claim, lease, spec.check, worktree, target, release)
         if code == 0:
             self.store.finish_effect(
                 claim,

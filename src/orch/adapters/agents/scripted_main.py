@@ -24,14 +24,13 @@ DEFAULTS = {
     "development": {"docs/work-items/{{key}}/changes.md": "# Changes for {{key}}\n\n- {{title}}\n"},
     "review": {
         "docs/work-items/{{key}}/review.md": (
-            "# Review of {{key}}\n\nThe change matches the specification and has tests"
-            " (run {{run}}).\n\nVerdict: approve\n"
+            "# Review of {{key}}\n\nThe change matches the specification and has tests.\n\n"
+            "Verdict: approve\n"
         )
     },
     "testing": {
         "docs/work-items/{{key}}/test-report.md": (
-            "# Test report for {{key}}\n\n## Results\n\nAll tests pass (run {{run}}).\n\n"
-            "Verdict: pass\n"
+            "# Test report for {{key}}\n\n## Results\n\nAll tests pass.\n\nVerdict: pass\n"
         )
     },
 }
@@ -51,8 +50,6 @@ def main():
         "{{stage}}": stage,
         "{{attempt}}": str(attempt),
         "{{body}}": "",
-        # differs in every run: a verdict written again is a new file, as a real agent's is
-        "{{run}}": f"{os.getpid()}.{time.time_ns()}",
     }
     playbook = {}
     path = os.environ.get("ORCH_SCRIPTED_PLAYBOOK")
