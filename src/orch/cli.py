@@ -100,6 +100,8 @@ def serve(
     port: int | None = typer.Option(None, help="Port (default 8077; 0 picks a free one)."),
 ) -> None:
     """Run the API, the dispatcher and its worker slots in one process."""
+    import signal
+
     import uvicorn
 
     from orch.bootstrap import build
@@ -123,6 +125,11 @@ def serve(
         )
         server = uvicorn.Server(config)
         _announce(server, orch_app)
+        # uvicorn re-raises the signal that stopped it once it has shut down, with the handler
+        # it found: under Python's own, SIGTERM would end the process before the jobs in flight
+        # are given back. These let it return, and the jobs go back to the queue below
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)
         server.run()
     finally:
         orch_app.close()
@@ -299,8 +306,6 @@ def _decide(key: str, approve: bool, comment: str) -> None:
     orch_app = _app()
     try:
         task = _guard(lambda: orch_app.intake.task(key))
-        if task.status.value != "waiting":
-            _fail(f"{key} is not waiting at a checkpoint (it is {task.stage}, {task.status})")
         recorded = _guard(lambda: orch_app.intake.decide(key, approve, "cli", comment))
         verb = "approval" if approve else "rejection"
         if recorded:

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from orch.domain.integrity import DEFAULT_PROTECTED
 from orch.domain.ledger import NO_BUDGET, Budget, Usage
+from orch.domain.machine import TaskChange
 from orch.domain.model import (
     Claim,
     Effect,
@@ -101,19 +102,10 @@ class Store(Protocol):
     def park(self, task_id: int, version: int, reason: str, actor: str) -> bool: ...
 
     # writes under a lease
-    def advance(
-        self,
-        claim: Claim,
-        expected: Stage,
-        decision: Decision,
-        actor: str,
-        *,
-        read: Sequence[int] = (),
-    ) -> Task: ...
-    def retry(
-        self, claim: Claim, reason: str, backoff_s: float, *, counts: bool = True
-    ) -> None: ...
-    def supersede(self, claim: Claim) -> None: ...
+    def apply(self, claim: Claim, change: TaskChange) -> None:
+        """Write what the domain decided (see orch.domain.machine), atomically."""
+        ...
+
     def record_gate(self, claim: Claim, record: GateRecord) -> GateRecord: ...
     def find_gate(
         self, task_id: int, version: int, gate: str, head_sha: str
@@ -163,7 +155,6 @@ class Store(Protocol):
         cancel: bool = False,
     ) -> bool: ...
     def cancel_requested(self, task_id: int) -> bool: ...
-    def set_timer(self, claim: Claim, delay_s: float) -> None: ...
     def pending_events(self, task_id: int) -> list[Event]: ...
     def mark_events(self, claim: Claim, event_ids: Sequence[int]) -> None: ...
 

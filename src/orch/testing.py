@@ -12,8 +12,8 @@ import hashlib
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from orch import crashpoints
@@ -22,10 +22,12 @@ from orch.adapters.notifiers.log import MemoryNotifier
 from orch.adapters.process import LocalRunner
 from orch.adapters.sandbox.policy import LandlockSandbox
 from orch.adapters.store.sql import SqlStore
+from orch.domain import machine
 from orch.domain import pipeline as pl
 from orch.domain.errors import DefaultMoved, ForgeError, HeadMoved, MergeConflict, NotFound
 from orch.domain.ledger import Usage
-from orch.domain.model import Claim
+from orch.domain.model import Claim, Task
+from orch.domain.states import Stage
 from orch.modelserver import Edit, ModelServer, Say, Script, Shell, Turn, Write
 from orch.modelserver import Usage as ModelUsage
 from orch.ports import (
@@ -37,6 +39,7 @@ from orch.ports import (
     ProcessTable,
     RepoSettings,
     Sandbox,
+    Store,
 )
 from orch.services.breaker import Breakers
 from orch.services.dispatcher import Dispatcher, DispatcherSettings
@@ -607,3 +610,35 @@ def rig(
     return Rig(
         store, forge, repos, notifier, engine, dispatcher, intake, chosen, logs, make, processes
     )
+
+
+# -- a worker's writes, for tests that drive a store by hand ------------------------------------
+
+
+def advance(
+    store: Store,
+    claim: Claim,
+    expected: Stage,
+    decision: pl.Decision,
+    actor: str,
+    read: Sequence[int] = (),
+) -> Task:
+    """Move a claimed task as its worker would: the domain's change for `decision`, from the
+    stage the worker believes the task is at, written by the store."""
+    task = replace(store.get_task(claim.task_id), stage=expected)
+    store.apply(claim, machine.advance(task, decision, actor, tuple(read)))
+    return store.get_task(claim.task_id)
+
+
+def retry(
+    store: Store, claim: Claim, reason: str, backoff_s: float, *, counts: bool = True
+) -> None:
+    store.apply(claim, machine.retry(reason, backoff_s, counts=counts))
+
+
+def supersede(store: Store, claim: Claim) -> None:
+    store.apply(claim, machine.nothing_to_do(store.get_task(claim.task_id)))
+
+
+def set_timer(store: Store, claim: Claim, delay_s: float) -> None:
+    store.apply(claim, machine.timer(store.get_task(claim.task_id), delay_s))

@@ -17,6 +17,7 @@ from orch.domain.ledger import Usage
 from orch.domain.model import Claim, GateRecord, Task, Ticket
 from orch.domain.pipeline import Checkpoint, Decision, Move, Pipeline
 from orch.domain.states import EffectState, JobState, RunOutcome, Stage, TaskStatus
+from orch.testing import advance, retry, set_timer, supersede
 
 # the default pipeline without its human waits: every success is another ACTIVE stage
 FLOW: Pipeline = replace(pl.default_pipeline(), checkpoints=())
@@ -167,7 +168,7 @@ def test_claim_bumps_the_token_and_the_attempt(store: SqlStore) -> None:
         1,
     )
     assert c1.token > 0
-    store.retry(c1, "try again", backoff_s=0)
+    retry(store, c1, "try again", backoff_s=0)
     c2 = claim(store)
     assert c2.job_id == c1.job_id
     assert c2.attempt == 2
@@ -223,7 +224,7 @@ def test_an_active_task_keeps_its_repo_slot_between_stages(store: SqlStore) -> N
     new_task(store, "APP-2", "app")
     first = claim(store)
     onward = pl.Decision(pl.Move.ADVANCE, Stage.ARCHITECTURE, TaskStatus.ACTIVE, "next")
-    store.advance(first, Stage.ANALYSIS, onward, "w")
+    advance(store, first, Stage.ANALYSIS, onward, "w")
     # the first task is still active: its next stage, not the second task, gets the slot
     assert claim(store).task_id == first.task_id
     assert store.claim(OWNER, 60, one_per_repo) is None
@@ -234,7 +235,7 @@ def test_a_task_that_waits_for_a_person_gives_its_repo_slot_back(store: SqlStore
     second = new_task(store, "APP-2", "app")
     first = claim(store)
     plan_wait = pl.after_success(pl.default_pipeline(), Stage.ANALYSIS)
-    waiting = store.advance(first, Stage.ANALYSIS, plan_wait, "w")
+    waiting = advance(store, first, Stage.ANALYSIS, plan_wait, "w")
     assert waiting.status == TaskStatus.WAITING
     assert claim(store).task_id == second.id
 
@@ -245,7 +246,7 @@ def test_a_task_that_waits_for_a_person_gives_its_repo_slot_back(store: SqlStore
 def test_advance_moves_the_task_and_enqueues_the_next_job(store: SqlStore) -> None:
     task = new_task(store)
     c = claim(store)
-    moved = store.advance(c, Stage.ANALYSIS, pl.after_success(FLOW, Stage.ANALYSIS), "worker:w")
+    moved = advance(store, c, Stage.ANALYSIS, pl.after_success(FLOW, Stage.ANALYSIS), "worker:w")
     assert (moved.stage, moved.status, moved.version) == (
         Stage.ARCHITECTURE,
         TaskStatus.ACTIVE,
@@ -269,10 +270,10 @@ def test_advance_with_the_wrong_expected_stage_is_a_conflict_and_writes_nothing(
     c = claim(store)
     before = snapshot(store, task.id)
     with pytest.raises(Conflict):
-        store.advance(c, Stage.DEVELOPMENT, pl.after_success(FLOW, Stage.DEVELOPMENT), "w")
+        advance(store, c, Stage.DEVELOPMENT, pl.after_success(FLOW, Stage.DEVELOPMENT), "w")
     assert snapshot(store, task.id) == before
     # the lease is still held: the right CAS goes through
-    store.advance(c, Stage.ANALYSIS, pl.after_success(FLOW, Stage.ANALYSIS), "w")
+    advance(store, c, Stage.ANALYSIS, pl.after_success(FLOW, Stage.ANALYSIS), "w")
     assert store.get_task(task.id).version == 2
 
 
@@ -282,7 +283,7 @@ def test_advance_with_a_stale_version_is_a_conflict_and_writes_nothing(store: Sq
     stale = replace(c, version=c.version + 5)
     before = snapshot(store, task.id)
     with pytest.raises(Conflict):
-        store.advance(stale, Stage.ANALYSIS, pl.after_success(FLOW, Stage.ANALYSIS), "w")
+        advance(store, stale, Stage.ANALYSIS, pl.after_success(FLOW, Stage.ANALYSIS), "w")
     assert snapshot(store, task.id) == before
 
 
@@ -290,7 +291,7 @@ def test_advance_into_a_wait_enqueues_no_job(store: SqlStore) -> None:
     p = pl.default_pipeline()
     task = new_task(store, pipeline=p)
     c = claim(store)
-    moved = store.advance(c, Stage.ANALYSIS, pl.after_success(p, Stage.ANALYSIS), "w")
+    moved = advance(store, c, Stage.ANALYSIS, pl.after_success(p, Stage.ANALYSIS), "w")
     assert (moved.status, moved.waiting_for) == (TaskStatus.WAITING, "approve-plan")
     assert [j.state for j in store.jobs(task.id)] == [JobState.SUCCEEDED]
     assert store.claim(OWNER, 60, one_per_repo) is None
@@ -300,7 +301,7 @@ def test_parking_a_task_kills_its_job_and_enqueues_nothing(store: SqlStore) -> N
     task = new_task(store)
     c = claim(store)
     park = pl.after_attempt_failure(FLOW, Stage.ANALYSIS, FLOW.max_attempts, "agent exited 1")
-    moved = store.advance(c, Stage.ANALYSIS, park, "w")
+    moved = advance(store, c, Stage.ANALYSIS, park, "w")
     assert moved.status == TaskStatus.NEEDS_OPERATOR
     assert "agent exited 1" in moved.status_reason
     assert [j.state for j in store.jobs(task.id)] == [JobState.DEAD]
@@ -312,10 +313,10 @@ def test_a_rework_counts_a_round_and_keeps_the_feedback(store: SqlStore) -> None
         Move.ADVANCE, Stage.ANALYSIS, TaskStatus.ACTIVE, "r", feedback="do it again", rework=True
     )
     c = claim(store)
-    moved = store.advance(c, Stage.ANALYSIS, rework, "w")
+    moved = advance(store, c, Stage.ANALYSIS, rework, "w")
     assert (moved.rework_rounds, moved.feedback) == (1, "do it again")
     c2 = claim(store)
-    moved = store.advance(c2, Stage.ANALYSIS, pl.after_success(FLOW, Stage.ANALYSIS), "w")
+    moved = advance(store, c2, Stage.ANALYSIS, pl.after_success(FLOW, Stage.ANALYSIS), "w")
     assert moved.rework_rounds == 1
     assert moved.feedback == "", "feedback is cleared when the task moves on"
     assert task.id == moved.id
@@ -326,14 +327,14 @@ def test_transitions_are_gap_free_and_follow_pipeline_edges(store: SqlStore) -> 
     stage = task.stage
     # one retry and one rework on the way, then straight through to done
     c = claim(store)
-    store.retry(c, "flaky", backoff_s=0)
+    retry(store, c, "flaky", backoff_s=0)
     while True:
         c = claim(store)
         if stage == Stage.REVIEW and store.get_task(task.id).rework_rounds == 0:
             d = pl.after_gate_failure(FLOW, stage, 0, c.attempt, "request-changes")
         else:
             d = pl.after_success(FLOW, stage)
-        moved = store.advance(c, stage, d, "w")
+        moved = advance(store, c, stage, d, "w")
         stage = moved.stage
         if moved.status == TaskStatus.DONE:
             break
@@ -447,15 +448,15 @@ def _renew(s: SqlStore, t: Task, old: Claim, new: Claim) -> object:
 
 
 def _advance(s: SqlStore, t: Task, old: Claim, new: Claim) -> object:
-    return s.advance(old, Stage.ANALYSIS, pl.after_success(FLOW, Stage.ANALYSIS), "w")
+    return advance(s, old, Stage.ANALYSIS, pl.after_success(FLOW, Stage.ANALYSIS), "w")
 
 
 def _retry(s: SqlStore, t: Task, old: Claim, new: Claim) -> object:
-    return s.retry(old, "stale failure", 0)
+    return retry(s, old, "stale failure", 0)
 
 
 def _supersede(s: SqlStore, t: Task, old: Claim, new: Claim) -> object:
-    return s.supersede(old)
+    return supersede(s, old)
 
 
 def _record_gate(s: SqlStore, t: Task, old: Claim, new: Claim) -> object:
@@ -512,19 +513,19 @@ def test_every_write_under_a_fenced_off_claim_raises_lease_lost_and_writes_nothi
     assert snapshot(store, task.id) == before
     # the live owner is unaffected
     store.renew(new, 60)
-    store.advance(new, Stage.ANALYSIS, pl.after_success(FLOW, Stage.ANALYSIS), "w")
+    advance(store, new, Stage.ANALYSIS, pl.after_success(FLOW, Stage.ANALYSIS), "w")
     assert store.get_task(task.id).version == 2
 
 
 def test_writes_under_a_claim_whose_job_finished_raise_lease_lost(store: SqlStore) -> None:
     task = new_task(store)
     c = claim(store)
-    store.advance(c, Stage.ANALYSIS, pl.after_success(FLOW, Stage.ANALYSIS), "w")
+    advance(store, c, Stage.ANALYSIS, pl.after_success(FLOW, Stage.ANALYSIS), "w")
     before = snapshot(store, task.id)
     with pytest.raises(LeaseLost):
         store.renew(c, 60)
     with pytest.raises(LeaseLost):
-        store.retry(c, "late", 0)
+        retry(store, c, "late", 0)
     assert snapshot(store, task.id) == before
 
 
@@ -534,7 +535,7 @@ def test_writes_under_a_claim_whose_job_finished_raise_lease_lost(store: SqlStor
 def test_retry_requeues_the_job_with_the_reason(store: SqlStore) -> None:
     task = new_task(store)
     c = claim(store)
-    store.retry(c, "agent exited 1", backoff_s=0)
+    retry(store, c, "agent exited 1", backoff_s=0)
     [job] = store.jobs(task.id)
     assert (job.state, job.owner, job.last_error) == (JobState.QUEUED, None, "agent exited 1")
     after = store.get_task(task.id)
@@ -547,14 +548,14 @@ def test_retry_requeues_the_job_with_the_reason(store: SqlStore) -> None:
 def test_a_retry_without_backoff_is_claimable_at_once(store: SqlStore) -> None:
     new_task(store)
     c = claim(store)
-    store.retry(c, "x", backoff_s=0)
+    retry(store, c, "x", backoff_s=0)
     assert claim(store).attempt == 2
 
 
 def test_a_retry_with_backoff_is_not_claimable_until_it_is_due(store: SqlStore) -> None:
     task = new_task(store)
     c = claim(store)
-    store.retry(c, "x", backoff_s=3600)
+    retry(store, c, "x", backoff_s=3600)
     assert store.claim(OWNER, 60, one_per_repo) is None
     due = store.next_run_after()
     assert due is not None and due > store.now() + 3000
@@ -599,7 +600,7 @@ def test_an_event_after_the_inbox_job_of_a_wait_ran_enqueues_another(store: SqlS
     assert store.append_event(task.id, "stray", "approve", "mallory", {"checkpoint": "other"})
     c = claim(store)
     store.mark_events(c, [e.id for e in store.pending_events(task.id)])
-    store.supersede(c)
+    supersede(store, c)
     assert store.append_event(task.id, "real", "approve", "alice", {"checkpoint": "go-ahead"})
     again = store.claim(OWNER, 60, one_per_repo)
     assert again is not None, "the decision sits in the inbox with no job to read it"
@@ -816,13 +817,14 @@ def test_a_run_records_its_cache_tokens_session_and_the_agents_account(store: Sq
     assert store.get_task(task.id).spent == Usage(10, 4, 900, 30, 0.25)
 
 
-def test_the_usage_of_a_run_whose_lease_was_lost_is_counted_once_and_the_run_stays_open(
+def test_the_usage_of_a_run_whose_lease_was_lost_is_counted_once_and_the_sweep_closed_it(
     store: SqlStore,
 ) -> None:
     task = new_task(store)
     lost = claim(store)
     run_id = store.start_run(lost, "claude", 7, "/tmp/lost.log")
-    # the run's worker lost the lease: its outcome cannot be written, its spending can
+    # the run's worker lost the lease: the sweep that took it closed its run; its spending can
+    # still be written
     third = claim_again(store, lost)
     with pytest.raises(LeaseLost):
         store.finish_run(lost, run_id, -9, Usage(100, 10, cost_usd=0.1))
@@ -830,12 +832,67 @@ def test_the_usage_of_a_run_whose_lease_was_lost_is_counted_once_and_the_run_sta
     store.record_usage(task.id, run_id, Usage(100, 10, cost_usd=0.1))
     [run] = store.runs(task.id)
     assert run.usage == Usage(100, 10, cost_usd=0.1)
-    assert (run.ended_at, run.outcome) == (None, None)
+    assert run.ended_at is not None
+    assert (run.outcome, run.exit_code) == (RunOutcome.LEASE_LOST, None)
     assert store.get_task(task.id).spent == Usage(100, 10, cost_usd=0.1)
     # and the live owner's own run is counted too
     live = store.start_run(third, "claude", 8, "/tmp/third.log")
     store.finish_run(third, live, 0, Usage(1, 1, cost_usd=0.01))
     assert store.get_task(task.id).spent == Usage(101, 11, cost_usd=0.11)
+
+
+@pytest.mark.parametrize("end", ["advance", "retry", "supersede", "timer"])
+def test_a_jobs_last_write_closes_the_run_its_worker_could_not_close(
+    store: SqlStore, end: str
+) -> None:
+    task = new_task(store)
+    c = claim(store)
+    run_id = store.start_run(c, "claude", 7, "/tmp/run.log")
+    # the worker could not record how the run ended (a store outage, say); its job ends anyway
+    if end == "advance":
+        advance(store, c, Stage.ANALYSIS, pl.after_success(FLOW, Stage.ANALYSIS), "w")
+    elif end == "retry":
+        retry(store, c, "try again", 0.0)
+    elif end == "supersede":
+        supersede(store, c)
+    else:
+        set_timer(store, c, 5.0)
+    [run] = store.runs(task.id)
+    assert run.ended_at is not None
+    assert run.outcome == RunOutcome.ERROR
+    assert run.detail == "closed for its worker: its worker could not record it"
+    # its spending was never counted: it is read back from its log once its worker is gone
+    assert [r.id for r in store.unaccounted_runs()] == [run_id]
+
+
+def test_a_dead_lettered_jobs_open_run_is_closed_as_lease_lost(store: SqlStore) -> None:
+    task = new_task(store)
+    c = claim(store, ttl_s=-1)
+    store.start_run(c, "claude", 7, "/tmp/run.log")
+    assert store.sweep(max_attempts=1).dead == 1
+    [run] = store.runs(task.id)
+    assert (run.outcome, run.ended_at is not None) == (RunOutcome.LEASE_LOST, True)
+
+
+def test_working_time_is_the_time_a_task_held_a_repository_slot(store: SqlStore) -> None:
+    first = new_task(store, "APP-1")
+    second = new_task(store, "APP-2")
+    c = claim(store)
+    assert c.task_id == first.id
+    assert store.get_task(first.id).slot_since is not None
+    # the second task waits for the one slot: that is not work
+    assert store.claim(OWNER, 60.0, one_per_repo) is None
+    queued = store.get_task(second.id)
+    assert (queued.slot_since, queued.worked_s) == (None, 0.0)
+    advance(store, c, Stage.ANALYSIS, pl.on_stop(Stage.ANALYSIS, "ann", "no"), "ann")
+    done = store.get_task(first.id)
+    assert done.slot_since is None
+    assert done.worked_s >= 0.0
+    assert done.worked(done.updated_at + 100.0) == done.worked_s  # no slot, no more work
+    c2 = claim(store)
+    assert c2.task_id == second.id
+    working = store.get_task(second.id)
+    assert working.slot_since is not None and working.worked_s == 0.0
 
 
 def claim_again(store: SqlStore, held: Claim) -> Claim:
@@ -914,7 +971,8 @@ def test_tasks_can_be_listed_by_status(store: SqlStore) -> None:
     new_task(store, "WEB-1", "web")
     c = claim(store)
     assert c.task_id == parked.id
-    store.advance(
+    advance(
+        store,
         c,
         Stage.ANALYSIS,
         Decision(Move.PARK, Stage.ANALYSIS, TaskStatus.NEEDS_OPERATOR, "3 attempts failed"),

@@ -12,6 +12,7 @@ from orch.adapters.store.sql import SqlStore
 from orch.demo import sample
 from orch.domain.pipeline import Decision, Move
 from orch.domain.states import Stage, TaskStatus
+from orch.testing import advance
 
 from .conftest import orch, write_config
 
@@ -54,7 +55,7 @@ def test_task_list_shows_the_dead_letters_with_why_they_were_parked(configured: 
         c = store.claim("host:1:1:worker", 60.0, lambda _repo: 1)
         assert c is not None
         reason = "3 attempts failed; last: agent default exited 1"
-        store.advance(c, Stage.ANALYSIS, pl_park(reason), "worker")
+        advance(store, c, Stage.ANALYSIS, pl_park(reason), "worker")
     finally:
         store.close()
 

@@ -15,7 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from orch.adapters.store.sql import SqlStore
 from orch.demo import sample
+from orch.domain.states import JobState, RunOutcome
 
 from .conftest import orch, write_config
 
@@ -122,6 +124,14 @@ def test_filed_ticket_runs_analysis_and_waits_for_plan_approval(served: Served) 
     shown = orch("--config", str(served.config), "task", "show", key)
     assert shown.returncode == 0, shown.stderr
     assert "approve-plan" in shown.stdout
+
+    with httpx.Client(base_url=served.url, timeout=10) as client:
+        approved = client.post(f"/api/v1/tasks/{key}/approve", json={"actor": "alice"})
+        assert approved.json()["recorded"] is True
+        # the wait is answered: a rejection sent after it would never be acted on
+        refused = client.post(f"/api/v1/tasks/{key}/reject", json={"actor": "bob"})
+        assert refused.status_code == 409
+        assert "approved by alice" in refused.json()["error"]
 
 
 def test_api_answers_bad_requests_with_clear_errors(served: Served) -> None:
@@ -247,3 +257,40 @@ def test_a_worker_on_the_workspace_of_a_running_serve_is_refused(served: Served)
     assert refused.returncode == 2
     assert "another orch process runs workers in" in refused.stderr
     assert "give each serve or worker its own workspace_root" in refused.stderr
+
+
+def test_serve_stopped_by_sigterm_gives_its_running_job_back_and_closes_the_run(
+    tmp_path: Path,
+) -> None:
+    _, remote = sample.create(tmp_path)
+    # an agent that works until it is stopped
+    agents = {"default": {"kind": "command", "command": ["sleep", "600"]}}
+    config = write_config(tmp_path, remote, agents=agents)
+    proc = start_serve(config)
+    try:
+        assert proc.stdout is not None
+        url = re.search(r"http://[\d.]+:\d+", proc.stdout.readline())
+        assert url, proc.stderr.read() if proc.stderr else ""
+        with httpx.Client(base_url=url.group(0), timeout=10) as client:
+            key = client.post("/api/v1/tasks", json={"repo": "sample", "title": "Work"}).json()[
+                "key"
+            ]
+            wait_for(
+                lambda: client.get(f"/api/v1/tasks/{key}").json()["runs"], "the agent to start"
+            )
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        stop(proc)
+    store = SqlStore(f"sqlite:///{tmp_path / 'orch.db'}")
+    try:
+        task = store.find_task(key)
+        assert task is not None
+        [job] = store.jobs(task.id)
+        # given back, not held by a dead owner, and not counted as an attempt
+        assert (job.state, job.owner, job.attempt) == (JobState.QUEUED, None, 0)
+        [run] = store.runs(task.id)
+        assert run.outcome == RunOutcome.SHUTDOWN
+        assert run.ended_at is not None
+    finally:
+        store.close()

@@ -35,7 +35,7 @@ from orch.domain.errors import Conflict, LeaseLost
 from orch.domain.model import Claim, GateRecord, Task
 from orch.domain.states import EffectState, Stage, TaskStatus
 from orch.ports import AgentRequest
-from orch.testing import Rig, SimulatedCrash, crash_at
+from orch.testing import Rig, SimulatedCrash, advance, crash_at, retry, set_timer, supersede
 
 from .harness import REPO, Outcome, World, build_world, snapshot
 from .invariants import Observed, Violation, check_all, observe
@@ -83,7 +83,7 @@ def stale_write(rig: Rig, claim: Claim, write: str) -> None:
     store = rig.store
     if write == "advance":
         pipeline = pl.from_dict(store.get_task(claim.task_id).pipeline)
-        store.advance(claim, claim.stage, pl.after_success(pipeline, claim.stage), "paused")
+        advance(store, claim, claim.stage, pl.after_success(pipeline, claim.stage), "paused")
     elif write == "renew":
         store.renew(claim, 30.0)
     elif write == "begin_effect":
@@ -93,7 +93,7 @@ def stale_write(rig: Rig, claim: Claim, write: str) -> None:
         key = effects[-1].key if effects else "stale:none"
         store.finish_effect(claim, key, EffectState.SUCCEEDED, {"by": "a paused worker"})
     elif write == "retry":
-        store.retry(claim, "written by a paused worker", 0.0)
+        retry(store, claim, "written by a paused worker", 0.0)
     elif write == "mark_events":
         store.mark_events(claim, [e.id for e in store.events(claim.task_id)] or [0])
     elif write == "start_run":
@@ -104,9 +104,9 @@ def stale_write(rig: Rig, claim: Claim, write: str) -> None:
             GateRecord(claim.task_id, claim.version, "stale", "0" * 40, claim.stage, True, ""),
         )
     elif write == "set_timer":
-        store.set_timer(claim, 10.0)
+        set_timer(store, claim, 10.0)
     elif write == "supersede":
-        store.supersede(claim)
+        supersede(store, claim)
     else:  # pragma: no cover - a typo in STALE_WRITES
         raise AssertionError(write)
 
@@ -180,7 +180,15 @@ class OrchModel(RuleBasedStateMachine):
 
     def _approve(self, key: str) -> bool:
         waiting = self._task(key).status == TaskStatus.WAITING
-        return self.w.rig.intake.decide(key, True, APPROVER if waiting else EARLY)
+        return self._decide(key, True, APPROVER if waiting else EARLY)
+
+    def _decide(self, key: str, approve: bool, actor: str, comment: str = "") -> bool:
+        """A person's answer; one that cannot apply (nothing waits, or the wait was already
+        answered otherwise) is refused, and then nothing is recorded."""
+        try:
+            return self.w.rig.intake.decide(key, approve, actor, comment)
+        except Conflict:
+            return False
 
     def _stop(self, key: str, reason: str) -> bool:
         try:
@@ -325,7 +333,7 @@ class OrchModel(RuleBasedStateMachine):
         if approve:
             self._approve(keys[i % len(keys)])
         else:
-            self.w.rig.intake.decide(keys[i % len(keys)], False, "rejecter", "not like this")
+            self._decide(keys[i % len(keys)], False, "rejecter", "not like this")
 
     @precondition(has_tickets)
     @rule(
@@ -346,7 +354,7 @@ class OrchModel(RuleBasedStateMachine):
         else:
             self._stop(key, "changed our minds")
             if when == "then an older approval":
-                self.w.rig.intake.decide(key, True, APPROVER)
+                self._decide(key, True, APPROVER)
 
     def _stop_while_an_agent_works(self, agent_ends: Outcome) -> None:
         def press(request: AgentRequest) -> Outcome:

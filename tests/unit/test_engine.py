@@ -18,7 +18,7 @@ from orch.adapters.notifiers.log import MemoryNotifier
 from orch.adapters.store import schema as tables
 from orch.domain import naming
 from orch.domain import pipeline as pl
-from orch.domain.errors import ForgeError, MergeConflict
+from orch.domain.errors import Conflict, ForgeError, MergeConflict
 from orch.domain.model import Task
 from orch.domain.naming import merge_key
 from orch.domain.states import EffectState, JobState, Stage, TaskStatus
@@ -444,11 +444,18 @@ def test_a_stage_naming_an_agent_that_is_not_configured_parks_with_the_reason(
 # -- people's decisions ---------------------------------------------------------------------------
 
 
-def test_an_approval_sent_when_nothing_waits_is_ignored(make_rig: Any) -> None:
+def test_an_approval_when_nothing_waits_is_refused_and_one_in_the_inbox_ignored(
+    make_rig: Any,
+) -> None:
     r = make_rig()
     task = file_ticket(r)
     assert current(r, task).status == TaskStatus.ACTIVE
-    r.intake.decide(task.key, True, "mallory")
+    with pytest.raises(Conflict, match="is not waiting at a checkpoint"):
+        r.intake.decide(task.key, True, "mallory")
+    # one that reached the inbox anyway (sent as the task moved on) is read and ignored
+    assert r.store.append_event(
+        task.id, "stray", "approve", "mallory", {"checkpoint": "", "comment": ""}
+    )
     r.run_until_idle()
     after = current(r, task)
     assert (after.stage, after.status, after.waiting_for) == (
@@ -493,12 +500,15 @@ def test_a_second_decision_for_the_same_version_is_deduplicated(make_rig: Any) -
     assert current(r, task).stage == Stage.DEPLOY
 
 
-def test_a_rejection_racing_an_approval_of_the_same_wait_is_ignored(make_rig: Any) -> None:
+def test_a_rejection_in_the_inbox_of_a_wait_already_approved_is_ignored(make_rig: Any) -> None:
     r = make_rig()
     task = file_ticket(r)
     r.run_until_idle()
     assert r.intake.decide(task.key, True, "alice")
-    assert r.intake.decide(task.key, False, "bob", comment="no")
+    # intake refuses a second answer; one written by an older orch is still ignored
+    assert r.store.append_event(
+        task.id, "older", "reject", "bob", {"checkpoint": "approve-plan", "comment": "no"}
+    )
     r.run_until_idle()
     actors = [t.actor for t in r.store.transitions(task.id)]
     assert "alice" in actors

@@ -16,7 +16,7 @@ from orch.domain.model import Task
 from orch.domain.states import JobState, RunOutcome, Stage, TaskStatus
 from orch.ports import AgentRequest, RepoSettings
 from orch.services.breaker import Breakers
-from orch.testing import InstantAgent, MemoryProcessTable, Rig, SimClock, rig
+from orch.testing import InstantAgent, MemoryProcessTable, Rig, SimClock, retry, rig
 
 
 def file_ticket(r: Rig, title: str = "Add a greeting") -> Task:
@@ -159,11 +159,38 @@ def test_the_task_deadline_counts_working_time_and_not_human_waits(made: list[Ri
     assert r.intake.decide(task.key, True, "alice")
     assert r.dispatcher.run_once()  # reads the approval: the deploy stage is queued
     assert (now(r, task).stage, now(r, task).status) == (Stage.DEPLOY, TaskStatus.ACTIVE)
+    slow = r.store.claim("slow:1:worker", 600.0, r.repos.limit)  # a worker takes a minute
+    assert slow is not None
     clock.advance(60)  # a minute of working time, past the deadline of 50s
+    retry(r.store, slow, "the worker gave up", 0.0, counts=False)
     r.run_until_idle()
     t = now(r, task)
     assert (t.stage, t.status) == (Stage.DEPLOY, TaskStatus.NEEDS_OPERATOR)
     assert t.status_reason == "deadline: the task used its 50s of working time"
+
+
+def test_time_queued_behind_another_task_for_the_repository_slot_is_not_working_time(
+    made: list[Rig],
+) -> None:
+    clock = SimClock()
+    bounded = replace(pl.default_pipeline(), deadline_s=50.0)
+    # every agent run takes 20s; the repository runs one task at a time
+    agent = InstantAgent(outcome=lambda _req: clock.advance(20) or 0)
+    r = rig({"default": agent}, pipeline=bounded, clock=clock)
+    made.append(r)
+    first, second = file_ticket(r, "First"), file_ticket(r, "Second")
+    r.run_until_idle()
+    assert [now(r, t).waiting_for for t in (first, second)] == ["approve-plan"] * 2
+    for t in (first, second):
+        assert r.intake.decide(t.key, True, "alice")
+    r.run_until_idle()
+    # one task worked through architecture and development (40s) while the other waited for
+    # its slot; each is charged only its own 60s of agent runs, so both stop at review
+    for t in (first, second):
+        t = now(r, t)
+        assert (t.stage, t.status) == (Stage.REVIEW, TaskStatus.NEEDS_OPERATOR)
+        assert t.status_reason == "deadline: the task used its 50s of working time"
+        assert t.worked_s == 60.0
 
 
 def test_an_agent_that_goes_silent_is_killed_as_stalled_and_the_run_says_so(

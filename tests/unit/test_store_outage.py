@@ -10,9 +10,9 @@ from typing import Any
 
 from orch.domain.errors import StoreUnavailable
 from orch.domain.model import Claim
-from orch.domain.states import Stage, TaskStatus
+from orch.domain.states import RunOutcome, Stage, TaskStatus
 from orch.services.dispatcher import Dispatcher, DispatcherSettings
-from orch.testing import InstantAgent, rig
+from orch.testing import InstantAgent, memory_store, rig
 
 
 class FlakyClaims:
@@ -69,4 +69,34 @@ def test_a_store_that_refuses_claims_pauses_claiming_with_one_alert_until_it_ans
         assert len([k for k, _ in r.notifier.sent if k.endswith(":store-down")]) == 1
     finally:
         dispatcher.stop()
+        r.close()
+
+
+class RunsCannotClose:
+    """The rig's store, but recording how a run ended fails, as on a full disk."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+
+    def finish_run(self, *_args: Any, **_kwargs: Any) -> None:
+        raise StoreUnavailable("store write failed: database or disk is full")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def test_a_run_whose_end_could_not_be_recorded_is_closed_by_its_jobs_last_write() -> None:
+    store = RunsCannotClose(memory_store())
+    r = rig({"default": InstantAgent()}, store=store)  # type: ignore[arg-type]
+    try:
+        task = r.intake.file("app", "Add a greeting", "Say hello.")
+        r.run_until_idle()
+        assert r.store.get_task(task.id).waiting_for == "approve-plan"
+        [run] = r.store.runs(task.id)
+        assert run.ended_at is not None
+        assert (run.outcome, run.detail) == (
+            RunOutcome.ERROR,
+            "closed for its worker: its worker could not record it",
+        )
+    finally:
         r.close()

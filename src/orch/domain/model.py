@@ -43,6 +43,14 @@ class Task:
     budgets: dict[str, Any] = field(default_factory=dict)  # an operator's budget overrides
     created_at: float = 0.0
     updated_at: float = 0.0
+    slot_since: float | None = None  # when it took the repository slot it holds, if it does
+    worked_s: float = 0.0  # time it held a repository slot before that
+
+    def worked(self, now: float) -> float:
+        """Working time: how long it has held a repository slot, now included. Time waiting
+        for people, parked, or queued behind other tasks for a slot is not work."""
+        held = now - self.slot_since if self.slot_since is not None else 0.0
+        return self.worked_s + max(0.0, held)
 
     @property
     def spent(self) -> Usage:

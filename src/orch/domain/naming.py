@@ -18,9 +18,59 @@ def key_prefix(repo: str, configured: str) -> str:
 
 def merge_key(task_key: str, task_id: int, stage: str, head: str) -> str:
     """One merge per head that passed the gates, however often the stage is entered."""
-    return f"{task_key}#{task_id}:{stage}:merge:{head}"
+    return f"{task_ref(task_key, task_id)}:{stage}:merge:{head}"
 
 
 def deploy_key(repo: str, target: str, release: str) -> str:
     """One deploy of a release to a target."""
     return f"deploy:{repo}:{target}:{release}"
+
+
+def superseded_key(deploy: str) -> str:
+    """The record that a deploy was skipped: its target already ran something newer."""
+    return f"{deploy}:superseded"
+
+
+def rollback_key(deploy: str) -> str:
+    """The rollback of a deploy that failed its check."""
+    return f"{deploy}:rollback"
+
+
+def task_ref(task_key: str, task_id: int) -> str:
+    """A task named in keys: its ticket's key and its own id (a ticket may have had others)."""
+    return f"{task_key}#{task_id}"
+
+
+def notify_key(task_key: str, task_id: int, version: int) -> str:
+    """One message per version a task reaches."""
+    return f"{task_ref(task_key, task_id)}:notify:v{version}"
+
+
+def remind_key(task_key: str, task_id: int, version: int, rounds: int) -> str:
+    """One reminder per timeout a checkpoint's wait has run through."""
+    return f"{task_ref(task_key, task_id)}:remind:v{version}:{rounds}"
+
+
+def delete_branch_key(task_key: str, task_id: int, why: str) -> str:
+    """One delete of a task's branch per reason (it was cancelled, or it is done)."""
+    return f"{task_ref(task_key, task_id)}:{why}:delete-branch"
+
+
+def decision_key(task_id: int, version: int) -> str:
+    """One decision per wait: whichever of an approval or a rejection comes first answers it."""
+    return f"{task_id}:v{version}:decision"
+
+
+def retry_key(task_id: int, version: int) -> str:
+    """One operator's retry per parked version of a task."""
+    return f"{task_id}:v{version}:retry"
+
+
+def stop_key(task_id: int) -> str:
+    """One STOP per task."""
+    return f"{task_id}:stop"
+
+
+def cancel_overdue_key(task_id: int) -> str:
+    """The one alert that a task's STOP waits longer than its bound."""
+    return f"{task_id}:cancel-overdue"

@@ -65,6 +65,38 @@ UNRESOLVED_EFFECT_STATES: frozenset[EffectState] = frozenset(
 )
 
 
+class EventKind(StrEnum):
+    """What reaches a task's inbox."""
+
+    APPROVE = "approve"  # a person answers a checkpoint: go on
+    REJECT = "reject"  # ... or go back, with a comment
+    STOP = "stop"  # cancel the task, at any stage
+    RETRY = "retry"  # an operator runs a parked task again
+    ALERT = "alert"  # the sweeper's note that a STOP waits too long
+
+
+DECISIONS: frozenset[EventKind] = frozenset({EventKind.APPROVE, EventKind.REJECT})
+
+
+class EffectKind(StrEnum):
+    """What orch does outside its store. Deploys, rollbacks and skipped deploys are per target:
+    their stored kind is `<kind>:<target>` (see `for_target`)."""
+
+    MERGE = "merge"
+    NOTIFY = "notify"
+    DELETE_BRANCH = "delete-branch"
+    DEPLOY = "deploy"
+    ROLLBACK = "rollback"
+    SUPERSEDED = "superseded"
+
+    def for_target(self, target: str) -> str:
+        return f"{self.value}:{target}"
+
+    def of(self, stored: str) -> bool:
+        """Whether a stored kind is this one (for a target, or not)."""
+        return stored == self.value or stored.startswith(f"{self.value}:")
+
+
 class RunOutcome(StrEnum):
     """How a supervised child ended. Each clock that can end it records its own outcome."""
 

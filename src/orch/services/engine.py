@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from orch import crashpoints
-from orch.domain import integrity
+from orch.domain import integrity, machine
 from orch.domain import pipeline as pl
 from orch.domain.agent_env import child_env
 from orch.domain.errors import (
@@ -34,6 +34,7 @@ from orch.domain.errors import (
     MergeConflict,
     OrchError,
     ShuttingDown,
+    StoreUnavailable,
 )
 from orch.domain.failures import FailureClass, classify
 from orch.domain.gates import Verdict, artifact_verdict, command_verdict, file_verdict
@@ -123,7 +124,7 @@ class Engine:
     def run_job(self, claim: Claim, owner: str) -> None:
         task = self.store.get_task(claim.task_id)
         if task.version != claim.version or is_terminal(task.status):
-            self.store.supersede(claim)
+            self.store.apply(claim, machine.nothing_to_do(task))
             return
         actor = f"worker:{owner}"
         try:
@@ -174,10 +175,13 @@ class Engine:
             except ShuttingDown:
                 # not the task's failure: the job goes back to the queue for the next worker
                 with contextlib.suppress(OrchError):
-                    self.store.retry(claim, "the worker shut down", 0.0, counts=False)
+                    self.store.apply(
+                        claim, machine.retry("the worker shut down", 0.0, counts=False)
+                    )
             except Busy as exc:
                 # waiting for another task's merge is not this task's failure
-                self.store.retry(claim, str(exc), max(self._backoff(1), 1.0), counts=False)
+                wait = max(self._backoff(1), 1.0)
+                self.store.apply(claim, machine.retry(str(exc), wait, counts=False))
             except OrchError as exc:
                 self._fail_attempt(task, pipeline, claim, str(exc), actor)
             except Exception as exc:
@@ -207,11 +211,10 @@ class Engine:
                 continue  # only a cancel consumes a STOP
             log.info("ignored %s event for %s (%s)", ev.kind, task.key, task.status)
             stray.append(ev.id)
-        self.store.mark_events(claim, stray)
         if task.status == TaskStatus.WAITING and task.waiting_for:
-            self._checkpoint_timer(task, pipeline, claim)
+            self._checkpoint_timer(task, pipeline, claim, stray)
             return
-        self.store.supersede(claim)
+        self.store.apply(claim, replace(machine.nothing_to_do(task), read=tuple(stray)))
 
     def _decision_for(self, task: Task, pipeline: Pipeline, ev: Event) -> Decision | None:
         if ev.kind == "retry" and task.status == TaskStatus.NEEDS_OPERATOR:
@@ -243,28 +246,32 @@ class Engine:
             task.rework_rounds,
         )
 
-    def _checkpoint_timer(self, task: Task, pipeline: Pipeline, claim: Claim) -> None:
+    def _checkpoint_timer(
+        self, task: Task, pipeline: Pipeline, claim: Claim, read: Sequence[int]
+    ) -> None:
         """The wait's timer fired: remind people, or park the task, as the checkpoint says."""
         assert task.waiting_for is not None
         cp = pipeline.checkpoint(task.waiting_for)
         if cp.timeout_s is None:
-            self.store.supersede(claim)
+            self.store.apply(claim, replace(machine.nothing_to_do(task), read=tuple(read)))
             return
         entered = self.store.transitions(task.id)[-1].at
         overdue = self.store.now() - entered
         if overdue < cp.timeout_s:
-            self.store.set_timer(claim, cp.timeout_s - overdue)
+            self.store.apply(claim, machine.timer(task, cp.timeout_s - overdue, tuple(read)))
             return
         decision = pl.on_checkpoint_timeout(pipeline, task.stage, cp.name)
         if decision is not None:
-            self._apply(task, claim, decision, "timer")
+            self._apply(task, claim, decision, "timer", read=read)
             return
         rounds = int(overdue // cp.timeout_s)
         key = f"{task.key}#{task.id}:remind:v{task.version}:{rounds}"
         self._send(
             task, claim, key, f"{task.key} still waits for {cp.name} ({overdue:.0f}s so far)"
         )
-        self.store.set_timer(claim, cp.timeout_s * (rounds + 1) - overdue)
+        self.store.apply(
+            claim, machine.timer(task, cp.timeout_s * (rounds + 1) - overdue, tuple(read))
+        )
 
     def _ignore_stray_events(self, task: Task, claim: Claim) -> None:
         events = [e for e in self.store.pending_events(task.id) if e.kind != "stop"]
@@ -290,8 +297,11 @@ class Engine:
             if wait > 0:
                 # the provider is down: this attempt is not launched, and not counted
                 why = self.breakers.state(agent.name)["reason"]
-                self.store.retry(
-                    claim, f"circuit open for agent {agent.name}: {why}", wait, counts=False
+                self.store.apply(
+                    claim,
+                    machine.retry(
+                        f"circuit open for agent {agent.name}: {why}", wait, counts=False
+                    ),
                 )
                 return
         try:
@@ -667,23 +677,31 @@ class Engine:
         if dropped:
             cut = f"output over the log cap: {dropped} bytes dropped, the tail kept"
             detail = f"{detail}; {cut}" if detail else cut
-        try:
-            self.store.finish_run(
-                claim,
-                run_id,
-                code,
-                usage,
-                outcome,
-                session=report.session if report else None,
-                detail=detail,
-                tools=report.tools if report else (),
-                reported=report.reported if report else None,
-            )
-        except LeaseLost:
-            with contextlib.suppress(OrchError):
-                self.store.record_usage(task.id, run_id, usage)
-        except OrchError as exc:
-            log.warning("could not close run %s of %s: %s", run_id, task.key, exc)
+        # a store that is briefly away is waited for: the run's own account is the right one.
+        # If it stays away, the job's last write (or the sweep of its lease) closes the run,
+        # and its usage is read back from its log once this worker is gone
+        for pause in (*CLOSE_PAUSES_S, None):
+            try:
+                self.store.finish_run(
+                    claim,
+                    run_id,
+                    code,
+                    usage,
+                    outcome,
+                    session=report.session if report else None,
+                    detail=detail,
+                    tools=report.tools if report else (),
+                    reported=report.reported if report else None,
+                )
+                return
+            except LeaseLost:
+                with contextlib.suppress(OrchError):
+                    self.store.record_usage(task.id, run_id, usage)
+                return
+            except StoreUnavailable as exc:
+                if pause is None or self.shutdown.wait(pause):
+                    log.warning("could not close run %s of %s: %s", run_id, task.key, exc)
+                    return
 
     def account_dead_runs(self, is_dead: Callable[[str], bool]) -> int:
         """Put in the ledger what the runs of dead workers spent, read back from their logs:
@@ -787,17 +805,10 @@ class Engine:
 
     def _deadline_left(self, task: Task, pipeline: Pipeline) -> float | None:
         """Seconds of working time the task has left; None without a deadline. Time spent
-        waiting for people or parked does not count."""
+        waiting for people, parked or queued for a repository slot does not count."""
         if pipeline.deadline_s is None:
             return None
-        history = self.store.transitions(task.id)
-        now = self.store.now()
-        worked = 0.0
-        for i, tr in enumerate(history):
-            if tr.to_status == TaskStatus.ACTIVE:
-                end = history[i + 1].at if i + 1 < len(history) else now
-                worked += max(0.0, end - tr.at)
-        return pipeline.deadline_s - worked
+        return pipeline.deadline_s - task.worked(self.store.now())
 
     # -- gates -------------------------------------------------------------------------------
 
@@ -1298,13 +1309,13 @@ class Engine:
     ) -> None:
         """Write a decision; `read` are the inbox events it answers, marked read with it."""
         if decision.move == Move.RETRY:
-            self.store.mark_events(claim, read)
-            self.store.retry(claim, decision.reason, self._backoff(claim.attempt))
+            backoff = self._backoff(claim.attempt)
+            self.store.apply(claim, machine.retry(decision.reason, backoff, read=tuple(read)))
             return
         if decision.move == Move.PARK:
             self._settle_open_effects(task, claim)
         self._notify(task, claim, decision)
-        self.store.advance(claim, task.stage, decision, actor, read=read)
+        self.store.apply(claim, machine.advance(task, decision, actor, tuple(read)))
 
     def _fail_attempt(
         self, task: Task, pipeline: Pipeline, claim: Claim, reason: str, actor: str
@@ -1445,6 +1456,7 @@ class _Where:
     confine: Confinement
 
 
+CLOSE_PAUSES_S = (0.2, 0.5, 1.0)  # between tries to record how a run ended
 MERGE_TRIES = 3  # builds of a merge candidate while the default branch keeps moving
 CANDIDATE_GATE = "merge-candidate"
 INTEGRITY_GATE = "integrity"

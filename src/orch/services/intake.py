@@ -12,9 +12,9 @@ from typing import Any
 from orch.domain import pipeline as pl
 from orch.domain.errors import Conflict, NotFound, OrchError
 from orch.domain.ledger import NO_BUDGET, Budget
-from orch.domain.model import Task, Ticket
-from orch.domain.naming import branch_for, key_prefix
-from orch.domain.states import Stage, TaskStatus, is_terminal
+from orch.domain.model import Event, Task, Ticket
+from orch.domain.naming import branch_for, decision_key, key_prefix, retry_key, stop_key
+from orch.domain.states import DECISIONS, EventKind, Stage, TaskStatus, is_terminal
 from orch.ports import Repos, Store
 
 PipelineFor = Callable[[str], pl.Pipeline]
@@ -61,16 +61,32 @@ class Intake:
         return task
 
     def decide(self, key: str, approve: bool, actor: str, comment: str = "") -> bool:
-        """Append an approval or rejection for the checkpoint the task waits at, if any."""
+        """Answer the checkpoint the task waits at. A wait takes one answer: the same answer
+        sent again is not recorded twice (False), and a different one is refused (Conflict),
+        so an answer this returns True for is the one the task acts on."""
         task = self.task(key)
-        kind = "approve" if approve else "reject"
-        checkpoint = task.waiting_for if task.status == TaskStatus.WAITING else None
-        return self.store.append_event(
-            task.id,
-            f"{task.id}:v{task.version}:{kind}",
-            kind,
-            actor,
-            {"checkpoint": checkpoint or "", "comment": comment},
+        if task.status != TaskStatus.WAITING or not task.waiting_for:
+            answers = [e for e in self.store.events(task.id) if e.kind in DECISIONS]
+            last = f"; its last wait was {_said(answers[-1])}" if answers else ""
+            raise Conflict(
+                f"{key} is not waiting at a checkpoint (it is {task.stage}, {task.status}){last}"
+            )
+        kind = EventKind.APPROVE if approve else EventKind.REJECT
+        payload = {"checkpoint": task.waiting_for, "comment": comment}
+        return self._once(task, decision_key(task.id, task.version), kind, actor, payload)
+
+    def _once(
+        self, task: Task, event_key: str, kind: EventKind, actor: str, payload: dict[str, Any]
+    ) -> bool:
+        """Append the one event `event_key` allows; a repeat of it is not recorded again, and
+        anything else under the key is refused with what was recorded first."""
+        if self.store.append_event(task.id, event_key, kind, actor, payload):
+            return True
+        first = next((e for e in self.store.events(task.id) if e.key == event_key), None)
+        if first is None or (first.kind, first.actor, first.payload) == (kind, actor, payload):
+            return False
+        raise Conflict(
+            f"{task.key} was already {_said(first)} at version {task.version}; that stands"
         )
 
     def stop(self, key: str, actor: str, reason: str = "") -> tuple[Task, bool]:
@@ -80,7 +96,7 @@ class Intake:
         if is_terminal(task.status):
             return task, False
         recorded = self.store.append_event(
-            task.id, f"{task.id}:stop", "stop", actor, {"reason": reason}, cancel=True
+            task.id, stop_key(task.id), EventKind.STOP, actor, {"reason": reason}, cancel=True
         )
         return task, recorded
 
@@ -100,6 +116,13 @@ class Intake:
         payload: dict[str, Any] = {"stage": target.value}
         if not budget.unlimited:
             payload["budget"] = budget.as_dict()
-        return self.store.append_event(
-            task.id, f"{task.id}:v{task.version}:retry", "retry", actor, payload
-        )
+        return self._once(task, retry_key(task.id, task.version), EventKind.RETRY, actor, payload)
+
+
+def _said(event: Event) -> str:
+    """What a person's event said, in a few words: "approved by ann (comment: ok)"."""
+    verb = {EventKind.APPROVE: "approved", EventKind.REJECT: "rejected"}.get(
+        EventKind(event.kind), f"asked to {event.kind}"
+    )
+    parts = ", ".join(f"{k}: {v}" for k, v in event.payload.items() if k != "checkpoint" and v)
+    return f"{verb} by {event.actor}" + (f" ({parts[:200]})" if parts else "")

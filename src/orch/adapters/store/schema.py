@@ -58,6 +58,9 @@ tasks = sa.Table(
     # an operator's budget overrides: {"task": {"usd", "tokens"}, "stages": {stage: {...}}}
     sa.Column("budgets", sa.JSON),
     sa.Column("slot", sa.Integer),  # the repository slot an active task holds
+    sa.Column("slot_since", sa.Float),  # when it took that slot
+    # working time: how long it held a repository slot, over every period it held one
+    sa.Column("worked_s", sa.Float, nullable=False, server_default="0"),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
     _one_of("tasks", "stage", Stage),

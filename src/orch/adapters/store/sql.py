@@ -26,8 +26,10 @@ from sqlalchemy.pool import StaticPool
 
 from orch import crashpoints
 from orch.adapters.store import schema as t
+from orch.domain import machine
 from orch.domain.errors import Busy, Conflict, LeaseLost, NotFound, StoreUnavailable
 from orch.domain.ledger import Usage
+from orch.domain.machine import TaskChange
 from orch.domain.model import (
     Claim,
     Effect,
@@ -340,6 +342,7 @@ class SqlStore:
         actor: str,
     ) -> int:
         now = self._db_now(conn)
+        write = machine.create(first, actor)
         task_id = conn.execute(
             sa.insert(t.tasks)
             .values(
@@ -347,12 +350,12 @@ class SqlStore:
                 repo=ticket.repo,
                 title=ticket.title,
                 body=ticket.body,
-                stage=first.stage.value,
-                status=first.status.value,
+                stage=write.stage.value,
+                status=write.status.value,
                 version=1,
                 branch=branch,
                 pipeline=pipeline,
-                waiting_for=first.waiting_for,
+                waiting_for=write.waiting_for,
                 created_at=now,
                 updated_at=now,
             )
@@ -362,17 +365,18 @@ class SqlStore:
             sa.insert(t.transitions).values(
                 task_id=task_id,
                 version=1,
-                from_stage=first.stage.value,
-                to_stage=first.stage.value,
-                from_status=first.status.value,
-                to_status=first.status.value,
-                actor=actor,
-                reason=first.reason,
+                from_stage=write.from_stage.value,
+                to_stage=write.stage.value,
+                from_status=write.from_status.value,
+                to_status=write.status.value,
+                actor=write.actor,
+                reason=write.reason,
                 at=now,
             )
         )
-        if first.status == TaskStatus.ACTIVE:
-            self._enqueue(conn, task_id, ticket.repo, 1, first.stage, now)
+        due = machine.first_job_in_s(first)
+        if due is not None:
+            self._enqueue(conn, task_id, ticket.repo, 1, write.stage, now, now + due)
         return int(task_id)
 
     def _enqueue(
@@ -576,8 +580,8 @@ class SqlStore:
             for cand in candidates:
                 # reading a waiting or parked task's inbox, or applying a STOP, is not work on
                 # the repository: it needs no slot, so a full repository never delays it
-                needs_slot = (
-                    cand.status == TaskStatus.ACTIVE.value and cand.cancel_requested_at is None
+                needs_slot = machine.needs_slot(
+                    TaskStatus(cand.status), cand.cancel_requested_at is not None
                 )
                 if needs_slot and cand.slot is None:
                     # a task takes a repository slot at its first claim and keeps it while
@@ -589,7 +593,7 @@ class SqlStore:
                     took = conn.execute(
                         sa.update(t.tasks)
                         .where(t.tasks.c.id == cand.task_id, t.tasks.c.slot.is_(None))
-                        .values(slot=free)
+                        .values(slot=free, slot_since=now)
                     )
                     if took.rowcount != 1:
                         continue
@@ -649,16 +653,21 @@ class SqlStore:
             )
             raise LeaseLost(f"job {claim.job_id} is no longer held with token {claim.token}")
 
+    def _end_job(self, conn: Connection, claim: Claim, now: Any, **values: Any) -> None:
+        """The last fenced write of a job: it gives the lease back, and closes any run of the
+        job its worker could not close (a store outage, say), so no run stays open."""
+        self._guard(conn, claim, lease_owner=None, lease_expires_at=None, **values)
+        _close_runs(conn, claim.job_id, RunOutcome.ERROR, "its worker could not record it", now)
+
     def renew(self, claim: Claim, ttl_s: float) -> None:
         self._write(lambda c: self._guard(c, claim, lease_expires_at=self._now_sql + ttl_s))
 
     def unaccounted_runs(self) -> list[Run]:
-        """Runs neither closed nor in the ledger: running now, or their worker died mid-run."""
+        """Runs not in the ledger: running now, or their worker died mid-run (and the run may
+        have been closed for it since)."""
         rows = self._read(
             lambda c: c.execute(
-                sa.select(t.runs)
-                .where(t.runs.c.accounted_at.is_(None), t.runs.c.ended_at.is_(None))
-                .order_by(t.runs.c.id)
+                sa.select(t.runs).where(t.runs.c.accounted_at.is_(None)).order_by(t.runs.c.id)
             ).all()
         )
         return [_run(r) for r in rows]
@@ -707,7 +716,7 @@ class SqlStore:
             ).all()
             requeued = dead = 0
             for job in expired:
-                give_up = job.attempt >= max_attempts
+                end = machine.lease_expired(job.attempt, max_attempts)
                 res = conn.execute(
                     sa.update(t.jobs)
                     .where(
@@ -717,25 +726,21 @@ class SqlStore:
                         t.jobs.c.lease_expires_at < now,
                     )
                     .values(
-                        state=(JobState.DEAD if give_up else JobState.QUEUED).value,
+                        state=end.state.value,
                         lease_owner=None,
                         lease_expires_at=None,
                         run_after=now,
-                        last_error="lease expired",
+                        last_error=end.error or "",
                         updated_at=now,
                     )
                 )
                 if res.rowcount != 1:
                     continue
-                if give_up:
+                _close_runs(conn, job.id, RunOutcome.LEASE_LOST, "its worker's lease expired", now)
+                if end.state == JobState.DEAD:
                     dead += 1
-                    self._park_in_txn(
-                        conn,
-                        job.task_id,
-                        job.version,
-                        f"lease expired {job.attempt} times",
-                        now,
-                    )
+                    why = f"lease expired {job.attempt} times"
+                    self._park_in_txn(conn, job.task_id, job.version, why, "sweeper")
                 else:
                     requeued += 1
             return SweepResult(requeued=requeued, dead=dead)
@@ -746,64 +751,16 @@ class SqlStore:
         return result
 
     def _park_in_txn(
-        self,
-        conn: Connection,
-        task_id: int,
-        version: int,
-        reason: str,
-        now: float,
-        actor: str = "sweeper",
+        self, conn: Connection, task_id: int, version: int, reason: str, actor: str
     ) -> bool:
         row = conn.execute(
-            sa.select(t.tasks.c.stage, t.tasks.c.status).where(
-                t.tasks.c.id == task_id, t.tasks.c.version == version
-            )
+            sa.select(t.tasks).where(t.tasks.c.id == task_id, t.tasks.c.version == version)
         ).first()
         if row is None:
             return False
-        res = conn.execute(
-            sa.update(t.tasks)
-            .where(t.tasks.c.id == task_id, t.tasks.c.version == version)
-            .values(
-                status=TaskStatus.NEEDS_OPERATOR.value,
-                version=version + 1,
-                status_reason=reason,
-                slot=None,
-                updated_at=now,
-            )
-        )
-        if res.rowcount != 1:
-            return False
-        conn.execute(
-            sa.insert(t.transitions).values(
-                task_id=task_id,
-                version=version + 1,
-                from_stage=row.stage,
-                to_stage=row.stage,
-                from_status=row.status,
-                to_status=TaskStatus.NEEDS_OPERATOR.value,
-                actor=actor,
-                reason=reason,
-                at=now,
-            )
-        )
-        merging = conn.execute(
-            sa.select(t.effects.c.repo).where(
-                t.effects.c.task_id == task_id,
-                sa.or_(
-                    t.effects.c.kind == "merge",
-                    sa.and_(
-                        t.effects.c.kind.like("deploy:%"),
-                        t.effects.c.state == EffectState.INITIATED.value,
-                    ),
-                ),
-                t.effects.c.state.in_([st.value for st in UNRESOLVED_EFFECT_STATES]),
-            )
-        ).first()
-        if merging is not None:
-            # parked mid-merge or mid-deploy, and nobody holds it: a job settles the effect, so
-            # the repository's merge slot or the target's deploy slot is freed
-            self._enqueue(conn, task_id, merging.repo, version + 1, Stage(row.stage), now)
+        effects = conn.execute(sa.select(t.effects).where(t.effects.c.task_id == task_id)).all()
+        held = any(machine.holds_a_slot(_effect(e)) for e in effects)
+        self._apply(conn, task_id, version, machine.park(_task(row), reason, actor, held))
         return True
 
     def overdue_cancels(self, bound_s: float) -> list[OverdueCancel]:
@@ -867,10 +824,7 @@ class SqlStore:
         """Park a task no worker holds (a guarded write on its version)."""
 
         return self._write(  # type: ignore[no-any-return]
-            lambda conn: self._park_in_txn(
-                conn, task_id, version, reason, self._db_now(conn), actor
-            ),
-            wakes=True,
+            lambda conn: self._park_in_txn(conn, task_id, version, reason, actor), wakes=True
         )
 
     def next_run_after(self) -> float | None:
@@ -885,173 +839,108 @@ class SqlStore:
 
     # -- writes under a lease ----------------------------------------------------------------
 
-    def advance(
-        self,
-        claim: Claim,
-        expected: Stage,
-        decision: Decision,
-        actor: str,
-        *,
-        read: Sequence[int] = (),
-    ) -> Task:
-        """The stage write: a compare-and-set on (task, stage, version) under the claim's lease,
-        its history row, the inbox events it answers marked read, and the next job, in one
-        transaction."""
-
-        def fn(conn: Connection) -> None:
-            now = self._db_now(conn)
-            job_state = {
-                TaskStatus.NEEDS_OPERATOR: JobState.DEAD,
-                TaskStatus.CANCELLED: JobState.CANCELLED,
-            }.get(decision.status, JobState.SUCCEEDED)
-            self._guard(conn, claim, state=job_state.value, lease_owner=None, lease_expires_at=None)
-            current = conn.execute(
-                sa.select(t.tasks.c.status, t.tasks.c.rework_rounds).where(
-                    t.tasks.c.id == claim.task_id
-                )
-            ).one()
-            values: dict[str, Any] = {
-                "stage": decision.stage.value,
-                "status": decision.status.value,
-                "version": claim.version + 1,
-                "waiting_for": decision.waiting_for,
-                "status_reason": decision.reason,
-                "updated_at": now,
-            }
-            if decision.status != TaskStatus.ACTIVE:
-                values["slot"] = None  # a waiting or parked task holds no repository slot
-            if decision.reset_rounds:
-                values["rework_rounds"] = 0
-            if decision.status == TaskStatus.DONE:
-                values["cancel_requested_at"] = None  # a STOP that lost the race to done
-            if decision.budgets is not None:
-                values["budgets"] = decision.budgets
-            if decision.rework:
-                values["rework_rounds"] = current.rework_rounds + 1
-                values["feedback"] = decision.feedback
-            elif decision.status != TaskStatus.NEEDS_OPERATOR:
-                # feedback answers one round; it must not leak past a wait or into the next stage
-                values["feedback"] = decision.feedback
-            res = conn.execute(
-                sa.update(t.tasks)
-                .where(
-                    t.tasks.c.id == claim.task_id,
-                    t.tasks.c.stage == expected.value,
-                    t.tasks.c.version == claim.version,
-                )
-                .values(**values)
-            )
-            if res.rowcount != 1:
-                raise Conflict(f"task {claim.task_id} is not at {expected} version {claim.version}")
-            crashpoints.hit("stage.cas")  # inside the transaction: a crash here rolls it back
-            if read:
-                conn.execute(
-                    sa.update(t.events)
-                    .where(t.events.c.id.in_(list(read)), t.events.c.processed_at.is_(None))
-                    .values(processed_at=now)
-                )
-            conn.execute(
-                sa.insert(t.transitions).values(
-                    task_id=claim.task_id,
-                    version=claim.version + 1,
-                    from_stage=expected.value,
-                    to_stage=decision.stage.value,
-                    from_status=current.status,
-                    to_status=decision.status.value,
-                    actor=actor,
-                    reason=decision.reason,
-                    at=now,
-                )
-            )
-            unread_stop = conn.execute(
-                sa.select(sa.func.count())
-                .select_from(t.events)
-                .where(
-                    t.events.c.task_id == claim.task_id,
-                    t.events.c.kind == "stop",
-                    t.events.c.processed_at.is_(None),
-                )
-            ).scalar_one()
-            stop_pending = bool(unread_stop) and decision.status not in TERMINAL_STATUSES
-            if decision.status == TaskStatus.ACTIVE or decision.timer_s or stop_pending:
-                repo = conn.execute(
-                    sa.select(t.tasks.c.repo).where(t.tasks.c.id == claim.task_id)
-                ).scalar_one()
-                # a waiting task's only job is its checkpoint timer, due when the wait times out;
-                # a STOP that arrived while this job ran is applied by a job due now
-                due = (
-                    now
-                    if decision.status == TaskStatus.ACTIVE or stop_pending
-                    else now + (decision.timer_s or 0)
-                )
-                self._enqueue(
-                    conn, claim.task_id, repo, claim.version + 1, decision.stage, now, due
-                )
-
-        # waking on every stage write: a task that stops being active frees a repository slot
-        self._write(fn, wakes=True)
-        crashpoints.hit("next_job.enqueued")
-        if decision.status != TaskStatus.ACTIVE:
+    def apply(self, claim: Claim, change: TaskChange) -> None:
+        """Write what the domain decided, in one transaction: the job's end under the claim's
+        fencing token, the stage write as a compare-and-set on (task, stage, version) with its
+        history row, the events it answers, and the next job."""
+        self._write(
+            lambda conn: self._apply(conn, claim.task_id, claim.version, change, claim), wakes=True
+        )
+        if change.write is not None:
+            crashpoints.hit("next_job.enqueued")
+        if change.releases_slot:
             crashpoints.hit("slot.released")
-        return self.get_task(claim.task_id)
 
-    def retry(self, claim: Claim, reason: str, backoff_s: float, *, counts: bool = True) -> None:
-        def fn(conn: Connection) -> None:
-            extra = {} if counts else {"attempt": t.jobs.c.attempt - 1}
-            self._guard(
-                conn,
-                claim,
-                **extra,
-                state=JobState.QUEUED.value,
-                lease_owner=None,
-                lease_expires_at=None,
-                run_after=self._now_sql + backoff_s,
-                last_error=reason[:2000],
+    def _apply(
+        self,
+        conn: Connection,
+        task_id: int,
+        version: int,
+        change: TaskChange,
+        claim: Claim | None = None,
+    ) -> None:
+        now = self._db_now(conn)
+        if change.read:
+            conn.execute(
+                sa.update(t.events)
+                .where(t.events.c.id.in_(list(change.read)), t.events.c.processed_at.is_(None))
+                .values(processed_at=now)
             )
-
-        self._write(fn, wakes=True)
-
-    def supersede(self, claim: Claim) -> None:
-        """End a job that found nothing to do. A waiting task gives its slot back; an event
-        that reached its inbox while this job was reading it gets the job queued again."""
-
-        def fn(conn: Connection) -> bool:
-            task = conn.execute(
-                sa.select(t.tasks.c.status, t.tasks.c.version).where(t.tasks.c.id == claim.task_id)
-            ).one()
-            current = task.version == claim.version
-            pending = (
-                current
-                and conn.execute(
-                    sa.select(sa.func.count())
-                    .select_from(t.events)
-                    .where(t.events.c.task_id == claim.task_id, t.events.c.processed_at.is_(None))
-                ).scalar_one()
-            )
-            if pending and task.status == TaskStatus.WAITING.value:
-                self._guard(
-                    conn,
-                    claim,
-                    state=JobState.QUEUED.value,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    run_after=self._now_sql,
+        # only a job of the task's current version runs again for its events: a stale one that
+        # did would find the task moved on, and run again, for ever
+        rerun = (
+            bool(change.rerun_if_unread)
+            and conn.execute(
+                sa.select(t.tasks.c.version).where(t.tasks.c.id == task_id)
+            ).scalar_one()
+            == version
+            and conn.execute(
+                sa.select(t.events.c.id)
+                .where(
+                    t.events.c.task_id == task_id,
+                    t.events.c.processed_at.is_(None),
+                    t.events.c.kind.in_(sorted(change.rerun_if_unread)),
                 )
-                return True
-            self._guard(
-                conn,
-                claim,
-                state=JobState.SUPERSEDED.value,
-                lease_owner=None,
-                lease_expires_at=None,
-            )
-            if current and task.status != TaskStatus.ACTIVE.value:
+                .limit(1)
+            ).first()
+            is not None
+        )
+        if claim is not None and change.job is not None:
+            self._end_job(conn, claim, now, **_job_values(change, rerun, now))
+        write = change.write
+        if write is None:
+            if change.free_slot:
                 conn.execute(
-                    sa.update(t.tasks).where(t.tasks.c.id == claim.task_id).values(slot=None)
+                    sa.update(t.tasks)
+                    .where(t.tasks.c.id == task_id, t.tasks.c.version == version)
+                    .values(**_slot_freed(now))
                 )
-            return False
-
-        self._write(fn, wakes=True)
+            return
+        values: dict[str, Any] = {
+            "stage": write.stage.value,
+            "status": write.status.value,
+            "version": version + 1,
+            "waiting_for": write.waiting_for,
+            "status_reason": write.reason,
+            "feedback": write.feedback,
+            "rework_rounds": write.rework_rounds,
+            "updated_at": now,
+        }
+        if write.status != TaskStatus.ACTIVE:
+            values.update(_slot_freed(now))  # a waiting or parked task holds no slot
+        if write.clear_cancel:
+            values["cancel_requested_at"] = None
+        if write.budgets is not None:
+            values["budgets"] = write.budgets
+        res = conn.execute(
+            sa.update(t.tasks)
+            .where(
+                t.tasks.c.id == task_id,
+                t.tasks.c.stage == write.from_stage.value,
+                t.tasks.c.version == version,
+            )
+            .values(**values)
+            .returning(t.tasks.c.repo)
+        ).first()
+        if res is None:
+            raise Conflict(f"task {task_id} is not at {write.from_stage} version {version}")
+        crashpoints.hit("stage.cas")  # inside the transaction: a crash here rolls it back
+        conn.execute(
+            sa.insert(t.transitions).values(
+                task_id=task_id,
+                version=version + 1,
+                from_stage=write.from_stage.value,
+                to_stage=write.stage.value,
+                from_status=write.from_status.value,
+                to_status=write.status.value,
+                actor=write.actor,
+                reason=write.reason,
+                at=now,
+            )
+        )
+        due = 0.0 if rerun else change.next_job_in_s
+        if due is not None:
+            self._enqueue(conn, task_id, res.repo, version + 1, write.stage, now, now + due)
 
     def record_gate(self, claim: Claim, record: GateRecord) -> GateRecord:
         def fn(conn: Connection) -> None:
@@ -1101,7 +990,7 @@ class SqlStore:
                     key=key,
                     task_id=claim.task_id,
                     repo=repo,
-                    kind=kind,
+                    kind=str(kind),  # an EffectKind is stored as its value
                     state=EffectState.INITIATED.value,
                     precondition=precondition,
                     result={},
@@ -1324,7 +1213,7 @@ class SqlStore:
                 .values(
                     task_id=task_id,
                     key=key,
-                    kind=kind,
+                    kind=str(kind),  # an EventKind is stored as its value
                     actor=actor,
                     payload=dict(payload),
                     created_at=now,
@@ -1333,27 +1222,25 @@ class SqlStore:
             ).first()
             if inserted is None:
                 return False
-            if cancel:
-                conn.execute(
-                    sa.update(t.tasks)
-                    .where(
-                        t.tasks.c.id == task_id,
-                        t.tasks.c.cancel_requested_at.is_(None),
-                        t.tasks.c.status.not_in([s.value for s in TERMINAL_STATUSES]),
-                    )
-                    .values(cancel_requested_at=now)
-                )
-                # inside the transaction: a crash here loses the STOP, and its caller sees an error
-                crashpoints.hit("cancel.flag")
             task = conn.execute(
                 sa.select(
                     t.tasks.c.repo, t.tasks.c.status, t.tasks.c.version, t.tasks.c.stage
                 ).where(t.tasks.c.id == task_id)
             ).one()
-            # a waiting or parked task has no runnable job; give it one so a worker reads the
-            # inbox, or wake the one an earlier event at this version had and that found
-            # nothing to act on, or bring a timer set for later forward to now
-            if task.status in (TaskStatus.WAITING.value, TaskStatus.NEEDS_OPERATOR.value):
+            effect = machine.on_event(TaskStatus(task.status), cancel)
+            if effect.raise_cancel:
+                conn.execute(
+                    sa.update(t.tasks)
+                    .where(t.tasks.c.id == task_id, t.tasks.c.cancel_requested_at.is_(None))
+                    .values(cancel_requested_at=now)
+                )
+            if cancel:
+                # inside the transaction: a crash here loses the STOP, and its caller sees an error
+                crashpoints.hit("cancel.flag")
+            # give the task a job so a worker reads the inbox, or wake the one an earlier event
+            # at this version had and that found nothing to act on, or bring a timer set for
+            # later forward to now
+            if effect.wake:
                 self._enqueue(conn, task_id, task.repo, task.version, Stage(task.stage), now)
                 conn.execute(
                     sa.update(t.jobs)
@@ -1386,34 +1273,6 @@ class SqlStore:
                 ).scalar()
             )
         )
-
-    def set_timer(self, claim: Claim, delay_s: float) -> None:
-        """End this job but run it again after `delay_s`: a checkpoint's timeout, which holds
-        no lease and no slot while it waits."""
-
-        def fn(conn: Connection) -> None:
-            pending = conn.execute(
-                sa.select(sa.func.count())
-                .select_from(t.events)
-                .where(t.events.c.task_id == claim.task_id, t.events.c.processed_at.is_(None))
-            ).scalar_one()
-            # an event that arrived while the timer ran is read now, not at the next timeout
-            self._guard(
-                conn,
-                claim,
-                state=JobState.QUEUED.value,
-                lease_owner=None,
-                lease_expires_at=None,
-                run_after=self._now_sql + (0 if pending else delay_s),
-                attempt=0,
-            )
-            conn.execute(
-                sa.update(t.tasks)
-                .where(t.tasks.c.id == claim.task_id, t.tasks.c.status != TaskStatus.ACTIVE.value)
-                .values(slot=None)
-            )
-
-        self._write(fn)
 
     def pending_events(self, task_id: int) -> list[Event]:
         rows = self._read(
@@ -1461,6 +1320,42 @@ def _insert_ignore(conn: Connection, table: sa.Table) -> Any:
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
     return sqlite_insert(table).on_conflict_do_nothing()
+
+
+def _job_values(change: TaskChange, rerun: bool, now: float) -> dict[str, Any]:
+    """The job row's values as a change ends it; a job whose task gets no new version runs
+    again at once when an event it should read arrived while it ran."""
+    end = change.job
+    assert end is not None
+    state, due = end.state, end.due_in_s
+    if rerun and change.write is None:
+        state, due = JobState.QUEUED, 0.0
+    values: dict[str, Any] = {"state": state.value}
+    if state == JobState.QUEUED:
+        values["run_after"] = now + due
+        if end.reset_attempts:
+            values["attempt"] = 0
+        elif not end.counts:
+            values["attempt"] = t.jobs.c.attempt - 1
+    if end.error is not None:
+        values["last_error"] = end.error[:2000]
+    return values
+
+
+def _slot_freed(now: Any) -> dict[str, Any]:
+    """A task's values as it gives its repository slot back: the time it held it is work."""
+    held = sa.func.coalesce(now - t.tasks.c.slot_since, 0.0)
+    return {"slot": None, "slot_since": None, "worked_s": t.tasks.c.worked_s + held}
+
+
+def _close_runs(conn: Connection, job_id: int, outcome: RunOutcome, why: str, now: Any) -> None:
+    """Close the runs of a job that ended without its worker closing them; their usage is
+    read back from their logs once their worker is known dead."""
+    conn.execute(
+        sa.update(t.runs)
+        .where(t.runs.c.job_id == job_id, t.runs.c.ended_at.is_(None))
+        .values(ended_at=now, outcome=outcome.value, detail=f"closed for its worker: {why}")
+    )
 
 
 def _when_free(fn: Callable[[], None], tries: int = 5) -> None:

@@ -1,0 +1,235 @@
+"""The task state machine: what each thing that happens to a task changes, as one TaskChange.
+
+A job's worker, the sweeper and the inbox each turn what happened (a decision, a retry, nothing
+to do, a timer, an expired lease, an event) into a `TaskChange` with these functions. The store
+writes a change atomically, under the claim's fencing token and, when the change moves the task,
+a compare-and-set on the task's stage and version. The store evaluates the one condition a
+change may name (an event that reached the inbox while the job ran) but decides nothing itself:
+every rule is here, so every store applies the same ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from orch.domain.model import Effect, Task
+from orch.domain.pipeline import Decision, Move
+from orch.domain.states import (
+    UNRESOLVED_EFFECT_STATES,
+    EffectKind,
+    EffectState,
+    EventKind,
+    JobState,
+    Stage,
+    TaskStatus,
+    is_terminal,
+)
+
+# a waiting or parked task has no runnable job: an event for it needs one to be read
+READ_BY_A_NEW_JOB: frozenset[TaskStatus] = frozenset(
+    {TaskStatus.WAITING, TaskStatus.NEEDS_OPERATOR}
+)
+ANY_EVENT: frozenset[str] = frozenset(k.value for k in EventKind)
+
+
+@dataclass(frozen=True)
+class JobEnd:
+    """How the claimed job ends."""
+
+    state: JobState
+    due_in_s: float = 0.0  # QUEUED: how long until it runs again
+    counts: bool = True  # QUEUED: whether the attempt it used counts toward the limit
+    reset_attempts: bool = False  # QUEUED: a timer's job starts its attempts afresh
+    error: str | None = None  # QUEUED: why it runs again, for its next attempt to read
+
+
+@dataclass(frozen=True)
+class StageWrite:
+    """The compare-and-set that moves a task to its next version, and its history row."""
+
+    from_stage: Stage
+    from_status: TaskStatus
+    stage: Stage
+    status: TaskStatus
+    reason: str
+    actor: str
+    waiting_for: str | None = None
+    feedback: str = ""
+    rework_rounds: int = 0
+    budgets: dict[str, Any] | None = None  # None: the task's overrides are kept
+    clear_cancel: bool = False  # a STOP that lost the race to done is dropped
+
+
+@dataclass(frozen=True)
+class TaskChange:
+    """Everything one happening changes, written in one transaction."""
+
+    job: JobEnd | None  # None: no job is held (the sweeper, an operator's park)
+    write: StageWrite | None = None  # None: the task stays at its version
+    next_job_in_s: float | None = None  # the new version's job, due this long from now
+    free_slot: bool = False  # the task gives its repository slot back
+    read: tuple[int, ...] = ()  # the inbox events this change answers
+    # an unread event of one of these kinds when the change is written (it arrived while the
+    # job ran) means the task's job runs again at once, so the event is not left unread
+    rerun_if_unread: frozenset[str] = frozenset()
+
+    @property
+    def releases_slot(self) -> bool:
+        return self.free_slot or (self.write is not None and self.write.status != TaskStatus.ACTIVE)
+
+
+def _job_state(status: TaskStatus) -> JobState:
+    if status == TaskStatus.NEEDS_OPERATOR:
+        return JobState.DEAD
+    if status == TaskStatus.CANCELLED:
+        return JobState.CANCELLED
+    return JobState.SUCCEEDED
+
+
+def create(first: Decision, actor: str) -> StageWrite:
+    """A task's first version: its first stage, or the wait before it."""
+    return StageWrite(
+        first.stage,
+        first.status,
+        first.stage,
+        first.status,
+        first.reason,
+        actor,
+        waiting_for=first.waiting_for,
+    )
+
+
+def first_job_in_s(first: Decision) -> float | None:
+    return 0.0 if first.status == TaskStatus.ACTIVE else None
+
+
+def advance(task: Task, decision: Decision, actor: str, read: tuple[int, ...] = ()) -> TaskChange:
+    """A decision that moves the task (Move.ADVANCE or Move.PARK) ends its job and writes the
+    next version. An active task's next job is due now; a waiting one's is its checkpoint's
+    timer, if it has one; a STOP unread when this is written gets a job due now."""
+    if decision.move == Move.RETRY:
+        raise ValueError("a retry does not move the task: use retry()")
+    rounds = 0 if decision.reset_rounds else task.rework_rounds
+    feedback = task.feedback
+    if decision.rework:
+        rounds = task.rework_rounds + 1
+        feedback = decision.feedback
+    elif decision.status != TaskStatus.NEEDS_OPERATOR:
+        # feedback answers one round; it must not leak past a wait or into the next stage
+        feedback = decision.feedback
+    write = StageWrite(
+        task.stage,
+        task.status,
+        decision.stage,
+        decision.status,
+        decision.reason,
+        actor,
+        waiting_for=decision.waiting_for,
+        feedback=feedback,
+        rework_rounds=rounds,
+        budgets=decision.budgets,
+        clear_cancel=decision.status == TaskStatus.DONE,
+    )
+    due: float | None = None
+    if decision.status == TaskStatus.ACTIVE:
+        due = 0.0
+    elif decision.timer_s:
+        due = decision.timer_s
+    terminal = is_terminal(decision.status)
+    return TaskChange(
+        JobEnd(_job_state(decision.status)),
+        write,
+        next_job_in_s=due,
+        read=read,
+        rerun_if_unread=frozenset() if terminal else frozenset({EventKind.STOP.value}),
+    )
+
+
+def park(task: Task, reason: str, actor: str, effects_open: bool) -> TaskChange:
+    """Park a task nobody holds (its job's lease expired too often, or its STOP waited too
+    long). One with a merge or a deploy in flight gets a job that settles it, so the
+    repository's merge slot or the target's deploy slot is not held by a task nobody drives."""
+    write = StageWrite(
+        task.stage,
+        task.status,
+        task.stage,
+        TaskStatus.NEEDS_OPERATOR,
+        reason,
+        actor,
+        waiting_for=task.waiting_for,
+        feedback=task.feedback,
+        rework_rounds=task.rework_rounds,
+    )
+    return TaskChange(None, write, next_job_in_s=0.0 if effects_open else None)
+
+
+def retry(
+    reason: str, backoff_s: float, *, counts: bool = True, read: tuple[int, ...] = ()
+) -> TaskChange:
+    """Run the same job again after `backoff_s`; an attempt that was not the task's failure
+    (a shutdown, a busy merge slot, an open circuit) does not count."""
+    return TaskChange(
+        JobEnd(JobState.QUEUED, due_in_s=backoff_s, counts=counts, error=reason), read=read
+    )
+
+
+def nothing_to_do(task: Task) -> TaskChange:
+    """The job found nothing to act on: it ends, a task that is not active gives its slot back,
+    and an event that reached a waiting or parked task's inbox meanwhile is read by a job run
+    again at once."""
+    return TaskChange(
+        JobEnd(JobState.SUPERSEDED),
+        free_slot=task.status != TaskStatus.ACTIVE,
+        rerun_if_unread=ANY_EVENT if task.status in READ_BY_A_NEW_JOB else frozenset(),
+    )
+
+
+def timer(task: Task, delay_s: float, read: tuple[int, ...] = ()) -> TaskChange:
+    """End the job and run it again after `delay_s` (a checkpoint's timeout), holding no lease
+    and no slot meanwhile; an event that arrived while it ran is read at once."""
+    return TaskChange(
+        JobEnd(JobState.QUEUED, due_in_s=delay_s, reset_attempts=True),
+        free_slot=task.status != TaskStatus.ACTIVE,
+        read=read,
+        rerun_if_unread=ANY_EVENT,
+    )
+
+
+def lease_expired(attempt: int, max_attempts: int) -> JobEnd:
+    """A job whose worker's lease expired runs again, or is dead-lettered when its attempts
+    are used up (its task is then parked with `park`)."""
+    if attempt >= max_attempts:
+        return JobEnd(JobState.DEAD, error="lease expired")
+    return JobEnd(JobState.QUEUED, error="lease expired")
+
+
+def needs_slot(status: TaskStatus, cancel_requested: bool) -> bool:
+    """Whether a claim of the task's job takes a repository slot: reading a waiting or parked
+    task's inbox, or applying a STOP, is not work on the repository, so a full repository never
+    delays it."""
+    return status == TaskStatus.ACTIVE and not cancel_requested
+
+
+@dataclass(frozen=True)
+class EventEffect:
+    """What an event appended to a task's inbox does beyond being stored."""
+
+    raise_cancel: bool  # a STOP raises the cancel flag, seen by a running job's heartbeat
+    wake: bool  # the task needs a job at its version to read it, due now
+
+
+def on_event(status: TaskStatus, cancel: bool) -> EventEffect:
+    return EventEffect(
+        raise_cancel=cancel and not is_terminal(status), wake=status in READ_BY_A_NEW_JOB
+    )
+
+
+def holds_a_slot(effect: Effect) -> bool:
+    """Whether an effect in flight holds a slot others wait for: the repository's one merge, or
+    a target's one deploy. A parked task's job settles it (see `park`)."""
+    if effect.state not in UNRESOLVED_EFFECT_STATES:
+        return False
+    if effect.kind == EffectKind.MERGE:
+        return True
+    return EffectKind.DEPLOY.of(effect.kind) and effect.state == EffectState.INITIATED
