@@ -21,6 +21,7 @@ from orch.adapters.agents.scripted_main import DEFAULTS as SCRIPTED_FILES
 from orch.adapters.notifiers.log import MemoryNotifier
 from orch.adapters.process import LocalRunner
 from orch.adapters.sandbox.policy import LandlockSandbox
+from orch.adapters.store.memory import MemoryStore
 from orch.adapters.store.sql import SqlStore
 from orch.domain import machine
 from orch.domain import pipeline as pl
@@ -85,8 +86,14 @@ class SimClock:
             self._now += seconds
 
 
-def memory_store(clock: Callable[[], float] | None = None) -> SqlStore:
-    """The store on an in-memory SQLite database: the same SQL, nothing on disk."""
+def memory_store(clock: Callable[[], float] | None = None) -> MemoryStore:
+    """The store in plain Python structures: the same contract as the SQL stores, no SQL."""
+    return MemoryStore(clock)
+
+
+def sql_memory_store(clock: Callable[[], float] | None = None) -> SqlStore:
+    """The SQL store on an in-memory SQLite database: for tests that damage its rows as a fault
+    outside orch would."""
     store = SqlStore("sqlite://", clock=clock)
     store.migrate()
     return store
@@ -505,7 +512,7 @@ class MemoryRepos:
 class Rig:
     """An engine wired to memory adapters, stepped with `run_until_idle()`."""
 
-    store: SqlStore
+    store: Store
     forge: MemoryForge
     repos: MemoryRepos
     notifier: MemoryNotifier
@@ -547,7 +554,7 @@ def rig(
     pipeline: pl.Pipeline | None = None,
     files: Snapshot | None = None,
     repo: RepoSettings | None = None,
-    store: SqlStore | None = None,
+    store: Store | None = None,
     notifier: MemoryNotifier | None = None,
     environ: Mapping[str, str] | None = None,
     max_attempts: int = 3,

@@ -16,13 +16,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-import sqlalchemy as sa
-
-from orch.adapters.store import schema as tables
-from orch.adapters.store.sql import SqlStore
 from orch.domain import pipeline as pl
-from orch.ports import AgentRequest, DeployTarget, RepoSettings
-from orch.testing import InstantAgent, MemoryProcessTable, Rig, SimClock, rig
+from orch.ports import AgentRequest, DeployTarget, RepoSettings, Store
+from orch.testing import InstantAgent, MemoryProcessTable, Rig, SimClock, memory_store, rig
 
 REPO = "app"
 
@@ -162,8 +158,13 @@ class World:
 
 
 def build_world(
-    *, max_active: int = 1, pipeline: pl.Pipeline | None = None, max_attempts: int = 3
+    *,
+    max_active: int = 1,
+    pipeline: pl.Pipeline | None = None,
+    max_attempts: int = 3,
+    store: Callable[[SimClock], Store] = memory_store,
 ) -> World:
+    """A world on the memory store, or on the one `store` makes with the world's clock."""
     tmp = Path(tempfile.mkdtemp(prefix="orch-model-"))
     clock = SimClock()
     agent = SteeredAgent()
@@ -180,14 +181,22 @@ def build_world(
         kill_grace_s=0.0,
         clock=clock,
         processes=processes,
+        store=store(clock),
     )
     return World(r, clock, agent, deploys, processes, tmp)
 
 
-def snapshot(store: SqlStore) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every table: equal before and after a write means it changed nothing."""
-    with store.engine.connect() as conn, conn.begin():
-        return {
-            table.name: sorted((tuple(row) for row in conn.execute(sa.select(table))), key=repr)
-            for table in tables.metadata.sorted_tables
-        }
+def snapshot(store: Store) -> list[Any]:
+    """Every record of every task: equal before and after a write means it changed nothing."""
+    return [
+        (
+            task,
+            store.jobs(task.id),
+            store.transitions(task.id),
+            store.effects(task.id),
+            store.events(task.id),
+            store.runs(task.id),
+            store.gate_records(task.id),
+        )
+        for task in store.list_tasks(limit=1_000_000)
+    ]

@@ -2,9 +2,10 @@
 `MemoryNotifier`, the pipeline, and what the harness saw beside them (deploys that ran, agent
 processes, the time of the last sweep).
 
-`observe()` reads every table once; each `check_iN` takes that snapshot and raises `Violation`
-(an AssertionError naming the invariant and what broke it). Reading the store through SQL, not
-through the engine, keeps the checks independent of the code they check.
+`observe()` reads every record through the store's port (the memory and the SQL stores alike);
+each `check_iN` takes that snapshot and raises `Violation` (an AssertionError naming the
+invariant and what broke it). Reading the store's records, not asking the engine, keeps the
+checks independent of the code they check.
 """
 
 from __future__ import annotations
@@ -15,9 +16,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
-
-from orch.adapters.store import schema as tables
 from orch.domain import pipeline as pl
 from orch.domain.states import (
     UNRESOLVED_EFFECT_STATES,
@@ -74,26 +72,15 @@ def observe(
     rig: Rig, *, deploys: DeployLog | None = None, agents: Sequence[StartedAgent] = ()
 ) -> Observed:
     store = rig.store
-    with store.engine.connect() as conn, conn.begin():
-        tasks = conn.execute(sa.select(tables.tasks).order_by(tables.tasks.c.id)).all()
-        jobs = conn.execute(sa.select(tables.jobs).order_by(tables.jobs.c.id)).all()
-        history = conn.execute(
-            sa.select(tables.transitions).order_by(
-                tables.transitions.c.task_id, tables.transitions.c.version
-            )
-        ).all()
-        effects = conn.execute(sa.select(tables.effects).order_by(tables.effects.c.id)).all()
-        events = conn.execute(sa.select(tables.events).order_by(tables.events.c.id)).all()
-    transitions: dict[int, list[Any]] = {t.id: [] for t in tasks}
-    for row in history:
-        transitions.setdefault(row.task_id, []).append(row)
+    # the store's reads are its port: the same for every store, and no engine code
+    tasks = sorted(store.list_tasks(limit=1_000_000), key=lambda t: t.id)
     return Observed(
         now=store.now(),
-        tasks=list(tasks),
-        jobs=list(jobs),
-        transitions=transitions,
-        effects=list(effects),
-        events=list(events),
+        tasks=tasks,
+        jobs=sorted((j for t in tasks for j in store.jobs(t.id)), key=lambda j: j.id),
+        transitions={t.id: store.transitions(t.id) for t in tasks},
+        effects=[e for t in tasks for e in store.effects(t.id)],
+        events=sorted((e for t in tasks for e in store.events(t.id)), key=lambda e: e.id),
         merges=list(rig.forge.merges),
         sent=list(rig.notifier.sent),
         limits={t.repo: rig.repos.limit(t.repo) for t in tasks},
@@ -145,8 +132,8 @@ def check_i2(o: Observed) -> None:
             if j.state == JobState.QUEUED.value
             or (
                 j.state == JobState.RUNNING.value
-                and j.lease_owner is not None
-                and j.lease_expires_at is not None
+                and j.owner is not None
+                and j.expires_at is not None
             )
         ]
         if not runnable:
@@ -169,13 +156,13 @@ def check_i3(o: Observed, *, swept_at: float | None) -> None:
     for job in o.jobs:
         if job.state != JobState.RUNNING.value:
             continue
-        if job.lease_expires_at is None or job.lease_owner is None:
+        if job.expires_at is None or job.owner is None:
             raise Violation("I3", f"job {job.id} is running without a lease")
-        if swept_at is not None and job.lease_expires_at < swept_at:
+        if swept_at is not None and job.expires_at < swept_at:
             raise Violation(
                 "I3",
-                f"job {job.id} (task {job.task_id}) still runs under {job.lease_owner}, whose "
-                f"lease expired at {job.lease_expires_at}, before the sweep at {swept_at}",
+                f"job {job.id} (task {job.task_id}) still runs under {job.owner}, whose "
+                f"lease expired at {job.expires_at}, before the sweep at {swept_at}",
             )
     live = [a for a in o.agents if a.alive]
     for key, n in Counter(a.task_key for a in live).items():

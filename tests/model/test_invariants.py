@@ -3,6 +3,7 @@ run passes them all: a check that cannot fail proves nothing."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,8 +13,9 @@ import sqlalchemy as sa
 from orch.adapters.store import schema as tables
 from orch.domain.model import Task
 from orch.domain.states import EffectState, JobState, Stage, TaskStatus
+from orch.testing import sql_memory_store
 
-from .harness import REPO, StartedAgent, World
+from .harness import REPO, StartedAgent, World, build_world
 from .invariants import (
     Observed,
     Violation,
@@ -28,6 +30,16 @@ from .invariants import (
     check_i8,
     observe,
 )
+
+
+@pytest.fixture
+def world() -> Iterator[World]:
+    """A world on the SQL store: these tests break its rows on purpose."""
+    w = build_world(store=sql_memory_store)
+    try:
+        yield w
+    finally:
+        w.close()
 
 
 @dataclass

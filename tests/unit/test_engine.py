@@ -15,7 +15,6 @@ import pytest
 
 from orch.adapters.agents.scripted import ScriptedAgent
 from orch.adapters.notifiers.log import MemoryNotifier
-from orch.adapters.store import schema as tables
 from orch.domain import naming
 from orch.domain import pipeline as pl
 from orch.domain.errors import Conflict, ForgeError, MergeConflict
@@ -721,9 +720,10 @@ def test_a_failing_notifier_neither_reruns_the_stage_nor_parks_the_task() -> Non
 
 def test_an_unreadable_pipeline_snapshot_parks_the_task_with_the_reason(make_rig: Any) -> None:
     r = make_rig()
-    task = file_ticket(r)
-    with r.store.engine.begin() as conn:
-        conn.execute(tables.tasks.update().values(pipeline={"stages": [{"stage": "analysis"}]}))
+    # a snapshot written by another version of orch, say
+    ticket = r.store.file_ticket("app", "APP", "Add a greeting", "")
+    unreadable = {"stages": [{"stage": "analysis"}]}
+    task = r.store.create_task(ticket, "orch/APP-1", unreadable, pl.start(r.pipeline), "board")
     r.run_until_idle()
     parked = current(r, task)
     assert parked.status == TaskStatus.NEEDS_OPERATOR

@@ -20,7 +20,7 @@ from orch.domain.model import Task
 from orch.domain.naming import merge_key
 from orch.domain.states import EffectState, JobState, Stage, TaskStatus
 from orch.ports import DeployTarget, RepoSettings
-from orch.testing import Rig, rig
+from orch.testing import Rig, rig, sql_memory_store
 
 NO_CHECKPOINTS = replace(pl.default_pipeline(), checkpoints=())
 
@@ -364,7 +364,7 @@ def test_an_overdue_stop_behind_an_effect_of_a_dead_worker_is_left_to_the_next_w
 
 
 def test_an_overdue_stop_of_a_task_nothing_will_run_parks_it_for_an_operator() -> None:
-    r = rig({"default": ScriptedAgent()}, cancel_bound_s=0.01)
+    r = rig({"default": ScriptedAgent()}, cancel_bound_s=0.01, store=sql_memory_store())
     try:
         task = deploy_of_a_dead_worker(r)
         # a task stranded by a fault outside orch: its job is gone, so no worker will come

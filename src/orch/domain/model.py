@@ -43,7 +43,8 @@ class Task:
     budgets: dict[str, Any] = field(default_factory=dict)  # an operator's budget overrides
     created_at: float = 0.0
     updated_at: float = 0.0
-    slot_since: float | None = None  # when it took the repository slot it holds, if it does
+    slot: int | None = None  # the repository slot it holds while active
+    slot_since: float | None = None  # when it took that slot
     worked_s: float = 0.0  # time it held a repository slot before that
 
     def worked(self, now: float) -> float:
@@ -112,6 +113,7 @@ class Effect:
     result: dict[str, Any] = field(default_factory=dict)
     created_at: float = 0.0
     updated_at: float = 0.0
+    repo: str = ""  # the repository it acts on: its merge and deploy slots are per repository
 
 
 @dataclass(frozen=True)
