@@ -13,7 +13,8 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 
 from orch.adapters.store import schema
-from orch.adapters.store.sql import _MIGRATIONS, SqlStore
+from orch.adapters.store.sql import SqlStore
+from orch.adapters.store.sql.base import _MIGRATIONS
 from orch.domain.ledger import Usage
 from orch.domain.states import EffectState, RunOutcome
 

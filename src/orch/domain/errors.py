@@ -55,15 +55,20 @@ class CandidateFailed(OrchError):
     """The merge candidate (the task's head merged onto the default branch) failed its tests."""
 
 
-class LeaseLost(OrchError):
+class Interrupted(Exception):
+    """Not an error but a signal: the job must stop what it is doing. Never an OrchError, so
+    no handler of failures (which cost an attempt) can catch one by mistake."""
+
+
+class LeaseLost(Interrupted):
     """This worker's lease was fenced off: another owner holds the job now. Write nothing."""
 
 
-class CancelRequested(OrchError):
+class CancelRequested(Interrupted):
     """A person pressed STOP: the job stops what it is doing and cancels the task."""
 
 
-class ShuttingDown(OrchError):
+class ShuttingDown(Interrupted):
     """orch is shutting down: the job kills its children and gives its lease back."""
 
 

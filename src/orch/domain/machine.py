@@ -10,12 +10,17 @@ every rule is here, so every store applies the same ones.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
-from orch.domain.model import Effect, Task
-from orch.domain.pipeline import Decision, Move
+from orch.domain import pipeline as pl
+from orch.domain.errors import OrchError
+from orch.domain.ledger import Budget, Limits, raised
+from orch.domain.model import Effect, Event, Task
+from orch.domain.pipeline import Decision, Move, Pipeline
 from orch.domain.states import (
+    DECISIONS,
     UNRESOLVED_EFFECT_STATES,
     EffectKind,
     EffectState,
@@ -233,3 +238,33 @@ def holds_a_slot(effect: Effect) -> bool:
     if effect.kind == EffectKind.MERGE:
         return True
     return EffectKind.DEPLOY.of(effect.kind) and effect.state == EffectState.INITIATED
+
+
+def answer(
+    task: Task, pipeline: Pipeline, event: Event, limits: Callable[[], Limits]
+) -> Decision | None:
+    """What an event in the inbox of a waiting or parked task decides; None if it answers
+    nothing the task waits for (it is then read and ignored). `limits` gives what the task may
+    still spend, for an operator's retry that raises a budget."""
+    if event.kind == EventKind.RETRY and task.status == TaskStatus.NEEDS_OPERATOR:
+        try:
+            stage = Stage(str(event.payload.get("stage") or task.stage))
+            decision = pl.on_retry(pipeline, task.stage, stage, event.actor)
+            budget = Budget.from_dict(event.payload.get("budget"))
+        except (ValueError, TypeError, OrchError):
+            return None
+        if budget.unlimited:
+            return decision
+        # the operator raised the budget that stopped the task
+        return replace(decision, budgets=raised(task.budgets, limits(), budget))
+    if task.status != TaskStatus.WAITING or task.waiting_for is None:
+        return None
+    if event.kind not in DECISIONS or event.payload.get("checkpoint") not in (
+        None,
+        task.waiting_for,
+    ):
+        return None
+    if event.kind == EventKind.APPROVE:
+        return pl.on_approve(pipeline, task.stage, task.waiting_for, event.actor)
+    comment = str(event.payload.get("comment", ""))
+    return pl.on_reject(pipeline, task.waiting_for, event.actor, comment, task.rework_rounds)

@@ -225,6 +225,15 @@ def after_gate_failure(
     return after_attempt_failure(pipeline, stage, attempt, reason)
 
 
+def after_merge_failure(
+    pipeline: Pipeline, stage: Stage, rework_rounds: int, reason: str
+) -> Decision:
+    """The change could not land: it conflicts, its merge candidate fails the tests, its head
+    moved, or it holds conflict markers. It goes back to be reworked as a failed gate sends it;
+    it is not simply tried again, since the same change would fail the same way."""
+    return after_gate_failure(pipeline, stage, rework_rounds, pipeline.max_attempts, reason)
+
+
 def after_attempt_failure(pipeline: Pipeline, stage: Stage, attempt: int, reason: str) -> Decision:
     if attempt >= pipeline.max_attempts:
         return Decision(

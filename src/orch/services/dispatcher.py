@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from orch import crashpoints
-from orch.domain.errors import OrchError, StoreUnavailable
+from orch.domain.errors import Interrupted, OrchError, StoreUnavailable
 from orch.ports import ProcessTable, Store, SweepResult
 from orch.services.engine import Engine
 
@@ -95,7 +95,7 @@ class Dispatcher:
         crashpoints.hit("claim.committed")
         try:
             self.engine.run_job(claim, self.owner)
-        except OrchError as exc:  # pragma: no cover - run_job records its own failures
+        except (OrchError, Interrupted) as exc:  # pragma: no cover - run_job records its own
             log.error("job %s failed outside the engine: %s", claim.job_id, exc)
         return True
 

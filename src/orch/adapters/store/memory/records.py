@@ -1,0 +1,247 @@
+"""Gate verdicts, effects, runs, the ledger and tasks' inboxes, in the memory store."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from orch import crashpoints
+from orch.adapters.store.memory.base import MemoryBase, _Tables
+from orch.domain import machine
+from orch.domain.errors import Busy, Conflict, NotFound
+from orch.domain.ledger import Usage
+from orch.domain.model import (
+    Claim,
+    Effect,
+    Event,
+    GateRecord,
+    Run,
+)
+from orch.domain.states import (
+    UNRESOLVED_EFFECT_STATES,
+    EffectKind,
+    EffectState,
+    JobState,
+    RunOutcome,
+    Stage,
+)
+
+
+class Records(MemoryBase):
+    """Gate verdicts, effects, agent runs, the ledger and the inbox."""
+
+    def record_gate(self, claim: Claim, record: GateRecord) -> GateRecord:
+        key = (record.task_id, record.version, record.gate, record.head_sha)
+        with self._write() as t:
+            self._guard(t, claim)
+            if key not in t.gates:
+                t.gates[key] = replace(record, at=self.now())
+            return t.gates[key]
+
+    def find_gate(self, task_id: int, version: int, gate: str, head_sha: str) -> GateRecord | None:
+        return self._t.gates.get((task_id, version, gate, head_sha))
+
+    def begin_effect(
+        self, claim: Claim, key: str, kind: str, repo: str, precondition: str
+    ) -> Effect:
+        with self._write() as t:
+            self._guard(t, claim)
+            existing = t.effects.get(key)
+            now = self.now()
+            if existing is None or existing.state == EffectState.FAILED:
+                # the SQL store's unique indexes: one merge in flight per repository, one
+                # deploy starting per target
+                for other_key, other in t.effects.items():
+                    if other_key == key or other.repo != repo:
+                        continue
+                    merging = other.kind == EffectKind.MERGE == kind
+                    if merging and other.state in UNRESOLVED_EFFECT_STATES:
+                        raise Busy(f"another {kind} is in flight for {repo}")
+                    deploying = EffectKind.DEPLOY.of(kind) and other.kind == kind
+                    if deploying and other.state == EffectState.INITIATED:
+                        raise Busy(f"another {kind} is in flight for {repo}")
+            if existing is None:
+                t.effects[key] = Effect(
+                    key,
+                    claim.task_id,
+                    str(kind),
+                    EffectState.INITIATED,
+                    precondition,
+                    {},
+                    created_at=now,
+                    updated_at=now,
+                    repo=repo,
+                )
+                t.effect_ids[key] = t.next_id("effects")
+            elif existing.state == EffectState.FAILED:
+                t.effects[key] = replace(
+                    existing,
+                    state=EffectState.INITIATED,
+                    precondition=precondition,
+                    result={},
+                    updated_at=now,
+                )
+        crashpoints.hit("effect.initiated")
+        return self._t.effects[key]
+
+    def finish_effect(
+        self, claim: Claim, key: str, state: EffectState, result: Mapping[str, Any]
+    ) -> Effect:
+        with self._write() as t:
+            self._guard(t, claim)
+            effect = t.effects.get(key)
+            if effect is None or effect.state not in UNRESOLVED_EFFECT_STATES:
+                raise Conflict(f"effect {key} is already resolved")
+            t.effects[key] = replace(
+                effect, state=state, result=dict(result), updated_at=self.now()
+            )
+        if state == EffectState.SUCCEEDED:
+            crashpoints.hit("effect.succeeded")
+        return self._t.effects[key]
+
+    def latest_effect(
+        self, repo: str, kinds: Sequence[str], state: EffectState = EffectState.SUCCEEDED
+    ) -> Effect | None:
+        t = self._t
+        found = [
+            e
+            for k, e in t.effects.items()
+            if e.repo == repo and e.kind in kinds and e.state == state
+        ]
+        return max(found, key=lambda e: (e.updated_at, t.effect_ids[e.key]), default=None)
+
+    def get_effect(self, key: str) -> Effect | None:
+        return self._t.effects.get(key)
+
+    def start_run(self, claim: Claim, agent: str, pid: int | None, log_path: str) -> int:
+        with self._write() as t:
+            self._guard(t, claim)
+            run_id = t.next_id("runs")
+            t.runs[run_id] = Run(
+                id=run_id,
+                task_id=claim.task_id,
+                job_id=claim.job_id,
+                stage=claim.stage,
+                attempt=claim.attempt,
+                agent=agent,
+                pid=pid,
+                exit_code=None,
+                log_path=log_path,
+                started_at=self.now(),
+                ended_at=None,
+                owner=claim.owner,
+            )
+            return run_id
+
+    def finish_run(
+        self,
+        claim: Claim,
+        run_id: int,
+        exit_code: int | None,
+        usage: Usage,
+        outcome: RunOutcome = RunOutcome.EXITED,
+        *,
+        session: str | None = None,
+        detail: str = "",
+        tools: Sequence[str] = (),
+        reported: Usage | None = None,
+    ) -> None:
+        with self._write() as t:
+            self._guard(t, claim)
+            t.runs[run_id] = replace(
+                t.runs[run_id],
+                exit_code=exit_code,
+                outcome=outcome.value,
+                ended_at=self.now(),
+                session=session,
+                detail=detail[:2000],
+                tools=list(tools)[:500],
+                reported=reported,
+            )
+            self._account(t, claim.task_id, run_id, usage)
+
+    def record_usage(self, task_id: int, run_id: int, usage: Usage) -> None:
+        with self._write() as t:
+            self._account(t, task_id, run_id, usage)
+
+    def _account(self, t: _Tables, task_id: int, run_id: int, usage: Usage) -> None:
+        run = t.runs[run_id]
+        if run.accounted_at is not None:
+            return  # a run's usage is counted once
+        t.runs[run_id] = replace(
+            run,
+            accounted_at=self.now(),
+            tokens_in=usage.tokens_in,
+            tokens_out=usage.tokens_out,
+            cache_read=usage.cache_read,
+            cache_write=usage.cache_write,
+            cost_usd=usage.cost_usd,
+        )
+        task = t.tasks[task_id]
+        total = task.spent + usage
+        t.tasks[task_id] = replace(
+            task,
+            tokens_in=total.tokens_in,
+            tokens_out=total.tokens_out,
+            cache_read=total.cache_read,
+            cache_write=total.cache_write,
+            cost_usd=total.cost_usd,
+        )
+
+    def spending(self, task_id: int) -> dict[Stage, Usage]:
+        out: dict[Stage, Usage] = {}
+        for run in self.runs(task_id):
+            out[run.stage] = out.get(run.stage, Usage()) + run.usage
+        return out
+
+    # -- the inbox ---------------------------------------------------------------------------
+
+    def append_event(
+        self,
+        task_id: int,
+        key: str,
+        kind: str,
+        actor: str,
+        payload: Mapping[str, Any],
+        *,
+        cancel: bool = False,
+    ) -> bool:
+        with self._write(wakes=True) as t:
+            if key in t.event_keys:
+                return False
+            task = t.tasks.get(task_id)
+            if task is None:
+                raise NotFound(f"no task with id {task_id}")
+            now = self.now()
+            event_id = t.next_id("events")
+            t.events[event_id] = Event(event_id, task_id, key, str(kind), actor, dict(payload), now)
+            t.event_keys[key] = event_id
+            effect = machine.on_event(task.status, cancel)
+            if effect.raise_cancel and task.cancel_requested_at is None:
+                t.tasks[task_id] = replace(task, cancel_requested_at=now)
+            if cancel:
+                crashpoints.hit("cancel.flag")  # inside the write: a crash here loses the STOP
+            if effect.wake:
+                self._enqueue(t, task, task.version, task.stage, now, now)
+                for job in list(t.jobs.values()):
+                    waking = job.state == JobState.SUPERSEDED or (
+                        job.state == JobState.QUEUED and job.run_after > now
+                    )
+                    if job.task_id == task_id and job.version == task.version and waking:
+                        t.jobs[job.id] = replace(job, state=JobState.QUEUED, run_after=now)
+        crashpoints.hit("inbox.event")
+        return True
+
+    def cancel_requested(self, task_id: int) -> bool:
+        return self.get_task(task_id).cancel_requested_at is not None
+
+    def pending_events(self, task_id: int) -> list[Event]:
+        return [e for e in self.events(task_id) if e.processed_at is None]
+
+    def mark_events(self, claim: Claim, event_ids: Sequence[int]) -> None:
+        if not event_ids:
+            return
+        with self._write() as t:
+            self._guard(t, claim)
+            self._mark(t, event_ids, self.now())

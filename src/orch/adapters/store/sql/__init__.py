@@ -1,0 +1,16 @@
+"""The store on SQLAlchemy Core: one implementation for SQLite and PostgreSQL, split by concern
+(its connection and transactions; tasks; leases and the job's write; records; the inbox)."""
+
+from __future__ import annotations
+
+from orch.adapters.store.sql.base import normalise_url, sqlite_path
+from orch.adapters.store.sql.inbox import InboxRecords
+from orch.adapters.store.sql.leases import Leases
+from orch.adapters.store.sql.records import Records
+from orch.adapters.store.sql.tasks import TaskRecords
+
+__all__ = ["SqlStore", "normalise_url", "sqlite_path"]
+
+
+class SqlStore(TaskRecords, Leases, Records, InboxRecords):
+    """The store. `url` is a SQLAlchemy URL: sqlite:///path, sqlite:// (memory), postgresql://..."""

@@ -1,0 +1,466 @@
+"""The store on SQLAlchemy Core, one implementation for SQLite and PostgreSQL: its connection,
+its transactions, and where the database's errors become orch's.
+
+Every expiry is computed in SQL with the database's clock. Every write under a lease goes through
+a guarded UPDATE on the job row (state='running' AND lease_token=:t) in the same transaction, so a
+worker that lost its lease writes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command as alembic_command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import event as sa_event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.pool import StaticPool
+
+from orch.adapters.store import schema as t
+from orch.domain.errors import (
+    Conflict,
+    LeaseLost,
+    OrchError,
+    StoreUnavailable,
+)
+from orch.domain.ledger import Usage
+from orch.domain.machine import TaskChange
+from orch.domain.model import (
+    Claim,
+    Effect,
+    Event,
+    GateRecord,
+    Job,
+    Run,
+    Task,
+    Transition,
+)
+from orch.domain.states import (
+    EffectState,
+    JobState,
+    RunOutcome,
+    Stage,
+    TaskStatus,
+)
+
+_MIGRATIONS = Path(__file__).parent.parent / "migrations"
+log = logging.getLogger("orch.store")
+_MIGRATE_LOCK = 0x6F726368  # "orch": the advisory lock key migrations hold on PostgreSQL
+
+
+def normalise_url(url: str) -> str:
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    return url
+
+
+def sqlite_path(url: str) -> Path | None:
+    u = sa.engine.make_url(normalise_url(url))
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+        return None
+    return Path(u.database)
+
+
+def _transient(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(
+        s in text
+        for s in (
+            "database is locked",
+            "database is busy",
+            "could not serialize",
+            "deadlock detected",
+            "uq_tasks_repo_slot",
+        )
+    )
+
+
+class SqlBase:
+    """The store. `url` is a SQLAlchemy URL: sqlite:///path, sqlite:// (memory), postgresql://..."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        busy_timeout_ms: int = 10_000,
+        synchronous: str = "NORMAL",
+        echo: bool = False,
+        pool_size: int = 10,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        """`clock` (SQLite only) replaces the database's clock: a simulated one, for tests that
+        move time forward past leases and timers without waiting."""
+        self.url = normalise_url(url)
+        self._listeners: list[Callable[[], None]] = []
+        self._lock = threading.RLock()
+        # an in-memory database is one shared connection: its users take turns
+        self._serial = False
+        # SQLite has one writer at a time; this process's writers queue on a lock rather than in
+        # SQLite's busy handler, which sleeps in steps of up to 100 ms
+        self._write_lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        parsed = sa.engine.make_url(self.url)
+        self.dialect = parsed.get_backend_name()
+        if self.dialect == "sqlite":
+            path = sqlite_path(self.url)
+            kwargs: dict[str, Any] = {
+                "connect_args": {"check_same_thread": False, "timeout": busy_timeout_ms / 1000}
+            }
+            if path is None:
+                kwargs["poolclass"] = StaticPool
+                self._serial = True
+            else:
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise StoreUnavailable(f"cannot create {path.parent}: {exc.strerror}") from exc
+            self.engine: Engine = sa.create_engine(self.url, echo=echo, **kwargs)
+            self._write_lock = threading.Lock()
+            self._install_sqlite_hooks(
+                busy_timeout_ms, synchronous, in_memory=path is None, clock=clock
+            )
+            self._now_sql = sa.literal_column(
+                "orch_now()" if clock else "((julianday('now') - 2440587.5) * 86400.0)"
+            )
+        elif self.dialect == "postgresql":
+            if clock is not None:
+                raise StoreUnavailable("a simulated clock needs SQLite")
+            self.engine = sa.create_engine(
+                self.url, echo=echo, pool_pre_ping=True, pool_size=pool_size, max_overflow=20
+            )
+            self._now_sql = sa.literal_column(
+                "CAST(extract(epoch from clock_timestamp()) AS double precision)"
+            )
+        else:
+            raise StoreUnavailable(f"unsupported store URL scheme: {parsed.drivername}")
+        self.engine = self.engine.execution_options()
+        try:
+            # the first connection to a new SQLite file switches it to WAL, which waits for
+            # processes migrating it at the same moment: a lock is worth a few more tries
+            _when_free(lambda: self._probe())
+        except OperationalError as exc:
+            raise StoreUnavailable(
+                f"cannot open the store at {self.display_url}: {_first_line(exc)}"
+            ) from exc
+
+    def _probe(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    @property
+    def display_url(self) -> str:
+        return sa.engine.make_url(self.url).render_as_string(hide_password=True)
+
+    def _install_sqlite_hooks(
+        self,
+        busy_timeout_ms: int,
+        synchronous: str,
+        in_memory: bool,
+        clock: Callable[[], float] | None,
+    ) -> None:
+        @sa_event.listens_for(self.engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            # let SQLAlchemy's begin hook below issue BEGIN itself, so writes can be IMMEDIATE
+            dbapi_conn.isolation_level = None
+            if clock is not None:
+                dbapi_conn.create_function("orch_now", 0, clock)
+            cur = dbapi_conn.cursor()
+            if not in_memory:
+                cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            cur.execute(f"PRAGMA synchronous={synchronous}")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @sa_event.listens_for(self.engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            write = conn.get_execution_options().get("orch_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+    def _notify(self) -> None:
+        for listener in list(self._listeners):
+            listener()
+
+    def _write(
+        self,
+        fn: Callable[[Connection], Any],
+        *,
+        wakes: bool = False,
+        duplicate: Callable[[], OrchError] | None = None,
+    ) -> Any:
+        """Run fn in one write transaction, retried at the transaction boundary when busy. The
+        database's errors become orch's here, and only here: one it cannot reach or write is
+        StoreUnavailable; a unique index refusing the write is `duplicate()` (what the caller
+        says a second one means), or a Conflict."""
+        delay = 0.005
+        for attempt in range(12):
+            try:
+                with self._turn(), self._write_lock, self.engine.connect() as conn:
+                    conn.execution_options(orch_write=True)
+                    with conn.begin():
+                        result = fn(conn)
+                if wakes:
+                    self._notify()
+                return result
+            except (OperationalError, IntegrityError) as exc:
+                if _transient(exc) and attempt < 11:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.25)
+                    continue
+                if isinstance(exc, OperationalError):
+                    raise StoreUnavailable(f"store write failed: {_first_line(exc)}") from exc
+                if duplicate is not None:
+                    raise duplicate() from exc
+                raise Conflict(f"the store refused the write: {_first_line(exc)}") from exc
+        raise AssertionError("unreachable")
+
+    def _read(self, fn: Callable[[Connection], Any]) -> Any:
+        try:
+            with self._turn(), self.engine.connect() as conn, conn.begin():
+                return fn(conn)
+        except OperationalError as exc:
+            raise StoreUnavailable(f"store read failed: {_first_line(exc)}") from exc
+
+    def _turn(self) -> contextlib.AbstractContextManager[Any]:
+        return self._lock if self._serial else contextlib.nullcontext()
+
+    def now(self) -> float:
+        return float(self._read(lambda c: c.execute(sa.select(self._now_sql)).scalar_one()))
+
+    def _db_now(self, conn: Connection) -> float:
+        return float(conn.execute(sa.select(self._now_sql)).scalar_one())
+
+    def migrate(self) -> None:
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(_MIGRATIONS))
+
+        def upgrade() -> None:
+            with self.engine.connect() as conn:
+                # processes that start together on a new store take turns: the first migrates,
+                # the others then find it at head (SQLite: a write transaction from the start,
+                # and more tries past the busy timeout; PostgreSQL: an advisory lock)
+                conn.execution_options(orch_write=True)
+                with conn.begin():
+                    if self.dialect == "postgresql":
+                        conn.execute(
+                            sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATE_LOCK}
+                        )
+                    cfg.attributes["connection"] = conn
+                    alembic_command.upgrade(cfg, "head")
+
+        with self._lock:
+            try:
+                _when_free(upgrade)
+            except (OperationalError, IntegrityError) as exc:
+                raise StoreUnavailable(
+                    f"cannot migrate {self.display_url}: {_first_line(exc)}"
+                ) from exc
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _enqueue(
+        self,
+        conn: Connection,
+        task_id: int,
+        repo: str,
+        version: int,
+        stage: Stage,
+        now: float,
+        run_after: float | None = None,
+    ) -> None:
+        stmt = _insert_ignore(conn, t.jobs).values(
+            task_id=task_id,
+            repo=repo,
+            version=version,
+            stage=stage.value,
+            state=JobState.QUEUED.value,
+            attempt=0,
+            lease_token=0,
+            run_after=now if run_after is None else run_after,
+            created_at=now,
+            updated_at=now,
+        )
+        conn.execute(stmt)
+
+    def _for_task(self, table: sa.Table, task_id: int, order: str = "id") -> list[Any]:
+        return self._read(  # type: ignore[no-any-return]
+            lambda c: c.execute(
+                sa.select(table).where(table.c.task_id == task_id).order_by(table.c[order])
+            ).all()
+        )
+
+    def _guard(self, conn: Connection, claim: Claim, **values: Any) -> None:
+        """The fencing check: touch the job row only while this claim still holds it."""
+        res = conn.execute(
+            sa.update(t.jobs)
+            .where(
+                t.jobs.c.id == claim.job_id,
+                t.jobs.c.state == JobState.RUNNING.value,
+                t.jobs.c.lease_token == claim.token,
+            )
+            .values(updated_at=self._now_sql, **values)
+        )
+        if res.rowcount != 1:
+            # counted by the chaos harness: a worker that lost its lease tried to write
+            log.warning(
+                "write fenced: job %s token %s of %s", claim.job_id, claim.token, claim.owner
+            )
+            raise LeaseLost(f"job {claim.job_id} is no longer held with token {claim.token}")
+
+    def _end_job(self, conn: Connection, claim: Claim, now: Any, **values: Any) -> None:
+        """The last fenced write of a job: it gives the lease back, and closes any run of the
+        job its worker could not close (a store outage, say), so no run stays open."""
+        self._guard(conn, claim, lease_owner=None, lease_expires_at=None, **values)
+        _close_runs(conn, claim.job_id, RunOutcome.ERROR, "its worker could not record it", now)
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _upsert(conn: Connection, table: sa.Table) -> Any:
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table)
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table)
+
+
+def _insert_ignore(conn: Connection, table: sa.Table) -> Any:
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing()
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table).on_conflict_do_nothing()
+
+
+def _job_values(change: TaskChange, rerun: bool, now: float) -> dict[str, Any]:
+    """The job row's values as a change ends it; a job whose task gets no new version runs
+    again at once when an event it should read arrived while it ran."""
+    end = change.job
+    assert end is not None
+    state, due = end.state, end.due_in_s
+    if rerun and change.write is None:
+        state, due = JobState.QUEUED, 0.0
+    values: dict[str, Any] = {"state": state.value}
+    if state == JobState.QUEUED:
+        values["run_after"] = now + due
+        if end.reset_attempts:
+            values["attempt"] = 0
+        elif not end.counts:
+            values["attempt"] = t.jobs.c.attempt - 1
+    if end.error is not None:
+        values["last_error"] = end.error[:2000]
+    return values
+
+
+def _slot_freed(now: Any) -> dict[str, Any]:
+    """A task's values as it gives its repository slot back: the time it held it is work."""
+    held = sa.func.coalesce(now - t.tasks.c.slot_since, 0.0)
+    return {"slot": None, "slot_since": None, "worked_s": t.tasks.c.worked_s + held}
+
+
+def _close_runs(conn: Connection, job_id: int, outcome: RunOutcome, why: str, now: Any) -> None:
+    """Close the runs of a job that ended without its worker closing them; their usage is
+    read back from their logs once their worker is known dead."""
+    conn.execute(
+        sa.update(t.runs)
+        .where(t.runs.c.job_id == job_id, t.runs.c.ended_at.is_(None))
+        .values(ended_at=now, outcome=outcome.value, detail=f"closed for its worker: {why}")
+    )
+
+
+def _when_free(fn: Callable[[], None], tries: int = 5) -> None:
+    """Run fn, trying again with backoff while the database is locked by another process."""
+    for attempt in range(tries):
+        try:
+            fn()
+            return
+        except OperationalError as exc:
+            if not _transient(exc) or attempt == tries - 1:
+                raise
+            time.sleep(0.2 * 2**attempt)
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip().splitlines()
+    return text[0] if text else type(orig).__name__
+
+
+def _record(cls: type[Any], row: Any, **converted: Any) -> Any:
+    """A domain record from a row: columns that share a field's name, plus converted values."""
+    data = row._mapping
+    values = {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data}
+    values.update(converted)
+    return cls(**values)
+
+
+def _task(r: Any) -> Task:
+    return _record(  # type: ignore[no-any-return]
+        Task, r, stage=Stage(r.stage), status=TaskStatus(r.status), budgets=r.budgets or {}
+    )
+
+
+def _transition(r: Any) -> Transition:
+    return _record(  # type: ignore[no-any-return]
+        Transition,
+        r,
+        from_stage=Stage(r.from_stage),
+        to_stage=Stage(r.to_stage),
+        from_status=TaskStatus(r.from_status),
+        to_status=TaskStatus(r.to_status),
+    )
+
+
+def _gate(r: Any) -> GateRecord:
+    return _record(GateRecord, r, stage=Stage(r.stage), passed=bool(r.passed))  # type: ignore[no-any-return]
+
+
+def _effect(r: Any) -> Effect:
+    return _record(Effect, r, state=EffectState(r.state), result=r.result or {})  # type: ignore[no-any-return]
+
+
+def _event(r: Any) -> Event:
+    return _record(Event, r, payload=r.payload or {})  # type: ignore[no-any-return]
+
+
+def _run(r: Any) -> Run:
+    return _record(  # type: ignore[no-any-return]
+        Run,
+        r,
+        stage=Stage(r.stage),
+        tools=r.tools or [],
+        reported=Usage.from_dict(r.reported) if r.reported else None,
+    )
+
+
+def _job(r: Any) -> Job:
+    return _record(  # type: ignore[no-any-return]
+        Job,
+        r,
+        stage=Stage(r.stage),
+        state=JobState(r.state),
+        token=r.lease_token,
+        owner=r.lease_owner,
+        expires_at=r.lease_expires_at,
+    )

@@ -1,0 +1,414 @@
+"""Claims, leases, the sweeper and the one write of a job, in the SQL store."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from orch import crashpoints
+from orch.adapters.store import schema as t
+from orch.adapters.store.sql.base import (
+    SqlBase,
+    _close_runs,
+    _effect,
+    _job_values,
+    _run,
+    _slot_freed,
+    _task,
+)
+from orch.domain import machine
+from orch.domain.errors import (
+    Conflict,
+)
+from orch.domain.machine import TaskChange
+from orch.domain.model import (
+    Claim,
+    Run,
+)
+from orch.domain.states import (
+    TERMINAL_STATUSES,
+    UNRESOLVED_EFFECT_STATES,
+    JobState,
+    RunOutcome,
+    Stage,
+    TaskStatus,
+)
+from orch.ports import OverdueCancel, SweepResult
+
+
+class Leases(SqlBase):
+    """Claims, leases, the sweeper, and writing a TaskChange under a lease."""
+
+    # -- leases ------------------------------------------------------------------------------
+
+    def claim(self, owner: str, ttl_s: float, repo_limit: Callable[[str], int]) -> Claim | None:
+        def fn(conn: Connection) -> Claim | None:
+            now = self._db_now(conn)
+            candidates = conn.execute(
+                sa.select(
+                    t.jobs.c.id,
+                    t.jobs.c.repo,
+                    t.jobs.c.task_id,
+                    t.tasks.c.slot,
+                    t.tasks.c.status,
+                    t.tasks.c.cancel_requested_at,
+                )
+                .join(t.tasks, t.tasks.c.id == t.jobs.c.task_id)
+                .where(t.jobs.c.state == JobState.QUEUED.value, t.jobs.c.run_after <= now)
+                .order_by(t.jobs.c.run_after, t.jobs.c.id)
+                .limit(64)
+                .with_for_update(skip_locked=True, of=t.jobs)
+            ).all()
+            if not candidates:
+                return None
+            repos = {c.repo for c in candidates}
+            used: dict[str, set[int]] = {r: set() for r in repos}
+            for r in conn.execute(
+                sa.select(t.tasks.c.repo, t.tasks.c.slot).where(
+                    t.tasks.c.slot.is_not(None), t.tasks.c.repo.in_(repos)
+                )
+            ):
+                used[r.repo].add(r.slot)
+            for cand in candidates:
+                # reading a waiting or parked task's inbox, or applying a STOP, is not work on
+                # the repository: it needs no slot, so a full repository never delays it
+                needs_slot = machine.needs_slot(
+                    TaskStatus(cand.status), cand.cancel_requested_at is not None
+                )
+                if needs_slot and cand.slot is None:
+                    # a task takes a repository slot at its first claim and keeps it while
+                    # active; the unique index on (repo, slot) makes a race fail closed
+                    limit = max(repo_limit(cand.repo), 0)
+                    free = next((s for s in range(limit) if s not in used[cand.repo]), None)
+                    if free is None:
+                        continue
+                    took = conn.execute(
+                        sa.update(t.tasks)
+                        .where(t.tasks.c.id == cand.task_id, t.tasks.c.slot.is_(None))
+                        .values(slot=free, slot_since=now)
+                    )
+                    if took.rowcount != 1:
+                        continue
+                    used[cand.repo].add(free)
+                    crashpoints.hit("slot.acquired")
+                row = conn.execute(
+                    sa.update(t.jobs)
+                    .where(t.jobs.c.id == cand.id, t.jobs.c.state == JobState.QUEUED.value)
+                    .values(
+                        state=JobState.RUNNING.value,
+                        attempt=t.jobs.c.attempt + 1,
+                        lease_token=t.jobs.c.lease_token + 1,
+                        lease_owner=owner,
+                        lease_expires_at=self._now_sql + ttl_s,
+                        updated_at=now,
+                    )
+                    .returning(
+                        t.jobs.c.id,
+                        t.jobs.c.task_id,
+                        t.jobs.c.version,
+                        t.jobs.c.stage,
+                        t.jobs.c.attempt,
+                        t.jobs.c.lease_token,
+                        t.jobs.c.last_error,
+                    )
+                ).first()
+                if row is not None:
+                    return Claim(
+                        job_id=row.id,
+                        task_id=row.task_id,
+                        version=row.version,
+                        stage=Stage(row.stage),
+                        attempt=row.attempt,
+                        token=row.lease_token,
+                        owner=owner,
+                        last_error=row.last_error,
+                    )
+            return None
+
+        return self._write(fn)  # type: ignore[no-any-return]
+
+    def renew(self, claim: Claim, ttl_s: float) -> None:
+        self._write(lambda c: self._guard(c, claim, lease_expires_at=self._now_sql + ttl_s))
+
+    def unaccounted_runs(self) -> list[Run]:
+        """Runs not in the ledger: running now, or their worker died mid-run (and the run may
+        have been closed for it since)."""
+        rows = self._read(
+            lambda c: c.execute(
+                sa.select(t.runs).where(t.runs.c.accounted_at.is_(None)).order_by(t.runs.c.id)
+            ).all()
+        )
+        return [_run(r) for r in rows]
+
+    def lease_owners(self) -> list[str]:
+        """The incarnations holding running jobs."""
+        rows = self._read(
+            lambda c: c.execute(
+                sa.select(t.jobs.c.lease_owner)
+                .where(t.jobs.c.state == JobState.RUNNING.value)
+                .distinct()
+            ).all()
+        )
+        return sorted(r[0] for r in rows if r[0])
+
+    def void_leases(self, owner: str) -> int:
+        """Expire every lease `owner` holds now: it is known dead, so its jobs need not wait out
+        their TTL. The sweep that follows requeues them (or dead-letters them)."""
+
+        def fn(conn: Connection) -> int:
+            now = self._db_now(conn)
+            res = conn.execute(
+                sa.update(t.jobs)
+                .where(
+                    t.jobs.c.state == JobState.RUNNING.value,
+                    t.jobs.c.lease_owner == owner,
+                    t.jobs.c.lease_expires_at >= now,
+                )
+                .values(lease_expires_at=now - 1.0, updated_at=now)
+            )
+            return int(res.rowcount)
+
+        return self._write(fn)  # type: ignore[no-any-return]
+
+    def sweep(self, max_attempts: int) -> SweepResult:
+        def fn(conn: Connection) -> SweepResult:
+            now = self._db_now(conn)
+            expired = conn.execute(
+                sa.select(
+                    t.jobs.c.id,
+                    t.jobs.c.task_id,
+                    t.jobs.c.version,
+                    t.jobs.c.lease_token,
+                    t.jobs.c.attempt,
+                ).where(t.jobs.c.state == JobState.RUNNING.value, t.jobs.c.lease_expires_at < now)
+            ).all()
+            requeued = dead = 0
+            for job in expired:
+                end = machine.lease_expired(job.attempt, max_attempts)
+                res = conn.execute(
+                    sa.update(t.jobs)
+                    .where(
+                        t.jobs.c.id == job.id,
+                        t.jobs.c.state == JobState.RUNNING.value,
+                        t.jobs.c.lease_token == job.lease_token,
+                        t.jobs.c.lease_expires_at < now,
+                    )
+                    .values(
+                        state=end.state.value,
+                        lease_owner=None,
+                        lease_expires_at=None,
+                        run_after=now,
+                        last_error=end.error or "",
+                        updated_at=now,
+                    )
+                )
+                if res.rowcount != 1:
+                    continue
+                _close_runs(conn, job.id, RunOutcome.LEASE_LOST, "its worker's lease expired", now)
+                if end.state == JobState.DEAD:
+                    dead += 1
+                    why = f"lease expired {job.attempt} times"
+                    self._park_in_txn(conn, job.task_id, job.version, why, "sweeper")
+                else:
+                    requeued += 1
+            return SweepResult(requeued=requeued, dead=dead)
+
+        result: SweepResult = self._write(fn)
+        if result.requeued or result.dead:
+            self._notify()
+        return result
+
+    def _park_in_txn(
+        self, conn: Connection, task_id: int, version: int, reason: str, actor: str
+    ) -> bool:
+        row = conn.execute(
+            sa.select(t.tasks).where(t.tasks.c.id == task_id, t.tasks.c.version == version)
+        ).first()
+        if row is None:
+            return False
+        effects = conn.execute(sa.select(t.effects).where(t.effects.c.task_id == task_id)).all()
+        held = any(machine.holds_a_slot(_effect(e)) for e in effects)
+        self._apply(conn, task_id, version, machine.park(_task(row), reason, actor, held))
+        return True
+
+    def overdue_cancels(self, bound_s: float) -> list[OverdueCancel]:
+        """Tasks whose STOP has waited longer than `bound_s`."""
+
+        def fn(conn: Connection) -> list[OverdueCancel]:
+            now = self._db_now(conn)
+            # a live lease holds it, or a queued job (one just requeued from a dead worker, say)
+            # will: either applies the STOP once the effect resolves
+            held = (
+                sa.select(t.jobs.c.id)
+                .where(
+                    t.jobs.c.task_id == t.tasks.c.id,
+                    sa.or_(
+                        sa.and_(
+                            t.jobs.c.state == JobState.RUNNING.value,
+                            t.jobs.c.lease_expires_at >= now,
+                        ),
+                        t.jobs.c.state == JobState.QUEUED.value,
+                    ),
+                )
+                .exists()
+            )
+            in_flight = (
+                sa.select(t.effects.c.id)
+                .where(
+                    t.effects.c.task_id == t.tasks.c.id,
+                    t.effects.c.state.in_([st.value for st in UNRESOLVED_EFFECT_STATES]),
+                    t.effects.c.kind != "notify",
+                )
+                .exists()
+            )
+            rows = conn.execute(
+                sa.select(
+                    t.tasks.c.id,
+                    t.tasks.c.key,
+                    t.tasks.c.version,
+                    t.tasks.c.status,
+                    held,
+                    in_flight,
+                ).where(
+                    t.tasks.c.cancel_requested_at < now - bound_s,
+                    t.tasks.c.status.not_in([st.value for st in TERMINAL_STATUSES]),
+                )
+            ).all()
+            return [
+                OverdueCancel(
+                    r[0],
+                    r[1],
+                    r[2],
+                    r[3] == TaskStatus.NEEDS_OPERATOR.value,
+                    bool(r[4]),
+                    bool(r[5]),
+                )
+                for r in rows
+            ]
+
+        return self._read(fn)  # type: ignore[no-any-return]
+
+    def park(self, task_id: int, version: int, reason: str, actor: str) -> bool:
+        """Park a task no worker holds (a guarded write on its version)."""
+
+        return self._write(  # type: ignore[no-any-return]
+            lambda conn: self._park_in_txn(conn, task_id, version, reason, actor), wakes=True
+        )
+
+    def next_run_after(self) -> float | None:
+        value = self._read(
+            lambda c: c.execute(
+                sa.select(sa.func.min(t.jobs.c.run_after)).where(
+                    t.jobs.c.state == JobState.QUEUED.value
+                )
+            ).scalar()
+        )
+        return float(value) if value is not None else None
+
+    # -- writes under a lease ----------------------------------------------------------------
+
+    def apply(self, claim: Claim, change: TaskChange) -> None:
+        """Write what the domain decided, in one transaction: the job's end under the claim's
+        fencing token, the stage write as a compare-and-set on (task, stage, version) with its
+        history row, the events it answers, and the next job."""
+        self._write(
+            lambda conn: self._apply(conn, claim.task_id, claim.version, change, claim), wakes=True
+        )
+        if change.write is not None:
+            crashpoints.hit("next_job.enqueued")
+        if change.releases_slot:
+            crashpoints.hit("slot.released")
+
+    def _apply(
+        self,
+        conn: Connection,
+        task_id: int,
+        version: int,
+        change: TaskChange,
+        claim: Claim | None = None,
+    ) -> None:
+        now = self._db_now(conn)
+        if change.read:
+            conn.execute(
+                sa.update(t.events)
+                .where(t.events.c.id.in_(list(change.read)), t.events.c.processed_at.is_(None))
+                .values(processed_at=now)
+            )
+        # only a job of the task's current version runs again for its events: a stale one that
+        # did would find the task moved on, and run again, for ever
+        rerun = (
+            bool(change.rerun_if_unread)
+            and conn.execute(
+                sa.select(t.tasks.c.version).where(t.tasks.c.id == task_id)
+            ).scalar_one()
+            == version
+            and conn.execute(
+                sa.select(t.events.c.id)
+                .where(
+                    t.events.c.task_id == task_id,
+                    t.events.c.processed_at.is_(None),
+                    t.events.c.kind.in_(sorted(change.rerun_if_unread)),
+                )
+                .limit(1)
+            ).first()
+            is not None
+        )
+        if claim is not None and change.job is not None:
+            self._end_job(conn, claim, now, **_job_values(change, rerun, now))
+        write = change.write
+        if write is None:
+            if change.free_slot:
+                conn.execute(
+                    sa.update(t.tasks)
+                    .where(t.tasks.c.id == task_id, t.tasks.c.version == version)
+                    .values(**_slot_freed(now))
+                )
+            return
+        values: dict[str, Any] = {
+            "stage": write.stage.value,
+            "status": write.status.value,
+            "version": version + 1,
+            "waiting_for": write.waiting_for,
+            "status_reason": write.reason,
+            "feedback": write.feedback,
+            "rework_rounds": write.rework_rounds,
+            "updated_at": now,
+        }
+        if write.status != TaskStatus.ACTIVE:
+            values.update(_slot_freed(now))  # a waiting or parked task holds no slot
+        if write.clear_cancel:
+            values["cancel_requested_at"] = None
+        if write.budgets is not None:
+            values["budgets"] = write.budgets
+        res = conn.execute(
+            sa.update(t.tasks)
+            .where(
+                t.tasks.c.id == task_id,
+                t.tasks.c.stage == write.from_stage.value,
+                t.tasks.c.version == version,
+            )
+            .values(**values)
+            .returning(t.tasks.c.repo)
+        ).first()
+        if res is None:
+            raise Conflict(f"task {task_id} is not at {write.from_stage} version {version}")
+        crashpoints.hit("stage.cas")  # inside the transaction: a crash here rolls it back
+        conn.execute(
+            sa.insert(t.transitions).values(
+                task_id=task_id,
+                version=version + 1,
+                from_stage=write.from_stage.value,
+                to_stage=write.stage.value,
+                from_status=write.from_status.value,
+                to_status=write.status.value,
+                actor=write.actor,
+                reason=write.reason,
+                at=now,
+            )
+        )
+        due = 0.0 if rerun else change.next_job_in_s
+        if due is not None:
+            self._enqueue(conn, task_id, res.repo, version + 1, write.stage, now, now + due)

@@ -1,0 +1,283 @@
+"""Gate verdicts, effects, runs and the ledger, in the SQL store."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from orch import crashpoints
+from orch.adapters.store import schema as t
+from orch.adapters.store.sql.base import (
+    SqlBase,
+    _effect,
+    _gate,
+    _insert_ignore,
+)
+from orch.domain.errors import (
+    Busy,
+    Conflict,
+)
+from orch.domain.ledger import Usage
+from orch.domain.model import (
+    Claim,
+    Effect,
+    GateRecord,
+)
+from orch.domain.states import (
+    UNRESOLVED_EFFECT_STATES,
+    EffectState,
+    RunOutcome,
+    Stage,
+)
+
+
+class Records(SqlBase):
+    """Gate verdicts, effects, agent runs and the ledger."""
+
+    def record_gate(self, claim: Claim, record: GateRecord) -> GateRecord:
+        def fn(conn: Connection) -> None:
+            self._guard(conn, claim)
+            conn.execute(
+                _insert_ignore(conn, t.gate_verdicts).values(
+                    task_id=record.task_id,
+                    version=record.version,
+                    gate=record.gate,
+                    head_sha=record.head_sha,
+                    stage=record.stage.value,
+                    passed=record.passed,
+                    reason=record.reason,
+                    at=self._now_sql,
+                )
+            )
+
+        self._write(fn)
+        found = self.find_gate(record.task_id, record.version, record.gate, record.head_sha)
+        assert found is not None
+        return found
+
+    def find_gate(self, task_id: int, version: int, gate: str, head_sha: str) -> GateRecord | None:
+        row = self._read(
+            lambda c: c.execute(
+                sa.select(t.gate_verdicts).where(
+                    t.gate_verdicts.c.task_id == task_id,
+                    t.gate_verdicts.c.version == version,
+                    t.gate_verdicts.c.gate == gate,
+                    t.gate_verdicts.c.head_sha == head_sha,
+                )
+            ).first()
+        )
+        return _gate(row) if row is not None else None
+
+    def begin_effect(
+        self, claim: Claim, key: str, kind: str, repo: str, precondition: str
+    ) -> Effect:
+        """Record the intent to act. An effect that FAILED (known not to have happened) is
+        re-armed for another try; one that exists in any other state is returned as it is."""
+
+        def fn(conn: Connection) -> None:
+            self._guard(conn, claim)
+            inserted = conn.execute(
+                _insert_ignore(conn, t.effects)
+                .values(
+                    key=key,
+                    task_id=claim.task_id,
+                    repo=repo,
+                    kind=str(kind),  # an EffectKind is stored as its value
+                    state=EffectState.INITIATED.value,
+                    precondition=precondition,
+                    result={},
+                    lease_token=claim.token,
+                    created_at=self._now_sql,
+                    updated_at=self._now_sql,
+                )
+                .returning(t.effects.c.id)
+            ).first()
+            if inserted is not None:
+                return
+            existing = conn.execute(
+                sa.select(t.effects.c.state).where(t.effects.c.key == key)
+            ).scalar()
+            if existing is None:
+                raise Busy(f"another {kind} is in flight for {repo}")
+            if existing == EffectState.FAILED.value:
+                conn.execute(
+                    sa.update(t.effects)
+                    .where(t.effects.c.key == key, t.effects.c.state == EffectState.FAILED.value)
+                    .values(
+                        state=EffectState.INITIATED.value,
+                        precondition=precondition,
+                        result={},
+                        lease_token=claim.token,
+                        updated_at=self._now_sql,
+                    )
+                )
+
+        self._write(fn, duplicate=lambda: Busy(f"another {kind} is in flight for {repo}"))
+        crashpoints.hit("effect.initiated")
+        found = self.get_effect(key)
+        assert found is not None
+        return found
+
+    def finish_effect(
+        self, claim: Claim, key: str, state: EffectState, result: Mapping[str, Any]
+    ) -> Effect:
+        def fn(conn: Connection) -> None:
+            self._guard(conn, claim)
+            res = conn.execute(
+                sa.update(t.effects)
+                .where(
+                    t.effects.c.key == key,
+                    t.effects.c.state.in_([st.value for st in UNRESOLVED_EFFECT_STATES]),
+                )
+                .values(
+                    state=state.value,
+                    result=dict(result),
+                    lease_token=claim.token,
+                    updated_at=self._now_sql,
+                )
+            )
+            if res.rowcount != 1:
+                raise Conflict(f"effect {key} is already resolved")
+
+        self._write(fn)
+        if state == EffectState.SUCCEEDED:
+            crashpoints.hit("effect.succeeded")
+        found = self.get_effect(key)
+        assert found is not None
+        return found
+
+    def latest_effect(
+        self, repo: str, kinds: Sequence[str], state: EffectState = EffectState.SUCCEEDED
+    ) -> Effect | None:
+        row = self._read(
+            lambda c: c.execute(
+                sa.select(t.effects)
+                .where(
+                    t.effects.c.repo == repo,
+                    t.effects.c.kind.in_(list(kinds)),
+                    t.effects.c.state == state.value,
+                )
+                .order_by(t.effects.c.updated_at.desc(), t.effects.c.id.desc())
+                .limit(1)
+            ).first()
+        )
+        return _effect(row) if row is not None else None
+
+    def get_effect(self, key: str) -> Effect | None:
+        row = self._read(
+            lambda c: c.execute(sa.select(t.effects).where(t.effects.c.key == key)).first()
+        )
+        return _effect(row) if row is not None else None
+
+    def start_run(self, claim: Claim, agent: str, pid: int | None, log_path: str) -> int:
+        def fn(conn: Connection) -> int:
+            self._guard(conn, claim)
+            return int(
+                conn.execute(
+                    sa.insert(t.runs)
+                    .values(
+                        task_id=claim.task_id,
+                        job_id=claim.job_id,
+                        stage=claim.stage.value,
+                        attempt=claim.attempt,
+                        agent=agent,
+                        pid=pid,
+                        log_path=log_path,
+                        owner=claim.owner,
+                        started_at=self._now_sql,
+                    )
+                    .returning(t.runs.c.id)
+                ).scalar_one()
+            )
+
+        return self._write(fn)  # type: ignore[no-any-return]
+
+    def finish_run(
+        self,
+        claim: Claim,
+        run_id: int,
+        exit_code: int | None,
+        usage: Usage,
+        outcome: RunOutcome = RunOutcome.EXITED,
+        *,
+        session: str | None = None,
+        detail: str = "",
+        tools: Sequence[str] = (),
+        reported: Usage | None = None,
+    ) -> None:
+        def fn(conn: Connection) -> None:
+            self._guard(conn, claim)
+            conn.execute(
+                sa.update(t.runs)
+                .where(t.runs.c.id == run_id)
+                .values(
+                    exit_code=exit_code,
+                    outcome=outcome.value,
+                    ended_at=self._now_sql,
+                    session=session,
+                    detail=detail[:2000],
+                    tools=list(tools)[:500] or None,
+                    reported=reported.as_dict() if reported else None,
+                )
+            )
+            self._account(conn, claim.task_id, run_id, usage)
+
+        self._write(fn)
+
+    def record_usage(self, task_id: int, run_id: int, usage: Usage) -> None:
+        """The ledger of a run whose worker lost its lease, or died (read back from its log).
+        Not fenced, because the money was spent whoever holds the task now; the run itself
+        stays open, as its worker lost it."""
+        self._write(lambda conn: self._account(conn, task_id, run_id, usage))
+
+    def _account(self, conn: Connection, task_id: int, run_id: int, usage: Usage) -> None:
+        # a run's usage is counted once, into the run and into its task's totals
+        res = conn.execute(
+            sa.update(t.runs)
+            .where(t.runs.c.id == run_id, t.runs.c.accounted_at.is_(None))
+            .values(
+                accounted_at=self._now_sql,
+                tokens_in=usage.tokens_in,
+                tokens_out=usage.tokens_out,
+                cache_read=usage.cache_read,
+                cache_write=usage.cache_write,
+                cost_usd=usage.cost_usd,
+            )
+        )
+        if res.rowcount != 1:
+            return
+        conn.execute(
+            sa.update(t.tasks)
+            .where(t.tasks.c.id == task_id)
+            .values(
+                tokens_in=t.tasks.c.tokens_in + usage.tokens_in,
+                tokens_out=t.tasks.c.tokens_out + usage.tokens_out,
+                cache_read=t.tasks.c.cache_read + usage.cache_read,
+                cache_write=t.tasks.c.cache_write + usage.cache_write,
+                cost_usd=t.tasks.c.cost_usd + usage.cost_usd,
+            )
+        )
+
+    def spending(self, task_id: int) -> dict[Stage, Usage]:
+        """What the task's agent runs have spent, per stage, over all versions and attempts."""
+        rows = self._read(
+            lambda c: c.execute(
+                sa.select(
+                    t.runs.c.stage,
+                    sa.func.sum(t.runs.c.tokens_in),
+                    sa.func.sum(t.runs.c.tokens_out),
+                    sa.func.sum(t.runs.c.cache_read),
+                    sa.func.sum(t.runs.c.cache_write),
+                    sa.func.sum(t.runs.c.cost_usd),
+                )
+                .where(t.runs.c.task_id == task_id)
+                .group_by(t.runs.c.stage)
+            ).all()
+        )
+        return {
+            Stage(r[0]): Usage(int(r[1]), int(r[2]), int(r[3]), int(r[4]), float(r[5]))
+            for r in rows
+        }

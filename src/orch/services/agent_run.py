@@ -1,0 +1,287 @@
+"""Running a stage's agent: its request, its supervision under the lease, its run record and
+ledger, and what its ending decides."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from orch.domain import pipeline as pl
+from orch.domain.errors import (
+    AgentError,
+    CancelRequested,
+    LeaseLost,
+    OrchError,
+    ShuttingDown,
+    StoreUnavailable,
+)
+from orch.domain.failures import FailureClass, classify
+from orch.domain.ledger import Limits, Usage, budgets_of
+from orch.domain.model import Run, Task
+from orch.domain.pipeline import Decision, Pipeline, StageSpec
+from orch.domain.prompts import render
+from orch.domain.states import RunOutcome, Stage
+from orch.ports import Agent, AgentProcess, AgentReport, AgentRequest, Confinement, Store
+from orch.services.work import Tools, Work, park
+
+log = logging.getLogger("orch.engine")
+
+CLOSE_PAUSES_S = (0.2, 0.5, 1.0)  # between tries to record how a run ended
+# how the run ended when the lease's supervisor interrupted it
+INTERRUPTED = {
+    CancelRequested: RunOutcome.STOPPED,
+    LeaseLost: RunOutcome.LEASE_LOST,
+    ShuttingDown: RunOutcome.SHUTDOWN,
+}
+
+
+def limits_of(store: Store, task: Task, pipeline: Pipeline, stage: Stage) -> Limits:
+    """What the task's stage and the task may still spend, by their budgets."""
+    spec = pipeline.spec(stage)
+    stage_budget, task_budget = budgets_of(
+        task.budgets, spec.stage.value, spec.budget, pipeline.budget
+    )
+    by_stage = store.spending(task.id)
+    return Limits(
+        stage=spec.stage.value,
+        stage_budget=stage_budget,
+        task_budget=task_budget,
+        stage_spent=by_stage.get(spec.stage, Usage()),
+        task_spent=sum(by_stage.values(), Usage()),
+    )
+
+
+class AgentRunner:
+    def __init__(self, tools: Tools) -> None:
+        self.tools = tools
+        self.store = tools.store
+
+    def run(
+        self,
+        work: Work,
+        agent: Agent,
+        ctx: dict[str, Any],
+        worktree: Path,
+        deadline_left: float | None,
+        confine: Confinement,
+    ) -> Decision | None:
+        """Run the stage's agent; None if it succeeded, else what its failure decides."""
+        task, claim, spec, tools = work.task, work.claim, work.spec, self.tools
+        limits = limits_of(self.store, task, work.pipeline, task.stage)
+        exhausted = limits.exhausted()
+        if exhausted:
+            return park(task, exhausted)
+        resumed = self._run_to_resume(work, agent.name)
+        prompt = render(spec.prompt, ctx)
+        log_path = tools.log_path(task, f"v{claim.version}-{task.stage}-{claim.attempt}.log")
+        prompt_file = log_path.with_suffix(".prompt.md")
+        prompt_file.parent.mkdir(parents=True, exist_ok=True)
+        prompt_file.write_text(prompt, encoding="utf-8")
+        env = tools.child_env(
+            task,
+            claim,
+            {"ORCH_ROLE": spec.role, "ORCH_PROMPT_FILE": str(prompt_file), **tools.home_env(task)},
+            allow=agent.env_names,
+        )
+        request = AgentRequest(
+            task_key=task.key,
+            stage=task.stage,
+            role=spec.role,
+            attempt=claim.attempt,
+            prompt=prompt,
+            workdir=worktree,
+            log_path=log_path,
+            env=env,
+            timeout_s=spec.timeout_s,
+            instructions=render(spec.instructions, ctx),
+            budget=limits.left(),
+            resume=resumed.session if resumed else None,
+            carried=resumed.reported or Usage() if resumed else Usage(),
+            confine=confine,
+        )
+        try:
+            proc = agent.start(request)
+        except AgentError as exc:
+            return park(task, f"permanent failure, not retried: {exc}")
+        try:
+            run_id = self.store.start_run(claim, agent.name, proc.pid, str(log_path))
+        except BaseException:
+            proc.kill(tools.settings.kill_grace_s)
+            raise
+        outcome = RunOutcome.ERROR
+        report = None
+        try:
+            code, outcome = work.lease.supervise(
+                proc,
+                spec.timeout_s,
+                tools.settings.kill_grace_s,
+                stall_s=spec.stall_s,
+                deadline_s=deadline_left,
+            )
+            report = proc.report()
+            # orch's own reckoning names the budget (the stage's or the task's); an agent that
+            # cannot be stopped mid-run is held to it when it ends
+            over = limits.crossed(proc.usage())
+            said = report.over_budget if report is not None else ""
+            if over or said:
+                outcome = RunOutcome.BUDGET
+                why = over or f"budget: {said.removeprefix('budget: ')}"
+                report = replace(
+                    report or AgentReport(False), ok=False, detail=why, over_budget=why
+                )
+        except (CancelRequested, LeaseLost, ShuttingDown) as signal:
+            outcome = INTERRUPTED[type(signal)]
+            raise
+        finally:
+            self._close(work, run_id, proc, outcome, report)
+        return self._judge(work, agent.name, code, outcome, log_path, report, proc)
+
+    def _close(
+        self,
+        work: Work,
+        run_id: int,
+        proc: AgentProcess,
+        outcome: RunOutcome,
+        report: AgentReport | None,
+    ) -> None:
+        """Record how the run ended and what it spent. The ledger outlives the lease: the usage
+        of a run whose lease was lost is still counted, since that money was spent."""
+        task, claim = work.task, work.claim
+        code, usage = proc.wait(0), proc.usage()
+        detail = report.detail if report else ""
+        dropped = proc.dropped_bytes()
+        if dropped:
+            cut = f"output over the log cap: {dropped} bytes dropped, the tail kept"
+            detail = f"{detail}; {cut}" if detail else cut
+        # a store that is briefly away is waited for: the run's own account is the right one.
+        # If it stays away, the job's last write (or the sweep of its lease) closes the run,
+        # and its usage is read back from its log once this worker is gone
+        for pause in (*CLOSE_PAUSES_S, None):
+            try:
+                self.store.finish_run(
+                    claim,
+                    run_id,
+                    code,
+                    usage,
+                    outcome,
+                    session=report.session if report else None,
+                    detail=detail,
+                    tools=report.tools if report else (),
+                    reported=report.reported if report else None,
+                )
+                return
+            except LeaseLost:
+                try:
+                    self.store.record_usage(task.id, run_id, usage)
+                except OrchError as exc:
+                    log.warning("could not count run %s of %s: %s", run_id, task.key, exc)
+                return
+            except StoreUnavailable as exc:
+                if pause is None or self.tools.shutdown.wait(pause):
+                    log.warning("could not close run %s of %s: %s", run_id, task.key, exc)
+                    return
+
+    def account_dead_runs(self, is_dead: Callable[[str], bool]) -> int:
+        """Put in the ledger what the runs of dead workers spent, read back from their logs:
+        a worker killed mid-run never closed its run, but its agent's spending was real. Runs
+        whose worker may still live are left to it."""
+        accounted = 0
+        dead: dict[str, bool] = {}  # one look at the process table per worker
+        for run in self.store.unaccounted_runs():
+            if not run.owner:
+                continue
+            if run.owner not in dead:
+                dead[run.owner] = is_dead(run.owner)
+            if not dead[run.owner]:
+                continue
+            agent = self.tools.agents.get(run.agent)
+            usage = agent.usage_from_log(Path(run.log_path)) if agent is not None else None
+            # counted even when nothing can be read, so the log is read once
+            self.store.record_usage(run.task_id, run.id, usage or Usage())
+            accounted += 1
+        return accounted
+
+    def _run_to_resume(self, work: Work, agent: str) -> Run | None:
+        """The run whose conversation this one continues, if any: the task's latest run, when
+        it was this stage's with this agent, left a session, and the stage is being retried:
+        another attempt of the same job, or an operator's retry of the stage it stopped at. A
+        stage entered from another (a rework, a checkpoint) starts afresh."""
+        task, stage = work.task, work.task.stage
+        runs = self.store.runs(task.id)
+        if not runs:
+            return None
+        last = runs[-1]
+        if last.stage != stage or last.agent != agent or not last.session:
+            return None
+        entered = self.store.transitions(task.id)[-1]
+        if last.job_id == work.claim.job_id or entered.from_stage == entered.to_stage == stage:
+            return last
+        return None
+
+    def _judge(
+        self,
+        work: Work,
+        name: str,
+        code: int | None,
+        outcome: RunOutcome,
+        log_path: Path,
+        report: AgentReport | None,
+        proc: AgentProcess,
+    ) -> Decision | None:
+        """What an agent's run decides: None if it succeeded, else parking or a retry. Whether
+        the provider answered is told to the agent's circuit breaker."""
+        task, pipeline, spec, attempt = work.task, work.pipeline, work.spec, work.claim.attempt
+        breakers = self.tools.breakers
+        if outcome == RunOutcome.BUDGET:
+            breakers.record(name, ok=True)
+            assert report is not None
+            return park(task, f"{report.over_budget} (agent {name}; log: {log_path})")
+        if report is not None and code == 0 and not report.ok:
+            # the CLI exited cleanly but its own result says it did not do the task
+            breakers.record(name, ok=True)
+            reason = f"agent {name} did not finish: {report.detail} (log: {log_path})"
+            return pl.after_attempt_failure(pipeline, task.stage, attempt, reason)
+        if outcome == RunOutcome.DEADLINE:
+            breakers.record(name, ok=True)
+            return deadline_passed(task, pipeline)
+        if outcome == RunOutcome.TIMED_OUT:
+            reason = f"agent {name} timed out after {spec.timeout_s:g}s (the attempt timeout)"
+        elif outcome == RunOutcome.STALLED:
+            reason = f"agent {name} stalled: no output for {spec.stall_s:g}s"
+        elif code == 0:
+            breakers.record(name, ok=True)
+            return None
+        else:
+            # an agent that reports how it ended is judged by that, not by its raw events, whose
+            # numbers and tool output would read as HTTP statuses; any other by its last output
+            said = report.detail if report is not None else ""
+            kind, why = classify(code, said if report is not None else proc.tail(4000))
+            why = why or said
+            reason = f"agent {name} exited {code}" + (f": {why}" if why else "")
+            reason += f" (log: {log_path})"
+            breakers.record(
+                name, ok=False, provider_failure=kind == FailureClass.PROVIDER, reason=why
+            )
+            if kind == FailureClass.PERMANENT:
+                return park(task, f"permanent failure, not retried: {reason}")
+            return pl.after_attempt_failure(pipeline, task.stage, attempt, reason)
+        breakers.record(name, ok=False)
+        return pl.after_attempt_failure(pipeline, task.stage, attempt, reason)
+
+
+def deadline_passed(task: Task, pipeline: Pipeline) -> Decision:
+    return park(task, f"deadline: the task used its {pipeline.deadline_s:g}s of working time")
+
+
+def deadline_left(store: Store, task: Task, pipeline: Pipeline) -> float | None:
+    """Seconds of working time the task has left; None without a deadline. Time spent waiting
+    for people, parked or queued for a repository slot does not count."""
+    if pipeline.deadline_s is None:
+        return None
+    return pipeline.deadline_s - task.worked(store.now())
+
+
+__all__ = ["AgentRunner", "StageSpec", "deadline_left", "deadline_passed", "limits_of"]

@@ -1,0 +1,78 @@
+"""The inbox of a task that waits for a person or an operator: each event is read once, and the
+one that answers the wait moves the task; a checkpoint's timer reminds people or parks it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+from orch.domain import machine
+from orch.domain import pipeline as pl
+from orch.domain.naming import remind_key
+from orch.domain.states import EventKind, TaskStatus
+from orch.services.agent_run import limits_of
+from orch.services.outbox import Outbox
+from orch.services.work import Outcome, Tools, Work, decided
+
+log = logging.getLogger("orch.engine")
+
+
+class Inbox:
+    def __init__(self, tools: Tools, outbox: Outbox) -> None:
+        self.tools = tools
+        self.store = tools.store
+        self.outbox = outbox
+
+    def read(self, work: Work) -> Outcome:
+        task, pipeline, claim = work.task, work.pipeline, work.claim
+        if task.status == TaskStatus.NEEDS_OPERATOR:
+            # parked by the sweeper mid-merge: ask the forge, so the repository's one merge
+            # slot is not held by a task nobody drives
+            self.outbox.settle_open(task, claim)
+        stray: list[int] = []
+        for ev in self.store.pending_events(task.id):
+            decision = machine.answer(
+                task, pipeline, ev, lambda: limits_of(self.store, task, pipeline, task.stage)
+            )
+            if decision is not None:
+                if decision.stage != task.stage or decision.reset_rounds:
+                    self.tools.remove_worktree(task)  # rebuilt from the branch
+                # the decision is read in the stage write's own transaction: a crash before it
+                # leaves the event unread, for the job that runs again
+                return decided(decision, ev.actor, (*stray, ev.id))
+            if ev.kind == EventKind.STOP:
+                continue  # only a cancel consumes a STOP
+            log.info("ignored %s event for %s (%s)", ev.kind, task.key, task.status)
+            stray.append(ev.id)
+        if task.status == TaskStatus.WAITING and task.waiting_for:
+            return self._timer(work, tuple(stray))
+        return Outcome(change=replace(machine.nothing_to_do(task), read=tuple(stray)))
+
+    def _timer(self, work: Work, read: tuple[int, ...]) -> Outcome:
+        """The wait's timer fired: remind people, or park the task, as the checkpoint says."""
+        task = work.task
+        assert task.waiting_for is not None
+        cp = work.pipeline.checkpoint(task.waiting_for)
+        if cp.timeout_s is None:
+            return Outcome(change=replace(machine.nothing_to_do(task), read=read))
+        entered = self.store.transitions(task.id)[-1].at
+        overdue = self.store.now() - entered
+        if overdue < cp.timeout_s:
+            return Outcome(change=machine.timer(task, cp.timeout_s - overdue, read))
+        decision = pl.on_checkpoint_timeout(work.pipeline, task.stage, cp.name)
+        if decision is not None:
+            return decided(decision, "timer", read)
+        rounds = int(overdue // cp.timeout_s)
+        key = remind_key(task.key, task.id, task.version, rounds)
+        text = f"{task.key} still waits for {cp.name} ({overdue:.0f}s so far)"
+        self.outbox.send(task, work.claim, key, text)
+        return Outcome(change=machine.timer(task, cp.timeout_s * (rounds + 1) - overdue, read))
+
+    def ignore_stray(self, work: Work) -> None:
+        """An active task waits for no one: what reached its inbox is read and ignored (a STOP
+        is left for the cancel that reads it)."""
+        task = work.task
+        events = [e for e in self.store.pending_events(task.id) if e.kind != EventKind.STOP]
+        for ev in events:
+            log.info("ignored %s event for %s: no checkpoint is waiting", ev.kind, task.key)
+        self.store.mark_events(work.claim, [ev.id for ev in events])

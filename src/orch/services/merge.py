@@ -1,0 +1,126 @@
+"""The merge: exactly the tree that passed lands (rule 18), at most once per head (rule 7)."""
+
+from __future__ import annotations
+
+import logging
+
+from orch import crashpoints
+from orch.domain.errors import (
+    Busy,
+    CandidateFailed,
+    DefaultMoved,
+    ForgeError,
+    HeadMoved,
+    MergeConflict,
+    OrchError,
+)
+from orch.domain.naming import merge_key
+from orch.domain.pipeline import GateKind, GateSpec
+from orch.domain.states import UNRESOLVED_EFFECT_STATES, EffectKind, EffectState
+from orch.ports import Candidate, RepoSettings
+from orch.services.gates import CANDIDATE_GATE, Gates
+from orch.services.outbox import Outbox
+from orch.services.work import Tools, Where, Work
+
+log = logging.getLogger("orch.engine")
+
+MERGE_TRIES = 3  # builds of a merge candidate while the default branch keeps moving
+
+
+class Merger:
+    def __init__(self, tools: Tools, outbox: Outbox, gates: Gates) -> None:
+        self.tools = tools
+        self.store = tools.store
+        self.forge = tools.forge
+        self.outbox = outbox
+        self.gates = gates
+
+    def merge(self, work: Work, repo: RepoSettings, where: Where, head: str) -> str:
+        """Land exactly `head`, merged onto the default branch's current head, as the tree
+        that passed the repository's tests. The merge effect is the repository's one merge
+        slot: it is taken before the candidate is built, so candidates are tested one at a
+        time per repository, and a default branch that moves anyway is built on and tested
+        again. A change that cannot land raises MergeConflict, HeadMoved or CandidateFailed."""
+        task, claim = work.task, work.claim
+        # keyed by the head: the same commits are merged at most once, however often the task
+        # comes back through this stage
+        key = merge_key(task.key, task.id, task.stage, head)
+        effect = self.store.get_effect(key)
+        if effect is not None and effect.state == EffectState.SUCCEEDED:
+            return str(effect.result["merge_sha"])
+        if effect is not None and effect.state in UNRESOLVED_EFFECT_STATES:
+            # an earlier attempt died between intent and confirm: ask the forge before acting
+            self.outbox.mark_unknown(claim, effect)
+            found = self.forge.find_merge(task.repo, head)
+            if found:
+                self.store.finish_effect(
+                    claim, key, EffectState.SUCCEEDED, {"merge_sha": found, "resolved_by": "forge"}
+                )
+                return found
+        else:
+            # an earlier head's merge this task left unresolved would hold the slot against it
+            self.outbox.settle_open(task, claim)
+            self.store.begin_effect(claim, key, EffectKind.MERGE, task.repo, head)
+        message = f"Merge {task.branch}: {task.key} {task.title}"
+        for _ in range(MERGE_TRIES):
+            work.lease.renew()
+            try:
+                candidate = self.forge.merge_candidate(task.repo, task.branch, head, message)
+                failure = self._candidate_failure(work, repo, where, candidate)
+                sha = "" if failure is not None else self.forge.land(task.repo, candidate)
+            except DefaultMoved as exc:
+                log.info("%s: %s; building the merge candidate again", task.key, exc)
+                continue
+            except HeadMoved as exc:
+                # known not merged: the stage reworks it
+                self.store.finish_effect(claim, key, EffectState.FAILED, {"error": str(exc)})
+                raise
+            except ForgeError:
+                self.outbox.settle_merge(claim, key, head, task.repo)
+                raise
+            if failure is not None:
+                # known not merged, and recorded so before the branch moves on: the next round
+                # starts from the merged tree, and meets the failure there
+                self.store.finish_effect(
+                    claim, key, EffectState.FAILED, {"error": str(failure), "to": candidate.sha}
+                )
+                self.forge.adopt(task.repo, task.branch, candidate)
+                raise failure
+            crashpoints.hit("forge.response.received")
+            self.store.finish_effect(
+                claim,
+                key,
+                EffectState.SUCCEEDED,
+                {"merge_sha": sha, "head": head, "base": candidate.base},
+            )
+            return sha
+        self.outbox.settle_merge(claim, key, head, task.repo)
+        raise Busy(
+            f"{repo.default_branch} moved {MERGE_TRIES} times while the merge of {task.branch}"
+            " was tested; it is tried again"
+        )
+
+    def _candidate_failure(
+        self, work: Work, repo: RepoSettings, where: Where, candidate: Candidate
+    ) -> OrchError | None:
+        """Why the candidate may not land: it conflicts, or the repository's test command fails
+        on exactly its tree; None if it may."""
+        task = work.task
+        if candidate.conflicts:
+            return MergeConflict(
+                f"{task.branch} conflicts with {repo.default_branch} in"
+                f" {', '.join(candidate.conflicts[:10])}; the task branch now merges"
+                f" {repo.default_branch} with those conflicts marked (<<<<<<< ======= >>>>>>>):"
+                " resolve them"
+            )
+        if candidate.landed or not repo.test_command.strip():
+            return None
+        self.forge.checkout(task.repo, where.worktree, candidate.sha)
+        gate = GateSpec(CANDIDATE_GATE, GateKind.COMMAND, command="{{ repo.test_command }}")
+        record = self.gates.judge(work, gate, where, (candidate.sha, candidate.sha))
+        if record.passed:
+            return None
+        return CandidateFailed(
+            f"{task.branch} merged onto {repo.default_branch} at {candidate.base[:12]}"
+            f" (candidate {candidate.sha[:12]}) fails the tests: {record.reason}"
+        )

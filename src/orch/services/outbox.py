@@ -1,0 +1,167 @@
+"""The effect outbox: what orch does outside its store, each effect recorded under its key as
+intent, then act, then confirm (rule 7); one found unconfirmed after a crash is resolved by
+asking the world what happened before anything acts again.
+
+Merges (orch.services.merge) and deploys (orch.services.deploy) go through these steps with
+their own guards; notifications and branch deletions go through `once`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from orch.domain.errors import ForgeError, Interrupted
+from orch.domain.model import Claim, Effect, Task
+from orch.domain.naming import delete_branch_key, notify_key
+from orch.domain.pipeline import Decision
+from orch.domain.states import UNRESOLVED_EFFECT_STATES, EffectKind, EffectState, TaskStatus
+from orch.services.work import Tools
+
+log = logging.getLogger("orch.engine")
+
+
+class Outbox:
+    def __init__(self, tools: Tools) -> None:
+        self.tools = tools
+        self.store = tools.store
+        self.forge = tools.forge
+
+    def once(
+        self,
+        claim: Claim,
+        key: str,
+        kind: str,
+        repo: str,
+        precondition: str,
+        act: Callable[[], Mapping[str, Any]],
+    ) -> Effect:
+        """Record the intent, act, and record what it did; an effect that already succeeded is
+        not acted on again. What `act` raises is recorded as FAILED (known not done, so it may
+        be tried again) and raised."""
+        effect = self.store.get_effect(key)
+        if effect is not None and effect.state == EffectState.SUCCEEDED:
+            return effect
+        self.store.begin_effect(claim, key, kind, repo, precondition)
+        try:
+            result = act()
+        except Interrupted:
+            raise
+        except Exception as exc:
+            self.store.finish_effect(claim, key, EffectState.FAILED, {"error": str(exc)})
+            raise
+        return self.store.finish_effect(claim, key, EffectState.SUCCEEDED, result)
+
+    def mark_unknown(self, claim: Claim, effect: Effect) -> Effect:
+        if effect.state == EffectState.UNKNOWN:
+            return effect
+        return self.store.finish_effect(claim, effect.key, EffectState.UNKNOWN, effect.result)
+
+    # -- notifications -----------------------------------------------------------------------
+
+    def notify(self, task: Task, claim: Claim, decision: Decision) -> None:
+        """Tell people where a decision takes the task, if it is news to them."""
+        if decision.status == TaskStatus.WAITING:
+            text = f"{task.key} waits for {decision.waiting_for} before {decision.stage}"
+        elif decision.status == TaskStatus.DONE:
+            text = f"{task.key} is done: {task.title}"
+        elif decision.status == TaskStatus.NEEDS_OPERATOR:
+            text = f"{task.key} needs an operator: {decision.reason}"
+        elif decision.status == TaskStatus.CANCELLED:
+            text = f"{task.key} is cancelled: {decision.reason}"
+        else:
+            return
+        self.send(task, claim, notify_key(task.key, task.id, claim.version + 1), text)
+
+    def send(self, task: Task, claim: Claim, key: str, text: str) -> None:
+        """Tell people, at most once per key and best-effort: a notifier that fails is
+        recorded as FAILED and never fails the stage it reports on."""
+
+        def deliver() -> Mapping[str, Any]:
+            try:
+                self.tools.notifier.notify(key, text)
+            except Exception as exc:
+                raise _Undelivered(f"{exc}") from exc
+            return {"text": text}
+
+        try:
+            self.once(claim, key, EffectKind.NOTIFY, task.repo, "", deliver)
+        except _Undelivered as exc:
+            log.error("notification %s failed: %s", key, exc)
+
+    # -- branches ----------------------------------------------------------------------------
+
+    def delete_branch(self, task: Task, claim: Claim, why: str) -> None:
+        """Delete the task's branch on the remote, recorded once (an effect keyed by `why`). The
+        delete itself is repeated if asked again: a retry after a crash may have pushed the
+        branch anew, and deleting a task branch twice does no harm."""
+        key = delete_branch_key(task.key, task.id, why)
+        effect = self.store.get_effect(key)
+        if effect is not None and effect.state == EffectState.SUCCEEDED:
+            self.forge.delete_branch(task.repo, task.branch)
+            return
+
+        def delete() -> Mapping[str, Any]:
+            self.forge.delete_branch(task.repo, task.branch)
+            return {"branch": task.branch}
+
+        self.once(claim, key, EffectKind.DELETE_BRANCH, task.repo, task.branch, delete)
+
+    def delete_merged_branch(self, task: Task, claim: Claim) -> None:
+        """A done task's branch leaves the remote once all of it has landed. A branch with
+        commits that did not land is kept, and a forge that refuses the delete is recorded,
+        not held against a task whose work is done."""
+        if not self.released_sha(task):
+            return
+        head = self.forge.branch_head(task.repo, task.branch)
+        if head is None:
+            return
+        if not self.forge.find_merge(task.repo, head):
+            log.warning("%s: %s holds commits that did not land; kept", task.key, task.branch)
+            return
+        try:
+            self.delete_branch(task, claim, "done")
+        except ForgeError as exc:
+            log.error("could not delete %s of %s: %s", task.branch, task.key, exc)
+
+    # -- merges ------------------------------------------------------------------------------
+
+    def released_sha(self, task: Task) -> str:
+        """What the task's last merge put on the default branch; empty if nothing landed."""
+        merges = [
+            e
+            for e in self.store.effects(task.id)
+            if e.kind == EffectKind.MERGE and e.state == EffectState.SUCCEEDED
+        ]
+        return str(merges[-1].result.get("merge_sha", "")) if merges else ""
+
+    def settle_merge(self, claim: Claim, key: str, head: str, repo: str) -> None:
+        """Resolve an unconfirmed merge by asking the forge, so it never holds the repository's
+        merge slot after this attempt ends."""
+        found = self.forge.find_merge(repo, head)
+        if found:
+            self.store.finish_effect(
+                claim, key, EffectState.SUCCEEDED, {"merge_sha": found, "resolved_by": "forge"}
+            )
+        else:
+            self.store.finish_effect(
+                claim, key, EffectState.FAILED, {"error": "not merged", "resolved_by": "forge"}
+            )
+
+    def settle_open(self, task: Task, claim: Claim) -> None:
+        """Before a task is parked: free the slots its effects in flight hold."""
+        for effect in self.store.effects(task.id):
+            if effect.kind == EffectKind.MERGE and effect.state in UNRESOLVED_EFFECT_STATES:
+                try:
+                    self.settle_merge(claim, effect.key, effect.precondition, task.repo)
+                except ForgeError as exc:
+                    log.error("could not settle %s: %s", effect.key, exc)
+            elif EffectKind.DEPLOY.of(effect.kind) and effect.state == EffectState.INITIATED:
+                # nobody drives a parked task's deploy: its outcome is unknown until a retry's
+                # check says, and the target's deploy slot is free for others meanwhile
+                self.mark_unknown(claim, effect)
+
+
+class _Undelivered(Exception):
+    """A notifier failed: recorded, and never the failure of the stage it reports on."""
