@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -29,7 +29,19 @@ from orch.domain import pipeline as pl
 from orch.domain.errors import AlreadyRunning, ConfigError, NotFound
 from orch.domain.ledger import Prices, unmetered
 from orch.pipeline_file import PIPELINE_PATH, parse
-from orch.ports import Agent, DeployTarget, Forge, Notifier, RepoSettings, Sandbox
+from orch.ports import (
+    Agent,
+    CommandRunner,
+    DeployTarget,
+    Forge,
+    Notifier,
+    ProcessTable,
+    Repos,
+    RepoSettings,
+    Sandbox,
+    Store,
+)
+from orch.services.breaker import Breakers
 from orch.services.dispatcher import Dispatcher, DispatcherSettings
 from orch.services.engine import Engine, EngineSettings
 from orch.services.intake import Intake
@@ -111,7 +123,7 @@ def build_agents(settings: Settings, environ: Mapping[str, str] | None = None) -
 @dataclass
 class App:
     settings: Settings
-    store: SqlStore
+    store: Store
     forge: Forge
     repos: ConfiguredRepos
     agents: dict[str, Agent]
@@ -156,7 +168,7 @@ class App:
 
     def lock_for_serving(self) -> None:
         """One `orch serve` per SQLite file; PostgreSQL allows several, fenced by leases."""
-        path = sqlite_path(self.store.url)
+        path = sqlite_path(self.store.url)  # a memory store or PostgreSQL has no file
         if path is None:
             return
         lock_path = path.with_name(path.name + ".serve.lock")
@@ -212,24 +224,72 @@ def protected_paths(settings: Settings, logs: Path) -> list[Path]:
 STORE_FILES = ("", "-wal", "-shm", "-journal", ".serve.lock")
 
 
-def build(
-    settings: Settings,
-    *,
-    notifier: Notifier | None = None,
-    agents: Mapping[str, Agent] | None = None,
-    forge: Forge | None = None,
-    environ: Mapping[str, str] | None = None,
-    migrate: bool = True,
-    sandbox: Sandbox | None = None,
-) -> App:
-    workspace = check_writable(Path(settings.workspace))
-    logs = check_writable(Path(settings.logs))
-    store = SqlStore(
+def open_store(settings: Settings, clock: Callable[[], float] | None = None) -> Store:
+    """The store the settings name (not migrated). `clock` replaces the database's clock: a
+    simulated one, for tests on SQLite."""
+    return SqlStore(
         settings.store_url,
         busy_timeout_ms=settings.store.busy_timeout_ms,
         synchronous=settings.store.synchronous,
         pool_size=settings.worker.slots + 4,  # each slot, its lease heartbeat, the API
+        clock=clock,
     )
+
+
+def workers(
+    *,
+    store: Store,
+    forge: Forge,
+    agents: Mapping[str, Agent],
+    repos: Repos,
+    notifier: Notifier,
+    sandbox: Sandbox,
+    engine: EngineSettings,
+    dispatcher: DispatcherSettings,
+    runner: CommandRunner | None = None,
+    processes: ProcessTable | None = None,
+    environ: Mapping[str, str] | None = None,
+    breakers: Breakers | None = None,
+) -> tuple[Engine, Dispatcher]:
+    """The engine and the dispatcher that runs it: one incarnation of orch's workers. `orch
+    serve`, `orch worker` and the tests' rigs are all wired here."""
+    built = Engine(
+        store=store,
+        forge=forge,
+        agents=agents,
+        repos=repos,
+        runner=runner or LocalRunner(),
+        notifier=notifier,
+        sandbox=sandbox,
+        settings=engine,
+        environ=environ,
+        breakers=breakers,
+    )
+    return built, Dispatcher(
+        store, built, repos.limit, dispatcher, alert=notifier.notify, processes=processes
+    )
+
+
+def build(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    forge: Forge | None = None,
+    agents: Mapping[str, Agent] | None = None,
+    runner: CommandRunner | None = None,
+    processes: ProcessTable | None = None,
+    clock: Callable[[], float] | None = None,
+    notifier: Notifier | None = None,
+    environ: Mapping[str, str] | None = None,
+    sandbox: Sandbox | None = None,
+    migrate: bool = True,
+) -> App:
+    """The app the settings describe. Each dependency may be given instead of built from the
+    settings: a store (the settings' own, on `clock` if one is given), forge, agents, command
+    runner, process table, notifier, sandbox."""
+    workspace = check_writable(Path(settings.workspace))
+    logs = check_writable(Path(settings.logs))
+    store = store or open_store(settings, clock)
     if migrate:
         store.migrate()
     repos = ConfiguredRepos(settings)
@@ -242,15 +302,14 @@ def build(
     all_agents = dict(agents) if agents is not None else build_agents(settings, environ)
     notifier = notifier or LogNotifier()
     w = settings.worker
-    engine = Engine(
+    engine, dispatcher = workers(
         store=store,
         forge=forge,
         agents=all_agents,
         repos=repos,
-        runner=LocalRunner(),
         notifier=notifier,
         sandbox=sandbox or LandlockSandbox(protected_paths(settings, logs), w.output_cap_bytes),
-        settings=EngineSettings(
+        engine=EngineSettings(
             logs_dir=logs,
             homes_dir=Path(settings.homes),
             lease_ttl_s=w.lease_ttl_s,
@@ -262,13 +321,7 @@ def build(
             breaker_threshold=w.breaker_threshold,
             breaker_cooldown_s=w.breaker_cooldown_s,
         ),
-        environ=environ,
-    )
-    dispatcher = Dispatcher(
-        store,
-        engine,
-        repos.limit,
-        DispatcherSettings(
+        dispatcher=DispatcherSettings(
             slots=w.slots,
             lease_ttl_s=w.lease_ttl_s,
             sweep_interval_s=w.sweep_interval_s,
@@ -276,8 +329,9 @@ def build(
             max_attempts=w.max_attempts,
             cancel_bound_s=w.cancel_bound_s,
         ),
-        alert=notifier.notify,
-        processes=LinuxProcessTable(),
+        runner=runner,
+        processes=processes or LinuxProcessTable(),
+        environ=environ,
     )
     app = App(
         settings=settings,

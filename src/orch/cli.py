@@ -207,12 +207,12 @@ def worker() -> None:
 @app.command()
 def migrate() -> None:
     """Apply the store's migrations."""
-    from orch.adapters.store.sql import SqlStore
+    from orch.bootstrap import open_store
 
     settings = _settings()
 
     def go() -> str:
-        store = SqlStore(settings.store_url)
+        store = open_store(settings)
         try:
             store.migrate()
             return store.display_url

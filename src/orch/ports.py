@@ -56,6 +56,13 @@ class StateSummary:
 class Store(Protocol):
     """Durable state. Every write under a lease checks the claim's fencing token."""
 
+    url: str  # where it keeps its records, as a SQLAlchemy URL, or memory://
+
+    @property
+    def display_url(self) -> str:
+        """Its URL without a password, to show people."""
+        ...
+
     def now(self) -> float: ...
     def migrate(self) -> None: ...
     def close(self) -> None: ...

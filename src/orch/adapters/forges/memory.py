@@ -1,0 +1,281 @@
+"""A forge whose history lives in memory, for tests and the model: merges, candidates and
+branches behave as the local git forge's do, with no git."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orch import crashpoints
+from orch.domain.errors import DefaultMoved, ForgeError, HeadMoved, MergeConflict, NotFound
+from orch.ports import (
+    Candidate,
+)
+
+Snapshot = dict[str, bytes]
+
+
+def _sha(files: Snapshot, parents: tuple[str, ...]) -> str:
+    h = hashlib.sha1()
+    for p in parents:
+        h.update(p.encode())
+    for k in sorted(files):
+        h.update(k.encode() + b"\0" + files[k] + b"\0")
+    return h.hexdigest()
+
+
+@dataclass
+class _Commit:
+    sha: str
+    files: Snapshot
+    parents: tuple[str, ...]
+    message: str = ""
+
+
+@dataclass
+class _Repo:
+    default_branch: str
+    commits: dict[str, _Commit] = field(default_factory=dict)
+    branches: dict[str, str] = field(default_factory=dict)
+    base_of: dict[str, str] = field(default_factory=dict)  # branch -> commit it started from
+
+
+class MemoryForge:
+    """A forge whose history lives in memory; worktrees are real directories under a temp root.
+
+    `merges` records every merge call that landed, the authoritative log for "merged once".
+    """
+
+    def __init__(self, repos: Mapping[str, Snapshot], default_branch: str = "main") -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="orch-memforge-"))
+        self.repos: dict[str, _Repo] = {}
+        self.merges: list[tuple[str, str, str]] = []  # (repo, head, merge sha)
+        self.deleted: list[tuple[str, str]] = []  # (repo, branch)
+        self.fail_merge: Exception | None = None
+        self.before_land: Callable[[], None] | None = None  # runs once, as the next land starts
+        self.fail_delete: Exception | None = None
+        for name, files in repos.items():
+            r = _Repo(default_branch)
+            c = _Commit(_sha(files, ()), dict(files), ())
+            r.commits[c.sha] = c
+            r.branches[default_branch] = c.sha
+            self.repos[name] = r
+
+    def close(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _repo(self, name: str) -> _Repo:
+        try:
+            return self.repos[name]
+        except KeyError:
+            raise NotFound(f"unknown repository {name!r}") from None
+
+    def _path(self, repo: str, branch: str) -> Path:
+        return self.root / repo / branch.replace("/", "-")
+
+    def _write_tree(self, path: Path, files: Snapshot) -> None:
+        if path.exists():
+            shutil.rmtree(path)
+        for rel, data in files.items():
+            p = path / rel
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(data)
+
+    def _read_tree(self, path: Path) -> Snapshot:
+        return {
+            str(p.relative_to(path)): p.read_bytes()
+            for p in sorted(path.rglob("*"))
+            if p.is_file() and "__pycache__" not in p.parts
+        }
+
+    def prepare_worktree(self, repo: str, branch: str) -> Path:
+        r = self._repo(repo)
+        if branch not in r.branches:
+            r.branches[branch] = r.branches[r.default_branch]
+            r.base_of[branch] = r.branches[r.default_branch]
+        path = self._path(repo, branch)
+        self._write_tree(path, r.commits[r.branches[branch]].files)
+        return path
+
+    def commit_and_push(self, repo: str, worktree: Path, branch: str, message: str) -> str:
+        r = self._repo(repo)
+        files = self._read_tree(worktree)
+        head = r.branches[branch]
+        if files != r.commits[head].files:
+            c = _Commit(_sha(files, (head,)), files, (head,), message)
+            r.commits[c.sha] = c
+            r.branches[branch] = c.sha
+        return r.branches[branch]
+
+    def branch_head(self, repo: str, branch: str) -> str | None:
+        return self._repo(repo).branches.get(branch)
+
+    def merge_candidate(
+        self, repo: str, branch: str, expected_head: str, message: str
+    ) -> Candidate:
+        r = self._repo(repo)
+        landed = self.find_merge(repo, expected_head)
+        if landed:
+            return Candidate(landed, landed, expected_head, landed=True)
+        head = r.branches.get(branch)
+        if head != expected_head:
+            raise HeadMoved(f"{branch} is at {head}, not {expected_head}")
+        base = r.commits[r.base_of.get(branch, r.branches[r.default_branch])].files
+        ours = r.commits[r.branches[r.default_branch]].files
+        theirs = r.commits[head].files
+        merged = dict(ours)
+        conflicts = []
+        for path in sorted(set(base) | set(theirs)):
+            if base.get(path) == theirs.get(path):
+                continue
+            if ours.get(path) not in (base.get(path), theirs.get(path)):
+                conflicts.append(path)
+                merged[path] = (
+                    b"<<<<<<< ours\n"
+                    + ours.get(path, b"")
+                    + b"=======\n"
+                    + theirs.get(path, b"")
+                    + b">>>>>>> theirs\n"
+                )
+            elif path in theirs:
+                merged[path] = theirs[path]
+            else:
+                merged.pop(path, None)
+        parents = (r.branches[r.default_branch], head)
+        c = _Commit(_sha(merged, parents), merged, parents, message)
+        r.commits[c.sha] = c
+        return Candidate(c.sha, parents[0], head, conflicts=tuple(conflicts))
+
+    def land(self, repo: str, candidate: Candidate) -> str:
+        if candidate.landed:
+            return candidate.sha
+        if candidate.conflicts:
+            raise MergeConflict(f"{candidate.sha[:12]} holds conflicts; it never lands")
+        if self.fail_merge is not None:
+            raise self.fail_merge
+        hook, self.before_land = self.before_land, None
+        if hook is not None:
+            hook()
+        r = self._repo(repo)
+        if r.branches[r.default_branch] != candidate.base:
+            raise DefaultMoved(f"{r.default_branch} moved from {candidate.base[:12]}")
+        r.branches[r.default_branch] = candidate.sha
+        for branch, head in r.branches.items():
+            if head == candidate.head:
+                r.base_of[branch] = head  # the merged head is the branch's next merge base
+        self.merges.append((repo, candidate.head, candidate.sha))
+        crashpoints.hit("forge.request.sent")
+        return candidate.sha
+
+    def adopt(self, repo: str, branch: str, candidate: Candidate) -> None:
+        r = self._repo(repo)
+        if r.branches.get(branch) != candidate.head:
+            raise HeadMoved(f"{branch} is not at {candidate.head}")
+        r.branches[branch] = candidate.sha
+        r.base_of[branch] = candidate.base
+
+    def merge(self, repo: str, branch: str, expected_head: str, message: str) -> str:
+        """Merge without a test, as a worker that crashed after landing would have."""
+        return self.land(repo, self.merge_candidate(repo, branch, expected_head, message))
+
+    def move_default(self, repo: str, files: Snapshot) -> str:
+        """Someone else's commit on the default branch."""
+        r = self._repo(repo)
+        head = r.branches[r.default_branch]
+        merged = {**r.commits[head].files, **files}
+        c = _Commit(_sha(merged, (head,)), merged, (head,))
+        r.commits[c.sha] = c
+        r.branches[r.default_branch] = c.sha
+        return c.sha
+
+    def find_merge(self, repo: str, head_sha: str) -> str | None:
+        """The merge on the default branch that brought `head_sha` there (a candidate that
+        never landed is not on it)."""
+        r = self._repo(repo)
+        seen: set[str] = set()
+        todo = [r.branches[r.default_branch]]
+        while todo:
+            sha = todo.pop()
+            if sha in seen:
+                continue
+            seen.add(sha)
+            c = r.commits[sha]
+            if head_sha in c.parents[1:]:
+                return c.sha
+            todo.extend(c.parents)
+        return None
+
+    def read_default_file(self, repo: str, path: str) -> str | None:
+        r = self._repo(repo)
+        data = r.commits[r.branches[r.default_branch]].files.get(path)
+        return data.decode() if data is not None else None
+
+    def read_file(self, repo: str, sha: str, path: str) -> str | None:
+        data = self._repo(repo).commits[sha].files.get(path)
+        return data.decode() if data is not None else None
+
+    def diff(self, repo: str, head: str) -> str:
+        r = self._repo(repo)
+        branch = next((b for b, h in r.branches.items() if h == head), "")
+        old = r.commits[r.base_of.get(branch, r.branches[r.default_branch])].files
+        new = r.commits[head].files
+        out = []
+        for path in sorted(set(old) | set(new)):
+            if old.get(path) == new.get(path):
+                continue
+            a = old.get(path, b"").decode(errors="replace").splitlines()
+            b = new.get(path, b"").decode(errors="replace").splitlines()
+            out.append(f"diff --git a/{path} b/{path}")
+            if path not in old:
+                out.append("new file mode 100644")
+            if path not in new:
+                out.append("deleted file mode 100644")
+            out.extend(difflib.unified_diff(a, b, f"a/{path}", f"b/{path}", n=0, lineterm=""))
+        return "\n".join(out) + "\n"
+
+    def is_ancestor(self, repo: str, ancestor: str, descendant: str) -> bool:
+        commits = self._repo(repo).commits
+        todo, seen = [descendant], set()
+        while todo:
+            sha = todo.pop()
+            if sha == ancestor:
+                return True
+            if sha not in seen:
+                seen.add(sha)
+                todo.extend(commits[sha].parents)
+        return False
+
+    def round_base(self, repo: str, head: str, marker: str) -> str:
+        commits = self._repo(repo).commits
+        sha = head
+        while commits[sha].parents and commits[sha].message.rstrip().endswith("\n" + marker):
+            sha = commits[sha].parents[0]
+        return sha
+
+    def checkout(self, repo: str, worktree: Path, sha: str) -> None:
+        for r in self.repos.values():
+            if sha in r.commits:
+                self._write_tree(worktree, r.commits[sha].files)
+                return
+        raise ForgeError(f"no commit {sha}")
+
+    def remove_worktree(self, repo: str, branch: str) -> None:
+        shutil.rmtree(self._path(repo, branch), ignore_errors=True)
+
+    def worktree_exists(self, repo: str, branch: str) -> bool:
+        return self._path(repo, branch).exists()
+
+    def delete_branch(self, repo: str, branch: str) -> None:
+        if self.fail_delete is not None:
+            raise self.fail_delete
+        r = self._repo(repo)
+        if branch == r.default_branch:
+            raise ForgeError(f"refusing to delete {branch}")
+        r.branches.pop(branch, None)
+        r.base_of.pop(branch, None)
+        self.deleted.append((repo, branch))
