@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from enum import StrEnum
 from typing import Any
 
 from orch.domain import pipeline as pl
@@ -268,3 +269,62 @@ def answer(
         return pl.on_approve(pipeline, task.stage, task.waiting_for, event.actor)
     comment = str(event.payload.get("comment", ""))
     return pl.on_reject(pipeline, task.waiting_for, event.actor, comment, task.rework_rounds)
+
+
+# -- the transition table: what may move a task from which status to which --------------------
+
+
+class Happening(StrEnum):
+    """What can happen to a task, as docs/state-machine.md names it."""
+
+    FILED = "filed"
+    PASSED = "passed"  # the stage's agent, gates and actions all succeeded
+    GATE_FAILED = "gate failed"
+    RUN_FAILED = "run failed"  # the agent failed, timed out, stalled or could not start
+    MERGE_FAILED = "merge failed"  # conflicts, a red candidate, conflict markers, a moved head
+    HELD = "held"  # the change weakens the checks, under protect: strict
+    PARKED = "parked"  # a budget, the deadline, a failed deploy check, a broken snapshot
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    TIMED_OUT = "timed out"  # a checkpoint's wait ran out
+    RETRIED = "retried"  # an operator's retry
+    STOPPED = "stopped"
+    LEASE_EXPIRED = "lease expired"
+    STOP_OVERDUE = "stop overdue"  # a STOP nobody applied within its bound
+
+
+_A, _W, _N = TaskStatus.ACTIVE, TaskStatus.WAITING, TaskStatus.NEEDS_OPERATOR
+_LIVE = (_A, _W, _N)
+
+# (happening, from, to): None is "no task yet". A move to the same status may keep the version
+# (a retried attempt, a reminder, a requeued job) or write the next one (the next stage).
+TRANSITIONS: frozenset[tuple[Happening, TaskStatus | None, TaskStatus]] = frozenset(
+    {
+        (Happening.FILED, None, _A),
+        (Happening.FILED, None, _W),
+        (Happening.PASSED, _A, _A),
+        (Happening.PASSED, _A, _W),
+        (Happening.PASSED, _A, TaskStatus.DONE),
+        (Happening.GATE_FAILED, _A, _A),
+        (Happening.GATE_FAILED, _A, _N),
+        (Happening.RUN_FAILED, _A, _A),
+        (Happening.RUN_FAILED, _A, _N),
+        (Happening.MERGE_FAILED, _A, _A),
+        (Happening.MERGE_FAILED, _A, _N),
+        (Happening.HELD, _A, _W),
+        (Happening.PARKED, _A, _N),
+        (Happening.APPROVED, _W, _A),
+        (Happening.REJECTED, _W, _A),
+        (Happening.REJECTED, _W, _N),
+        (Happening.TIMED_OUT, _W, _W),
+        (Happening.TIMED_OUT, _W, _N),
+        (Happening.RETRIED, _N, _A),
+        (Happening.RETRIED, _N, _W),
+        *((Happening.STOPPED, s, TaskStatus.CANCELLED) for s in _LIVE),
+        *((Happening.STOPPED, s, _N) for s in _LIVE),
+        *((Happening.LEASE_EXPIRED, s, s) for s in _LIVE),
+        *((Happening.LEASE_EXPIRED, s, _N) for s in _LIVE),
+        (Happening.STOP_OVERDUE, _A, _N),
+        (Happening.STOP_OVERDUE, _W, _N),
+    }
+)

@@ -7,6 +7,7 @@ sends the task. Checkpoints are waits for a person before entering a stage.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
@@ -284,6 +285,28 @@ def on_retry(pipeline: Pipeline, current: Stage, stage: Stage, actor: str) -> De
         raise PipelineError(f"a retry goes back to {current} or a stage before it, not {stage}")
     entered = _enter(pipeline, stage, f"retry from {stage} requested by {actor}")
     return replace(entered, reset_rounds=True)
+
+
+def parked(stage: Stage, reason: str) -> Decision:
+    """The task stops where it is and waits for an operator, with the reason."""
+    return Decision(Move.PARK, stage, TaskStatus.NEEDS_OPERATOR, reason)
+
+
+def deadline_passed(pipeline: Pipeline, stage: Stage) -> Decision:
+    """The task used its working time (time it held a repository slot)."""
+    return parked(stage, f"deadline: the task used its {pipeline.deadline_s:g}s of working time")
+
+
+def held_for_integrity(stage: Stage, flagged: Sequence[str]) -> Decision:
+    """A change that weakens the checks, under `protect: strict`, waits for a person to confirm
+    it before it merges."""
+    return Decision(
+        Move.ADVANCE,
+        stage,
+        TaskStatus.WAITING,
+        f"the change weakens the checks ({'; '.join(flagged)}); a person must confirm it",
+        waiting_for=INTEGRITY,
+    )
 
 
 def on_checkpoint_timeout(pipeline: Pipeline, stage: Stage, checkpoint: str) -> Decision | None:

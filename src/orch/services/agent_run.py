@@ -21,11 +21,11 @@ from orch.domain.errors import (
 from orch.domain.failures import FailureClass, classify
 from orch.domain.ledger import Limits, Usage, budgets_of
 from orch.domain.model import Run, Task
-from orch.domain.pipeline import Decision, Pipeline, StageSpec
+from orch.domain.pipeline import Decision, Pipeline
 from orch.domain.prompts import render
 from orch.domain.states import RunOutcome, Stage
 from orch.ports import Agent, AgentProcess, AgentReport, AgentRequest, Confinement, Store
-from orch.services.work import Tools, Work, park
+from orch.services.work import Tools, Work
 
 log = logging.getLogger("orch.engine")
 
@@ -73,7 +73,7 @@ class AgentRunner:
         limits = limits_of(self.store, task, work.pipeline, task.stage)
         exhausted = limits.exhausted()
         if exhausted:
-            return park(task, exhausted)
+            return pl.parked(task.stage, exhausted)
         resumed = self._run_to_resume(work, agent.name)
         prompt = render(spec.prompt, ctx)
         log_path = tools.log_path(task, f"v{claim.version}-{task.stage}-{claim.attempt}.log")
@@ -105,7 +105,7 @@ class AgentRunner:
         try:
             proc = agent.start(request)
         except AgentError as exc:
-            return park(task, f"permanent failure, not retried: {exc}")
+            return pl.parked(task.stage, f"permanent failure, not retried: {exc}")
         try:
             run_id = self.store.start_run(claim, agent.name, proc.pid, str(log_path))
         except BaseException:
@@ -238,7 +238,7 @@ class AgentRunner:
         if outcome == RunOutcome.BUDGET:
             breakers.record(name, ok=True)
             assert report is not None
-            return park(task, f"{report.over_budget} (agent {name}; log: {log_path})")
+            return pl.parked(task.stage, f"{report.over_budget} (agent {name}; log: {log_path})")
         if report is not None and code == 0 and not report.ok:
             # the CLI exited cleanly but its own result says it did not do the task
             breakers.record(name, ok=True)
@@ -246,7 +246,7 @@ class AgentRunner:
             return pl.after_attempt_failure(pipeline, task.stage, attempt, reason)
         if outcome == RunOutcome.DEADLINE:
             breakers.record(name, ok=True)
-            return deadline_passed(task, pipeline)
+            return pl.deadline_passed(pipeline, task.stage)
         if outcome == RunOutcome.TIMED_OUT:
             reason = f"agent {name} timed out after {spec.timeout_s:g}s (the attempt timeout)"
         elif outcome == RunOutcome.STALLED:
@@ -266,14 +266,10 @@ class AgentRunner:
                 name, ok=False, provider_failure=kind == FailureClass.PROVIDER, reason=why
             )
             if kind == FailureClass.PERMANENT:
-                return park(task, f"permanent failure, not retried: {reason}")
+                return pl.parked(task.stage, f"permanent failure, not retried: {reason}")
             return pl.after_attempt_failure(pipeline, task.stage, attempt, reason)
         breakers.record(name, ok=False)
         return pl.after_attempt_failure(pipeline, task.stage, attempt, reason)
-
-
-def deadline_passed(task: Task, pipeline: Pipeline) -> Decision:
-    return park(task, f"deadline: the task used its {pipeline.deadline_s:g}s of working time")
 
 
 def deadline_left(store: Store, task: Task, pipeline: Pipeline) -> float | None:
@@ -282,6 +278,3 @@ def deadline_left(store: Store, task: Task, pipeline: Pipeline) -> float | None:
     if pipeline.deadline_s is None:
         return None
     return pipeline.deadline_s - task.worked(store.now())
-
-
-__all__ = ["AgentRunner", "StageSpec", "deadline_left", "deadline_passed", "limits_of"]

@@ -9,13 +9,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from orch.domain import pipeline as pl
 from orch.domain.errors import ForgeError
 from orch.domain.naming import deploy_key, rollback_key, superseded_key
 from orch.domain.pipeline import Decision
 from orch.domain.states import UNRESOLVED_EFFECT_STATES, EffectKind, EffectState, RunOutcome
 from orch.ports import AgentProcess, RepoSettings
 from orch.services.outbox import Outbox
-from orch.services.work import Tools, Work, park
+from orch.services.work import Tools, Work
 
 log = logging.getLogger("orch.engine")
 
@@ -55,7 +56,9 @@ class Deployer:
         if effect is not None and effect.state in UNRESOLVED_EFFECT_STATES:
             deployed = self.resolve(work, target, release)
             if deployed is None:
-                return park(task, f"deploy of {release[:12]} to {target} may have run; {key}")
+                return pl.parked(
+                    task.stage, f"deploy of {release[:12]} to {target} may have run; {key}"
+                )
             if deployed:
                 return release
         if skipped is not None and skipped.state in UNRESOLVED_EFFECT_STATES:
@@ -200,7 +203,9 @@ class Deployer:
         release = key.rsplit(":", 1)[1]
         why = f"the deploy of {release[:12]} to {target} failed its check"
         if not previous:
-            return park(task, f"{why}, and {target} ran no earlier release to roll back to")
+            return pl.parked(
+                task.stage, f"{why}, and {target} ran no earlier release to roll back to"
+            )
         back = rollback_key(key)
         effect = self.store.get_effect(back)
         if effect is None or effect.state != EffectState.SUCCEEDED:
@@ -223,8 +228,8 @@ class Deployer:
                     EffectState.UNKNOWN if timed_out else EffectState.FAILED,
                     {"exit_code": code, "timed_out": timed_out, "log": str(log_path)},
                 )
-                return park(
-                    task,
+                return pl.parked(
+                    task.stage,
                     f"{why}, and the rollback to {previous[:12]} failed too: {proc.tail(300)};"
                     f" what {target} runs is unknown",
                 )
@@ -239,7 +244,7 @@ class Deployer:
                     "log": str(log_path),
                 },
             )
-        return park(task, f"{why}; {target} was rolled back to {previous[:12]}")
+        return pl.parked(task.stage, f"{why}; {target} was rolled back to {previous[:12]}")
 
     def resolve(self, work: Work, target: str, release: str) -> bool | None:
         """After a crash, ask the deploy's check whether `release` reached `target`: True (the

@@ -8,9 +8,9 @@ from orch.domain import integrity
 from orch.domain import pipeline as pl
 from orch.domain.gates import Verdict, artifact_verdict, command_verdict, file_verdict
 from orch.domain.model import GateRecord, Task
-from orch.domain.pipeline import Decision, GateKind, GateSpec, Move
+from orch.domain.pipeline import Decision, GateKind, GateSpec
 from orch.domain.prompts import render
-from orch.domain.states import EventKind, RunOutcome, TaskStatus
+from orch.domain.states import EventKind, RunOutcome
 from orch.ports import RepoSettings
 from orch.services.work import Tools, Where, Work
 
@@ -102,13 +102,7 @@ class Gates:
         self._record(work, head, not strict or bool(confirmed), reason)
         if not strict or confirmed:
             return None
-        return Decision(
-            Move.ADVANCE,
-            task.stage,
-            TaskStatus.WAITING,
-            f"the change weakens the checks ({'; '.join(flagged)}); a person must confirm it",
-            waiting_for=pl.INTEGRITY,
-        )
+        return pl.held_for_integrity(task.stage, flagged)
 
     def _confirmed_by(self, task: Task, head: str) -> str:
         """Who approved this head at the integrity checkpoint since it was first held there."""

@@ -23,13 +23,13 @@ from orch.domain.errors import (
 from orch.domain.model import Claim, Task
 from orch.domain.pipeline import Move
 from orch.domain.states import EventKind, TaskStatus, is_terminal
-from orch.services.agent_run import deadline_left, deadline_passed
+from orch.services.agent_run import deadline_left
 from orch.services.inbox import Inbox
 from orch.services.lease import Lease
 from orch.services.outbox import Outbox
 from orch.services.stage import StageRunner
 from orch.services.stop import Stopper
-from orch.services.work import Outcome, Tools, Work, decided, park
+from orch.services.work import Outcome, Tools, Work, decided
 
 log = logging.getLogger("orch.engine")
 
@@ -55,7 +55,7 @@ class Jobs:
             pipeline = pl.from_dict(task.pipeline)
         except (KeyError, TypeError, ValueError) as exc:
             why = f"the task's pipeline is unreadable: {exc!r}"
-            self.write(task, claim, decided(park(task, why)), actor)
+            self.write(task, claim, decided(pl.parked(task.stage, why)), actor)
             return
         settings = self.tools.settings
         with Lease(
@@ -87,7 +87,7 @@ class Jobs:
         self.inbox.ignore_stray(work)
         left = deadline_left(self.store, task, work.pipeline)
         if left is not None and left <= 0:
-            return decided(deadline_passed(task, work.pipeline))
+            return decided(pl.deadline_passed(work.pipeline, task.stage))
         return self.stages.run(work, left)
 
     def write(self, task: Task, claim: Claim, outcome: Outcome, actor: str) -> None:

@@ -27,7 +27,7 @@ from orch.services.deploy import Deployer
 from orch.services.gates import Gates
 from orch.services.merge import Merger
 from orch.services.outbox import Outbox
-from orch.services.work import Outcome, Tools, Where, Work, decided, park
+from orch.services.work import Outcome, Tools, Where, Work, decided
 
 ARTIFACT_CHARS = 20_000  # of each earlier artifact, in a prompt
 
@@ -75,7 +75,7 @@ class StageRunner:
             try:
                 confine = self._confinement(work, repo, worktree, agent)
             except AgentError as exc:
-                return decided(park(task, str(exc)))
+                return decided(pl.parked(task.stage, str(exc)))
             if agent is not None:
                 _clear_verdicts(spec, ctx, worktree)
                 failure = self.agents.run(work, agent, ctx, worktree, deadline_left, confine)
@@ -146,7 +146,7 @@ class StageRunner:
         target = "staging" if action == Action.DEPLOY_STAGING else "production"
         release = release or self.outbox.released_sha(task)
         if not release:
-            return park(task, f"{action} needs a merged release, and this task has none")
+            return pl.parked(task.stage, f"{action} needs a merged release, and this task has none")
         return self.deployer.deploy(work, repo, where.worktree, target, release)
 
     def _confinement(

@@ -8,7 +8,7 @@ from orch.domain import pipeline as pl
 from orch.domain.states import UNRESOLVED_EFFECT_STATES, EffectKind, EffectState, EventKind
 from orch.services.deploy import Deployer
 from orch.services.outbox import Outbox
-from orch.services.work import Outcome, Tools, Work, decided, park
+from orch.services.work import Outcome, Tools, Work, decided
 
 
 class Stopper:
@@ -30,7 +30,7 @@ class Stopper:
             # read, and parked on: only an operator's retry brings the STOP back
             why = f"stop requested by {actor}, but {blocked}; an operator must decide"
             unread = tuple(e.id for e in stops if e.processed_at is None)
-            return decided(park(task, why), "worker", unread)
+            return decided(pl.parked(task.stage, why), "worker", unread)
         self.outbox.delete_branch(task, claim, "cancel")
         self.tools.remove_worktree(task)
         pending = tuple(e.id for e in self.store.pending_events(task.id))

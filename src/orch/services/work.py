@@ -20,8 +20,7 @@ from orch.domain.agent_env import child_env
 from orch.domain.errors import OrchError
 from orch.domain.machine import TaskChange
 from orch.domain.model import Claim, Task
-from orch.domain.pipeline import Decision, Move, Pipeline, StageSpec
-from orch.domain.states import TaskStatus
+from orch.domain.pipeline import Decision, Pipeline, StageSpec
 from orch.ports import (
     Agent,
     CommandRunner,
@@ -177,7 +176,3 @@ class Outcome:
 
 def decided(decision: Decision, actor: str | None = None, read: tuple[int, ...] = ()) -> Outcome:
     return Outcome(decision=decision, actor=actor, read=read)
-
-
-def park(task: Task, reason: str) -> Decision:
-    return Decision(Move.PARK, task.stage, TaskStatus.NEEDS_OPERATOR, reason)
