@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from orch.chaos.harness import ChaosResult
+    from orch.chaos.run import ChaosResult
 
 
 def chaos(
@@ -51,7 +51,8 @@ def chaos(
 ) -> None:
     """Kill orch (SIGKILL at crash points and at random, SIGSTOP past the lease) while it works
     through tickets, then check the invariants I1-I10. Exits 1 if any broke."""
-    from orch.chaos.harness import ChaosOptions, run_chaos
+    from orch.chaos.harness import run_chaos
+    from orch.chaos.run import ChaosOptions
     from orch.domain.errors import OrchError
 
     options = ChaosOptions(
@@ -103,7 +104,7 @@ def _s(value: float | None) -> str:
 
 
 def render(result: ChaosResult, console: Console) -> None:
-    from orch.chaos.harness import T_RECLAIM_S, T_RECOVER_S
+    from orch.chaos.run import T_RECLAIM_S, T_RECOVER_S
 
     f = result.figures
     table = Table(title=f"orch chaos: seed {result.seed}, {f['elapsed_s']:.0f} s")

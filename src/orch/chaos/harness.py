@@ -10,103 +10,37 @@ or parked, stops both processes, and checks I1-I10 (see `orch.chaos.checks`).
 
 from __future__ import annotations
 
-import contextlib
-import os
 import random
-import signal
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from orch import crashpoints
-from orch.adapters.proctable import LinuxProcessTable, Orphan, parse_incarnation, start_time
+from orch.adapters.proctable import LinuxProcessTable, parse_incarnation
 from orch.chaos import checks
-from orch.chaos.lab import Lab, WorkerTuning, build_lab
-from orch.chaos.observe import HeldJob, Monitor, Probe
+from orch.chaos.lab import Lab, build_lab
+from orch.chaos.observe import HeldJob, Monitor, Probe, end_leftovers, leftover_children
 from orch.chaos.person import Api, Person
 from orch.chaos.processes import Life, Supervised, orch_argv, orch_env
+from orch.chaos.run import (
+    T_CANCEL_S,
+    T_RECLAIM_S,
+    T_RECOVER_S,
+    ChaosOptions,
+    ChaosResult,
+    Kill,
+    Pause,
+    Say,
+)
 from orch.domain.errors import OrchError
 from orch.domain.states import TaskStatus
 
 ROLES = ("serve", "worker")
-T_RECOVER_S = 30.0  # RELIABILITY.md: a restart re-drives work within this bound
-T_RECLAIM_S = 60.0  # F6: a paused worker's job is reclaimed within this bound
-T_CANCEL_S = 60.0  # I6: a STOP is applied within this bound
 # crash points passed while answering the API (a person's approve or STOP): serve's alone
 API_POINTS = frozenset({"inbox.event", "cancel.flag"})
-
-
-@dataclass(frozen=True)
-class ChaosOptions:
-    directory: Path | None = None
-    store_url: str | None = None
-    tickets: int = 12
-    repos: int = 2
-    max_active: int = 2
-    kills: int = 50
-    seed: int | None = None
-    lease_ttl_s: float = 4.0
-    heartbeat_s: float = 1.0
-    sweep_s: float = 1.0
-    stop_share: float = 0.1
-    pause_share: float = 0.1
-    crashpoint_share: float = 0.6
-    settle_s: float = 120.0
-    crash_wait_s: float = 6.0  # how long an armed process may take to reach its crash point
-
-    def tuning(self) -> WorkerTuning:
-        return WorkerTuning(
-            lease_ttl_s=self.lease_ttl_s,
-            heartbeat_s=self.heartbeat_s,
-            sweep_interval_s=self.sweep_s,
-        )
-
-
-@dataclass
-class Kill:
-    life: str
-    at: float
-    how: str  # "crashpoint" or "random"
-    point: str = ""  # the crash point reached, or the one armed but not reached
-
-
-@dataclass
-class Pause:
-    life: str
-    at: float
-    held: int  # jobs its process held when it was stopped
-
-
-@dataclass
-class ChaosResult:
-    ok: bool
-    reasons: list[str]
-    figures: dict[str, Any]
-    findings: list[checks.Finding]
-    root: Path
-    seed: int
-    asked_kills: int
-
-    def summary_line(self) -> str:
-        f = self.figures
-        return f"duplicates={f['duplicates']} lost={f['lost']} zombies={f['zombies']}"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "reasons": self.reasons,
-            "seed": self.seed,
-            "dir": str(self.root),
-            "figures": self.figures,
-            "invariants": [f.as_dict() for f in self.findings],
-        }
-
-
-Say = Callable[[str], None]
 
 
 # -- the run --------------------------------------------------------------------------------------
@@ -624,32 +558,6 @@ def settled(statuses: Counter[str]) -> bool:
 
 def _round(value: Any) -> Any:
     return round(value, 2) if isinstance(value, float) else value
-
-
-def leftover_children(monitor: Monitor, already: list[Orphan]) -> list[Orphan]:
-    """Children seen by their parent pid (not by ORCH_INCARNATION) that are still alive once
-    every orch process has ended."""
-    known = {z.pid for z in already}
-    out = []
-    for seen in monitor.seen.values():
-        if seen.pid not in known and start_time(seen.pid) == seen.start:
-            out.append(
-                Orphan(seen.pid, seen.start, f"(a child of {seen.owner.name}, by parent pid)")
-            )
-    return out
-
-
-def end_leftovers(table: LinuxProcessTable, lives: list[Life], monitor: Monitor | None) -> None:
-    """SIGKILL every process of this run still alive: the orch processes and their children,
-    each by pid and start time only."""
-    doomed = {(life.pid, life.start) for life in lives if life.alive}
-    doomed |= {(z.pid, z.start) for z in checks.find_zombies(table, [x.identity for x in lives])}
-    if monitor is not None:
-        doomed |= set(monitor.seen)
-    for pid, start in doomed:
-        if start_time(pid) == start:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
 
 
 def run_chaos(options: ChaosOptions, say: Say) -> ChaosResult:

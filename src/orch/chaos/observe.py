@@ -1,10 +1,13 @@
 """What the harness watches while the run goes on: the store (jobs, leases, task statuses), the
 process table (every child of every orch process it started), and the jobs a killed or paused
-process held, until someone else runs them."""
+process held, until someone else runs them. Once the run is over: which of its processes are still
+alive, and ending them."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import threading
 import time
 from collections import Counter
@@ -15,9 +18,10 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from orch.adapters.proctable import ENV as INCARNATION_ENV
-from orch.adapters.proctable import parse_incarnation
+from orch.adapters.proctable import LinuxProcessTable, Orphan, parse_incarnation, start_time
 from orch.adapters.store import schema as t
 from orch.adapters.store.sql import SqlStore
+from orch.chaos import checks
 from orch.chaos.processes import Life
 from orch.domain.errors import OrchError, StoreUnavailable
 from orch.domain.states import JobState, TaskStatus
@@ -328,3 +332,29 @@ def match_open_runs(
                 out[run_id] = s.last
                 break
     return out
+
+
+def leftover_children(monitor: Monitor, already: list[Orphan]) -> list[Orphan]:
+    """Children seen by their parent pid (not by ORCH_INCARNATION) that are still alive once
+    every orch process has ended."""
+    known = {z.pid for z in already}
+    out = []
+    for seen in monitor.seen.values():
+        if seen.pid not in known and start_time(seen.pid) == seen.start:
+            out.append(
+                Orphan(seen.pid, seen.start, f"(a child of {seen.owner.name}, by parent pid)")
+            )
+    return out
+
+
+def end_leftovers(table: LinuxProcessTable, lives: list[Life], monitor: Monitor | None) -> None:
+    """SIGKILL every process of this run still alive: the orch processes and their children,
+    each by pid and start time only."""
+    doomed = {(life.pid, life.start) for life in lives if life.alive}
+    doomed |= {(z.pid, z.start) for z in checks.find_zombies(table, [x.identity for x in lives])}
+    if monitor is not None:
+        doomed |= set(monitor.seen)
+    for pid, start in doomed:
+        if start_time(pid) == start:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
