@@ -111,6 +111,7 @@ def s1_rows(
         notes = [
             f"exit->next spawn p50/p99 {fmt(s['gap_p50_ms'])}/{fmt(s['gap_p99_ms'])} ms",
             f"{fmt(s['txns'])} txn/tr",
+            f"{fmt(s['statements'])} statements/tr",
             f"{fmt(s['cpu_ms'])} CPU-ms/tr",
             f"{len(ok)}x{ok[0].tasks} tasks",
         ]

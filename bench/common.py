@@ -18,12 +18,26 @@ STUB = BENCH_DIR / "stub_agent.py"
 LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
-def stub_argv(out_dir: Path | None = None) -> list[str]:
+IN_HOME = "$HOME"  # the stub writes its times in the task's home, where a confined agent may
+
+
+def stub_argv(out_dir: Path | str | None = None) -> list[str]:
     """The stub agent's command: this interpreter, isolated, without site-packages."""
     argv = [sys.executable, "-I", "-S", str(STUB)]
     if out_dir is not None:
         argv.append(str(out_dir))
     return argv
+
+
+def stub_times(homes: Path, name: str) -> list[float]:
+    """What the stub run `name` (`<ticket>.<stage>.<attempt>`) wrote in its task's home under
+    `homes`: its start time, then its exit time; empty if it has not written them yet."""
+    for path in homes.glob(f"*/{name}"):
+        try:
+            return [float(f) for f in path.read_text().split()]
+        except (OSError, ValueError):
+            return []
+    return []
 
 
 def median(values: Sequence[float]) -> float:

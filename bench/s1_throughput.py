@@ -22,19 +22,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
-from bench.common import median, percentile, pg_schema, stub_argv
+from bench.common import IN_HOME, median, percentile, pg_schema, stub_argv, stub_times
 from orch.adapters.agents.command import CommandAgent
-from orch.adapters.process import LocalRunner
 from orch.adapters.sandbox.policy import LandlockSandbox
 from orch.adapters.store import schema as t
 from orch.adapters.store.sql import SqlStore
+from orch.bootstrap import workers
 from orch.domain import pipeline as pl
 from orch.ports import AgentProcess, AgentRequest, RepoSettings
-from orch.services.dispatcher import Dispatcher, DispatcherSettings
-from orch.services.engine import Engine, EngineSettings
+from orch.services.dispatcher import DispatcherSettings
+from orch.services.engine import EngineSettings
 from orch.services.intake import Intake
 from orch.testing import MemoryForge, MemoryNotifier, MemoryRepos
 
@@ -60,6 +61,7 @@ class S1Result:
     rate: float = float("nan")  # transitions/s, middle 80%
     wall_s: float = float("nan")
     txns_per_transition: float = float("nan")
+    statements_per_transition: float = float("nan")
     cpu_ms_per_transition: float = float("nan")
     gaps_s: list[float] = field(default_factory=list)  # exit -> next Popen return, same slot
     complete: bool = True
@@ -67,13 +69,17 @@ class S1Result:
 
 
 class TimedAgent:
-    """Wraps the command agent; remembers which worker thread started which stub, and when."""
+    """Wraps the command agent; remembers which worker thread started which stub, and when.
+    Everything else an agent has (its preflight, meters, environment) is the command agent's."""
 
     def __init__(self, inner: CommandAgent) -> None:
         self.inner = inner
         self.name = inner.name
         self._lock = threading.Lock()
         self.starts: list[tuple[int, str, float]] = []  # (thread, stub file name, Popen returned)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
     def start(self, request: AgentRequest) -> AgentProcess:
         proc = self.inner.start(request)
@@ -97,15 +103,13 @@ def _store_url(kind: str, pg_url: str | None, tmp: Path) -> Iterator[tuple[str, 
 def run(kind: str, slots: int, n_tasks: int, pg_url: str | None, repos: int = 10) -> S1Result:
     result = S1Result(kind, slots, n_tasks)
     tmp = Path(tempfile.mkdtemp(prefix="orch-bench-s1-"))
-    out = tmp / "stub"
-    out.mkdir()
     logs = tmp / "logs"
     try:
         with _store_url(kind, pg_url, tmp) as (url, synchronous):
             store = SqlStore(url, synchronous=synchronous)
             forge = MemoryForge({f"repo{i}": {"README.md": b"bench\n"} for i in range(repos)})
             try:
-                _run(store, forge, result, out, logs, slots, n_tasks, repos)
+                _run(store, forge, result, logs, slots, n_tasks, repos)
             finally:
                 store.close()
                 forge.close()
@@ -118,7 +122,6 @@ def _run(
     store: SqlStore,
     forge: MemoryForge,
     result: S1Result,
-    out: Path,
     logs: Path,
     slots: int,
     n_tasks: int,
@@ -128,29 +131,33 @@ def _run(
     names = [f"repo{i}" for i in range(n_repos)]
     repos = MemoryRepos(*(RepoSettings(name=n, test_command="true", max_active=50) for n in names))
     notifier = MemoryNotifier()
-    agent = TimedAgent(CommandAgent("stub", stub_argv(out)))
-    engine = Engine(
+    agent = TimedAgent(CommandAgent("stub", stub_argv(IN_HOME)))
+    _, dispatcher = workers(
         store=store,
         forge=forge,
         agents={"stub": agent},
         repos=repos,
-        runner=LocalRunner(),
         notifier=notifier,
         sandbox=LandlockSandbox(protect=()),
-        settings=EngineSettings(logs_dir=logs, homes_dir=logs / "homes", backoff_base_s=0.0),
+        engine=EngineSettings(logs_dir=logs, homes_dir=logs / "homes", backoff_base_s=0.0),
+        dispatcher=DispatcherSettings(slots=slots),
     )
-    dispatcher = Dispatcher(store, engine, repos.limit, DispatcherSettings(slots=slots))
     pipeline = bench_pipeline()
     intake = Intake(store, repos, lambda _repo: pipeline)
     for i in range(n_tasks):
         intake.file(names[i % n_repos], f"bench task {i}", "S1")
 
     commits: list[None] = []  # list.append is atomic across the worker threads
+    statements: list[None] = []
 
     def count(_conn: object) -> None:
         commits.append(None)
 
+    def count_statement(*_args: object) -> None:
+        statements.append(None)
+
     sa.event.listen(store.engine, "commit", count)
+    sa.event.listen(store.engine, "after_cursor_execute", count_statement)
     cpu0, wall0 = time.process_time(), time.monotonic()
     deadline = wall0 + max(120.0, n_tasks * STAGES * 0.25)
     dispatcher.start()
@@ -169,6 +176,7 @@ def _run(
     cpu = time.process_time() - cpu0
     result.wall_s = time.monotonic() - wall0
     sa.event.remove(store.engine, "commit", count)
+    sa.event.remove(store.engine, "after_cursor_execute", count_statement)
 
     with store.engine.connect() as conn:
         times = sorted(
@@ -192,11 +200,12 @@ def _run(
         window = (float("-inf"), float("inf"))
     if times:
         result.txns_per_transition = len(commits) / len(times)
+        result.statements_per_transition = len(statements) / len(times)
         result.cpu_ms_per_transition = cpu * 1000.0 / len(times)
-    result.gaps_s = _slot_gaps(agent, out, window)
+    result.gaps_s = _slot_gaps(agent, logs / "homes", window)
 
 
-def _slot_gaps(agent: TimedAgent, out: Path, window: tuple[float, float]) -> list[float]:
+def _slot_gaps(agent: TimedAgent, homes: Path, window: tuple[float, float]) -> list[float]:
     """On each worker thread: the next agent's Popen return minus the last stub's exit time."""
     by_thread: dict[int, list[tuple[float, str]]] = {}
     for thread, name, popen_at in agent.starts:
@@ -205,13 +214,10 @@ def _slot_gaps(agent: TimedAgent, out: Path, window: tuple[float, float]) -> lis
     for starts in by_thread.values():
         starts.sort()
         for (_, prev), (popen_at, _) in itertools.pairwise(starts):
-            try:
-                fields = (out / prev).read_text().split()
-            except OSError:
+            times = stub_times(homes, prev)
+            if len(times) < 2:
                 continue
-            if len(fields) < 2:
-                continue
-            ended = float(fields[1])
+            ended = times[1]
             if window[0] <= ended <= window[1]:
                 gaps.append(popen_at - ended)
     return gaps
@@ -223,6 +229,7 @@ def summary(results: list[S1Result]) -> dict[str, float]:
     return {
         "rate": median([r.rate for r in results]),
         "txns": median([r.txns_per_transition for r in results]),
+        "statements": median([r.statements_per_transition for r in results]),
         "cpu_ms": median([r.cpu_ms_per_transition for r in results]),
         "gap_p50_ms": median([median(r.gaps_s) for r in results if r.gaps_s]) * 1e3,
         "gap_p99_ms": median([percentile(r.gaps_s, 99) for r in results if r.gaps_s]) * 1e3,

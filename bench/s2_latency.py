@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from bench.common import abba, pg_schema, stub_argv
+from bench.common import IN_HOME, abba, pg_schema, stub_argv, stub_times
 
 PIPELINE = "stages:\n  - name: analysis\n    gates: []\ncheckpoints: []\n"
 GIT_ENV = {
@@ -78,12 +78,12 @@ class Serve:
     """One `orch serve --port 0` subprocess, ended by its pid."""
 
     def __init__(
-        self, name: str, root: Path, store_url: str, remote: Path, out: Path, slots: int = 50
+        self, name: str, root: Path, store_url: str, remote: Path, slots: int = 50
     ) -> None:
         self.name = name
         self.root = root
-        self.out = out
         data = root / "data"
+        self.homes = data / "homes"  # where the stub, confined, writes its times
         config = {
             "data_dir": str(data),
             "workspace_root": str(root / "ws"),
@@ -92,7 +92,7 @@ class Serve:
             "worker": {"slots": slots},
             "api": {"host": "127.0.0.1", "port": 0},
             "repos": [{"name": "bench", "remote": str(remote), "max_active": 50}],
-            "agents": {"default": {"kind": "command", "command": stub_argv(out)}},
+            "agents": {"default": {"kind": "command", "command": stub_argv(IN_HOME)}},
             "log_level": "WARNING",
         }
         self.config_path = root / "orch.yaml"
@@ -164,12 +164,9 @@ class Serve:
             self.stderr.close()
 
 
-def _stub_start(out: Path, key: str) -> float | None:
-    try:
-        fields = (out / f"{key}.analysis.1").read_text().split()
-    except OSError:
-        return None
-    return float(fields[0]) if fields else None
+def _stub_start(homes: Path, key: str) -> float | None:
+    times = stub_times(homes, f"{key}.analysis.1")
+    return times[0] if times else None
 
 
 def _file(client: httpx.Client, n: int) -> tuple[str, float, float]:
@@ -190,7 +187,7 @@ def _collect(serve: Serve, sent: list[tuple[str, float, float]], result: S2Resul
     while pending and time.monotonic() < deadline:
         still = []
         for key, at, ack in pending:
-            started = _stub_start(serve.out, key)
+            started = _stub_start(serve.homes, key)
             if started is None:
                 still.append((key, at, ack))
             else:
@@ -212,14 +209,13 @@ def _servers(
         try:
             for name in names:
                 home = root / name
-                out = home / "stub"
-                out.mkdir(parents=True)
+                home.mkdir(parents=True, exist_ok=True)
                 if name == "pg":
                     assert pg_url is not None
                     url = stack.enter_context(pg_schema(pg_url))
                 else:
                     url = f"sqlite:///{home / 'orch.db'}"
-                serve = Serve(name, home, url, remote, out, slots)
+                serve = Serve(name, home, url, remote, slots)
                 serves[name] = serve
                 serve.start()
             yield serves

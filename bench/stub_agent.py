@@ -1,7 +1,9 @@
 """The stub agent: a tiny stdlib script run as `python -I -S bench/stub_agent.py [OUT_DIR]`.
 
 Its first action reads CLOCK_REALTIME. With an output directory it writes that start time to
-`OUT_DIR/<ORCH_TICKET>.<ORCH_STAGE>.<ORCH_ATTEMPT>` (or `OUT_DIR/pid-<pid>` outside orch),
+`OUT_DIR/<ORCH_TICKET>.<ORCH_STAGE>.<ORCH_ATTEMPT>` (or `OUT_DIR/pid-<pid>` outside orch); an
+OUT_DIR of `$HOME` is the task's home, the one place outside its worktree a confined agent may
+write,
 prints one stream-JSON line, appends its exit time and exits 0. Nothing else is imported, so the
 interpreter start-up is the whole cost.
 """
@@ -13,12 +15,16 @@ _T0 = time.time()
 import os  # noqa: E402 - the clock is read before anything else
 import sys  # noqa: E402
 
+HOME = "$HOME"
+
 
 def main() -> int:
     out = sys.argv[1] if len(sys.argv) > 1 else ""
+    env = os.environ
+    if out == HOME:
+        out = env.get("HOME", "")
     f = None
     if out:
-        env = os.environ
         ticket = env.get("ORCH_TICKET")
         if ticket:
             name = f"{ticket}.{env.get('ORCH_STAGE', '')}.{env.get('ORCH_ATTEMPT', '')}"

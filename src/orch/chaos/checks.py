@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from orch.adapters.proctable import LinuxProcessTable, Orphan, parse_incarnation
-from orch.adapters.store.sql import SqlStore
 from orch.domain import pipeline as pl
 from orch.domain.model import Effect, Event, GateRecord, Job, Run, Task, Transition
 from orch.domain.states import EffectState, JobState, Stage, TaskStatus
+from orch.ports import Store
 
 SETTLED = frozenset({TaskStatus.DONE, TaskStatus.CANCELLED, TaskStatus.NEEDS_OPERATOR})
 
@@ -67,7 +67,7 @@ class History:
     gates: list[GateRecord] = field(default_factory=list)
 
 
-def load_history(store: SqlStore) -> History:
+def load_history(store: Store) -> History:
     """Read through the store's own API, so the checks see exactly what orch wrote."""
     tasks = sorted(store.list_tasks(limit=10_000_000), key=lambda t: t.id)
     transitions: dict[int, list[Transition]] = {}

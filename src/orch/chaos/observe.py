@@ -23,6 +23,7 @@ from orch.adapters.store import schema as t
 from orch.adapters.store.sql import SqlStore
 from orch.chaos import checks
 from orch.chaos.processes import Life
+from orch.domain import machine
 from orch.domain.errors import OrchError, StoreUnavailable
 from orch.domain.states import JobState, TaskStatus
 
@@ -118,7 +119,8 @@ class Probe:
                 continue
             if r.run_after > now:
                 continue
-            needs_slot = r.status == TaskStatus.ACTIVE.value and r.cancel_requested_at is None
+            # the store's own rule: a STOP or an inbox read needs no repository slot
+            needs_slot = machine.needs_slot(TaskStatus(r.status), r.cancel_requested_at is not None)
             if not needs_slot or r.slot is not None or used[r.repo] < limits.get(r.repo, 0):
                 out.append(job)
         return out

@@ -72,6 +72,11 @@ class Claim:
     token: int
     owner: str
     last_error: str = ""  # why the previous attempt of this job failed, if it did
+    # read in the claim's own transaction, so the job starts without reading again: the task,
+    # its unread events and its latest agent run (None when a claim is made by hand)
+    task: Task | None = None
+    events: tuple[Event, ...] = ()
+    last_run: Run | None = None
 
 
 @dataclass(frozen=True)

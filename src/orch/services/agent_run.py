@@ -44,7 +44,9 @@ def limits_of(store: Store, task: Task, pipeline: Pipeline, stage: Stage) -> Lim
     stage_budget, task_budget = budgets_of(
         task.budgets, spec.stage.value, spec.budget, pipeline.budget
     )
-    by_stage = store.spending(task.id)
+    # what was spent matters only against a budget: without one, it is not read
+    unlimited = stage_budget.unlimited and task_budget.unlimited
+    by_stage = {} if unlimited else store.spending(task.id)
     return Limits(
         stage=spec.stage.value,
         stage_budget=stage_budget,
@@ -209,12 +211,8 @@ class AgentRunner:
         it was this stage's with this agent, left a session, and the stage is being retried:
         another attempt of the same job, or an operator's retry of the stage it stopped at. A
         stage entered from another (a rework, a checkpoint) starts afresh."""
-        task, stage = work.task, work.task.stage
-        runs = self.store.runs(task.id)
-        if not runs:
-            return None
-        last = runs[-1]
-        if last.stage != stage or last.agent != agent or not last.session:
+        task, stage, last = work.task, work.task.stage, work.claim.last_run
+        if last is None or last.stage != stage or last.agent != agent or not last.session:
             return None
         entered = self.store.transitions(task.id)[-1]
         if last.job_id == work.claim.job_id or entered.from_stage == entered.to_stage == stage:

@@ -30,7 +30,7 @@ class Inbox:
             # slot is not held by a task nobody drives
             self.outbox.settle_open(task, claim)
         stray: list[int] = []
-        for ev in self.store.pending_events(task.id):
+        for ev in claim.events:
             decision = machine.answer(
                 task, pipeline, ev, lambda: limits_of(self.store, task, pipeline, task.stage)
             )
@@ -68,11 +68,10 @@ class Inbox:
         self.outbox.send(task, work.claim, key, text)
         return Outcome(change=machine.timer(task, cp.timeout_s * (rounds + 1) - overdue, read))
 
-    def ignore_stray(self, work: Work) -> None:
-        """An active task waits for no one: what reached its inbox is read and ignored (a STOP
-        is left for the cancel that reads it)."""
-        task = work.task
-        events = [e for e in self.store.pending_events(task.id) if e.kind != EventKind.STOP]
+    def stray(self, work: Work) -> tuple[int, ...]:
+        """What reached an active task's inbox, which nothing answers: a STOP is left for the
+        cancel that reads it."""
+        events = [e for e in work.claim.events if e.kind != EventKind.STOP]
         for ev in events:
-            log.info("ignored %s event for %s: no checkpoint is waiting", ev.kind, task.key)
-        self.store.mark_events(work.claim, [ev.id for ev in events])
+            log.info("ignored %s event for %s: no checkpoint is waiting", ev.kind, work.task.key)
+        return tuple(ev.id for ev in events)

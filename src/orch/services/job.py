@@ -8,6 +8,7 @@ that moves T to its next version and enqueues the next job, or gives the job bac
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from orch.domain import machine
 from orch.domain import pipeline as pl
@@ -46,7 +47,15 @@ class Jobs:
         self.stopper = stopper
 
     def run(self, claim: Claim, owner: str) -> None:
-        task = self.store.get_task(claim.task_id)
+        if claim.task is None:  # a claim made by hand: read what the store's claim carries
+            claim = replace(
+                claim,
+                task=self.store.get_task(claim.task_id),
+                events=tuple(self.store.pending_events(claim.task_id)),
+                last_run=next(reversed(self.store.runs(claim.task_id)), None),
+            )
+        task = claim.task
+        assert task is not None
         if task.version != claim.version or is_terminal(task.status):
             self.store.apply(claim, machine.nothing_to_do(task))
             return
@@ -84,11 +93,13 @@ class Jobs:
             raise CancelRequested("stop requested")
         if task.status in (TaskStatus.WAITING, TaskStatus.NEEDS_OPERATOR):
             return self.inbox.read(work)
-        self.inbox.ignore_stray(work)
+        # an active task waits for no one: what reached its inbox is read with this job's write
+        # and ignored (a STOP is left for the cancel that reads it)
+        stray = self.inbox.stray(work)
         left = deadline_left(self.store, task, work.pipeline)
         if left is not None and left <= 0:
-            return decided(pl.deadline_passed(work.pipeline, task.stage))
-        return self.stages.run(work, left)
+            return decided(pl.deadline_passed(work.pipeline, task.stage), read=stray)
+        return self.stages.run(work, left).reading(stray)
 
     def write(self, task: Task, claim: Claim, outcome: Outcome, actor: str) -> None:
         """Write what a step decided, as one TaskChange; the events it answers are read in the

@@ -69,7 +69,8 @@ class Lease:
                     self.cancel_seen = True
                 if self._monotonic() - self._renewed < self.heartbeat_s:
                     continue
-                self.store.renew(self.claim, self.ttl_s)
+                if self.store.renew(self.claim, self.ttl_s):
+                    self.cancel_seen = True
                 self._renewed = self._monotonic()
             except LeaseLost as exc:
                 self._lost = str(exc)
@@ -84,14 +85,24 @@ class Lease:
             raise LeaseLost(self._lost)
 
     def renew(self) -> None:
-        """A fenced renewal now: before a step that must not run under a lost lease."""
+        """A fenced renewal now: before a step that must not run under a lost lease. It also
+        brings back whether a STOP was asked for."""
         self.check()
         try:
-            self.store.renew(self.claim, self.ttl_s)
+            if self.store.renew(self.claim, self.ttl_s):
+                self.cancel_seen = True
         except LeaseLost as exc:
             self._lost = str(exc)
             raise
         self._renewed = self._monotonic()
+
+    def fresh(self) -> None:
+        """Renew only if the last renewal is older than half a heartbeat: a step that just
+        renewed (or a fast stage) writes nothing more."""
+        if self._monotonic() - self._renewed >= self.heartbeat_s / 2:
+            self.renew()
+        else:
+            self.check()
 
     def supervise(
         self,

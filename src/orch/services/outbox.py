@@ -40,10 +40,11 @@ class Outbox:
         """Record the intent, act, and record what it did; an effect that already succeeded is
         not acted on again. What `act` raises is recorded as FAILED (known not done, so it may
         be tried again) and raised."""
-        effect = self.store.get_effect(key)
-        if effect is not None and effect.state == EffectState.SUCCEEDED:
+        # the intent returns an effect that succeeded already as it is, and one that failed
+        # re-armed for another try
+        effect = self.store.begin_effect(claim, key, kind, repo, precondition)
+        if effect.state == EffectState.SUCCEEDED:
             return effect
-        self.store.begin_effect(claim, key, kind, repo, precondition)
         try:
             result = act()
         except Interrupted:

@@ -51,9 +51,11 @@ class StageRunner:
         self.merger = merger
         self.deployer = deployer
 
-    def stop_point(self, work: Work) -> None:
-        """Between steps: a STOP that arrived is applied here, before anything else starts."""
-        if work.lease.cancel_seen or self.store.cancel_requested(work.task.id):
+    def stop_point(self, work: Work, *, ask: bool = False) -> None:
+        """Between steps: a STOP that arrived is applied here, before anything else starts.
+        The lease carries the flag back with each renewal and poll; before an irreversible
+        action (`ask`), the store is asked as well."""
+        if work.lease.cancel_seen or (ask and self.store.cancel_requested(work.task.id)):
             raise CancelRequested("stop requested")
 
     def run(self, work: Work, deadline_left: float | None) -> Outcome:
@@ -85,7 +87,7 @@ class StageRunner:
             if agent is not None:
                 tools.breakers.release(agent.name)
         self.stop_point(work)
-        work.lease.renew()
+        work.lease.fresh()
         marker = round_marker(task, work.claim.version)
         head = self.forge.commit_and_push(
             task.repo,
@@ -115,7 +117,7 @@ class StageRunner:
                 return decided(held)
         release = ""
         for action in spec.actions:
-            self.stop_point(work)
+            self.stop_point(work, ask=True)
             outcome = self._act(work, action, repo, where, head, release)
             if isinstance(outcome, Decision):
                 return decided(outcome)

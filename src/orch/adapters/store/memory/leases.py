@@ -71,12 +71,24 @@ class Leases(MemoryBase):
                     token=held.token,
                     owner=owner,
                     last_error=held.last_error,
+                    # what the job starts from, read in the claim's own write
+                    task=t.tasks[held.task_id],
+                    events=tuple(
+                        e
+                        for e in t.events.values()
+                        if e.task_id == held.task_id and e.processed_at is None
+                    ),
+                    last_run=next(
+                        (r for r in reversed(t.runs.values()) if r.task_id == held.task_id), None
+                    ),
                 )
         return None
 
-    def renew(self, claim: Claim, ttl_s: float) -> None:
+    def renew(self, claim: Claim, ttl_s: float) -> bool:
+        """Extend the lease; whether a STOP is asked for the task, carried back with it."""
         with self._write() as t:
             self._guard(t, claim, expires_at=self.now() + ttl_s)
+            return t.tasks[claim.task_id].cancel_requested_at is not None
 
     def unaccounted_runs(self) -> list[Run]:
         return [r for r in self._t.runs.values() if r.accounted_at is None]

@@ -73,6 +73,8 @@ def sqlite_path(url: str) -> Path | None:
 
 
 def _transient(exc: BaseException) -> bool:
+    if getattr(exc, "connection_invalidated", False):
+        return True  # the server dropped a pooled connection: a fresh one will do
     text = str(exc).lower()
     return any(
         s in text
@@ -136,7 +138,15 @@ class SqlBase:
             if clock is not None:
                 raise StoreUnavailable("a simulated clock needs SQLite")
             self.engine = sa.create_engine(
-                self.url, echo=echo, pool_pre_ping=True, pool_size=pool_size, max_overflow=20
+                self.url,
+                echo=echo,
+                # no ping before every checkout (a second round trip per transaction): pooled
+                # connections are recycled, and a transaction that finds its connection dropped
+                # is tried again on a fresh one (see _transient)
+                pool_pre_ping=False,
+                pool_recycle=300,
+                pool_size=pool_size,
+                max_overflow=20,
             )
             self._now_sql = sa.literal_column(
                 "CAST(extract(epoch from clock_timestamp()) AS double precision)"
@@ -230,11 +240,15 @@ class SqlBase:
         raise AssertionError("unreachable")
 
     def _read(self, fn: Callable[[Connection], Any]) -> Any:
-        try:
-            with self._turn(), self.engine.connect() as conn, conn.begin():
-                return fn(conn)
-        except OperationalError as exc:
-            raise StoreUnavailable(f"store read failed: {_first_line(exc)}") from exc
+        for attempt in range(3):
+            try:
+                with self._turn(), self.engine.connect() as conn, conn.begin():
+                    return fn(conn)
+            except OperationalError as exc:
+                if getattr(exc, "connection_invalidated", False) and attempt < 2:
+                    continue  # a dropped pooled connection: read again on a fresh one
+                raise StoreUnavailable(f"store read failed: {_first_line(exc)}") from exc
+        raise AssertionError("unreachable")
 
     def _turn(self) -> contextlib.AbstractContextManager[Any]:
         return self._lock if self._serial else contextlib.nullcontext()

@@ -14,20 +14,16 @@ from orch.adapters.store.sql.base import (
     SqlBase,
     _close_runs,
     _effect,
+    _event,
     _job_values,
     _run,
     _slot_freed,
     _task,
 )
 from orch.domain import machine
-from orch.domain.errors import (
-    Conflict,
-)
+from orch.domain.errors import Conflict
 from orch.domain.machine import TaskChange
-from orch.domain.model import (
-    Claim,
-    Run,
-)
+from orch.domain.model import Claim, Event, Run, Task
 from orch.domain.states import (
     TERMINAL_STATUSES,
     UNRESOLVED_EFFECT_STATES,
@@ -116,6 +112,7 @@ class Leases(SqlBase):
                     )
                 ).first()
                 if row is not None:
+                    task, events, last_run = self._claimed(conn, row.task_id)
                     return Claim(
                         job_id=row.id,
                         task_id=row.task_id,
@@ -125,13 +122,47 @@ class Leases(SqlBase):
                         token=row.lease_token,
                         owner=owner,
                         last_error=row.last_error,
+                        task=task,
+                        events=events,
+                        last_run=last_run,
                     )
             return None
 
         return self._write(fn)  # type: ignore[no-any-return]
 
-    def renew(self, claim: Claim, ttl_s: float) -> None:
-        self._write(lambda c: self._guard(c, claim, lease_expires_at=self._now_sql + ttl_s))
+    def _claimed(
+        self, conn: Connection, task_id: int
+    ) -> tuple[Task, tuple[Event, ...], Run | None]:
+        """What a job starts from, read in its claim's transaction: the task, its unread
+        events, its latest agent run."""
+        task = _task(conn.execute(sa.select(t.tasks).where(t.tasks.c.id == task_id)).one())
+        events = conn.execute(
+            sa.select(t.events)
+            .where(t.events.c.task_id == task_id, t.events.c.processed_at.is_(None))
+            .order_by(t.events.c.id)
+        ).all()
+        run = conn.execute(
+            sa.select(t.runs)
+            .where(t.runs.c.task_id == task_id)
+            .order_by(t.runs.c.id.desc())
+            .limit(1)
+        ).first()
+        return task, tuple(_event(e) for e in events), _run(run) if run is not None else None
+
+    def renew(self, claim: Claim, ttl_s: float) -> bool:
+        """Extend the lease; whether a STOP is asked for the task, carried back with it."""
+
+        def fn(conn: Connection) -> bool:
+            self._guard(conn, claim, lease_expires_at=self._now_sql + ttl_s)
+            return bool(
+                conn.execute(
+                    sa.select(t.tasks.c.cancel_requested_at.is_not(None)).where(
+                        t.tasks.c.id == claim.task_id
+                    )
+                ).scalar()
+            )
+
+        return bool(self._write(fn))
 
     def unaccounted_runs(self) -> list[Run]:
         """Runs not in the ledger: running now, or their worker died mid-run (and the run may
