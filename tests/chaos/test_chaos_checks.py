@@ -180,7 +180,7 @@ def test_a_job_running_past_its_lease_is_caught(store: SqlStore) -> None:
     finding = checks.check_leases(checks.load_history(store), grace_s=1.0)
 
     assert not finding.ok
-    assert "past its lease, owner host:1:1:x" in finding.violations[0]
+    assert "still runs under host:1:1:x" in finding.violations[0]
 
 
 def _dead_identity() -> ProcessIdentity:

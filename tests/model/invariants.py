@@ -10,18 +10,16 @@ checks independent of the code they check.
 
 from __future__ import annotations
 
-import itertools
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from orch.domain import pipeline as pl
+from orch import invariants
 from orch.domain.states import (
     UNRESOLVED_EFFECT_STATES,
     EffectState,
     JobState,
-    Stage,
     TaskStatus,
 )
 from orch.testing import Rig
@@ -43,22 +41,42 @@ class Violation(AssertionError):
 
 @dataclass(frozen=True)
 class Observed:
-    """One consistent read of everything the invariants talk about."""
+    """What the store recorded (read through its port, as `orch chaos` reads it), and the
+    evidence the rig has beside it."""
 
-    now: float
-    tasks: list[Any]
-    jobs: list[Any]
-    transitions: dict[int, list[Any]]
-    effects: list[Any]
-    events: list[Any]
+    record: invariants.Record
     merges: list[tuple[str, str, str]]
     sent: list[tuple[str, str]]
     limits: dict[str, int]
     deploys: list[tuple[str, str]] = field(default_factory=list)
     agents: list[StartedAgent] = field(default_factory=list)
 
+    @property
+    def now(self) -> float:
+        return self.record.now
+
+    @property
+    def tasks(self) -> list[Any]:
+        return list(self.record.tasks)
+
+    @property
+    def jobs(self) -> list[Any]:
+        return list(self.record.jobs)
+
+    @property
+    def transitions(self) -> dict[int, list[Any]]:
+        return dict(self.record.transitions)
+
+    @property
+    def effects(self) -> list[Any]:
+        return list(self.record.effects)
+
+    @property
+    def events(self) -> list[Any]:
+        return list(self.record.events)
+
     def jobs_of(self, task_id: int) -> list[Any]:
-        return [j for j in self.jobs if j.task_id == task_id]
+        return self.record.jobs_of(task_id)
 
     def events_of(self, task_id: int, kind: str | None = None) -> list[Any]:
         return [e for e in self.events if e.task_id == task_id and kind in (None, e.kind)]
@@ -71,22 +89,20 @@ class Observed:
 def observe(
     rig: Rig, *, deploys: DeployLog | None = None, agents: Sequence[StartedAgent] = ()
 ) -> Observed:
-    store = rig.store
-    # the store's reads are its port: the same for every store, and no engine code
-    tasks = sorted(store.list_tasks(limit=1_000_000), key=lambda t: t.id)
+    record = invariants.read(rig.store)
     return Observed(
-        now=store.now(),
-        tasks=tasks,
-        jobs=sorted((j for t in tasks for j in store.jobs(t.id)), key=lambda j: j.id),
-        transitions={t.id: store.transitions(t.id) for t in tasks},
-        effects=[e for t in tasks for e in store.effects(t.id)],
-        events=sorted((e for t in tasks for e in store.events(t.id)), key=lambda e: e.id),
+        record=record,
         merges=list(rig.forge.merges),
         sent=list(rig.notifier.sent),
-        limits={t.repo: rig.repos.limit(t.repo) for t in tasks},
+        limits={t.repo: rig.repos.limit(t.repo) for t in record.tasks},
         deploys=deploys.entries() if deploys is not None else [],
         agents=list(agents),
     )
+
+
+def _raise(invariant: str, violations: Sequence[str]) -> None:
+    if violations:
+        raise Violation(invariant, "; ".join(violations[:5]))
 
 
 def _twice(items: Iterable[Any]) -> list[Any]:
@@ -117,32 +133,7 @@ def check_i1(o: Observed) -> None:
 
 
 def check_i2(o: Observed) -> None:
-    """An active task's current job (its version's) is queued, or running under a lease (live,
-    or expired and so due to the sweeper, which requeues or parks it: I3 bounds that); a
-    waiting task waits at a checkpoint; a parked one waits for an operator."""
-    for task in o.tasks:
-        if task.status == TaskStatus.WAITING.value and not task.waiting_for:
-            raise Violation("I2", f"{task.key} is waiting, but at no checkpoint")
-        if task.status != TaskStatus.ACTIVE.value:
-            continue
-        current = [j for j in o.jobs_of(task.id) if j.version == task.version]
-        runnable = [
-            j
-            for j in current
-            if j.state == JobState.QUEUED.value
-            or (
-                j.state == JobState.RUNNING.value
-                and j.owner is not None
-                and j.expires_at is not None
-            )
-        ]
-        if not runnable:
-            states = [(j.version, j.state) for j in o.jobs_of(task.id)]
-            raise Violation(
-                "I2",
-                f"{task.key} is active at {task.stage} v{task.version} with no queued job and no "
-                f"lease; its jobs (version, state): {states}",
-            )
+    _raise("I2", invariants.stranded(o.record))
 
 
 # -- I3: no zombie ------------------------------------------------------------------------------
@@ -153,17 +144,7 @@ def check_i3(o: Observed, *, swept_at: float | None) -> None:
     ran (`swept_at`, sim time; the sweep requeues or dead-letters every job whose lease
     expired before it, so a job outlives its lease by at most one sweep), and no agent process
     lives for a task that no job is running."""
-    for job in o.jobs:
-        if job.state != JobState.RUNNING.value:
-            continue
-        if job.expires_at is None or job.owner is None:
-            raise Violation("I3", f"job {job.id} is running without a lease")
-        if swept_at is not None and job.expires_at < swept_at:
-            raise Violation(
-                "I3",
-                f"job {job.id} (task {job.task_id}) still runs under {job.owner}, whose "
-                f"lease expired at {job.expires_at}, before the sweep at {swept_at}",
-            )
+    _raise("I3", invariants.past_leases(o.record, swept_at if swept_at is not None else -1e18))
     live = [a for a in o.agents if a.alive]
     for key, n in Counter(a.task_key for a in live).items():
         if n > 1:
@@ -183,69 +164,7 @@ def check_i3(o: Observed, *, swept_at: float | None) -> None:
 
 
 def check_i4(o: Observed) -> None:
-    for task in o.tasks:
-        history = o.transitions.get(task.id, [])
-        name = f"{task.key} (task {task.id})"
-        if not history:
-            raise Violation("I4", f"{name}: has no history")
-        if [t.version for t in history] != list(range(1, len(history) + 1)):
-            versions = [t.version for t in history]
-            raise Violation("I4", f"{name}: versions {versions} are not 1..n")
-        if history[-1].version != task.version:
-            raise Violation(
-                "I4", f"{name}: at version {task.version}, last history v{history[-1].version}"
-            )
-        last = history[-1]
-        if (last.to_stage, last.to_status) != (task.stage, task.status):
-            raise Violation(
-                "I4",
-                f"{name}: is {task.stage}/{task.status}, history ends at "
-                f"{last.to_stage}/{last.to_status}",
-            )
-        pipeline = pl.from_dict(task.pipeline)
-        first, start = history[0], pl.start(pipeline)
-        if (first.from_stage, first.to_stage, first.to_status) != (
-            start.stage.value,
-            start.stage.value,
-            start.status.value,
-        ):
-            raise Violation("I4", f"{name}: does not start at {start.stage}/{start.status}")
-        for prev, nxt in itertools.pairwise(history):
-            if prev.to_status in TERMINAL:
-                raise Violation("I4", f"{name}: v{nxt.version} follows terminal {prev.to_status}")
-            if (nxt.from_stage, nxt.from_status) != (prev.to_stage, prev.to_status):
-                raise Violation(
-                    "I4",
-                    f"{name}: v{nxt.version} leaves {nxt.from_stage}/{nxt.from_status}, but "
-                    f"v{prev.version} entered {prev.to_stage}/{prev.to_status}",
-                )
-        edges = pipeline.edges()
-        for t in history:
-            _check_edge(name, pipeline, edges, t)
-
-
-def _check_edge(
-    name: str, pipeline: pl.Pipeline, edges: frozenset[tuple[Stage, Stage]], t: Any
-) -> None:
-    src, dst = Stage(t.from_stage), Stage(t.to_stage)
-    where = f"{name}: v{t.version} {src}/{t.from_status} -> {dst}/{t.to_status} by {t.actor}"
-    if (src, dst) not in edges:
-        raise Violation("I4", f"{where} is not an edge of the pipeline")
-    for stage, status in ((Stage.DONE, TaskStatus.DONE), (Stage.CANCELLED, TaskStatus.CANCELLED)):
-        if (dst == stage) != (t.to_status == status.value):
-            raise Violation("I4", f"{where}: stage and status disagree")
-    names = pipeline.stage_names
-    if src in names and dst in names and names.index(dst) < names.index(src):
-        # a step back is a rework, a checkpoint's rejection, or an operator's retry
-        rework = pipeline.spec(src).rework_to == dst and t.from_status == TaskStatus.ACTIVE.value
-        rejected = t.from_status == TaskStatus.WAITING.value and any(
-            c.before == src and c.reject_to == dst for c in pipeline.checkpoints
-        )
-        retried = t.from_status == TaskStatus.NEEDS_OPERATOR.value
-        if not (rework or rejected or retried):
-            raise Violation(
-                "I4", f"{where} goes back, but is no rework, rejection or operator's retry"
-            )
+    _raise("I4", invariants.history(o.record))
 
 
 # -- I5: per-repo limits hold at every instant --------------------------------------------------

@@ -115,7 +115,7 @@ def test_i3_catches_a_job_still_running_past_its_lease_after_a_sweep(world: Worl
     assert world.rig.store.claim("elsewhere:1:1:x", world.ttl, world.rig.repos.limit)
     check_i3(seen(world), swept_at=world.now())  # the lease is live: fine
     world.clock.advance(world.ttl + 1)
-    with pytest.raises(Violation, match=r"I3.*before the sweep"):
+    with pytest.raises(Violation, match=r"I3.*before it should have been swept"):
         check_i3(seen(world), swept_at=world.now())
 
 
@@ -135,7 +135,7 @@ def test_i4_catches_a_gap_in_the_history(world: World) -> None:
             tables.transitions.c.task_id == task.id, tables.transitions.c.version == 1
         ),
     )
-    with pytest.raises(Violation, match=r"I4.*not 1..n"):
+    with pytest.raises(Violation, match=r"I4.*are not 1\.\.\d+"):
         check_i4(seen(world))
 
 
@@ -162,7 +162,7 @@ def test_i4_catches_a_transition_that_skips_stages(world: World) -> None:
     task = world.rig.intake.file(REPO, "Add a greeting")
     world.drain()  # analysis -> architecture (waiting)
     _rewrite_last_transition(world, task, to_stage=Stage.DEPLOY.value)
-    with pytest.raises(Violation, match=r"I4.*not an edge of the pipeline"):
+    with pytest.raises(Violation, match=r"I4.*is not an edge of its pipeline"):
         check_i4(seen(world))
 
 
@@ -177,6 +177,24 @@ def test_i4_catches_a_step_back_that_no_rework_rejection_or_retry_explains(
     # deploy-staging -> analysis is an edge (an operator's retry may take it), from a park only
     _rewrite_last_transition(world, task, to_stage=Stage.ANALYSIS.value)
     with pytest.raises(Violation, match=r"I4.*goes back"):
+        check_i4(seen(world))
+
+
+def test_i4_catches_a_status_move_the_state_machine_does_not_make(world: World) -> None:
+    task = world.rig.intake.file(REPO, "Add a greeting")
+    run_to_the_end(world, task)
+    history = world.rig.store.transitions(task.id)
+    last, before = history[-1], history[-2]
+    assert (last.to_stage, last.to_status) == (Stage.DONE, TaskStatus.DONE)
+    # the deploy stage recorded as parked, and then done: an edge, but no move of the machine
+    for version, column in ((before.version, "to_status"), (last.version, "from_status")):
+        sql(
+            world,
+            sa.update(tables.transitions)
+            .where(tables.transitions.c.task_id == task.id, tables.transitions.c.version == version)
+            .values({column: TaskStatus.NEEDS_OPERATOR.value}),
+        )
+    with pytest.raises(Violation, match=r"I4.*needs_operator -> done is no move of the state"):
         check_i4(seen(world))
 
 

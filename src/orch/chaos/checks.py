@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orch import invariants
 from orch.adapters.proctable import LinuxProcessTable, Orphan, parse_incarnation
-from orch.domain import pipeline as pl
-from orch.domain.model import Effect, Event, GateRecord, Job, Run, Task, Transition
+from orch.domain.model import Effect, Job, Task, Transition
 from orch.domain.states import EffectState, JobState, Stage, TaskStatus
-from orch.ports import Store
 
 SETTLED = frozenset({TaskStatus.DONE, TaskStatus.CANCELLED, TaskStatus.NEEDS_OPERATOR})
 
@@ -53,37 +52,9 @@ class Finding:
 # -- what the run left behind --------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class History:
-    """Everything the store recorded, read once after the run."""
-
-    tasks: list[Task]
-    transitions: dict[int, list[Transition]]
-    jobs: list[Job]
-    runs: list[Run]
-    effects: list[Effect]
-    events: list[Event]
-    now: float  # the store's clock when it was read
-    gates: list[GateRecord] = field(default_factory=list)
-
-
-def load_history(store: Store) -> History:
-    """Read through the store's own API, so the checks see exactly what orch wrote."""
-    tasks = sorted(store.list_tasks(limit=10_000_000), key=lambda t: t.id)
-    transitions: dict[int, list[Transition]] = {}
-    jobs: list[Job] = []
-    runs: list[Run] = []
-    effects: list[Effect] = []
-    events: list[Event] = []
-    gates: list[GateRecord] = []
-    for task in tasks:
-        transitions[task.id] = store.transitions(task.id)
-        jobs.extend(store.jobs(task.id))
-        runs.extend(store.runs(task.id))
-        effects.extend(store.effects(task.id))
-        events.extend(store.events(task.id))
-        gates.extend(store.gate_records(task.id))
-    return History(tasks, transitions, jobs, runs, effects, events, store.now(), gates)
+# what the run left behind in the store, read through its port (orch.invariants)
+History = invariants.Record
+load_history = invariants.read
 
 
 @dataclass(frozen=True)
@@ -335,15 +306,7 @@ def _reason_kind(reason: str) -> str:
 def check_leases(history: History, grace_s: float) -> Finding:
     """No job still `running` past its lease plus one sweep (`grace_s`)."""
     f = Finding("I3 leases", "no job running past its lease")
-    for job in history.jobs:
-        if job.state != JobState.RUNNING or job.expires_at is None:
-            continue
-        late = history.now - job.expires_at
-        if late > grace_s:
-            f.violations.append(
-                f"job {job.id} (task {job.task_id} v{job.version}) running {late:.1f}s past its"
-                f" lease, owner {job.owner}"
-            )
+    f.violations.extend(invariants.past_leases(history, history.now - grace_s))
     return f
 
 
@@ -388,50 +351,9 @@ def check_zombies(zombies: Sequence[Orphan], during_run: Sequence[str] = ()) -> 
 
 def check_history(history: History) -> Finding:
     f = Finding("I4", "history gap-free, every step an edge")
-    checked = 0
-    for task in history.tasks:
-        trs = history.transitions.get(task.id, [])
-        checked += len(trs)
-        f.violations.extend(task_history_violations(task, trs))
-    f.figures["transitions"] = checked
+    f.violations.extend(invariants.history(history))
+    f.figures["transitions"] = sum(len(trs) for trs in history.transitions.values())
     return f
-
-
-def task_history_violations(task: Task, trs: Sequence[Transition]) -> list[str]:
-    out: list[str] = []
-    versions = [tr.version for tr in trs]
-    if versions != list(range(1, len(trs) + 1)):
-        out.append(f"{task.key}: versions {_compact(versions)} are not 1..{len(trs)}")
-    if trs and task.version != trs[-1].version:
-        out.append(f"{task.key}: at version {task.version}, history ends at {trs[-1].version}")
-    if trs and (task.stage, task.status) != (trs[-1].to_stage, trs[-1].to_status):
-        out.append(
-            f"{task.key}: is {task.stage}/{task.status}, history ends at"
-            f" {trs[-1].to_stage}/{trs[-1].to_status}"
-        )
-    try:
-        edges = pl.from_dict(task.pipeline).edges()
-    except (KeyError, TypeError, ValueError) as exc:
-        return [*out, f"{task.key}: its pipeline snapshot is unreadable: {exc!r}"]
-    for prev, tr in itertools.pairwise(trs):
-        if (tr.from_stage, tr.from_status) != (prev.to_stage, prev.to_status):
-            out.append(
-                f"{task.key} v{tr.version}: starts at {tr.from_stage}/{tr.from_status}, but"
-                f" v{prev.version} ended at {prev.to_stage}/{prev.to_status}"
-            )
-        if prev.to_status in (TaskStatus.DONE, TaskStatus.CANCELLED):
-            out.append(f"{task.key} v{tr.version}: a transition after {prev.to_status}")
-    for tr in trs:
-        if tr.from_stage != tr.to_stage and (tr.from_stage, tr.to_stage) not in edges:
-            out.append(
-                f"{task.key} v{tr.version}: {tr.from_stage} -> {tr.to_stage} is not an edge"
-                " of its pipeline"
-            )
-    return out
-
-
-def _compact(values: Sequence[int]) -> str:
-    return ",".join(str(v) for v in values[:12]) + (",…" if len(values) > 12 else "")
 
 
 # -- I5: per-repository limits hold at every instant --------------------------------------------
