@@ -21,7 +21,15 @@ from typing import Any
 from orch import invariants
 from orch.adapters.proctable import LinuxProcessTable, Orphan, parse_incarnation
 from orch.domain.model import Effect, Job, Task, Transition
-from orch.domain.states import EffectState, JobState, Stage, TaskStatus
+from orch.domain.states import (
+    DECISIONS,
+    EffectKind,
+    EffectState,
+    EventKind,
+    JobState,
+    Stage,
+    TaskStatus,
+)
 
 SETTLED = frozenset({TaskStatus.DONE, TaskStatus.CANCELLED, TaskStatus.NEEDS_OPERATOR})
 
@@ -114,14 +122,18 @@ def check_irreversible(
         heads = merged_heads(remote)
         merges += sum(heads.values())
         dup_merges += sum(n - 1 for n in heads.values())
-        mine = [e for e in succeeded if e.kind == "merge" and repo_of.get(e.task_id) == remote.repo]
+        mine = [
+            e
+            for e in succeeded
+            if e.kind == EffectKind.MERGE and repo_of.get(e.task_id) == remote.repo
+        ]
         f.violations.extend(_merge_violations(remote, heads, mine))
     for repo, path in sorted(deploy_logs.items()):
         counts = read_deploy_log(path)
         deploys += sum(counts.values())
         dup_deploys += sum(n - 1 for n in counts.values())
         mine = [
-            e for e in succeeded if e.kind.startswith("deploy:") and repo_of.get(e.task_id) == repo
+            e for e in succeeded if EffectKind.DEPLOY.of(e.kind) and repo_of.get(e.task_id) == repo
         ]
         f.violations.extend(_deploy_violations(repo, counts, mine))
     f.figures.update(
@@ -202,7 +214,7 @@ def check_forward(
     rollbacks = {
         (e.kind.split(":", 1)[1], str(e.result.get("rolled_back", "")), e.precondition)
         for e in history.effects
-        if e.kind.startswith("rollback:") and e.state == EffectState.SUCCEEDED
+        if EffectKind.ROLLBACK.of(e.kind) and e.state == EffectState.SUCCEEDED
     }
     moves = 0
     for repo, log in sorted(deploy_logs.items()):
@@ -280,7 +292,7 @@ def _why_lost(task: Task, history: History, live_jobs: Mapping[tuple[int, int], 
         e
         for e in history.events
         if e.task_id == task.id
-        and e.kind in ("approve", "reject")
+        and e.kind in DECISIONS
         and e.payload.get("checkpoint") in ("", None, task.waiting_for)
         and f":v{task.version}:" in e.key
         and e.processed_at is not None
@@ -429,7 +441,9 @@ def check_stops(history: History, bound_s: float) -> Finding:
     was parked because a deploy's outcome was unknown, before the STOP could apply is counted
     apart. No run starts after the task was cancelled."""
     f = Finding("I6", "a STOP ends the task cancelled")
-    stops = {e.task_id: e for e in sorted(history.events, key=lambda e: e.id) if e.kind == "stop"}
+    stops = {
+        e.task_id: e for e in sorted(history.events, key=lambda e: e.id) if e.kind == EventKind.STOP
+    }
     outcome: Counter[str] = Counter()
     longest = 0.0
     for task in history.tasks:

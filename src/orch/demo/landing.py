@@ -19,7 +19,7 @@ from orch.bootstrap import App, build
 from orch.demo import sample
 from orch.domain.errors import OrchError
 from orch.domain.model import Task
-from orch.domain.states import TaskStatus, is_terminal
+from orch.domain.states import EffectKind, TaskStatus, is_terminal
 from orch.services.views import task_detail
 
 AGENT = Path(__file__).with_name("landing_agent.py")
@@ -99,7 +99,7 @@ def _drive(app: App, tasks: list[Task], console: Console, timeout_s: float) -> l
 
 
 def _merged_at(app: App, task: Task) -> float:
-    merges = [e for e in app.store.effects(task.id) if e.kind == "merge"]
+    merges = [e for e in app.store.effects(task.id) if e.kind == EffectKind.MERGE]
     return max((e.updated_at for e in merges), default=0.0)
 
 

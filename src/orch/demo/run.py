@@ -23,7 +23,7 @@ from orch.demo import agents as real_agents
 from orch.demo import landing, sample
 from orch.demo.crash import CRASH_POINT, WorkerProcess, merges_of
 from orch.domain.errors import OrchError
-from orch.domain.states import Stage, TaskStatus, is_terminal
+from orch.domain.states import EffectKind, Stage, TaskStatus, is_terminal
 from orch.services.views import task_detail
 
 ACTOR = "demo (auto-approve)"
@@ -141,7 +141,7 @@ class Scenario:
             return
         if self.crash:
             raise OrchError(f"the restarted orch worker exited {code}; see {self.worker.starts}")
-        merge = [e for e in app.store.effects(task.id) if e.kind == "merge"]
+        merge = [e for e in app.store.effects(task.id) if e.kind == EffectKind.MERGE]
         self.crash = {
             "crash_point": CRASH_POINT,
             "killed_pid": self.worker.starts[-1]["pid"],
@@ -287,7 +287,7 @@ def _scenario_report(
 ) -> dict[str, Any]:
     report: dict[str, Any] = {"name": plan.name}
     if plan.name == "crash":
-        merge = [e for e in app.store.effects(task.id) if e.kind == "merge"]
+        merge = [e for e in app.store.effects(task.id) if e.kind == EffectKind.MERGE]
         head = merge[-1].precondition if merge else ""
         report.update(
             plan.crash,

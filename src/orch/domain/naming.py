@@ -71,6 +71,11 @@ def stop_key(task_id: int) -> str:
     return f"{task_id}:stop"
 
 
+def store_down_key(owner: str) -> str:
+    """The one alert an orch process raises while its store refuses to answer."""
+    return f"{owner}:store-down"
+
+
 def cancel_overdue_key(task_id: int) -> str:
     """The one alert that a task's STOP waits longer than its bound."""
     return f"{task_id}:cancel-overdue"

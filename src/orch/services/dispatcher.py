@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 from orch import crashpoints
 from orch.domain.errors import Interrupted, OrchError, StoreUnavailable
+from orch.domain.naming import cancel_overdue_key, store_down_key
+from orch.domain.states import EventKind
 from orch.ports import ProcessTable, Store, SweepResult
 from orch.services.engine import Engine
 
@@ -131,7 +133,7 @@ class Dispatcher:
             # the inbox's dedup key sends the alert once per task; appending it also gives a
             # waiting or parked task a job that applies the STOP
             if self.store.append_event(
-                task_id, f"{task_id}:cancel-overdue", "alert", "sweeper", {"text": text}
+                task_id, cancel_overdue_key(task_id), EventKind.ALERT, "sweeper", {"text": text}
             ):
                 try:
                     self.alert(key, text)
@@ -205,7 +207,7 @@ class Dispatcher:
         if first:
             log.error("claiming paused: %s", error)
             try:
-                self.alert(f"{self.owner}:store-down", f"orch stopped claiming work: {error}")
+                self.alert(store_down_key(self.owner), f"orch stopped claiming work: {error}")
             except Exception:
                 log.exception("alert for the store outage failed")
 

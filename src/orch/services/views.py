@@ -7,7 +7,14 @@ from typing import Any
 from orch.domain import pipeline as pl
 from orch.domain.ledger import Budget, Usage, budgets_of
 from orch.domain.model import Effect, Task, Transition
-from orch.domain.states import UNRESOLVED_EFFECT_STATES, EffectState, TaskStatus, is_terminal
+from orch.domain.states import (
+    UNRESOLVED_EFFECT_STATES,
+    EffectKind,
+    EffectState,
+    EventKind,
+    TaskStatus,
+    is_terminal,
+)
 from orch.ports import StateSummary, Store
 
 
@@ -158,7 +165,7 @@ def _cancel_view(task: Task, store: Store) -> dict[str, Any] | None:
     """A STOP not yet applied, and the effects in flight it waits for."""
     if task.cancel_requested_at is None or is_terminal(task.status):
         return None
-    stops = [e for e in store.events(task.id) if e.kind == "stop"]
+    stops = [e for e in store.events(task.id) if e.kind == EventKind.STOP]
     return {
         "requested_at": task.cancel_requested_at,
         "actor": stops[0].actor if stops else "",
@@ -166,7 +173,7 @@ def _cancel_view(task: Task, store: Store) -> dict[str, Any] | None:
         "deferred_by": [
             e.key
             for e in store.effects(task.id)
-            if e.state in UNRESOLVED_EFFECT_STATES and e.kind != "notify"
+            if e.state in UNRESOLVED_EFFECT_STATES and e.kind != EffectKind.NOTIFY
         ],
     }
 
@@ -217,16 +224,16 @@ def _ledger(task: Task, by_stage: dict[str, Usage]) -> dict[str, Any]:
     }
 
 
-_DEPLOY_OUTCOMES = {
-    ("deploy", EffectState.SUCCEEDED): "deployed",
-    ("deploy", EffectState.FAILED): "failed",
-    ("deploy", EffectState.INITIATED): "in flight",
-    ("deploy", EffectState.UNKNOWN): "unknown",
-    ("superseded", EffectState.SUCCEEDED): "superseded",
-    ("rollback", EffectState.SUCCEEDED): "rolled back",
-    ("rollback", EffectState.FAILED): "rollback failed",
-    ("rollback", EffectState.INITIATED): "rolling back",
-    ("rollback", EffectState.UNKNOWN): "rollback unknown",
+_DEPLOY_OUTCOMES: dict[tuple[str, EffectState], str] = {
+    (EffectKind.DEPLOY, EffectState.SUCCEEDED): "deployed",
+    (EffectKind.DEPLOY, EffectState.FAILED): "failed",
+    (EffectKind.DEPLOY, EffectState.INITIATED): "in flight",
+    (EffectKind.DEPLOY, EffectState.UNKNOWN): "unknown",
+    (EffectKind.SUPERSEDED, EffectState.SUCCEEDED): "superseded",
+    (EffectKind.ROLLBACK, EffectState.SUCCEEDED): "rolled back",
+    (EffectKind.ROLLBACK, EffectState.FAILED): "rollback failed",
+    (EffectKind.ROLLBACK, EffectState.INITIATED): "rolling back",
+    (EffectKind.ROLLBACK, EffectState.UNKNOWN): "rollback unknown",
 }
 
 
