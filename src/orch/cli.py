@@ -115,7 +115,6 @@ def serve(
         _guard(orch_app.lock_for_serving)
         _guard(orch_app.lock_workspace)
         _guard(orch_app.store.migrate)
-        orch_app.dispatcher.start()
         config = uvicorn.Config(
             create_app(orch_app),
             host=host or settings.api.host,
@@ -125,11 +124,17 @@ def serve(
         )
         server = uvicorn.Server(config)
         _announce(server, orch_app)
+
+        def stop(*_: object) -> None:
+            server.should_exit = True
+
         # uvicorn re-raises the signal that stopped it once it has shut down, with the handler
         # it found: under Python's own, SIGTERM would end the process before the jobs in flight
-        # are given back. These let it return, and the jobs go back to the queue below
+        # are given back. This one lets it return, and the jobs go back to the queue below; a
+        # signal before uvicorn runs stops it as soon as it starts
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: None)
+            signal.signal(sig, stop)
+        orch_app.dispatcher.start()
         server.run()
     finally:
         orch_app.close()

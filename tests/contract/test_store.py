@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from orch.adapters.store.sql import SqlStore
+from orch.domain import machine
 from orch.domain import pipeline as pl
-from orch.domain.errors import Busy, Conflict, LeaseLost
+from orch.domain.errors import Busy, CancelRequested, Conflict, LeaseLost
 from orch.domain.ledger import Usage
 from orch.domain.model import Claim, GateRecord, Task, Ticket
 from orch.domain.pipeline import Checkpoint, Decision, Move, Pipeline
@@ -872,6 +873,25 @@ def test_a_dead_lettered_jobs_open_run_is_closed_as_lease_lost(store: SqlStore) 
     assert store.sweep(max_attempts=1).dead == 1
     [run] = store.runs(task.id)
     assert (run.outcome, run.ended_at is not None) == (RunOutcome.LEASE_LOST, True)
+
+
+def test_a_move_made_unless_stopped_is_refused_once_a_stop_is_asked_and_writes_nothing(
+    store: SqlStore,
+) -> None:
+    task = new_task(store)
+    c = claim(store)
+    assert store.append_event(task.id, "stop", "stop", "ann", {}, cancel=True)
+    before = snapshot(store, task.id)
+    move = machine.advance(
+        store.get_task(task.id), pl.after_success(FLOW, Stage.ANALYSIS), "w", unless_stopped=True
+    )
+    with pytest.raises(CancelRequested):
+        store.apply(c, move)
+    assert snapshot(store, task.id) == before
+    # the cancel itself is never refused
+    cancel = pl.on_stop(Stage.ANALYSIS, "ann", "")
+    store.apply(c, machine.advance(store.get_task(task.id), cancel, "ann", unless_stopped=True))
+    assert store.get_task(task.id).status == TaskStatus.CANCELLED
 
 
 def test_working_time_is_the_time_a_task_held_a_repository_slot(store: SqlStore) -> None:

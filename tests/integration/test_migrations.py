@@ -125,3 +125,46 @@ def test_deploys_an_earlier_orch_left_begun_twice_migrate_to_one_in_flight(
         assert differences(store.engine) == []
     finally:
         store.close()
+
+
+def test_a_task_in_flight_keeps_the_working_time_it_had_before_the_slot_clock(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = sa.create_engine(url)
+    upgrade(engine, "0003")
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO tasks (id, key, repo, title, stage, status, version, branch,"
+                " pipeline, slot, cost_usd, tokens_in, tokens_out, created_at, updated_at) VALUES"
+                " (1, 'APP-1', 'app', 't', 'development', 'active', 4, 'orch/APP-1', '{}', 0,"
+                " 0, 0, 0, 100, 400)"
+            )
+        )
+        # active 100..150, waiting 150..350 (not work), active again from 350, moved at 400
+        for version, status, at in (
+            (1, "active", 100),
+            (2, "waiting", 150),
+            (3, "active", 350),
+            (4, "active", 400),
+        ):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO transitions (task_id, version, from_stage, to_stage,"
+                    " from_status, to_status, actor, reason, at) VALUES"
+                    f" (1, {version}, 'development', 'development', 'active', '{status}',"
+                    f" 't', '', {at})"
+                )
+            )
+    engine.dispose()
+
+    store = SqlStore(url)
+    try:
+        store.migrate()
+        task = store.get_task(1)
+        assert (task.worked_s, task.slot_since) == (100.0, 400.0)
+        assert task.worked(460.0) == 160.0
+        assert differences(store.engine) == []
+    finally:
+        store.close()

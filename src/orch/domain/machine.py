@@ -65,6 +65,9 @@ class StageWrite:
     rework_rounds: int = 0
     budgets: dict[str, Any] | None = None  # None: the task's overrides are kept
     clear_cancel: bool = False  # a STOP that lost the race to done is dropped
+    # the move is made only if no STOP is asked for when it is written: one asked while the
+    # job worked is applied instead, and the task never moves on after its STOP
+    unless_stopped: bool = False
 
 
 @dataclass(frozen=True)
@@ -110,10 +113,18 @@ def first_job_in_s(first: Decision) -> float | None:
     return 0.0 if first.status == TaskStatus.ACTIVE else None
 
 
-def advance(task: Task, decision: Decision, actor: str, read: tuple[int, ...] = ()) -> TaskChange:
+def advance(
+    task: Task,
+    decision: Decision,
+    actor: str,
+    read: tuple[int, ...] = (),
+    *,
+    unless_stopped: bool = False,
+) -> TaskChange:
     """A decision that moves the task (Move.ADVANCE or Move.PARK) ends its job and writes the
     next version. An active task's next job is due now; a waiting one's is its checkpoint's
-    timer, if it has one; a STOP unread when this is written gets a job due now."""
+    timer, if it has one; a STOP unread when this is written gets a job due now. With
+    `unless_stopped`, a STOP asked for by then refuses the move (the job applies the STOP)."""
     if decision.move == Move.RETRY:
         raise ValueError("a retry does not move the task: use retry()")
     rounds = 0 if decision.reset_rounds else task.rework_rounds
@@ -136,6 +147,7 @@ def advance(task: Task, decision: Decision, actor: str, read: tuple[int, ...] = 
         rework_rounds=rounds,
         budgets=decision.budgets,
         clear_cancel=decision.status == TaskStatus.DONE,
+        unless_stopped=unless_stopped and decision.status != TaskStatus.CANCELLED,
     )
     due: float | None = None
     if decision.status == TaskStatus.ACTIVE:

@@ -41,9 +41,11 @@ def task_ref(task_key: str, task_id: int) -> str:
     return f"{task_key}#{task_id}"
 
 
-def notify_key(task_key: str, task_id: int, version: int) -> str:
-    """One message per version a task reaches."""
-    return f"{task_ref(task_key, task_id)}:notify:v{version}"
+def notify_key(task_key: str, task_id: int, version: int, status: str) -> str:
+    """One message per version a task reaches and status it reaches it in (a STOP that arrives
+    as a job tells people where the task goes sends it to `cancelled` instead, with its own
+    message)."""
+    return f"{task_ref(task_key, task_id)}:notify:v{version}:{status}"
 
 
 def remind_key(task_key: str, task_id: int, version: int, rounds: int) -> str:

@@ -13,6 +13,7 @@ from orch.domain import pipeline as pl
 from orch.domain.errors import (
     AgentError,
     CancelRequested,
+    Interrupted,
     LeaseLost,
     OrchError,
     ShuttingDown,
@@ -30,12 +31,15 @@ from orch.services.work import Tools, Work
 log = logging.getLogger("orch.engine")
 
 CLOSE_PAUSES_S = (0.2, 0.5, 1.0)  # between tries to record how a run ended
-# how the run ended when the lease's supervisor interrupted it
-INTERRUPTED = {
-    CancelRequested: RunOutcome.STOPPED,
-    LeaseLost: RunOutcome.LEASE_LOST,
-    ShuttingDown: RunOutcome.SHUTDOWN,
-}
+
+
+def interrupted(signal: Interrupted) -> RunOutcome:
+    """How a run ended when the lease's supervisor interrupted it."""
+    if isinstance(signal, CancelRequested):
+        return RunOutcome.STOPPED
+    if isinstance(signal, ShuttingDown):
+        return RunOutcome.SHUTDOWN
+    return RunOutcome.LEASE_LOST
 
 
 def limits_of(store: Store, task: Task, pipeline: Pipeline, stage: Stage) -> Limits:
@@ -134,8 +138,8 @@ class AgentRunner:
                 report = replace(
                     report or AgentReport(False), ok=False, detail=why, over_budget=why
                 )
-        except (CancelRequested, LeaseLost, ShuttingDown) as signal:
-            outcome = INTERRUPTED[type(signal)]
+        except Interrupted as signal:
+            outcome = interrupted(signal)
             raise
         finally:
             self._close(work, run_id, proc, outcome, report)
@@ -185,6 +189,10 @@ class AgentRunner:
                 if pause is None or self.tools.shutdown.wait(pause):
                     log.warning("could not close run %s of %s: %s", run_id, task.key, exc)
                     return
+            except OrchError as exc:
+                # in a `finally`: raising would hide why the run ended
+                log.warning("could not close run %s of %s: %s", run_id, task.key, exc)
+                return
 
     def account_dead_runs(self, is_dead: Callable[[str], bool]) -> int:
         """Put in the ledger what the runs of dead workers spent, read back from their logs:

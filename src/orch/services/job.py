@@ -77,7 +77,7 @@ class Jobs:
             work = Work(task, pipeline, claim, lease, actor)
             # the one error boundary: a signal stops the job, a failure costs an attempt
             try:
-                self.write(task, claim, self._step(work), actor)
+                self.write(task, claim, self._step(work), actor, guarded=True)
             except Interrupted as signal:
                 self._interrupted(work, signal)
             except OrchError as exc:
@@ -93,17 +93,22 @@ class Jobs:
             raise CancelRequested("stop requested")
         if task.status in (TaskStatus.WAITING, TaskStatus.NEEDS_OPERATOR):
             return self.inbox.read(work)
-        # an active task waits for no one: what reached its inbox is read with this job's write
-        # and ignored (a STOP is left for the cancel that reads it)
+        # an active task waits for no one: what reached its inbox is read now and ignored (a
+        # STOP is left for the cancel that reads it); a job with none writes nothing here
         stray = self.inbox.stray(work)
+        if stray:
+            self.store.mark_events(work.claim, stray)
         left = deadline_left(self.store, task, work.pipeline)
         if left is not None and left <= 0:
-            return decided(pl.deadline_passed(work.pipeline, task.stage), read=stray)
-        return self.stages.run(work, left).reading(stray)
+            return decided(pl.deadline_passed(work.pipeline, task.stage))
+        return self.stages.run(work, left)
 
-    def write(self, task: Task, claim: Claim, outcome: Outcome, actor: str) -> None:
+    def write(
+        self, task: Task, claim: Claim, outcome: Outcome, actor: str, *, guarded: bool = False
+    ) -> None:
         """Write what a step decided, as one TaskChange; the events it answers are read in the
-        same transaction."""
+        same transaction. `guarded`: a STOP asked for while the step ran is applied instead of
+        the step's move (CancelRequested), so a task never moves on after its STOP."""
         if outcome.change is not None:
             self.store.apply(claim, outcome.change)
             return
@@ -113,10 +118,19 @@ class Jobs:
             backoff = self.tools.backoff(claim.attempt)
             self.store.apply(claim, machine.retry(decision.reason, backoff, read=outcome.read))
             return
+        if (
+            guarded
+            and decision.status != TaskStatus.ACTIVE
+            and self.store.cancel_requested(task.id)
+        ):
+            # before telling people where the task goes: it goes to its STOP instead
+            raise CancelRequested("stop requested")
         if decision.move == Move.PARK:
             self.outbox.settle_open(task, claim)
         self.outbox.notify(task, claim, decision)
-        change = machine.advance(task, decision, outcome.actor or actor, outcome.read)
+        change = machine.advance(
+            task, decision, outcome.actor or actor, outcome.read, unless_stopped=guarded
+        )
         self.store.apply(claim, change)
 
     def _interrupted(self, work: Work, signal: Interrupted) -> None:

@@ -73,7 +73,8 @@ class Outbox:
             text = f"{task.key} is cancelled: {decision.reason}"
         else:
             return
-        self.send(task, claim, notify_key(task.key, task.id, claim.version + 1), text)
+        key = notify_key(task.key, task.id, claim.version + 1, decision.status.value)
+        self.send(task, claim, key, text)
 
     def send(self, task: Task, claim: Claim, key: str, text: str) -> None:
         """Tell people, at most once per key and best-effort: a notifier that fails is

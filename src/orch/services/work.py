@@ -11,7 +11,7 @@ import os
 import random
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -172,14 +172,6 @@ class Outcome:
     change: TaskChange | None = None
     actor: str | None = None
     read: tuple[int, ...] = ()
-
-    def reading(self, more: tuple[int, ...]) -> Outcome:
-        """The same outcome, answering the inbox events `more` too."""
-        if not more:
-            return self
-        if self.change is not None:
-            return replace(self, change=replace(self.change, read=self.change.read + more))
-        return replace(self, read=self.read + more)
 
 
 def decided(decision: Decision, actor: str | None = None, read: tuple[int, ...] = ()) -> Outcome:

@@ -9,7 +9,7 @@ from typing import Any
 from orch import crashpoints
 from orch.adapters.store.memory.base import MemoryBase, _Tables
 from orch.domain import machine
-from orch.domain.errors import Conflict
+from orch.domain.errors import CancelRequested, Conflict
 from orch.domain.machine import TaskChange
 from orch.domain.model import (
     Claim,
@@ -201,8 +201,11 @@ class Leases(MemoryBase):
         claim: Claim | None = None,
     ) -> None:
         now = self.now()
-        self._mark(t, change.read, now)
         task = t.tasks[task_id]
+        write = change.write
+        if write is not None and write.unless_stopped and task.cancel_requested_at is not None:
+            raise CancelRequested("stop requested")
+        self._mark(t, change.read, now)
         rerun = task.version == version and any(
             e.task_id == task_id and e.processed_at is None and e.kind in change.rerun_if_unread
             for e in t.events.values()
@@ -224,7 +227,6 @@ class Leases(MemoryBase):
                 values["last_error"] = end.error[:2000]
             self._guard(t, claim, **values)
             self._close_runs(t, claim.job_id, RunOutcome.ERROR, "its worker could not record it")
-        write = change.write
         if write is None:
             if change.free_slot and task.version == version:
                 self._free_slot(t, task, now)

@@ -219,16 +219,20 @@ class SqlBase:
         says a second one means), or a Conflict."""
         delay = 0.005
         for attempt in range(12):
+            committing = False
             try:
                 with self._turn(), self._write_lock, self.engine.connect() as conn:
                     conn.execution_options(orch_write=True)
                     with conn.begin():
                         result = fn(conn)
+                        committing = True  # the block's end commits
                 if wakes:
                     self._notify()
                 return result
             except (OperationalError, IntegrityError) as exc:
-                if _transient(exc) and attempt < 11:
+                # a connection lost while committing may have committed: never written twice
+                ambiguous = committing and getattr(exc, "connection_invalidated", False)
+                if _transient(exc) and not ambiguous and attempt < 11:
                     time.sleep(delay)
                     delay = min(delay * 2, 0.25)
                     continue

@@ -20,11 +20,7 @@ from orch.domain.model import (
     Claim,
     Event,
 )
-from orch.domain.states import (
-    JobState,
-    Stage,
-    TaskStatus,
-)
+from orch.domain.states import TERMINAL_STATUSES, JobState, Stage, TaskStatus
 
 
 class InboxRecords(SqlBase):
@@ -62,16 +58,22 @@ class InboxRecords(SqlBase):
             ).first()
             if inserted is None:
                 return False
+            # locked before it is read, as a job's write locks it: a job moving the task now
+            # either sees this event, or is seen here having moved it
             task = conn.execute(
-                sa.select(
-                    t.tasks.c.repo, t.tasks.c.status, t.tasks.c.version, t.tasks.c.stage
-                ).where(t.tasks.c.id == task_id)
+                sa.select(t.tasks.c.repo, t.tasks.c.status, t.tasks.c.version, t.tasks.c.stage)
+                .where(t.tasks.c.id == task_id)
+                .with_for_update()
             ).one()
             effect = machine.on_event(TaskStatus(task.status), cancel)
             if effect.raise_cancel:
                 conn.execute(
                     sa.update(t.tasks)
-                    .where(t.tasks.c.id == task_id, t.tasks.c.cancel_requested_at.is_(None))
+                    .where(
+                        t.tasks.c.id == task_id,
+                        t.tasks.c.cancel_requested_at.is_(None),
+                        t.tasks.c.status.not_in([s.value for s in TERMINAL_STATUSES]),
+                    )
                     .values(cancel_requested_at=now)
                 )
             if cancel:

@@ -21,7 +21,7 @@ from orch.adapters.store.sql.base import (
     _task,
 )
 from orch.domain import machine
-from orch.domain.errors import Conflict
+from orch.domain.errors import CancelRequested, Conflict
 from orch.domain.machine import TaskChange
 from orch.domain.model import Claim, Event, Run, Task
 from orch.domain.states import (
@@ -256,7 +256,9 @@ class Leases(SqlBase):
         self, conn: Connection, task_id: int, version: int, reason: str, actor: str
     ) -> bool:
         row = conn.execute(
-            sa.select(t.tasks).where(t.tasks.c.id == task_id, t.tasks.c.version == version)
+            sa.select(t.tasks)
+            .where(t.tasks.c.id == task_id, t.tasks.c.version == version)
+            .with_for_update()
         ).first()
         if row is None:
             return False
@@ -362,6 +364,15 @@ class Leases(SqlBase):
         claim: Claim | None = None,
     ) -> None:
         now = self._db_now(conn)
+        # the task's row is locked first, as append_event locks it before it reads the task:
+        # an event appended meanwhile is either seen below, or sees what this change wrote
+        current, stopped = conn.execute(
+            sa.select(t.tasks.c.version, t.tasks.c.cancel_requested_at.is_not(None))
+            .where(t.tasks.c.id == task_id)
+            .with_for_update()
+        ).one()
+        if change.write is not None and change.write.unless_stopped and stopped:
+            raise CancelRequested("stop requested")
         if change.read:
             conn.execute(
                 sa.update(t.events)
@@ -372,10 +383,7 @@ class Leases(SqlBase):
         # did would find the task moved on, and run again, for ever
         rerun = (
             bool(change.rerun_if_unread)
-            and conn.execute(
-                sa.select(t.tasks.c.version).where(t.tasks.c.id == task_id)
-            ).scalar_one()
-            == version
+            and current == version
             and conn.execute(
                 sa.select(t.events.c.id)
                 .where(
