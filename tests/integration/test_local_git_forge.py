@@ -13,6 +13,7 @@ from orch.demo import sample
 from orch.domain.errors import (
     ConfigError,
     DefaultMoved,
+    ForgeError,
     HeadMoved,
     MergeConflict,
     WorkspaceError,
@@ -290,3 +291,31 @@ def test_a_checkout_leaves_exactly_the_commits_tree(forge: tuple[LocalGitForge, 
     assert not (wt / ".env").exists() and not (wt / "vendored").exists()
     assert (wt / "NOTES.md").read_text() == "notes\n"
     assert (wt / ".git").read_text().startswith("gitdir: ")
+
+
+def test_a_push_a_stale_worker_made_after_the_attempt_began_is_replaced_by_the_holders(
+    forge: tuple[LocalGitForge, Path], tmp_path: Path
+) -> None:
+    f, remote = forge
+    first = change(f, "orch/A-1", "NOTES.md", "the analysis\n")
+    mine = f.prepare_worktree("sample", "orch/A-1")  # the job's holder starts its attempt
+    # a worker that lost the job, paused until now, pushes what it had made
+    stale = LocalGitForge(tmp_path / "stale-ws", {"sample": (str(remote), "main")})
+    gone = change(stale, "orch/A-1", "NOTES.md", "an attempt nobody holds\n")
+    assert rev(remote, "orch/A-1") == gone
+    (mine / "NOTES.md").write_text("the holder's work\n")
+    head = f.commit_and_push("sample", mine, "orch/A-1", "the holder's attempt")
+    assert rev(remote, "orch/A-1") == head
+    assert rev(remote, f"{head}^") == first  # built on the branch as the attempt found it
+
+
+def test_the_forge_never_pushes_a_commit_to_the_default_branch(
+    forge: tuple[LocalGitForge, Path],
+) -> None:
+    f, remote = forge
+    before = rev(remote, "main")
+    wt = f.prepare_worktree("sample", "orch/A-1")
+    (wt / "NOTES.md").write_text("notes\n")
+    with pytest.raises(ForgeError, match="never pushes to main"):
+        f.commit_and_push("sample", wt, "main", "straight onto main")
+    assert rev(remote, "main") == before

@@ -243,7 +243,9 @@ class LocalGitForge:
         return path
 
     def commit_and_push(self, repo: str, worktree: Path, branch: str, message: str) -> str:
-        url, _ = self._remote(repo)
+        url, default = self._remote(repo)
+        if branch == default:
+            raise ForgeError(f"orch never pushes to {default}, the default branch, itself")
         # the repository's .gitignore is honoured as git does; caches and dependency trees an
         # agent's tools left behind are not committed either
         excludes = self._exclude_file(repo)
@@ -257,7 +259,18 @@ class LocalGitForge:
         # the mirror's remote-tracking ref is updated with the push, and a fetch in another
         # thread updates it too: under the repository's lock, or git refuses one of them
         with self._locks[repo]:
-            self._in_worktree(repo, worktree, "push", "--quiet", url, f"{head}:refs/heads/{branch}")
+            refspec = f"{head}:refs/heads/{branch}"
+            pushed = self._in_worktree(repo, worktree, "push", "--quiet", url, refspec, check=False)
+            if pushed.returncode != 0:
+                theirs = self.branch_head(repo, branch)
+                if theirs is None or not _refused_as_behind(pushed.stderr):
+                    said = pushed.stderr.strip().splitlines()
+                    raise ForgeError(f"git push failed: {said[-1] if said else pushed.returncode}")
+                # the worktree started from the branch as the remote had it, so whatever came
+                # after was pushed by a worker that lost this job (paused, then resumed before it
+                # learnt so): the job's holder owns the task branch, and replaces exactly that
+                lease = f"--force-with-lease=refs/heads/{branch}:{theirs}"
+                self._in_worktree(repo, worktree, "push", "--quiet", lease, url, refspec)
             self._git(
                 "update-ref", f"refs/remotes/origin/{branch}", head, cwd=self.mirror_dir(repo)
             )
@@ -482,3 +495,8 @@ class LocalGitForge:
 def _last_line(message: str) -> str:
     lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
     return lines[-1] if lines else ""
+
+
+def _refused_as_behind(stderr: str) -> bool:
+    """Whether git refused a push because the remote branch has commits the pushed one lacks."""
+    return any(s in stderr for s in ("non-fast-forward", "fetch first", "[rejected]"))
