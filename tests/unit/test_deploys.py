@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 
 from orch.adapters.agents.scripted import ScriptedAgent
+from orch.adapters.store import schema as tables
+from orch.domain import naming
 from orch.domain.model import Task
 from orch.domain.states import EffectState, Stage, TaskStatus
-from orch.ports import DeployTarget, RepoSettings
+from orch.ports import DeployTarget, RepoSettings, Store
 from orch.services.views import task_detail
-from orch.testing import Rig, rig
+from orch.testing import Rig, rig, sql_memory_store
 
 
 @pytest.fixture
@@ -23,6 +25,12 @@ def prod(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def r(tmp_path: Path, prod: Path) -> Iterator[Rig]:
+    made = production_rig(tmp_path, prod)
+    yield made
+    made.close()
+
+
+def production_rig(tmp_path: Path, prod: Path, store: Store | None = None) -> Rig:
     broken = tmp_path / "broken"
     # the target keeps the release it runs in a file; its check fails while `broken` exists
     deploy = DeployTarget(
@@ -34,9 +42,7 @@ def r(tmp_path: Path, prod: Path) -> Iterator[Rig]:
         test_command="true",
         deploy={"staging": DeployTarget("true"), "production": deploy},
     )
-    made = rig({"default": ScriptedAgent()}, repo=repo)
-    yield made
-    made.close()
+    return rig({"default": ScriptedAgent()}, repo=repo, store=store)
 
 
 def to_confirm_deploy(r: Rig, title: str) -> Task:
@@ -77,6 +83,38 @@ def test_confirming_the_newer_release_first_leaves_production_on_it(r: Rig, prod
         ("production", "superseded"),
     ]
     assert deploys[1]["superseded_by"] == release_of(r, newer)
+
+
+def test_a_deploy_settles_an_unknown_deploy_to_its_target_first_and_never_moves_it_back(
+    tmp_path: Path, prod: Path
+) -> None:
+    store = sql_memory_store()
+    r = production_rig(tmp_path, prod, store)
+    try:
+        older = to_confirm_deploy(r, "First change")
+        newer = to_confirm_deploy(r, "Second change")
+        assert confirm(r, newer).status == TaskStatus.DONE
+        # the newer release's deploy ran, but its worker died before recording it: unknown
+        key = naming.deploy_key("app", "production", release_of(r, newer))
+        with store.engine.begin() as conn:
+            conn.execute(
+                tables.effects.update().where(tables.effects.c.key == key).values(state="UNKNOWN")
+            )
+        done = confirm(r, older)
+        assert done.status == TaskStatus.DONE
+        # the check said production runs the newer release: the older one is not deployed
+        assert prod.read_text().strip() == release_of(r, newer)
+        assert Path(f"{prod}.log").read_text().split() == [release_of(r, newer)]
+        settled = r.store.get_effect(key)
+        assert settled is not None
+        assert (settled.state, settled.result["resolved_by"]) == (EffectState.SUCCEEDED, "check")
+        deploys = task_detail(r.store, done)["deploys"]
+        assert [(d["target"], d["outcome"]) for d in deploys] == [
+            ("staging", "deployed"),
+            ("production", "superseded"),
+        ]
+    finally:
+        r.close()
 
 
 def test_confirming_in_order_deploys_each_release_forward(r: Rig, prod: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from orch.domain import pipeline as pl
-from orch.domain.errors import ForgeError
+from orch.domain.errors import Busy, ForgeError
 from orch.domain.naming import deploy_key, rollback_key, superseded_key
 from orch.domain.pipeline import Decision
 from orch.domain.states import UNRESOLVED_EFFECT_STATES, EffectKind, EffectState, RunOutcome
@@ -64,8 +64,20 @@ class Deployer:
         if skipped is not None and skipped.state in UNRESOLVED_EFFECT_STATES:
             # interrupted while recording a skip: nothing ran, the choice is made again below
             self.store.finish_effect(claim, skipped.key, EffectState.FAILED, {"error": "redone"})
+        # the target's one deploy slot is taken first: what it runs is read while no other
+        # deploy can move it, after any deploy whose outcome was left unknown is settled
+        self.store.begin_effect(
+            claim, key, EffectKind.DEPLOY.for_target(target), repo.name, release
+        )
+        unsettled = self._settle_target(work, repo, target, worktree)
+        if unsettled:
+            self.store.finish_effect(claim, key, EffectState.FAILED, {"error": unsettled})
+            raise Busy(unsettled)
         running = self._running(repo.name, target)
         if running and running != release and self.forge.is_ancestor(task.repo, release, running):
+            self.store.finish_effect(
+                claim, key, EffectState.FAILED, {"error": "superseded", "superseded_by": running}
+            )
             result = {"release": release, "target": target, "superseded_by": running}
             self.outbox.once(
                 claim,
@@ -77,9 +89,6 @@ class Deployer:
             )
             log.info("%s: %s already runs %s, newer than %s", task.key, target, running, release)
             return release
-        self.store.begin_effect(
-            claim, key, EffectKind.DEPLOY.for_target(target), repo.name, release
-        )
         work.lease.renew()
         code, timed_out, proc, log_path = self._run(work, spec.command, worktree, target, release)
         if code == 0 and not timed_out:
@@ -102,6 +111,31 @@ class Deployer:
             claim, key, EffectState.FAILED, {"exit_code": code, "log": str(log_path)}
         )
         raise ForgeError(f"deploy to {target} exited {code}: {proc.tail(400)}")
+
+    def _settle_target(self, work: Work, repo: RepoSettings, target: str, worktree: Path) -> str:
+        """Ask the target's check about every deploy to it whose outcome was left unknown (its
+        worker died, or its task was parked mid-deploy): what the target runs is not known
+        until each is settled. Empty when all are; else why this deploy must wait."""
+        kind = EffectKind.DEPLOY.for_target(target)
+        spec = repo.deploy[target]
+        while (
+            other := self.store.latest_effect(repo.name, [kind], EffectState.UNKNOWN)
+        ) is not None:
+            release = other.precondition
+            code = self._check(work, spec.check, worktree, target, release) if spec.check else None
+            if code == 0:
+                state = EffectState.SUCCEEDED
+                result = {"release": release, "target": target, "resolved_by": "check"}
+            elif code == 1:
+                state = EffectState.FAILED
+                result = {"error": "not deployed", "resolved_by": "check"}
+            else:
+                return (
+                    f"the outcome of the deploy of {release[:12]} to {target}"
+                    f" ({other.key}) is unknown; {target} is not deployed to until it is settled"
+                )
+            self.store.finish_effect(work.claim, other.key, state, result)
+        return ""
 
     def _running(self, repo: str, target: str) -> str:
         """The release `target` runs, as far as orch made it so: the last deploy or rollback

@@ -244,8 +244,8 @@ def deploys(effects: list[Effect]) -> list[dict[str, Any]]:
     for e in effects:
         kind, _, target = e.kind.partition(":")
         outcome = _DEPLOY_OUTCOMES.get((kind, e.state))
-        if outcome is None:
-            continue
+        if outcome is None or (kind == EffectKind.DEPLOY and e.result.get("superseded_by")):
+            continue  # a deploy found superseded once it held the slot: its skip tells it
         if outcome == "deployed" and e.result.get("check") == "failed":
             outcome = "check failed"
         out.append(
