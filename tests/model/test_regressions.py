@@ -108,8 +108,11 @@ def test_a_task_dead_lettered_mid_deploy_does_not_block_the_targets_deploys(
     assert r.intake.task(first.key).status == TaskStatus.NEEDS_OPERATOR
     second = r.intake.file(REPO, "Second")
     settle(world)
+    # the next deploy to the target settles it first, by the target's check: it never ran
     deploy = [e for e in r.store.effects(first.id) if e.kind == "deploy:staging"]
-    assert [e.state for e in deploy] == [EffectState.UNKNOWN], "nobody drives it: unknown"
+    assert [(e.state, e.result.get("resolved_by")) for e in deploy] == [
+        (EffectState.FAILED, "check")
+    ]
     assert r.intake.task(second.key).status == TaskStatus.DONE
 
 
