@@ -90,16 +90,17 @@ def stranded(record: Record) -> list[str]:
 # -- I3: no zombie job ---------------------------------------------------------------------------
 
 
-def past_leases(record: Record, expired_before: float) -> list[str]:
+def past_leases(record: Record, expired_before: float | None) -> list[str]:
     """No job still runs under a lease that expired before `expired_before` (the last sweep, or
-    now less a sweep's grace): the sweeper requeues or dead-letters every such job."""
+    now less a sweep's grace; None: before no sweep yet), for the sweeper requeues or
+    dead-letters every such job; and none runs without a lease."""
     out = []
     for job in record.jobs:
         if job.state != JobState.RUNNING:
             continue
         if job.expires_at is None or job.owner is None:
             out.append(f"job {job.id} (task {job.task_id}) is running without a lease")
-        elif job.expires_at < expired_before:
+        elif expired_before is not None and job.expires_at < expired_before:
             out.append(
                 f"job {job.id} (task {job.task_id} v{job.version}) still runs under {job.owner},"
                 f" whose lease expired {expired_before - job.expires_at:.1f}s before it should"

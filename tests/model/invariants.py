@@ -144,7 +144,7 @@ def check_i3(o: Observed, *, swept_at: float | None) -> None:
     ran (`swept_at`, sim time; the sweep requeues or dead-letters every job whose lease
     expired before it, so a job outlives its lease by at most one sweep), and no agent process
     lives for a task that no job is running."""
-    _raise("I3", invariants.past_leases(o.record, swept_at if swept_at is not None else -1e18))
+    _raise("I3", invariants.past_leases(o.record, swept_at))
     live = [a for a in o.agents if a.alive]
     for key, n in Counter(a.task_key for a in live).items():
         if n > 1:

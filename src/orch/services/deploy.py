@@ -122,20 +122,30 @@ class Deployer:
             other := self.store.latest_effect(repo.name, [kind], EffectState.UNKNOWN)
         ) is not None:
             release = other.precondition
-            code = self._check(work, spec.check, worktree, target, release) if spec.check else None
-            if code == 0:
-                state = EffectState.SUCCEEDED
-                result = {"release": release, "target": target, "resolved_by": "check"}
-            elif code == 1:
-                state = EffectState.FAILED
-                result = {"error": "not deployed", "resolved_by": "check"}
-            else:
+            settled = self._settle(work, spec.check, worktree, other.key, target, release)
+            if settled is None:
                 return (
                     f"the outcome of the deploy of {release[:12]} to {target}"
                     f" ({other.key}) is unknown; {target} is not deployed to until it is settled"
                 )
-            self.store.finish_effect(work.claim, other.key, state, result)
         return ""
+
+    def _settle(
+        self, work: Work, check: str, worktree: Path, key: str, target: str, release: str
+    ) -> bool | None:
+        """Settle the unconfirmed deploy under `key` by the target's check: True (SUCCEEDED),
+        False (FAILED: only an explicit "not deployed", exit 1, allows deploying again) or
+        None (no check, or it could not tell: the effect stays as it is)."""
+        code = self._check(work, check, worktree, target, release) if check else None
+        if code == 0:
+            result = {"release": release, "target": target, "resolved_by": "check"}
+            self.store.finish_effect(work.claim, key, EffectState.SUCCEEDED, result)
+            return True
+        if code == 1:
+            result = {"error": "not deployed", "resolved_by": "check"}
+            self.store.finish_effect(work.claim, key, EffectState.FAILED, result)
+            return False
+        return None
 
     def _running(self, repo: str, target: str) -> str:
         """The release `target` runs, as far as orch made it so: the last deploy or rollback
@@ -294,19 +304,4 @@ class Deployer:
         if spec is None or not spec.check:
             return None
         worktree = self.forge.prepare_worktree(task.repo, task.branch)
-        code = self._check(work, spec.check, worktree, target, release)
-        if code == 0:
-            self.store.finish_effect(
-                claim,
-                key,
-                EffectState.SUCCEEDED,
-                {"release": release, "target": target, "resolved_by": "check"},
-            )
-            return True
-        if code == 1:
-            self.store.finish_effect(
-                claim, key, EffectState.FAILED, {"error": "not deployed", "resolved_by": "check"}
-            )
-            return False
-        # only an explicit "not deployed" (exit 1) allows deploying again
-        return None
+        return self._settle(work, spec.check, worktree, key, target, release)

@@ -8,7 +8,6 @@ that moves T to its next version and enqueues the next job, or gives the job bac
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 
 from orch.domain import machine
 from orch.domain import pipeline as pl
@@ -47,15 +46,8 @@ class Jobs:
         self.stopper = stopper
 
     def run(self, claim: Claim, owner: str) -> None:
-        if claim.task is None:  # a claim made by hand: read what the store's claim carries
-            claim = replace(
-                claim,
-                task=self.store.get_task(claim.task_id),
-                events=tuple(self.store.pending_events(claim.task_id)),
-                last_run=next(reversed(self.store.runs(claim.task_id)), None),
-            )
         task = claim.task
-        assert task is not None
+        assert task is not None, "a store's claim carries its task"
         if task.version != claim.version or is_terminal(task.status):
             self.store.apply(claim, machine.nothing_to_do(task))
             return
