@@ -224,6 +224,11 @@ def protected_paths(settings: Settings, logs: Path) -> list[Path]:
 STORE_FILES = ("", "-wal", "-shm", "-journal", ".serve.lock")
 
 
+def store_at(url: str, *, pool_size: int = 2) -> Store:
+    """The store at `url` (not migrated), for a process that only watches it."""
+    return SqlStore(url, pool_size=pool_size)
+
+
 def open_store(settings: Settings, clock: Callable[[], float] | None = None) -> Store:
     """The store the settings name (not migrated). `clock` replaces the database's clock: a
     simulated one, for tests on SQLite."""
@@ -341,7 +346,7 @@ def build(
         agents=all_agents,
         engine=engine,
         dispatcher=dispatcher,
-        intake=Intake(store, repos, lambda repo: app.pipeline_for(repo)),
+        intake=Intake(store, repos, lambda repo: app.pipeline_for(repo), engine.stop_asked),
         notifier=notifier,
     )
     return app

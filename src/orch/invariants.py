@@ -1,28 +1,43 @@
-"""The invariants of DESIGN.md §4 that the store's record alone can prove, implemented once.
+"""The invariants of DESIGN.md §4, implemented once, over an observation.
 
-`read(store)` observes what orch recorded, through the Store port, so any store (memory, SQLite,
-PostgreSQL) can be checked the same way. The checks take that `Record` and return violations in
-words a person can follow up. The model-based tests (tests/model) and `orch chaos`
-(orch.chaos.checks) both use them; each adds the evidence only it has (a memory forge's merges,
-a remote's history, the process table).
+An `Observation` is what an observer saw: the store's `Record`, read through the Store port so
+any store (memory, SQLite, PostgreSQL) is checked the same way, and the `World` beside it, the
+evidence a check trusts over the store's own word (the merges a forge made, the deploys that
+ran, the notifications sent, the agents alive). The model-based tests (tests/model) observe a
+rig, `orch chaos` (orch.chaos.checks) observes bare remotes, deploy logs, log lines and the
+process table; both run these checks. Each returns its violations in words a person can follow
+up.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 from orch.domain import pipeline as pl
 from orch.domain.machine import TRANSITIONS, Happening
 from orch.domain.model import Effect, Event, GateRecord, Job, Run, Task, Transition
-from orch.domain.states import JobState, Stage, TaskStatus
+from orch.domain.states import (
+    DECISIONS,
+    UNRESOLVED_EFFECT_STATES,
+    EffectKind,
+    EffectState,
+    EventKind,
+    JobState,
+    Stage,
+    TaskStatus,
+)
 from orch.ports import Store
 
 TERMINAL = (TaskStatus.DONE, TaskStatus.CANCELLED)
 # every status-to-status move some happening may make (filing aside)
 MOVES = frozenset((f, t) for h, f, t in TRANSITIONS if h != Happening.FILED)
 FIRST = frozenset(t for h, _, t in TRANSITIONS if h == Happening.FILED)
+# why a STOPped task may be parked instead of cancelled: the STOP waits behind an effect whose
+# outcome nobody can tell, or its clean-up failed; an operator decides
+STOP_PARK_REASONS = ("an operator must decide", "outlived its bound", "stop could not be applied")
 
 
 @dataclass(frozen=True)
@@ -41,6 +56,14 @@ class Record:
     def jobs_of(self, task_id: int) -> list[Job]:
         return [j for j in self.jobs if j.task_id == task_id]
 
+    def events_of(self, task_id: int, kind: str | None = None) -> list[Event]:
+        return [e for e in self.events if e.task_id == task_id and kind in (None, e.kind)]
+
+    def by_key(self, key: str) -> Task | None:
+        """The newest task of a ticket (a ticket started again after a STOP has several)."""
+        found = [t for t in self.tasks if t.key == key]
+        return max(found, key=lambda t: t.id) if found else None
+
 
 def read(store: Store) -> Record:
     """Read through the store's own port, so the checks see exactly what orch wrote."""
@@ -56,6 +79,89 @@ def read(store: Store) -> Record:
     record.jobs.sort(key=lambda j: j.id)
     record.events.sort(key=lambda e: e.id)
     return record
+
+
+@dataclass(frozen=True)
+class Agent:
+    """An agent process the observer saw alive."""
+
+    task_key: str
+    stage: str
+
+
+@dataclass(frozen=True)
+class World:
+    """What happened outside the store, as the observer saw it."""
+
+    limits: Mapping[str, int]  # repository -> max_active
+    # (repository, head) -> how many times the head was merged into the default branch
+    merged: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # repository -> the commits on its default branch (or at least the merges the forge made)
+    landed: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    rewritten: tuple[str, ...] = ()  # repositories whose default branch lost its first commit
+    # (repository, target, release) -> how many times a deploy ran to its end; None: not watched
+    deploys: Counter[tuple[str, str, str]] | None = None
+    sent: Counter[str] = field(default_factory=Counter)  # notification key -> times sent
+    # a notifier that cannot be asked whether it sent (a log) sends again when its sender died
+    # between sending and recording: at-least-once, so a repeat is not a violation
+    notifies_at_least_once: bool = False
+    agents: tuple[Agent, ...] = ()  # agent processes alive now
+    run_ends: Mapping[int, float] = field(default_factory=dict)  # ends of runs not closed
+
+
+@dataclass(frozen=True)
+class Observation:
+    record: Record
+    world: World
+
+
+def _twice(items: Iterable[object]) -> list[object]:
+    return [item for item, n in Counter(items).items() if n > 1]
+
+
+# -- I1: at most one merge per head and one deploy per release, ever; and each as recorded ------
+
+
+def irreversible(o: Observation) -> list[str]:
+    """Counted in the world (the forge, the deploy log), then matched against the effects the
+    store says SUCCEEDED: a recorded merge or deploy the world does not show is a lie."""
+    record, world = o.record, o.world
+    out = [
+        f"{repo}: head {head[:12]} merged {n} times"
+        for (repo, head), n in sorted(world.merged.items())
+        if n > 1
+    ]
+    out += [f"{repo}: its default branch was rewritten" for repo in world.rewritten]
+    # an effect written before effects named their repository acts on its task's
+    repo_of = {t.id: t.repo for t in record.tasks}
+    succeeded = [
+        replace(e, repo=e.repo or repo_of.get(e.task_id, ""))
+        for e in record.effects
+        if e.state == EffectState.SUCCEEDED
+    ]
+    production = EffectKind.DEPLOY.for_target("production")
+    doubled = _twice((e.repo, e.precondition) for e in succeeded if e.kind == production)
+    if doubled:
+        out.append(f"production deploy recorded twice (repo, release): {doubled}")
+    for effect in succeeded:
+        if effect.kind != EffectKind.MERGE:
+            continue
+        sha = str(effect.result.get("merge_sha", ""))
+        if sha not in world.landed.get(effect.repo, frozenset()):
+            out.append(f"{effect.key}: SUCCEEDED, but {sha[:12] or 'no commit'} is not merged")
+    if world.deploys is None:
+        return out
+    out += [
+        f"{repo}: release {release[:12]} deployed to {target} {n} times"
+        for (repo, target, release), n in sorted(world.deploys.items())
+        if n > 1
+    ]
+    for effect in succeeded:
+        if EffectKind.DEPLOY.of(effect.kind):
+            target = effect.kind.split(":", 1)[1]
+            if not world.deploys[(effect.repo, target, effect.precondition)]:
+                out.append(f"{effect.key}: SUCCEEDED, but the deploy never ran")
+    return out
 
 
 # -- I2: no lost task ----------------------------------------------------------------------------
@@ -106,6 +212,21 @@ def past_leases(record: Record, expired_before: float | None) -> list[str]:
                 f" whose lease expired {expired_before - job.expires_at:.1f}s before it should"
                 " have been swept"
             )
+    return out
+
+
+def agents(o: Observation) -> list[str]:
+    """No two agents live for one task, and no agent lives for a task no job is running."""
+    out = []
+    live = Counter(a.task_key for a in o.world.agents)
+    out += [f"{n} agents alive at once for {key}" for key, n in live.items() if n > 1]
+    for agent in o.world.agents:
+        task = o.record.by_key(agent.task_key)
+        running = task is not None and any(
+            j.state == JobState.RUNNING for j in o.record.jobs_of(task.id)
+        )
+        if not running:
+            out.append(f"the {agent.stage} agent of {agent.task_key} lives, and no job runs it")
     return out
 
 
@@ -187,6 +308,234 @@ def _step(
         if not (rework or rejected or retried):
             return [f"{where} goes back, but is no rework, rejection or operator's retry"]
     return []
+
+
+# -- I5: per-repository limits hold at every instant --------------------------------------------
+
+
+def limits(o: Observation) -> list[str]:
+    """At the moment observed: the tasks holding a repository slot never exceed its
+    `max_active`, each holds a distinct slot below it, and only an active task holds one (a
+    wait holds nothing); a running job of an active task works under its task's slot, unless it
+    only applies a STOP (which needs none); the repository's one merge in flight (an unresolved
+    merge effect) belongs to an active task (rule 11). Over the whole history: at no instant
+    more agent runs in flight than `max_active`, and never two runs of one task at once."""
+    record, out = o.record, []
+    for repo, limit in sorted(o.world.limits.items()):
+        holders = [t for t in record.tasks if t.repo == repo and t.slot is not None]
+        if len(holders) > limit:
+            keys = [t.key for t in holders]
+            out.append(f"{len(holders)} tasks {keys} hold slots of {repo}, max {limit}")
+        slots = [t.slot for t in holders]
+        if _twice(slots) or any(s is None or not 0 <= s < limit for s in slots):
+            out.append(f"slots {slots} of {repo} are not distinct slots below {limit}")
+        out += [
+            f"{t.key} is {t.status} and still holds slot {t.slot}"
+            for t in holders
+            if t.status != TaskStatus.ACTIVE
+        ]
+    working = {j.task_id for j in record.jobs if j.state == JobState.RUNNING}
+    out += [
+        f"{t.key} runs a job of {t.repo} without a slot"
+        for t in record.tasks
+        if t.id in working
+        and t.status == TaskStatus.ACTIVE
+        and t.cancel_requested_at is None
+        and t.slot is None
+    ]
+    status = {t.id: (t.key, t.status) for t in record.tasks}
+    for e in record.effects:
+        if e.kind == EffectKind.MERGE and e.state in UNRESOLVED_EFFECT_STATES:
+            key, st = status[e.task_id]
+            if st != TaskStatus.ACTIVE:
+                out.append(f"{key} is {st} and holds {e.repo}'s merge slot: {e.key} is {e.state}")
+    peaks = run_peaks(record, o.world.run_ends)
+    for repo, (peak, at) in sorted(peaks.in_flight.items()):
+        if peak > o.world.limits.get(repo, 0):
+            out.append(
+                f"{repo}: {peak} runs in flight at {at:.3f}, limit {o.world.limits.get(repo, 0)}"
+            )
+    out += [f"{key}: two runs at once at {at:.3f}" for key, at in peaks.overlaps]
+    return out
+
+
+@dataclass(frozen=True)
+class Peaks:
+    in_flight: dict[str, tuple[int, float]]  # repository -> (most runs at once, when)
+    overlaps: list[tuple[str, float]]  # (task key, when) two runs of one task overlapped
+    skipped: int  # runs with no end, recorded or observed
+
+
+def run_peaks(record: Record, run_ends: Mapping[int, float]) -> Peaks:
+    """The runs' intervals. A run whose supervisor was killed has no `ended_at`; `run_ends`
+    gives the end the observer saw for some of them (the last moment its agent was seen
+    alive); the others are skipped, and counted."""
+    repo_of = {t.id: t.repo for t in record.tasks}
+    key_of = {t.id: t.key for t in record.tasks}
+    spans: dict[str, list[tuple[float, float, int]]] = defaultdict(list)
+    skipped = 0
+    for run in record.runs:
+        end = run.ended_at if run.ended_at is not None else run_ends.get(run.id)
+        if end is None:
+            skipped += 1
+            continue
+        spans[repo_of.get(run.task_id, "?")].append((run.started_at, end, run.task_id))
+    in_flight, overlaps = {}, []
+    for repo, own in sorted(spans.items()):
+        in_flight[repo] = _peak(own)
+        overlaps += [(key_of.get(tid, str(tid)), at) for tid, at in _same_task_overlaps(own)]
+    return Peaks(in_flight, overlaps, skipped)
+
+
+def _peak(spans: Sequence[tuple[float, float, int]]) -> tuple[int, float]:
+    # ends sort before starts at the same instant: a run that ends as another starts is not
+    # concurrent with it
+    points = sorted([(s, 1) for s, _, _ in spans] + [(e, -1) for _, e, _ in spans])
+    current = best = 0
+    best_at = 0.0
+    for at, delta in points:
+        current += delta
+        if current > best:
+            best, best_at = current, at
+    return best, best_at
+
+
+def _same_task_overlaps(spans: Sequence[tuple[float, float, int]]) -> list[tuple[int, float]]:
+    by_task: dict[int, list[tuple[float, float]]] = defaultdict(list)
+    for s, e, task_id in spans:
+        by_task[task_id].append((s, e))
+    out = []
+    for task_id, own in by_task.items():
+        own.sort()
+        out += [(task_id, s2) for (_, e1), (s2, _) in itertools.pairwise(own) if s2 < e1]
+    return out
+
+
+# -- I6: after STOP the task is cancelled within a bound, and nothing of it runs ----------------
+
+
+def stops(o: Observation, *, settled: bool, bound_s: float | None = None) -> list[str]:
+    """No run starts after its task was cancelled, and a cancelled task's agent is dead. Once
+    the system has `settled`, a STOPped task is cancelled (within `bound_s` of its STOP, if one
+    is given), or finished first (the STOP lost the race to done), or is parked because the
+    STOP waits on an effect whose outcome is unknown (or on a clean-up that failed)."""
+    record, out = o.record, []
+    for task in record.tasks:
+        cancelled_at = cancelled(record.transitions.get(task.id, []))
+        if cancelled_at is not None:
+            out += [
+                f"{task.key}: a {run.stage} run started after it was cancelled"
+                for run in record.runs
+                if run.task_id == task.id and run.started_at > cancelled_at
+            ]
+            alive = [a.stage for a in o.world.agents if a.task_key == task.key]
+            if alive:
+                out.append(f"{task.key} is cancelled, and its {alive} agent lives")
+        asked = record.events_of(task.id, EventKind.STOP)
+        if not asked:
+            continue
+        if cancelled_at is not None and bound_s is not None:
+            took = cancelled_at - asked[0].created_at
+            if took > bound_s:
+                out.append(f"{task.key}: cancelled {took:.1f}s after its STOP")
+        if not settled or task.status in TERMINAL:
+            continue
+        parked_on_purpose = task.status == TaskStatus.NEEDS_OPERATOR and any(
+            why in task.status_reason for why in STOP_PARK_REASONS
+        )
+        if not parked_on_purpose:
+            out.append(
+                f"{task.key} was stopped and has settled at {task.stage}/{task.status}"
+                f" ({task.status_reason!r})"
+            )
+    return out
+
+
+def cancelled(trs: Sequence[Transition]) -> float | None:
+    """When a task's history cancelled it, if it did."""
+    for tr in trs:
+        if tr.to_status == TaskStatus.CANCELLED or tr.to_stage == Stage.CANCELLED:
+            return tr.at
+    return None
+
+
+# -- I7: every idempotency key succeeds at most once --------------------------------------------
+
+
+def keys(o: Observation) -> list[str]:
+    """The store holds each effect key once; each notification was sent once under its key (a
+    notifier that sends at least once may repeat one), and a notification recorded SUCCEEDED
+    was sent."""
+    record, world = o.record, o.world
+    out = [
+        f"effect key {key} recorded {n} times" for key, n in _counts(e.key for e in record.effects)
+    ]
+    if not world.notifies_at_least_once:
+        out += [f"notified {n} times under key {key}" for key, n in _counts(world.sent.elements())]
+    out += [
+        f"notification {e.key} SUCCEEDED, and was never sent"
+        for e in record.effects
+        if e.kind == EffectKind.NOTIFY
+        and e.state == EffectState.SUCCEEDED
+        and not world.sent[e.key]
+    ]
+    return out
+
+
+def _counts(items: Iterable[str]) -> list[tuple[str, int]]:
+    return sorted((k, n) for k, n in Counter(items).items() if n > 1)
+
+
+# -- I8: after the last fault, every task converges ---------------------------------------------
+
+
+def converged(o: Observation, *, every_wait_answered: bool, idle: bool) -> list[str]:
+    """Every task is done, cancelled, parked for an operator, or waits for a person's decision
+    nobody has given: a decision recorded for its wait (an event keyed to its version, as
+    intake keys them) must have moved it on; with `every_wait_answered` (the people of a chaos
+    run answer every wait) it must not wait at all. `idle`: no job is running or due either."""
+    record, out = o.record, []
+    # what answers each kind of wait: an approval means nothing to a parked task, and is ignored
+    answers = {
+        TaskStatus.WAITING: DECISIONS,
+        TaskStatus.NEEDS_OPERATOR: frozenset({EventKind.RETRY}),
+    }
+    for task in record.tasks:
+        where = f"{task.key} is {task.status} at {task.stage} v{task.version}"
+        if task.status in answers:
+            given = [
+                e
+                for e in record.events_of(task.id)
+                if e.kind in answers[task.status]
+                and e.key.startswith(f"{task.id}:v{task.version}:")
+            ]
+            if given:
+                ev = given[0]
+                done = "read" if ev.processed_at is not None else "not read"
+                out.append(
+                    f"{where}, though {ev.actor}'s {ev.kind} for it was recorded ({done}):"
+                    " the decision is lost"
+                )
+                continue
+        if task.status == TaskStatus.WAITING and every_wait_answered:
+            out.append(f"{where}, waiting for {task.waiting_for} though every wait is answered")
+        if task.status == TaskStatus.ACTIVE:
+            jobs = [
+                (j.version, j.state.value, round(j.run_after - record.now, 1))
+                for j in record.jobs_of(task.id)
+            ]
+            out.append(
+                f"{task.key} is still active at {task.stage} v{task.version} after the faults"
+                f" ended; its jobs (version, state, due in s): {jobs}"
+            )
+    if idle:
+        out += [
+            f"job {job.id} of task {job.task_id} is still {job.state}"
+            for job in record.jobs
+            if job.state == JobState.RUNNING
+            or (job.state == JobState.QUEUED and job.run_after <= record.now)
+        ]
+    return out
 
 
 def _compact(values: Sequence[int]) -> str:

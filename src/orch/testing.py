@@ -342,10 +342,14 @@ def rig(
         )
 
     engine, dispatcher = make()
-    intake = Intake(store, repos, lambda _repo: chosen)
-    return Rig(
+    # a STOP reaches the engine of the day, as it reaches orch serve's own
+    intake = Intake(
+        store, repos, lambda _repo: chosen, lambda task_id: rig.engine.stop_asked(task_id)
+    )
+    rig = Rig(
         store, forge, repos, notifier, engine, dispatcher, intake, chosen, logs, make, processes
     )
+    return rig
 
 
 # -- a worker's writes, for tests that drive a store by hand ------------------------------------

@@ -128,9 +128,11 @@ def test_a_task_left_active_with_no_job_is_lost(store: SqlStore) -> None:
     finding = checks.check_lost(checks.load_history(store))
 
     assert finding.figures["lost"] == 2
-    assert "SAM-1 at analysis: active with no runnable job (stranded)" in finding.violations
-    assert "SAM-2 at analysis: active with job(s) queued" in finding.violations
-    assert not any(v.startswith("SAM-3") for v in finding.violations)
+    stranded_text, queued_text = finding.violations
+    assert stranded_text.startswith("SAM-1 is still active at analysis v1")
+    assert stranded_text.endswith("its jobs (version, state, due in s): []")
+    assert queued_text.startswith("SAM-2 is still active at analysis v1")
+    assert "(1, 'queued'," in queued_text
 
 
 def test_an_approval_handled_but_never_applied_is_named(store: SqlStore) -> None:
@@ -149,8 +151,8 @@ def test_an_approval_handled_but_never_applied_is_named(store: SqlStore) -> None
     finding = checks.check_lost(checks.load_history(store))
 
     assert finding.violations == [
-        "SAM-1 at architecture: still waiting for approve-plan, though its approve event"
-        f" {task.id}:v2:approve was marked handled"
+        "SAM-1 is waiting at architecture v2, though person's approve for it was recorded"
+        " (read): the decision is lost"
     ]
 
 
@@ -441,7 +443,7 @@ def test_a_stop_that_never_applied_and_a_run_after_cancel_are_caught() -> None:
     assert finding.figures["longest_cancel_s"] == pytest.approx(2.0)
     assert finding.violations == [
         "SAM-1: a development run started after it was cancelled",
-        "SAM-2: STOPped, but still active at review",
+        "SAM-2 was stopped and has settled at review/active ('')",
     ]
 
 

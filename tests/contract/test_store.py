@@ -986,6 +986,24 @@ def test_the_leases_of_a_dead_owner_are_voided_and_swept_at_once(store: SqlStore
         store.renew(dead, 60.0)  # the dead owner, should it come back, writes nothing
 
 
+def test_live_jobs_are_the_queued_and_running_ones_with_their_leases(store: SqlStore) -> None:
+    done = new_task(store, "APP-1", "app")
+    running = new_task(store, "WEB-1", "web")
+    queued = new_task(store, "DOC-1", "doc")
+    finished = claim(store)
+    store.apply(finished, machine.nothing_to_do(store.get_task(done.id)))
+    held = claim(store, owner="host:2:2:live")
+    assert store.jobs(done.id)[0].state not in (JobState.QUEUED, JobState.RUNNING)
+
+    live = store.live_jobs()
+
+    assert [(j.task_id, j.state) for j in live] == [
+        (running.id, JobState.RUNNING),
+        (queued.id, JobState.QUEUED),
+    ]
+    assert (live[0].owner, live[0].token) == ("host:2:2:live", held.token)
+
+
 def test_tasks_can_be_listed_by_status(store: SqlStore) -> None:
     parked = new_task(store, "APP-1", "app")
     new_task(store, "WEB-1", "web")

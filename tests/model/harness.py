@@ -80,8 +80,9 @@ class DeployLog:
     for merges. The check exits 0 (deployed) or 1 (not deployed), so an unknown deploy is always
     resolved."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, repo: str) -> None:
         self.path = path
+        self.repo = repo
         path.touch()
 
     def targets(self) -> dict[str, DeployTarget]:
@@ -168,7 +169,7 @@ def build_world(
     tmp = Path(tempfile.mkdtemp(prefix="orch-model-"))
     clock = SimClock()
     agent = SteeredAgent()
-    deploys = DeployLog(tmp / "deploys.log")
+    deploys = DeployLog(tmp / "deploys.log", REPO)
     processes = MemoryProcessTable()
     repo = RepoSettings(
         name=REPO, test_command="true", max_active=max_active, deploy=deploys.targets()

@@ -402,9 +402,9 @@ class OrchModel(RuleBasedStateMachine):
         only gets cancelled or parked after it, and starts no agent), and an approval that
         came before its checkpoint's wait is never applied (F12)."""
         for key, mark in self.stops.items():
-            task = o.task_by_key(key)
+            task = o.record.by_key(key)
             assert task is not None
-            for t in o.transitions[task.id]:
+            for t in o.record.transitions[task.id]:
                 if t.version > mark.version and t.to_status not in (
                     TaskStatus.CANCELLED.value,
                     TaskStatus.NEEDS_OPERATOR.value,
@@ -417,7 +417,7 @@ class OrchModel(RuleBasedStateMachine):
             started = self.w.agent.starts(key) - mark.agent_starts
             if started:
                 raise Violation("I6", f"{key} started {started} agent(s) after its STOP")
-        for history in o.transitions.values():
+        for history in o.record.transitions.values():
             for t in history:
                 if t.actor == EARLY:
                     raise Violation("F12", f"an approval sent before its wait moved {t}")
@@ -427,7 +427,7 @@ class OrchModel(RuleBasedStateMachine):
         if self.world is None:
             return
         o = self._observe()
-        self.statuses = {t.key: t.status for t in o.tasks}
+        self.statuses = {t.key: t.status for t in o.record.tasks}
         self._verify(o, settled=False)
 
     def _verify(self, o: Observed, *, settled: bool) -> None:

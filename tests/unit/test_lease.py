@@ -10,7 +10,7 @@ from orch.domain.errors import CancelRequested, LeaseLost, ShuttingDown, StoreUn
 from orch.domain.ledger import Usage
 from orch.domain.model import Claim
 from orch.domain.states import RunOutcome, Stage
-from orch.services.lease import Lease
+from orch.services.lease import Held, Lease
 
 CLAIM = Claim(job_id=1, task_id=1, version=1, stage=Stage.ANALYSIS, attempt=1, token=1, owner="w")
 
@@ -23,12 +23,10 @@ class RenewingStore:
         self.renewals = 0
         self.stopped = False
 
-    def renew(self, claim: Claim, ttl_s: float) -> None:
+    def renew(self, claim: Claim, ttl_s: float) -> bool:
         self.renewals += 1
         if self.failure is not None:
             raise self.failure
-
-    def cancel_requested(self, task_id: int) -> bool:
         return self.stopped
 
 
@@ -172,3 +170,42 @@ def test_a_shutdown_kills_the_child_and_lets_the_job_go() -> None:
     ):
         lease.supervise(child, timeout_s=600, grace_s=0)
     assert child.killed.is_set()
+
+
+def test_a_lease_reads_the_store_only_to_renew_and_a_stop_comes_back_with_the_renewal() -> None:
+    store = RenewingStore(None)
+    child = EndlessChild()
+    with Lease(store, CLAIM, ttl_s=30, heartbeat_s=5) as lease:  # type: ignore[arg-type]
+        code, outcome = lease.supervise(child, timeout_s=0.3, grace_s=0)
+    # a RenewingStore has nothing but `renew`: any other read would have failed the beat
+    assert (code, outcome, store.renewals) == (-9, RunOutcome.TIMED_OUT, 0)
+
+    store.stopped = True
+    agent = EndlessChild()
+    with (
+        Lease(store, CLAIM, ttl_s=30, heartbeat_s=0.05) as lease,  # type: ignore[arg-type]
+        pytest.raises(CancelRequested),
+    ):
+        lease.supervise(agent, timeout_s=600, grace_s=0)
+    assert agent.killed.is_set()
+    assert store.renewals >= 1
+
+
+def test_a_stop_asked_in_this_process_reaches_its_job_without_waiting_for_a_renewal() -> None:
+    store = RenewingStore(None)
+    held = Held()
+    other = Claim(
+        job_id=2, task_id=2, version=1, stage=Stage.ANALYSIS, attempt=1, token=1, owner="w"
+    )
+    agent, bystander = EndlessChild(), EndlessChild()
+    with (
+        Lease(store, CLAIM, ttl_s=30, heartbeat_s=600, held=held) as lease,  # type: ignore[arg-type]
+        Lease(store, other, ttl_s=30, heartbeat_s=600, held=held) as spared,  # type: ignore[arg-type]
+    ):
+        held.stop_asked(CLAIM.task_id)
+        with pytest.raises(CancelRequested):
+            lease.supervise(agent, timeout_s=600, grace_s=0)
+        _, outcome = spared.supervise(bystander, timeout_s=0.2, grace_s=0)
+    assert agent.killed.is_set()
+    assert outcome == RunOutcome.TIMED_OUT  # only the stopped task's job was told
+    assert store.renewals == 0

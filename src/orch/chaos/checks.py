@@ -9,7 +9,6 @@ a merge is counted on the remote, a deploy in the deploy log.
 
 from __future__ import annotations
 
-import itertools
 import re
 import subprocess
 from collections import Counter, defaultdict
@@ -20,14 +19,10 @@ from typing import Any
 
 from orch import invariants
 from orch.adapters.proctable import LinuxProcessTable, Orphan, parse_incarnation
-from orch.domain.model import Effect, Job, Task, Transition
 from orch.domain.states import (
-    DECISIONS,
     EffectKind,
     EffectState,
     EventKind,
-    JobState,
-    Stage,
     TaskStatus,
 )
 
@@ -109,74 +104,45 @@ def read_deploy_log(path: Path) -> Counter[tuple[str, str]]:
 # -- I1: at most one merge per head and one deploy per release, ever -----------------------------
 
 
+def world(remotes: Sequence[Remote], deploy_logs: Mapping[str, Path]) -> invariants.World:
+    """What the remotes and the deploy logs show: the evidence I1 trusts over the store."""
+    merged: Counter[tuple[str, str]] = Counter()
+    landed, rewritten = {}, []
+    for remote in remotes:
+        for head, n in merged_heads(remote).items():
+            merged[(remote.repo, head)] += n
+        on_branch = frozenset(git(remote.path, "rev-list", remote.default_branch).split())
+        landed[remote.repo] = on_branch
+        if remote.initial_sha not in on_branch:
+            rewritten.append(remote.repo)
+    deploys: Counter[tuple[str, str, str]] = Counter()
+    for repo, path in deploy_logs.items():
+        for (target, release), n in read_deploy_log(path).items():
+            deploys[(repo, target, release)] += n
+    return invariants.World(
+        limits={}, merged=merged, landed=landed, rewritten=tuple(rewritten), deploys=deploys
+    )
+
+
 def check_irreversible(
     remotes: Sequence[Remote], deploy_logs: Mapping[str, Path], history: History
 ) -> Finding:
     """Counted in the world (the remote, the deploy log), then matched against the effects the
-    store says SUCCEEDED: a recorded merge or deploy that the world does not show is a lie."""
+    store says SUCCEEDED (orch.invariants.irreversible)."""
     f = Finding("I1", "one merge per head, one deploy per release")
-    repo_of = {t.id: t.repo for t in history.tasks}
-    succeeded = [e for e in history.effects if e.state == EffectState.SUCCEEDED]
-    merges = dup_merges = deploys = dup_deploys = 0
-    for remote in remotes:
-        heads = merged_heads(remote)
-        merges += sum(heads.values())
-        dup_merges += sum(n - 1 for n in heads.values())
-        mine = [
-            e
-            for e in succeeded
-            if e.kind == EffectKind.MERGE and repo_of.get(e.task_id) == remote.repo
-        ]
-        f.violations.extend(_merge_violations(remote, heads, mine))
-    for repo, path in sorted(deploy_logs.items()):
-        counts = read_deploy_log(path)
-        deploys += sum(counts.values())
-        dup_deploys += sum(n - 1 for n in counts.values())
-        mine = [
-            e for e in succeeded if EffectKind.DEPLOY.of(e.kind) and repo_of.get(e.task_id) == repo
-        ]
-        f.violations.extend(_deploy_violations(repo, counts, mine))
+    seen = world(remotes, deploy_logs)
+    f.violations.extend(invariants.irreversible(invariants.Observation(history, seen)))
+    deploys = seen.deploys or Counter()
+    dup_merges = sum(n - 1 for n in seen.merged.values())
+    dup_deploys = sum(n - 1 for n in deploys.values())
     f.figures.update(
-        merges=merges,
-        deploys=deploys,
+        merges=sum(seen.merged.values()),
+        deploys=sum(deploys.values()),
         duplicate_merges=dup_merges,
         duplicate_deploys=dup_deploys,
         duplicates=dup_merges + dup_deploys,
     )
     return f
-
-
-def _merge_violations(
-    remote: Remote, heads: Counter[str], succeeded: Sequence[Effect]
-) -> list[str]:
-    out = [
-        f"{remote.repo}: head {head[:12]} merged {n} times"
-        for head, n in sorted(heads.items())
-        if n > 1
-    ]
-    on_branch = set(git(remote.path, "rev-list", remote.default_branch).split())
-    if remote.initial_sha not in on_branch:
-        out.append(f"{remote.repo}: {remote.default_branch} was rewritten")
-    for effect in succeeded:
-        sha = str(effect.result.get("merge_sha", ""))
-        if sha not in on_branch:
-            out.append(f"{effect.key}: SUCCEEDED, but {sha[:12] or 'no commit'} is not merged")
-    return out
-
-
-def _deploy_violations(
-    repo: str, counts: Counter[tuple[str, str]], succeeded: Sequence[Effect]
-) -> list[str]:
-    out = [
-        f"{repo}: release {release[:12]} deployed to {target} {n} times"
-        for (target, release), n in sorted(counts.items())
-        if n > 1
-    ]
-    for effect in succeeded:
-        target = effect.kind.split(":", 1)[1]
-        if not counts[(target, effect.precondition)]:
-            out.append(f"{effect.key}: SUCCEEDED, but the deploy log has no such line")
-    return out
 
 
 # -- I9: what lands is what was tested -----------------------------------------------------------
@@ -253,19 +219,16 @@ def check_forward(
 
 
 def check_lost(history: History) -> Finding:
-    """After the settle every task must be terminal or parked (needs_operator). Anything else is
-    lost: the run gave it time to converge and it did not."""
+    """After the settle every task must be terminal or parked (needs_operator): the people of a
+    chaos run answer every wait, and the run gave each task time to converge."""
     f = Finding("I2/I8", "every task ends terminal or parked")
-    live_jobs: dict[tuple[int, int], list[Job]] = defaultdict(list)
-    for job in history.jobs:
-        if job.state in (JobState.QUEUED, JobState.RUNNING):
-            live_jobs[(job.task_id, job.version)].append(job)
-    by_status: Counter[str] = Counter()
-    for task in history.tasks:
-        by_status[task.status.value] += 1
-        if task.status in SETTLED:
-            continue
-        f.violations.append(f"{task.key} at {task.stage}: {_why_lost(task, history, live_jobs)}")
+    f.violations.extend(
+        invariants.converged(
+            invariants.Observation(history, invariants.World(limits={})),
+            every_wait_answered=True,
+            idle=False,
+        )
+    )
     parked = Counter(
         _reason_kind(t.status_reason)
         for t in history.tasks
@@ -273,36 +236,11 @@ def check_lost(history: History) -> Finding:
     )
     f.figures.update(
         tasks=len(history.tasks),
-        by_status=dict(by_status),
+        by_status=dict(Counter(t.status.value for t in history.tasks)),
         lost=len(f.violations),
         parked_reasons=dict(parked),
     )
     return f
-
-
-def _why_lost(task: Task, history: History, live_jobs: Mapping[tuple[int, int], list[Job]]) -> str:
-    jobs = live_jobs.get((task.id, task.version), [])
-    if task.status == TaskStatus.ACTIVE and not jobs:
-        return "active with no runnable job (stranded)"
-    if task.status != TaskStatus.WAITING:
-        return f"{task.status} with job(s) {', '.join(j.state.value for j in jobs)}"
-    # a decision for this very wait that was read, yet the task never moved: it was consumed
-    # and its stage write never happened
-    consumed = [
-        e
-        for e in history.events
-        if e.task_id == task.id
-        and e.kind in DECISIONS
-        and e.payload.get("checkpoint") in ("", None, task.waiting_for)
-        and f":v{task.version}:" in e.key
-        and e.processed_at is not None
-    ]
-    if consumed:
-        return (
-            f"still waiting for {task.waiting_for}, though its {consumed[0].kind} event"
-            f" {consumed[0].key} was marked handled"
-        )
-    return f"still waiting for {task.waiting_for}"
 
 
 def _reason_kind(reason: str) -> str:
@@ -376,107 +314,52 @@ def check_repo_limits(
     limits: Mapping[str, int],
     open_run_ends: Mapping[int, float],
 ) -> Finding:
-    """From the runs' intervals: at no instant more agent runs in flight per repository than its
-    `max_active`, and never two runs of one task at once.
-
-    A run whose supervisor was killed has no `ended_at`. `open_run_ends` gives the end the
-    harness observed for some of them (the last moment their agent was seen alive); the others
-    are skipped and counted."""
+    """orch.invariants.limits: from the runs' intervals, at no instant more agent runs in flight
+    per repository than its `max_active`, and never two runs of one task at once; and the slots
+    as the store holds them at the end. `open_run_ends` gives the end the harness observed for
+    some runs with no recorded end (the last moment their agent was seen alive)."""
     f = Finding("I5", "repository limits hold at every instant")
-    repo_of = {t.id: t.repo for t in history.tasks}
-    key_of = {t.id: t.key for t in history.tasks}
-    intervals: dict[str, list[tuple[float, float, int]]] = defaultdict(list)
-    skipped = 0
-    for run in history.runs:
-        end = run.ended_at if run.ended_at is not None else open_run_ends.get(run.id)
-        if end is None:
-            skipped += 1
-            continue
-        intervals[repo_of.get(run.task_id, "?")].append((run.started_at, end, run.task_id))
-    peak: dict[str, int] = {}
-    for repo, spans in sorted(intervals.items()):
-        peak[repo], worst_at = _peak(spans)
-        limit = limits.get(repo, 0)
-        if peak[repo] > limit:
-            f.violations.append(
-                f"{repo}: {peak[repo]} runs in flight at {worst_at:.3f}, limit {limit}"
-            )
-        for task_id, at in _same_task_overlaps(spans):
-            f.violations.append(f"{key_of.get(task_id, task_id)}: two runs at once at {at:.3f}")
-    f.figures.update(peak=peak, runs=len(history.runs), runs_without_end_skipped=skipped)
+    o = invariants.Observation(history, invariants.World(limits=limits, run_ends=open_run_ends))
+    f.violations.extend(invariants.limits(o))
+    peaks = invariants.run_peaks(history, open_run_ends)
+    f.figures.update(
+        peak={repo: peak for repo, (peak, _at) in peaks.in_flight.items()},
+        runs=len(history.runs),
+        runs_without_end_skipped=peaks.skipped,
+    )
     return f
-
-
-def _peak(spans: Sequence[tuple[float, float, int]]) -> tuple[int, float]:
-    # ends sort before starts at the same instant: a run that ends as another starts is not
-    # concurrent with it
-    points = sorted([(s, 1) for s, _, _ in spans] + [(e, -1) for _, e, _ in spans])
-    current = best = 0
-    best_at = 0.0
-    for at, delta in points:
-        current += delta
-        if current > best:
-            best, best_at = current, at
-    return best, best_at
-
-
-def _same_task_overlaps(spans: Sequence[tuple[float, float, int]]) -> list[tuple[int, float]]:
-    by_task: dict[int, list[tuple[float, float]]] = defaultdict(list)
-    for s, e, task_id in spans:
-        by_task[task_id].append((s, e))
-    out = []
-    for task_id, own in by_task.items():
-        own.sort()
-        for (_, e1), (s2, _) in itertools.pairwise(own):
-            if s2 < e1:
-                out.append((task_id, s2))
-    return out
 
 
 # -- I6: after STOP the task is cancelled, and nothing of it runs again -------------------------
 
 
 def check_stops(history: History, bound_s: float) -> Finding:
-    """Every task whose STOP was recorded ends cancelled within `bound_s`; one that finished, or
-    was parked because a deploy's outcome was unknown, before the STOP could apply is counted
-    apart. No run starts after the task was cancelled."""
+    """orch.invariants.stops, once settled: every task whose STOP was recorded ends cancelled
+    within `bound_s`, or finished first, or is parked because the STOP waits on an effect whose
+    outcome is unknown; no run starts after its task was cancelled."""
     f = Finding("I6", "a STOP ends the task cancelled")
-    stops = {
-        e.task_id: e for e in sorted(history.events, key=lambda e: e.id) if e.kind == EventKind.STOP
-    }
+    o = invariants.Observation(history, invariants.World(limits={}))
+    f.violations.extend(invariants.stops(o, settled=True, bound_s=bound_s))
     outcome: Counter[str] = Counter()
     longest = 0.0
+    stopped = 0
     for task in history.tasks:
-        stop = stops.get(task.id)
-        cancelled_at = _cancelled_at(history.transitions.get(task.id, []))
-        if cancelled_at is not None:
-            late = [r for r in history.runs if r.task_id == task.id and r.started_at > cancelled_at]
-            for run in late:
-                f.violations.append(f"{task.key}: a {run.stage} run started after it was cancelled")
-        if stop is None:
+        asked = history.events_of(task.id, EventKind.STOP)
+        if not asked:
             continue
+        stopped += 1
+        cancelled_at = invariants.cancelled(history.transitions.get(task.id, []))
         if task.status == TaskStatus.CANCELLED and cancelled_at is not None:
             outcome["cancelled"] += 1
-            took = cancelled_at - stop.created_at
-            longest = max(longest, took)
-            if took > bound_s:
-                f.violations.append(f"{task.key}: cancelled {took:.1f}s after its STOP")
+            longest = max(longest, cancelled_at - asked[0].created_at)
         elif task.status == TaskStatus.DONE:
             outcome["done first"] += 1
         elif task.status == TaskStatus.NEEDS_OPERATOR:
             outcome["parked"] += 1
         else:
             outcome["not applied"] += 1
-            f.violations.append(f"{task.key}: STOPped, but still {task.status} at {task.stage}")
-    f.figures.update(stopped=len(stops), outcomes=dict(outcome), longest_cancel_s=round(longest, 2))
+    f.figures.update(stopped=stopped, outcomes=dict(outcome), longest_cancel_s=round(longest, 2))
     return f
-
-
-def _cancelled_at(trs: Sequence[Transition]) -> float | None:
-    for tr in trs:
-        if tr.to_status == TaskStatus.CANCELLED or tr.to_stage == Stage.CANCELLED:
-            return tr.at
-    return None
 
 
 # -- I7: every idempotency key succeeds at most once -------------------------------------------
@@ -496,16 +379,18 @@ def notifications(lines_by_process: Mapping[str, Iterable[str]]) -> dict[str, li
 
 
 def check_keys(history: History, sent: Mapping[str, Sequence[str]]) -> Finding:
-    """The effects table holds a key once (a unique index), so a key cannot be SUCCEEDED twice
-    there; this checks that anyway, then counts notifications per key in the log notifier's
-    lines. A log cannot be asked whether a line was written, so a sender killed (or paused and
-    fenced) between notifying and recording SUCCEEDED makes the next attempt notify again: that
-    is the at-least-once delivery such a notifier allows, counted as a figure, not failed."""
+    """orch.invariants.keys over the log notifier's lines. A log cannot be asked whether a line
+    was written, so a sender killed (or paused and fenced) between notifying and recording
+    SUCCEEDED makes the next attempt notify again: that is the at-least-once delivery such a
+    notifier allows, counted as a figure, not failed."""
     f = Finding("I7", "every key succeeds at most once")
+    seen = invariants.World(
+        limits={},
+        sent=Counter({key: len(senders) for key, senders in sent.items()}),
+        notifies_at_least_once=True,
+    )
+    f.violations.extend(invariants.keys(invariants.Observation(history, seen)))
     keys = Counter(e.key for e in history.effects)
-    for key, n in sorted(keys.items()):
-        if n > 1:
-            f.violations.append(f"effect key {key} recorded {n} times")
     f.figures.update(
         duplicate_keys=sum(n - 1 for n in keys.values()),
         effects=len(history.effects),

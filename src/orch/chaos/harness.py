@@ -20,6 +20,7 @@ from typing import Any
 
 from orch import crashpoints
 from orch.adapters.proctable import LinuxProcessTable, parse_incarnation
+from orch.bootstrap import store_at
 from orch.chaos import checks
 from orch.chaos.lab import Lab, build_lab
 from orch.chaos.observe import HeldJob, Monitor, Probe, end_leftovers, leftover_children
@@ -195,10 +196,9 @@ class Harness:
                 on_death=self._on_death,
                 restart_delay=lambda: self.rng_restart.uniform(0.0, 0.3),
             )
-        self.probe = Probe(self.lab.store_url)
+        self.probe = Probe(store_at(self.lab.store_url))
         if self.probe.has_tasks():
             raise OrchError(f"the store {self.lab.store_url} already holds tasks; use an empty one")
-        # serve first: it migrates the store before a worker joins
         self._start_role("serve")
         self._start_role("worker")
         self.monitor = Monitor(self.probe, self.lives, zombie_after_s=T_RECOVER_S)

@@ -15,17 +15,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import sqlalchemy as sa
-
 from orch.adapters.proctable import ENV as INCARNATION_ENV
 from orch.adapters.proctable import LinuxProcessTable, Orphan, parse_incarnation, start_time
-from orch.adapters.store import schema as t
-from orch.adapters.store.sql import SqlStore
 from orch.chaos import checks
 from orch.chaos.processes import Life
 from orch.domain import machine
-from orch.domain.errors import OrchError, StoreUnavailable
-from orch.domain.states import JobState, TaskStatus
+from orch.domain.errors import OrchError
+from orch.domain.states import JobState
+from orch.ports import Store
 
 _PROC = Path("/proc")
 
@@ -38,51 +35,37 @@ class HeldJob:
 
 
 class Probe:
-    """Small reads of the store while orch runs. Failures read as "nothing known"."""
+    """Small reads of the store while orch runs, through the Store port, as any observer
+    reads it."""
 
-    def __init__(self, url: str) -> None:
-        self.store = SqlStore(url, pool_size=2)
+    def __init__(self, store: Store) -> None:
+        self.store = store
 
     def close(self) -> None:
         self.store.close()
 
-    def _rows(self, stmt: sa.Select) -> list[sa.Row]:  # type: ignore[type-arg]
-        try:
-            with self.store.engine.connect() as conn:
-                return list(conn.execute(stmt).all())
-        except sa.exc.SQLAlchemyError as exc:
-            raise StoreUnavailable(f"chaos probe: {exc}") from exc
-
     def has_tasks(self) -> bool:
-        """Whether the store already holds tasks (a store not yet migrated holds none)."""
-        try:
-            migrated = sa.inspect(self.store.engine).has_table(t.tasks.name)
-        except sa.exc.SQLAlchemyError as exc:
-            raise StoreUnavailable(f"cannot read the store: {exc}") from exc
-        return migrated and bool(sum(self.statuses().values()))
+        """Whether the store already holds tasks. It is migrated first, as orch serve would."""
+        self.store.migrate()
+        return bool(self.store.list_tasks(limit=1))
 
     def statuses(self) -> Counter[str]:
-        rows = self._rows(sa.select(t.tasks.c.status, sa.func.count()).group_by(t.tasks.c.status))
-        return Counter({r[0]: int(r[1]) for r in rows})
+        return Counter(self.store.summary(recent=0).by_status)
 
     def held_by(self, owner_matches: Callable[[str], bool]) -> list[HeldJob]:
-        rows = self._rows(
-            sa.select(
-                t.jobs.c.id, t.jobs.c.task_id, t.jobs.c.lease_token, t.jobs.c.lease_owner
-            ).where(t.jobs.c.state == JobState.RUNNING.value)
-        )
-        return [HeldJob(r[0], r[1], int(r[2])) for r in rows if r[3] and owner_matches(r[3])]
+        return [
+            HeldJob(j.id, j.task_id, j.token)
+            for j in self.store.live_jobs()
+            if j.state == JobState.RUNNING and j.owner and owner_matches(j.owner)
+        ]
 
-    def job_states(self, ids: Iterable[int]) -> dict[int, tuple[str, int]]:
-        wanted = list(ids)
-        if not wanted:
-            return {}
-        rows = self._rows(
-            sa.select(t.jobs.c.id, t.jobs.c.state, t.jobs.c.lease_token).where(
-                t.jobs.c.id.in_(wanted)
-            )
-        )
-        return {r[0]: (r[1], int(r[2])) for r in rows}
+    def job_states(self, jobs: Iterable[HeldJob]) -> dict[int, tuple[str, int]]:
+        """job id -> (state, lease token) of the given jobs, read with their tasks' jobs."""
+        out: dict[int, tuple[str, int]] = {}
+        for task_id in {j.task_id for j in jobs}:
+            for job in self.store.jobs(task_id):
+                out[job.id] = (job.state.value, job.token)
+        return out
 
     def claimable_jobs(
         self, limits: dict[str, int], owner_alive: Callable[[str], bool]
@@ -91,38 +74,26 @@ class Probe:
         repository slot, holding one, or able to take a free one; or still `running` under an
         orch process that is dead."""
         now = self.store.now()
-        used = Counter(
-            r[0] for r in self._rows(sa.select(t.tasks.c.repo).where(t.tasks.c.slot.is_not(None)))
-        )
-        rows = self._rows(
-            sa.select(
-                t.jobs.c.id,
-                t.jobs.c.task_id,
-                t.jobs.c.lease_token,
-                t.jobs.c.state,
-                t.jobs.c.run_after,
-                t.jobs.c.lease_owner,
-                t.tasks.c.repo,
-                t.tasks.c.status,
-                t.tasks.c.slot,
-                t.tasks.c.cancel_requested_at,
-            )
-            .join(t.tasks, t.tasks.c.id == t.jobs.c.task_id)
-            .where(t.jobs.c.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]))
-        )
+        tasks = {task.id: task for task in self.store.list_tasks(limit=10_000_000)}
+        used = Counter(task.repo for task in tasks.values() if task.slot is not None)
         out: list[HeldJob] = []
-        for r in rows:
-            job = HeldJob(r.id, r.task_id, int(r.lease_token))
-            if r.state == JobState.RUNNING.value:
-                if r.lease_owner and not owner_alive(r.lease_owner):
-                    out.append(job)
+        for job in self.store.live_jobs():
+            held = HeldJob(job.id, job.task_id, job.token)
+            if job.state == JobState.RUNNING:
+                if job.owner and not owner_alive(job.owner):
+                    out.append(held)
                 continue
-            if r.run_after > now:
+            task = tasks.get(job.task_id)
+            if job.run_after > now or task is None:
                 continue
             # the store's own rule: a STOP or an inbox read needs no repository slot
-            needs_slot = machine.needs_slot(TaskStatus(r.status), r.cancel_requested_at is not None)
-            if not needs_slot or r.slot is not None or used[r.repo] < limits.get(r.repo, 0):
-                out.append(job)
+            needs_slot = machine.needs_slot(task.status, task.cancel_requested_at is not None)
+            if (
+                not needs_slot
+                or task.slot is not None
+                or used[task.repo] < limits.get(task.repo, 0)
+            ):
+                out.append(held)
         return out
 
 
@@ -257,7 +228,7 @@ class Monitor:
             pending = [w for w in self.watches if w.resolved_at is None]
         if not pending:
             return
-        states = self.probe.job_states({w.job.job_id for w in pending})
+        states = self.probe.job_states(w.job for w in pending)
         now = time.time()
         for w in pending:
             state, token = states.get(w.job.job_id, ("gone", w.job.token))

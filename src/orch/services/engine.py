@@ -90,6 +90,11 @@ class Engine:
         """Set when the process shuts down: jobs in flight kill their children and let go."""
         return self.tools.shutdown
 
+    def stop_asked(self, task_id: int) -> None:
+        """A STOP was recorded in this process: the job running the task, if one here is,
+        applies it now rather than at its next renewal."""
+        self.tools.held.stop_asked(task_id)
+
     def run_job(self, claim: Claim, owner: str) -> None:
         self.jobs.run(claim, owner)
 

@@ -21,10 +21,18 @@ PipelineFor = Callable[[str], pl.Pipeline]
 
 
 class Intake:
-    def __init__(self, store: Store, repos: Repos, pipeline_for: PipelineFor) -> None:
+    def __init__(
+        self,
+        store: Store,
+        repos: Repos,
+        pipeline_for: PipelineFor,
+        stop_asked: Callable[[int], None] = lambda task_id: None,
+    ) -> None:
         self.store = store
         self.repos = repos
         self.pipeline_for = pipeline_for
+        # tells a job of this process that runs the task, so it need not wait for its renewal
+        self.stop_asked = stop_asked
 
     def file(self, repo: str, title: str, body: str = "", actor: str = "board") -> Task:
         """File a ticket on the built-in board and start its task."""
@@ -98,6 +106,7 @@ class Intake:
         recorded = self.store.append_event(
             task.id, stop_key(task.id), EventKind.STOP, actor, {"reason": reason}, cancel=True
         )
+        self.stop_asked(task.id)
         return task, recorded
 
     def retry(self, key: str, stage: str | None, actor: str, budget: Budget = NO_BUDGET) -> bool:

@@ -65,6 +65,7 @@ class Jobs:
             settings.lease_ttl_s,
             settings.heartbeat_s,
             shutdown=self.tools.shutdown,
+            held=self.tools.held,
         ) as lease:
             work = Work(task, pipeline, claim, lease, actor)
             # the one error boundary: a signal stops the job, a failure costs an attempt

@@ -4,6 +4,9 @@ A background heartbeat renews it; the worker checks it before every step that wr
 the store (commit, push, merge) and while it waits on children. A lease that cannot be renewed
 for a whole TTL is treated as lost even if the store never said so: another worker may hold the
 job by then, so the children are killed and nothing more is written.
+
+A STOP reaches the job with the next renewal, which carries the task's cancel flag back (rule
+10); a STOP asked for in this process reaches it at once, through `Held`.
 """
 
 from __future__ import annotations
@@ -27,16 +30,16 @@ class Lease:
         ttl_s: float,
         heartbeat_s: float,
         monotonic: Callable[[], float] = time.monotonic,
-        cancel_poll_s: float = 1.0,
         shutdown: threading.Event | None = None,
+        held: Held | None = None,
     ) -> None:
         self.store = store
+        self.held = held
         self.shutdown = shutdown
         self.claim = claim
         self.ttl_s = ttl_s
         self.heartbeat_s = heartbeat_s
         self.poll_s = min(heartbeat_s, 1.0)
-        self.tick_s = min(heartbeat_s, cancel_poll_s)
         self.cancel_seen = False
         self._monotonic = monotonic
         self._renewed = monotonic()
@@ -49,6 +52,8 @@ class Lease:
             target=self._beat, name=f"orch-lease-{self.claim.job_id}", daemon=True
         )
         self._thread.start()
+        if self.held is not None:
+            self.held.add(self)
         return self
 
     def __exit__(
@@ -57,21 +62,29 @@ class Lease:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self.held is not None:
+            self.held.remove(self)
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
 
+    def stop_asked(self) -> None:
+        """A STOP was recorded for this job's task: the job applies it at its next check."""
+        self.cancel_seen = True
+
     def _beat(self) -> None:
-        while not self._stop.wait(self.tick_s):
+        wait = self.heartbeat_s
+        while not self._stop.wait(wait):
+            # a step's own renewal (`renew`, `fresh`) puts the next heartbeat off
+            due = self._renewed + self.heartbeat_s - self._monotonic()
+            if due > 0:
+                wait = due
+                continue
             try:
-                # a STOP is read every tick, so an agent is signalled within about a second
-                if not self.cancel_seen and self.store.cancel_requested(self.claim.task_id):
-                    self.cancel_seen = True
-                if self._monotonic() - self._renewed < self.heartbeat_s:
-                    continue
                 if self.store.renew(self.claim, self.ttl_s):
                     self.cancel_seen = True
                 self._renewed = self._monotonic()
+                wait = self.heartbeat_s
             except LeaseLost as exc:
                 self._lost = str(exc)
                 return
@@ -79,6 +92,7 @@ class Lease:
                 if self._monotonic() - self._renewed >= self.ttl_s:
                     self._lost = f"lease not renewed for {self.ttl_s:g}s: {exc}"
                     return
+                wait = self.poll_s  # try again soon, while the lease still holds
 
     def check(self) -> None:
         if self._lost is not None:
@@ -150,3 +164,28 @@ class Lease:
         except BaseException:
             proc.kill(grace_s)
             raise
+
+
+class Held:
+    """The leases this process holds, by task: a STOP recorded here tells its job at once
+    instead of at the job's next renewal. Another process's STOP still arrives with that
+    renewal."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_task: dict[int, Lease] = {}
+
+    def add(self, lease: Lease) -> None:
+        with self._lock:
+            self._by_task[lease.claim.task_id] = lease
+
+    def remove(self, lease: Lease) -> None:
+        with self._lock:
+            if self._by_task.get(lease.claim.task_id) is lease:
+                del self._by_task[lease.claim.task_id]
+
+    def stop_asked(self, task_id: int) -> None:
+        with self._lock:
+            lease = self._by_task.get(task_id)
+        if lease is not None:
+            lease.stop_asked()

@@ -33,7 +33,7 @@ from orch.ports import (
     Store,
 )
 from orch.services.breaker import Breakers
-from orch.services.lease import Lease
+from orch.services.lease import Held, Lease
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,7 @@ class Tools:
     breakers: Breakers = field(default_factory=Breakers)
     # set when the process shuts down: jobs in flight kill their children and let go
     shutdown: threading.Event = field(default_factory=threading.Event)
+    held: Held = field(default_factory=Held)  # the leases this process's jobs hold
 
     def backoff(self, attempt: int) -> float:
         s = self.settings

@@ -11,10 +11,7 @@ from orch.adapters.store.memory.base import MemoryBase, _Tables
 from orch.domain import machine
 from orch.domain.errors import CancelRequested, Conflict
 from orch.domain.machine import TaskChange
-from orch.domain.model import (
-    Claim,
-    Run,
-)
+from orch.domain.model import Claim, Job, Run
 from orch.domain.states import (
     UNRESOLVED_EFFECT_STATES,
     EffectKind,
@@ -96,6 +93,12 @@ class Leases(MemoryBase):
     def lease_owners(self) -> list[str]:
         running = {j.owner for j in self._t.jobs.values() if j.state == JobState.RUNNING}
         return sorted(o for o in running if o)
+
+    def live_jobs(self) -> list[Job]:
+        live = (JobState.QUEUED, JobState.RUNNING)
+        return sorted(
+            (j for j in list(self._t.jobs.values()) if j.state in live), key=lambda j: j.id
+        )
 
     def void_leases(self, owner: str) -> int:
         with self._write() as t:

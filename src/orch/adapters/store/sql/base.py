@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.pool import StaticPool
 
-from orch.adapters.store import schema as t
+from orch.adapters.store.sql.statements import Statements, insert_ignore
 from orch.domain.errors import (
     Conflict,
     LeaseLost,
@@ -154,6 +154,7 @@ class SqlBase:
         else:
             raise StoreUnavailable(f"unsupported store URL scheme: {parsed.drivername}")
         self.engine = self.engine.execution_options()
+        self.sql = Statements(self._now_sql, self.dialect)
         try:
             # the first connection to a new SQLite file switches it to WAL, which waits for
             # processes migrating it at the same moment: a lock is worth a few more tries
@@ -249,8 +250,11 @@ class SqlBase:
                 with self._turn(), self.engine.connect() as conn, conn.begin():
                     return fn(conn)
             except OperationalError as exc:
-                if getattr(exc, "connection_invalidated", False) and attempt < 2:
-                    continue  # a dropped pooled connection: read again on a fresh one
+                # a read is safe to repeat: a dropped pooled connection (which may fail its
+                # rollback before the pool learns it is gone) or a busy database is read again
+                if attempt < 2:
+                    time.sleep(0.01 * (attempt + 1))
+                    continue
                 raise StoreUnavailable(f"store read failed: {_first_line(exc)}") from exc
         raise AssertionError("unreachable")
 
@@ -258,10 +262,10 @@ class SqlBase:
         return self._lock if self._serial else contextlib.nullcontext()
 
     def now(self) -> float:
-        return float(self._read(lambda c: c.execute(sa.select(self._now_sql)).scalar_one()))
+        return float(self._read(lambda c: c.execute(self.sql.now).scalar_one()))
 
     def _db_now(self, conn: Connection) -> float:
-        return float(conn.execute(sa.select(self._now_sql)).scalar_one())
+        return float(conn.execute(self.sql.now).scalar_one())
 
     def migrate(self) -> None:
         cfg = AlembicConfig()
@@ -302,19 +306,21 @@ class SqlBase:
         now: float,
         run_after: float | None = None,
     ) -> None:
-        stmt = _insert_ignore(conn, t.jobs).values(
-            task_id=task_id,
-            repo=repo,
-            version=version,
-            stage=stage.value,
-            state=JobState.QUEUED.value,
-            attempt=0,
-            lease_token=0,
-            run_after=now if run_after is None else run_after,
-            created_at=now,
-            updated_at=now,
+        conn.execute(
+            self.sql.enqueue,
+            {
+                "task_id": task_id,
+                "repo": repo,
+                "version": version,
+                "stage": stage.value,
+                "state": JobState.QUEUED.value,
+                "attempt": 0,
+                "lease_token": 0,
+                "run_after": now if run_after is None else run_after,
+                "created_at": now,
+                "updated_at": now,
+            },
         )
-        conn.execute(stmt)
 
     def _for_task(self, table: sa.Table, task_id: int, order: str = "id") -> list[Any]:
         return self._read(  # type: ignore[no-any-return]
@@ -323,17 +329,15 @@ class SqlBase:
             ).all()
         )
 
-    def _guard(self, conn: Connection, claim: Claim, **values: Any) -> None:
+    def _guard(self, conn: Connection, claim: Claim) -> None:
         """The fencing check: touch the job row only while this claim still holds it."""
-        res = conn.execute(
-            sa.update(t.jobs)
-            .where(
-                t.jobs.c.id == claim.job_id,
-                t.jobs.c.state == JobState.RUNNING.value,
-                t.jobs.c.lease_token == claim.token,
-            )
-            .values(updated_at=self._now_sql, **values)
+        self._fenced(
+            conn.execute(self.sql.touch, {"b_job": claim.job_id, "b_token": claim.token}), claim
         )
+
+    def _fenced(self, res: Any, claim: Claim) -> None:
+        """A fenced write must touch its job's row: if it did not, the claim no longer holds
+        the job, and nothing more is written under it."""
         if res.rowcount != 1:
             # counted by the chaos harness: a worker that lost its lease tried to write
             log.warning(
@@ -341,11 +345,34 @@ class SqlBase:
             )
             raise LeaseLost(f"job {claim.job_id} is no longer held with token {claim.token}")
 
-    def _end_job(self, conn: Connection, claim: Claim, now: Any, **values: Any) -> None:
+    def _end_job(
+        self, conn: Connection, claim: Claim, now: float, values: dict[str, Any], uncount: bool
+    ) -> None:
         """The last fenced write of a job: it gives the lease back, and closes any run of the
         job its worker could not close (a store outage, say), so no run stays open."""
-        self._guard(conn, claim, lease_owner=None, lease_expires_at=None, **values)
-        _close_runs(conn, claim.job_id, RunOutcome.ERROR, "its worker could not record it", now)
+        stmt = self.sql.end_job(tuple(sorted(values)), uncount)
+        params = {f"b_{column}": value for column, value in values.items()}
+        self._fenced(
+            conn.execute(stmt, {"b_job": claim.job_id, "b_token": claim.token, **params}), claim
+        )
+        self._close_runs(
+            conn, claim.job_id, RunOutcome.ERROR, "its worker could not record it", now
+        )
+
+    def _close_runs(
+        self, conn: Connection, job_id: int, outcome: RunOutcome, why: str, now: float
+    ) -> None:
+        """Close the runs of a job that ended without its worker closing them; their usage is
+        read back from their logs once their worker is known dead."""
+        conn.execute(
+            self.sql.close_runs,
+            {
+                "b_job": job_id,
+                "b_now": now,
+                "b_outcome": outcome.value,
+                "b_detail": f"closed for its worker: {why}",
+            },
+        )
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -362,49 +389,29 @@ def _upsert(conn: Connection, table: sa.Table) -> Any:
 
 
 def _insert_ignore(conn: Connection, table: sa.Table) -> Any:
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(table).on_conflict_do_nothing()
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    return sqlite_insert(table).on_conflict_do_nothing()
+    return insert_ignore(conn.dialect.name, table)
 
 
-def _job_values(change: TaskChange, rerun: bool, now: float) -> dict[str, Any]:
-    """The job row's values as a change ends it; a job whose task gets no new version runs
-    again at once when an event it should read arrived while it ran."""
+def _job_end(change: TaskChange, rerun: bool, now: float) -> tuple[dict[str, Any], bool]:
+    """The job row's values as a change ends it, and whether the attempt its claim counted is
+    taken back; a job whose task gets no new version runs again at once when an event it should
+    read arrived while it ran."""
     end = change.job
     assert end is not None
     state, due = end.state, end.due_in_s
     if rerun and change.write is None:
         state, due = JobState.QUEUED, 0.0
     values: dict[str, Any] = {"state": state.value}
+    uncount = False
     if state == JobState.QUEUED:
         values["run_after"] = now + due
         if end.reset_attempts:
             values["attempt"] = 0
-        elif not end.counts:
-            values["attempt"] = t.jobs.c.attempt - 1
+        else:
+            uncount = not end.counts
     if end.error is not None:
         values["last_error"] = end.error[:2000]
-    return values
-
-
-def _slot_freed(now: Any) -> dict[str, Any]:
-    """A task's values as it gives its repository slot back: the time it held it is work."""
-    held = sa.func.coalesce(now - t.tasks.c.slot_since, 0.0)
-    return {"slot": None, "slot_since": None, "worked_s": t.tasks.c.worked_s + held}
-
-
-def _close_runs(conn: Connection, job_id: int, outcome: RunOutcome, why: str, now: Any) -> None:
-    """Close the runs of a job that ended without its worker closing them; their usage is
-    read back from their logs once their worker is known dead."""
-    conn.execute(
-        sa.update(t.runs)
-        .where(t.runs.c.job_id == job_id, t.runs.c.ended_at.is_(None))
-        .values(ended_at=now, outcome=outcome.value, detail=f"closed for its worker: {why}")
-    )
+    return values, uncount
 
 
 def _when_free(fn: Callable[[], None], tries: int = 5) -> None:

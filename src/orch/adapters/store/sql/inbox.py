@@ -107,13 +107,7 @@ class InboxRecords(SqlBase):
 
     def cancel_requested(self, task_id: int) -> bool:
         return bool(
-            self._read(
-                lambda c: c.execute(
-                    sa.select(t.tasks.c.cancel_requested_at.is_not(None)).where(
-                        t.tasks.c.id == task_id
-                    )
-                ).scalar()
-            )
+            self._read(lambda c: c.execute(self.sql.cancel_flag, {"b_task": task_id}).scalar())
         )
 
     def pending_events(self, task_id: int) -> list[Event]:

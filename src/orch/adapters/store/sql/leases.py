@@ -12,18 +12,18 @@ from orch import crashpoints
 from orch.adapters.store import schema as t
 from orch.adapters.store.sql.base import (
     SqlBase,
-    _close_runs,
     _effect,
     _event,
-    _job_values,
+    _job,
+    _job_end,
     _run,
-    _slot_freed,
     _task,
 )
+from orch.adapters.store.sql.statements import slot_freed
 from orch.domain import machine
 from orch.domain.errors import CancelRequested, Conflict
 from orch.domain.machine import TaskChange
-from orch.domain.model import Claim, Event, Run, Task
+from orch.domain.model import Claim, Event, Job, Run, Task
 from orch.domain.states import (
     TERMINAL_STATUSES,
     UNRESOLVED_EFFECT_STATES,
@@ -43,30 +43,12 @@ class Leases(SqlBase):
     def claim(self, owner: str, ttl_s: float, repo_limit: Callable[[str], int]) -> Claim | None:
         def fn(conn: Connection) -> Claim | None:
             now = self._db_now(conn)
-            candidates = conn.execute(
-                sa.select(
-                    t.jobs.c.id,
-                    t.jobs.c.repo,
-                    t.jobs.c.task_id,
-                    t.tasks.c.slot,
-                    t.tasks.c.status,
-                    t.tasks.c.cancel_requested_at,
-                )
-                .join(t.tasks, t.tasks.c.id == t.jobs.c.task_id)
-                .where(t.jobs.c.state == JobState.QUEUED.value, t.jobs.c.run_after <= now)
-                .order_by(t.jobs.c.run_after, t.jobs.c.id)
-                .limit(64)
-                .with_for_update(skip_locked=True, of=t.jobs)
-            ).all()
+            candidates = conn.execute(self.sql.candidates, {"b_now": now}).all()
             if not candidates:
                 return None
             repos = {c.repo for c in candidates}
             used: dict[str, set[int]] = {r: set() for r in repos}
-            for r in conn.execute(
-                sa.select(t.tasks.c.repo, t.tasks.c.slot).where(
-                    t.tasks.c.slot.is_not(None), t.tasks.c.repo.in_(repos)
-                )
-            ):
+            for r in conn.execute(self.sql.slots_in_use, {"b_repos": sorted(repos)}):
                 used[r.repo].add(r.slot)
             for cand in candidates:
                 # reading a waiting or parked task's inbox, or applying a STOP, is not work on
@@ -82,34 +64,15 @@ class Leases(SqlBase):
                     if free is None:
                         continue
                     took = conn.execute(
-                        sa.update(t.tasks)
-                        .where(t.tasks.c.id == cand.task_id, t.tasks.c.slot.is_(None))
-                        .values(slot=free, slot_since=now)
+                        self.sql.take_slot, {"b_task": cand.task_id, "b_slot": free, "b_now": now}
                     )
                     if took.rowcount != 1:
                         continue
                     used[cand.repo].add(free)
                     crashpoints.hit("slot.acquired")
                 row = conn.execute(
-                    sa.update(t.jobs)
-                    .where(t.jobs.c.id == cand.id, t.jobs.c.state == JobState.QUEUED.value)
-                    .values(
-                        state=JobState.RUNNING.value,
-                        attempt=t.jobs.c.attempt + 1,
-                        lease_token=t.jobs.c.lease_token + 1,
-                        lease_owner=owner,
-                        lease_expires_at=self._now_sql + ttl_s,
-                        updated_at=now,
-                    )
-                    .returning(
-                        t.jobs.c.id,
-                        t.jobs.c.task_id,
-                        t.jobs.c.version,
-                        t.jobs.c.stage,
-                        t.jobs.c.attempt,
-                        t.jobs.c.lease_token,
-                        t.jobs.c.last_error,
-                    )
+                    self.sql.claim_job,
+                    {"b_job": cand.id, "b_owner": owner, "b_ttl": ttl_s, "b_now": now},
                 ).first()
                 if row is not None:
                     task, events, last_run = self._claimed(conn, row.task_id)
@@ -135,32 +98,18 @@ class Leases(SqlBase):
     ) -> tuple[Task, tuple[Event, ...], Run | None]:
         """What a job starts from, read in its claim's transaction: the task, its unread
         events, its latest agent run."""
-        task = _task(conn.execute(sa.select(t.tasks).where(t.tasks.c.id == task_id)).one())
-        events = conn.execute(
-            sa.select(t.events)
-            .where(t.events.c.task_id == task_id, t.events.c.processed_at.is_(None))
-            .order_by(t.events.c.id)
-        ).all()
-        run = conn.execute(
-            sa.select(t.runs)
-            .where(t.runs.c.task_id == task_id)
-            .order_by(t.runs.c.id.desc())
-            .limit(1)
-        ).first()
+        task = _task(conn.execute(self.sql.task, {"b_task": task_id}).one())
+        events = conn.execute(self.sql.unread, {"b_task": task_id}).all()
+        run = conn.execute(self.sql.last_run, {"b_task": task_id}).first()
         return task, tuple(_event(e) for e in events), _run(run) if run is not None else None
 
     def renew(self, claim: Claim, ttl_s: float) -> bool:
         """Extend the lease; whether a STOP is asked for the task, carried back with it."""
 
         def fn(conn: Connection) -> bool:
-            self._guard(conn, claim, lease_expires_at=self._now_sql + ttl_s)
-            return bool(
-                conn.execute(
-                    sa.select(t.tasks.c.cancel_requested_at.is_not(None)).where(
-                        t.tasks.c.id == claim.task_id
-                    )
-                ).scalar()
-            )
+            fence = {"b_job": claim.job_id, "b_token": claim.token, "b_ttl": ttl_s}
+            self._fenced(conn.execute(self.sql.renew, fence), claim)
+            return bool(conn.execute(self.sql.cancel_flag, {"b_task": claim.task_id}).scalar())
 
         return bool(self._write(fn))
 
@@ -184,6 +133,16 @@ class Leases(SqlBase):
             ).all()
         )
         return sorted(r[0] for r in rows if r[0])
+
+    def live_jobs(self) -> list[Job]:
+        rows = self._read(
+            lambda c: c.execute(
+                sa.select(t.jobs)
+                .where(t.jobs.c.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]))
+                .order_by(t.jobs.c.id)
+            ).all()
+        )
+        return [_job(r) for r in rows]
 
     def void_leases(self, owner: str) -> int:
         """Expire every lease `owner` holds now: it is known dead, so its jobs need not wait out
@@ -238,7 +197,9 @@ class Leases(SqlBase):
                 )
                 if res.rowcount != 1:
                     continue
-                _close_runs(conn, job.id, RunOutcome.LEASE_LOST, "its worker's lease expired", now)
+                self._close_runs(
+                    conn, job.id, RunOutcome.LEASE_LOST, "its worker's lease expired", now
+                )
                 if end.state == JobState.DEAD:
                     dead += 1
                     why = f"lease expired {job.attempt} times"
@@ -366,87 +327,69 @@ class Leases(SqlBase):
         now = self._db_now(conn)
         # the task's row is locked first, as append_event locks it before it reads the task:
         # an event appended meanwhile is either seen below, or sees what this change wrote
-        current, stopped = conn.execute(
-            sa.select(t.tasks.c.version, t.tasks.c.cancel_requested_at.is_not(None))
-            .where(t.tasks.c.id == task_id)
-            .with_for_update()
-        ).one()
+        current, stopped = conn.execute(self.sql.lock_task, {"b_task": task_id}).one()
         if change.write is not None and change.write.unless_stopped and stopped:
             raise CancelRequested("stop requested")
         if change.read:
-            conn.execute(
-                sa.update(t.events)
-                .where(t.events.c.id.in_(list(change.read)), t.events.c.processed_at.is_(None))
-                .values(processed_at=now)
-            )
+            conn.execute(self.sql.mark_read, {"b_ids": list(change.read), "b_now": now})
         # only a job of the task's current version runs again for its events: a stale one that
         # did would find the task moved on, and run again, for ever
         rerun = (
             bool(change.rerun_if_unread)
             and current == version
             and conn.execute(
-                sa.select(t.events.c.id)
-                .where(
-                    t.events.c.task_id == task_id,
-                    t.events.c.processed_at.is_(None),
-                    t.events.c.kind.in_(sorted(change.rerun_if_unread)),
-                )
-                .limit(1)
+                self.sql.unread_of_kinds,
+                {"b_task": task_id, "b_kinds": sorted(change.rerun_if_unread)},
             ).first()
             is not None
         )
         if claim is not None and change.job is not None:
-            self._end_job(conn, claim, now, **_job_values(change, rerun, now))
+            self._end_job(conn, claim, now, *_job_end(change, rerun, now))
         write = change.write
         if write is None:
             if change.free_slot:
                 conn.execute(
                     sa.update(t.tasks)
                     .where(t.tasks.c.id == task_id, t.tasks.c.version == version)
-                    .values(**_slot_freed(now))
+                    .values(**slot_freed(now))
                 )
             return
-        values: dict[str, Any] = {
-            "stage": write.stage.value,
-            "status": write.status.value,
-            "version": version + 1,
-            "waiting_for": write.waiting_for,
-            "status_reason": write.reason,
-            "feedback": write.feedback,
-            "rework_rounds": write.rework_rounds,
-            "updated_at": now,
+        # a waiting or parked task holds no slot
+        stmt = self.sql.move(
+            write.status != TaskStatus.ACTIVE, write.clear_cancel, write.budgets is not None
+        )
+        params: dict[str, Any] = {
+            "b_task": task_id,
+            "b_from": write.from_stage.value,
+            "b_version": version,
+            "b_next": version + 1,
+            "b_stage": write.stage.value,
+            "b_status": write.status.value,
+            "b_waiting_for": write.waiting_for,
+            "b_reason": write.reason,
+            "b_feedback": write.feedback,
+            "b_rework_rounds": write.rework_rounds,
+            "b_now": now,
         }
-        if write.status != TaskStatus.ACTIVE:
-            values.update(_slot_freed(now))  # a waiting or parked task holds no slot
-        if write.clear_cancel:
-            values["cancel_requested_at"] = None
         if write.budgets is not None:
-            values["budgets"] = write.budgets
-        res = conn.execute(
-            sa.update(t.tasks)
-            .where(
-                t.tasks.c.id == task_id,
-                t.tasks.c.stage == write.from_stage.value,
-                t.tasks.c.version == version,
-            )
-            .values(**values)
-            .returning(t.tasks.c.repo)
-        ).first()
+            params["b_budgets"] = write.budgets
+        res = conn.execute(stmt, params).first()
         if res is None:
             raise Conflict(f"task {task_id} is not at {write.from_stage} version {version}")
         crashpoints.hit("stage.cas")  # inside the transaction: a crash here rolls it back
         conn.execute(
-            sa.insert(t.transitions).values(
-                task_id=task_id,
-                version=version + 1,
-                from_stage=write.from_stage.value,
-                to_stage=write.stage.value,
-                from_status=write.from_status.value,
-                to_status=write.status.value,
-                actor=write.actor,
-                reason=write.reason,
-                at=now,
-            )
+            self.sql.insert_transition,
+            {
+                "task_id": task_id,
+                "version": version + 1,
+                "from_stage": write.from_stage.value,
+                "to_stage": write.stage.value,
+                "from_status": write.from_status.value,
+                "to_status": write.status.value,
+                "actor": write.actor,
+                "reason": write.reason,
+                "at": now,
+            },
         )
         due = 0.0 if rerun else change.next_job_in_s
         if due is not None:

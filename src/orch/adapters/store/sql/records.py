@@ -175,23 +175,17 @@ class Records(SqlBase):
     def start_run(self, claim: Claim, agent: str, pid: int | None, log_path: str) -> int:
         def fn(conn: Connection) -> int:
             self._guard(conn, claim)
-            return int(
-                conn.execute(
-                    sa.insert(t.runs)
-                    .values(
-                        task_id=claim.task_id,
-                        job_id=claim.job_id,
-                        stage=claim.stage.value,
-                        attempt=claim.attempt,
-                        agent=agent,
-                        pid=pid,
-                        log_path=log_path,
-                        owner=claim.owner,
-                        started_at=self._now_sql,
-                    )
-                    .returning(t.runs.c.id)
-                ).scalar_one()
-            )
+            row = {
+                "task_id": claim.task_id,
+                "job_id": claim.job_id,
+                "stage": claim.stage.value,
+                "attempt": claim.attempt,
+                "agent": agent,
+                "pid": pid,
+                "log_path": log_path,
+                "owner": claim.owner,
+            }
+            return int(conn.execute(self.sql.start_run, row).scalar_one())
 
         return self._write(fn)  # type: ignore[no-any-return]
 
@@ -210,19 +204,16 @@ class Records(SqlBase):
     ) -> None:
         def fn(conn: Connection) -> None:
             self._guard(conn, claim)
-            conn.execute(
-                sa.update(t.runs)
-                .where(t.runs.c.id == run_id)
-                .values(
-                    exit_code=exit_code,
-                    outcome=outcome.value,
-                    ended_at=self._now_sql,
-                    session=session,
-                    detail=detail[:2000],
-                    tools=list(tools)[:500] or None,
-                    reported=reported.as_dict() if reported else None,
-                )
-            )
+            ended = {
+                "b_run": run_id,
+                "exit_code": exit_code,
+                "outcome": outcome.value,
+                "session": session,
+                "detail": detail[:2000],
+                "tools": list(tools)[:500] or None,
+                "reported": reported.as_dict() if reported else None,
+            }
+            conn.execute(self.sql.finish_run, ended)
             self._account(conn, claim.task_id, run_id, usage)
 
         self._write(fn)
@@ -235,30 +226,19 @@ class Records(SqlBase):
 
     def _account(self, conn: Connection, task_id: int, run_id: int, usage: Usage) -> None:
         # a run's usage is counted once, into the run and into its task's totals
-        res = conn.execute(
-            sa.update(t.runs)
-            .where(t.runs.c.id == run_id, t.runs.c.accounted_at.is_(None))
-            .values(
-                accounted_at=self._now_sql,
-                tokens_in=usage.tokens_in,
-                tokens_out=usage.tokens_out,
-                cache_read=usage.cache_read,
-                cache_write=usage.cache_write,
-                cost_usd=usage.cost_usd,
-            )
-        )
+        spent = {
+            "tokens_in": usage.tokens_in,
+            "tokens_out": usage.tokens_out,
+            "cache_read": usage.cache_read,
+            "cache_write": usage.cache_write,
+            "cost_usd": usage.cost_usd,
+        }
+        res = conn.execute(self.sql.account_run, {"b_run": run_id, **spent})
         if res.rowcount != 1:
             return
         conn.execute(
-            sa.update(t.tasks)
-            .where(t.tasks.c.id == task_id)
-            .values(
-                tokens_in=t.tasks.c.tokens_in + usage.tokens_in,
-                tokens_out=t.tasks.c.tokens_out + usage.tokens_out,
-                cache_read=t.tasks.c.cache_read + usage.cache_read,
-                cache_write=t.tasks.c.cache_write + usage.cache_write,
-                cost_usd=t.tasks.c.cost_usd + usage.cost_usd,
-            )
+            self.sql.account_task,
+            {"b_task": task_id, **{f"b_{name}": value for name, value in spent.items()}},
         )
 
     def spending(self, task_id: int) -> dict[Stage, Usage]:

@@ -163,9 +163,7 @@ class TaskRecords(SqlBase):
         return int(task_id)
 
     def get_task(self, task_id: int) -> Task:
-        row = self._read(
-            lambda c: c.execute(sa.select(t.tasks).where(t.tasks.c.id == task_id)).first()
-        )
+        row = self._read(lambda c: c.execute(self.sql.task, {"b_task": task_id}).first())
         if row is None:
             raise NotFound(f"no task with id {task_id}")
         return _task(row)
