@@ -149,6 +149,11 @@ def irreversible(o: Observation) -> list[str]:
         sha = str(effect.result.get("merge_sha", ""))
         if sha not in world.landed.get(effect.repo, frozenset()):
             out.append(f"{effect.key}: SUCCEEDED, but {sha[:12] or 'no commit'} is not merged")
+        elif not world.merged[(effect.repo, effect.precondition)]:
+            out.append(
+                f"{effect.key}: SUCCEEDED, but the head it was for, {effect.precondition[:12]},"
+                " was never merged"
+            )
     if world.deploys is None:
         return out
     out += [

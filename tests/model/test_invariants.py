@@ -282,6 +282,20 @@ def test_i1_catches_a_merge_recorded_as_done_that_never_happened(world: World) -
         check_i1(seen(world))
 
 
+def test_i1_catches_a_merge_recorded_with_a_commit_the_forge_made_for_another_head(
+    world: World,
+) -> None:
+    run_to_the_end(world, world.rig.intake.file(REPO, "First"))
+    [(_repo, _head, landed)] = world.rig.forge.merges
+    world.rig.intake.file(REPO, "Second")
+    claim = world.rig.store.claim("elsewhere:1:1:x", world.ttl, world.rig.repos.limit)
+    assert claim is not None
+    world.rig.store.begin_effect(claim, "merge-key", "merge", REPO, "1" * 40)
+    world.rig.store.finish_effect(claim, "merge-key", EffectState.SUCCEEDED, {"merge_sha": landed})
+    with pytest.raises(Violation, match=r"I1.*the head it was for, 111111111111, was never merged"):
+        check_i1(seen(world))
+
+
 def test_i1_catches_a_staging_deploy_that_ran_twice(world: World) -> None:
     run_to_the_end(world, world.rig.intake.file(REPO, "Add a greeting"))
     check_i1(seen(world))

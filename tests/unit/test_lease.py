@@ -209,3 +209,37 @@ def test_a_stop_asked_in_this_process_reaches_its_job_without_waiting_for_a_rene
     assert agent.killed.is_set()
     assert outcome == RunOutcome.TIMED_OUT  # only the stopped task's job was told
     assert store.renewals == 0
+
+
+class AskedStore(RenewingStore):
+    """A store that answers whether the task's STOP stands."""
+
+    def __init__(self, stands: bool) -> None:
+        super().__init__(None)
+        self.stands = stands
+        self.asked = 0
+
+    def cancel_requested(self, task_id: int) -> bool:
+        self.asked += 1
+        return self.stands
+
+
+@pytest.mark.parametrize("stands", [True, False])
+def test_a_stop_asked_just_before_its_job_holds_the_lease_is_checked_with_the_store(
+    stands: bool,
+) -> None:
+    store, held = AskedStore(stands), Held()
+    held.stop_asked(CLAIM.task_id)  # the job has claimed the task, and holds no lease yet
+    child = EndlessChild()
+    with Lease(store, CLAIM, ttl_s=30, heartbeat_s=600, held=held) as lease:  # type: ignore[arg-type]
+        if stands:
+            with pytest.raises(CancelRequested):
+                lease.supervise(child, timeout_s=600, grace_s=0)
+        else:
+            # a STOP that no longer stands (the task was retried since) stops nothing
+            assert lease.supervise(child, timeout_s=0.2, grace_s=0)[1] == RunOutcome.TIMED_OUT
+    assert store.asked == 1
+    # it is asked once: the next lease of the task reads nothing
+    with Lease(store, CLAIM, ttl_s=30, heartbeat_s=600, held=held):  # type: ignore[arg-type]
+        pass
+    assert store.asked == 1

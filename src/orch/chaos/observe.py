@@ -20,7 +20,7 @@ from orch.adapters.proctable import LinuxProcessTable, Orphan, parse_incarnation
 from orch.chaos import checks
 from orch.chaos.processes import Life
 from orch.domain import machine
-from orch.domain.errors import OrchError
+from orch.domain.errors import OrchError, StoreUnavailable
 from orch.domain.states import JobState
 from orch.ports import Store
 
@@ -45,8 +45,12 @@ class Probe:
         self.store.close()
 
     def has_tasks(self) -> bool:
-        """Whether the store already holds tasks. It is migrated first, as orch serve would."""
-        self.store.migrate()
+        """Whether the store already holds tasks. One that cannot be read yet is migrated
+        first, as orch serve would; one that holds tasks is left as it is."""
+        try:
+            return bool(self.store.list_tasks(limit=1))
+        except StoreUnavailable:
+            self.store.migrate()  # says clearly why, if the store cannot be reached at all
         return bool(self.store.list_tasks(limit=1))
 
     def statuses(self) -> Counter[str]:

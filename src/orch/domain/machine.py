@@ -182,6 +182,15 @@ def park(task: Task, reason: str, actor: str, effects_open: bool) -> TaskChange:
     return TaskChange(None, write, next_job_in_s=0.0 if effects_open else None)
 
 
+def dead_lettered(task: Task, attempts: int, effects_open: bool) -> TaskChange:
+    """The sweeper parks a task whose job's lease expired `attempts` times. A STOP the job was
+    to apply is named: it waits for an operator now, as the task does."""
+    why = f"lease expired {attempts} times"
+    if task.cancel_requested_at is not None:
+        why += "; its stop could not be applied: an operator must decide"
+    return park(task, why, "sweeper", effects_open)
+
+
 def retry(
     reason: str, backoff_s: float, *, counts: bool = True, read: tuple[int, ...] = ()
 ) -> TaskChange:

@@ -11,6 +11,7 @@ A STOP reaches the job with the next renewal, which carries the task's cancel fl
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -52,8 +53,12 @@ class Lease:
             target=self._beat, name=f"orch-lease-{self.claim.job_id}", daemon=True
         )
         self._thread.start()
-        if self.held is not None:
-            self.held.add(self)
+        if self.held is not None and self.held.add(self):
+            # a STOP was asked here between this job's claim and now; the store says whether
+            # it stands (a stale one, for a task since retried, does not)
+            with contextlib.suppress(Exception):  # else the next renewal brings the flag
+                if self.store.cancel_requested(self.claim.task_id):
+                    self.cancel_seen = True
         return self
 
     def __exit__(
@@ -171,13 +176,20 @@ class Held:
     instead of at the job's next renewal. Another process's STOP still arrives with that
     renewal."""
 
+    # STOPs asked for tasks no lease here held: a job that claimed its task just before the
+    # STOP holds its lease just after. The newest are kept, a bounded few.
+    KEPT = 1024
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._by_task: dict[int, Lease] = {}
+        self._asked: dict[int, bool] = {}
 
-    def add(self, lease: Lease) -> None:
+    def add(self, lease: Lease) -> bool:
+        """Hold `lease`; whether a STOP was asked for its task while no lease here held it."""
         with self._lock:
             self._by_task[lease.claim.task_id] = lease
+            return self._asked.pop(lease.claim.task_id, False)
 
     def remove(self, lease: Lease) -> None:
         with self._lock:
@@ -187,5 +199,9 @@ class Held:
     def stop_asked(self, task_id: int) -> None:
         with self._lock:
             lease = self._by_task.get(task_id)
+            if lease is None:
+                self._asked[task_id] = True
+                while len(self._asked) > self.KEPT:
+                    del self._asked[next(iter(self._asked))]
         if lease is not None:
             lease.stop_asked()

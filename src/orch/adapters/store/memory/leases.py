@@ -11,7 +11,7 @@ from orch.adapters.store.memory.base import MemoryBase, _Tables
 from orch.domain import machine
 from orch.domain.errors import CancelRequested, Conflict
 from orch.domain.machine import TaskChange
-from orch.domain.model import Claim, Job, Run
+from orch.domain.model import Claim, Job, Run, Task
 from orch.domain.states import (
     UNRESOLVED_EFFECT_STATES,
     EffectKind,
@@ -131,20 +131,32 @@ class Leases(MemoryBase):
                 self._close_runs(t, job.id, RunOutcome.LEASE_LOST, "its worker's lease expired")
                 if end.state == JobState.DEAD:
                     dead += 1
-                    why = f"lease expired {job.attempt} times"
-                    self._park(t, job.task_id, job.version, why, "sweeper")
+                    self._park(
+                        t,
+                        job.task_id,
+                        job.version,
+                        lambda task, held, n=job.attempt: machine.dead_lettered(task, n, held),
+                    )
                 else:
                     requeued += 1
         if requeued or dead:
             self._notify()
         return SweepResult(requeued=requeued, dead=dead)
 
-    def _park(self, t: _Tables, task_id: int, version: int, reason: str, actor: str) -> bool:
+    def _park(
+        self,
+        t: _Tables,
+        task_id: int,
+        version: int,
+        plan: Callable[[Task, bool], TaskChange],
+    ) -> bool:
+        """Park the task at `version` as `plan` says, given the task and whether it has a merge
+        or deploy in flight."""
         task = t.tasks.get(task_id)
         if task is None or task.version != version:
             return False
         held = any(machine.holds_a_slot(e) for e in t.effects.values() if e.task_id == task_id)
-        self._apply(t, task_id, version, machine.park(task, reason, actor, held))
+        self._apply(t, task_id, version, plan(task, held))
         return True
 
     def overdue_cancels(self, bound_s: float) -> list[OverdueCancel]:
@@ -179,7 +191,9 @@ class Leases(MemoryBase):
 
     def park(self, task_id: int, version: int, reason: str, actor: str) -> bool:
         with self._write(wakes=True) as t:
-            return self._park(t, task_id, version, reason, actor)
+            return self._park(
+                t, task_id, version, lambda task, held: machine.park(task, reason, actor, held)
+            )
 
     def next_run_after(self) -> float | None:
         due = [j.run_after for j in self._t.jobs.values() if j.state == JobState.QUEUED]

@@ -22,7 +22,7 @@ from alembic import command as alembic_command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.pool import StaticPool
 
 from orch.adapters.store.sql.statements import Statements, insert_ignore
@@ -72,8 +72,26 @@ def sqlite_path(url: str) -> Path | None:
     return Path(u.database)
 
 
-def _transient(exc: BaseException) -> bool:
+# what a connection the server dropped says when it is used, besides being invalidated: its
+# rollback may fail before the pool learns it is gone
+_DROPPED = (
+    "terminating connection",
+    "server closed the connection",
+    "connection socket closed",
+    "connection is closed",
+    "another command is already in progress",
+)
+
+
+def _disconnected(exc: BaseException) -> bool:
     if getattr(exc, "connection_invalidated", False):
+        return True
+    text = str(exc).lower()
+    return any(s in text for s in _DROPPED)
+
+
+def _transient(exc: BaseException) -> bool:
+    if _disconnected(exc):
         return True  # the server dropped a pooled connection: a fresh one will do
     text = str(exc).lower()
     return any(
@@ -232,7 +250,7 @@ class SqlBase:
                 return result
             except (OperationalError, IntegrityError) as exc:
                 # a connection lost while committing may have committed: never written twice
-                ambiguous = committing and getattr(exc, "connection_invalidated", False)
+                ambiguous = committing and _disconnected(exc)
                 if _transient(exc) and not ambiguous and attempt < 11:
                     time.sleep(delay)
                     delay = min(delay * 2, 0.25)
@@ -249,12 +267,9 @@ class SqlBase:
             try:
                 with self._turn(), self.engine.connect() as conn, conn.begin():
                     return fn(conn)
-            except OperationalError as exc:
-                # a read is safe to repeat: a dropped pooled connection (which may fail its
-                # rollback before the pool learns it is gone) or a busy database is read again
-                if attempt < 2:
-                    time.sleep(0.01 * (attempt + 1))
-                    continue
+            except (OperationalError, InterfaceError) as exc:
+                if _disconnected(exc) and attempt < 2:
+                    continue  # a dropped pooled connection: read again on a fresh one
                 raise StoreUnavailable(f"store read failed: {_first_line(exc)}") from exc
         raise AssertionError("unreachable")
 

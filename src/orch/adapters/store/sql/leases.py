@@ -202,8 +202,12 @@ class Leases(SqlBase):
                 )
                 if end.state == JobState.DEAD:
                     dead += 1
-                    why = f"lease expired {job.attempt} times"
-                    self._park_in_txn(conn, job.task_id, job.version, why, "sweeper")
+                    self._park_in_txn(
+                        conn,
+                        job.task_id,
+                        job.version,
+                        lambda task, held, n=job.attempt: machine.dead_lettered(task, n, held),
+                    )
                 else:
                     requeued += 1
             return SweepResult(requeued=requeued, dead=dead)
@@ -214,8 +218,14 @@ class Leases(SqlBase):
         return result
 
     def _park_in_txn(
-        self, conn: Connection, task_id: int, version: int, reason: str, actor: str
+        self,
+        conn: Connection,
+        task_id: int,
+        version: int,
+        plan: Callable[[Task, bool], TaskChange],
     ) -> bool:
+        """Park the task at `version` as `plan` says, given the task and whether it has a merge
+        or deploy in flight."""
         row = conn.execute(
             sa.select(t.tasks)
             .where(t.tasks.c.id == task_id, t.tasks.c.version == version)
@@ -225,7 +235,7 @@ class Leases(SqlBase):
             return False
         effects = conn.execute(sa.select(t.effects).where(t.effects.c.task_id == task_id)).all()
         held = any(machine.holds_a_slot(_effect(e)) for e in effects)
-        self._apply(conn, task_id, version, machine.park(_task(row), reason, actor, held))
+        self._apply(conn, task_id, version, plan(_task(row), held))
         return True
 
     def overdue_cancels(self, bound_s: float) -> list[OverdueCancel]:
@@ -289,7 +299,13 @@ class Leases(SqlBase):
         """Park a task no worker holds (a guarded write on its version)."""
 
         return self._write(  # type: ignore[no-any-return]
-            lambda conn: self._park_in_txn(conn, task_id, version, reason, actor), wakes=True
+            lambda conn: self._park_in_txn(
+                conn,
+                task_id,
+                version,
+                lambda task, held: machine.park(task, reason, actor, held),
+            ),
+            wakes=True,
         )
 
     def next_run_after(self) -> float | None:

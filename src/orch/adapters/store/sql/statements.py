@@ -2,9 +2,13 @@
 
 Each of these runs about once per transition. Building a SQLAlchemy statement (coercing its
 clauses, then computing its cache key on execute) costs several times what executing an already
-built one does, so they are built here, once, with bound parameters (named `b_*`, apart from
-the column names an INSERT or UPDATE fills from the parameters given at execute). They embed
-the store's clock, so each store builds its own.
+built one does, so they are built here, once, with bound parameters. They embed the store's
+clock, so each store builds its own.
+
+Parameters are named `b_*`, except those an INSERT or UPDATE takes for its columns at execute
+(`start_run`, `finish_run`, `account_run`, `insert_transition`, `enqueue`). A parameter named
+for a column overrides what the statement sets that column to, so none is ever passed to a
+statement that sets the column itself (`lease_owner=None`, `slot=None` and the like).
 """
 
 from __future__ import annotations
@@ -80,7 +84,7 @@ class Statements:
                 attempt=jobs.c.attempt + 1,
                 lease_token=jobs.c.lease_token + 1,
                 lease_owner=p("b_owner"),
-                lease_expires_at=now + p("b_ttl"),
+                lease_expires_at=now + p("b_ttl", type_=sa.Float),
                 updated_at=p("b_now"),
             )
             .returning(
@@ -106,7 +110,9 @@ class Statements:
         # -- the lease
         self.touch = sa.update(jobs).where(*fence).values(updated_at=now)
         self.renew = (
-            sa.update(jobs).where(*fence).values(updated_at=now, lease_expires_at=now + p("b_ttl"))
+            sa.update(jobs)
+            .where(*fence)
+            .values(updated_at=now, lease_expires_at=now + p("b_ttl", type_=sa.Float))
         )
         self.cancel_flag = sa.select(tasks.c.cancel_requested_at.is_not(None)).where(
             tasks.c.id == p("b_task")
