@@ -32,6 +32,7 @@ TABLES = (
     "runs",
     "tickets",
     "ticket_sequences",
+    "api_tokens",
 )
 
 

@@ -1,10 +1,9 @@
-"""The command line: orch demo | serve | task add|list|show | migrate."""
+"""The command line: orch demo | serve | task add|list|show | token create|list|revoke | migrate."""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -13,8 +12,11 @@ from rich.console import Console
 from rich.table import Table
 
 from orch.chaos.command import chaos as chaos_command
-from orch.config import Settings, load_settings
-from orch.domain.errors import OrchError
+from orch.cli_common import STATE as _state
+from orch.cli_common import fail as _fail
+from orch.cli_common import guard as _guard
+from orch.cli_common import settings as _settings
+from orch.token_commands import token_app
 
 app = typer.Typer(
     add_completion=False,
@@ -24,26 +26,20 @@ app = typer.Typer(
 task_app = typer.Typer(no_args_is_help=True, help="File, list and inspect tasks.")
 app.add_typer(task_app, name="task")
 app.command("chaos")(chaos_command)
+app.add_typer(token_app, name="token")
 
 T = TypeVar("T")
-_state: dict[str, Any] = {"config": None}
 
 
-def _fail(message: str, code: int = 2) -> None:
-    Console(stderr=True).print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
+def _loopback(host: str) -> bool:
+    import ipaddress
 
-
-def _guard(fn: Callable[[], T]) -> T:
+    if host == "localhost":
+        return True
     try:
-        return fn()
-    except OrchError as exc:
-        _fail(str(exc))
-        raise  # unreachable: _fail raises
-
-
-def _settings() -> Settings:
-    return _guard(lambda: load_settings(_state["config"]))
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
 
 
 def _logging(level: str) -> None:
@@ -115,9 +111,16 @@ def serve(
         _guard(orch_app.lock_for_serving)
         _guard(orch_app.lock_workspace)
         _guard(orch_app.store.migrate)
+        listen = host or settings.api.host
+        if not _loopback(listen) and not _guard(orch_app.store.has_tokens):
+            _fail(
+                f"refusing to listen on {listen}, beyond this machine, with no API token: anyone"
+                " who reached it could act; create one first (orch token create --name NAME"
+                " --role admin), or listen on 127.0.0.1"
+            )
         config = uvicorn.Config(
             create_app(orch_app),
-            host=host or settings.api.host,
+            host=listen,
             port=settings.api.port if port is None else port,
             log_level="warning",
             access_log=False,

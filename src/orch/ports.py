@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from orch.domain.access import ApiToken, Role
 from orch.domain.integrity import DEFAULT_PROTECTED
 from orch.domain.ledger import NO_BUDGET, Budget, Usage
 from orch.domain.machine import TaskChange
@@ -96,6 +97,24 @@ class Store(Protocol):
     def jobs(self, task_id: int) -> list[Job]: ...
     def events(self, task_id: int) -> list[Event]: ...
     def summary(self, recent: int = 20) -> StateSummary: ...
+
+    # api tokens (orch.domain.access): only their digests are kept
+    def add_token(self, name: str, role: Role, token_hash: str) -> ApiToken:
+        """Conflict if a token of that name exists, revoked or not."""
+        ...
+
+    def tokens(self) -> list[ApiToken]: ...
+    def revoke_token(self, name: str) -> bool:
+        """Whether this call revoked it (False: it was already); NotFound if there is none."""
+        ...
+
+    def token_by_hash(self, token_hash: str) -> ApiToken | None:
+        """The live token with that digest."""
+        ...
+
+    def has_tokens(self) -> bool:
+        """Whether any token is live: without one, the API is open to whoever reaches it."""
+        ...
 
     # leases
     def claim(self, owner: str, ttl_s: float, repo_limit: Callable[[str], int]) -> Claim | None: ...
@@ -405,7 +424,12 @@ class CommandRunner(Protocol):
         log_path: Path,
         run_as: RunAs | None = None,
         confine: Confinement | None = None,
-    ) -> AgentProcess: ...
+        not_after: float | None = None,
+    ) -> AgentProcess:
+        """`not_after` (seconds since the epoch): the command is not run at all if it would
+        start later, for one that must not run twice (a deploy) under a lease that may be
+        lost by then."""
+        ...
 
 
 class Sandbox(Protocol):

@@ -260,13 +260,22 @@ def test_recovery_voids_the_leases_of_a_dead_incarnation_at_once_and_keeps_a_liv
     assert jobs[live.task_id].owner == "host:2:2:live"
 
 
+@pytest.mark.parametrize(
+    ("stopped", "reason"),
+    [
+        (False, "lease expired 3 times"),
+        (True, "lease expired 3 times; its stop could not be applied: an operator must decide"),
+    ],
+)
 def test_a_job_that_kills_its_worker_every_time_is_dead_lettered_with_its_reason(
-    made: list[Rig],
+    made: list[Rig], stopped: bool, reason: str
 ) -> None:
     processes = MemoryProcessTable()
     r = rig({"default": InstantAgent()}, processes=processes, max_attempts=3)
     made.append(r)
     task = file_ticket(r)
+    if stopped:
+        r.intake.stop(task.key, "ann", "wrong ticket")
     for n in range(3):
         owner = f"host:{n}:1:poison{n}"
         assert r.store.claim(owner, 30.0, r.repos.limit) is not None
@@ -274,24 +283,4 @@ def test_a_job_that_kills_its_worker_every_time_is_dead_lettered_with_its_reason
         r.dispatcher.recover()
     t = now(r, task)
     assert t.status == TaskStatus.NEEDS_OPERATOR
-    assert t.status_reason == "lease expired 3 times"
-
-
-def test_a_stop_whose_job_kept_killing_its_worker_is_parked_saying_it_waits_for_an_operator(
-    made: list[Rig],
-) -> None:
-    processes = MemoryProcessTable()
-    r = rig({"default": InstantAgent()}, processes=processes, max_attempts=3)
-    made.append(r)
-    task = file_ticket(r)
-    r.intake.stop(task.key, "ann", "wrong ticket")
-    for n in range(3):
-        owner = f"host:{n}:1:poison{n}"
-        assert r.store.claim(owner, 30.0, r.repos.limit) is not None
-        processes.dead.add(owner)
-        r.dispatcher.recover()
-    t = now(r, task)
-    assert t.status == TaskStatus.NEEDS_OPERATOR
-    assert t.status_reason == (
-        "lease expired 3 times; its stop could not be applied: an operator must decide"
-    )
+    assert t.status_reason == reason

@@ -25,11 +25,15 @@ _LINE_MAX = 1 << 20  # a longer line reaches `on_line` in pieces
 
 
 def launcher_argv(
-    argv: Sequence[str] | str, confine: Confinement | None, user: tuple[int, int] | None = None
+    argv: Sequence[str] | str,
+    confine: Confinement | None,
+    user: tuple[int, int] | None = None,
+    not_after: float | None = None,
 ) -> list[str]:
-    """The command line that starts `argv` through the launcher, confined as `confine` says."""
+    """The command line that starts `argv` through the launcher, confined as `confine` says,
+    and not at all after `not_after` (seconds since the epoch)."""
     command = ["/bin/sh", "-c", argv] if isinstance(argv, str) else list(argv)
-    options: list[str] = []
+    options: list[str] = [] if not_after is None else ["--not-after", repr(not_after)]
     if confine is not None and confine.landlock:
         options.append("--landlock")
         for flag, paths in (
@@ -66,6 +70,7 @@ class ProcessGroup:
         on_line: Callable[[bytes], None] | None = None,
         user: tuple[int, int] | None = None,
         confine: Confinement | None = None,
+        not_after: float | None = None,
     ) -> None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path = log_path
@@ -75,7 +80,7 @@ class ProcessGroup:
         stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL  # noqa: SIM115
         try:
             self._proc = subprocess.Popen(
-                launcher_argv(argv, confine, user),
+                launcher_argv(argv, confine, user, not_after),
                 cwd=cwd,
                 env=dict(env),
                 stdin=stdin,
@@ -270,9 +275,12 @@ class LocalRunner:
         log_path: Path,
         run_as: RunAs | None = None,
         confine: Confinement | None = None,
+        not_after: float | None = None,
     ) -> ProcessGroup:
         if run_as is None:
-            return ProcessGroup(command, cwd=cwd, env=env, log_path=log_path, confine=confine)
+            return ProcessGroup(
+                command, cwd=cwd, env=env, log_path=log_path, confine=confine, not_after=not_after
+            )
         # a gate runs what the agent wrote (its tests, its conftest): as the agent's user
         run_as.grant(cwd)
         return ProcessGroup(
@@ -282,4 +290,5 @@ class LocalRunner:
             log_path=log_path,
             user=(run_as.uid, run_as.gid),
             confine=confine,
+            not_after=not_after,
         )

@@ -89,7 +89,6 @@ class Deployer:
             )
             log.info("%s: %s already runs %s, newer than %s", task.key, target, running, release)
             return release
-        work.lease.renew()
         code, timed_out, proc, log_path = self._run(work, spec.command, worktree, target, release)
         if code == 0 and not timed_out:
             result = {"release": release, "target": target, "log": str(log_path)}
@@ -171,12 +170,17 @@ class Deployer:
         extra: Mapping[str, str] | None = None,
     ) -> tuple[int | None, bool, AgentProcess, Path]:
         """Run a deploy command on the worktree checked out at `release`; never cut off by a
-        STOP (the cancel waits for it and applies after)."""
+        STOP (the cancel waits for it and applies after). The lease is renewed just before,
+        and the command is not started at all past the renewed lease's end: a worker paused in
+        between may have lost the job to one that ran the deploy already."""
         task = work.task
         self.forge.checkout(task.repo, worktree, release)
         log_path = self.tools.log_path(task, f"deploy-{target}-{release[:12]}.log")
         env = {**self._env(work, target, release), **(extra or {})}
-        proc = self.tools.runner.start(command, worktree, env, log_path)
+        work.lease.renew()
+        proc = self.tools.runner.start(
+            command, worktree, env, log_path, not_after=work.lease.valid_until()
+        )
         code, outcome = work.lease.supervise(
             proc, DEPLOY_TIMEOUT_S, self.tools.settings.kill_grace_s, cancellable=False
         )
@@ -256,7 +260,6 @@ class Deployer:
             self.store.begin_effect(
                 claim, back, EffectKind.ROLLBACK.for_target(target), repo.name, previous
             )
-            work.lease.renew()
             code, timed_out, proc, log_path = self._run(
                 work,
                 repo.deploy[target].command,

@@ -33,9 +33,15 @@ class Lease:
         monotonic: Callable[[], float] = time.monotonic,
         shutdown: threading.Event | None = None,
         held: Held | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.held = held
+        self._wall = wall
+        # until when (wall clock) the lease surely holds: renewed at t, it expires at the
+        # store's t' + ttl >= t + ttl; the margin allows for a database host's clock
+        self._margin_s = min(ttl_s / 4, 2.0)
+        self._valid_until = 0.0
         self.shutdown = shutdown
         self.claim = claim
         self.ttl_s = ttl_s
@@ -86,9 +92,7 @@ class Lease:
                 wait = due
                 continue
             try:
-                if self.store.renew(self.claim, self.ttl_s):
-                    self.cancel_seen = True
-                self._renewed = self._monotonic()
+                self._renew()
                 wait = self.heartbeat_s
             except LeaseLost as exc:
                 self._lost = str(exc)
@@ -108,12 +112,22 @@ class Lease:
         brings back whether a STOP was asked for."""
         self.check()
         try:
-            if self.store.renew(self.claim, self.ttl_s):
-                self.cancel_seen = True
+            self._renew()
         except LeaseLost as exc:
             self._lost = str(exc)
             raise
+
+    def _renew(self) -> None:
+        sent = self._wall()
+        if self.store.renew(self.claim, self.ttl_s):
+            self.cancel_seen = True
         self._renewed = self._monotonic()
+        self._valid_until = sent + self.ttl_s - self._margin_s
+
+    def valid_until(self) -> float:
+        """The instant (seconds since the epoch) until which this lease surely holds, as of its
+        last renewal: what must not run twice is not started after it."""
+        return self._valid_until
 
     def fresh(self) -> None:
         """Renew only if the last renewal is older than half a heartbeat: a step that just

@@ -20,7 +20,12 @@ so it works the same for orch as root or as a plain user, on cgroup v1, hybrid a
 inside containers; a process cannot leave the subtree of a subreaper it descends from.
 
 OPTIONS: `--landlock`, then any of `--write DIR`, `--read PATH`, `--protect PATH`,
-`--device PATH` (each may repeat), `--grace SECONDS`, `--user UID:GID`.
+`--device PATH` (each may repeat), `--grace SECONDS`, `--user UID:GID`, `--not-after EPOCH`.
+
+`--not-after` is for a command that must not run twice (a deploy): the instant, in seconds since
+the epoch, until which the lease of the worker starting it surely holds. A worker paused between
+renewing its lease and starting the command may have lost the job to another worker that ran
+the command already; its launcher, started too late, does not run it (exit 125).
 """
 
 from __future__ import annotations
@@ -72,6 +77,7 @@ def _all_rights(abi: int) -> int:
 
 
 EXIT_REFUSED = 126  # the sandbox could not be applied: the command did not run
+EXIT_LATE = 125  # started after its worker's lease may have run out: the command did not run
 
 
 class _PathBeneath(ctypes.Structure):
@@ -151,6 +157,7 @@ class Spec:
         self.devices: list[str] = []
         self.grace = 10.0
         self.user: tuple[int, int] | None = None
+        self.not_after: float | None = None
         lists = {
             "--write": self.write,
             "--read": self.read,
@@ -174,6 +181,8 @@ class Spec:
             elif flag == "--user":
                 uid, gid = value.split(":")
                 self.user = (int(uid), int(gid))
+            elif flag == "--not-after":
+                self.not_after = float(value)
             else:
                 raise ValueError(f"unknown option {flag}")
             i += 2
@@ -384,6 +393,14 @@ def main(args: list[str]) -> int:
     if not argv:
         os.write(2, b"usage: launcher.py [OPTIONS] -- ARGV...: no command\n")
         return 2
+    if spec.not_after is not None and time.time() > spec.not_after:
+        late = time.time() - spec.not_after
+        os.write(
+            2,
+            f"orch: not running {argv[-1][:200]}: started {late:.1f}s after its worker's lease"
+            " may have run out\n".encode(),
+        )
+        return EXIT_LATE
     _libc().prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     signal.pthread_sigmask(signal.SIG_BLOCK, _WATCHED)
     pid = os.fork()

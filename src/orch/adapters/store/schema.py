@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from orch.domain.access import Role
 from orch.domain.states import EffectState, JobState, RunOutcome, Stage, TaskStatus
 
 metadata = sa.MetaData()
@@ -225,4 +226,16 @@ runs = sa.Table(
     sa.Index("ix_runs_task", "task_id"),
     _one_of("runs", "stage", Stage),
     _one_of("runs", "outcome", RunOutcome),
+)
+
+
+api_tokens = sa.Table(
+    "api_tokens",
+    metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("role", sa.String(20), nullable=False),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("revoked_at", sa.Float, nullable=True),
+    _one_of("api_tokens", "role", Role),
 )

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from orch.domain import machine
+from orch.domain.access import ApiToken
 from orch.domain.errors import Conflict, LeaseLost
 from orch.domain.model import (
     Claim,
@@ -55,6 +56,8 @@ class _Tables:
     event_keys: dict[str, int] = field(default_factory=dict)
     gates: dict[tuple[int, int, str, str], GateRecord] = field(default_factory=dict)
     runs: dict[int, Run] = field(default_factory=dict)
+    tokens: dict[str, ApiToken] = field(default_factory=dict)
+    token_hashes: dict[str, str] = field(default_factory=dict)  # name -> the secret's digest
     ids: dict[str, int] = field(default_factory=dict)  # the last id given, per table
 
     def copy(self) -> _Tables:

@@ -1,8 +1,10 @@
 """The store on SQLAlchemy Core: one implementation for SQLite and PostgreSQL, split by concern
-(its connection and transactions; tasks; leases and the job's write; records; the inbox)."""
+(its connection and transactions; tasks; leases and the job's write; records; the inbox; API
+tokens)."""
 
 from __future__ import annotations
 
+from orch.adapters.store.sql.access import AccessRecords
 from orch.adapters.store.sql.base import normalise_url, sqlite_path
 from orch.adapters.store.sql.inbox import InboxRecords
 from orch.adapters.store.sql.leases import Leases
@@ -12,5 +14,5 @@ from orch.adapters.store.sql.tasks import TaskRecords
 __all__ = ["SqlStore", "normalise_url", "sqlite_path"]
 
 
-class SqlStore(TaskRecords, Leases, Records, InboxRecords):
+class SqlStore(TaskRecords, Leases, Records, InboxRecords, AccessRecords):
     """The store. `url` is a SQLAlchemy URL: sqlite:///path, sqlite:// (memory), postgresql://..."""
