@@ -113,7 +113,8 @@ class Store(Protocol):
         ...
 
     def has_tokens(self) -> bool:
-        """Whether any token is live: without one, the API is open to whoever reaches it."""
+        """Whether a token was ever made (revoked or not): until then the API is open to whoever
+        reaches it; from then on it needs a live one, even once every token is revoked."""
         ...
 
     # leases
@@ -411,6 +412,11 @@ class ProcessTable(Protocol):
     def reap_orphans(self, live: str, grace_s: float) -> list[int]:
         """End the children that dead incarnations left behind; return their pids."""
         ...
+
+
+# the exit status of a command a CommandRunner did not start, as it would have started past its
+# `not_after` (the launcher's EXIT_LATE)
+NOT_STARTED_LATE = 125
 
 
 class CommandRunner(Protocol):

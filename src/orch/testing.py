@@ -34,6 +34,7 @@ from orch.ports import (
     Agent,
     AgentReport,
     AgentRequest,
+    CommandRunner,
     DeployTarget,
     ProcessTable,
     RepoSettings,
@@ -298,6 +299,7 @@ def rig(
     processes: ProcessTable | None = None,
     breakers: Breakers | None = None,
     sandbox: Sandbox | None = None,
+    runner: CommandRunner | None = None,
 ) -> Rig:
     """One repository named "app" (unless `repo` says otherwise), the given agents, backoff off."""
     repo = repo or RepoSettings(
@@ -339,6 +341,7 @@ def rig(
             processes=processes,
             environ=environ,
             breakers=breakers,
+            runner=runner,
         )
 
     engine, dispatcher = make()

@@ -36,12 +36,19 @@ def make_token(config: Path, name: str, role: str) -> str:
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
+    yield from serve(tmp_path, (("vic", "viewer"), ("ann", "operator"), ("root", "admin")))
+
+
+@pytest.fixture
+def open_site(tmp_path: Path) -> Iterator[Site]:
+    """No token made: the API is open, on a loopback address."""
+    yield from serve(tmp_path, ())
+
+
+def serve(tmp_path: Path, roles: tuple[tuple[str, str], ...]) -> Iterator[Site]:
     _, remote = sample.create(tmp_path)
     config = write_config(tmp_path, remote)
-    tokens = {
-        name: make_token(config, name, role)
-        for name, role in (("vic", "viewer"), ("ann", "operator"), ("root", "admin"))
-    }
+    tokens = {name: make_token(config, name, role) for name, role in roles}
     proc = start_serve(config)
     try:
         assert proc.stdout is not None
@@ -68,6 +75,7 @@ def test_every_route_but_health_needs_a_live_token_and_a_role_that_allows_it(sit
         assert filed.status_code == 401
         forged = anonymous.get("/api/v1/state", headers={"Authorization": "Bearer orch_guess"})
         assert (forged.status_code, forged.json()) == (401, {"error": "unknown or revoked token"})
+        assert forged.headers["www-authenticate"] == "Bearer"
 
     with client(site, "vic") as viewer:
         assert viewer.get("/api/v1/state").status_code == 200
@@ -92,12 +100,17 @@ def test_every_route_but_health_needs_a_live_token_and_a_role_that_allows_it(sit
         assert approved.json()["recorded"] is True
         assert "approved by ann" in operator.post(f"/api/v1/tasks/{key}/reject").json()["error"]
 
-    revoked = orch("--config", str(site.config), "token", "revoke", "ann")
-    assert (revoked.returncode, revoked.stdout.strip()) == (0, "token ann revoked")
+    for name in ("ann", "vic", "root"):
+        revoked = orch("--config", str(site.config), "token", "revoke", name)
+        assert (revoked.returncode, revoked.stdout.strip()) == (0, f"token {name} revoked")
     with client(site, "ann") as operator:
         assert operator.get("/api/v1/state").status_code == 401
+    with client(site) as anonymous:
+        # every token revoked: the API stays closed, it does not open again
+        assert anonymous.get("/api/v1/state").status_code == 401
     listed = orch("--config", str(site.config), "token", "list", "--json")
-    assert '"revoked_at": null' in listed.stdout and "orch_" not in listed.stdout
+    assert listed.stdout.count('"revoked_at": null') == 0 and "orch_" not in listed.stdout
+    assert listed.stdout.count('"name"') == 3
 
 
 def test_a_cross_site_form_post_and_a_foreign_origin_change_nothing(site: Site) -> None:
@@ -125,6 +138,29 @@ def test_a_cross_site_form_post_and_a_foreign_origin_change_nothing(site: Site) 
         )
         assert fetched.status_code == 403
         assert admin.get("/api/v1/tasks").json() == {"tasks": []}
+        # the same site, by its own page: accepted
+        own = admin.post(
+            "/api/v1/tasks",
+            json={"repo": "sample", "title": "From the dashboard"},
+            headers={"Origin": site.url, "Sec-Fetch-Site": "same-origin"},
+        )
+        assert own.status_code == 201
+
+
+def test_an_open_api_answers_only_to_a_loopback_host_name(open_site: Site) -> None:
+    with client(open_site) as anyone:
+        assert anyone.get("/api/v1/state").status_code == 200
+        # a page whose name was rebound to 127.0.0.1 sends its own name as Host and Origin
+        rebound = anyone.post(
+            "/api/v1/tasks",
+            json={"repo": "sample", "title": "x"},
+            headers={"Host": "evil.example:8000", "Origin": "http://evil.example:8000"},
+        )
+        assert rebound.status_code == 403
+        assert "loopback host" in rebound.json()["error"]
+        read = anyone.get("/api/v1/tasks", headers={"Host": "evil.example"})
+        assert read.status_code == 403
+        assert anyone.get("/api/v1/tasks", headers={"Host": "localhost"}).json() == {"tasks": []}
 
 
 @pytest.mark.parametrize(
@@ -133,6 +169,8 @@ def test_a_cross_site_form_post_and_a_foreign_origin_change_nothing(site: Site) 
         ('{"repo": "sample", "title": "a\\u0000b"}', "NUL"),
         ('{"repo": "sample", "title": "a\\ud800b"}', "lone surrogate"),
         ('{"repo": "sample", "title": "x", "body": NaN}', "NaN is not a number JSON allows"),
+        ('{"repo": "sample", "title": "x", "body": 1e999}', "too large a number"),
+        ("[" * 5000 + "]" * 5000, "nested too deeply"),
     ],
 )
 def test_text_orch_cannot_keep_and_numbers_json_does_not_allow_are_refused(
@@ -156,6 +194,13 @@ def test_an_oversized_body_and_an_invalid_one_are_answered_in_the_error_shape(si
             413,
             {"error": "the body is over 262144 bytes"},
         )
+        chunked = admin.post(
+            "/api/v1/tasks",
+            content=iter([b" " * 100_000] * 3),  # no length declared: counted as it arrives
+            headers={"Content-Type": "application/json"},
+        )
+        assert chunked.status_code == 413
+        assert admin.get("/api/v1/tasks/SAM%00").status_code == 422
         invalid = admin.post("/api/v1/tasks", json={"repo": "sample"})
         assert invalid.status_code == 422
         assert invalid.json()["error"] == "the request is not valid"
@@ -166,7 +211,10 @@ def test_an_oversized_body_and_an_invalid_one_are_answered_in_the_error_shape(si
             headers={"Content-Type": "application/json"},
         )
         assert infinite.status_code == 422
-        assert infinite.json()["detail"][0]["loc"] == ["body", "budget_usd"]
+        assert "too large a number" in infinite.json()["error"]
+        negative = admin.post("/api/v1/tasks/SAM-9/retry", json={"budget_usd": -1})
+        assert negative.status_code == 422
+        assert negative.json()["detail"][0]["loc"] == ["body", "budget_usd"]
 
 
 def test_serve_refuses_to_listen_beyond_this_machine_without_a_token(tmp_path: Path) -> None:

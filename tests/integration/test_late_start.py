@@ -9,6 +9,7 @@ from pathlib import Path
 
 from orch.adapters.process import LocalRunner
 from orch.adapters.sandbox.launcher import EXIT_LATE
+from orch.ports import NOT_STARTED_LATE
 
 
 def run(tmp_path: Path, not_after: float) -> tuple[int | None, Path, str]:
@@ -23,7 +24,7 @@ def run(tmp_path: Path, not_after: float) -> tuple[int | None, Path, str]:
 
 def test_a_command_started_past_its_lease_never_runs(tmp_path: Path) -> None:
     code, marker, log = run(tmp_path, time.time() - 1.0)
-    assert code == EXIT_LATE
+    assert code == EXIT_LATE == NOT_STARTED_LATE  # what the deployer knows it by
     assert not marker.exists()
     assert "after its worker's lease may have run out" in log
 

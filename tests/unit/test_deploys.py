@@ -3,12 +3,15 @@ a deploy that fails its check is rolled back to the release before it."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from orch.adapters.agents.scripted import ScriptedAgent
+from orch.adapters.process import LocalRunner, ProcessGroup
 from orch.adapters.store import schema as tables
 from orch.domain import naming
 from orch.domain.model import Task
@@ -180,3 +183,37 @@ def test_a_first_deploy_that_fails_its_check_has_nothing_to_roll_back_to(
     parked = confirm(r, task)
     assert parked.status == TaskStatus.NEEDS_OPERATOR
     assert "no earlier release to roll back to" in parked.status_reason
+
+
+class RecordingRunner(LocalRunner):
+    """Starts commands as orch does, and notes the latest start each may make."""
+
+    def __init__(self) -> None:
+        self.starts: list[tuple[str, float | None, float]] = []
+
+    def start(self, command: str, *args: Any, **kwargs: Any) -> ProcessGroup:
+        self.starts.append((command, kwargs.get("not_after"), time.time()))
+        return super().start(command, *args, **kwargs)
+
+
+def test_a_deploy_command_is_started_only_within_its_freshly_renewed_lease(
+    tmp_path: Path, prod: Path
+) -> None:
+    runner = RecordingRunner()
+    deploy = DeployTarget(f'echo "$ORCH_RELEASE" >> {prod}.log', check=f"test -e {prod}.log")
+    repo = RepoSettings(
+        name="app", test_command="true", deploy={"staging": deploy, "production": deploy}
+    )
+    made = rig({"default": ScriptedAgent()}, repo=repo, runner=runner)
+    try:
+        confirm(made, to_confirm_deploy(made, "Ship it"))
+    finally:
+        made.close()
+    deploys = [(n, at) for command, n, at in runner.starts if command == deploy.command]
+    assert len(deploys) == 2  # staging, then production
+    ttl = made.engine.settings.lease_ttl_s
+    for not_after, at in deploys:
+        # renewed just before the start: the lease holds for about its ttl from then
+        assert not_after is not None and at < not_after <= at + ttl
+    # what may run again (a gate, a check) is started with no such bound
+    assert all(n is None for command, n, _ in runner.starts if command != deploy.command)

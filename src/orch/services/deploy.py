@@ -14,7 +14,7 @@ from orch.domain.errors import Busy, ForgeError
 from orch.domain.naming import deploy_key, rollback_key, superseded_key
 from orch.domain.pipeline import Decision
 from orch.domain.states import UNRESOLVED_EFFECT_STATES, EffectKind, EffectState, RunOutcome
-from orch.ports import AgentProcess, RepoSettings
+from orch.ports import NOT_STARTED_LATE, AgentProcess, RepoSettings
 from orch.services.outbox import Outbox
 from orch.services.work import Tools, Work
 
@@ -184,6 +184,11 @@ class Deployer:
         code, outcome = work.lease.supervise(
             proc, DEPLOY_TIMEOUT_S, self.tools.settings.kill_grace_s, cancellable=False
         )
+        if code == NOT_STARTED_LATE:
+            # nothing ran: this worker was held up past its lease's sure end; if it lost the
+            # job the renewal says so, else the step is tried again, not counted as a failure
+            work.lease.renew()
+            raise Busy(f"the {target} deploy started too late to be sure of its lease; not run")
         return code, outcome != RunOutcome.EXITED, proc, log_path
 
     def _check(

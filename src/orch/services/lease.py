@@ -122,7 +122,9 @@ class Lease:
         if self.store.renew(self.claim, self.ttl_s):
             self.cancel_seen = True
         self._renewed = self._monotonic()
-        self._valid_until = sent + self.ttl_s - self._margin_s
+        # a renewal sent earlier may return later (the heartbeat's, behind a step's): each is a
+        # sure bound, so the latest holds
+        self._valid_until = max(self._valid_until, sent + self.ttl_s - self._margin_s)
 
     def valid_until(self) -> float:
         """The instant (seconds since the epoch) until which this lease surely holds, as of its

@@ -1,8 +1,10 @@
 """Who is calling, and what a request may carry.
 
-Every route but the health check needs a bearer token once any token is live (`orch token
-create`); a token's role decides what it may do, and its name is the actor of what it does.
-With no live token the API is open, and `orch serve` listens on a loopback address only.
+Every route but the health check needs a live bearer token once a token has been made (`orch
+token create`), even after every token is revoked; a token's role decides what it may do, and
+its name is the actor of what it does. Until the first token is made the API is open, `orch
+serve` listens on a loopback address only, and a request must name a loopback host: a web page
+whose name was rebound to 127.0.0.1 names its own, and is refused.
 
 Before a request reaches a route, `Guard` refuses what no caller of this API sends: a body over
 the size limit (413); a change asked for by another site (an `Origin` or `Sec-Fetch-Site` that is
@@ -44,18 +46,27 @@ class Caller:
         return self.name if self.name is not None else claimed
 
 
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
 def caller_of(store: Store, request: Request) -> Caller:
     header = request.headers.get("authorization", "")
     scheme, _, secret = header.partition(" ")
     if header and (scheme.lower() != "bearer" or not secret.strip()):
-        raise HTTPException(401, "the Authorization header must be 'Bearer <token>'")
+        raise HTTPException(401, "the Authorization header must be 'Bearer <token>'", _CHALLENGE)
     if secret.strip():
         token = store.token_by_hash(access.digest(secret.strip()))
         if token is None:
-            raise HTTPException(401, "unknown or revoked token")
+            raise HTTPException(401, "unknown or revoked token", _CHALLENGE)
         return Caller(token.name, token.role)
     if store.has_tokens():
-        raise HTTPException(401, "a bearer token is required (orch token create)")
+        raise HTTPException(401, "a bearer token is required (orch token create)", _CHALLENGE)
+    host = urlsplit(f"//{request.headers.get('host', '')}").hostname or ""
+    if f"[{host}]" not in LOOPBACK_HOSTS and host not in LOOPBACK_HOSTS:
+        raise HTTPException(
+            403, f"with no token made, orch answers only to a loopback host, not {host!r}"
+        )
     return Caller(None, Role.ADMIN)
 
 
@@ -97,6 +108,9 @@ class Guard:
             if len(body) > self.max_body_bytes:
                 await _refuse(send, 413, f"the body is over {self.max_body_bytes} bytes")
                 return
+        if "\x00" in scope["path"]:
+            await _refuse(send, 422, "a path may not hold a NUL character")
+            return
         refusal = _refusal(scope["method"], headers, body)
         if refusal is not None:
             await _refuse(send, *refusal)
@@ -126,12 +140,14 @@ def _refusal(method: str, headers: dict[str, str], body: bytes) -> tuple[int, st
     if not body:
         return None
     try:
-        parsed = json.loads(body, parse_constant=_no_constant)
+        parsed = json.loads(body, parse_constant=_no_constant, parse_float=_finite)
+        bad = _bad_text(parsed)
     except _NotANumber as exc:
         return 422, str(exc)
+    except RecursionError:
+        return 422, "the JSON is nested too deeply"
     except ValueError:
         return None  # not JSON, or broken JSON: the route answers 422 as usual
-    bad = _bad_text(parsed)
     return (422, bad) if bad else None
 
 
@@ -141,6 +157,13 @@ class _NotANumber(Exception):
 
 def _no_constant(name: str) -> Any:
     raise _NotANumber(f"{name} is not a number JSON allows")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise _NotANumber(f"{text[:40]} is too large a number")
+    return value
 
 
 def _bad_text(value: Any) -> str:

@@ -40,4 +40,4 @@ class AccessRecords(MemoryBase):
         return None
 
     def has_tokens(self) -> bool:
-        return any(token.live for token in self._t.tokens.values())
+        return bool(self._t.tokens)

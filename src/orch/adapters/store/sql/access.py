@@ -69,11 +69,5 @@ class AccessRecords(SqlBase):
 
     def has_tokens(self) -> bool:
         return bool(
-            self._read(
-                lambda c: c.execute(
-                    sa.select(t.api_tokens.c.name)
-                    .where(t.api_tokens.c.revoked_at.is_(None))
-                    .limit(1)
-                ).first()
-            )
+            self._read(lambda c: c.execute(sa.select(t.api_tokens.c.name).limit(1)).first())
         )
