@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -27,19 +27,6 @@ task_app = typer.Typer(no_args_is_help=True, help="File, list and inspect tasks.
 app.add_typer(task_app, name="task")
 app.command("chaos")(chaos_command)
 app.add_typer(token_app, name="token")
-
-T = TypeVar("T")
-
-
-def _loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a name: it may resolve to anything
 
 
 def _logging(level: str) -> None:
@@ -101,6 +88,7 @@ def serve(
     import uvicorn
 
     from orch.bootstrap import build
+    from orch.web.access import loopback
     from orch.web.app import create_app
 
     settings = _settings()
@@ -112,7 +100,7 @@ def serve(
         _guard(orch_app.lock_workspace)
         _guard(orch_app.store.migrate)
         listen = host or settings.api.host
-        if not _loopback(listen) and not _guard(orch_app.store.has_tokens):
+        if not loopback(listen) and not _guard(orch_app.store.has_tokens):
             _fail(
                 f"refusing to listen on {listen}, beyond this machine, with no API token: anyone"
                 " who reached it could act; create one first (orch token create --name NAME"

@@ -18,8 +18,6 @@ from orch.testing import Rig
 
 from .harness import DeployLog, StartedAgent
 
-Observed = Observation
-
 
 class Violation(AssertionError):
     def __init__(self, invariant: str, detail: str) -> None:

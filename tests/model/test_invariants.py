@@ -13,11 +13,11 @@ import sqlalchemy as sa
 from orch.adapters.store import schema as tables
 from orch.domain.model import Task
 from orch.domain.states import EffectState, JobState, Stage, TaskStatus
+from orch.invariants import Observation
 from orch.testing import sql_memory_store
 
 from .harness import REPO, StartedAgent, World, build_world
 from .invariants import (
-    Observed,
     Violation,
     check_all,
     check_i1,
@@ -50,7 +50,7 @@ class Hanging:
     killed: bool = False
 
 
-def seen(w: World) -> Observed:
+def seen(w: World) -> Observation:
     return observe(w.rig, deploys=w.deploys, agents=w.agent.processes)
 
 

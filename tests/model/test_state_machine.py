@@ -34,11 +34,12 @@ from orch.domain import pipeline as pl
 from orch.domain.errors import Conflict, LeaseLost
 from orch.domain.model import Claim, GateRecord, Task
 from orch.domain.states import EffectState, Stage, TaskStatus
+from orch.invariants import Observation
 from orch.ports import AgentRequest
 from orch.testing import Rig, SimulatedCrash, advance, crash_at, retry, set_timer, supersede
 
 from .harness import REPO, Outcome, World, build_world, snapshot
-from .invariants import Observed, Violation, check_all, observe
+from .invariants import Violation, check_all, observe
 
 MAX_TICKETS = 3
 TICKET = st.integers(0, MAX_TICKETS - 1)
@@ -394,10 +395,10 @@ class OrchModel(RuleBasedStateMachine):
 
     # -- checks ------------------------------------------------------------------------------
 
-    def _observe(self) -> Observed:
+    def _observe(self) -> Observation:
         return observe(self.w.rig, deploys=self.w.deploys, agents=self.w.agent.processes)
 
-    def _check_model(self, o: Observed) -> None:
+    def _check_model(self, o: Observation) -> None:
         """What this model knows beyond I1-I8: a STOP recorded between jobs is final (the task
         only gets cancelled or parked after it, and starts no agent), and an approval that
         came before its checkpoint's wait is never applied (F12)."""
@@ -430,7 +431,7 @@ class OrchModel(RuleBasedStateMachine):
         self.statuses = {t.key: t.status for t in o.record.tasks}
         self._verify(o, settled=False)
 
-    def _verify(self, o: Observed, *, settled: bool) -> None:
+    def _verify(self, o: Observation, *, settled: bool) -> None:
         """I1-I7 (and I8 once settled), and what the model knows."""
         check_all(o, swept_at=self.w.swept_at, settled=settled)
         self._check_model(o)

@@ -14,6 +14,7 @@ nothing; JSON with NaN or Infinity, or text with a NUL or a lone surrogate (422)
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -46,7 +47,6 @@ class Caller:
         return self.name if self.name is not None else claimed
 
 
-LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
@@ -63,11 +63,22 @@ def caller_of(store: Store, request: Request) -> Caller:
     if store.has_tokens():
         raise HTTPException(401, "a bearer token is required (orch token create)", _CHALLENGE)
     host = urlsplit(f"//{request.headers.get('host', '')}").hostname or ""
-    if f"[{host}]" not in LOOPBACK_HOSTS and host not in LOOPBACK_HOSTS:
+    if not loopback(host):
         raise HTTPException(
             403, f"with no token made, orch answers only to a loopback host, not {host!r}"
         )
     return Caller(None, Role.ADMIN)
+
+
+def loopback(host: str) -> bool:
+    """Whether `host` (a name or an address, without brackets or port) is this machine's
+    loopback: what an API with no token answers to, and may listen on."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # another name: it may resolve to anything
 
 
 def needs(store: Store, role: Role) -> Callable[[Request], Caller]:
