@@ -33,6 +33,7 @@ TABLES = (
     "tickets",
     "ticket_sequences",
     "api_tokens",
+    "counters",
 )
 
 
@@ -94,6 +95,13 @@ def _truncate_all(url: str) -> None:
                 sql.SQL(", ").join(sql.Identifier(t) for t in TABLES)
             )
         )
+
+
+@pytest.fixture
+def pg_empty(pg_migrated: str) -> str:
+    """The postgres database, migrated and emptied, for a test that opens its own stores."""
+    _truncate_all(pg_migrated)
+    return pg_migrated
 
 
 STORE_KINDS = [

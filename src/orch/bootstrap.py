@@ -7,7 +7,10 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
 
 from orch.adapters.agents.claude_code import ClaudeCodeAgent
 from orch.adapters.agents.codex import CodexAgent, Provider
@@ -18,7 +21,7 @@ from orch.adapters.notifiers.log import LogNotifier
 from orch.adapters.process import LocalRunner
 from orch.adapters.proctable import LinuxProcessTable
 from orch.adapters.sandbox.policy import LandlockSandbox
-from orch.adapters.store.sql import SqlStore, sqlite_path
+from orch.adapters.store.sql import SqlStore, normalise_url, sqlite_path
 from orch.config import (
     ClaudeCodeAgentSettings,
     CommandAgentSettings,
@@ -26,9 +29,9 @@ from orch.config import (
     Settings,
 )
 from orch.domain import pipeline as pl
-from orch.domain.errors import AlreadyRunning, ConfigError, NotFound
-from orch.domain.ledger import Prices, unmetered
-from orch.pipeline_file import PIPELINE_PATH, parse
+from orch.domain.errors import AlreadyRunning, ConfigError, NotFound, StoreUnavailable
+from orch.domain.ledger import Prices
+from orch.pipeline_file import PIPELINE_PATH, budget_problems, parse
 from orch.ports import (
     Agent,
     CommandRunner,
@@ -151,20 +154,9 @@ class App:
         return pipeline
 
     def _check_budgets(self, pipeline: pl.Pipeline, source: str) -> None:
-        """A budget must be in a unit the stage's agent reports: one it cannot be held to
-        would look like a limit and be none."""
-        for spec in pipeline.stages:
-            if spec.agent is None:
-                continue
-            agent = self.agents[spec.agent]
-            for budget, whose in ((spec.budget, f"stage {spec.stage}"), (pipeline.budget, "task")):
-                units = unmetered(budget, agent.meters)
-                if units:
-                    raise ConfigError(
-                        f"{source}: the {whose} budget is in {' and '.join(units)}, which agent"
-                        f" {agent.name!r} of stage {spec.stage} does not report"
-                        + (" (give it `prices`)" if units == ["usd"] and agent.meters else "")
-                    )
+        problems = budget_problems(pipeline, self.agents, source)
+        if problems:
+            raise ConfigError(problems[0])
 
     def lock_for_serving(self) -> None:
         """One `orch serve` per SQLite file; PostgreSQL allows several, fenced by leases."""
@@ -221,24 +213,105 @@ def protected_paths(settings: Settings, logs: Path) -> list[Path]:
 
 
 # a SQLite store's own file and the files SQLite and orch keep beside it
+T = TypeVar("T")
+
 STORE_FILES = ("", "-wal", "-shm", "-journal", ".serve.lock")
 
 
 def store_at(url: str, *, pool_size: int = 2) -> Store:
     """The store at `url` (not migrated), for a process that only watches it."""
-    return SqlStore(url, pool_size=pool_size)
+    return _opened(url, lambda: SqlStore(url, pool_size=pool_size))
 
 
 def open_store(settings: Settings, clock: Callable[[], float] | None = None) -> Store:
     """The store the settings name (not migrated). `clock` replaces the database's clock: a
     simulated one, for tests on SQLite."""
-    return SqlStore(
+    return _sql_store(settings, clock)
+
+
+def _sql_store(settings: Settings, clock: Callable[[], float] | None = None) -> SqlStore:
+    return _opened(
         settings.store_url,
-        busy_timeout_ms=settings.store.busy_timeout_ms,
-        synchronous=settings.store.synchronous,
-        pool_size=settings.worker.slots + 4,  # each slot, its lease heartbeat, the API
-        clock=clock,
+        lambda: SqlStore(
+            settings.store_url,
+            busy_timeout_ms=settings.store.busy_timeout_ms,
+            synchronous=settings.store.synchronous,
+            pool_size=settings.worker.slots + 4,  # each slot, its lease heartbeat, the API
+            clock=clock,
+        ),
     )
+
+
+def _opened(url: str, make: Callable[[], T]) -> T:
+    """`make()`, with what the database or its driver says on the way in as one line: a file
+    that is not a database, a driver that is not installed, a URL that does not parse."""
+    try:
+        return make()
+    except ImportError as exc:
+        raise StoreUnavailable(
+            f"cannot open the store at {_shown(url)}: its driver {exc.name or ''} is not"
+            " installed (postgresql:// URLs use psycopg 3, which orch installs)"
+        ) from exc
+    except sa_exc.ArgumentError as exc:
+        raise StoreUnavailable(f"invalid store URL {url!r}: {exc}") from exc
+    except sa_exc.DBAPIError as exc:
+        raise StoreUnavailable(f"cannot open the store at {_shown(url)}: {_said(exc)}") from exc
+
+
+def open_migrated_store(settings: Settings) -> Store:
+    """The store the settings name, for a command that only reads it: one that was never
+    migrated (or a SQLite file that does not exist) is refused, and its schema is read before
+    the store is opened, read-only, so neither a file nor a table is made, nor a journal
+    switched."""
+    url = settings.store_url
+    shown = _shown(url)
+    path = _sqlite_file(url)
+    if path is not None and not path.exists():
+        raise StoreUnavailable(needs_migrate(shown))
+    state = _opened(url, lambda: migration_state(url, path))
+    if state != "current":
+        raise StoreUnavailable(
+            needs_migrate(shown)
+            if state == "behind"
+            else f"the store at {shown} was migrated by a newer orch ({state}); upgrade orch"
+        )
+    return _sql_store(settings)
+
+
+def needs_migrate(shown_url: str) -> str:
+    return f"the store at {shown_url} needs `orch migrate`"
+
+
+def migration_state(url: str, sqlite_file: Path | None) -> str:
+    """'current' (at this orch's head), 'behind' (never migrated, or by an older orch), or the
+    revision it is at when this orch does not know it (a newer orch migrated it). Reads only."""
+    from orch.adapters.store.revisions import read_only_engine, schema_at
+
+    schema = schema_at(read_only_engine(normalise_url(url), sqlite_file))
+    if schema.latest:
+        return "current"
+    return f"revision {', '.join(schema.unknown)}" if schema.newer else "behind"
+
+
+def _sqlite_file(url: str) -> Path | None:
+    try:
+        return sqlite_path(url)
+    except sa_exc.ArgumentError as exc:
+        raise StoreUnavailable(f"invalid store URL {url!r}: {exc}") from exc
+
+
+def _shown(url: str) -> str:
+    """The URL as orch shows a store's: without its password."""
+    try:
+        return sa.engine.make_url(normalise_url(url)).render_as_string(hide_password=True)
+    except sa_exc.ArgumentError:
+        return repr(url)
+
+
+def _said(exc: sa_exc.DBAPIError) -> str:
+    """The first line the database said."""
+    lines = str(exc.orig or exc).strip().splitlines()
+    return lines[0] if lines else type(exc.orig or exc).__name__
 
 
 def workers(

@@ -18,6 +18,7 @@ from pydantic import (
     PrivateAttr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -183,6 +184,13 @@ AgentSettings = Annotated[
 ]
 
 
+class LogSettings(_Strict):
+    level: str = "INFO"
+    # console: key=value lines for a person; json: one JSON object a line, with the task, stage,
+    # job and agent run a line was logged for
+    format: Literal["console", "json"] = "console"
+
+
 class ApiSettings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8077, ge=0, le=65535)
@@ -204,7 +212,8 @@ class Settings(BaseSettings):
     agent_env_allow: list[str] = []  # more variables an agent may see, beyond the base allowlist
 
     _agent_env_allow = field_validator("agent_env_allow")(_not_credentials)
-    log_level: str = "INFO"
+    log: LogSettings = LogSettings()
+    log_level: str = "INFO"  # the older spelling of log.level; either may be given, not both
 
     isolated: ClassVar[bool] = False
     # the settings file they were read from: no agent may read it
@@ -218,6 +227,21 @@ class Settings(BaseSettings):
         if dupes:
             raise ValueError(f"repository named twice: {', '.join(dupes)}")
         return repos
+
+    @model_validator(mode="after")
+    def _one_log_level(self) -> Settings:
+        """`log_level` and `log.level` name one setting: whichever was given is both."""
+        old, new = "log_level" in self.model_fields_set, "level" in self.log.model_fields_set
+        if old and new and self.log_level.upper() != self.log.level.upper():
+            raise ValueError(
+                f"log_level ({self.log_level}) and log.level ({self.log.level}) disagree:"
+                " give the level once, as log.level"
+            )
+        if old and not new:
+            self.log = self.log.model_copy(update={"level": self.log_level})
+        else:
+            self.log_level = self.log.level
+        return self
 
     @property
     def store_url(self) -> str:

@@ -6,7 +6,7 @@ given, replaces the built-in list. Every error names the file, the line and the 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -16,9 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from orch.domain import pipeline as pl
 from orch.domain.errors import OrchError, PipelineError
 from orch.domain.gates import PASS_WORDS
-from orch.domain.ledger import Budget
+from orch.domain.ledger import Budget, unmetered
 from orch.domain.prompts import render, sample_context
 from orch.domain.states import WORK_STAGES, Stage
+from orch.ports import Agent
 
 PIPELINE_PATH = ".orch/pipeline.yaml"
 
@@ -251,6 +252,45 @@ def _check_templates(spec: pl.StageSpec, at: tuple[str | int, ...], fail: Any) -
             render(template, ctx)
         except OrchError as exc:
             raise fail(loc, str(exc)) from exc
+
+
+def schema_problems(text: str, source: str) -> list[str]:
+    """Every problem the schema finds in a pipeline file, each naming the file, the line and
+    the field (`parse` stops at the first): what a person fixing the file wants to see."""
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return []  # parse's own message names the line
+    if not isinstance(data, dict):
+        return []
+    try:
+        PipelineModel.model_validate(data)
+    except ValidationError as exc:
+        return [
+            f"{source}:{_line(root, tuple(err['loc']))}: {_field(tuple(err['loc']))}: {err['msg']}"
+            for err in exc.errors()
+        ]
+    return []
+
+
+def budget_problems(pipeline: pl.Pipeline, agents: Mapping[str, Agent], source: str) -> list[str]:
+    """A budget must be in a unit its stage's agent reports: one it cannot be held to would
+    look like a limit and be none."""
+    out = []
+    for spec in pipeline.stages:
+        agent = agents.get(spec.agent) if spec.agent is not None else None
+        if agent is None:
+            continue
+        for budget, whose in ((spec.budget, f"stage {spec.stage}"), (pipeline.budget, "task")):
+            units = unmetered(budget, agent.meters)
+            if units:
+                out.append(
+                    f"{source}: the {whose} budget is in {' and '.join(units)}, which agent"
+                    f" {agent.name!r} of stage {spec.stage} does not report"
+                    + (" (give it `prices`)" if units == ["usd"] and agent.meters else "")
+                )
+    return out
 
 
 def _field(loc: tuple[Any, ...]) -> str:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from orch.changes import Changes
 from orch.domain.access import ApiToken, Role
 from orch.domain.integrity import DEFAULT_PROTECTED
 from orch.domain.ledger import NO_BUDGET, Budget, Usage
 from orch.domain.machine import TaskChange
+from orch.domain.metrics import MetricsSnapshot
 from orch.domain.model import (
     Claim,
     Effect,
@@ -68,6 +71,17 @@ class Store(Protocol):
     def migrate(self) -> None: ...
     def close(self) -> None: ...
     def add_listener(self, listener: Callable[[], None]) -> None: ...
+    @property
+    def changes(self) -> Changes:
+        """Moves on after each write this store commits that changes what a person is shown (not
+        a lease renewed, nor a claim or sweep that found nothing), and, where the database can
+        say so, after another process's writes."""
+        ...
+
+    def watch_changes(self, stop: threading.Event) -> None:
+        """Until `stop` is set, move `changes` for the changes other processes commit that a
+        person would see. Blocks: a thread of its own runs it."""
+        ...
 
     # tickets on the built-in board
     def file_ticket(self, repo: str, prefix: str, title: str, body: str) -> Ticket: ...
@@ -97,6 +111,14 @@ class Store(Protocol):
     def jobs(self, task_id: int) -> list[Job]: ...
     def events(self, task_id: int) -> list[Event]: ...
     def summary(self, recent: int = 20) -> StateSummary: ...
+    def metrics(self) -> MetricsSnapshot:
+        """What `GET /metrics` reports, as aggregates over every record, read at once."""
+        ...
+
+    def spend_over_time(self, since: float, bucket_s: float) -> dict[float, Usage]:
+        """What agent runs started since `since` spent, per interval of `bucket_s` seconds from
+        the epoch, keyed by the interval's start."""
+        ...
 
     # api tokens (orch.domain.access): only their digests are kept
     def add_token(self, name: str, role: Role, token_hash: str) -> ApiToken:

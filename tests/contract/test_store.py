@@ -15,9 +15,11 @@ from orch.domain import machine
 from orch.domain import pipeline as pl
 from orch.domain.errors import Busy, CancelRequested, Conflict, LeaseLost
 from orch.domain.ledger import Usage
+from orch.domain.metrics import FENCED_WRITES, LEASE_RECLAIMS
 from orch.domain.model import Claim, GateRecord, Task, Ticket
 from orch.domain.pipeline import Checkpoint, Decision, Move, Pipeline
 from orch.domain.states import EffectState, JobState, RunOutcome, Stage, TaskStatus
+from orch.ports import SweepResult
 from orch.testing import advance, retry, set_timer, supersede
 
 # the default pipeline without its human waits: every success is another ACTIVE stage
@@ -518,6 +520,21 @@ def test_every_write_under_a_fenced_off_claim_raises_lease_lost_and_writes_nothi
     assert store.get_task(task.id).version == 2
 
 
+def test_the_store_counts_the_leases_it_takes_back_and_the_writes_it_refuses(
+    store: SqlStore,
+) -> None:
+    task, old, new = _stale_and_live_claims(store)
+    with pytest.raises(LeaseLost):
+        store.renew(old, 60)
+    with pytest.raises(LeaseLost):
+        store.start_run(old, "scripted", 1, "/tmp/x.log")
+    store.renew(new, 60)
+
+    counters = store.metrics().counters
+    assert (counters[LEASE_RECLAIMS], counters[FENCED_WRITES]) == (1, 2)
+    assert store.runs(task.id) == []  # the refused write left nothing but its count
+
+
 def test_writes_under_a_claim_whose_job_finished_raise_lease_lost(store: SqlStore) -> None:
     task = new_task(store)
     c = claim(store)
@@ -805,6 +822,25 @@ def test_runs_record_exit_and_usage_and_add_to_the_task_cost(store: SqlStore) ->
     assert (after.tokens_in, after.tokens_out, after.cost_usd) == (10, 4, 0.5)
 
 
+def test_spend_over_time_sums_runs_per_interval_since_a_moment(store: SqlStore) -> None:
+    new_task(store, "APP-1")
+    new_task(store, "WEB-1", repo="web")
+    first = claim(store)
+    run_id = store.start_run(first, "scripted", 1, "/tmp/a.log")
+    store.finish_run(first, run_id, 0, Usage(10, 4, cost_usd=0.5))
+    second = claim(store)
+    run_id = store.start_run(second, "scripted", 2, "/tmp/b.log")
+    store.finish_run(second, run_id, 0, Usage(1, 1, cost_usd=0.25))
+    hours = {r.started_at // 3600 * 3600 for t in store.list_tasks() for r in store.runs(t.id)}
+
+    spent = store.spend_over_time(min(hours), 3600)
+
+    assert set(spent) == hours
+    assert sum(u.tokens_in for u in spent.values()) == 11
+    assert sum(u.cost_usd for u in spent.values()) == pytest.approx(0.75)
+    assert store.spend_over_time(max(hours) + 3600, 3600) == {}
+
+
 def test_a_run_records_its_cache_tokens_session_and_the_agents_account(store: SqlStore) -> None:
     task = new_task(store)
     c = claim(store)
@@ -1028,3 +1064,87 @@ def test_a_finished_run_records_how_it_ended(store: SqlStore) -> None:
     store.finish_run(c, run_id, -9, Usage(), RunOutcome.STALLED)
     (run,) = store.runs(c.task_id)
     assert (run.exit_code, run.outcome) == (-9, "stalled")
+
+
+def test_metrics_aggregate_tasks_transitions_runs_usage_jobs_and_effects(store: SqlStore) -> None:
+    empty = store.metrics()
+    assert (empty.tasks, empty.transitions, empty.runs, empty.effects) == ({}, {}, {}, {})
+    assert (empty.queue_depth, empty.oldest_wait_s, empty.reclaimed_runs) == (0, 0.0, 0)
+
+    new_task(store, "APP-1", "app")
+    c = claim(store)
+    run_id = store.start_run(c, "claude", 7, "/tmp/analysis.log")
+    store.finish_run(c, run_id, 0, Usage(10, 4, 2, 1, 0.5))
+    store.begin_effect(c, "APP-1:notify:1", "notify", "app", "")
+    store.finish_effect(c, "APP-1:notify:1", EffectState.SUCCEEDED, {})
+    advance(store, c, Stage.ANALYSIS, pl.after_success(FLOW, Stage.ANALYSIS), "w")
+    # the architecture job's worker goes silent with its agent running: the sweep takes it back
+    lost = claim(store)
+    store.start_run(lost, "claude", 8, "/tmp/architecture.log")
+    store.renew(lost, -1)
+    assert store.sweep(max_attempts=9).requeued == 1
+    new_task(store, "WEB-1", "web")
+
+    m = store.metrics()
+    assert m.tasks == {("architecture", "active"): 1, ("analysis", "active"): 1}
+    assert m.transitions[("analysis", "architecture", "active")] == 1
+    assert sum(m.transitions.values()) == len(store.transitions(c.task_id)) + 1
+    assert list(m.stage_seconds) == ["analysis"]
+    analysis = m.stage_seconds["analysis"]
+    assert (analysis.count, analysis.cumulative[-1]) == (1, 1)
+    assert analysis.total >= 0
+    assert {k: h.count for k, h in m.run_seconds.items()} == {
+        ("analysis", "claude"): 1,
+        ("architecture", "claude"): 1,
+    }
+    assert m.runs == {
+        ("analysis", "claude", "exited"): 1,
+        ("architecture", "claude", "lease_lost"): 1,
+    }
+    assert m.usage == {
+        ("app", "analysis", "claude"): Usage(10, 4, 2, 1, 0.5),
+        ("app", "architecture", "claude"): Usage(),
+    }
+    assert m.jobs == {"succeeded": 1, "queued": 2}
+    assert m.queue_depth == 2
+    assert m.oldest_wait_s >= 0
+    assert m.reclaimed_runs == 1
+    assert m.effects == {("notify", "SUCCEEDED"): 1}
+
+
+def test_a_stage_lasts_from_the_change_that_entered_it_to_the_one_that_left_it(
+    store: SqlStore,
+) -> None:
+    task = new_task(store)
+    for stage in (Stage.ANALYSIS, Stage.ARCHITECTURE):
+        advance(store, claim(store), stage, pl.after_success(FLOW, stage), "w")
+    created = store.get_task(task.id).created_at
+    entered_architecture, left_architecture = (
+        x.at for x in store.transitions(task.id) if x.from_stage != x.to_stage
+    )
+    m = store.metrics()
+    assert {stage: h.count for stage, h in m.stage_seconds.items()} == {
+        "analysis": 1,
+        "architecture": 1,
+    }
+    assert m.stage_seconds["analysis"].total == pytest.approx(entered_architecture - created)
+    assert m.stage_seconds["architecture"].total == pytest.approx(
+        left_architecture - entered_architecture
+    )
+
+
+def test_only_writes_a_person_would_see_move_the_change_count(store: SqlStore) -> None:
+    quiet = store.changes.count
+    assert store.claim(OWNER, 30, one_per_repo) is None
+    assert store.sweep(max_attempts=3) == SweepResult()
+    assert store.void_leases("nobody") == 0
+    assert store.changes.count == quiet
+
+    new_task(store)
+    filed = store.changes.count
+    c = claim(store)
+    claimed = store.changes.count
+    store.renew(c, 60)
+
+    assert quiet < filed < claimed
+    assert store.changes.count == claimed

@@ -48,3 +48,22 @@ def write_config(root: Path, remote: Path, **extra: object) -> Path:
     path = root / "orch.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return path
+
+
+def one_error(done: subprocess.CompletedProcess[str]) -> str:
+    """The one line a failed command says: exit 2, one `error:` line, no traceback."""
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def commit_file(root: Path, rel: str, content: str) -> None:
+    """Commit `content` at `rel` in the sample project and push it to its remote's main."""
+    work = root / "sample"
+    (work / rel).parent.mkdir(parents=True, exist_ok=True)
+    (work / rel).write_text(content)
+    sample.git("add", "--all", cwd=work)
+    sample.git("commit", "--quiet", "-m", f"add {rel}", cwd=work)
+    sample.git("push", "--quiet", "origin", "main", cwd=work)

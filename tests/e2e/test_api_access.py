@@ -48,7 +48,11 @@ def open_site(tmp_path: Path) -> Iterator[Site]:
 def serve(tmp_path: Path, roles: tuple[tuple[str, str], ...]) -> Iterator[Site]:
     _, remote = sample.create(tmp_path)
     config = write_config(tmp_path, remote)
-    tokens = {name: make_token(config, name, role) for name, role in roles}
+    yield from serving(config, {name: make_token(config, name, role) for name, role in roles})
+
+
+def serving(config: Path, tokens: dict[str, str]) -> Iterator[Site]:
+    """`orch serve` with `config` on a free port of 127.0.0.1, until the caller is done."""
     proc = start_serve(config)
     try:
         assert proc.stdout is not None
@@ -171,10 +175,11 @@ def test_an_open_api_answers_only_to_a_loopback_host_name(open_site: Site) -> No
         ('{"repo": "sample", "title": "x", "body": NaN}', "NaN is not a number JSON allows"),
         ('{"repo": "sample", "title": "x", "body": 1e999}', "too large a number"),
         ("[" * 5000 + "]" * 5000, "nested too deeply"),
+        (b'{"repo": "sample", "title": "\xff"}', "not UTF-8"),
     ],
 )
 def test_text_orch_cannot_keep_and_numbers_json_does_not_allow_are_refused(
-    site: Site, body: str, why: str
+    site: Site, body: str | bytes, why: str
 ) -> None:
     with client(site, "root") as admin:
         refused = admin.post(

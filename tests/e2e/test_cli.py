@@ -14,18 +14,9 @@ from orch.domain.pipeline import Decision, Move
 from orch.domain.states import Stage, TaskStatus
 from orch.testing import advance
 
-from .conftest import orch, write_config
+from .conftest import commit_file, orch, write_config
 
 pytestmark = pytest.mark.slow
-
-
-def commit_file(root: Path, rel: str, content: str) -> None:
-    work = root / "sample"
-    (work / rel).parent.mkdir(parents=True, exist_ok=True)
-    (work / rel).write_text(content)
-    sample.git("add", "--all", cwd=work)
-    sample.git("commit", "--quiet", "-m", f"add {rel}", cwd=work)
-    sample.git("push", "--quiet", "origin", "main", cwd=work)
 
 
 @pytest.fixture
@@ -40,7 +31,7 @@ def test_task_add_files_a_ticket_and_list_and_show_report_it(configured: Path) -
     task = json.loads(added.stdout)
     assert (task["key"], task["stage"], task["status"]) == ("SAM-1", "analysis", "active")
     listed = json.loads(orch("-c", str(configured), "task", "list", "--json").stdout)
-    assert [t["key"] for t in listed] == ["SAM-1"]
+    assert [t["key"] for t in listed["tasks"]] == ["SAM-1"]
     shown = json.loads(orch("-c", str(configured), "task", "show", "SAM-1", "--json").stdout)
     assert shown["history"][0]["actor"] == "cli"
     assert shown["history"][0]["to"] == {"stage": "analysis", "status": "active"}
@@ -65,7 +56,8 @@ def test_task_list_shows_the_dead_letters_with_why_they_were_parked(configured: 
     assert "SAM-1" in listed.stdout and "SAM-2" not in listed.stdout
     assert "3 attempts failed" in listed.stdout
     as_json = orch("-c", str(configured), "task", "list", "--status", "needs_operator", "--json")
-    assert [(t["key"], t["reason"]) for t in json.loads(as_json.stdout)] == [("SAM-1", reason)]
+    parked = json.loads(as_json.stdout)["tasks"]
+    assert [(t["key"], t["reason"]) for t in parked] == [("SAM-1", reason)]
     wrong = orch("-c", str(configured), "task", "list", "--status", "parked")
     assert wrong.returncode == 2
     assert wrong.stderr.startswith("error: unknown status 'parked'")
@@ -115,7 +107,7 @@ def test_pipeline_override_on_the_default_branch_shapes_new_tasks(
     ("args", "env", "message"),
     [
         (["task", "add", "nope", "x"], {}, "error: unknown repository 'nope'"),
-        (["task", "show", "NOPE-1"], {}, "error: no task for ticket NOPE-1"),
+        (["task", "show", "NOPE-1"], {}, "error: the store at"),
         (
             ["task", "list"],
             {"ORCH_STORE__URL": "postgresql://postgres@127.0.0.1:1/none"},
@@ -133,6 +125,15 @@ def test_bad_input_gets_one_error_line_and_a_nonzero_exit(
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith(message)
+
+
+def test_an_unknown_key_is_one_error_line(configured: Path) -> None:
+    assert orch("-c", str(configured), "migrate").returncode == 0
+    done = orch("-c", str(configured), "task", "show", "nope-1")
+    assert (done.returncode, done.stderr.strip().splitlines()) == (
+        2,
+        ["error: no task for ticket nope-1"],
+    )
 
 
 def test_unwritable_workspace_root_is_refused_before_anything_is_filed(

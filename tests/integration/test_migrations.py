@@ -9,19 +9,17 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
-from alembic.config import Config
 from alembic.migration import MigrationContext
 
 from orch.adapters.store import schema
+from orch.adapters.store.revisions import alembic_config
 from orch.adapters.store.sql import SqlStore
-from orch.adapters.store.sql.base import _MIGRATIONS
 from orch.domain.ledger import Usage
 from orch.domain.states import EffectState, RunOutcome
 
 
 def upgrade(engine: sa.Engine, revision: str) -> None:
-    cfg = Config()
-    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    cfg = alembic_config()
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)

@@ -9,6 +9,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from structlog.contextvars import bound_contextvars
+
 from orch.domain import pipeline as pl
 from orch.domain.errors import (
     AgentError,
@@ -117,33 +119,34 @@ class AgentRunner:
         except BaseException:
             proc.kill(tools.settings.kill_grace_s)
             raise
-        outcome = RunOutcome.ERROR
-        report = None
-        try:
-            code, outcome = work.lease.supervise(
-                proc,
-                spec.timeout_s,
-                tools.settings.kill_grace_s,
-                stall_s=spec.stall_s,
-                deadline_s=deadline_left,
-            )
-            report = proc.report()
-            # orch's own reckoning names the budget (the stage's or the task's); an agent that
-            # cannot be stopped mid-run is held to it when it ends
-            over = limits.crossed(proc.usage())
-            said = report.over_budget if report is not None else ""
-            if over or said:
-                outcome = RunOutcome.BUDGET
-                why = over or f"budget: {said.removeprefix('budget: ')}"
-                report = replace(
-                    report or AgentReport(False), ok=False, detail=why, over_budget=why
+        with bound_contextvars(run=run_id, agent=agent.name):
+            outcome = RunOutcome.ERROR
+            report = None
+            try:
+                code, outcome = work.lease.supervise(
+                    proc,
+                    spec.timeout_s,
+                    tools.settings.kill_grace_s,
+                    stall_s=spec.stall_s,
+                    deadline_s=deadline_left,
                 )
-        except Interrupted as signal:
-            outcome = interrupted(signal)
-            raise
-        finally:
-            self._close(work, run_id, proc, outcome, report)
-        return self._judge(work, agent.name, code, outcome, log_path, report, proc)
+                report = proc.report()
+                # orch's own reckoning names the budget (the stage's or the task's); an agent that
+                # cannot be stopped mid-run is held to it when it ends
+                over = limits.crossed(proc.usage())
+                said = report.over_budget if report is not None else ""
+                if over or said:
+                    outcome = RunOutcome.BUDGET
+                    why = over or f"budget: {said.removeprefix('budget: ')}"
+                    report = replace(
+                        report or AgentReport(False), ok=False, detail=why, over_budget=why
+                    )
+            except Interrupted as signal:
+                outcome = interrupted(signal)
+                raise
+            finally:
+                self._close(work, run_id, proc, outcome, report)
+            return self._judge(work, agent.name, code, outcome, log_path, report, proc)
 
     def _close(
         self,

@@ -63,10 +63,7 @@ class Intake:
         )
 
     def task(self, key: str) -> Task:
-        task = self.store.find_task(key)
-        if task is None:
-            raise NotFound(f"no task for ticket {key}")
-        return task
+        return find_task(self.store, key)
 
     def decide(self, key: str, approve: bool, actor: str, comment: str = "") -> bool:
         """Answer the checkpoint the task waits at. A wait takes one answer: the same answer
@@ -135,3 +132,14 @@ def _said(event: Event) -> str:
     )
     parts = ", ".join(f"{k}: {v}" for k, v in event.payload.items() if k != "checkpoint" and v)
     return f"{verb} by {event.actor}" + (f" ({parts[:200]})" if parts else "")
+
+
+def find_task(store: Store, key: str) -> Task:
+    """The task of ticket `key`, typed in any case: keys are filed upper case (`r2-3` is
+    R2-3), and one filed otherwise is still found as it was typed."""
+    task = store.find_task(key)
+    if task is None and key.upper() != key:
+        task = store.find_task(key.upper())
+    if task is None:
+        raise NotFound(f"no task for ticket {key}")
+    return task

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 
+from structlog.contextvars import bound_contextvars
+
 from orch.domain import machine
 from orch.domain import pipeline as pl
 from orch.domain.errors import (
@@ -48,6 +50,11 @@ class Jobs:
     def run(self, claim: Claim, owner: str) -> None:
         task = claim.task
         assert task is not None, "a store's claim carries its task"
+        # every line logged while the job runs says which task, stage and job it is about
+        with bound_contextvars(task=task.key, stage=task.stage.value, job=claim.job_id):
+            self._run(claim, task, owner)
+
+    def _run(self, claim: Claim, task: Task, owner: str) -> None:
         if task.version != claim.version or is_terminal(task.status):
             self.store.apply(claim, machine.nothing_to_do(task))
             return

@@ -4,7 +4,9 @@ Every route but the health check needs a live bearer token once a token has been
 token create`), even after every token is revoked; a token's role decides what it may do, and
 its name is the actor of what it does. Until the first token is made the API is open, `orch
 serve` listens on a loopback address only, and a request must name a loopback host: a web page
-whose name was rebound to 127.0.0.1 names its own, and is refused.
+whose name was rebound to 127.0.0.1 names its own, and is refused. The dashboard's browser
+shows a session cookie instead of the token (orch.web.sessions), and a CSRF token with every
+change.
 
 Before a request reaches a route, `Guard` refuses what no caller of this API sends: a body over
 the size limit (413); a change asked for by another site (an `Origin` or `Sec-Fetch-Site` that is
@@ -26,6 +28,7 @@ from fastapi import HTTPException, Request
 from orch.domain import access
 from orch.domain.access import Role
 from orch.ports import Store
+from orch.web.sessions import COOKIE, CSRF_HEADER, Sessions
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -52,6 +55,9 @@ _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 def caller_of(store: Store, request: Request) -> Caller:
     header = request.headers.get("authorization", "")
+    sessions: Sessions | None = getattr(request.app.state, "sessions", None)
+    if not header and sessions is not None and request.cookies.get(COOKIE):
+        return _session_caller(store, sessions, request)
     scheme, _, secret = header.partition(" ")
     if header and (scheme.lower() != "bearer" or not secret.strip()):
         raise HTTPException(401, "the Authorization header must be 'Bearer <token>'", _CHALLENGE)
@@ -68,6 +74,20 @@ def caller_of(store: Store, request: Request) -> Caller:
             403, f"with no token made, orch answers only to a loopback host, not {host!r}"
         )
     return Caller(None, Role.ADMIN)
+
+
+def _session_caller(store: Store, sessions: Sessions, request: Request) -> Caller:
+    """The dashboard's caller: its session cookie names the token; a change must also carry
+    the session's CSRF token."""
+    session = sessions.get(request.cookies[COOKIE])
+    if session is None:
+        raise HTTPException(401, "the session has ended: sign in again", _CHALLENGE)
+    if request.method in CHANGES and not session.csrf_matches(request.headers.get(CSRF_HEADER, "")):
+        raise HTTPException(403, "the change does not carry this session's CSRF token")
+    token = store.token_by_hash(session.token_hash)
+    if token is None:
+        raise HTTPException(401, "the token this session signed in with is revoked", _CHALLENGE)
+    return Caller(token.name, token.role)
 
 
 def loopback(host: str) -> bool:
@@ -157,6 +177,8 @@ def _refusal(method: str, headers: dict[str, str], body: bytes) -> tuple[int, st
         return 422, str(exc)
     except RecursionError:
         return 422, "the JSON is nested too deeply"
+    except UnicodeDecodeError:
+        return 422, "the body is not UTF-8 text"
     except ValueError:
         return None  # not JSON, or broken JSON: the route answers 422 as usual
     return (422, bad) if bad else None

@@ -229,6 +229,15 @@ runs = sa.Table(
 )
 
 
+# running totals of what leaves no record of its own: leases the sweep took back, writes fencing
+# refused; only ever incremented
+counters = sa.Table(
+    "counters",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.BigInteger, nullable=False, server_default="0"),
+)
+
 api_tokens = sa.Table(
     "api_tokens",
     metadata,

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from orch.adapters.store.memory.access import AccessRecords
 from orch.adapters.store.memory.leases import Leases
+from orch.adapters.store.memory.metrics import MetricsRecords
 from orch.adapters.store.memory.records import Records
 from orch.adapters.store.memory.tasks import TaskRecords
 
 __all__ = ["MemoryStore"]
 
 
-class MemoryStore(TaskRecords, Leases, Records, AccessRecords):
+class MemoryStore(TaskRecords, Leases, Records, AccessRecords, MetricsRecords):
     """The store, in this process's memory. `clock` replaces the wall clock (a simulated one,
     for tests that move time past leases and timers without waiting)."""

@@ -18,9 +18,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from orch.changes import Changes
 from orch.domain import machine
 from orch.domain.access import ApiToken
 from orch.domain.errors import Conflict, LeaseLost
+from orch.domain.metrics import FENCED_WRITES
 from orch.domain.model import (
     Claim,
     Effect,
@@ -59,6 +61,7 @@ class _Tables:
     tokens: dict[str, ApiToken] = field(default_factory=dict)
     token_hashes: dict[str, str] = field(default_factory=dict)  # name -> the secret's digest
     ids: dict[str, int] = field(default_factory=dict)  # the last id given, per table
+    counters: dict[str, int] = field(default_factory=dict)
 
     def copy(self) -> _Tables:
         return _Tables(**{name: dict(value) for name, value in vars(self).items()})
@@ -80,6 +83,7 @@ class MemoryBase:
         self._lock = threading.RLock()
         self._t = _Tables()
         self._listeners: list[Callable[[], None]] = []
+        self.changes = Changes()
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -95,18 +99,27 @@ class MemoryBase:
     def add_listener(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
 
+    def watch_changes(self, stop: threading.Event) -> None:
+        """Nothing to hear: no other process writes this store."""
+
     def _notify(self) -> None:
         for listener in list(self._listeners):
             listener()
 
     @contextlib.contextmanager
-    def _write(self, *, wakes: bool = False) -> Iterator[_Tables]:
+    def _write(self, *, wakes: bool = False, shown: bool = True) -> Iterator[_Tables]:
         """One write, all or nothing: it works on copies that replace the tables only if it
         returns."""
         with self._lock:
             work = self._t.copy()
-            yield work
+            try:
+                yield work
+            except LeaseLost:
+                self._t.counters[FENCED_WRITES] = self._t.counters.get(FENCED_WRITES, 0) + 1
+                raise
             self._t = work
+        if shown:
+            self.changes.bump()
         if wakes:
             self._notify()
 

@@ -11,6 +11,7 @@ from orch.adapters.store.memory.base import MemoryBase, _Tables
 from orch.domain import machine
 from orch.domain.errors import CancelRequested, Conflict
 from orch.domain.machine import TaskChange
+from orch.domain.metrics import LEASE_RECLAIMS
 from orch.domain.model import Claim, Job, Run, Task
 from orch.domain.states import (
     UNRESOLVED_EFFECT_STATES,
@@ -29,7 +30,13 @@ class Leases(MemoryBase):
     # -- leases ------------------------------------------------------------------------------
 
     def claim(self, owner: str, ttl_s: float, repo_limit: Callable[[str], int]) -> Claim | None:
-        with self._write() as t:
+        claimed = self._claim(owner, ttl_s, repo_limit)
+        if claimed is not None:
+            self.changes.bump()  # a claim that found nothing changed nothing to show
+        return claimed
+
+    def _claim(self, owner: str, ttl_s: float, repo_limit: Callable[[str], int]) -> Claim | None:
+        with self._write(shown=False) as t:
             now = self.now()
             candidates = sorted(
                 (j for j in t.jobs.values() if j.state == JobState.QUEUED and j.run_after <= now),
@@ -83,7 +90,7 @@ class Leases(MemoryBase):
 
     def renew(self, claim: Claim, ttl_s: float) -> bool:
         """Extend the lease; whether a STOP is asked for the task, carried back with it."""
-        with self._write() as t:
+        with self._write(shown=False) as t:  # a later expiry shows nowhere
             self._guard(t, claim, expires_at=self.now() + ttl_s)
             return t.tasks[claim.task_id].cancel_requested_at is not None
 
@@ -101,7 +108,13 @@ class Leases(MemoryBase):
         )
 
     def void_leases(self, owner: str) -> int:
-        with self._write() as t:
+        voided = self._void_leases(owner)
+        if voided:
+            self.changes.bump()
+        return voided
+
+    def _void_leases(self, owner: str) -> int:
+        with self._write(shown=False) as t:
             now = self.now()
             voided = 0
             for job in list(t.jobs.values()):
@@ -113,7 +126,7 @@ class Leases(MemoryBase):
 
     def sweep(self, max_attempts: int) -> SweepResult:
         requeued = dead = 0
-        with self._write() as t:
+        with self._write(shown=False) as t:
             now = self.now()
             for job in list(t.jobs.values()):
                 expired = job.expires_at is not None and job.expires_at < now
@@ -139,7 +152,10 @@ class Leases(MemoryBase):
                     )
                 else:
                     requeued += 1
+            if requeued or dead:
+                t.counters[LEASE_RECLAIMS] = t.counters.get(LEASE_RECLAIMS, 0) + requeued + dead
         if requeued or dead:
+            self.changes.bump()
             self._notify()
         return SweepResult(requeued=requeued, dead=dead)
 

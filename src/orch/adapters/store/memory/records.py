@@ -195,6 +195,16 @@ class Records(MemoryBase):
             out[run.stage] = out.get(run.stage, Usage()) + run.usage
         return out
 
+    def spend_over_time(self, since: float, bucket_s: float) -> dict[float, Usage]:
+        with self._lock:
+            runs = list(self._t.runs.values())
+        out: dict[float, Usage] = {}
+        for run in runs:
+            if run.started_at >= since:
+                start = (run.started_at // bucket_s) * bucket_s
+                out[start] = out.get(start, Usage()) + run.usage
+        return out
+
     # -- the inbox ---------------------------------------------------------------------------
 
     def append_event(

@@ -8,11 +8,12 @@ from orch.adapters.store.sql.access import AccessRecords
 from orch.adapters.store.sql.base import normalise_url, sqlite_path
 from orch.adapters.store.sql.inbox import InboxRecords
 from orch.adapters.store.sql.leases import Leases
+from orch.adapters.store.sql.metrics import MetricsRecords
 from orch.adapters.store.sql.records import Records
 from orch.adapters.store.sql.tasks import TaskRecords
 
 __all__ = ["SqlStore", "normalise_url", "sqlite_path"]
 
 
-class SqlStore(TaskRecords, Leases, Records, InboxRecords, AccessRecords):
+class SqlStore(TaskRecords, Leases, Records, InboxRecords, AccessRecords, MetricsRecords):
     """The store. `url` is a SQLAlchemy URL: sqlite:///path, sqlite:// (memory), postgresql://..."""

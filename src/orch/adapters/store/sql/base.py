@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -19,13 +20,16 @@ from typing import Any
 
 import sqlalchemy as sa
 from alembic import command as alembic_command
-from alembic.config import Config as AlembicConfig
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import DatabaseError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.pool import StaticPool
 
+from orch.adapters.store import schema as t
+from orch.adapters.store.revisions import alembic_config
+from orch.adapters.store.sql.hearing import CHANGES_CHANNEL, listen, watch_file
 from orch.adapters.store.sql.statements import Statements, insert_ignore
+from orch.changes import Changes
 from orch.domain.errors import (
     Conflict,
     LeaseLost,
@@ -34,6 +38,7 @@ from orch.domain.errors import (
 )
 from orch.domain.ledger import Usage
 from orch.domain.machine import TaskChange
+from orch.domain.metrics import FENCED_WRITES
 from orch.domain.model import (
     Claim,
     Effect,
@@ -52,7 +57,6 @@ from orch.domain.states import (
     TaskStatus,
 )
 
-_MIGRATIONS = Path(__file__).parent.parent / "migrations"
 log = logging.getLogger("orch.store")
 _MIGRATE_LOCK = 0x6F726368  # "orch": the advisory lock key migrations hold on PostgreSQL
 
@@ -123,6 +127,9 @@ class SqlBase:
         move time forward past leases and timers without waiting."""
         self.url = normalise_url(url)
         self._listeners: list[Callable[[], None]] = []
+        self.changes = Changes()
+        self._id = secrets.token_hex(8)  # tells this store's announcements from others'
+        self._heard_count = 0  # the last count of announced changes this store knows of
         self._lock = threading.RLock()
         # an in-memory database is one shared connection: its users take turns
         self._serial = False
@@ -177,7 +184,7 @@ class SqlBase:
             # the first connection to a new SQLite file switches it to WAL, which waits for
             # processes migrating it at the same moment: a lock is worth a few more tries
             _when_free(lambda: self._probe())
-        except OperationalError as exc:
+        except DatabaseError as exc:  # unreachable, or a file that is not a database
             raise StoreUnavailable(
                 f"cannot open the store at {self.display_url}: {_first_line(exc)}"
             ) from exc
@@ -231,11 +238,13 @@ class SqlBase:
         *,
         wakes: bool = False,
         duplicate: Callable[[], OrchError] | None = None,
+        shown: Callable[[Any], bool] | None = None,
     ) -> Any:
         """Run fn in one write transaction, retried at the transaction boundary when busy. The
         database's errors become orch's here, and only here: one it cannot reach or write is
         StoreUnavailable; a unique index refusing the write is `duplicate()` (what the caller
-        says a second one means), or a Conflict."""
+        says a second one means), or a Conflict. `shown(result)` says whether the write changed
+        what a person is shown (default: it did); only those move `changes`."""
         delay = 0.005
         for attempt in range(12):
             committing = False
@@ -244,7 +253,13 @@ class SqlBase:
                     conn.execution_options(orch_write=True)
                     with conn.begin():
                         result = fn(conn)
+                        shows = shown is None or shown(result)
+                        announced = self._announce(conn) if shows else None
                         committing = True  # the block's end commits
+                if announced is not None:
+                    self._heard_count = max(self._heard_count, announced)
+                if shows:
+                    self.changes.bump()
                 if wakes:
                     self._notify()
                 return result
@@ -260,7 +275,58 @@ class SqlBase:
                 if duplicate is not None:
                     raise duplicate() from exc
                 raise Conflict(f"the store refused the write: {_first_line(exc)}") from exc
+            except DatabaseError as exc:  # a damaged file, say: nothing a retry mends
+                raise StoreUnavailable(f"store write failed: {_first_line(exc)}") from exc
+            except LeaseLost:
+                self._count_apart(FENCED_WRITES)
+                raise
         raise AssertionError("unreachable")
+
+    def _announce(self, conn: Connection) -> int | None:
+        """Let other processes hear that a change they would show is committing (see
+        orch.adapters.store.sql.hearing); on SQLite, the count of such changes it makes."""
+        if self.dialect == "postgresql":
+            conn.execute(self.sql.notify, {"b_channel": CHANGES_CHANNEL, "b_id": self._id})
+            return None
+        return int(conn.execute(self.sql.count_change).scalar_one())
+
+    def watch_changes(self, stop: threading.Event) -> None:
+        """Until `stop`, move `changes` when another process commits a change a person would
+        see. Blocks: run it on a thread of its own."""
+        if self.dialect == "postgresql":
+            dsn = sa.engine.make_url(self.url).set(drivername="postgresql")
+            listen(dsn.render_as_string(hide_password=False), self._id, stop, self.changes.bump)
+            return
+        path = sqlite_path(self.url)
+        if path is not None:
+            watch_file(path, stop, self._hear)
+
+    def _hear(self) -> None:
+        """The SQLite file changed: a change to show if its count moved past what this store
+        knows (its own writes, and renewals, do not move it)."""
+        try:
+            count = self._read(lambda conn: conn.execute(self.sql.change_count).scalar())
+        except StoreUnavailable:
+            return
+        if count is not None and int(count) > self._heard_count:
+            self._heard_count = int(count)
+            self.changes.bump()
+
+    def _count_apart(self, name: str) -> None:
+        """Add one to a counter in a transaction of its own: the one that was refused rolled
+        back. Best effort: a store too far gone to count in does not hide what was refused."""
+        try:
+            self._write(lambda conn: self._count(conn, name, 1), shown=lambda _: False)
+        except StoreUnavailable:
+            log.warning("could not count %s", name)
+
+    def _count(self, conn: Connection, name: str, n: int) -> None:
+        upsert = _upsert(conn, t.counters).values(name=name, value=n)
+        conn.execute(
+            upsert.on_conflict_do_update(
+                index_elements=["name"], set_={"value": t.counters.c.value + upsert.excluded.value}
+            )
+        )
 
     def _read(self, fn: Callable[[Connection], Any]) -> Any:
         for attempt in range(3):
@@ -270,6 +336,8 @@ class SqlBase:
             except (OperationalError, InterfaceError) as exc:
                 if _disconnected(exc) and attempt < 2:
                     continue  # a dropped pooled connection: read again on a fresh one
+                raise StoreUnavailable(f"store read failed: {_first_line(exc)}") from exc
+            except DatabaseError as exc:
                 raise StoreUnavailable(f"store read failed: {_first_line(exc)}") from exc
         raise AssertionError("unreachable")
 
@@ -283,8 +351,7 @@ class SqlBase:
         return float(conn.execute(self.sql.now).scalar_one())
 
     def migrate(self) -> None:
-        cfg = AlembicConfig()
-        cfg.set_main_option("script_location", str(_MIGRATIONS))
+        cfg = alembic_config()
 
         def upgrade() -> None:
             with self.engine.connect() as conn:

@@ -23,6 +23,7 @@ from orch.adapters.store.sql.statements import slot_freed
 from orch.domain import machine
 from orch.domain.errors import CancelRequested, Conflict
 from orch.domain.machine import TaskChange
+from orch.domain.metrics import LEASE_RECLAIMS
 from orch.domain.model import Claim, Event, Job, Run, Task
 from orch.domain.states import (
     TERMINAL_STATUSES,
@@ -91,7 +92,7 @@ class Leases(SqlBase):
                     )
             return None
 
-        return self._write(fn)  # type: ignore[no-any-return]
+        return self._write(fn, shown=lambda claim: claim is not None)  # type: ignore[no-any-return]
 
     def _claimed(
         self, conn: Connection, task_id: int
@@ -111,7 +112,7 @@ class Leases(SqlBase):
             self._fenced(conn.execute(self.sql.renew, fence), claim)
             return bool(conn.execute(self.sql.cancel_flag, {"b_task": claim.task_id}).scalar())
 
-        return bool(self._write(fn))
+        return bool(self._write(fn, shown=lambda _: False))  # a later expiry shows nowhere
 
     def unaccounted_runs(self) -> list[Run]:
         """Runs not in the ledger: running now, or their worker died mid-run (and the run may
@@ -161,7 +162,7 @@ class Leases(SqlBase):
             )
             return int(res.rowcount)
 
-        return self._write(fn)  # type: ignore[no-any-return]
+        return self._write(fn, shown=lambda voided: voided > 0)  # type: ignore[no-any-return]
 
     def sweep(self, max_attempts: int) -> SweepResult:
         def fn(conn: Connection) -> SweepResult:
@@ -210,9 +211,11 @@ class Leases(SqlBase):
                     )
                 else:
                     requeued += 1
+            if requeued or dead:
+                self._count(conn, LEASE_RECLAIMS, requeued + dead)
             return SweepResult(requeued=requeued, dead=dead)
 
-        result: SweepResult = self._write(fn)
+        result: SweepResult = self._write(fn, shown=lambda r: bool(r.requeued or r.dead))
         if result.requeued or result.dead:
             self._notify()
         return result

@@ -261,3 +261,28 @@ class Records(SqlBase):
             Stage(r[0]): Usage(int(r[1]), int(r[2]), int(r[3]), int(r[4]), float(r[5]))
             for r in rows
         }
+
+    def spend_over_time(self, since: float, bucket_s: float) -> dict[float, Usage]:
+        """What agent runs started since `since` spent, per `bucket_s` interval from the epoch,
+        keyed by the interval's start."""
+        ratio = t.runs.c.started_at / bucket_s
+        # CAST truncates on SQLite (times are positive: a floor) and rounds on PostgreSQL
+        index = sa.cast(ratio, sa.Integer) if self.dialect == "sqlite" else sa.func.floor(ratio)
+        rows = self._read(
+            lambda c: c.execute(
+                sa.select(
+                    index,
+                    sa.func.sum(t.runs.c.tokens_in),
+                    sa.func.sum(t.runs.c.tokens_out),
+                    sa.func.sum(t.runs.c.cache_read),
+                    sa.func.sum(t.runs.c.cache_write),
+                    sa.func.sum(t.runs.c.cost_usd),
+                )
+                .where(t.runs.c.started_at >= since)
+                .group_by(index)
+            ).all()
+        )
+        return {
+            int(r[0]) * bucket_s: Usage(int(r[1]), int(r[2]), int(r[3]), int(r[4]), float(r[5]))
+            for r in rows
+        }

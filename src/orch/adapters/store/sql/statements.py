@@ -18,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from orch.adapters.store import schema as t
+from orch.adapters.store.sql.hearing import ANNOUNCED_CHANGES
 from orch.domain.states import JobState
 
 
@@ -51,6 +52,18 @@ class Statements:
         self._moves: dict[tuple[bool, bool, bool], Any] = {}
 
         self.now = sa.select(now)
+
+        # -- announcing a change a person would see (orch.adapters.store.sql.hearing)
+        self.notify = sa.select(sa.func.pg_notify(p("b_channel"), p("b_id")))
+        counted = t.counters.c.name == ANNOUNCED_CHANGES
+        self.change_count = sa.select(t.counters.c.value).where(counted)
+        if dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+
+            one_more = insert(t.counters).values(name=ANNOUNCED_CHANGES, value=1)
+            self.count_change = one_more.on_conflict_do_update(
+                index_elements=["name"], set_={"value": t.counters.c.value + 1}
+            ).returning(t.counters.c.value)
 
         # -- the claim
         self.candidates = (
