@@ -11,10 +11,16 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Page, Route, expect
+
+from e2e.conftest import write_config
+from e2e.test_api_access import make_token, serving
+from e2e.test_serve import wait_for
+from orch.demo import sample
 
 from .conftest import Site, screenshot, sign_in
 
@@ -237,3 +243,76 @@ def test_the_board_and_a_task_page_fit_a_phone_screen(site: Site, browser: Brows
         screenshot(phone, "task-phone")
     finally:
         context.close()
+
+
+@pytest.fixture
+def failing_site(tmp_path: Path) -> Iterator[Site]:
+    """orch whose agent always fails: each task is parked after its last attempt."""
+    _, remote = sample.create(tmp_path)
+    failing = {"default": {"kind": "command", "command": ["sh", "-c", "exit 3"]}}
+    config = write_config(tmp_path, remote, agents=failing)
+    yield from serving(config, {"ann": make_token(config, "ann", "operator")})
+
+
+def test_an_operator_runs_a_parked_task_again_with_a_raised_budget(
+    failing_site: Site, page: Page
+) -> None:
+    with api(failing_site, "ann") as client:
+        key = client.post("/api/v1/tasks", json={"repo": "sample", "title": "Doomed"})
+        key = key.json()["key"]
+        wait_for(
+            lambda: client.get(f"/api/v1/tasks/{key}").json()["status"] == "needs_operator",
+            "the task parked",
+        )
+    sign_in(page, failing_site, "ann")
+    dead_letters = page.locator("#dead-letters")
+    expect(dead_letters.locator(f"a:has-text('{key}')")).to_be_visible()
+    expect(dead_letters).to_contain_text("exited 3")
+    page.click(f"#dead-letters a:has-text('{key}')")
+
+    page.select_option("#retry-from", "analysis")
+    page.fill("#retry-usd", "5")
+    page.click("button[data-act=retry]")
+    expect(page.locator("#confirm-text")).to_contain_text(f"Run {key} again?")
+    page.click("#confirm-go")
+    expect(page.locator("#toast")).to_contain_text("Done.")
+
+    with api(failing_site, "ann") as client:
+        retries = wait_for(
+            lambda: [
+                e
+                for e in client.get(f"/api/v1/tasks/{key}").json()["events"]
+                if e["kind"] == "retry"
+            ],
+            "the retry recorded",
+        )
+    assert [(e["actor"], e["payload"]) for e in retries] == [
+        ("ann", {"stage": "analysis", "budget": {"usd": 5.0, "tokens": None}})
+    ]
+
+
+def test_a_change_between_a_page_and_its_event_stream_still_reaches_the_page(
+    site: Site, page: Page
+) -> None:
+    with api(site, "ann") as client:
+        key = client.post("/api/v1/tasks", json={"repo": "sample", "title": "Race"}).json()["key"]
+
+        def waits_at(checkpoint: str) -> bool:
+            task = client.get(f"/api/v1/tasks/{key}").json()
+            return task["status"] == "waiting" and task["waiting_for"] == checkpoint
+
+        wait_for(lambda: waits_at("approve-plan"), "the plan checkpoint")
+        sign_in(page, site, "ann")
+        held: list[Route] = []
+        # the stream opens only when the test says
+        page.route("**/events", lambda route: held.append(route))
+        page.goto(f"{site.url}/tasks/{key}")
+        expect(page.locator(".waiting").first).to_contain_text("approve-plan")
+        while not held:
+            page.wait_for_timeout(20)
+
+        assert client.post(f"/api/v1/tasks/{key}/approve", json={}).status_code == 200
+        wait_for(lambda: waits_at("confirm-deploy"), "the deploy checkpoint")
+        held[0].continue_()  # the last change came before the stream: nothing follows it
+
+    expect(page.locator(".waiting").first).to_contain_text("confirm-deploy", timeout=LIVE)

@@ -81,7 +81,11 @@ def add_dashboard(api: FastAPI, app: App) -> None:
 
         return allowed
 
-    def page(request: Request, name: str, caller: Caller, **context: Any) -> HTMLResponse:
+    def page(
+        request: Request, name: str, caller: Caller, changes: int, **context: Any
+    ) -> HTMLResponse:
+        """A page, and the change count read before its data was (arguments are evaluated in
+        order): the script then knows whether a change came between the two."""
         session = sessions.get(request.cookies.get(COOKIE, ""))
         response = templates.TemplateResponse(
             request,
@@ -91,6 +95,7 @@ def add_dashboard(api: FastAPI, app: App) -> None:
                 "can_act": caller.role.allows(Role.OPERATOR),
                 "csrf": session.csrf if session else "",
                 "signed_in": session is not None,
+                "changes": changes,
                 **context,
             },
         )
@@ -132,28 +137,28 @@ def add_dashboard(api: FastAPI, app: App) -> None:
         caller = signed_in(request)
         if caller is None:
             return to_sign_in(request)
-        return page(request, "board.html", caller, **board_context())
+        return page(request, "board.html", caller, app.store.changes.count, **board_context())
 
     @api.get("/fragments/board", include_in_schema=False)
     def board_fragment(request: Request) -> Response:
         caller = signed_in(request)
         if caller is None:
             return Response(status_code=401)
-        return page(request, "_board.html", caller, **board_context())
+        return page(request, "_board.html", caller, app.store.changes.count, **board_context())
 
     @api.get("/tasks/{key}", include_in_schema=False)
     def task_page(request: Request, key: str) -> Response:
         caller = signed_in(request)
         if caller is None:
             return to_sign_in(request)
-        return page(request, "task.html", caller, **task_context(key))
+        return page(request, "task.html", caller, app.store.changes.count, **task_context(key))
 
     @api.get("/fragments/tasks/{key}", include_in_schema=False)
     def task_fragment(request: Request, key: str) -> Response:
         caller = signed_in(request)
         if caller is None:
             return Response(status_code=401)
-        return page(request, "_task.html", caller, **task_context(key))
+        return page(request, "_task.html", caller, app.store.changes.count, **task_context(key))
 
     @api.get("/events", include_in_schema=False)
     def events(request: Request) -> Response:

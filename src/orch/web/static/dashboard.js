@@ -96,10 +96,14 @@
     if (!document.querySelector("[data-live]")) return;
     const state = document.getElementById("live-state");
     const source = new EventSource("/events");
-    let first = true;
-    source.addEventListener("change", () => {
+    // the count of changes the page was rendered at: a change between rendering it and the
+    // stream opening shows as a first event with a later count
+    let shown = Number(document.body.dataset.changes || "-1");
+    source.addEventListener("change", (event) => {
       if (state) { state.textContent = "live"; state.className = "live on"; }
-      if (first) { first = false; return; }
+      const count = Number(event.data);
+      if (count === shown) return;
+      shown = count;
       refreshAll();
     });
     source.onerror = () => { if (state) { state.textContent = "reconnecting…"; state.className = "live off"; } };

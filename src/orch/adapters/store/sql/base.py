@@ -299,9 +299,10 @@ class SqlBase:
             return
         path = sqlite_path(self.url)
         if path is not None:
+            self._hear(quietly=True)  # what was announced before: already shown
             watch_file(path, stop, self._hear)
 
-    def _hear(self) -> None:
+    def _hear(self, quietly: bool = False) -> None:
         """The SQLite file changed: a change to show if its count moved past what this store
         knows (its own writes, and renewals, do not move it)."""
         try:
@@ -310,7 +311,8 @@ class SqlBase:
             return
         if count is not None and int(count) > self._heard_count:
             self._heard_count = int(count)
-            self.changes.bump()
+            if not quietly:
+                self.changes.bump()
 
     def _count_apart(self, name: str) -> None:
         """Add one to a counter in a transaction of its own: the one that was refused rolled
