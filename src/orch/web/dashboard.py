@@ -123,13 +123,11 @@ def add_dashboard(api: FastAPI, app: App) -> None:
     def task_context(key: str) -> dict[str, Any]:
         task = app.intake.task(key)
         detail = task_detail(app.store, task)
-        runs = detail["runs"]
         return {
             "task": detail,
             "timeline": board.timeline(detail["stages"]),
             "terminal": is_terminal(task.status),
-            "live_run": next((r for r in reversed(runs) if r["ended_at"] is None), None),
-            "last_run": len(runs),
+            "last_run": len(detail["runs"]),  # the log tail follows the newest run
         }
 
     @api.get("/", include_in_schema=False)
