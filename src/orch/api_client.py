@@ -98,16 +98,8 @@ class ApiTasks:
     def _keyed(
         self, method: str, key: str, action: str, body: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        """A call on one task. Keys are stored as filed (upper case): one typed in lower case is
-        asked for again upper-cased when the API does not know it as typed; a 404 wrote
-        nothing, so asking again is safe."""
-        try:
-            return self._call(method, f"/api/v1/tasks/{_segment(key)}{action}", body)  # type: ignore[no-any-return]
-        except UnknownKey:
-            if key.upper() == key:
-                raise
-            upper = key.upper()
-            return self._call(method, f"/api/v1/tasks/{_segment(upper)}{action}", body)  # type: ignore[no-any-return]
+        """A call on one task, by its key as typed: the API finds a key in any case."""
+        return self._call(method, f"/api/v1/tasks/{_segment(key)}{action}", body)  # type: ignore[no-any-return]
 
     def _call(
         self,

@@ -62,7 +62,7 @@ class LocalTasks:
 
     def stop(self, key: str, reason: str) -> dict[str, Any]:
         app = self._writer()
-        task, recorded = app.intake.stop(find_task(app.store, key).key, ACTOR, reason)
+        task, recorded = app.intake.stop(key, ACTOR, reason)
         return {"key": task.key, "status": task.status.value, "recorded": recorded}
 
     def retry(
@@ -75,6 +75,4 @@ class LocalTasks:
 
     def start(self, key: str) -> dict[str, Any]:
         app = self._writer()
-        ticket = app.store.get_ticket(key) or app.store.get_ticket(key.upper())
-        task = app.intake.start(ticket.key if ticket else key, actor=ACTOR)
-        return task_detail(app.store, task)
+        return task_detail(app.store, app.intake.start(key, actor=ACTOR))

@@ -108,7 +108,7 @@ def test_the_apis_refusals_are_one_error_line_and_change_nothing(site: Site) -> 
     listed = as_holder(site, "vic", "task", "list")
     assert listed.returncode == 0 and key in listed.stdout
     assert one_error(as_holder(site, "vic", "task", "show", "nope-9")) == (
-        "error: no task for ticket NOPE-9"
+        "error: no task for ticket nope-9"
     )
     refused = one_error(as_holder(site, "ann", "task", "retry", key))  # 409: it is not parked
     assert refused.endswith("only a task that needs an operator is retried")

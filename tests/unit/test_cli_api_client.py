@@ -1,5 +1,5 @@
-"""How the CLI's API client reads what orch serve answers: where it finds the server, a key typed
-in lower case, and each refusal turned into one line."""
+"""How the CLI's API client reads what orch serve answers: where it finds the server, the token
+it sends, and each refusal turned into one line."""
 
 from __future__ import annotations
 
@@ -31,21 +31,18 @@ def client(handler: httpx.MockTransport) -> ApiTasks:
     return ApiTasks("http://orch.test", "orch_secret", transport=handler)
 
 
-def test_a_key_in_lower_case_is_asked_for_again_upper_cased_with_the_token() -> None:
+def test_a_key_is_sent_as_typed_with_the_token_and_an_unknown_one_is_not_found() -> None:
     seen: list[tuple[str, str | None]] = []
 
     def answer(request: httpx.Request) -> httpx.Response:
         seen.append((request.url.path, request.headers.get("authorization")))
-        if request.url.path.endswith("/SAM-1/approve"):
+        if request.url.path.endswith("/sam-1/approve"):
             return httpx.Response(200, json={"key": "SAM-1", "checkpoint": "p", "recorded": True})
-        return httpx.Response(404, json={"error": "no task for ticket sam-1"})
+        return httpx.Response(404, json={"error": "no task for ticket NOPE-1"})
 
     tasks = client(httpx.MockTransport(answer))
     assert tasks.decide("sam-1", True, "ok")["key"] == "SAM-1"
-    assert seen == [
-        ("/api/v1/tasks/sam-1/approve", "Bearer orch_secret"),
-        ("/api/v1/tasks/SAM-1/approve", "Bearer orch_secret"),
-    ]
+    assert seen == [("/api/v1/tasks/sam-1/approve", "Bearer orch_secret")]
     with pytest.raises(UnknownKey, match="no task for ticket") as missing:
         tasks.task("NOPE-1")
     assert isinstance(missing.value, NotFound)

@@ -52,7 +52,8 @@ class Intake:
         )
 
     def start(self, key: str, actor: str = "board") -> Task:
-        ticket = self.store.get_ticket(key)
+        """Start the ticket `key` (typed in any case) again, as a new task."""
+        ticket = self.store.get_ticket(key) or self.store.get_ticket(key.upper())
         if ticket is None:
             raise NotFound(f"no ticket {key} on the board")
         return self._start(ticket, self.pipeline_for(ticket.repo), actor)
