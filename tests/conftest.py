@@ -34,6 +34,8 @@ TABLES = (
     "ticket_sequences",
     "api_tokens",
     "counters",
+    "deliveries",
+    "tracker_items",
 )
 
 

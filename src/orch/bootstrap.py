@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import fcntl
+import json
+import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -12,12 +14,13 @@ from typing import IO, TypeVar
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
+from orch import outside
 from orch.adapters.agents.claude_code import ClaudeCodeAgent
 from orch.adapters.agents.codex import CodexAgent, Provider
 from orch.adapters.agents.command import CommandAgent
 from orch.adapters.agents.scripted import ScriptedAgent
 from orch.adapters.forges.local_git import LocalGitForge, check_writable
-from orch.adapters.notifiers.log import LogNotifier
+from orch.adapters.notifiers.telegram import TelegramBot, TelegramNotifier
 from orch.adapters.process import LocalRunner
 from orch.adapters.proctable import LinuxProcessTable
 from orch.adapters.sandbox.policy import LandlockSandbox
@@ -27,10 +30,18 @@ from orch.config import (
     CommandAgentSettings,
     ScriptedAgentSettings,
     Settings,
+    TelegramSettings,
 )
 from orch.domain import pipeline as pl
-from orch.domain.errors import AlreadyRunning, ConfigError, NotFound, StoreUnavailable
+from orch.domain.errors import (
+    AlreadyRunning,
+    ConfigError,
+    NotFound,
+    OrchError,
+    StoreUnavailable,
+)
 from orch.domain.ledger import Prices
+from orch.outside import Background
 from orch.pipeline_file import PIPELINE_PATH, budget_problems, parse
 from orch.ports import (
     Agent,
@@ -39,15 +50,23 @@ from orch.ports import (
     Forge,
     Notifier,
     ProcessTable,
+    PullRequests,
     Repos,
     RepoSettings,
     Sandbox,
     Store,
+    Tracker,
 )
 from orch.services.breaker import Breakers
+from orch.services.deliveries import Deliveries
 from orch.services.dispatcher import Dispatcher, DispatcherSettings
 from orch.services.engine import Engine, EngineSettings
 from orch.services.intake import Intake
+from orch.services.reactions import ForgeSync
+from orch.services.reporting import TrackerReport
+from orch.services.tracking import TrackerSync
+
+log = logging.getLogger("orch.bootstrap")
 
 
 class ConfiguredRepos:
@@ -134,6 +153,18 @@ class App:
     dispatcher: Dispatcher
     intake: Intake
     notifier: Notifier
+    # the hosted tracker's deliveries and polls, and its webhook's secret ("" refuses them all)
+    tracker_sync: TrackerSync | None = None
+    tracker_secret: str = ""
+    # the forge's webhook deliveries (its pull requests' reactions), and its webhook's secret
+    forge_sync: ForgeSync | None = None
+    forge_secret: str = ""
+    telegram: TelegramBot | None = None
+    # Telegram's updates, when they come by webhook: stored once, worked in turn
+    telegram_updates: Deliveries | None = None
+    background: Background = field(default_factory=Background)
+    # what build() opened for the services outside (HTTP clients), closed last
+    closers: list[Callable[[], None]] = field(default_factory=list)
     _lock: IO[str] | None = field(default=None, repr=False)
     _workspace_lock: IO[str] | None = field(default=None, repr=False)
 
@@ -191,8 +222,31 @@ class App:
             ) from None
         self._workspace_lock = handle
 
+    def start_listening(self) -> None:
+        """Start what listens outside orch while it serves: the tracker's deliveries and polls,
+        Telegram's updates (registering its webhook, when they come that way)."""
+        hooked = [
+            n.webhook_url
+            for n in self.settings.notifiers
+            if isinstance(n, TelegramSettings) and n.updates == "webhook"
+        ]
+        if self.telegram is not None and hooked and hooked[0]:
+            url = hooked[0]
+            if url:
+                try:
+                    self.telegram.set_webhook(url)
+                except OrchError as exc:
+                    log.error("Telegram's webhook could not be set to %s: %s", url, exc)
+        self.background.start()
+
     def close(self) -> None:
+        self.background.stop()
         self.dispatcher.stop()
+        for close in self.closers:
+            try:
+                close()
+            except Exception:  # one that fails must not keep the rest open
+                log.exception("closing %s failed", close)
         self.store.close()
         for lock in (self._lock, self._workspace_lock):
             if lock is not None:
@@ -328,6 +382,7 @@ def workers(
     processes: ProcessTable | None = None,
     environ: Mapping[str, str] | None = None,
     breakers: Breakers | None = None,
+    reporter: Notifier | None = None,
 ) -> tuple[Engine, Dispatcher]:
     """The engine and the dispatcher that runs it: one incarnation of orch's workers. `orch
     serve`, `orch worker` and the tests' rigs are all wired here."""
@@ -342,6 +397,7 @@ def workers(
         settings=engine,
         environ=environ,
         breakers=breakers,
+        reporter=reporter,
     )
     return built, Dispatcher(
         store, built, repos.limit, dispatcher, alert=notifier.notify, processes=processes
@@ -361,16 +417,30 @@ def build(
     environ: Mapping[str, str] | None = None,
     sandbox: Sandbox | None = None,
     migrate: bool = True,
+    tracker: Tracker | None = None,
 ) -> App:
     """The app the settings describe. Each dependency may be given instead of built from the
     settings: a store (the settings' own, on `clock` if one is given), forge, agents, command
-    runner, process table, notifier, sandbox."""
+    runner, process table, notifier, sandbox, tracker."""
     workspace = check_writable(Path(settings.workspace))
     logs = check_writable(Path(settings.logs))
     store = store or open_store(settings, clock)
     if migrate:
         store.migrate()
     repos = ConfiguredRepos(settings)
+    env = os.environ if environ is None else environ
+    opened: list[Callable[[], None]] = []  # closed with the app, last
+    if tracker is None:
+        plane = outside.build_tracker(settings, env)
+        if plane is not None:
+            tracker = plane
+            opened.append(plane.close)
+    rules = outside.project_rules(settings.tracker) if settings.tracker is not None else []
+    if forge is None:
+        gitea = outside.build_forge(settings, env, workspace)
+        if gitea is not None:
+            forge = gitea
+            opened.append(gitea.close)
     if forge is None:
         forge = LocalGitForge(
             workspace,
@@ -378,7 +448,12 @@ def build(
             {r.name: r.exclude for r in settings.repos},
         )
     all_agents = dict(agents) if agents is not None else build_agents(settings, environ)
-    notifier = notifier or LogNotifier()
+    telegram: TelegramNotifier | None = None
+    if notifier is None:
+        channels = outside.build_notifiers(settings, env)
+        notifier, telegram = channels.notifier, channels.telegram
+        opened.extend(channels.closers)
+    reporter = TrackerReport(store, tracker, rules) if tracker is not None else None
     w = settings.worker
     engine, dispatcher = workers(
         store=store,
@@ -410,6 +485,7 @@ def build(
         runner=runner,
         processes=processes or LinuxProcessTable(),
         environ=environ,
+        reporter=reporter,
     )
     app = App(
         settings=settings,
@@ -422,4 +498,39 @@ def build(
         intake=Intake(store, repos, lambda repo: app.pipeline_for(repo), engine.stop_asked),
         notifier=notifier,
     )
+    app.closers.extend(opened)
+    if tracker is not None and settings.tracker is not None:
+        sync = TrackerSync(store, tracker, app.intake, rules)
+        app.tracker_sync = sync
+        app.tracker_secret = outside.webhook_secret(settings, env)
+        interval = settings.tracker.poll_interval_s
+        app.background.add(
+            "tracker", lambda stop: sync.run(stop, interval), sync.deliveries.wake.set
+        )
+    if settings.forge is not None and isinstance(forge, PullRequests):
+        reacting = ForgeSync(store, forge, forge, app.intake)
+        app.forge_sync = reacting
+        app.forge_secret = env.get(settings.forge.webhook_secret_env, "")
+        app.background.add("forge", reacting.run, reacting.deliveries.wake.set)
+    if telegram is not None:
+        app.telegram = outside.telegram_bot(settings, telegram, app.intake, env)
+        polling = any(
+            isinstance(n, TelegramSettings) and n.updates == "poll" for n in settings.notifiers
+        )
+        if app.telegram is not None and polling:
+            app.background.add("telegram", app.telegram.poll)
+        elif app.telegram is not None:
+            updates = Deliveries(store, "telegram", _answer_with(app.telegram))
+            app.telegram_updates = updates
+            app.background.add("telegram", updates.run, updates.wake.set)
     return app
+
+
+def _answer_with(bot: TelegramBot) -> Callable[[str], str]:
+    """What works a Telegram update stored from its webhook."""
+
+    def answer(body: str) -> str:
+        bot.handle_update(json.loads(body))
+        return "answered"
+
+    return answer

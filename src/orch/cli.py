@@ -81,7 +81,9 @@ def demo(
         help="happy: approve everything; stop: STOP while the development agent runs;"
         " reject: reject the plan once with a comment; crash: kill the worker with SIGKILL in"
         " the middle of the merge and restart it; landing: two tickets that pass alone and"
-        " break together, confirmed for production newest first.",
+        " break together, confirmed for production newest first; plane-gitea: a Plane work"
+        " item to a merged Gitea pull request, against orch's built-in fakes over real HTTP,"
+        " the plan approved with a Telegram button.",
     ),
     agent: str = typer.Option(
         "scripted",
@@ -153,6 +155,7 @@ def serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, stop)
         orch_app.dispatcher.start()
+        orch_app.start_listening()
         server.run()
     finally:
         orch_app.close()

@@ -6,12 +6,14 @@ Nested fields use a double underscore in the environment: ORCH_STORE__URL, ORCH_
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import platformdirs
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -184,6 +186,104 @@ AgentSettings = Annotated[
 ]
 
 
+def _env_name(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ValueError(f"{name!r} is not the name of an environment variable")
+    return name
+
+
+EnvName = Annotated[str, AfterValidator(_env_name)]
+
+
+class PlaneStates(_Strict):
+    """The names of the Plane states that mean something to orch. A missing one fails closed:
+    `orch doctor` says which, and orch does not act on that project until it exists."""
+
+    start: str = "To Analyse"  # file the ticket and start its pipeline
+    approve: str = "Approved"  # approve the plan
+    reject: str = "Rejected"  # reject the plan; its reason is the latest comment
+    confirm_deploy: str = "Confirm Deploy"  # release production
+    stop: str = "STOP"  # cancel the task, at any stage
+
+
+class PlaneProjectSettings(_Strict):
+    id: str = Field(min_length=1)  # the project's id (a uuid)
+    repo: str  # the repository its work items are worked in
+    states: PlaneStates = PlaneStates()
+    # the state orch moves a work item to as its task moves: keys are stage names
+    # (analysis, development, ...) and the statuses waiting, needs_operator, done, cancelled;
+    # a move not listed leaves the item where it is
+    report: dict[str, str] = {}
+
+
+class PlaneSettings(_Strict):
+    kind: Literal["plane"] = "plane"
+    url: str = Field(pattern=r"^https?://")  # without /api/v1
+    workspace: str = Field(min_length=1)  # the workspace's slug
+    token_env: EnvName = "PLANE_API_KEY"  # the variable in orch's environment holding the key
+    webhook_secret_env: EnvName = "PLANE_WEBHOOK_SECRET"
+    poll_interval_s: float = Field(60.0, gt=0)  # the reconciler's round
+    timeout_s: float = Field(10.0, gt=0)
+    projects: list[PlaneProjectSettings] = Field(min_length=1)
+
+
+TrackerSettings = Annotated[PlaneSettings, Field(discriminator="kind")]
+
+
+class GiteaSettings(_Strict):
+    """Repositories whose `remote` is an https URL on this Gitea are worked through its API:
+    pull requests, commit statuses and the merge."""
+
+    kind: Literal["gitea"] = "gitea"
+    url: str = Field(pattern=r"^https?://")  # without /api/v1
+    token_env: EnvName = "GITEA_TOKEN"
+    webhook_secret_env: EnvName = "GITEA_WEBHOOK_SECRET"
+    # how the pull request is merged: fast-forward-only lands exactly the tested merge commit;
+    # the others land Gitea's own merge of the tested head onto the same base
+    merge_style: Literal["fast-forward-only", "merge", "rebase", "rebase-merge", "squash"] = (
+        "fast-forward-only"
+    )
+    timeout_s: float = Field(10.0, gt=0)
+
+
+ForgeSettings = Annotated[GiteaSettings, Field(discriminator="kind")]
+
+
+class LogNotifierSettings(_Strict):
+    kind: Literal["log"] = "log"
+
+
+class WebhookNotifierSettings(_Strict):
+    """A JSON POST of each piece of news, signed with HMAC-SHA256 of the body."""
+
+    kind: Literal["webhook"] = "webhook"
+    url: str = Field(pattern=r"^https?://")
+    secret_env: EnvName = "NOTIFY_WEBHOOK_SECRET"
+    timeout_s: float = Field(10.0, gt=0)
+
+
+class TelegramSettings(_Strict):
+    kind: Literal["telegram"] = "telegram"
+    token_env: EnvName = "TELEGRAM_BOT_TOKEN"
+    api_url: str = Field("https://api.telegram.org", pattern=r"^https?://")
+    chats: list[int | str] = Field(min_length=1)  # where news goes: ids, or @channel names
+    # who may act (buttons, /approve, /stop): Telegram user ids, in one of `chats`
+    users: list[int] = []
+    # how button presses and commands arrive: long polling needs no public URL
+    updates: Literal["poll", "webhook", "off"] = "poll"
+    webhook_secret_env: EnvName = "TELEGRAM_WEBHOOK_SECRET"
+    # with `updates: webhook`: orch's public URL for it, registered with Telegram as it starts
+    webhook_url: str = Field("", pattern=r"^(https://.*)?$")
+    dashboard_url: str = ""  # links in messages point here when set
+    timeout_s: float = Field(10.0, gt=0)
+
+
+NotifierSettings = Annotated[
+    LogNotifierSettings | WebhookNotifierSettings | TelegramSettings,
+    Field(discriminator="kind"),
+]
+
+
 class LogSettings(_Strict):
     level: str = "INFO"
     # console: key=value lines for a person; json: one JSON object a line, with the task, stage,
@@ -209,6 +309,9 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     repos: list[RepoSettingsModel] = []
     agents: dict[str, AgentSettings] = {"default": ScriptedAgentSettings()}
+    tracker: TrackerSettings | None = None  # a hosted tracker; the built-in board is always there
+    forge: ForgeSettings | None = None  # a forge's API; without one, plain git remotes
+    notifiers: list[NotifierSettings] = [LogNotifierSettings()]
     agent_env_allow: list[str] = []  # more variables an agent may see, beyond the base allowlist
 
     _agent_env_allow = field_validator("agent_env_allow")(_not_credentials)
@@ -227,6 +330,37 @@ class Settings(BaseSettings):
         if dupes:
             raise ValueError(f"repository named twice: {', '.join(dupes)}")
         return repos
+
+    @property
+    def credential_names(self) -> list[str]:
+        """The variables holding the credentials of the services orch talks to, as named here."""
+        names: list[str] = []
+        if self.tracker is not None:
+            names += [self.tracker.token_env, self.tracker.webhook_secret_env]
+        if self.forge is not None:
+            names += [self.forge.token_env, self.forge.webhook_secret_env]
+        for n in self.notifiers:
+            if isinstance(n, TelegramSettings):
+                names += [n.token_env, n.webhook_secret_env]
+            elif isinstance(n, WebhookNotifierSettings):
+                names.append(n.secret_env)
+        return names
+
+    @model_validator(mode="after")
+    def _credentials_stay_orchs(self) -> Settings:
+        """No agent may be given a variable that holds one of orch's credentials."""
+        own = set(self.credential_names)
+        given = set(self.agent_env_allow)
+        for agent in self.agents.values():
+            if isinstance(agent, _AgentCommon):
+                given |= set(agent.pass_env) | set(agent.env)
+        leaked = sorted(own & given)
+        if leaked:
+            raise ValueError(
+                f"{', '.join(leaked)} hold(s) the credentials of orch's tracker, forge or"
+                " notifiers and may not be given to an agent"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_log_level(self) -> Settings:

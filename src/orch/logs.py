@@ -47,6 +47,9 @@ def configure(
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # httpx logs each request's whole URL at INFO: a hook's URL may hold its secret, and a
+    # Bot API URL holds the token
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     structlog.configure(
         processors=[*pre_chain, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),

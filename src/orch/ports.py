@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from orch.changes import Changes
 from orch.domain.access import ApiToken, Role
@@ -16,15 +17,18 @@ from orch.domain.machine import TaskChange
 from orch.domain.metrics import MetricsSnapshot
 from orch.domain.model import (
     Claim,
+    Delivery,
     Effect,
     Event,
     GateRecord,
+    ItemLink,
     Job,
     Run,
     Task,
     Ticket,
     Transition,
 )
+from orch.domain.news import News
 from orch.domain.pipeline import Decision
 from orch.domain.states import EffectState, RunOutcome, Stage, TaskStatus
 
@@ -96,6 +100,45 @@ class Store(Protocol):
         first: Decision,
         actor: str,
     ) -> Task: ...
+
+    # webhook deliveries: stored once by the provider's id before they are answered
+    def record_delivery(self, source: str, delivery: str, body: str) -> bool:
+        """Store a delivery unless one with its id is stored already (False)."""
+        ...
+
+    def pending_deliveries(self, source: str, limit: int = 100) -> list[Delivery]:
+        """Deliveries not yet worked, oldest first."""
+        ...
+
+    def deliveries(self, source: str, limit: int = 100) -> list[Delivery]:
+        """The latest deliveries, worked or not, oldest first."""
+        ...
+
+    def finish_delivery(self, delivery_id: int, outcome: str) -> None: ...
+
+    # tickets that are items in a hosted tracker
+    def item_link(self, tracker: str, ref: str) -> ItemLink | None: ...
+    def link_of(self, key: str) -> ItemLink | None: ...
+    def mark_seen(self, tracker: str, ref: str, state: str) -> None:
+        """Remember the state orch last saw the item in."""
+        ...
+
+    def mark_acted(self, tracker: str, ref: str, stamp: str) -> None:
+        """Remember the item's stamp at which orch acted on its state."""
+        ...
+
+    def start_item(
+        self,
+        link: ItemLink,
+        ticket: Ticket,
+        pipeline: dict[str, Any],
+        first: Decision,
+        actor: str,
+    ) -> Task:
+        """File (or update) the tracker item's ticket, remember the link with its stamp, and
+        start a task for it, in one transaction; Conflict if the ticket has a live task, or its
+        key is another ticket's."""
+        ...
 
     # tasks
     def create_task(
@@ -173,6 +216,16 @@ class Store(Protocol):
         self, claim: Claim, key: str, state: EffectState, result: Mapping[str, Any]
     ) -> Effect: ...
     def get_effect(self, key: str) -> Effect | None: ...
+    def unsettled_merges(self) -> list[Effect]:
+        """Merges whose outcome is unknown (INITIATED, UNKNOWN) of tasks no job runs: each
+        holds its repository's merge slot until someone asks the forge."""
+        ...
+
+    def settle_effect(self, key: str, state: EffectState, result: Mapping[str, Any]) -> bool:
+        """Record what the forge says of an unresolved effect, unless it was resolved
+        meanwhile or a job of its task runs now (its worker settles it): whether this did."""
+        ...
+
     def latest_effect(
         self, repo: str, kinds: Sequence[str], state: EffectState = EffectState.SUCCEEDED
     ) -> Effect | None:
@@ -391,7 +444,157 @@ class Agent(Protocol):
 
 
 class Notifier(Protocol):
-    def notify(self, key: str, text: str) -> None: ...
+    def notify(self, key: str, text: str, news: News | None = None) -> None:
+        """Tell people `text`, at most once per `key` where the channel can tell (a chat
+        message, a tracker comment); `news` is the same, structured, for a channel that shows
+        more than a line (buttons for a checkpoint, verdicts, links)."""
+        ...
+
+
+# -- trackers ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """A ticket as its tracker holds it now: what orch acts on, never a webhook's copy of it."""
+
+    project: str  # the tracker's id of its project
+    ref: str  # the tracker's own id of the item
+    key: str  # the key people know it by, e.g. ORCH-90
+    title: str
+    body: str  # plain text
+    state: str  # its state's name
+    url: str = ""
+    updated: str = ""  # the tracker's stamp of its last change: it differs after any change
+
+
+@dataclass(frozen=True)
+class ItemHint:
+    """What a tracker's webhook delivery points at: an item to read again, and whether orch's
+    own write caused it (the delivery is then only an echo)."""
+
+    project: str
+    ref: str
+    actor: str = ""  # who made the change, as the tracker names them
+    own: bool = False
+    moved: bool = False  # the change it reports is of the item's state
+
+
+class Tracker(Protocol):
+    """A hosted tracker: where tickets live, what people decide there, and where orch reports."""
+
+    name: str  # as the settings name it, e.g. "plane"
+
+    def item(self, project: str, ref: str) -> WorkItem | None:
+        """The item as the tracker holds it now; None if it is gone."""
+        ...
+
+    def items(self, project: str) -> Iterator[WorkItem]:
+        """Every open item of the project, page by page, as the tracker holds it now."""
+        ...
+
+    def state_names(self, project: str) -> list[str]:
+        """The names of the project's states, for checking the settings against."""
+        ...
+
+    def move(self, item: WorkItem, state: str) -> bool:
+        """Put the item in the state named `state`, unless it is there already or is not in
+        the state `item` says any more (someone moved it since it was read: their move
+        stands); whether it moved it."""
+        ...
+
+    def comment(self, item: WorkItem, key: str, html: str) -> bool:
+        """Comment on the item at most once per `key` (looked up before it is created);
+        False if that comment was there already."""
+        ...
+
+    def latest_comment(self, item: WorkItem) -> str:
+        """The text of the newest comment a person (not orch) left on the item; "" if none."""
+        ...
+
+    def hint(self, payload: Mapping[str, Any]) -> ItemHint | None:
+        """The item a webhook delivery's body points at; None if it is about nothing orch
+        follows (another event, a deleted item)."""
+        ...
+
+
+# -- pull requests ----------------------------------------------------------------------------
+
+
+class PullState(StrEnum):
+    OPEN = "open"
+    CLOSED = "closed"  # closed without merging
+    MERGED = "merged"
+
+
+@dataclass(frozen=True)
+class PullRequest:
+    number: int
+    url: str
+    head: str  # the sha at its head
+    state: PullState
+    merge_sha: str = ""  # for a merged one, where it landed
+
+
+class StatusState(StrEnum):
+    PENDING = "pending"
+    SUCCESS = "success"
+    FAILURE = "failure"
+    ERROR = "error"
+
+
+class ReactionKind(StrEnum):
+    CI_FAILED = "ci_failed"  # a commit status of the repository's own CI failed
+    CHANGES_REQUESTED = "changes_requested"  # a reviewer asked for changes, or commented
+    MERGED = "merged"  # a person merged the pull request
+    CLOSED = "closed"  # a person closed it without merging
+
+
+@dataclass(frozen=True)
+class Reaction:
+    """What a forge's webhook delivery says happened to a task's pull request."""
+
+    kind: ReactionKind
+    repo: str  # orch's name of the repository
+    head: str  # the commit it is about
+    branch: str = ""  # the pull request's head branch; "" when the event does not say (a status)
+    actor: str = ""
+    source: str = ""  # what it came from, unique per reaction (a status, a review)
+    feedback: str = ""  # what to tell the agent
+    number: int = 0  # the pull request's number, where the event names it
+
+
+@runtime_checkable
+class PullRequests(Protocol):
+    """A forge with pull requests (Gitea): a task's branch is shown to people as one, each gate
+    as a commit status, and the merge goes through it."""
+
+    def open_pull(self, repo: str, branch: str, title: str, body: str) -> PullRequest:
+        """The open pull request of `branch` into the default branch: found, or else opened."""
+        ...
+
+    def find_pull(self, repo: str, branch: str) -> PullRequest | None:
+        """The newest pull request of `branch` into the default branch, open or not."""
+        ...
+
+    def describe_pull(self, repo: str, number: int, title: str, body: str) -> None: ...
+
+    def set_status(
+        self,
+        repo: str,
+        sha: str,
+        context: str,
+        state: StatusState,
+        description: str = "",
+        target_url: str = "",
+    ) -> None:
+        """One commit status; the same context again replaces what the forge shows."""
+        ...
+
+    def reaction(self, event: str, payload: Mapping[str, Any]) -> Reaction | None:
+        """What a webhook delivery of event type `event` says happened to a pull request of one
+        of orch's repositories; None if it is nothing orch reacts to."""
+        ...
 
 
 @dataclass(frozen=True)

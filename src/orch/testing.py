@@ -36,6 +36,7 @@ from orch.ports import (
     AgentRequest,
     CommandRunner,
     DeployTarget,
+    Notifier,
     ProcessTable,
     RepoSettings,
     Sandbox,
@@ -300,6 +301,7 @@ def rig(
     breakers: Breakers | None = None,
     sandbox: Sandbox | None = None,
     runner: CommandRunner | None = None,
+    reporter: Notifier | None = None,
 ) -> Rig:
     """One repository named "app" (unless `repo` says otherwise), the given agents, backoff off."""
     repo = repo or RepoSettings(
@@ -342,6 +344,7 @@ def rig(
             environ=environ,
             breakers=breakers,
             runner=runner,
+            reporter=reporter,
         )
 
     engine, dispatcher = make()

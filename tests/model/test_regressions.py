@@ -99,8 +99,9 @@ def test_a_task_dead_lettered_mid_deploy_does_not_block_the_targets_deploys(
     r = world.rig
     first = r.intake.file(REPO, "First")
     drive_to(world, first.key, Stage.DEPLOY_STAGING)
-    # the last loss comes right after the staging deploy's intent (the merge's is the first)
-    for point in ("claim.committed", "claim.committed", "effect.initiated:2"):
+    # the last loss comes right after the staging deploy's intent (the merge's is the first, and
+    # the notice that it merged the second)
+    for point in ("claim.committed", "claim.committed", "effect.initiated:3"):
         with crash_at(point), pytest.raises(SimulatedCrash):
             r.dispatcher.run_once()
         r.restart()

@@ -175,19 +175,22 @@ def test_a_ticket_runs_through_the_whole_pipeline_with_approvals(make_rig: Any) 
     ]
     assert all(run.exit_code == 0 for run in runs)
 
-    # notifications: two waits and done, each key sent once
+    # notifications: started, two waits, merged, deployed and done, each key sent once
     keys = [k for k, _ in r.notifier.sent]
-    assert len(keys) == len(set(keys)) == 3
+    assert len(keys) == len(set(keys)) == 6
+    kinds = [news.kind for _, news in r.notifier.news]
+    assert kinds == ["started", "waiting", "merged", "waiting", "deployed", "done"]
     texts = [text for _, text in r.notifier.sent]
-    assert "approve-plan" in texts[0]
-    assert "confirm-deploy" in texts[1]
-    assert "done" in texts[2]
+    assert "approve-plan" in texts[1]
+    assert "confirm-deploy" in texts[3]
+    assert "production" in texts[4]
+    assert "done" in texts[5]
 
     # every effect succeeded once; nothing is left to run
     effects = r.store.effects(task.id)
     assert all(e.state == EffectState.SUCCEEDED for e in effects)
     assert sorted(e.kind for e in effects) == sorted(
-        ["merge", "deploy:staging", "deploy:production", "delete-branch"] + ["notify"] * 3
+        ["merge", "deploy:staging", "deploy:production", "delete-branch"] + ["notify"] * 6
     )
     assert all(j.state != JobState.QUEUED for j in r.store.jobs(task.id))
     assert r.run_until_idle() == 0
@@ -698,22 +701,20 @@ def test_a_default_branch_that_moves_during_the_candidate_test_is_built_on_and_t
     assert r.forge.read_file("app", landed, "OTHER.md") == "x"
 
 
-class FailingNotifier(MemoryNotifier):
-    def notify(self, key: str, text: str) -> None:
-        raise ConnectionError("chat service down")
-
-
 def test_a_failing_notifier_neither_reruns_the_stage_nor_parks_the_task() -> None:
-    r = rig({"default": ScriptedAgent()}, notifier=FailingNotifier())
+    failing = MemoryNotifier()
+    failing.fail_with = ConnectionError("chat service down")
+    r = rig({"default": ScriptedAgent()}, notifier=failing)
     try:
         task = file_ticket(r)
         r.run_until_idle()
         waiting = current(r, task)
         assert (waiting.status, waiting.waiting_for) == (TaskStatus.WAITING, "approve-plan")
         assert [run.stage for run in r.store.runs(task.id)] == [Stage.ANALYSIS]
-        [note] = [e for e in r.store.effects(task.id) if e.kind == "notify"]
-        assert note.state == EffectState.FAILED
-        assert "chat service down" in note.result["error"]
+        notes = [e for e in r.store.effects(task.id) if e.kind == "notify"]
+        assert [n.key.rsplit(":", 1)[-1] for n in notes] == ["started", "waiting"]
+        assert all(n.state == EffectState.FAILED for n in notes)
+        assert all("chat service down" in n.result["error"] for n in notes)
     finally:
         r.close()
 

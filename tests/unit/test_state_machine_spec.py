@@ -91,12 +91,19 @@ def moves() -> Iterator[Move]:
             yield Happening.HELD, a, pl.held_for_integrity(stage, ["tests deleted"]).status
             yield Happening.PARKED, a, pl.parked(stage, "budget spent").status
             yield Happening.PARKED, a, pl.deadline_passed(replace(p, deadline_s=60.0), stage).status
+            for rounds in (0, top):
+                reacted = pl.on_reaction(p, stage, None, rounds, "ci", "red")
+                if reacted is not None:
+                    yield Happening.REACTED, a, reacted.status
             for earlier in names[: names.index(stage) + 1]:
                 yield Happening.RETRIED, n, pl.on_retry(p, stage, earlier, "ops").status
         for cp in p.checkpoints:
             yield Happening.APPROVED, w, pl.on_approve(p, cp.before, cp.name, "ann").status
             for rounds in (0, top):
                 yield Happening.REJECTED, w, pl.on_reject(p, cp.name, "bob", "no", rounds).status
+                reacted = pl.on_reaction(p, cp.before, cp.name, rounds, "ci", "red")
+                assert reacted is not None
+                yield Happening.REACTED, w, reacted.status
             if cp.timeout_s is not None:
                 timed_out = pl.on_checkpoint_timeout(p, cp.before, cp.name)
                 yield Happening.TIMED_OUT, w, timed_out.status if timed_out else w

@@ -18,6 +18,7 @@ from orch.domain import pipeline as pl
 from orch.domain.errors import Conflict, ForgeError, OrchError
 from orch.domain.model import Task
 from orch.domain.naming import merge_key
+from orch.domain.news import News
 from orch.domain.states import EffectState, JobState, Stage, TaskStatus
 from orch.ports import DeployTarget, RepoSettings
 from orch.testing import Rig, rig, sql_memory_store
@@ -392,8 +393,8 @@ class StoppingNotifier(MemoryNotifier):
         self.intake: Any = None
         self.key = ""
 
-    def notify(self, key: str, text: str) -> None:
-        super().notify(key, text)
+    def notify(self, key: str, text: str, news: News | None = None) -> None:
+        super().notify(key, text, news)
         if self.key:
             self.intake.stop(self.key, "ann", "raced the wait")
             self.key = ""

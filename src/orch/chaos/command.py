@@ -47,6 +47,23 @@ def chaos(
     settle: float = typer.Option(
         120.0, "--settle", min=1.0, help="Seconds to wait for convergence after the last fault."
     ),
+    world: str = typer.Option(
+        "local",
+        "--world",
+        help="local: tickets through the API, plain git remotes. plane-gitea: tickets are work"
+        " items of a fake Plane, answered and STOPped through its states, landed through a fake"
+        " Gitea, both injecting faults, with webhooks duplicated, reordered and replayed.",
+    ),
+    fault_rate: float = typer.Option(
+        0.1, "--fault-rate", min=0.0, max=1.0, help="plane-gitea: share of requests faulted."
+    ),
+    webhook_share: float = typer.Option(
+        0.3,
+        "--webhook-share",
+        min=0.0,
+        max=1.0,
+        help="plane-gitea: share of deliveries duplicated and of items given a reorder.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON too."),
 ) -> None:
     """Kill orch (SIGKILL at crash points and at random, SIGSTOP past the lease) while it works
@@ -55,6 +72,8 @@ def chaos(
     from orch.chaos.run import ChaosOptions
     from orch.domain.errors import OrchError
 
+    if world not in WORLDS:
+        raise typer.BadParameter(f"one of {', '.join(WORLDS)}", param_hint="--world")
     options = ChaosOptions(
         directory=directory,
         store_url=store_url,
@@ -70,6 +89,9 @@ def chaos(
         pause_share=pause_share,
         crashpoint_share=crashpoint_share,
         settle_s=settle,
+        world=world,
+        fault_rate=fault_rate,
+        webhook_share=webhook_share,
     )
     progress = Console(stderr=True, highlight=False)
     # a SIGTERM (a CI timeout, say) unwinds like Ctrl-C, so every process started is ended
@@ -93,6 +115,9 @@ def chaos(
     print(result.summary_line(), flush=True)
     if not result.ok:
         raise typer.Exit(1)
+
+
+WORLDS = ("local", "plane-gitea")
 
 
 def _interrupt(signum: int, _frame: object) -> None:
@@ -140,7 +165,49 @@ def render(result: ChaosResult, console: Console) -> None:
         verdict = "ok" if finding.ok else f"[red]BROKEN ({len(finding.violations)})[/]"
         table.add_row(f"{finding.name} {finding.title}", verdict, "")
     console.print(table)
+    if result.outside is not None:
+        console.print(outside_table(result))
     console.print(f"run directory: {result.root} (store, logs of every process, remotes)")
     for finding in result.findings:
         for violation in finding.violations[:10]:
             console.print(f"[red]{finding.name}[/] {violation}")
+
+
+def _lines(counts: dict[str, Any]) -> str:
+    return "\n".join(f"{k} {v}" for k, v in counts.items() if v) or "none"
+
+
+def outside_table(result: ChaosResult) -> Table:
+    """What the world outside orch went through: the faults Plane and Gitea injected, and what
+    became of the webhook deliveries."""
+    o: dict[str, Any] = result.outside or {}
+    table = Table(title=f"the world outside: Plane and Gitea, fault rate {o['fault_rate']:g}")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for side in ("forge", "tracker"):
+        faults = o["faults"][side]
+        table.add_row(f"faults injected on the {side}", str(faults["injected"]))
+        table.add_row("  by kind", _lines(faults["by_kind"]))
+        targets = {t: sum(k.values()) for t, k in faults["by_target"].items()}
+        table.add_row("  by request", _lines(targets))
+    w = o["webhooks"]
+    table.add_section()
+    rows = [
+        ("webhook deliveries of changes", w["originals"]),
+        ("  sent again, same id (x5 in all)", w["duplicates"]),
+        ("  sent again, new id", w["renamed"]),
+        ("  held, then released reversed", w["reversed"]),
+        ("  answers held until asked", w["late"]),
+        ("  reorder episodes", w["reorder_episodes"]),
+        ("  stale starts after a STOP", w["stale_starts"]),
+        ("  dropped", w["dropped"]),
+        ("  replayed at the end, same id", w["replayed"]),
+        ("  replayed at the end, new id", w["replayed_renamed"]),
+        ("  not received (serve down)", w["not_received"]),
+    ]
+    for name, value in rows:
+        table.add_row(name, str(value))
+    table.add_row("what orch did with them", _lines(w["worked_by_orch"]))
+    table.add_section()
+    table.add_row("the person's moves in Plane", _lines(o["person"]))
+    return table

@@ -23,12 +23,18 @@ from orch.adapters.proctable import LinuxProcessTable, parse_incarnation
 from orch.bootstrap import store_at
 from orch.chaos import checks
 from orch.chaos.lab import Lab, build_lab
-from orch.chaos.observe import HeldJob, Monitor, Probe, end_leftovers, leftover_children
-from orch.chaos.person import Api, Person
+from orch.chaos.observe import (
+    HeldJob,
+    Monitor,
+    Probe,
+    bounds,
+    end_leftovers,
+    leftover_children,
+)
+from orch.chaos.person import Actor, Api, Person
 from orch.chaos.processes import Life, Supervised, orch_argv, orch_env
 from orch.chaos.run import (
     T_CANCEL_S,
-    T_RECLAIM_S,
     T_RECOVER_S,
     ChaosOptions,
     ChaosResult,
@@ -77,7 +83,7 @@ class Harness:
         self.sup: dict[str, Supervised] = {}
         self.probe: Probe | None = None
         self.monitor: Monitor | None = None
-        self.person: Person | None = None
+        self.person: Actor | None = None
         self.api: Api | None = None
         self.table = LinuxProcessTable()
 
@@ -174,22 +180,54 @@ class Harness:
         finally:
             self._tear_down()
 
-    def _set_up(self) -> None:
-        self.lab = build_lab(
+    # -- what a world other than the default one changes (orch.chaos.outside) ---------------------
+
+    def _build_lab(self) -> Lab:
+        return build_lab(
             self.o.directory,
             self.o.store_url,
             self.o.repos,
             self.o.max_active,
             self.o.tuning(),
         )
+
+    def _argv(self, role: str) -> list[str]:
+        return orch_argv(role)
+
+    def _env(self, role: str) -> dict[str, str]:
+        assert self.lab is not None
+        return orch_env(self.lab.configs[role])
+
+    def _make_person(self, api: Api) -> Actor:
+        return Person(api, self.rng_person, self.o.stop_share)
+
+    def _settled(self, statuses: Counter[str]) -> bool:
+        return settled(statuses)
+
+    def _more_findings(self, history: checks.History) -> list[checks.Finding]:
+        return []
+
+    def _more_figures(self, figures: dict[str, Any]) -> None:
+        pass
+
+    def _outside_report(self) -> dict[str, Any] | None:
+        return None
+
+    def _more_teardown(self) -> list[Callable[[], object]]:
+        return []
+
+    # -- the phases --------------------------------------------------------------------------
+
+    def _set_up(self) -> None:
+        self.lab = self._build_lab()
         self.say(f"chaos in {self.lab.root} (seed {self.seed}, store {self.lab.store_url})")
         logs = self.lab.root / "processes"
         logs.mkdir()
         for role in ROLES:
             self.sup[role] = Supervised(
                 role,
-                orch_argv(role),
-                orch_env(self.lab.configs[role]),
+                self._argv(role),
+                self._env(role),
                 logs,
                 arm=self._arm,
                 on_ready=self._on_ready,
@@ -204,7 +242,7 @@ class Harness:
         self.monitor = Monitor(self.probe, self.lives, zombie_after_s=T_RECOVER_S)
         self.monitor.start()
         self.api = Api(self._serve_url)
-        self.person = Person(self.api, self.rng_person, self.o.stop_share)
+        self.person = self._make_person(self.api)
         self.person.start()
 
     def _start_role(self, role: str) -> None:
@@ -285,7 +323,7 @@ class Harness:
                 elif idle_since is None:
                     idle_since = time.monotonic()
                 idle = idle_since is not None and time.monotonic() - idle_since > 3.0
-                if idle or (statuses is not None and settled(statuses)):
+                if idle or (statuses is not None and self._settled(statuses)):
                     self._file_batch()
                     idle_since = None
                 time.sleep(0.5)
@@ -371,17 +409,24 @@ class Harness:
                     self._kill_now(role, life)
         self.state.last_fault_at = time.time()
         self.say(f"faults over after {self._kills()} kills; settling (≤ {self.o.settle_s:g}s)")
+        self._await_settled()
+
+    def _await_settled(self) -> bool:
+        """Wait up to --settle seconds for every task to settle, and record how long it took
+        after the last fault."""
         deadline = time.monotonic() + self.o.settle_s
         while time.monotonic() < deadline:
             self._check_supervisors()
             statuses = self._statuses()
-            if statuses is not None and settled(statuses):
+            if statuses is not None and self._settled(statuses):
                 self.state.settled_after_s = time.time() - self.state.last_fault_at
                 took = self.state.settled_after_s
                 self.say(f"every task settled {took:.1f}s after the last fault")
-                return
+                return True
             time.sleep(0.5)
+        self.state.settled_after_s = None
         self.say(f"[red]tasks did not settle within {self.o.settle_s:g}s[/]")
+        return False
 
     def _statuses(self) -> Counter[str] | None:
         """Tasks per status, or None when the store cannot say right now (a busy moment must
@@ -426,6 +471,7 @@ class Harness:
         if self.monitor is not None:
             steps.append(self.monitor.stop)  # before its record of children is read
         steps.append(lambda: end_leftovers(self.table, self.lives(), self.monitor))
+        steps += self._more_teardown()
         if self.person is not None:
             steps.append(self.person.halt)
         if self.api is not None:
@@ -463,13 +509,22 @@ class Harness:
             ),
             checks.check_stops(history, T_CANCEL_S),
             checks.check_keys(history, sent),
-            self._bounds(),
+            bounds(self.monitor, self.lives()),
+            *self._more_findings(history),
         ]
         figures = self._figures(findings, elapsed_s)
+        self._more_figures(figures)
         reasons = [f"{f.name} broken: {f.violations[0]}" for f in findings if not f.ok]
         reasons += self._run_problems(shutdown_problems)
         return ChaosResult(
-            not reasons, reasons, figures, findings, self.lab.root, self.seed, self.o.kills
+            not reasons,
+            reasons,
+            figures,
+            findings,
+            self.lab.root,
+            self.seed,
+            self.o.kills,
+            self._outside_report(),
         )
 
     def _run_problems(self, shutdown_problems: list[str]) -> list[str]:
@@ -479,35 +534,6 @@ class Harness:
         if self.state.settled_after_s is None:
             out.append(f"tasks did not settle within {self.o.settle_s:g}s of the last fault")
         return out
-
-    def _bounds(self) -> checks.Finding:
-        """I8 and F6 as figures with bounds: re-drive after a restart, reclaim after a pause,
-        and the fence that stops a paused worker's later writes."""
-        assert self.monitor is not None
-        f = checks.Finding("I8/F6", "re-drive, reclaim and fencing in bounds")
-        redrive = self.monitor.first_per_life("restart")
-        never = [r for r in redrive if r is None]
-        longest_redrive = max((r for r in redrive if r is not None), default=None)
-        if never:
-            f.violations.append(f"{len(never)} restart(s) after which runnable work never moved")
-        if longest_redrive is not None and longest_redrive > T_RECOVER_S:
-            f.violations.append(f"work re-driven {longest_redrive:.1f}s after a restart")
-        reclaim = self.monitor.longest("pause")
-        if reclaim is not None and reclaim > T_RECLAIM_S:
-            f.violations.append(f"a paused worker's job reclaimed only after {reclaim:.1f}s")
-        for w in self.monitor.unresolved("pause"):
-            f.violations.append(f"job {w.job.job_id} held by paused {w.life} never moved on")
-        fenced = sum(life.fenced_writes() for life in self.lives())
-        if self.monitor.count("pause", "reclaimed") and not fenced:
-            f.violations.append("paused workers' jobs were reclaimed, but no write was fenced")
-        f.figures.update(
-            restarts_measured=len(redrive),
-            longest_redrive_s=longest_redrive,
-            longest_reclaim_s=reclaim,
-            longest_kill_recovery_s=self.monitor.longest("kill"),
-            fenced_writes=fenced,
-        )
-        return f
 
     def _figures(self, findings: list[checks.Finding], elapsed_s: float) -> dict[str, Any]:
         assert self.monitor is not None and self.person is not None
@@ -538,9 +564,7 @@ class Harness:
             "children_seen": self.monitor.children_seen(),
             "longest_orphan_s": round(self.monitor.longest_orphan_s(), 2),
             "stops": f["I6"],
-            "approvals": self.person.approvals,
-            "duplicate_approvals": self.person.duplicate_approvals,
-            "duplicate_stops": self.person.duplicate_stops,
+            **self.person.figures(),
             "settled_after_s": _round(self.state.settled_after_s),
             "notifications_repeated": f["I7"]["notifications_repeated"],
             "runs_without_end_skipped": f["I5"]["runs_without_end_skipped"],
@@ -561,4 +585,8 @@ def _round(value: Any) -> Any:
 
 
 def run_chaos(options: ChaosOptions, say: Say) -> ChaosResult:
+    if options.world == "plane-gitea":
+        from orch.chaos.outside import OutsideHarness
+
+        return OutsideHarness(options, say).run()
     return Harness(options, say).run()

@@ -19,6 +19,7 @@ from orch.adapters.proctable import ENV as INCARNATION_ENV
 from orch.adapters.proctable import LinuxProcessTable, Orphan, parse_incarnation, start_time
 from orch.chaos import checks
 from orch.chaos.processes import Life
+from orch.chaos.run import T_RECLAIM_S, T_RECOVER_S
 from orch.domain import machine
 from orch.domain.errors import OrchError, StoreUnavailable
 from orch.domain.states import JobState
@@ -335,3 +336,32 @@ def end_leftovers(table: LinuxProcessTable, lives: list[Life], monitor: Monitor 
         if start_time(pid) == start:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def bounds(monitor: Monitor, lives: list[Life]) -> checks.Finding:
+    """I8 and F6 as figures with bounds: re-drive after a restart, reclaim after a pause, and
+    the fence that stops a paused worker's later writes."""
+    f = checks.Finding("I8/F6", "re-drive, reclaim and fencing in bounds")
+    redrive = monitor.first_per_life("restart")
+    never = [r for r in redrive if r is None]
+    longest_redrive = max((r for r in redrive if r is not None), default=None)
+    if never:
+        f.violations.append(f"{len(never)} restart(s) after which runnable work never moved")
+    if longest_redrive is not None and longest_redrive > T_RECOVER_S:
+        f.violations.append(f"work re-driven {longest_redrive:.1f}s after a restart")
+    reclaim = monitor.longest("pause")
+    if reclaim is not None and reclaim > T_RECLAIM_S:
+        f.violations.append(f"a paused worker's job reclaimed only after {reclaim:.1f}s")
+    for w in monitor.unresolved("pause"):
+        f.violations.append(f"job {w.job.job_id} held by paused {w.life} never moved on")
+    fenced = sum(life.fenced_writes() for life in lives)
+    if monitor.count("pause", "reclaimed") and not fenced:
+        f.violations.append("paused workers' jobs were reclaimed, but no write was fenced")
+    f.figures.update(
+        restarts_measured=len(redrive),
+        longest_redrive_s=longest_redrive,
+        longest_reclaim_s=reclaim,
+        longest_kill_recovery_s=monitor.longest("kill"),
+        fenced_writes=fenced,
+    )
+    return f

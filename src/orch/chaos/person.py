@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -50,6 +50,16 @@ class Api:
         return reply.body.get("tasks") if reply is not None and reply.ok else None
 
 
+class Actor(Protocol):
+    """Whoever plays the people of a run: started with it, halted before its checks."""
+
+    def start(self) -> None: ...
+
+    def halt(self) -> None: ...
+
+    def figures(self) -> dict[str, Any]: ...
+
+
 class Person(threading.Thread):
     """Approves every checkpoint (now and then twice) and STOPs a share of the tasks once (now
     and then twice) at a random moment of their life."""
@@ -75,6 +85,13 @@ class Person(threading.Thread):
             tasks = self.api.tasks()
             for task in tasks or []:
                 self._consider(task)
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "approvals": self.approvals,
+            "duplicate_approvals": self.duplicate_approvals,
+            "duplicate_stops": self.duplicate_stops,
+        }
 
     def _consider(self, task: dict[str, Any]) -> None:
         key, status = task["key"], task["status"]

@@ -33,6 +33,11 @@ class ChaosOptions:
     crashpoint_share: float = 0.6
     settle_s: float = 120.0
     crash_wait_s: float = 6.0  # how long an armed process may take to reach its crash point
+    # "local": tickets filed through the API, plain git remotes. "plane-gitea": tickets are
+    # work items of a fake Plane, the code lands through a fake Gitea (orch.chaos.outside)
+    world: str = "local"
+    fault_rate: float = 0.1  # plane-gitea: share of the fakes' requests answered with a fault
+    webhook_share: float = 0.3  # plane-gitea: share of deliveries duplicated, of items reordered
 
     def tuning(self) -> WorkerTuning:
         return WorkerTuning(
@@ -67,6 +72,9 @@ class ChaosResult:
     seed: int
     asked_kills: int
 
+    # what the world outside orch went through (plane-gitea): faults, webhook deliveries
+    outside: dict[str, Any] | None = None
+
     def summary_line(self) -> str:
         f = self.figures
         return f"duplicates={f['duplicates']} lost={f['lost']} zombies={f['zombies']}"
@@ -79,6 +87,7 @@ class ChaosResult:
             "dir": str(self.root),
             "figures": self.figures,
             "invariants": [f.as_dict() for f in self.findings],
+            **({"outside": self.outside} if self.outside is not None else {}),
         }
 
 

@@ -20,7 +20,7 @@ from rich.text import Text
 from orch.bootstrap import App, build
 from orch.config import IsolatedSettings
 from orch.demo import agents as real_agents
-from orch.demo import landing, sample
+from orch.demo import landing, plane_gitea, sample
 from orch.demo.crash import CRASH_POINT, WorkerProcess, merges_of
 from orch.domain.errors import OrchError
 from orch.domain.states import EffectKind, Stage, TaskStatus, is_terminal
@@ -93,7 +93,7 @@ def demo_settings(
     )
 
 
-SCENARIOS = ("happy", "stop", "reject", "crash", "landing")
+SCENARIOS = ("happy", "stop", "reject", "crash", "landing", plane_gitea.NAME)
 REJECTION = "Also say how accents are handled: 'Crème brûlée' must become 'creme-brulee'."
 
 
@@ -198,12 +198,16 @@ def run(
     started = time.monotonic()
     plan = Scenario(scenario, console)
     real_agents.check_name(agent)
-    if scenario == "landing" and agent != "scripted":
-        raise OrchError("the landing scenario runs with the scripted agent only")
+    if scenario in ("landing", plane_gitea.NAME) and agent != "scripted":
+        raise OrchError(f"the {scenario} scenario runs with the scripted agent only")
     if agent != "scripted":
         real_agents.find(agent, os.environ)  # a missing CLI is said before anything is made
     root = prepare(root)
     console.print(f"[bold]orch demo[/] ({scenario}, agent {agent}) in {root}")
+    if scenario == plane_gitea.NAME:
+        report = plane_gitea.run_plane_gitea(root, console, timeout_s)
+        summary = {"scenario": report, "agent": agent, "elapsed_s": report["elapsed_s"]}
+        return DemoResult(not report["problem"], report["problem"] or "done", summary)
     real = real_agents.start(agent, root, os.environ) if agent != "scripted" else None
     try:
         return _run(root, console, plan, started, timeout_s, real)
@@ -447,6 +451,10 @@ def _verify(summary: dict[str, Any], task: Any, plan: Scenario) -> str:
 def render_summary(summary: dict[str, Any], console: Console) -> None:
     if summary.get("scenario", {}).get("name") == "landing":
         landing.render(summary["scenario"], console)
+        console.print(f"finished in {summary['elapsed_s']:.1f}s")
+        return
+    if summary.get("scenario", {}).get("name") == plane_gitea.NAME:
+        plane_gitea.render(summary["scenario"], console)
         console.print(f"finished in {summary['elapsed_s']:.1f}s")
         return
     task = summary["task"]

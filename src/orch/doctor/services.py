@@ -12,7 +12,8 @@ import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from orch.config import Settings
+from orch.config import Settings, TelegramSettings, WebhookNotifierSettings
+from orch.doctor import outside
 from orch.doctor.report import Check, fail, ok, run
 
 # `git merge-tree --write-tree`, which the local forge builds merges with
@@ -20,10 +21,20 @@ GIT_AT_LEAST = (2, 38)
 
 
 def tracker(settings: Settings, environ: Mapping[str, str], timeout_s: float) -> list[Check]:
-    return [ok("tracker", "built-in board: tickets are kept in the store (`orch task add`)")]
+    board = ok("tracker", "built-in board: tickets are kept in the store (`orch task add`)")
+    if settings.tracker is None:
+        return [board]
+    return outside.plane(settings.tracker, environ, timeout_s)
 
 
 def forge(settings: Settings, environ: Mapping[str, str], timeout_s: float) -> list[Check]:
+    checks = _git(settings, environ, timeout_s)
+    if settings.forge is not None and all(c.ok for c in checks):
+        checks.extend(outside.gitea(settings, environ, timeout_s))
+    return checks
+
+
+def _git(settings: Settings, environ: Mapping[str, str], timeout_s: float) -> list[Check]:
     try:
         ran = run(["git", "--version"], env=environ, timeout_s=timeout_s)
     except OSError as exc:
@@ -40,7 +51,16 @@ def forge(settings: Settings, environ: Mapping[str, str], timeout_s: float) -> l
 
 
 def notifier(settings: Settings, environ: Mapping[str, str], timeout_s: float) -> list[Check]:
-    return [ok("notifier", f"log: notifications go to orch's log (level {settings.log_level})")]
+    checks: list[Check] = []
+    for channel in settings.notifiers:
+        if isinstance(channel, TelegramSettings):
+            checks.extend(outside.telegram(channel, environ, timeout_s))
+        elif isinstance(channel, WebhookNotifierSettings):
+            checks.extend(outside.webhook(channel, environ, timeout_s))
+        else:
+            level = settings.log.level
+            checks.append(ok("notifier", f"log: notifications go to orch's log (level {level})"))
+    return checks or [ok("notifier", "none: nobody is told what happens")]
 
 
 ServiceCheck = Callable[[Settings, Mapping[str, str], float], list[Check]]

@@ -39,6 +39,15 @@ class ForgeError(OrchError):
     """A git or forge operation failed."""
 
 
+class Unavailable(OrchError):
+    """A service orch talks to did not answer, or said it cannot now (a 5xx, a 429, a
+    timeout): not the failure of the task that needed it, which waits for it."""
+
+
+class ForgeUnavailable(ForgeError, Unavailable):
+    """The forge did not answer, or said it cannot now."""
+
+
 class MergeConflict(ForgeError):
     """The task branch does not merge cleanly into the default branch."""
 

@@ -308,6 +308,7 @@ class Happening(StrEnum):
     APPROVED = "approved"
     REJECTED = "rejected"
     TIMED_OUT = "timed out"  # a checkpoint's wait ran out
+    REACTED = "reacted"  # the forge: the pull request's CI failed, or a reviewer asked for changes
     RETRIED = "retried"  # an operator's retry
     STOPPED = "stopped"
     LEASE_EXPIRED = "lease expired"
@@ -337,6 +338,10 @@ TRANSITIONS: frozenset[tuple[Happening, TaskStatus | None, TaskStatus]] = frozen
         (Happening.APPROVED, _W, _A),
         (Happening.REJECTED, _W, _A),
         (Happening.REJECTED, _W, _N),
+        (Happening.REACTED, _A, _A),
+        (Happening.REACTED, _A, _N),
+        (Happening.REACTED, _W, _A),
+        (Happening.REACTED, _W, _N),
         (Happening.TIMED_OUT, _W, _W),
         (Happening.TIMED_OUT, _W, _N),
         (Happening.RETRIED, _N, _A),

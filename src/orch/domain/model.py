@@ -176,3 +176,30 @@ class Run:
         return Usage(
             self.tokens_in, self.tokens_out, self.cache_read, self.cache_write, self.cost_usd
         )
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A webhook delivery as it was stored, before anything was done with it."""
+
+    id: int
+    source: str  # plane, gitea, telegram
+    delivery: str  # the provider's id for it
+    body: str  # the raw body, as received and verified
+    received_at: float
+    done_at: float | None = None
+    outcome: str = ""
+
+
+@dataclass(frozen=True)
+class ItemLink:
+    """A ticket that is an item in a hosted tracker."""
+
+    key: str
+    tracker: str
+    project: str
+    ref: str
+    # the item's stamp (its last change) when orch last acted on its state: the same state seen
+    # again at the same stamp is not a new request (a start, an approval)
+    acted_on: str = ""
+    seen_state: str = ""  # the state orch last saw it in: a start is a move into the start state

@@ -81,3 +81,8 @@ def store_down_key(owner: str) -> str:
 def cancel_overdue_key(task_id: int) -> str:
     """The one alert that a task's STOP waits longer than its bound."""
     return f"{task_id}:cancel-overdue"
+
+
+def rework_key(task_id: int, source: str) -> str:
+    """One reaction of the forge per task and source (a status, a review, a comment)."""
+    return f"{task_id}:rework:{source[:300]}"

@@ -272,6 +272,37 @@ def on_reject(
     )
 
 
+def on_reaction(
+    pipeline: Pipeline,
+    stage: Stage,
+    waiting_for: str | None,
+    rework_rounds: int,
+    source: str,
+    feedback: str,
+) -> Decision | None:
+    """What the forge's reaction to the task's pull request decides (its own CI failed, or a
+    reviewer asked for changes): the task goes back as a rejection sends it from a wait, or a
+    failed gate from its stage, with the reaction as feedback; parked once its rework rounds
+    are used. None where the stage has nowhere to go back to (it has not written code yet)."""
+    if waiting_for is not None:
+        cp = pipeline.checkpoint(waiting_for)
+        target, at = cp.reject_to, cp.before
+    else:
+        spec = pipeline.spec(stage)
+        if spec.rework_to is None:
+            return None
+        target, at = spec.rework_to, stage
+    said = f"{source}: {feedback[:300]}"
+    if rework_rounds >= pipeline.max_rework_rounds:
+        return Decision(
+            Move.PARK,
+            at,
+            TaskStatus.NEEDS_OPERATOR,
+            f"{pipeline.max_rework_rounds} rework rounds used; last: {said}",
+        )
+    return Decision(Move.ADVANCE, target, TaskStatus.ACTIVE, said, feedback=feedback, rework=True)
+
+
 def on_stop(stage: Stage, actor: str, reason: str) -> Decision:
     why = f"stopped by {actor}" + (f": {reason}" if reason else "")
     return Decision(Move.ADVANCE, Stage.CANCELLED, TaskStatus.CANCELLED, why)

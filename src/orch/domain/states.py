@@ -73,6 +73,9 @@ class EventKind(StrEnum):
     STOP = "stop"  # cancel the task, at any stage
     RETRY = "retry"  # an operator runs a parked task again
     ALERT = "alert"  # the sweeper's note that a STOP waits too long
+    # the forge: the repository's own CI failed on the pull request, or a reviewer asked for
+    # changes; the task goes back to be reworked with it as feedback
+    REWORK = "rework"
 
 
 DECISIONS: frozenset[EventKind] = frozenset({EventKind.APPROVE, EventKind.REJECT})

@@ -8,11 +8,14 @@ opens it again for twice as long, up to `max_cooldown_s`.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+
+log = logging.getLogger("orch.engine")
 
 
 class Circuit(StrEnum):
@@ -45,6 +48,8 @@ class Breakers:
         self._clock = clock
         self._lock = threading.Lock()
         self._states: dict[str, _State] = {}
+        # told (agent, reason, cooldown) each time a circuit opens, outside the lock
+        self.on_open: Callable[[str, str, float], None] | None = None
 
     def admit(self, agent: str, preflight: Callable[[], str | None]) -> float:
         """0 if an attempt of `agent` may start now, else the seconds until it may ask again.
@@ -113,7 +118,13 @@ class Breakers:
             st.opened_at = self._clock()
             st.probing = False
             st.last_reason = reason
-            return st.cooldown_s
+            cooldown = st.cooldown_s
+        if self.on_open is not None:
+            try:
+                self.on_open(agent, reason, cooldown)
+            except Exception:  # telling people must never break the breaker
+                log.exception("could not tell that the circuit of %s opened", agent)
+        return cooldown
 
     def state(self, agent: str) -> dict[str, object]:
         with self._lock:

@@ -12,9 +12,11 @@ from typing import Any
 from orch.domain import pipeline as pl
 from orch.domain.errors import Busy, ForgeError
 from orch.domain.naming import deploy_key, rollback_key, superseded_key
+from orch.domain.news import NewsKind
 from orch.domain.pipeline import Decision
 from orch.domain.states import UNRESOLVED_EFFECT_STATES, EffectKind, EffectState, RunOutcome
 from orch.ports import NOT_STARTED_LATE, AgentProcess, RepoSettings
+from orch.services.news import about
 from orch.services.outbox import Outbox
 from orch.services.work import Tools, Work
 
@@ -48,6 +50,7 @@ class Deployer:
             if effect.result.get("check") == "failed":
                 previous = str(effect.result.get("previous", ""))
                 return self._roll_back(work, repo, worktree, target, key, previous)
+            self._deployed(work, target, release, key)
             return release
         rolling = self.store.get_effect(rollback_key(key))
         if effect is not None and effect.state in UNRESOLVED_EFFECT_STATES and rolling is not None:
@@ -60,6 +63,7 @@ class Deployer:
                     task.stage, f"deploy of {release[:12]} to {target} may have run; {key}"
                 )
             if deployed:
+                self._deployed(work, target, release, key)
                 return release
         if skipped is not None and skipped.state in UNRESOLVED_EFFECT_STATES:
             # interrupted while recording a skip: nothing ran, the choice is made again below
@@ -99,6 +103,7 @@ class Deployer:
             self.store.finish_effect(
                 claim, key, EffectState.SUCCEEDED, {**result, "previous": running}
             )
+            self._deployed(work, target, release, key)
             return release
         if timed_out:
             # killed part-way: whether it took effect is unknown until the check says
@@ -110,6 +115,15 @@ class Deployer:
             claim, key, EffectState.FAILED, {"exit_code": code, "log": str(log_path)}
         )
         raise ForgeError(f"deploy to {target} exited {code}: {proc.tail(400)}")
+
+    def _deployed(self, work: Work, target: str, release: str, key: str) -> None:
+        """Tell people a release reached production, once."""
+        if target != "production":
+            return
+        task = work.task
+        text = f"{task.key} deployed {release[:12]} to {target}: {task.title}"
+        news = about(task, NewsKind.DEPLOYED, text)
+        self.outbox.send(task, work.claim, f"{key}:notify", text, news)
 
     def _settle_target(self, work: Work, repo: RepoSettings, target: str, worktree: Path) -> str:
         """Ask the target's check about every deploy to it whose outcome was left unknown (its

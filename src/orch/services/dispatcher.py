@@ -117,6 +117,9 @@ class Dispatcher:
                     voided += self.store.void_leases(owner)
             accounted = self.engine.account_dead_runs(self.processes.is_dead)
         swept = self.sweep()
+        settled = self.engine.settle_merges()
+        if settled:
+            log.warning("recovery: %s merge(s) left unresolved were settled by the forge", settled)
         if killed or voided:
             log.warning(
                 "recovery: %s orphaned child(ren) killed, %s lease(s) of dead workers voided",

@@ -3,12 +3,15 @@ each (orch.services.job, inbox, stage, agent_run, gates, merge, deploy, outbox, 
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import threading
 from collections.abc import Callable, Mapping
 
 from orch.domain.model import Claim
+from orch.domain.news import News, NewsKind
+from orch.domain.states import EffectState
 from orch.ports import Agent, CommandRunner, Forge, Notifier, Repos, Sandbox, Store
 from orch.services.agent_run import AgentRunner
 from orch.services.breaker import Breakers
@@ -23,6 +26,8 @@ from orch.services.stop import Stopper
 from orch.services.work import EngineSettings, Tools
 
 __all__ = ["Engine", "EngineSettings"]
+
+log = logging.getLogger("orch.engine")
 
 
 class Engine:
@@ -40,6 +45,7 @@ class Engine:
         environ: Mapping[str, str] | None = None,
         rng: random.Random | None = None,
         breakers: Breakers | None = None,
+        reporter: Notifier | None = None,
     ) -> None:
         self.tools = Tools(
             store=store,
@@ -53,7 +59,10 @@ class Engine:
             environ=dict(os.environ if environ is None else environ),
             rng=rng or random.Random(),
             breakers=breakers or Breakers(settings.breaker_threshold, settings.breaker_cooldown_s),
+            reporter=reporter,
         )
+        if self.tools.breakers.on_open is None:
+            self.tools.breakers.on_open = self._circuit_opened
         outbox = Outbox(self.tools)
         gates = Gates(self.tools)
         self.runs = AgentRunner(self.tools)
@@ -100,3 +109,30 @@ class Engine:
 
     def account_dead_runs(self, is_dead: Callable[[str], bool]) -> int:
         return self.runs.account_dead_runs(is_dead)
+
+    def _circuit_opened(self, agent: str, reason: str, cooldown_s: float) -> None:
+        text = f"the circuit of {agent} opened for {cooldown_s:g}s: {reason}"
+        key = f"circuit:{agent}:{int(self.store.now())}"
+        self.tools.notifier.notify(key, text, News(NewsKind.CIRCUIT, text, reason=reason))
+
+    def settle_merges(self) -> int:
+        """Ask the forge about each merge left unresolved by a task no job runs (its worker
+        died, or the forge was down when it tried): the repository's merge slot is free again
+        once it is known. One the forge cannot answer now is asked again at the next sweep."""
+        settled = 0
+        if self.tools.breakers.state("forge")["circuit"] == "open":
+            return 0  # asked again once the forge answers
+        for effect in self.store.unsettled_merges():
+            try:
+                found = self.tools.forge.find_merge(effect.repo, effect.precondition)
+            except Exception as exc:  # the forge's: the next sweep asks again
+                log.warning("merge %s is still unsettled: %s", effect.key, exc)
+                continue
+            if found:
+                state, result = EffectState.SUCCEEDED, {"merge_sha": found}
+            else:
+                state, result = EffectState.FAILED, {"error": "not merged"}
+            settled += self.store.settle_effect(
+                effect.key, state, {**result, "resolved_by": "forge", "settled_by": "sweeper"}
+            )
+        return settled

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from orch.domain import machine
 from orch.domain import pipeline as pl
+from orch.domain.errors import OrchError
 from orch.domain.naming import remind_key
 from orch.domain.states import EventKind, TaskStatus
 from orch.services.agent_run import limits_of
@@ -67,6 +68,51 @@ class Inbox:
         text = f"{task.key} still waits for {cp.name} ({overdue:.0f}s so far)"
         self.outbox.send(task, work.claim, key, text)
         return Outcome(change=machine.timer(task, cp.timeout_s * (rounds + 1) - overdue, read))
+
+    def react(self, work: Work) -> Outcome | None:
+        """The forge's reaction to the task's pull request (orch.domain.pipeline.on_reaction),
+        if one in the inbox is about the branch as it is (its head, or a commit under it: the
+        stages after development commit their reports on top) and has not landed; None if none
+        is (the stale ones are then read as any event nothing answers)."""
+        task, claim = work.task, work.claim
+        if task.status not in (TaskStatus.ACTIVE, TaskStatus.WAITING):
+            return None
+        reactions = [e for e in claim.events if e.kind == EventKind.REWORK]
+        if not reactions:
+            return None
+        branch_head = self.tools.forge.branch_head(task.repo, task.branch)
+        stale: list[int] = []
+        for ev in reactions:
+            head = str(ev.payload.get("head", "")) or branch_head or ""
+            if not self._unlanded_under(task.repo, head, branch_head):
+                log.info("ignored a reaction to %s: its head %s is not current", task.key, head)
+                stale.append(ev.id)
+                continue
+            waiting = task.waiting_for if task.status == TaskStatus.WAITING else None
+            feedback = str(ev.payload.get("feedback", ""))
+            decision = pl.on_reaction(
+                work.pipeline, task.stage, waiting, task.rework_rounds, ev.actor, feedback
+            )
+            if decision is None:
+                stale.append(ev.id)
+                continue
+            if decision.stage != task.stage:
+                self.tools.remove_worktree(task)  # rebuilt from the branch
+            return decided(decision, ev.actor, (*stale, ev.id))
+        return None
+
+    def _unlanded_under(self, repo: str, head: str, branch_head: str | None) -> bool:
+        """Whether `head` is the branch's head or under it, and has not landed; a commit the
+        forge does not know is neither."""
+        forge = self.tools.forge
+        if branch_head is None or not head:
+            return False
+        try:
+            under = head == branch_head or forge.is_ancestor(repo, head, branch_head)
+            return under and not forge.find_merge(repo, head)
+        except OrchError as exc:
+            log.info("a reaction's head %s cannot be placed: %s", head, exc)
+            return False
 
     def stray(self, work: Work) -> tuple[int, ...]:
         """What reached an active task's inbox, which nothing answers: a STOP is left for the

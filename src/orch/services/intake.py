@@ -13,7 +13,14 @@ from orch.domain import pipeline as pl
 from orch.domain.errors import Conflict, NotFound, OrchError
 from orch.domain.ledger import NO_BUDGET, Budget
 from orch.domain.model import Event, Task, Ticket
-from orch.domain.naming import branch_for, decision_key, key_prefix, retry_key, stop_key
+from orch.domain.naming import (
+    branch_for,
+    decision_key,
+    key_prefix,
+    retry_key,
+    rework_key,
+    stop_key,
+)
 from orch.domain.states import DECISIONS, EventKind, Stage, TaskStatus, is_terminal
 from orch.ports import Repos, Store
 
@@ -66,11 +73,26 @@ class Intake:
     def task(self, key: str) -> Task:
         return find_task(self.store, key)
 
-    def decide(self, key: str, approve: bool, actor: str, comment: str = "") -> bool:
-        """Answer the checkpoint the task waits at. A wait takes one answer: the same answer
-        sent again is not recorded twice (False), and a different one is refused (Conflict),
-        so an answer this returns True for is the one the task acts on."""
+    def decide(
+        self,
+        key: str,
+        approve: bool,
+        actor: str,
+        comment: str = "",
+        checkpoint: str | None = None,
+        wait: str | None = None,
+    ) -> bool:
+        """Answer the checkpoint the task waits at: only `checkpoint`, if it is named, and only
+        the wait `wait` ("<task id>.<version>"), if it is named, so a button pressed for an
+        earlier question answers nothing later. A wait takes one answer: the same answer sent
+        again is not recorded twice (False), and a different one is refused (Conflict), so an
+        answer this returns True for is the one the task acts on."""
         task = self.task(key)
+        if checkpoint is not None and task.waiting_for != checkpoint:
+            now = f"waits at {task.waiting_for}" if task.waiting_for else "is not waiting"
+            raise Conflict(f"{key} {now}, not at {checkpoint}; that answer was not recorded")
+        if wait is not None and wait != f"{task.id}.{task.version}":
+            raise Conflict(f"{key} was asked again since; that answer was not recorded")
         if task.status != TaskStatus.WAITING or not task.waiting_for:
             answers = [e for e in self.store.events(task.id) if e.kind in DECISIONS]
             last = f"; its last wait was {_said(answers[-1])}" if answers else ""
@@ -106,6 +128,19 @@ class Intake:
         )
         self.stop_asked(task.id)
         return task, recorded
+
+    def rework(self, key: str, actor: str, feedback: str, head: str, source: str) -> bool:
+        """Send the task back to be reworked with `feedback`, for what the forge said of its
+        head `head` (its CI failed, a reviewer asked for changes). Recorded once per `source`
+        (the status, review or comment it came from); the worker applies it only while `head`
+        is the branch's and has not landed. False if it was recorded before or the task ended."""
+        task = self.task(key)
+        if is_terminal(task.status):
+            return False
+        payload = {"feedback": feedback, "head": head, "source": source}
+        return self.store.append_event(
+            task.id, rework_key(task.id, source), EventKind.REWORK, actor, payload
+        )
 
     def retry(self, key: str, stage: str | None, actor: str, budget: Budget = NO_BUDGET) -> bool:
         """Ask for a parked task to run again from `stage` (default: where it stopped), with

@@ -21,6 +21,7 @@ from orch.domain.errors import (
     LeaseLost,
     OrchError,
     ShuttingDown,
+    Unavailable,
 )
 from orch.domain.model import Claim, Task
 from orch.domain.pipeline import Move
@@ -91,6 +92,9 @@ class Jobs:
         task = work.task
         if task.cancel_requested_at is not None:
             raise CancelRequested("stop requested")
+        reacted = self.inbox.react(work)
+        if reacted is not None:
+            return reacted
         if task.status in (TaskStatus.WAITING, TaskStatus.NEEDS_OPERATOR):
             return self.inbox.read(work)
         # an active task waits for no one: what reached its inbox is read now and ignored (a
@@ -98,6 +102,8 @@ class Jobs:
         stray = self.inbox.stray(work)
         if stray:
             self.store.mark_events(work.claim, stray)
+        if task.version == 1:
+            self.outbox.started(task, work.claim)
         left = deadline_left(self.store, task, work.pipeline)
         if left is not None and left <= 0:
             return decided(pl.deadline_passed(work.pipeline, task.stage))
@@ -153,6 +159,11 @@ class Jobs:
         if isinstance(exc, Conflict):
             # the task moved on under another writer: write nothing more
             log.warning("job %s of %s dropped: %s", claim.job_id, work.task.key, exc)
+        elif isinstance(exc, Unavailable):
+            # the forge or tracker did not answer: not this task's failure; its circuit (which
+            # the stage recorded) holds the task's work back while it is down
+            wait = max(self.tools.backoff(claim.attempt), 1.0)
+            self.store.apply(claim, machine.retry(str(exc), wait, counts=False))
         elif isinstance(exc, Busy):
             # waiting for another task's merge is not this task's failure
             wait = max(self.tools.backoff(1), 1.0)

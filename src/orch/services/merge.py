@@ -15,11 +15,14 @@ from orch.domain.errors import (
     OrchError,
 )
 from orch.domain.naming import merge_key
+from orch.domain.news import NewsKind
 from orch.domain.pipeline import GateKind, GateSpec
 from orch.domain.states import UNRESOLVED_EFFECT_STATES, EffectKind, EffectState
 from orch.ports import Candidate, RepoSettings
 from orch.services.gates import CANDIDATE_GATE, Gates
+from orch.services.news import about
 from orch.services.outbox import Outbox
+from orch.services.pulls import Pulls
 from orch.services.work import Tools, Where, Work
 
 log = logging.getLogger("orch.engine")
@@ -34,6 +37,7 @@ class Merger:
         self.forge = tools.forge
         self.outbox = outbox
         self.gates = gates
+        self.pulls = Pulls(tools)
 
     def merge(self, work: Work, repo: RepoSettings, where: Where, head: str) -> str:
         """Land exactly `head`, merged onto the default branch's current head, as the tree
@@ -47,7 +51,7 @@ class Merger:
         key = merge_key(task.key, task.id, task.stage, head)
         effect = self.store.get_effect(key)
         if effect is not None and effect.state == EffectState.SUCCEEDED:
-            return str(effect.result["merge_sha"])
+            return self._merged(work, key, str(effect.result["merge_sha"]))
         if effect is not None and effect.state in UNRESOLVED_EFFECT_STATES:
             # an earlier attempt died between intent and confirm: ask the forge before acting
             self.outbox.mark_unknown(claim, effect)
@@ -56,10 +60,15 @@ class Merger:
                 self.store.finish_effect(
                     claim, key, EffectState.SUCCEEDED, {"merge_sha": found, "resolved_by": "forge"}
                 )
-                return found
+                return self._merged(work, key, found)
         else:
             # an earlier head's merge this task left unresolved would hold the slot against it
             self.outbox.settle_open(task, claim)
+            earlier = self._landed_as(task.id, head) if effect is None else None
+            if earlier is not None:
+                # `head` is what an earlier merge of this task landed (a forge that lands
+                # through the task branch leaves it there): nothing is left to merge
+                return self._merged(work, earlier, head)
             self.store.begin_effect(claim, key, EffectKind.MERGE, task.repo, head)
         message = f"Merge {task.branch}: {task.key} {task.title}"
         for _ in range(MERGE_TRIES):
@@ -85,6 +94,7 @@ class Merger:
                     claim, key, EffectState.FAILED, {"error": str(failure), "to": candidate.sha}
                 )
                 self.forge.adopt(task.repo, task.branch, candidate)
+                self._show(work, candidate)
                 raise failure
             crashpoints.hit("forge.response.received")
             self.store.finish_effect(
@@ -93,12 +103,45 @@ class Merger:
                 EffectState.SUCCEEDED,
                 {"merge_sha": sha, "head": head, "base": candidate.base},
             )
-            return sha
+            self._show(work, candidate)
+            return self._merged(work, key, sha)
         self.outbox.settle_merge(claim, key, head, task.repo)
         raise Busy(
             f"{repo.default_branch} moved {MERGE_TRIES} times while the merge of {task.branch}"
             " was tested; it is tried again"
         )
+
+    def _landed_as(self, task_id: int, head: str) -> str | None:
+        """The key of the task's merge that landed `head` itself, if one did."""
+        return next(
+            (
+                e.key
+                for e in self.store.effects(task_id)
+                if e.kind == EffectKind.MERGE
+                and e.state == EffectState.SUCCEEDED
+                and e.result.get("merge_sha") == head
+            ),
+            None,
+        )
+
+    def _show(self, work: Work, candidate: Candidate) -> None:
+        """Post on the candidate, once the forge has it, the checks of its round and its own."""
+        records = [
+            r
+            for r in self.store.gate_records(work.task.id)
+            if r.version == work.claim.version
+            and (r.head_sha == candidate.sha or (r.passed and r.gate != CANDIDATE_GATE))
+        ]
+        self.pulls.statuses(work.task, candidate.sha, records)
+
+    def _merged(self, work: Work, key: str, sha: str) -> str:
+        """Tell people, once per merge, and return what landed."""
+        task = work.task
+        repo = self.tools.repos.get(task.repo)
+        text = f"{task.key} merged into {repo.default_branch} as {sha[:12]}: {task.title}"
+        news = about(task, NewsKind.MERGED, text)
+        self.outbox.send(task, work.claim, f"{key}:notify", text, news)
+        return sha
 
     def _candidate_failure(
         self, work: Work, repo: RepoSettings, where: Where, candidate: Candidate

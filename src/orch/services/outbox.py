@@ -10,16 +10,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from orch.domain.errors import ForgeError, Interrupted
 from orch.domain.model import Claim, Effect, Task
 from orch.domain.naming import delete_branch_key, notify_key
+from orch.domain.news import News, NewsKind, plain
 from orch.domain.pipeline import Decision
-from orch.domain.states import UNRESOLVED_EFFECT_STATES, EffectKind, EffectState, TaskStatus
+from orch.domain.states import UNRESOLVED_EFFECT_STATES, EffectKind, EffectState
+from orch.ports import Notifier
+from orch.services.news import about, tell
+from orch.services.pulls import Pulls
 from orch.services.work import Tools
 
 log = logging.getLogger("orch.engine")
+
+REPORT = "report"  # an effect's kind: news written back to the tracker a task came from
 
 
 class Outbox:
@@ -62,33 +69,48 @@ class Outbox:
     # -- notifications -----------------------------------------------------------------------
 
     def notify(self, task: Task, claim: Claim, decision: Decision) -> None:
-        """Tell people where a decision takes the task, if it is news to them."""
-        if decision.status == TaskStatus.WAITING:
-            text = f"{task.key} waits for {decision.waiting_for} before {decision.stage}"
-        elif decision.status == TaskStatus.DONE:
-            text = f"{task.key} is done: {task.title}"
-        elif decision.status == TaskStatus.NEEDS_OPERATOR:
-            text = f"{task.key} needs an operator: {decision.reason}"
-        elif decision.status == TaskStatus.CANCELLED:
-            text = f"{task.key} is cancelled: {decision.reason}"
-        else:
+        """Tell people where a decision takes the task, if it is news to them; the tracker the
+        task came from, if it has one, also hears each stage the task leaves."""
+        news = tell(self.store, task, decision)
+        if news is None:
             return
+        if news.kind == NewsKind.WAITING:
+            news = replace(news, wait=f"{task.id}.{claim.version + 1}")
+        pull = Pulls(self.tools).find(task)
+        if pull is not None:
+            news = replace(news, links=(*news.links, ("pull request", pull.url)))
         key = notify_key(task.key, task.id, claim.version + 1, decision.status.value)
-        self.send(task, claim, key, text)
+        # the tracker first: asking there marks where answers start (orch.services.reporting),
+        # before people anywhere can answer
+        if self.tools.reporter is not None:
+            self._deliver(self.tools.reporter, task, claim, f"{key}:report", news, REPORT)
+        if news.kind != NewsKind.STAGE_DONE:
+            self.send(task, claim, key, news.text, news)
 
-    def send(self, task: Task, claim: Claim, key: str, text: str) -> None:
+    def started(self, task: Task, claim: Claim) -> None:
+        """Tell people a task started, once, as its first stage first runs."""
+        text = f"{task.key} started at {task.stage}: {task.title}"
+        news = about(task, NewsKind.STARTED, text)
+        self.send(task, claim, notify_key(task.key, task.id, 1, "started"), text, news)
+
+    def send(self, task: Task, claim: Claim, key: str, text: str, news: News | None = None) -> None:
         """Tell people, at most once per key and best-effort: a notifier that fails is
         recorded as FAILED and never fails the stage it reports on."""
+        news = news or plain(task.key, text)
+        self._deliver(self.tools.notifier, task, claim, key, news, EffectKind.NOTIFY)
 
+    def _deliver(
+        self, channel: Notifier, task: Task, claim: Claim, key: str, news: News, kind: str
+    ) -> None:
         def deliver() -> Mapping[str, Any]:
             try:
-                self.tools.notifier.notify(key, text)
+                channel.notify(key, news.text, news)
             except Exception as exc:
                 raise _Undelivered(f"{exc}") from exc
-            return {"text": text}
+            return {"text": news.text}
 
         try:
-            self.once(claim, key, EffectKind.NOTIFY, task.repo, "", deliver)
+            self.once(claim, key, kind, task.repo, "", deliver)
         except _Undelivered as exc:
             log.error("notification %s failed: %s", key, exc)
 

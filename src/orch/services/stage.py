@@ -16,6 +16,7 @@ from orch.domain.errors import (
     CandidateFailed,
     HeadMoved,
     MergeConflict,
+    Unavailable,
 )
 from orch.domain.model import Task
 from orch.domain.pipeline import Action, Decision, GateKind, Pipeline, StageSpec
@@ -27,9 +28,11 @@ from orch.services.deploy import Deployer
 from orch.services.gates import Gates
 from orch.services.merge import Merger
 from orch.services.outbox import Outbox
+from orch.services.pulls import Pulls
 from orch.services.work import Outcome, Tools, Where, Work, decided
 
 ARTIFACT_CHARS = 20_000  # of each earlier artifact, in a prompt
+FORGE = "forge"  # its circuit breaker's name
 
 
 class StageRunner:
@@ -50,6 +53,7 @@ class StageRunner:
         self.gates = gates
         self.merger = merger
         self.deployer = deployer
+        self.pulls = Pulls(tools)
 
     def stop_point(self, work: Work, *, ask: bool = False) -> None:
         """Between steps: a STOP that arrived is applied here, before anything else starts.
@@ -59,6 +63,26 @@ class StageRunner:
             raise CancelRequested("stop requested")
 
     def run(self, work: Work, deadline_left: float | None) -> Outcome:
+        """Run the task's stage, unless the forge's circuit is open: a forge that does not
+        answer pauses the work that needs it, not counted against the task."""
+        breakers = self.tools.breakers
+        wait = breakers.admit(FORGE, _no_preflight)
+        if wait > 0:
+            why = breakers.state(FORGE)["reason"]
+            reason = f"the forge is unavailable: {why}"
+            return Outcome(change=machine.retry(reason, wait, counts=False))
+        try:
+            outcome = self._run(work, deadline_left)
+        except Unavailable as exc:
+            breakers.record(FORGE, ok=False, provider_failure=True, reason=str(exc))
+            raise
+        except BaseException:
+            breakers.release(FORGE)
+            raise
+        breakers.record(FORGE, ok=True)
+        return outcome
+
+    def _run(self, work: Work, deadline_left: float | None) -> Outcome:
         task, spec, tools = work.task, work.spec, self.tools
         agent = tools.agent_for(task, spec)
         if agent is not None:
@@ -103,6 +127,7 @@ class StageRunner:
             else head
         )
         verdicts = [self.gates.judge(work, g, where, (base, head)) for g in spec.gates]
+        self.pulls.show(task, head, verdicts)
         failed = [v for v in verdicts if not v.passed]
         if failed:
             reason = "; ".join(f"{v.gate}: {v.reason}" for v in failed)
@@ -247,3 +272,7 @@ def _read_inside(root: Path, rel: str) -> str | None:
         return path.read_text(encoding="utf-8", errors="replace")
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         return None
+
+
+def _no_preflight() -> str | None:
+    return None  # the half-open attempt is the probe

@@ -68,6 +68,8 @@ class Tools:
     # set when the process shuts down: jobs in flight kill their children and let go
     shutdown: threading.Event = field(default_factory=threading.Event)
     held: Held = field(default_factory=Held)  # the leases this process's jobs hold
+    # writes news back to the tracker a task came from (orch.services.reporting), if any
+    reporter: Notifier | None = None
 
     def backoff(self, attempt: int) -> float:
         s = self.settings

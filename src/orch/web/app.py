@@ -25,6 +25,7 @@ from orch.web.dashboard import add_dashboard
 from orch.web.docs import add_docs
 from orch.web.metrics import add_metrics
 from orch.web.openapi import BODY, KEY, PUBLIC, DocumentedAPI, errors
+from orch.web.webhooks import add_webhooks
 
 
 class NewTicket(BaseModel):
@@ -126,6 +127,7 @@ def create_app(app: App) -> FastAPI:
     add_dashboard(api, app)
     add_docs(api)
     add_admin(api, app)
+    add_webhooks(api, app)
 
     @api.get("/api/v1/state", dependencies=[reads])
     def state() -> dict[str, Any]:

@@ -71,10 +71,13 @@ class LocalGitForge:
         root: Path,
         remotes: Mapping[str, tuple[str, str]],
         excludes: Mapping[str, Sequence[str]] | None = None,
+        *,
+        git_env: Mapping[str, str] | None = None,
     ) -> None:
         """`remotes` maps a repository name to (remote URL or path, default branch);
         `excludes` a repository to the gitignore patterns its commits leave out after the
-        built-in ones."""
+        built-in ones; `git_env` is more environment for every git orch runs (a forge's
+        credentials there reach no URL and no config file)."""
         self.root = check_writable(Path(root))
         self.remotes = dict(remotes)
         extra = excludes or {}
@@ -89,6 +92,7 @@ class LocalGitForge:
             "GIT_TERMINAL_PROMPT": "0",
             # wins over any core.sshCommand a repository's config may hold
             "GIT_SSH_COMMAND": os.environ.get("GIT_SSH_COMMAND", "ssh"),
+            **(git_env or {}),
         }
         self._safe = (
             "-c",

@@ -10,12 +10,12 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from orch import crashpoints
+from orch.adapters.forges import gitea_hooks
 from orch.domain.errors import DefaultMoved, ForgeError, HeadMoved, MergeConflict, NotFound
-from orch.ports import (
-    Candidate,
-)
+from orch.ports import Candidate, PullRequest, PullState, Reaction, StatusState
 
 Snapshot = dict[str, bytes]
 
@@ -45,6 +45,17 @@ class _Repo:
     base_of: dict[str, str] = field(default_factory=dict)  # branch -> commit it started from
 
 
+@dataclass
+class _Pull:
+    number: int
+    branch: str
+    title: str
+    body: str
+    state: PullState = PullState.OPEN
+    head: str = ""  # once it is not open: its last head
+    merge_sha: str = ""
+
+
 class MemoryForge:
     """A forge whose history lives in memory; worktrees are real directories under a temp root.
 
@@ -57,8 +68,12 @@ class MemoryForge:
         self.merges: list[tuple[str, str, str]] = []  # (repo, head, merge sha)
         self.deleted: list[tuple[str, str]] = []  # (repo, branch)
         self.fail_merge: Exception | None = None
+        self.fail_find: Exception | None = None  # what asking whether a head landed raises
         self.before_land: Callable[[], None] | None = None  # runs once, as the next land starts
         self.fail_delete: Exception | None = None
+        self.pulls: dict[str, list[_Pull]] = {}
+        # (repo, sha) -> context -> (state, description, target_url)
+        self.statuses: dict[tuple[str, str], dict[str, tuple[StatusState, str, str]]] = {}
         for name, files in repos.items():
             r = _Repo(default_branch)
             c = _Commit(_sha(files, ()), dict(files), ())
@@ -168,6 +183,13 @@ class MemoryForge:
         for branch, head in r.branches.items():
             if head == candidate.head:
                 r.base_of[branch] = head  # the merged head is the branch's next merge base
+                for pull in self.pulls.get(repo, []):
+                    if pull.branch == branch and pull.state == PullState.OPEN:
+                        pull.state, pull.head, pull.merge_sha = (
+                            PullState.MERGED,
+                            head,
+                            candidate.sha,
+                        )
         self.merges.append((repo, candidate.head, candidate.sha))
         crashpoints.hit("forge.request.sent")
         return candidate.sha
@@ -196,6 +218,8 @@ class MemoryForge:
     def find_merge(self, repo: str, head_sha: str) -> str | None:
         """The merge on the default branch that brought `head_sha` there (a candidate that
         never landed is not on it)."""
+        if self.fail_find is not None:
+            raise self.fail_find
         r = self._repo(repo)
         seen: set[str] = set()
         todo = [r.branches[r.default_branch]]
@@ -276,6 +300,66 @@ class MemoryForge:
         r = self._repo(repo)
         if branch == r.default_branch:
             raise ForgeError(f"refusing to delete {branch}")
+        for pull in self.pulls.get(repo, []):
+            if pull.branch == branch and pull.state == PullState.OPEN:
+                # as Gitea does: a deleted branch's open pull request is closed
+                pull.head, pull.state = r.branches.get(branch, pull.head), PullState.CLOSED
         r.branches.pop(branch, None)
         r.base_of.pop(branch, None)
         self.deleted.append((repo, branch))
+
+    # -- pull requests -----------------------------------------------------------------------
+
+    def _shown(self, repo: str, pull: _Pull) -> PullRequest:
+        head = pull.head
+        if pull.state == PullState.OPEN:
+            head = self._repo(repo).branches.get(pull.branch, head)
+        url = f"memory://{repo}/pulls/{pull.number}"
+        return PullRequest(pull.number, url, head, pull.state, pull.merge_sha)
+
+    def open_pull(self, repo: str, branch: str, title: str, body: str) -> PullRequest:
+        if branch not in self._repo(repo).branches:
+            raise ForgeError(f"no branch {branch} to open a pull request of")
+        pulls = self.pulls.setdefault(repo, [])
+        for pull in reversed(pulls):
+            if pull.branch == branch and pull.state == PullState.OPEN:
+                return self._shown(repo, pull)
+        pulls.append(_Pull(len(pulls) + 1, branch, title, body))
+        return self._shown(repo, pulls[-1])
+
+    def find_pull(self, repo: str, branch: str) -> PullRequest | None:
+        found = [p for p in self.pulls.get(repo, []) if p.branch == branch]
+        return self._shown(repo, found[-1]) if found else None
+
+    def close_pull(self, repo: str, number: int) -> None:
+        """A person closes the pull request without merging it."""
+        for pull in self.pulls.get(repo, []):
+            if pull.number == number and pull.state == PullState.OPEN:
+                pull.head = self._repo(repo).branches.get(pull.branch, pull.head)
+                pull.state = PullState.CLOSED
+                return
+        raise NotFound(f"no open pull request #{number} in {repo}")
+
+    def describe_pull(self, repo: str, number: int, title: str, body: str) -> None:
+        for pull in self.pulls.get(repo, []):
+            if pull.number == number:
+                pull.title, pull.body = title, body
+                return
+        raise NotFound(f"no pull request #{number} in {repo}")
+
+    def reaction(self, event: str, payload: Mapping[str, Any]) -> Reaction | None:
+        """Deliveries shaped as Gitea's, whose repository's full name is orch's name for it."""
+        repos = {name.lower(): name for name in self.repos}
+        return gitea_hooks.reaction(event, payload, repos, own="orch")
+
+    def set_status(
+        self,
+        repo: str,
+        sha: str,
+        context: str,
+        state: StatusState,
+        description: str = "",
+        target_url: str = "",
+    ) -> None:
+        self._repo(repo)
+        self.statuses.setdefault((repo, sha), {})[context] = (state, description, target_url)

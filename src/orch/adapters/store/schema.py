@@ -248,3 +248,34 @@ api_tokens = sa.Table(
     sa.Column("revoked_at", sa.Float, nullable=True),
     _one_of("api_tokens", "role", Role),
 )
+
+# webhook deliveries, each stored once by its provider's delivery id before it is answered, and
+# worked from here: a delivery is a hint to read the tracker or forge again, never the truth
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("source", sa.String(40), nullable=False),
+    sa.Column("delivery", sa.String(200), nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("received_at", sa.Float, nullable=False),
+    sa.Column("done_at", sa.Float),
+    sa.Column("outcome", sa.Text, nullable=False, server_default=""),
+    sa.UniqueConstraint("source", "delivery", name="uq_deliveries_source_delivery"),
+    sa.Index("ix_deliveries_pending", "source", "done_at"),
+)
+
+# tickets that live in a hosted tracker: which item each is, and the item's stamp when orch last
+# acted on its state (the same state seen again at that stamp is not asked again)
+tracker_items = sa.Table(
+    "tracker_items",
+    metadata,
+    sa.Column("key", sa.String(120), sa.ForeignKey("tickets.key"), primary_key=True),
+    sa.Column("tracker", sa.String(40), nullable=False),
+    sa.Column("project", sa.String(200), nullable=False),
+    sa.Column("ref", sa.String(200), nullable=False),
+    sa.Column("acted_on", sa.Text, nullable=False, server_default=""),
+    # the state orch last saw the item in: a start is a move into the start state
+    sa.Column("seen_state", sa.Text, nullable=False, server_default=""),
+    sa.UniqueConstraint("tracker", "ref", name="uq_tracker_items_ref"),
+)

@@ -10,7 +10,9 @@ from orch.adapters.store.memory.tasks import TaskRecords
 
 __all__ = ["MemoryStore"]
 
+from orch.adapters.store.memory.deliveries import DeliveryRecords
 
-class MemoryStore(TaskRecords, Leases, Records, AccessRecords, MetricsRecords):
+
+class MemoryStore(TaskRecords, Leases, Records, AccessRecords, MetricsRecords, DeliveryRecords):
     """The store, in this process's memory. `clock` replaces the wall clock (a simulated one,
     for tests that move time past leases and timers without waiting)."""

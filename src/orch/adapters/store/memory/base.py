@@ -25,9 +25,11 @@ from orch.domain.errors import Conflict, LeaseLost
 from orch.domain.metrics import FENCED_WRITES
 from orch.domain.model import (
     Claim,
+    Delivery,
     Effect,
     Event,
     GateRecord,
+    ItemLink,
     Job,
     Run,
     Task,
@@ -62,6 +64,8 @@ class _Tables:
     token_hashes: dict[str, str] = field(default_factory=dict)  # name -> the secret's digest
     ids: dict[str, int] = field(default_factory=dict)  # the last id given, per table
     counters: dict[str, int] = field(default_factory=dict)
+    deliveries: dict[int, Delivery] = field(default_factory=dict)
+    links: dict[str, ItemLink] = field(default_factory=dict)  # by ticket key
 
     def copy(self) -> _Tables:
         return _Tables(**{name: dict(value) for name, value in vars(self).items()})

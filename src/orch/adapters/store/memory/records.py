@@ -100,6 +100,33 @@ class Records(MemoryBase):
             crashpoints.hit("effect.succeeded")
         return self._t.effects[key]
 
+    def unsettled_merges(self) -> list[Effect]:
+        t = self._t
+        found = [
+            e
+            for e in t.effects.values()
+            if e.kind == EffectKind.MERGE
+            and e.state in UNRESOLVED_EFFECT_STATES
+            and not self._running(t, e.task_id)
+        ]
+        return sorted(found, key=lambda e: t.effect_ids[e.key])
+
+    def settle_effect(self, key: str, state: EffectState, result: Mapping[str, Any]) -> bool:
+        with self._write() as t:
+            effect = t.effects.get(key)
+            if effect is None or effect.state not in UNRESOLVED_EFFECT_STATES:
+                return False
+            if self._running(t, effect.task_id):
+                return False
+            t.effects[key] = replace(
+                effect, state=state, result=dict(result), updated_at=self.now()
+            )
+            return True
+
+    @staticmethod
+    def _running(t: _Tables, task_id: int) -> bool:
+        return any(j.task_id == task_id and j.state == JobState.RUNNING for j in t.jobs.values())
+
     def latest_effect(
         self, repo: str, kinds: Sequence[str], state: EffectState = EffectState.SUCCEEDED
     ) -> Effect | None:

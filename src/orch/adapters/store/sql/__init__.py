@@ -14,6 +14,10 @@ from orch.adapters.store.sql.tasks import TaskRecords
 
 __all__ = ["SqlStore", "normalise_url", "sqlite_path"]
 
+from orch.adapters.store.sql.deliveries import DeliveryRecords
 
-class SqlStore(TaskRecords, Leases, Records, InboxRecords, AccessRecords, MetricsRecords):
+
+class SqlStore(
+    TaskRecords, Leases, Records, InboxRecords, AccessRecords, MetricsRecords, DeliveryRecords
+):
     """The store. `url` is a SQLAlchemy URL: sqlite:///path, sqlite:// (memory), postgresql://..."""

@@ -28,7 +28,9 @@ from orch.domain.model import (
 )
 from orch.domain.states import (
     UNRESOLVED_EFFECT_STATES,
+    EffectKind,
     EffectState,
+    JobState,
     RunOutcome,
     Stage,
 )
@@ -148,6 +150,44 @@ class Records(SqlBase):
         found = self.get_effect(key)
         assert found is not None
         return found
+
+    def unsettled_merges(self) -> list[Effect]:
+        unresolved = [st.value for st in UNRESOLVED_EFFECT_STATES]
+        rows = self._read(
+            lambda c: c.execute(
+                sa.select(t.effects)
+                .where(
+                    t.effects.c.kind == EffectKind.MERGE.value,
+                    t.effects.c.state.in_(unresolved),
+                    ~self._running(t.effects.c.task_id),
+                )
+                .order_by(t.effects.c.id)
+            ).all()
+        )
+        return [_effect(r) for r in rows]
+
+    def settle_effect(self, key: str, state: EffectState, result: Mapping[str, Any]) -> bool:
+        def fn(conn: Connection) -> bool:
+            unresolved = [st.value for st in UNRESOLVED_EFFECT_STATES]
+            res = conn.execute(
+                sa.update(t.effects)
+                .where(
+                    t.effects.c.key == key,
+                    t.effects.c.state.in_(unresolved),
+                    ~self._running(t.effects.c.task_id),
+                )
+                .values(state=state.value, result=dict(result), updated_at=self._now_sql)
+            )
+            return bool(res.rowcount == 1)
+
+        return bool(self._write(fn))
+
+    @staticmethod
+    def _running(task_id: Any) -> Any:
+        """Whether a job of the task runs: its worker, not the sweeper, settles its effects."""
+        return sa.exists().where(
+            t.jobs.c.task_id == task_id, t.jobs.c.state == JobState.RUNNING.value
+        )
 
     def latest_effect(
         self, repo: str, kinds: Sequence[str], state: EffectState = EffectState.SUCCEEDED

@@ -1,0 +1,54 @@
+"""What orch tells people about a task: one piece of news, structured, so that each channel (a
+log line, a chat message with buttons, a tracker comment, a signed JSON post) can say it in its
+own form."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class NewsKind(StrEnum):
+    STARTED = "started"
+    STAGE_DONE = "stage_done"  # a stage was left: its verdicts, cost and links
+    WAITING = "waiting"  # a checkpoint asks a person
+    PARKED = "parked"  # needs an operator
+    MERGED = "merged"
+    DEPLOYED = "deployed"
+    DONE = "done"
+    CANCELLED = "cancelled"
+    BUDGET = "budget"  # a budget was exhausted
+    CIRCUIT = "circuit"  # an agent's circuit opened
+    ALERT = "alert"  # anything else an operator must hear
+
+
+@dataclass(frozen=True)
+class Verdict:
+    gate: str
+    passed: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class News:
+    kind: NewsKind
+    text: str  # the whole news in one plain line, for a log or a plain channel
+    task_key: str = ""
+    title: str = ""
+    repo: str = ""
+    stage: str = ""  # where the task is after this news
+    from_stage: str = ""  # STAGE_DONE: the stage it left
+    status: str = ""  # the task's status after this news
+    checkpoint: str = ""  # WAITING: the checkpoint a person answers
+    question: str = ""  # WAITING: what the checkpoint asks
+    wait: str = ""  # WAITING: which wait it is ("<task id>.<version>"), for answers to name
+    reason: str = ""
+    cost_usd: float = 0.0  # the task's, so far
+    stage_cost_usd: float = 0.0  # STAGE_DONE: the stage's
+    verdicts: tuple[Verdict, ...] = ()
+    links: tuple[tuple[str, str], ...] = field(default_factory=tuple)  # (label, url)
+
+
+def plain(key: str, text: str, kind: NewsKind = NewsKind.ALERT) -> News:
+    """News that is only a line of text (an operator's alert)."""
+    return News(kind=kind, text=text, task_key=key)

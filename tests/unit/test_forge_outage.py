@@ -1,0 +1,70 @@
+"""A forge that does not answer pauses the work that needs it and costs no task an attempt; a
+merge whose outcome it could not tell is settled by the sweeper once it answers again."""
+
+from __future__ import annotations
+
+from orch.domain.errors import ForgeError, ForgeUnavailable
+from orch.domain.news import NewsKind
+from orch.domain.states import EffectState, TaskStatus
+from orch.services.breaker import Breakers
+from orch.testing import InstantAgent, SimClock, memory_store, rig
+
+
+def test_a_forge_that_does_not_answer_holds_tasks_back_without_parking_them() -> None:
+    clock = SimClock()
+    r = rig(
+        {"default": InstantAgent()},
+        store=memory_store(clock),
+        clock=clock,
+        breakers=Breakers(threshold=4, cooldown_s=60.0, clock=clock),  # > attempts
+    )
+    try:
+        task = r.intake.file("app", "Add a greeting")
+        r.run_until_idle()
+        assert r.intake.decide(task.key, True, "ann")
+        r.forge.fail_merge = ForgeUnavailable("Gitea POST /merge failed: 503 Service Unavailable")
+        for _ in range(8):
+            r.run_until_idle()
+            clock.advance(5.0)
+        held = r.store.get_task(task.id)
+        assert held.status == TaskStatus.ACTIVE, held.status_reason
+        assert "forge is unavailable" in r.store.jobs(task.id)[-1].last_error
+        assert r.engine.breakers.state("forge")["circuit"] == "open"
+        circuits = [n for _, n in r.notifier.news if n.kind == NewsKind.CIRCUIT]
+        assert circuits and "503" in circuits[0].text
+
+        r.forge.fail_merge = None  # it answers again
+        clock.advance(61.0)
+        r.run_until_idle()
+        assert r.store.get_task(task.id).waiting_for == "confirm-deploy"
+        assert len(r.forge.merges) == 1
+        assert r.engine.breakers.state("forge")["circuit"] == "closed"
+    finally:
+        r.close()
+
+
+def test_a_merge_the_forge_could_not_settle_is_settled_by_a_sweep_once_it_answers() -> None:
+    r = rig({"default": InstantAgent()})
+    try:
+        first = r.intake.file("app", "First")
+        r.run_until_idle()
+        assert r.intake.decide(first.key, True, "ann")
+        # the push fails, and so does asking whether it landed: the merge's outcome is unknown
+        r.forge.fail_merge = ForgeError("push failed: connection reset")
+        r.forge.fail_find = ForgeError("fetch failed: could not resolve host")
+        r.run_until_idle()
+        parked = r.store.get_task(first.id)
+        assert parked.status == TaskStatus.NEEDS_OPERATOR
+        [merge] = [e for e in r.store.effects(first.id) if e.kind == "merge"]
+        assert merge.state in (EffectState.INITIATED, EffectState.UNKNOWN)
+
+        r.forge.fail_merge = r.forge.fail_find = None  # the remote is back
+        second = r.intake.file("app", "Second")
+        r.run_until_idle()  # its sweep asks the forge first: the slot is free again
+        [merge] = [e for e in r.store.effects(first.id) if e.kind == "merge"]
+        assert (merge.state, merge.result.get("settled_by")) == (EffectState.FAILED, "sweeper")
+        assert r.intake.decide(second.key, True, "ann")
+        r.run_until_idle()
+        assert r.store.get_task(second.id).waiting_for == "confirm-deploy"
+    finally:
+        r.close()

@@ -1,0 +1,51 @@
+"""Each task is shown as a pull request on a forge that has them: opened at its first push,
+described with its stages, each verdict a commit status; one pull request per change."""
+
+from __future__ import annotations
+
+from orch.domain.states import TaskStatus
+from orch.ports import PullState, StatusState
+from orch.testing import InstantAgent, rig
+
+
+def test_a_task_is_one_pull_request_with_a_status_per_gate_and_what_landed_shows_its_checks() -> (
+    None
+):
+    r = rig({"default": InstantAgent()})
+    try:
+        task = r.intake.file("app", "Add a greeting")
+        r.run_until_idle()
+        [pull] = r.forge.pulls["app"]
+        assert pull.state == PullState.OPEN and "analysis" in pull.body
+        assert r.intake.decide(task.key, True, "ann")
+        r.run_until_idle()
+        assert r.intake.decide(task.key, True, "ann")
+        r.run_until_idle()
+        assert r.store.get_task(task.id).status == TaskStatus.DONE
+        [pull] = r.forge.pulls["app"]  # still the one: no second after the merge
+        assert pull.state == PullState.MERGED
+        landed = r.forge.merges[0][2]
+        shown = r.forge.statuses[("app", landed)]
+        assert {"orch/merge-candidate", "orch/integrity"} <= set(shown)
+        assert {state for state, _, _ in shown.values()} == {StatusState.SUCCESS}
+    finally:
+        r.close()
+
+
+def test_a_ticket_started_again_after_a_stop_gets_a_pull_request_of_its_own() -> None:
+    r = rig({"default": InstantAgent()})
+    try:
+        first = r.intake.file("app", "Add a greeting")
+        r.run_until_idle()
+        r.intake.stop(first.key, "ann")
+        r.run_until_idle()
+        [old] = r.forge.pulls["app"]
+        assert old.state == PullState.CLOSED  # its branch was deleted
+        r.forge.move_default("app", {"OTHER.md": b"meanwhile"})
+        again = r.intake.start(first.key)
+        r.run_until_idle()
+        assert again.id != first.id
+        numbers = [(p.number, p.state) for p in r.forge.pulls["app"]]
+        assert numbers == [(old.number, PullState.CLOSED), (old.number + 1, PullState.OPEN)]
+    finally:
+        r.close()
