@@ -44,7 +44,8 @@ def test_a_forge_that_does_not_answer_holds_tasks_back_without_parking_them() ->
 
 
 def test_a_merge_the_forge_could_not_settle_is_settled_by_a_sweep_once_it_answers() -> None:
-    r = rig({"default": InstantAgent()})
+    clock = SimClock()
+    r = rig({"default": InstantAgent()}, store=memory_store(clock), clock=clock)
     try:
         first = r.intake.file("app", "First")
         r.run_until_idle()
@@ -60,6 +61,11 @@ def test_a_merge_the_forge_could_not_settle_is_settled_by_a_sweep_once_it_answer
 
         r.forge.fail_merge = r.forge.fail_find = None  # the remote is back
         second = r.intake.file("app", "Second")
+        r.run_until_idle()
+        [merge] = [e for e in r.store.effects(first.id) if e.kind == "merge"]
+        # a request its worker sent may still land: not settled before its time is up
+        assert merge.state in (EffectState.INITIATED, EffectState.UNKNOWN)
+        clock.advance(61.0)
         r.run_until_idle()  # its sweep asks the forge first: the slot is free again
         [merge] = [e for e in r.store.effects(first.id) if e.kind == "merge"]
         assert (merge.state, merge.result.get("settled_by")) == (EffectState.FAILED, "sweeper")

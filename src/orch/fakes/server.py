@@ -136,6 +136,12 @@ class FakeServer:
     def _exchange(self, handler: BaseHTTPRequestHandler) -> None:
         split = urlsplit(handler.path)
         body = _body(handler)
+        declared = handler.headers.get("Content-Length")
+        if declared and declared.isdigit() and len(body) < int(declared):
+            # the client went away mid-request (a killed process): nothing to answer
+            self._remember(handler.command, urlsplit(handler.path).path, 0)
+            handler.close_connection = True
+            return
         request = Request(
             method=handler.command,
             path=split.path,

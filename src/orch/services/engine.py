@@ -29,6 +29,8 @@ __all__ = ["Engine", "EngineSettings"]
 
 log = logging.getLogger("orch.engine")
 
+SETTLE_AFTER_S = 60.0  # past the forge's timeouts and retries of the request a worker left
+
 
 class Engine:
     def __init__(
@@ -122,7 +124,12 @@ class Engine:
         settled = 0
         if self.tools.breakers.state("forge")["circuit"] == "open":
             return 0  # asked again once the forge answers
+        # a request its dead worker sent may still be carried out: the forge is asked only once
+        # that would have been answered
+        settled_before = self.store.now() - SETTLE_AFTER_S
         for effect in self.store.unsettled_merges():
+            if effect.updated_at > settled_before:
+                continue
             try:
                 found = self.tools.forge.find_merge(effect.repo, effect.precondition)
             except Exception as exc:  # the forge's: the next sweep asks again

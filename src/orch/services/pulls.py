@@ -33,7 +33,7 @@ class Pulls:
             return None
         try:
             pull = self.forge.find_pull(task.repo, task.branch)
-            if pull is not None and pull.state != PullState.OPEN and self._of(task, pull, head):
+            if pull is not None and pull.state != PullState.OPEN and self._shows(task, pull, head):
                 # this change's, merged (or closed by a person): the stages after show nothing
                 return pull
             pull = self.forge.open_pull(task.repo, task.branch, self.title(task), describe(task))
@@ -44,13 +44,17 @@ class Pulls:
             return None
         return pull
 
-    def _of(self, task: Task, pull: PullRequest, head: str) -> bool:
-        """Whether `pull` shows this task's change: its head is `head` or under it (an
-        earlier task of the same ticket had a branch of the same name, built elsewhere)."""
+    def _shows(self, task: Task, pull: PullRequest, head: str) -> bool:
+        """Whether `pull` shows this task's change as it is: its head is `head` or under it (an
+        earlier task of the same ticket had a branch of the same name, built elsewhere), or it
+        merged and `head` has landed (a stage after the merge pushed the branch again)."""
+        forge = self.tools.forge
         if pull.head == head:
             return True
         try:
-            return bool(pull.head) and self.tools.forge.is_ancestor(task.repo, pull.head, head)
+            if pull.head and forge.is_ancestor(task.repo, pull.head, head):
+                return True
+            return pull.state == PullState.MERGED and bool(forge.find_merge(task.repo, head))
         except OrchError:
             return False
 

@@ -3,9 +3,14 @@ an item again, and the state the item is in now asks for one thing (rule 15). No
 a task's stage: a start files a task, and decisions and STOPs go to the task's inbox through
 intake (rule 1).
 
-A state asks again only when the item changed since orch last acted on it (its stamp): an item
-left in "Approved" does not approve the next plan, and one left in "To Analyse" after its task
-ended does not start another, until a person moves it again.
+When a state asks:
+- a start is a move into the start state (the state orch last saw the item in is kept): an
+  item left in "To Analyse" after its task ended, and edited, starts nothing;
+- an answer counts only if it was given after the question was asked: asking records the item's
+  stamp (orch.services.reporting), so an "Approved" left from before answers nothing, and one
+  given while the question is being asked is acted on by the next delivery or poll;
+- a state acted on is not acted on again at the same stamp;
+- orch moves no item out of a state a person set that it has not acted on yet.
 """
 
 from __future__ import annotations
