@@ -10,6 +10,7 @@ from orch.domain.errors import (
     CandidateFailed,
     DefaultMoved,
     ForgeError,
+    ForgeUnavailable,
     HeadMoved,
     MergeConflict,
     OrchError,
@@ -83,6 +84,13 @@ class Merger:
             except HeadMoved as exc:
                 # known not merged: the stage reworks it
                 self.store.finish_effect(claim, key, EffectState.FAILED, {"error": str(exc)})
+                raise
+            except ForgeUnavailable:
+                # a request the forge took may still be carried out: its outcome is asked again
+                # (by the next attempt, or the sweeper once it would have been answered)
+                current = self.store.get_effect(key)
+                if current is not None:
+                    self.outbox.mark_unknown(claim, current)
                 raise
             except ForgeError:
                 self.outbox.settle_merge(claim, key, head, task.repo)

@@ -187,13 +187,15 @@ class TrackerSync:
             # where answers start (orch.services.reporting), so one from before the question is
             # dropped then, and one after it is acted on by the next delivery or poll
             return f"ignored: {task.key} is not waiting ({task.stage}, {task.status})"
-        # from here the state is seen by the question it could answer: it answers it, or never
-        # answers a later one
-        self.store.mark_acted(self.source, item.ref, item.updated)
+        # from here the state is seen by the question it could answer: once it has answered
+        # it, or cannot, it never answers a later one (a failure on the way, the store's, say,
+        # leaves it to the next delivery or poll)
         deploy = _is_deploy_wait(task)
         if item.state == rules.confirm_deploy and not deploy:
+            self.store.mark_acted(self.source, item.ref, item.updated)
             return f"ignored: {task.key} waits at {task.waiting_for}, not a deploy"
         if item.state == rules.approve and deploy:
+            self.store.mark_acted(self.source, item.ref, item.updated)
             return f"ignored: {task.key} waits for {rules.confirm_deploy}, not {rules.approve}"
         approve = item.state != rules.reject
         comment = "" if approve else self.tracker.latest_comment(item)
@@ -201,7 +203,9 @@ class TrackerSync:
         try:
             recorded = self.intake.decide(task.key, approve, actor, comment, task.waiting_for, wait)
         except (Conflict, NotFound) as exc:
+            self.store.mark_acted(self.source, item.ref, item.updated)
             return f"ignored: {exc}"
+        self.store.mark_acted(self.source, item.ref, item.updated)
         verb = "approved" if approve else "rejected"
         return f"{verb} {task.waiting_for}" if recorded else f"ignored: {verb} already"
 

@@ -410,9 +410,8 @@ class GiteaForge(LocalGitForge):
         response = self._call("GET", f"{self._api(repo)}/pulls/{number}/merge")
         if response.status_code == 204:
             return self._merge_sha(repo, number)
-        if response.status_code == 404:
-            raise ForgeError(f"{why}; pull request #{number} is not merged")
-        raise ForgeUnavailable(f"{why}; whether pull request #{number} merged is unknown")
+        # not merged yet is no answer: Gitea may still carry out the request it took
+        raise ForgeUnavailable(f"{why}; whether pull request #{number} will merge is unknown")
 
     def _merge_sha(self, repo: str, number: int) -> str:
         pull = self._json("GET", f"{self._api(repo)}/pulls/{number}", 200)

@@ -114,10 +114,16 @@ class PlaneTracker:
 
         # the item as Plane holds it now, not as the caller last saw it: one a person moved since
         # is theirs, and is not moved over
+        seen = self._state_id(item.project, item.state)
         now = current()
-        if now == target or now != self._state_id(item.project, item.state):
+        if now == target or now != seen:
             return False
-        answer = self._write("PATCH", path, {"state": target}, lambda: current() == target)
+
+        def settled() -> bool:
+            # done by an earlier try, or moved by someone since: either way, not sent again
+            return current() != seen
+
+        answer = self._write("PATCH", path, {"state": target}, settled)
         if answer is not None:
             self._check(answer, "PATCH", path)
         return True
