@@ -259,3 +259,16 @@ def test_a_pull_request_a_person_merged_counts_as_landed(world: World) -> None:
 def test_a_remote_on_another_server_is_refused(world: World) -> None:
     with pytest.raises(ConfigError):
         GiteaForge(world.root, world.fake.url, TOKEN, {REPO: ("https://elsewhere/o/r.git", "main")})
+
+
+@pytest.mark.parametrize("fault", [Fault(status=502), Fault(drop=True)])
+def test_a_push_gitea_does_not_take_is_the_forge_unavailable(world: World, fault: Fault) -> None:
+    forge = world.forge()
+    change(forge, {"NOTES.md": "notes\n"})
+    worktree = forge.prepare_worktree(REPO, BRANCH)
+    (worktree / "MORE.md").write_text("more\n")
+    fault.method, fault.path, fault.times = "POST", r"git-receive-pack$", 5
+    world.fake.faults.add(fault)
+    # not the task's failure: its work waits for the forge, and counts no attempt
+    with pytest.raises(ForgeUnavailable):
+        forge.commit_and_push(REPO, worktree, BRANCH, "more")

@@ -14,7 +14,6 @@ worktree, a log or an error message."""
 from __future__ import annotations
 
 import random
-import re
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -133,10 +132,7 @@ class GiteaForge(LocalGitForge):
         try:
             return super()._git(*args, cwd=cwd, check=check)
         except ForgeError as exc:
-            said = self._redact(str(exc))
-            if isinstance(exc, ForgeUnavailable) or _UNREACHABLE.search(said):
-                raise ForgeUnavailable(said) from None
-            raise type(exc)(said) from None
+            raise type(exc)(self._redact(str(exc))) from None
 
     # -- REST --------------------------------------------------------------------------------
 
@@ -452,15 +448,6 @@ class GiteaForge(LocalGitForge):
         if response.status_code not in (204, 404):  # 404: gone already
             raise self._refused("DELETE", path, response)
         super().delete_branch(repo, branch)
-
-
-# what git says when the remote did not answer, or answered that it cannot now (curl's words)
-_UNREACHABLE = re.compile(
-    r"Could not resolve host|Failed to connect|Connection refused|Connection timed out|"
-    r"Operation timed out|Connection reset|returned error: (5\d\d|429)|RPC failed|"
-    r"Empty reply from server|unexpected disconnect|early EOF",
-    re.IGNORECASE,
-)
 
 
 def _seg(name: str) -> str:

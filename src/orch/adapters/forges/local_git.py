@@ -27,6 +27,7 @@ from orch import crashpoints
 from orch.domain.errors import (
     DefaultMoved,
     ForgeError,
+    ForgeUnavailable,
     HeadMoved,
     MergeConflict,
     NotFound,
@@ -43,6 +44,21 @@ _IDENTITY = {
     "GIT_COMMITTER_NAME": "orch",
     "GIT_COMMITTER_EMAIL": "orch@localhost",
 }
+
+
+# what git says when a remote over the network did not answer, or answered that it cannot now
+# (curl's and git's words): the forge is unavailable, which is no task's failure
+_UNREACHABLE = re.compile(
+    r"Could not resolve host|Failed to connect|Connection refused|Connection timed out|"
+    r"Operation timed out|Connection reset|returned error: (5\d\d|429)|RPC failed|"
+    r"Empty reply from server|unexpected disconnect|early EOF|remote end hung up",
+    re.IGNORECASE,
+)
+
+
+def git_failure(said: str) -> ForgeError:
+    """The error of a git command that failed, as git said it."""
+    return ForgeUnavailable(said) if _UNREACHABLE.search(said) else ForgeError(said)
 
 
 def safe_name(name: str) -> str:
@@ -119,7 +135,7 @@ class LocalGitForge:
         if check and proc.returncode != 0:
             detail = (proc.stderr or proc.stdout).strip().splitlines()
             what = next((a for a in args if not a.startswith("-")), "")
-            raise ForgeError(f"git {what} failed: {detail[-1] if detail else proc.returncode}")
+            raise git_failure(f"git {what} failed: {detail[-1] if detail else proc.returncode}")
         return proc
 
     def _in_worktree(
@@ -269,7 +285,7 @@ class LocalGitForge:
                 theirs = self.branch_head(repo, branch)
                 if theirs is None or not _refused_as_behind(pushed.stderr):
                     said = pushed.stderr.strip().splitlines()
-                    raise ForgeError(f"git push failed: {said[-1] if said else pushed.returncode}")
+                    raise git_failure(f"git push failed: {said[-1] if said else pushed.returncode}")
                 # the worktree started from the branch as the remote had it, so whatever came
                 # after was pushed by a worker that lost this job (paused, then resumed before it
                 # learnt so): the job's holder owns the task branch, and replaces exactly that
@@ -360,7 +376,7 @@ class LocalGitForge:
             if now != candidate.base:
                 raise DefaultMoved(f"{default} moved from {candidate.base[:12]} to {now[:12]}")
             detail = (pushed.stderr or pushed.stdout).strip().splitlines()
-            raise ForgeError(f"git push failed: {detail[-1] if detail else pushed.returncode}")
+            raise git_failure(f"git push failed: {detail[-1] if detail else pushed.returncode}")
 
     def adopt(self, repo: str, branch: str, candidate: Candidate) -> None:
         url, _ = self._remote(repo)
