@@ -225,18 +225,19 @@ class App:
     def start_listening(self) -> None:
         """Start what listens outside orch while it serves: the tracker's deliveries and polls,
         Telegram's updates (registering its webhook, when they come that way)."""
-        hooked = [
-            n.webhook_url
-            for n in self.settings.notifiers
-            if isinstance(n, TelegramSettings) and n.updates == "webhook"
-        ]
-        if self.telegram is not None and hooked and hooked[0]:
-            url = hooked[0]
-            if url:
-                try:
-                    self.telegram.set_webhook(url)
-                except OrchError as exc:
-                    log.error("Telegram's webhook could not be set to %s: %s", url, exc)
+        url = next(
+            (
+                n.webhook_url
+                for n in self.settings.notifiers
+                if isinstance(n, TelegramSettings) and n.updates == "webhook"
+            ),
+            "",
+        )
+        if self.telegram is not None and url:
+            try:
+                self.telegram.set_webhook(url)
+            except OrchError as exc:
+                log.error("Telegram's webhook could not be set to %s: %s", url, exc)
         self.background.start()
 
     def close(self) -> None:
