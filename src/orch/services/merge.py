@@ -63,6 +63,9 @@ class Merger:
                 )
                 return self._merged(work, key, found)
         else:
+            landed = self._late_landing(work, head)
+            if landed is not None:
+                return landed
             # an earlier head's merge this task left unresolved would hold the slot against it
             self.outbox.settle_open(task, claim)
             earlier = self._landed_as(task.id, head) if effect is None else None
@@ -118,6 +121,25 @@ class Merger:
             f"{repo.default_branch} moved {MERGE_TRIES} times while the merge of {task.branch}"
             " was tested; it is tried again"
         )
+
+    def _late_landing(self, work: Work, head: str) -> str | None:
+        """`head` on the default branch as the candidate of a merge of this task still
+        unresolved (a forge that lands through the task branch leaves it there; the request's
+        answer was lost, and it was carried out after all): that merge succeeded, as `head`."""
+        task, claim = work.task, work.claim
+        for effect in self.store.effects(task.id):
+            if effect.kind != EffectKind.MERGE or effect.state not in UNRESOLVED_EFFECT_STATES:
+                continue
+            try:
+                under = self.forge.is_ancestor(task.repo, effect.precondition, head)
+                landed = under and self.forge.find_merge(task.repo, head)
+            except OrchError:
+                continue
+            if landed:
+                result = {"merge_sha": head, "head": effect.precondition, "resolved_by": "forge"}
+                self.store.finish_effect(claim, effect.key, EffectState.SUCCEEDED, result)
+                return self._merged(work, effect.key, head)
+        return None
 
     def _landed_as(self, task_id: int, head: str) -> str | None:
         """The key of the task's merge that landed `head` itself, if one did."""

@@ -25,7 +25,7 @@ import httpx
 
 from orch import crashpoints
 from orch.adapters.forges import gitea_hooks
-from orch.adapters.forges.local_git import LocalGitForge
+from orch.adapters.forges.local_git import LocalGitForge, git_failure
 from orch.domain.errors import (
     ConfigError,
     DefaultMoved,
@@ -362,7 +362,7 @@ class GiteaForge(LocalGitForge):
                 if now not in (candidate.head, candidate.sha):
                     raise HeadMoved(f"{branch} moved to {now} as its merge was pushed")
                 said = self._redact(pushed.stderr.strip()).splitlines()
-                raise ForgeError(f"git push failed: {said[-1] if said else pushed.returncode}")
+                raise git_failure(f"git push failed: {said[-1] if said else pushed.returncode}")
             self._git("update-ref", f"refs/remotes/origin/{branch}", candidate.sha, cwd=mirror)
 
     def _merge(self, repo: str, number: int, candidate: Candidate) -> str:
