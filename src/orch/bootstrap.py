@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -425,12 +426,53 @@ def build(
     runner, process table, notifier, sandbox, tracker."""
     workspace = check_writable(Path(settings.workspace))
     logs = check_writable(Path(settings.logs))
+    own_store = store is None
     store = store or open_store(settings, clock)
-    if migrate:
-        store.migrate()
+    opened: list[Callable[[], None]] = []  # closed with the app, last
+    try:
+        if migrate:
+            store.migrate()
+        return _build(
+            settings,
+            store,
+            opened,
+            workspace=workspace,
+            logs=logs,
+            forge=forge,
+            agents=agents,
+            runner=runner,
+            processes=processes,
+            notifier=notifier,
+            environ=environ,
+            sandbox=sandbox,
+            tracker=tracker,
+        )
+    except BaseException:
+        # a setting found wrong half way leaves no client, connection or store open behind it
+        for close in reversed([*opened, *([store.close] if own_store else [])]):
+            with contextlib.suppress(Exception):
+                close()
+        raise
+
+
+def _build(
+    settings: Settings,
+    store: Store,
+    opened: list[Callable[[], None]],
+    *,
+    workspace: Path,
+    logs: Path,
+    forge: Forge | None,
+    agents: Mapping[str, Agent] | None,
+    runner: CommandRunner | None,
+    processes: ProcessTable | None,
+    notifier: Notifier | None,
+    environ: Mapping[str, str] | None,
+    sandbox: Sandbox | None,
+    tracker: Tracker | None,
+) -> App:
     repos = ConfiguredRepos(settings)
     env = os.environ if environ is None else environ
-    opened: list[Callable[[], None]] = []  # closed with the app, last
     if tracker is None:
         plane = outside.build_tracker(settings, env)
         if plane is not None:
@@ -501,7 +543,8 @@ def build(
     )
     app.closers.extend(opened)
     if tracker is not None and settings.tracker is not None:
-        sync = TrackerSync(store, tracker, app.intake, rules)
+        resend = reporter.resend if reporter is not None else None
+        sync = TrackerSync(store, tracker, app.intake, rules, also=resend)
         app.tracker_sync = sync
         app.tracker_secret = outside.webhook_secret(settings, env)
         interval = settings.tracker.poll_interval_s

@@ -215,6 +215,20 @@ class PlaneProjectSettings(_Strict):
     # a move not listed leaves the item where it is
     report: dict[str, str] = {}
 
+    @model_validator(mode="after")
+    def _reports_ask_nothing(self) -> PlaneProjectSettings:
+        """orch never reports a task into a state a person asks something with: its own move
+        there would read as their start, answer or STOP."""
+        s = self.states
+        asking = {s.start, s.approve, s.reject, s.confirm_deploy, s.stop}
+        wrong = sorted({f"{k} -> {v}" for k, v in self.report.items() if v in asking})
+        if wrong:
+            raise ValueError(
+                f"project {self.id}: report moves into a state that asks something of orch"
+                f" ({', '.join(wrong)}); report into states of their own"
+            )
+        return self
+
 
 class PlaneSettings(_Strict):
     kind: Literal["plane"] = "plane"

@@ -33,7 +33,9 @@ from orch.ports import Store
 
 TERMINAL = (TaskStatus.DONE, TaskStatus.CANCELLED)
 # every status-to-status move some happening may make (filing aside)
-MOVES = frozenset((f, t) for h, f, t in TRANSITIONS if h != Happening.FILED)
+MOVES = frozenset((f, t) for h, f, t in TRANSITIONS if h not in (Happening.FILED, Happening.LANDED))
+# ... and those only a person's merge by hand makes, which the transition's reason says
+LANDINGS = frozenset((f, t) for h, f, t in TRANSITIONS if h == Happening.LANDED)
 FIRST = frozenset(t for h, _, t in TRANSITIONS if h == Happening.FILED)
 # why a STOPped task may be parked instead of cancelled: the STOP waits behind an effect whose
 # outcome nobody can tell, or its clean-up failed; an operator decides
@@ -282,7 +284,7 @@ def task_history(task: Task, trs: Sequence[Transition]) -> list[str]:
                 f"{name} v{tr.version}: starts at {tr.from_stage}/{tr.from_status}, but"
                 f" v{prev.version} ended at {prev.to_stage}/{prev.to_status}"
             )
-        elif (tr.from_status, tr.to_status) not in MOVES:
+        elif (tr.from_status, tr.to_status) not in MOVES and not _by_hand(tr):
             out.append(
                 f"{name} v{tr.version}: {tr.from_status} -> {tr.to_status} is no move of the"
                 " state machine (docs/state-machine.md)"
@@ -291,6 +293,10 @@ def task_history(task: Task, trs: Sequence[Transition]) -> list[str]:
     for tr in trs:
         out.extend(_step(name, pipeline, edges, tr))
     return out
+
+
+def _by_hand(tr: Transition) -> bool:
+    return (tr.from_status, tr.to_status) in LANDINGS and tr.reason.startswith(pl.MERGED_BY_HAND)
 
 
 def _step(
@@ -304,6 +310,8 @@ def _step(
         if (dst == stage) != (tr.to_status == status):
             return [f"{where} ({tr.to_status}): stage and status disagree"]
     names = pipeline.stage_names
+    if dst == Stage.DONE and src != names[-1] and not _by_hand(tr):
+        return [f"{where} ends the task before its last stage, and no person merged it by hand"]
     if src in names and dst in names and names.index(dst) < names.index(src):
         rework = pipeline.spec(src).rework_to == dst and tr.from_status == TaskStatus.ACTIVE
         rejected = tr.from_status == TaskStatus.WAITING and any(

@@ -128,25 +128,31 @@ def build_notifiers(settings: Settings, environ: Mapping[str, str]) -> Channels:
     telegram: TelegramNotifier | None = None
     closers: list[Callable[[], None]] = []
     channels: list[tuple[str, Notifier]] = []
-    for n, channel in enumerate(settings.notifiers):
-        if isinstance(channel, LogNotifierSettings):
-            channels.append(("log", LogNotifier()))
-        elif isinstance(channel, WebhookNotifierSettings):
-            secret = credential(environ, channel.secret_env, f"notifier {n + 1} (webhook)")
-            hook = WebhookNotifier(channel.url, secret, timeout_s=channel.timeout_s)
-            # named by its host: a hook's path may be its secret (Slack's are)
-            channels.append((f"webhook:{urlsplit(channel.url).hostname}", hook))
-            closers.append(hook.close)
-        elif isinstance(channel, TelegramSettings):
-            telegram = TelegramNotifier(
-                channel.api_url,
-                credential(environ, channel.token_env, "the Telegram notifier"),
-                channel.chats,
-                timeout_s=channel.timeout_s,
-                dashboard_url=channel.dashboard_url,
-            )
-            channels.append(("telegram", telegram))
-            closers.append(telegram.close)
+    try:
+        for n, channel in enumerate(settings.notifiers):
+            if isinstance(channel, LogNotifierSettings):
+                channels.append(("log", LogNotifier()))
+            elif isinstance(channel, WebhookNotifierSettings):
+                secret = credential(environ, channel.secret_env, f"notifier {n + 1} (webhook)")
+                hook = WebhookNotifier(channel.url, secret, timeout_s=channel.timeout_s)
+                # named by its host: a hook's path may be its secret (Slack's are)
+                channels.append((f"webhook:{urlsplit(channel.url).hostname}", hook))
+                closers.append(hook.close)
+            elif isinstance(channel, TelegramSettings):
+                telegram = TelegramNotifier(
+                    channel.api_url,
+                    credential(environ, channel.token_env, "the Telegram notifier"),
+                    channel.chats,
+                    timeout_s=channel.timeout_s,
+                    dashboard_url=channel.dashboard_url,
+                )
+                channels.append(("telegram", telegram))
+                closers.append(telegram.close)
+    except BaseException:
+        # a later channel's setting is wrong: the ones made before it are closed
+        for close in closers:
+            close()
+        raise
     if not channels:
         return Channels(FanOut([]), None, closers)
     one = channels[0][1] if len(channels) == 1 else FanOut(channels)

@@ -226,6 +226,16 @@ class Store(Protocol):
         meanwhile or a job of its task runs now (its worker settles it): whether this did."""
         ...
 
+    def failed_effects(self, kind: str) -> list[Effect]:
+        """The effects of `kind` that FAILED, of every task, oldest first."""
+        ...
+
+    def mark_redone(self, key: str, result: Mapping[str, Any]) -> bool:
+        """Record that an effect that FAILED was done since, by a try outside any job: it
+        SUCCEEDED with `result`, unless it is no longer FAILED (re-armed by its job, or done
+        already): whether this did."""
+        ...
+
     def latest_effect(
         self, repo: str, kinds: Sequence[str], state: EffectState = EffectState.SUCCEEDED
     ) -> Effect | None:
@@ -478,6 +488,7 @@ class ItemHint:
     actor: str = ""  # who made the change, as the tracker names them
     own: bool = False
     moved: bool = False  # the change it reports is of the item's state
+    state: str = ""  # the name of the state the change left the item in, if the body says
 
 
 class Tracker(Protocol):

@@ -89,6 +89,7 @@ class PlaneBoard:
 
     def add(self, title: str, body: str = "", state: str = "Backlog") -> WorkItem:
         made = self.fake.add_item(self.project, title, f"<p>{html.escape(body)}</p>", state)
+        assert self.fake.settle()  # its "created" delivery is not a later change's
         found = self.tracker.item(self.project, made["id"])
         assert found is not None
         return found

@@ -57,7 +57,7 @@ def test_metrics_follow_a_task_from_stage_to_stage(site: Site) -> None:
         before = scrape(viewer)
         assert sample(before, "orch_tasks", stage="analysis", status="active") == 0
         assert total(before, "orch_transitions_total") == 0
-        assert sample(before, "orch_circuit_state", agent="default", state="closed") == 1
+        assert sample(before, "orch_circuit_state", circuit="default", state="closed") == 1
 
         key = operator.post("/api/v1/tasks", json={"repo": "sample", "title": "Tidy"}).json()["key"]
         planned = task_at(operator, key, "approve-plan")

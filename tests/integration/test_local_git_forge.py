@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ from orch.domain.errors import (
     ConfigError,
     DefaultMoved,
     ForgeError,
+    ForgeUnavailable,
     HeadMoved,
     MergeConflict,
     WorkspaceError,
@@ -319,3 +323,37 @@ def test_the_forge_never_pushes_a_commit_to_the_default_branch(
     with pytest.raises(ForgeError, match="never pushes to main"):
         f.commit_and_push("sample", wt, "main", "straight onto main")
     assert rev(remote, "main") == before
+
+
+def test_a_remote_that_never_answers_ends_git_and_counts_as_the_forge_unavailable(
+    tmp_path: Path,
+) -> None:
+    # a server that takes every connection and says nothing, as a hung forge does
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def take() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(listener.accept()[0])
+
+    threading.Thread(target=take, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/team/app.git"
+    try:
+        forge = LocalGitForge(tmp_path / "ws", {"app": (url, "main")}, git_timeout_s=1.0)
+        with pytest.raises(ForgeUnavailable, match="did not finish within 1s"):
+            forge.branch_head("app", "main")
+        assert held, "git never reached the remote"
+        left = [p for p in Path("/proc").glob("[0-9]*") if url in _cmdline(p)]
+        assert left == []
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""

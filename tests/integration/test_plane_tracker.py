@@ -3,7 +3,9 @@ answers that never come, a key that is refused."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +26,7 @@ class Clock:
 
     now: float = 1_800_000_000.0
     slept: list[float] = field(default_factory=list)
+    meanwhile: list[Callable[[], None]] = field(default_factory=list)  # each done in a wait
 
     def __call__(self) -> float:
         return self.now
@@ -31,6 +34,8 @@ class Clock:
     def sleep(self, seconds: float) -> None:
         self.slept.append(seconds)
         self.now += seconds
+        if self.meanwhile:
+            self.meanwhile.pop(0)()
 
 
 @dataclass
@@ -154,6 +159,64 @@ def test_a_move_refused_with_a_5xx_is_sent_again(world: World) -> None:
         assert tracker.move(item, "Analysing") is True
     assert world.fake.state_of(world.project, item.ref) == "Analysing"
     assert world.sent("PATCH", f"/work-items/{item.ref}/") == [503, 200]
+
+
+def test_a_move_refused_with_a_429_is_not_sent_over_a_move_made_during_the_pause(
+    world: World,
+) -> None:
+    with world.tracker() as tracker:
+        item = world.item(tracker)
+        world.fake.faults.add(Fault(method="PATCH", path="/work-items/", status=429, retry_after=1))
+        world.clock.meanwhile.append(
+            lambda: world.fake.person_moves(world.project, item.ref, "STOP")
+        )
+        tracker.move(item, "Analysing")
+    assert world.fake.state_of(world.project, item.ref) == "STOP"
+    assert world.sent("PATCH", f"/work-items/{item.ref}/") == [429]
+
+
+def test_a_persons_move_that_orchs_slow_move_landed_on_is_put_back(world: World) -> None:
+    with world.tracker() as tracker:
+        item = world.item(tracker)
+        world.fake.person_moves(world.project, item.ref, "To Analyse")
+        item = tracker.item(world.project, item.ref) or item
+        # Plane takes its time over orch's move, and a person's STOP lands first
+        world.fake.faults.add(Fault(method="PATCH", path="/work-items/", delay_s=0.5))
+        stop = threading.Thread(target=_once_asked, args=(world, "STOP", item.ref))
+        stop.start()
+        moved = tracker.move(item, "Analysing")
+        stop.join()
+    assert moved is False
+    assert world.fake.state_of(world.project, item.ref) == "STOP"
+    assert world.sent("PATCH", f"/work-items/{item.ref}/") == [200, 200]
+
+
+def test_a_move_made_before_or_after_a_persons_own_stands(world: World) -> None:
+    with world.tracker() as tracker:
+        item = world.item(tracker)
+        world.fake.person_moves(world.project, item.ref, "To Analyse")
+        item = tracker.item(world.project, item.ref) or item
+        assert tracker.move(item, "Analysing") is True
+        world.fake.person_moves(world.project, item.ref, "STOP")
+    assert world.fake.state_of(world.project, item.ref) == "STOP"
+    assert world.sent("PATCH", f"/work-items/{item.ref}/") == [200]
+
+
+def _once_asked(world: World, state: str, ref: str) -> None:
+    """The person's move, made as soon as the fake has taken orch's request in."""
+    deadline = time.monotonic() + 5
+    while not world.fake.faults.injected and time.monotonic() < deadline:
+        time.sleep(0.01)
+    world.fake.person_moves(world.project, ref, state)
+
+
+def test_a_move_refused_with_a_429_is_sent_again_after_the_pause(world: World) -> None:
+    with world.tracker() as tracker:
+        item = world.item(tracker)
+        world.fake.faults.add(Fault(method="PATCH", path="/work-items/", status=429, retry_after=1))
+        assert tracker.move(item, "Analysing") is True
+    assert world.fake.state_of(world.project, item.ref) == "Analysing"
+    assert world.sent("PATCH", f"/work-items/{item.ref}/") == [429, 200]
 
 
 def test_a_spent_rate_limit_is_waited_out_until_its_reset(world: World) -> None:

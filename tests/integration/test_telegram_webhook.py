@@ -7,7 +7,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from fastapi.testclient import TestClient
+import anyio
+import httpx
 
 from orch.bootstrap import build
 from orch.config import Settings
@@ -54,15 +55,20 @@ def test_an_update_is_checked_by_its_secret_token_and_worked_once(tmp_path: Path
                 "entities": [{"type": "bot_command", "offset": 0, "length": 7}],
             }
             update = {"update_id": 1001, "message": message}
-            with TestClient(create_app(app)) as client:
-                path = "/webhooks/telegram"
-                refused = client.post(path, json=update)
-                wrong = client.post(
-                    path, json=update, headers={"X-Telegram-Bot-Api-Secret-Token": "guess"}
-                )
-                token = {"X-Telegram-Bot-Api-Secret-Token": SECRET}
-                first = client.post(path, json=update, headers=token)
-                again = client.post(path, json=update, headers=token)
+            path, token = "/webhooks/telegram", {"X-Telegram-Bot-Api-Secret-Token": SECRET}
+
+            async def post_all() -> list[httpx.Response]:
+                transport = httpx.ASGITransport(app=create_app(app))
+                async with httpx.AsyncClient(transport=transport, base_url="http://orch") as c:
+                    guess = {"X-Telegram-Bot-Api-Secret-Token": "guess"}
+                    return [
+                        await c.post(path, json=update),
+                        await c.post(path, json=update, headers=guess),
+                        await c.post(path, json=update, headers=token),
+                        await c.post(path, json=update, headers=token),
+                    ]
+
+            refused, wrong, first, again = anyio.run(post_all)
             assert (refused.status_code, wrong.status_code) == (401, 401)
             assert (first.json(), again.json()) == ({"stored": True}, {"stored": False})
             deadline = time.monotonic() + 10

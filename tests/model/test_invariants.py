@@ -166,6 +166,42 @@ def test_i4_catches_a_transition_that_skips_stages(world: World) -> None:
         check_i4(seen(world))
 
 
+def test_i4_catches_a_task_ended_done_before_its_last_stage_that_no_person_merged(
+    world: World,
+) -> None:
+    task = world.rig.intake.file(REPO, "Add a greeting")
+    world.drain()  # analysis -> architecture (waiting)
+    _rewrite_last_transition(
+        world, task, to_stage=Stage.DONE.value, to_status=TaskStatus.DONE.value
+    )
+    sql(
+        world,
+        sa.update(tables.tasks)
+        .where(tables.tasks.c.id == task.id)
+        .values(status=TaskStatus.DONE.value),
+    )
+    with pytest.raises(Violation, match=r"I4.*before its last stage, and no person merged it"):
+        check_i4(seen(world))
+
+
+def test_i4_takes_a_merge_by_hand_before_the_last_stage_as_the_tasks_end(world: World) -> None:
+    task = world.rig.intake.file(REPO, "Add a greeting")
+    world.drain()
+    assert world.rig.intake.decide(task.key, True, "approver")
+    while world.rig.store.get_task(task.id).stage in (Stage.ARCHITECTURE, Stage.DEVELOPMENT):
+        assert world.rig.dispatcher.run_once()
+    pull = world.rig.forge.find_pull(REPO, task.branch)
+    assert pull is not None
+    world.rig.forge.merge_by_hand(REPO, pull.number)
+    now = world.rig.forge.find_pull(REPO, task.branch)
+    assert now is not None
+    assert world.rig.intake.landed(task.key, "gitea:carol", now.head, now.number, now.merge_sha)
+    world.drain()
+    done = world.rig.store.get_task(task.id)
+    assert (done.stage, done.status) == (Stage.DONE, TaskStatus.DONE)
+    check_all(seen(world), swept_at=world.swept_at, settled=True)
+
+
 def test_i4_catches_a_step_back_that_no_rework_rejection_or_retry_explains(
     world: World,
 ) -> None:

@@ -22,7 +22,8 @@ from orch.domain.model import Task
 from orch.domain.naming import merge_key
 from orch.domain.states import EffectState, JobState, Stage, TaskStatus
 from orch.ports import DeployTarget, RepoSettings
-from orch.testing import Rig, rig
+from orch.services.merge import SETTLE_AFTER_S
+from orch.testing import Rig, SimClock, rig
 
 REVIEW_FILE = "docs/work-items/{{key}}/review.md"
 CHANGES_REQUESTED = "# Review\n\nPlease validate the input.\n\nVerdict: request-changes\n"
@@ -609,25 +610,35 @@ def test_a_merge_that_landed_before_a_crash_is_resolved_against_the_forge_not_re
     assert_history_is_gap_free_on_pipeline_edges(r, task)
 
 
-def test_a_merge_intent_that_never_reached_the_forge_is_merged_once_on_recovery(
-    make_rig: Any,
-) -> None:
-    r = make_rig()
-    task = file_ticket(r)
-    r.run_until_idle()
-    assert r.intake.decide(task.key, True, "alice")
-    run_to_stage(r, task, Stage.DEPLOY_STAGING)
+def test_a_merge_intent_that_never_reached_the_forge_is_merged_once_its_time_is_up() -> None:
+    clock = SimClock()
+    r = rig({"default": ScriptedAgent()}, clock=clock)
+    try:
+        task = file_ticket(r)
+        r.run_until_idle()
+        assert r.intake.decide(task.key, True, "alice")
+        run_to_stage(r, task, Stage.DEPLOY_STAGING)
 
-    crashed = r.crash_a_worker()
-    head = r.forge.branch_head("app", task.branch)
-    assert head is not None
-    key = _merge_key(task, head)
-    r.store.begin_effect(crashed, key, "merge", "app", head)
+        crashed = r.crash_a_worker()
+        head = r.forge.branch_head("app", task.branch)
+        assert head is not None
+        key = _merge_key(task, head)
+        r.store.begin_effect(crashed, key, "merge", "app", head)
 
-    r.run_until_idle()
-    effect = r.store.get_effect(key)
-    assert effect is not None and effect.state == EffectState.SUCCEEDED
-    assert [m[1] for m in r.forge.merges] == [head]
+        r.run_until_idle()
+        # the request may have been sent, and may still be carried out: nothing is sent again
+        # until it would have been
+        effect = r.store.get_effect(key)
+        assert effect is not None and effect.state == EffectState.INITIATED
+        assert r.forge.merges == []
+        assert "may still carry out the merge" in r.store.jobs(task.id)[-1].last_error
+        clock.advance(SETTLE_AFTER_S + 1)
+        r.run_until_idle()
+        effect = r.store.get_effect(key)
+        assert effect is not None and effect.state == EffectState.SUCCEEDED
+        assert [m[1] for m in r.forge.merges] == [head]
+    finally:
+        r.close()
     approve(r, task, "bob")
     assert current(r, task).status == TaskStatus.DONE
     assert len(r.forge.merges) == 1

@@ -23,9 +23,9 @@ def test_a_forge_that_does_not_answer_holds_tasks_back_without_parking_them() ->
         r.run_until_idle()
         assert r.intake.decide(task.key, True, "ann")
         r.forge.fail_merge = ForgeUnavailable("Gitea POST /merge failed: 503 Service Unavailable")
-        for _ in range(8):
+        for _ in range(6):
             r.run_until_idle()
-            clock.advance(5.0)
+            clock.advance(61.0)  # each failed request may still be carried out for a while
         held = r.store.get_task(task.id)
         assert held.status == TaskStatus.ACTIVE, held.status_reason
         assert "forge is unavailable" in r.store.jobs(task.id)[-1].last_error
@@ -34,7 +34,7 @@ def test_a_forge_that_does_not_answer_holds_tasks_back_without_parking_them() ->
         assert circuits and "503" in circuits[0].text
 
         r.forge.fail_merge = None  # it answers again
-        clock.advance(61.0)
+        clock.advance(120.0)  # the circuit's cooldown, doubled by its failed probe
         r.run_until_idle()
         assert r.store.get_task(task.id).waiting_for == "confirm-deploy"
         assert len(r.forge.merges) == 1
@@ -72,5 +72,35 @@ def test_a_merge_the_forge_could_not_settle_is_settled_by_a_sweep_once_it_answer
         assert r.intake.decide(second.key, True, "ann")
         r.run_until_idle()
         assert r.store.get_task(second.id).waiting_for == "confirm-deploy"
+    finally:
+        r.close()
+
+
+def test_a_merge_whose_answer_was_lost_is_not_sent_again_until_it_can_no_longer_land() -> None:
+    clock = SimClock()
+    r = rig({"default": InstantAgent()}, store=memory_store(clock), clock=clock)
+    try:
+        task = r.intake.file("app", "Add a greeting")
+        r.run_until_idle()
+        assert r.intake.decide(task.key, True, "ann")
+        # the request times out: the forge may carry it out later
+        r.forge.fail_merge = ForgeUnavailable("Gitea POST /merge timed out")
+        r.run_until_idle()
+        r.forge.fail_merge = None
+        clock.advance(5.0)
+        r.run_until_idle()
+        assert r.forge.merges == []  # it answers again, but nothing is sent yet
+        [merge] = [e for e in r.store.effects(task.id) if e.kind == "merge"]
+        assert merge.state == EffectState.UNKNOWN
+        # ... and the forge carries the request out, late
+        head = r.forge.branch_head("app", task.branch)
+        assert head is not None
+        late = r.forge.land("app", r.forge.merge_candidate("app", task.branch, head, "late"))
+        clock.advance(60.0)
+        r.run_until_idle()
+        [merge] = [e for e in r.store.effects(task.id) if e.kind == "merge"]
+        assert (merge.state, merge.result["merge_sha"]) == (EffectState.SUCCEEDED, late)
+        assert len(r.forge.merges) == 1
+        assert r.store.get_task(task.id).waiting_for == "confirm-deploy"
     finally:
         r.close()

@@ -231,3 +231,77 @@ def test_an_edited_or_plain_comment_is_no_review(world: World) -> None:
         }
         world.deliver(event, comment)
     assert not [e for e in world.rig.store.events(task.id) if e.kind == EventKind.REWORK]
+
+
+def merging(w: World, task: Task, number: int, sender: str = "carol") -> dict[str, Any]:
+    return {
+        "action": "closed",
+        "pull_request": {**w.pull(task, merged=True), "number": number},
+        "repository": REPO,
+        "sender": {"login": sender},
+    }
+
+
+def test_a_pull_request_merged_by_a_person_ends_the_task_done_with_no_merge_of_orchs(
+    world: World,
+) -> None:
+    task = at_review(world)
+    pull = world.rig.forge.find_pull("app", task.branch)
+    assert pull is not None
+    landed = world.rig.forge.merge_by_hand("app", pull.number)
+    world.deliver("pull_request", merging(world, task, pull.number))
+    world.rig.run_until_idle()
+    done = world.now(task)
+    assert (done.stage, done.status) == (Stage.DONE, TaskStatus.DONE)
+    assert "merged by hand by gitea:carol" in done.status_reason
+    assert landed[:12] in done.status_reason
+    assert world.rig.forge.merges == []  # orch merged nothing
+    assert not [r for r in world.agent.started if r.stage == Stage.TESTING]
+    news = [n for _, n in world.rig.notifier.news if n.task_key == task.key]
+    assert news[-1].kind == NewsKind.DONE
+
+
+def test_a_merge_by_hand_delivered_again_ends_the_task_once(world: World) -> None:
+    task = at_review(world)
+    pull = world.rig.forge.find_pull("app", task.branch)
+    assert pull is not None
+    world.rig.forge.merge_by_hand("app", pull.number)
+    world.deliver("pull_request", merging(world, task, pull.number), delivery="same")
+    world.deliver("pull_request", merging(world, task, pull.number))
+    world.rig.run_until_idle()
+    world.deliver("pull_request", merging(world, task, pull.number))
+    landed = [e for e in world.rig.store.events(task.id) if e.kind == EventKind.LANDED]
+    assert len(landed) == 1
+    assert world.now(task).status == TaskStatus.DONE
+    outcomes = [d.outcome for d in world.rig.store.deliveries("gitea")]
+    assert outcomes == [
+        "merged by hand: APP-1",
+        "ignored: merged already",
+        f"ignored: no live task has {task.branch}",
+    ]
+
+
+def test_a_merge_that_is_not_so_now_ends_nothing(world: World) -> None:
+    task = at_review(world)
+    pull = world.rig.forge.find_pull("app", task.branch)
+    assert pull is not None
+    # a forged or replayed "merged" for a pull request that is open
+    world.deliver("pull_request", merging(world, task, pull.number))
+    world.rig.run_until_idle()
+    assert world.now(task).waiting_for == "confirm-deploy"
+    assert not [e for e in world.rig.store.events(task.id) if e.kind == EventKind.LANDED]
+
+
+def test_orchs_own_merge_coming_back_as_merged_is_not_a_merge_by_hand(world: World) -> None:
+    task = at_review(world)
+    world.rig.run_until_idle()  # review, testing, its own merge, staging: waits to deploy
+    pull = world.rig.forge.find_pull("app", task.branch)
+    assert pull is not None and pull.state == "merged"
+    world.deliver("pull_request", merging(world, task, pull.number, sender="reviewer"))
+    world.rig.run_until_idle()
+    waits = world.now(task)
+    assert (waits.status, waits.waiting_for) == (TaskStatus.WAITING, "confirm-deploy")
+    assert len(world.rig.forge.merges) == 1
+    # the worker read the hint and found the landing its own
+    [landed] = [e for e in world.rig.store.events(task.id) if e.kind == EventKind.LANDED]
+    assert landed.processed_at is not None

@@ -108,6 +108,7 @@ def moves() -> Iterator[Move]:
                 timed_out = pl.on_checkpoint_timeout(p, cp.before, cp.name)
                 yield Happening.TIMED_OUT, w, timed_out.status if timed_out else w
     for status in LIVE:
+        yield Happening.LANDED, status, pl.on_landed(Stage.REVIEW, "gitea:ann", "abc").status
         yield Happening.STOPPED, status, pl.on_stop(Stage.REVIEW, "ann", "").status
         blocked = pl.parked(Stage.REVIEW, "stop requested, but a deploy's outcome is unknown")
         yield Happening.STOPPED, status, blocked.status

@@ -12,7 +12,8 @@ import pytest
 
 from orch.adapters.trackers import TrackerUnavailable
 from orch.adapters.trackers.memory import MemoryTracker
-from orch.domain.errors import OrchError
+from orch.config import load_settings
+from orch.domain.errors import ConfigError, OrchError
 from orch.domain.news import News, NewsKind
 from orch.domain.states import EventKind, Stage, TaskStatus
 from orch.ports import WorkItem
@@ -119,10 +120,21 @@ def test_a_delivery_stored_before_is_not_worked_again(world: World) -> None:
 
 
 def test_orchs_own_change_coming_back_is_ignored(world: World) -> None:
-    item = world.move(world.item(), "To Analyse")
+    item = world.move(world.item(), "Analysing")
     world.deliver(item, "d-1", own=True)
     assert world.rig.store.item_link(world.tracker.name, item.ref) is None
     assert world.rig.store.deliveries("memory")[0].outcome == "ignored: orch's own change"
+
+
+def test_a_persons_stop_orch_put_back_stops_the_task(world: World) -> None:
+    item = world.move(world.item(), "To Analyse")
+    world.deliver(item, "d-1")
+    task = world.task(item)
+    # orch's write had landed on the person's STOP, and orch put it back: its own move
+    world.deliver(world.move(item, "STOP"), "d-2", own=True)
+    world.rig.run_until_idle()
+    assert world.rig.store.get_task(task.id).status == TaskStatus.CANCELLED
+    assert world.rig.store.deliveries("memory")[-1].outcome == "stop asked"
 
 
 def test_a_plan_approved_in_the_tracker_lets_the_task_go_on(world: World) -> None:
@@ -350,3 +362,10 @@ def test_a_tracker_that_is_down_fails_reports_at_once_after_a_few(world: World) 
     with pytest.raises(OrchError, match="circuit"):
         report.notify("k3", news.text, news)
     assert tracker.reads == 3  # the fourth did not wait on it
+
+
+def test_a_report_into_a_state_that_asks_is_refused_by_the_settings() -> None:
+    project = {"id": "p-1", "repo": "app", "report": {"analysis": "Analysing", "done": "STOP"}}
+    tracker = {"kind": "plane", "url": "https://plane.example", "workspace": "team"}
+    with pytest.raises(ConfigError, match=r"done -> STOP.*report into states of their own"):
+        load_settings(tracker={**tracker, "projects": [project]})

@@ -309,6 +309,7 @@ class Happening(StrEnum):
     REJECTED = "rejected"
     TIMED_OUT = "timed out"  # a checkpoint's wait ran out
     REACTED = "reacted"  # the forge: the pull request's CI failed, or a reviewer asked for changes
+    LANDED = "landed"  # the forge: a person merged the pull request by hand
     RETRIED = "retried"  # an operator's retry
     STOPPED = "stopped"
     LEASE_EXPIRED = "lease expired"
@@ -342,6 +343,7 @@ TRANSITIONS: frozenset[tuple[Happening, TaskStatus | None, TaskStatus]] = frozen
         (Happening.REACTED, _A, _N),
         (Happening.REACTED, _W, _A),
         (Happening.REACTED, _W, _N),
+        *((Happening.LANDED, s, TaskStatus.DONE) for s in _LIVE),
         (Happening.TIMED_OUT, _W, _W),
         (Happening.TIMED_OUT, _W, _N),
         (Happening.RETRIED, _N, _A),

@@ -83,6 +83,11 @@ def cancel_overdue_key(task_id: int) -> str:
     return f"{task_id}:cancel-overdue"
 
 
+def landed_key(task_id: int) -> str:
+    """One merge by hand per task: a pull request is merged once."""
+    return f"{task_id}:landed"
+
+
 def rework_key(task_id: int, source: str) -> str:
     """One reaction of the forge per task and source (a status, a review, a comment)."""
     return f"{task_id}:rework:{source[:300]}"

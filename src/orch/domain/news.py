@@ -4,8 +4,10 @@ own form."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
+from typing import Any
 
 
 class NewsKind(StrEnum):
@@ -47,6 +49,30 @@ class News:
     stage_cost_usd: float = 0.0  # STAGE_DONE: the stage's
     verdicts: tuple[Verdict, ...] = ()
     links: tuple[tuple[str, str], ...] = field(default_factory=tuple)  # (label, url)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The news as JSON values, kept to be said again (`from_dict` reads it back)."""
+        kept: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        kept["kind"] = self.kind.value
+        kept["verdicts"] = [
+            {"gate": v.gate, "passed": v.passed, "reason": v.reason} for v in self.verdicts
+        ]
+        kept["links"] = [[label, url] for label, url in self.links]
+        return kept
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> News:
+        """News kept by `as_dict`; a field it lacks (kept before the field was added) takes
+        its default, and one it has that News no longer has is left out."""
+        known = {f.name for f in fields(cls)}
+        values = {name: value for name, value in data.items() if name in known}
+        values["kind"] = NewsKind(data["kind"])
+        values["verdicts"] = tuple(
+            Verdict(str(v["gate"]), bool(v["passed"]), str(v.get("reason", "")))
+            for v in data.get("verdicts", ())
+        )
+        values["links"] = tuple((str(label), str(url)) for label, url in data.get("links", ()))
+        return cls(**values)
 
 
 def plain(key: str, text: str, kind: NewsKind = NewsKind.ALERT) -> News:

@@ -144,6 +144,7 @@ class Pipeline:
             out.add((s.stage, s.stage))
             out.add((s.stage, self.next_stage(s.stage)))
             out.add((s.stage, Stage.CANCELLED))
+            out.add((s.stage, Stage.DONE))  # its pull request merged by hand, at any stage
             if s.rework_to is not None:
                 out.add((s.stage, s.rework_to))
         for c in self.checkpoints:
@@ -301,6 +302,16 @@ def on_reaction(
             f"{pipeline.max_rework_rounds} rework rounds used; last: {said}",
         )
     return Decision(Move.ADVANCE, target, TaskStatus.ACTIVE, said, feedback=feedback, rework=True)
+
+
+MERGED_BY_HAND = "its pull request was merged by hand"  # how a task ended so says why
+
+
+def on_landed(stage: Stage, actor: str, merge_sha: str) -> Decision:
+    """A person merged the task's pull request by hand: the change is theirs to have landed, and
+    the task ends done where it is, with nothing merged again (nor deployed by orch)."""
+    why = f"{MERGED_BY_HAND} by {actor}" + (f" as {merge_sha[:12]}" if merge_sha else "")
+    return Decision(Move.ADVANCE, Stage.DONE, TaskStatus.DONE, why)
 
 
 def on_stop(stage: Stage, actor: str, reason: str) -> Decision:

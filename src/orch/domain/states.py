@@ -76,6 +76,8 @@ class EventKind(StrEnum):
     # the forge: the repository's own CI failed on the pull request, or a reviewer asked for
     # changes; the task goes back to be reworked with it as feedback
     REWORK = "rework"
+    # the forge: a person merged the task's pull request by hand; the task ends done there
+    LANDED = "landed"
 
 
 DECISIONS: frozenset[EventKind] = frozenset({EventKind.APPROVE, EventKind.REJECT})

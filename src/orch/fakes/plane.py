@@ -29,6 +29,7 @@ from plane.models.states import PaginatedStateResponse
 from plane.models.users import UserLite
 from plane.models.work_items import (
     CreateWorkItemComment,
+    PaginatedWorkItemActivityResponse,
     PaginatedWorkItemCommentResponse,
     PaginatedWorkItemResponse,
     UpdateWorkItem,
@@ -61,6 +62,7 @@ _ROUTES = (
     (re.compile(r"^(?:work-items|issues)/$"), "items"),
     (re.compile(r"^(?:work-items|issues)/([^/]+)/$"), "item"),
     (re.compile(r"^(?:work-items|issues)/([^/]+)/comments/$"), "comments"),
+    (re.compile(r"^(?:work-items|issues)/([^/]+)/activities/$"), "activities"),
 )
 
 
@@ -107,6 +109,7 @@ class _Project:
     states: list[Record]
     items: dict[str, Record] = field(default_factory=dict)  # in creation order
     comments: dict[str, list[Record]] = field(default_factory=dict)  # per item, oldest 1st
+    activities: dict[str, list[Record]] = field(default_factory=dict)  # per item, oldest 1st
     sequence: int = 0
 
     def state(self, state_id: str) -> Record | None:
@@ -157,6 +160,26 @@ def _comment(p: _Project, workspace: str, at: str, item: str, body: Fields,
             "external_id": body.get("external_id"), "created_by": by, "updated_by": by,
             "actor": by, "project": p.id, "workspace": workspace, "issue": item,
             "deleted_at": None, "edited_at": None, "parent": None, "is_member": True}
+
+
+def _activity(p: _Project, workspace: str, item: Fields, key: str, was: Any, now: Any,
+              by: str) -> Record:
+    """One change as issue_activities_task records it: a state by its names, its ids beside."""
+    at = item["updated_at"]
+    record = {"id": _uuid(), "created_at": at, "updated_at": at, "deleted_at": None,
+              "verb": "updated", "field": key, "old_value": was, "new_value": now,
+              "old_identifier": None, "new_identifier": None, "comment": f"updated the {key}",
+              "attachments": [], "epoch": int(datetime.fromisoformat(at).timestamp()),
+              "project": p.id, "workspace": workspace, "issue": item["id"],
+              "issue_comment": None, "actor": by}
+    if key == "state":
+        old, new = p.state(str(was)), p.state(str(now))
+        record.update(old_value=old["name"] if old else None,
+                      new_value=new["name"] if new else None,
+                      old_identifier=was, new_identifier=now)
+    elif not isinstance(now, str | type(None)):
+        record.update(old_value=json.dumps(was), new_value=json.dumps(now))
+    return record
 
 
 def _page_of(results: list[Record], per_page: int, page: int) -> Record:
@@ -245,6 +268,7 @@ class PlaneFake(FakeServer):
             item = _item(p, self.workspace_id, *made, self.person["id"])
             p.items[item["id"]] = item
             p.comments[item["id"]] = []
+            p.activities[item["id"]] = []
             self._emit("issue", "created", self._expanded(p, item), (None, None, None, self.person))
             return dict(item)
 
@@ -454,6 +478,12 @@ class PlaneFake(FakeServer):
         page = self._page(what, query, newest_first)
         return self._answer(200, page, PaginatedWorkItemCommentResponse)
 
+    def _activities_get(self, request: Request, what: str, p: _Project, item_id: str) -> Response:
+        query = self._query(request, what, PaginatedQueryParams)
+        oldest_first = [dict(a) for a in _found(p.activities.get(item_id))]
+        page = self._page(what, query, oldest_first)
+        return self._answer(200, page, PaginatedWorkItemActivityResponse)
+
     def _comments_post(self, request: Request, what: str, p: _Project, item_id: str) -> Response:
         body = self._body(request, what, CreateWorkItemComment)
         _found(p.items.get(item_id))
@@ -573,6 +603,9 @@ class PlaneFake(FakeServer):
         item["description_stripped"] = _stripped(item["description_html"])
         item["updated_at"], item["updated_by"] = self._stamp(), actor["id"]
         for key, was, now in changed:
+            p.activities.setdefault(item["id"], []).append(
+                _activity(p, self.workspace_id, item, key, was, now, actor["id"])
+            )
             name = field if key == "state" and field else key
             self._emit("issue", "updated", self._expanded(p, item), (name, was, now, actor))
 

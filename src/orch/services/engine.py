@@ -19,7 +19,7 @@ from orch.services.deploy import Deployer
 from orch.services.gates import Gates
 from orch.services.inbox import Inbox
 from orch.services.job import Jobs
-from orch.services.merge import Merger
+from orch.services.merge import SETTLE_AFTER_S, Merger
 from orch.services.outbox import Outbox
 from orch.services.stage import StageRunner
 from orch.services.stop import Stopper
@@ -28,8 +28,6 @@ from orch.services.work import EngineSettings, Tools
 __all__ = ["Engine", "EngineSettings"]
 
 log = logging.getLogger("orch.engine")
-
-SETTLE_AFTER_S = 60.0  # past the forge's timeouts and retries of the request a worker left
 
 
 class Engine:

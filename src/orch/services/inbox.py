@@ -10,12 +10,21 @@ from orch.domain import machine
 from orch.domain import pipeline as pl
 from orch.domain.errors import OrchError
 from orch.domain.naming import remind_key
-from orch.domain.states import EventKind, TaskStatus
+from orch.domain.states import (
+    UNRESOLVED_EFFECT_STATES,
+    EffectKind,
+    EffectState,
+    EventKind,
+    TaskStatus,
+)
 from orch.services.agent_run import limits_of
 from orch.services.outbox import Outbox
 from orch.services.work import Outcome, Tools, Work, decided
 
 log = logging.getLogger("orch.engine")
+
+# a task whose pull request a person may merge by hand: any that is not over
+MAY_LAND = (TaskStatus.ACTIVE, TaskStatus.WAITING, TaskStatus.NEEDS_OPERATOR)
 
 
 class Inbox:
@@ -70,10 +79,14 @@ class Inbox:
         return Outcome(change=machine.timer(task, cp.timeout_s * (rounds + 1) - overdue, read))
 
     def react(self, work: Work) -> Outcome | None:
-        """The forge's reaction to the task's pull request (orch.domain.pipeline.on_reaction),
-        if one in the inbox is about the branch as it is (its head, or a commit under it: the
+        """The forge's reaction to the task's pull request: merged by hand (the task ends done),
+        or (orch.domain.pipeline.on_reaction) its CI failed or a reviewer asked for changes, if
+        one in the inbox is about the branch as it is (its head, or a commit under it: the
         stages after development commit their reports on top) and has not landed; None if none
         is (the stale ones are then read as any event nothing answers)."""
+        landed = self._landed(work)
+        if landed is not None:
+            return landed
         task, claim = work.task, work.claim
         if task.status not in (TaskStatus.ACTIVE, TaskStatus.WAITING):
             return None
@@ -100,6 +113,43 @@ class Inbox:
                 self.tools.remove_worktree(task)  # rebuilt from the branch
             return decided(decision, ev.actor, (*stale, ev.id))
         return None
+
+    def _landed(self, work: Work) -> Outcome | None:
+        """A person merged the task's pull request by hand: the task is done, without a merge
+        of orch's. Not when the merge was orch's own (its merge step records that landing), nor
+        when orch's merge is in flight (it finds the head landed and records it as its own),
+        nor when the forge does not show the head on the default branch."""
+        task = work.task
+        events = [e for e in work.claim.events if e.kind == EventKind.LANDED]
+        if not events or task.status not in MAY_LAND:
+            return None
+        merges = [e for e in self.store.effects(task.id) if e.kind == EffectKind.MERGE]
+        if any(e.state in UNRESOLVED_EFFECT_STATES for e in merges):
+            return None  # read once the merge in flight is settled
+        ours = [
+            str(e.result.get("merge_sha", ""))
+            for e in merges
+            if e.state == EffectState.SUCCEEDED and e.result.get("merge_sha")
+        ]
+        for ev in events:
+            head, sha = str(ev.payload.get("head", "")), str(ev.payload.get("merge_sha", ""))
+            try:
+                if not head or self._landed_by_orch(task.repo, head, ours):
+                    continue
+                found = self.tools.forge.find_merge(task.repo, head)
+            except OrchError as exc:
+                log.info("%s's merge by hand cannot be placed: %s", task.key, exc)
+                continue
+            if found:
+                self.tools.remove_worktree(task)  # nothing more is done in it
+                decision = pl.on_landed(task.stage, ev.actor, sha or found)
+                return decided(decision, ev.actor, tuple(e.id for e in events))
+        return None
+
+    def _landed_by_orch(self, repo: str, head: str, ours: list[str]) -> bool:
+        """Whether `head` is in what one of the task's own merges landed."""
+        forge = self.tools.forge
+        return any(head == sha or forge.is_ancestor(repo, head, sha) for sha in ours)
 
     def _unlanded_under(self, repo: str, head: str, branch_head: str | None) -> bool:
         """Whether `head` is the branch's head or under it, and has not landed; a commit the

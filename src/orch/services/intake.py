@@ -17,6 +17,7 @@ from orch.domain.naming import (
     branch_for,
     decision_key,
     key_prefix,
+    landed_key,
     retry_key,
     rework_key,
     stop_key,
@@ -140,6 +141,18 @@ class Intake:
         payload = {"feedback": feedback, "head": head, "source": source}
         return self.store.append_event(
             task.id, rework_key(task.id, source), EventKind.REWORK, actor, payload
+        )
+
+    def landed(self, key: str, actor: str, head: str, number: int, merge_sha: str) -> bool:
+        """A person merged the task's pull request `number` (at `head`, landed as `merge_sha`)
+        by hand: the worker ends the task done, once the forge shows `head` landed and the
+        merge was not orch's own. Recorded once per task; False if it was, or the task ended."""
+        task = self.task(key)
+        if is_terminal(task.status):
+            return False
+        payload = {"head": head, "number": number, "merge_sha": merge_sha}
+        return self.store.append_event(
+            task.id, landed_key(task.id), EventKind.LANDED, actor, payload
         )
 
     def retry(self, key: str, stage: str | None, actor: str, budget: Budget = NO_BUDGET) -> bool:

@@ -29,6 +29,9 @@ from orch.services.work import Tools, Where, Work
 log = logging.getLogger("orch.engine")
 
 MERGE_TRIES = 3  # builds of a merge candidate while the default branch keeps moving
+# past the forge's timeouts and retries of a merge request whose answer was lost: until then the
+# forge may still carry it out, and "not merged" is no answer yet
+SETTLE_AFTER_S = 60.0
 
 
 class Merger:
@@ -55,17 +58,19 @@ class Merger:
             return self._merged(work, key, str(effect.result["merge_sha"]))
         if effect is not None and effect.state in UNRESOLVED_EFFECT_STATES:
             # an earlier attempt died between intent and confirm: ask the forge before acting
-            self.outbox.mark_unknown(claim, effect)
             found = self.forge.find_merge(task.repo, head)
             if found:
                 self.store.finish_effect(
                     claim, key, EffectState.SUCCEEDED, {"merge_sha": found, "resolved_by": "forge"}
                 )
                 return self._merged(work, key, found)
+            self._wait_for_earlier(work)
+            self.outbox.mark_unknown(claim, effect)
         else:
             landed = self._late_landing(work, head)
             if landed is not None:
                 return landed
+            self._wait_for_earlier(work)
             # an earlier head's merge this task left unresolved would hold the slot against it
             self.outbox.settle_open(task, claim)
             earlier = self._landed_as(task.id, head) if effect is None else None
@@ -90,10 +95,10 @@ class Merger:
                 raise
             except ForgeUnavailable:
                 # a request the forge took may still be carried out: its outcome is asked again
-                # (by the next attempt, or the sweeper once it would have been answered)
+                # once it would have been (by the next attempt, or the sweeper), counted from now
                 current = self.store.get_effect(key)
                 if current is not None:
-                    self.outbox.mark_unknown(claim, current)
+                    self.store.finish_effect(claim, key, EffectState.UNKNOWN, current.result)
                 raise
             except ForgeError:
                 self.outbox.settle_merge(claim, key, head, task.repo)
@@ -121,6 +126,24 @@ class Merger:
             f"{repo.default_branch} moved {MERGE_TRIES} times while the merge of {task.branch}"
             " was tested; it is tried again"
         )
+
+    def _wait_for_earlier(self, work: Work) -> None:
+        """Raise Busy while a merge request of this task whose answer was lost may still be
+        carried out: nothing is sent, and no other candidate built, before the forge's answer
+        about it is final (a late landing would otherwise leave a candidate that never lands on
+        the task branch, and a second merge to reason about)."""
+        recent = self.store.now() - SETTLE_AFTER_S
+        for effect in self.store.effects(work.task.id):
+            if (
+                effect.kind == EffectKind.MERGE
+                and effect.state in UNRESOLVED_EFFECT_STATES
+                and effect.updated_at > recent
+            ):
+                wait = effect.updated_at - recent
+                raise Busy(
+                    f"the forge may still carry out the merge of {effect.precondition[:12]},"
+                    f" whose answer was lost; asked again in {wait:.0f}s at the latest"
+                )
 
     def _late_landing(self, work: Work, head: str) -> str | None:
         """`head` on the default branch as the candidate of a merge of this task still

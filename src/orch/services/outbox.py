@@ -43,10 +43,12 @@ class Outbox:
         repo: str,
         precondition: str,
         act: Callable[[], Mapping[str, Any]],
+        *,
+        kept: Mapping[str, Any] | None = None,
     ) -> Effect:
         """Record the intent, act, and record what it did; an effect that already succeeded is
         not acted on again. What `act` raises is recorded as FAILED (known not done, so it may
-        be tried again) and raised."""
+        be tried again), with `kept` (what a later try needs to act), and raised."""
         # the intent returns an effect that succeeded already as it is, and one that failed
         # re-armed for another try
         effect = self.store.begin_effect(claim, key, kind, repo, precondition)
@@ -57,7 +59,8 @@ class Outbox:
         except Interrupted:
             raise
         except Exception as exc:
-            self.store.finish_effect(claim, key, EffectState.FAILED, {"error": str(exc)})
+            failed = {"error": str(exc), **(kept or {})}
+            self.store.finish_effect(claim, key, EffectState.FAILED, failed)
             raise
         return self.store.finish_effect(claim, key, EffectState.SUCCEEDED, result)
 
@@ -110,7 +113,10 @@ class Outbox:
             return {"text": news.text}
 
         try:
-            self.once(claim, key, kind, task.repo, "", deliver)
+            # the news is kept with a failure: a write-back to the tracker is sent again from it
+            # (orch.services.reporting) until it is made
+            kept = {"news": news.as_dict()}
+            self.once(claim, key, kind, task.repo, "", deliver, kept=kept)
         except _Undelivered as exc:
             log.error("notification %s failed: %s", key, exc)
 

@@ -63,8 +63,12 @@ class ForgeSync:
             _, recorded = self.intake.stop(task.key, actor, "its pull request was closed")
             return f"stop asked for {task.key}" if recorded else "ignored: stop asked already"
         if reaction.kind == ReactionKind.MERGED:
-            # its merge step finds the head landed and merges nothing
-            return f"noticed: {task.key}'s pull request was merged by {actor}"
+            # a hint too; the worker then tells a person's merge from orch's own
+            pull = self.pulls.find_pull(task.repo, task.branch)
+            if pull is None or pull.state != PullState.MERGED or pull.number != reaction.number:
+                return f"ignored: {task.key}'s pull request is not merged now"
+            recorded = self.intake.landed(task.key, actor, pull.head, pull.number, pull.merge_sha)
+            return f"merged by hand: {task.key}" if recorded else "ignored: merged already"
         recorded = self.intake.rework(
             task.key, actor, reaction.feedback, reaction.head, reaction.source
         )

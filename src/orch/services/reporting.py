@@ -2,19 +2,28 @@
 task moves (the project's `report` map), and a comment for each stage it leaves, each question
 it asks and each end it reaches. The outbox calls it once per piece of news (an effect keyed by
 the news), and the tracker's own lookups (a state already set, a comment with that key already
-there) keep a repeat after a crash from doing anything twice."""
+there) keep a repeat after a crash from doing anything twice.
+
+A write-back that failed (the tracker down, its circuit open) is kept with its news, and sent
+again by `resend` on the tracker's poll until it is made: in full while it is still its task's
+newest report, else its comment alone, so an old state never overwrites a newer one."""
 
 from __future__ import annotations
 
 import html
+import logging
 from collections.abc import Sequence
 
-from orch.domain.errors import OrchError, Unavailable
+from orch.domain.errors import OrchError, StoreUnavailable, Unavailable
+from orch.domain.model import Effect
 from orch.domain.news import News, NewsKind
 from orch.domain.states import TaskStatus
 from orch.ports import Store, Tracker, WorkItem
 from orch.services.breaker import Breakers
+from orch.services.outbox import REPORT
 from orch.services.tracking import ProjectRules
+
+log = logging.getLogger("orch.tracker")
 
 _SAID = {
     NewsKind.STAGE_DONE: "Stage done",
@@ -43,45 +52,122 @@ class TrackerReport:
         self.projects = {p.project: p for p in projects}
         # a tracker that is down fails reports at once, not each after its own retries
         self.breakers = breakers or Breakers(threshold=3, cooldown_s=60.0)
+        self.circuit = f"tracker:{tracker.name}"
 
     def notify(self, key: str, text: str, news: News | None = None) -> None:
         if news is None or not news.task_key:
             return
-        name = f"tracker:{self.tracker.name}"
-        wait = self.breakers.admit(name, lambda: None)
+        wait = self.breakers.admit(self.circuit, lambda: None)
         if wait > 0:
             raise OrchError(f"{self.tracker.name} is unavailable; its circuit opens in {wait:.0f}s")
         try:
             self._report(key, news)
         except Unavailable as exc:
-            self.breakers.record(name, ok=False, provider_failure=True, reason=str(exc))
+            self.breakers.record(self.circuit, ok=False, provider_failure=True, reason=str(exc))
             raise
         except BaseException:
-            self.breakers.release(name)
+            self.breakers.release(self.circuit)
             raise
-        self.breakers.record(name, ok=True)
+        self.breakers.record(self.circuit, ok=True)
 
-    def _report(self, key: str, news: News) -> None:
+    def resend(self) -> int:
+        """Send again the write-backs that failed, oldest first; how many were made now. None is
+        sent while the tracker's circuit is open, and a round stops at the first that finds the
+        tracker down: the rest wait for the next round, still FAILED."""
+        failed = self.store.failed_effects(REPORT)
+        if not failed:
+            return 0
+        if self.breakers.admit(self.circuit, lambda: None) > 0:
+            return 0
+        made, reached = 0, False
+        try:
+            for effect in failed:
+                done, asked = self._resend(effect)
+                made, reached = made + done, reached or asked
+        except Unavailable as exc:
+            self.breakers.record(self.circuit, ok=False, provider_failure=True, reason=str(exc))
+            log.warning("%s is down; its write-backs wait: %s", self.tracker.name, exc)
+            return made
+        except BaseException:
+            self.breakers.release(self.circuit)
+            raise
+        if reached:
+            self.breakers.record(self.circuit, ok=True)
+        else:
+            self.breakers.release(self.circuit)
+        return made
+
+    def _resend(self, effect: Effect) -> tuple[int, bool]:
+        """Send one failed report again: (1 if it is made now, else 0; whether the tracker
+        answered)."""
+        try:
+            news = News.from_dict(effect.result["news"])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            # failed before its news was kept with it: there is nothing to send again
+            return 0, False
+        reports = [e.key for e in self.store.effects(effect.task_id) if e.kind == REPORT]
+        newest = reports[-1:] == [effect.key]
+        task = self.store.get_task(effect.task_id)
+        # the item goes where the task is now, not where the news left it: a newer report in
+        # flight at this moment moves it there too, and neither undoes the other
+        where = task.stage.value if task.status == TaskStatus.ACTIVE else task.status.value
+        ask = False
+        if newest and news.kind == NewsKind.WAITING:
+            wait = f"{task.id}.{task.version}"
+            if _version(wait) < _version(news.wait):
+                return 0, False  # the wait is not recorded yet: asked once it is
+            # a question still waiting for its answer marks where the answers start, as when
+            # it was first asked; one answered (elsewhere) or left since marks nothing, as a
+            # state set since may answer a later question
+            ask = (task.status, task.waiting_for, wait) == (
+                TaskStatus.WAITING,
+                news.checkpoint,
+                news.wait,
+            )
+        try:
+            reached = self._report(effect.key, news, where=where if newest else None, ask=ask)
+        except (Unavailable, StoreUnavailable):
+            raise
+        except OrchError as exc:
+            log.warning("write-back %s failed again: %s", effect.key, exc)
+            return 0, False
+        result = {"text": news.text, "resent": "in full" if newest else "its comment"}
+        return int(self.store.mark_redone(effect.key, result)), reached
+
+    def _report(self, key: str, news: News, *, where: str | None = "", ask: bool = True) -> bool:
+        """Move the item to the state for `where` (a stage or status; "": where the news puts
+        the task; None: no move) and comment the news; `ask`: a question marks where its
+        answers start. Whether the tracker was asked."""
+        if where is None and news.kind not in _SAID:
+            return False
         link = self.store.link_of(news.task_key)
         if link is None or link.tracker != self.tracker.name:
-            return
+            return False
         rules = self.projects.get(link.project)
         item = self.tracker.item(link.project, link.ref)
         if rules is None or item is None:
-            return
+            return True
         acted = link.acted_on
-        if news.kind == NewsKind.WAITING and item.state != rules.stop:
+        if ask and news.kind == NewsKind.WAITING and item.state != rules.stop:
             # the question is asked now: whatever state the item is in is not its answer (an
             # "Approved" left from before), and any change from here on may be. A STOP stays
             # one
             self.store.mark_acted(link.tracker, link.ref, item.updated)
             acted = item.updated
-        where = news.stage if news.status == TaskStatus.ACTIVE else news.status
-        state = rules.report.get(where)
+        if where == "":
+            where = news.stage if news.status == TaskStatus.ACTIVE else news.status
+        state = rules.report.get(where) if where is not None else None
         if state and may_move(item, rules, acted):
             self.tracker.move(item, state)
         if news.kind in _SAID:
             self.tracker.comment(item, key, comment_html(news))
+        return True
+
+
+def _version(wait: str) -> int:
+    """The task version a wait ("<task id>.<version>") is at; 0 if it names none."""
+    _, _, version = wait.rpartition(".")
+    return int(version) if version.isdigit() else 0
 
 
 def may_move(item: WorkItem, rules: ProjectRules, acted: str) -> bool:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from orch.domain import pipeline as pl
@@ -57,11 +57,16 @@ class TrackerSync:
         tracker: Tracker,
         intake: Intake,
         projects: Sequence[ProjectRules],
+        also: Callable[[], object] | None = None,
     ) -> None:
+        """`also` runs at the start of each poll, before the items are read: the write-backs
+        owed to the tracker (orch.services.reporting), so a question sent again marks where its
+        answers start before the poll reads any."""
         self.store = store
         self.tracker = tracker
         self.intake = intake
         self.projects = {p.project: p for p in projects}
+        self.also = also
         self.source = tracker.name
         self.deliveries = Deliveries(store, self.source, self._work)
 
@@ -83,9 +88,11 @@ class TrackerSync:
         hint = self.tracker.hint(payload)
         if hint is None:
             return "ignored: not about a work item"
-        if hint.own:
-            return "ignored: orch's own change"
         rules = self.projects.get(hint.project)
+        if hint.own and not (rules is not None and hint.moved and hint.state in rules.asks):
+            # an echo of orch's own write; but a move of orch's into a state that asks is a
+            # person's move put back (one orch's write had landed on): it asks as theirs did
+            return "ignored: orch's own change"
         if rules is None:
             return f"ignored: project {hint.project} is not followed"
         item = self.tracker.item(hint.project, hint.ref)
@@ -225,6 +232,11 @@ class TrackerSync:
         self.deliveries.run(stop, poll_interval_s, also=self._poll)
 
     def _poll(self) -> None:
+        if self.also is not None:
+            try:
+                self.also()
+            except Exception as exc:  # the poll's reads repair what webhooks missed regardless
+                log.warning("%s poll: %s", self.source, exc)
         self.reconcile()
 
 

@@ -182,7 +182,7 @@ def state_view(
     summary: StateSummary, circuits: dict[str, dict[str, object]] | None = None
 ) -> dict[str, Any]:
     return {
-        # per agent: a provider outage opens its circuit and new attempts wait (retries)
+        # per agent, and the forge's: an outage opens its circuit and new attempts wait
         "circuits": circuits or {},
         "tasks": {"by_stage": summary.by_stage, "by_status": summary.by_status},
         "running": summary.running,

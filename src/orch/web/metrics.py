@@ -214,20 +214,25 @@ def _effect_families(m: MetricsSnapshot) -> list[Metric]:
 def _circuit_families(circuits: Mapping[str, Mapping[str, object]]) -> list[Metric]:
     state = GaugeMetricFamily(
         "orch_circuit_state",
-        "Each agent's circuit breaker in this process: 1 for the state it is in.",
-        labels=["agent", "state"],
+        "Each circuit breaker in this process (an agent's, by its name, or the forge's):"
+        " 1 for the state it is in.",
+        labels=["circuit", "state"],
     )
     failures = GaugeMetricFamily(
-        "orch_circuit_failures_in_a_row", "Provider failures in a row, per agent.", labels=["agent"]
+        "orch_circuit_failures_in_a_row",
+        "Provider failures in a row, per circuit.",
+        labels=["circuit"],
     )
     retry_in = GaugeMetricFamily(
-        "orch_circuit_retry_in_seconds", "Until an open circuit lets a probe go.", labels=["agent"]
+        "orch_circuit_retry_in_seconds",
+        "Until an open circuit lets a probe go.",
+        labels=["circuit"],
     )
-    for agent, c in sorted(circuits.items()):
+    for name, c in sorted(circuits.items()):
         for circuit in Circuit:
-            state.add_metric([agent, circuit.value], 1 if c.get("circuit") == circuit else 0)
-        failures.add_metric([agent], _number(c.get("failures_in_a_row")))
-        retry_in.add_metric([agent], _number(c.get("retry_in_s")))
+            state.add_metric([name, circuit.value], 1 if c.get("circuit") == circuit else 0)
+        failures.add_metric([name], _number(c.get("failures_in_a_row")))
+        retry_in.add_metric([name], _number(c.get("retry_in_s")))
     return [state, failures, retry_in]
 
 

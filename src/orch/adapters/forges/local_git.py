@@ -15,9 +15,11 @@ its hooks from an empty directory and ignores `core.fsmonitor` and `core.sshComm
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
 from collections.abc import Mapping, Sequence
@@ -46,11 +48,19 @@ _IDENTITY = {
 }
 
 
+# the longest any git orch runs may take: a remote that takes a connection and never answers
+# would otherwise hold a worker, or the sweeper, for good
+GIT_TIMEOUT_S = 600.0
+# a transfer over HTTP slower than this many bytes a second for this long is given up
+_STALLED = ("http.lowSpeedLimit=1000", "http.lowSpeedTime=60")
+_SSH = "ssh -o ConnectTimeout=30 -o ServerAliveInterval=15 -o ServerAliveCountMax=4"
+
 # what git says when a remote over the network did not answer, or answered that it cannot now
 # (curl's and git's words): the forge is unavailable, which is no task's failure
 _UNREACHABLE = re.compile(
     r"Could not resolve host|Failed to connect|Connection refused|Connection timed out|"
-    r"Operation timed out|Connection reset|returned error: (5\d\d|429)|RPC failed|"
+    r"Operation timed out|Operation too slow|Connection reset|returned error: (5\d\d|429)|"
+    r"RPC failed|"
     r"Empty reply from server|unexpected disconnect|early EOF|remote end hung up",
     re.IGNORECASE,
 )
@@ -89,12 +99,15 @@ class LocalGitForge:
         excludes: Mapping[str, Sequence[str]] | None = None,
         *,
         git_env: Mapping[str, str] | None = None,
+        git_timeout_s: float = GIT_TIMEOUT_S,
     ) -> None:
         """`remotes` maps a repository name to (remote URL or path, default branch);
         `excludes` a repository to the gitignore patterns its commits leave out after the
         built-in ones; `git_env` is more environment for every git orch runs (a forge's
-        credentials there reach no URL and no config file)."""
+        credentials there reach no URL and no config file); `git_timeout_s` is the longest one
+        git command may take before it is ended and the forge counted unavailable."""
         self.root = check_writable(Path(root))
+        self._git_timeout_s = git_timeout_s
         self.remotes = dict(remotes)
         extra = excludes or {}
         self.excludes = {name: (*DEFAULT_EXCLUDES, *extra.get(name, ())) for name in remotes}
@@ -107,7 +120,7 @@ class LocalGitForge:
             **_IDENTITY,
             "GIT_TERMINAL_PROMPT": "0",
             # wins over any core.sshCommand a repository's config may hold
-            "GIT_SSH_COMMAND": os.environ.get("GIT_SSH_COMMAND", "ssh"),
+            "GIT_SSH_COMMAND": os.environ.get("GIT_SSH_COMMAND", _SSH),
             **(git_env or {}),
         }
         self._safe = (
@@ -117,6 +130,7 @@ class LocalGitForge:
             "core.fsmonitor=false",
             "-c",
             "protocol.ext.allow=never",
+            *(arg for setting in _STALLED for arg in ("-c", setting)),
         )
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -124,17 +138,30 @@ class LocalGitForge:
     def _git(
         self, *args: str, cwd: Path | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
+        what = next((a for a in args if not a.startswith("-")), "")
+        # its own session: on a timeout git ends with the helpers it started (git-remote-http)
+        with subprocess.Popen(
             ["git", *self._safe, *args],
             cwd=cwd,
             env=self._env,
-            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            check=False,
-        )
+            start_new_session=True,
+        ) as child:
+            try:
+                out, err = child.communicate(timeout=self._git_timeout_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, signal.SIGKILL)
+                child.communicate()
+                raise ForgeUnavailable(
+                    f"git {what} did not finish within {self._git_timeout_s:g}s and was ended"
+                ) from None
+        proc = subprocess.CompletedProcess(child.args, child.returncode, out, err)
         if check and proc.returncode != 0:
             detail = (proc.stderr or proc.stdout).strip().splitlines()
-            what = next((a for a in args if not a.startswith("-")), "")
             raise git_failure(f"git {what} failed: {detail[-1] if detail else proc.returncode}")
         return proc
 

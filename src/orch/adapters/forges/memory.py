@@ -340,6 +340,23 @@ class MemoryForge:
                 return
         raise NotFound(f"no open pull request #{number} in {repo}")
 
+    def merge_by_hand(self, repo: str, number: int) -> str:
+        """A person merges the open pull request as it is, in the forge's own page: its head
+        lands on the default branch (a merge commit, which it returns) with no gate of orch's."""
+        pulls = self.pulls.get(repo, [])
+        pull = next((p for p in pulls if p.number == number and p.state == PullState.OPEN), None)
+        if pull is None:
+            raise NotFound(f"no open pull request #{number} in {repo}")
+        r = self._repo(repo)
+        head = r.branches[pull.branch]
+        candidate = self.merge_candidate(repo, pull.branch, head, f"Merge pull request #{number}")
+        if candidate.conflicts:
+            raise MergeConflict(f"#{number} has conflicts; the forge will not merge it")
+        r.branches[r.default_branch] = candidate.sha
+        r.base_of[pull.branch] = head
+        pull.state, pull.head, pull.merge_sha = PullState.MERGED, head, candidate.sha
+        return candidate.sha
+
     def describe_pull(self, repo: str, number: int, title: str, body: str) -> None:
         for pull in self.pulls.get(repo, []):
             if pull.number == number:

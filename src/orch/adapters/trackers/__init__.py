@@ -98,4 +98,8 @@ def webhook_hint(payload: Mapping[str, Any], own_id: Callable[[], str]) -> ItemH
     own = bool(actor_id) and actor_id == own_id()
     field = activity.get("field") if isinstance(activity, Mapping) else None
     moved = field in ("state", "state_id")
-    return ItemHint(project=project, ref=ref, actor=name or actor_id, own=own, moved=moved)
+    state = data.get("state")
+    now = str(state.get("name") or "") if isinstance(state, Mapping) else ""
+    return ItemHint(
+        project=project, ref=ref, actor=name or actor_id, own=own, moved=moved, state=now
+    )

@@ -8,6 +8,7 @@ back first (is the state set? is a comment with that key there?). The rate limit
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -31,6 +32,7 @@ from orch.ports import ItemHint, WorkItem
 
 _BACKOFF_BASE_S = 0.5
 _BACKOFF_CAP_S = 8.0
+log = logging.getLogger("orch.tracker")
 _MAX_PAGES = 10_000  # a server that never stops paging is a bug, not a workspace
 
 
@@ -106,16 +108,20 @@ class PlaneTracker:
         target = self._state_id(item.project, state)
         path = self._item_path(item.project, item.ref)
 
-        def current() -> str:
+        def read() -> Mapping[str, Any]:
             data = self._read(path, missing_ok=True)
             if data is None:
                 raise TrackerError(f"{item.key} is gone from Plane project {item.project}")
-            return _state_id_of(data)
+            return dict(data)
+
+        def current() -> str:
+            return _state_id_of(read())
 
         # the item as Plane holds it now, not as the caller last saw it: one a person moved since
         # is theirs, and is not moved over
         seen = self._state_id(item.project, item.state)
-        now = current()
+        before = read()
+        now = _state_id_of(before)
         if now == target or now != seen:
             return False
 
@@ -124,6 +130,46 @@ class PlaneTracker:
             return current() != seen
 
         answer = self._write("PATCH", path, {"state": target}, settled)
+        if answer is not None:
+            self._check(answer, "PATCH", path)
+        return not self._put_back(item, str(before.get("updated_at") or ""), target)
+
+    def _put_back(self, item: WorkItem, read_at: str, target: str) -> bool:
+        """Plane has no conditional write: a person's move that landed between orch's read and
+        its write was overwritten by it. Found in the item's activity, it is put back (unless
+        the item changed again since); whether it was. The person's move then acts as it would
+        have, on the next delivery or poll."""
+        path = self._item_path(item.project, item.ref)
+        after = self._read(path, missing_ok=True)
+        if after is None or _state_id_of(after) != target:
+            return False  # someone moved it after orch did: theirs stands as it is
+        me, written_at = self._me_id(), _moment(after.get("updated_at"))
+        since = _moment(read_at)
+        theirs = [
+            a
+            for a in self._pages(path + "activities/", {})
+            if a.get("field") == "state"
+            and a.get("actor") != me
+            and since < _moment(a.get("created_at")) < written_at
+        ]
+        if not theirs:
+            return False
+        last = max(theirs, key=lambda a: _moment(a.get("created_at")))
+        wanted = str(last.get("new_identifier") or "")
+        if not wanted or wanted == target:
+            return False
+        log.warning(
+            "%s: orch's move to %s landed on %s's move to %s; put back",
+            item.key,
+            self._state_name(item.project, {"state": target}),
+            last.get("actor"),
+            last.get("new_value"),
+        )
+
+        def restored() -> bool:
+            return _state_id_of(self._read(path, missing_ok=True) or {}) != target
+
+        answer = self._write("PATCH", path, {"state": wanted}, restored)
         if answer is not None:
             self._check(answer, "PATCH", path)
         return True
@@ -326,16 +372,19 @@ class PlaneTracker:
     def _write(
         self, method: str, path: str, body: Mapping[str, Any], done: Callable[[], bool]
     ) -> httpx.Response | None:
-        """Send a write until Plane answers it; None when a read-back (`done`) shows that an
-        earlier try whose answer was lost (a transport error, a 5xx) did it already."""
-        failure, unsure = "", False
+        """Send a write until Plane answers it; None when a read-back (`done`) shows that there
+        is nothing left to send: an earlier try whose answer was lost (a transport error, a 5xx)
+        did it, or the thing it was conditional on changed. The read-back comes before every
+        try after the first, a refused one (429) too: a person may have moved the item while
+        orch waited out the pause, and a write sent blindly after it would undo their move."""
+        failure = ""
         for attempt in range(1, self._tries + 1):
-            if unsure and done():
+            if attempt > 1 and done():
                 return None
             try:
                 answer = self._send(method, path, None, body)
             except httpx.TransportError as exc:
-                failure, unsure = _transport_failure(exc), True
+                failure = _transport_failure(exc)
                 if attempt < self._tries:
                     self._backoff(attempt)
                 continue
@@ -345,12 +394,12 @@ class PlaneTracker:
                     self._pause(answer, attempt)
                 continue
             if answer.status_code >= 500:
-                failure, unsure = f"{answer.status_code}", True
+                failure = f"{answer.status_code}"
                 if attempt < self._tries:
                     self._backoff(attempt)
                 continue
             return answer
-        if unsure and done():
+        if done():
             return None
         raise TrackerUnavailable(
             f"Plane failed {method} {path} {self._tries} times; the last: {failure}"

@@ -123,6 +123,21 @@ class Records(MemoryBase):
             )
             return True
 
+    def failed_effects(self, kind: str) -> list[Effect]:
+        t = self._t
+        found = [e for e in t.effects.values() if e.kind == kind and e.state == EffectState.FAILED]
+        return sorted(found, key=lambda e: t.effect_ids[e.key])
+
+    def mark_redone(self, key: str, result: Mapping[str, Any]) -> bool:
+        with self._write() as t:
+            effect = t.effects.get(key)
+            if effect is None or effect.state != EffectState.FAILED:
+                return False
+            t.effects[key] = replace(
+                effect, state=EffectState.SUCCEEDED, result=dict(result), updated_at=self.now()
+            )
+            return True
+
     @staticmethod
     def _running(t: _Tables, task_id: int) -> bool:
         return any(j.task_id == task_id and j.state == JobState.RUNNING for j in t.jobs.values())

@@ -182,6 +182,31 @@ class Records(SqlBase):
 
         return bool(self._write(fn))
 
+    def failed_effects(self, kind: str) -> list[Effect]:
+        rows = self._read(
+            lambda c: c.execute(
+                sa.select(t.effects)
+                .where(t.effects.c.kind == kind, t.effects.c.state == EffectState.FAILED.value)
+                .order_by(t.effects.c.id)
+            ).all()
+        )
+        return [_effect(r) for r in rows]
+
+    def mark_redone(self, key: str, result: Mapping[str, Any]) -> bool:
+        def fn(conn: Connection) -> bool:
+            res = conn.execute(
+                sa.update(t.effects)
+                .where(t.effects.c.key == key, t.effects.c.state == EffectState.FAILED.value)
+                .values(
+                    state=EffectState.SUCCEEDED.value,
+                    result=dict(result),
+                    updated_at=self._now_sql,
+                )
+            )
+            return bool(res.rowcount == 1)
+
+        return bool(self._write(fn))
+
     @staticmethod
     def _running(task_id: Any) -> Any:
         """Whether a job of the task runs: its worker, not the sweeper, settles its effects."""
