@@ -22,6 +22,7 @@ from orch.adapters.sandbox.policy import LandlockSandbox
 from orch.adapters.store.memory import MemoryStore
 from orch.adapters.store.sql import SqlStore
 from orch.bootstrap import workers
+from orch.config import PlaneStates
 from orch.domain import machine
 from orch.domain import pipeline as pl
 from orch.domain.errors import NotFound
@@ -46,6 +47,7 @@ from orch.services.breaker import Breakers
 from orch.services.dispatcher import Dispatcher, DispatcherSettings
 from orch.services.engine import Engine, EngineSettings
 from orch.services.intake import Intake
+from orch.services.tracking import ProjectRules
 
 __all__ = [
     "Edit",
@@ -388,3 +390,11 @@ def supersede(store: Store, claim: Claim) -> None:
 
 def set_timer(store: Store, claim: Claim, delay_s: float) -> None:
     store.apply(claim, machine.timer(store.get_task(claim.task_id), delay_s))
+
+
+def project_rules(project: str, report: Mapping[str, str], repo: str = "app") -> ProjectRules:
+    """A tracker project's rules, with the state names orch's settings default to."""
+    s = PlaneStates()
+    return ProjectRules(
+        project, repo, s.start, s.approve, s.reject, s.confirm_deploy, s.stop, dict(report)
+    )

@@ -15,20 +15,11 @@ from orch.adapters.trackers.memory import MemoryTracker
 from orch.domain.states import TaskStatus
 from orch.ports import ItemHint, WorkItem
 from orch.services.reporting import TrackerReport
-from orch.services.tracking import ProjectRules, TrackerSync
-from orch.testing import InstantAgent, Rig, memory_store, rig
+from orch.services.tracking import TrackerSync
+from orch.testing import InstantAgent, Rig, memory_store, project_rules, rig
 
 PROJECT = "proj-1"
-RULES = ProjectRules(
-    project=PROJECT,
-    repo="app",
-    start="To Analyse",
-    approve="Approved",
-    reject="Rejected",
-    confirm_deploy="Confirm Deploy",
-    stop="STOP",
-    report={"analysis": "Analysing", "waiting": "Needs Review", "done": "Done"},
-)
+RULES = project_rules(PROJECT, {"analysis": "Analysing", "waiting": "Needs Review", "done": "Done"})
 STATES = ["Backlog", "To Analyse", "Analysing", "Needs Review", "Approved", "Done", "STOP"]
 STATES += ["Rejected", "Confirm Deploy"]
 

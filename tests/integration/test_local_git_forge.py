@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from orch.adapters.forges.local_git import LocalGitForge, safe_name
+from orch.adapters.forges.local_git import LocalGitForge, git_failure, safe_name
 from orch.config import load_settings
 from orch.demo import sample
 from orch.domain.errors import (
@@ -357,3 +357,37 @@ def _cmdline(proc: Path) -> str:
         return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+@pytest.mark.parametrize(
+    ("output", "unavailable"),
+    [
+        (
+            "error: RPC failed; HTTP 502 curl 22 The requested URL returned error: 502\n"
+            "send-pack: unexpected disconnect while reading sideband packet\n"
+            "error: failed to push some refs to 'https://forge/team/app.git'",
+            True,
+        ),
+        (
+            "error: RPC failed; curl 52 Empty reply from server\n"
+            "error: failed to push some refs to 'https://forge/team/app.git'",
+            True,
+        ),
+        (
+            " ! [rejected]        orch/T-1 -> orch/T-1 (non-fast-forward)\n"
+            "error: failed to push some refs to 'https://forge/team/app.git'",
+            False,
+        ),
+        (
+            "remote: error: GH006: Protected branch update failed for refs/heads/main.\n"
+            "error: failed to push some refs to 'https://forge/team/app.git'",
+            False,
+        ),
+    ],
+)
+def test_a_failed_push_is_the_forge_unavailable_when_any_line_git_wrote_says_so(
+    output: str, unavailable: bool
+) -> None:
+    error = git_failure(f"git push failed: {output.splitlines()[-1]}", output)
+    assert isinstance(error, ForgeUnavailable) is unavailable
+    assert str(error).endswith("failed to push some refs to 'https://forge/team/app.git'")

@@ -14,8 +14,8 @@ from orch.domain.states import EffectState
 from orch.fakes.faults import Fault
 from orch.fakes.plane import PlaneFake
 from orch.services.reporting import TrackerReport
-from orch.services.tracking import ProjectRules, TrackerSync
-from orch.testing import InstantAgent, Rig, memory_store, rig
+from orch.services.tracking import TrackerSync
+from orch.testing import InstantAgent, Rig, memory_store, project_rules, rig
 
 TOKEN = "plane-key-5d1e07"
 STATES = (
@@ -85,16 +85,7 @@ def clock() -> Clock:
 def world(clock: Clock) -> Iterator[World]:
     with PlaneFake(TOKEN, clock=clock) as fake:
         project = fake.add_project("Orch", "ORCH", STATES)
-        rules = ProjectRules(
-            project=project,
-            repo="app",
-            start="To Analyse",
-            approve="Approved",
-            reject="Rejected",
-            confirm_deploy="Confirm Deploy",
-            stop="STOP",
-            report={"analysis": "Analysing", "waiting": "Needs Review"},
-        )
+        rules = project_rules(project, {"analysis": "Analysing", "waiting": "Needs Review"})
         tracker = PlaneTracker(
             fake.url, fake.slug, TOKEN, sleep=clock.sleep, clock=clock, max_tries=2
         )

@@ -181,6 +181,8 @@ def test_a_refusal_raises_with_telegrams_description_and_never_the_token(
     fake: TelegramFake, waits: Waits, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
+    # orch's own log setup, if a test before ran it, quiets httpx: its lines are wanted here
+    caplog.set_level(logging.DEBUG, logger="httpx")
     stranger = TelegramNotifier(fake.url, TOKEN, [999], sleep=waits, clock=waits.clock)
     with pytest.raises(TelegramError, match="chat not found") as refused:
         stranger.notify("k1", "hello")

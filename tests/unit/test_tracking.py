@@ -19,19 +19,10 @@ from orch.domain.states import EventKind, Stage, TaskStatus
 from orch.ports import WorkItem
 from orch.services.reporting import TrackerReport
 from orch.services.tracking import ProjectRules, TrackerSync
-from orch.testing import InstantAgent, Rig, memory_store, rig
+from orch.testing import InstantAgent, Rig, memory_store, project_rules, rig
 
 PROJECT = "proj-1"
-RULES = ProjectRules(
-    project=PROJECT,
-    repo="app",
-    start="To Analyse",
-    approve="Approved",
-    reject="Rejected",
-    confirm_deploy="Confirm Deploy",
-    stop="STOP",
-    report={"analysis": "Analysing", "waiting": "Needs Review", "done": "Done"},
-)
+RULES = project_rules(PROJECT, {"analysis": "Analysing", "waiting": "Needs Review", "done": "Done"})
 STATES = [
     "Backlog",
     "To Analyse",

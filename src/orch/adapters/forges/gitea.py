@@ -362,7 +362,9 @@ class GiteaForge(LocalGitForge):
                 if now not in (candidate.head, candidate.sha):
                     raise HeadMoved(f"{branch} moved to {now} as its merge was pushed")
                 said = self._redact(pushed.stderr.strip()).splitlines()
-                raise git_failure(f"git push failed: {said[-1] if said else pushed.returncode}")
+                raise git_failure(
+                    f"git push failed: {said[-1] if said else pushed.returncode}", pushed.stderr
+                )
             self._git("update-ref", f"refs/remotes/origin/{branch}", candidate.sha, cwd=mirror)
 
     def _merge(self, repo: str, number: int, candidate: Candidate) -> str:

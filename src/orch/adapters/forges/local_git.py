@@ -66,9 +66,12 @@ _UNREACHABLE = re.compile(
 )
 
 
-def git_failure(said: str) -> ForgeError:
-    """The error of a git command that failed, as git said it."""
-    return ForgeUnavailable(said) if _UNREACHABLE.search(said) else ForgeError(said)
+def git_failure(said: str, output: str = "") -> ForgeError:
+    """The error of a git command that failed, as `said` sums it up; whether the remote was
+    unreachable is read from all git wrote (`output`): its last line ("failed to push some
+    refs") may not say, where a line before it ("RPC failed; HTTP 502") does."""
+    unreachable = _UNREACHABLE.search(output) or _UNREACHABLE.search(said)
+    return ForgeUnavailable(said) if unreachable else ForgeError(said)
 
 
 def safe_name(name: str) -> str:
@@ -162,7 +165,8 @@ class LocalGitForge:
         proc = subprocess.CompletedProcess(child.args, child.returncode, out, err)
         if check and proc.returncode != 0:
             detail = (proc.stderr or proc.stdout).strip().splitlines()
-            raise git_failure(f"git {what} failed: {detail[-1] if detail else proc.returncode}")
+            said = f"git {what} failed: {detail[-1] if detail else proc.returncode}"
+            raise git_failure(said, f"{proc.stderr}\n{proc.stdout}")
         return proc
 
     def _in_worktree(
@@ -312,7 +316,10 @@ class LocalGitForge:
                 theirs = self.branch_head(repo, branch)
                 if theirs is None or not _refused_as_behind(pushed.stderr):
                     said = pushed.stderr.strip().splitlines()
-                    raise git_failure(f"git push failed: {said[-1] if said else pushed.returncode}")
+                    raise git_failure(
+                        f"git push failed: {said[-1] if said else pushed.returncode}",
+                        pushed.stderr,
+                    )
                 # the worktree started from the branch as the remote had it, so whatever came
                 # after was pushed by a worker that lost this job (paused, then resumed before it
                 # learnt so): the job's holder owns the task branch, and replaces exactly that
@@ -403,7 +410,10 @@ class LocalGitForge:
             if now != candidate.base:
                 raise DefaultMoved(f"{default} moved from {candidate.base[:12]} to {now[:12]}")
             detail = (pushed.stderr or pushed.stdout).strip().splitlines()
-            raise git_failure(f"git push failed: {detail[-1] if detail else pushed.returncode}")
+            raise git_failure(
+                f"git push failed: {detail[-1] if detail else pushed.returncode}",
+                f"{pushed.stderr}\n{pushed.stdout}",
+            )
 
     def adopt(self, repo: str, branch: str, candidate: Candidate) -> None:
         url, _ = self._remote(repo)

@@ -132,38 +132,39 @@ class PlaneTracker:
         answer = self._write("PATCH", path, {"state": target}, settled)
         if answer is not None:
             self._check(answer, "PATCH", path)
-        return not self._put_back(item, str(before.get("updated_at") or ""), target)
+        return not self._put_back(item, seen, target, _moment(before.get("updated_at")))
 
-    def _put_back(self, item: WorkItem, read_at: str, target: str) -> bool:
+    def _put_back(self, item: WorkItem, seen: str, target: str, read_at: datetime) -> bool:
         """Plane has no conditional write: a person's move that landed between orch's read and
-        its write was overwritten by it. Found in the item's activity, it is put back (unless
-        the item changed again since); whether it was. The person's move then acts as it would
-        have, on the next delivery or poll."""
+        its write was overwritten by it. orch's own change in the item's activity says so (it
+        moved the item from a state other than the one it read), and the person's state is put
+        back (unless the item changed again since); whether it was. Their move then acts as it
+        would have, on the next delivery or poll. Plane may record activity a moment late: an
+        overwrite not recorded yet is not seen."""
         path = self._item_path(item.project, item.ref)
         after = self._read(path, missing_ok=True)
         if after is None or _state_id_of(after) != target:
             return False  # someone moved it after orch did: theirs stands as it is
-        me, written_at = self._me_id(), _moment(after.get("updated_at"))
-        since = _moment(read_at)
-        theirs = [
+        me = self._me_id()
+        ours = [
             a
             for a in self._pages(path + "activities/", {})
+            # this write's: orch's, of the state, after the read it was made on
             if a.get("field") == "state"
-            and a.get("actor") != me
-            and since < _moment(a.get("created_at")) < written_at
+            and a.get("actor") == me
+            and _moment(a.get("created_at")) > read_at
         ]
-        if not theirs:
+        if not ours:
             return False
-        last = max(theirs, key=lambda a: _moment(a.get("created_at")))
-        wanted = str(last.get("new_identifier") or "")
-        if not wanted or wanted == target:
+        last = max(ours, key=lambda a: _moment(a.get("created_at")))
+        wanted = str(last.get("old_identifier") or "")
+        if last.get("new_identifier") != target or wanted in ("", seen, target):
             return False
         log.warning(
-            "%s: orch's move to %s landed on %s's move to %s; put back",
+            "%s: orch's move to %s landed on a move to %s made after orch read it; put back",
             item.key,
-            self._state_name(item.project, {"state": target}),
-            last.get("actor"),
             last.get("new_value"),
+            last.get("old_value"),
         )
 
         def restored() -> bool:
