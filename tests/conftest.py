@@ -35,6 +35,8 @@ TABLES = (
     "api_tokens",
     "counters",
     "deliveries",
+    "board_comments",
+    "board_items",
     "tracker_items",
 )
 

@@ -16,6 +16,8 @@ from orch.domain.ledger import NO_BUDGET, Budget, Usage
 from orch.domain.machine import TaskChange
 from orch.domain.metrics import MetricsSnapshot
 from orch.domain.model import (
+    BoardComment,
+    BoardItem,
     Claim,
     Delivery,
     Effect,
@@ -100,6 +102,34 @@ class Store(Protocol):
         first: Decision,
         actor: str,
     ) -> Task: ...
+
+    # where the built-in board's tickets stand, and what is said on them
+    def board_tickets(self, repo: str) -> list[tuple[Ticket, BoardItem | None]]:
+        """The repository's tickets by key, each with where it stands (None: never moved)."""
+        ...
+
+    def board_item(self, key: str) -> BoardItem | None:
+        """Where the ticket stands; None if it was never moved."""
+        ...
+
+    def move_board_item(
+        self, key: str, state: str, actor: str, expect_version: int
+    ) -> BoardItem | None:
+        """Put the ticket in `state` if its board item is still at `expect_version` (0: it was
+        never moved), one version on; None if it is not (it moved since). NotFound if there
+        is no such ticket."""
+        ...
+
+    def add_board_comment(
+        self, key: str, comment_key: str, html: str, actor: str, own: bool
+    ) -> bool:
+        """Comment on the ticket; False if a comment with that `comment_key` is there already
+        ("" is a person's, never one already). NotFound if there is no such ticket."""
+        ...
+
+    def board_comments(self, key: str) -> list[BoardComment]:
+        """The ticket's comments, oldest first."""
+        ...
 
     # webhook deliveries: stored once by the provider's id before they are answered
     def record_delivery(self, source: str, delivery: str, body: str) -> bool:
@@ -293,6 +323,10 @@ class Candidate:
 
 class Forge(Protocol):
     """Where code lives: worktrees, task branches, the default branch and merges into it."""
+
+    # how long after a request whose answer was lost (a timeout, a dropped connection, a dead
+    # worker) the forge may still carry it out: until then "not merged" is no answer yet
+    settle_after_s: float
 
     def prepare_worktree(self, repo: str, branch: str) -> Path: ...
     def commit_and_push(self, repo: str, worktree: Path, branch: str, message: str) -> str: ...

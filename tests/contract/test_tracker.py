@@ -1,21 +1,27 @@
-"""The Tracker contract, run on every tracker: the one in memory, and Plane's adapter against the
-fake Plane (which fails the test on any request Plane's SDK models would not allow)."""
+"""The Tracker contract, run on every tracker: the one in memory, orch's built-in board over the
+store, and Plane's adapter against the fake Plane (which fails the test on any request Plane's
+SDK models would not allow). What a delivery looks like is each tracker's own: the boards say how
+theirs are spelled, and the tests what every tracker makes of them."""
 
 from __future__ import annotations
 
 import html
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import pytest
 
+from orch.adapters.store.memory import MemoryStore
 from orch.adapters.trackers import UnknownState
-from orch.adapters.trackers.memory import MemoryTracker
+from orch.adapters.trackers.builtin import BuiltinTracker
+from orch.adapters.trackers.memory import DEFAULT_STATES, MemoryTracker
 from orch.adapters.trackers.plane import PlaneTracker
 from orch.domain.errors import ConfigError
+from orch.domain.model import BoardItem
 from orch.fakes.plane import PlaneFake
 from orch.fakes.server import FakeServer, Request, Response
-from orch.ports import Tracker, WorkItem
+from orch.ports import ItemHint, Tracker, WorkItem
+from orch.testing import memory_store
 
 Payload = dict[str, Any]
 TOKEN = "plane-key-contract"
@@ -43,8 +49,47 @@ class Board(Protocol):
         """The keys of the comments orch made on the item."""
         ...
 
+    def moved_fields(self, payloads: list[Payload]) -> list[str]:
+        """What each delivery of a move says was changed, in the tracker's words."""
+        ...
 
-class MemoryBoard:
+    def move_field(self, via: str) -> str:
+        """What a delivery says a person's move through `via` (the tracker's UI, its API)
+        changed."""
+        ...
+
+    def variants(self, payload: Payload) -> list[Payload]:
+        """The delivery in every spelling the tracker may send it in."""
+        ...
+
+    def not_hints(self, item: WorkItem, moved: Payload) -> list[Payload]:
+        """Deliveries like `moved`, a person's move of `item`, that are about nothing orch
+        follows: other events, a deletion, bodies missing what names the item."""
+        ...
+
+
+class PlaneShaped:
+    """A board whose deliveries are Plane's (`event`, `action`, `data`, `activity`)."""
+
+    def moved_fields(self, payloads: list[Payload]) -> list[str]:
+        return [p["activity"]["field"] for p in payloads]
+
+    def move_field(self, via: str) -> str:
+        return "state_id" if via == "ui" else "state"
+
+    def variants(self, payload: Payload) -> list[Payload]:
+        # activity-fired deliveries say created/updated, HTTP-verb ones create/update
+        return [{**payload, "action": a} for a in ("created", "updated", "create", "update")]
+
+    def not_hints(self, item: WorkItem, moved: Payload) -> list[Payload]:
+        return [
+            {**moved, "action": "deleted", "data": {"id": item.ref}},
+            {**moved, "action": "delete"},
+            *({**moved, "event": e} for e in ("project", "cycle", "module", "cycle_issue")),
+        ]
+
+
+class MemoryBoard(PlaneShaped):
     project = "proj-1"
 
     def __init__(self) -> None:
@@ -79,7 +124,7 @@ class Sink(FakeServer):
         return Response(200)
 
 
-class PlaneBoard:
+class PlaneBoard(PlaneShaped):
     def __init__(self, fake: PlaneFake) -> None:
         self.fake = fake
         self.project = fake.add_project("Orch", "ORCH")
@@ -118,6 +163,69 @@ class PlaneBoard:
         return [c["external_id"] for c in comments if c["created_by"] == self.fake.me["id"]]
 
 
+class BuiltinBoard:
+    """orch's own board on a memory store; people act through the tracker's helpers, and every
+    change's event is caught as the board hands it on."""
+
+    project = "app"
+
+    def __init__(self) -> None:
+        self.store = memory_store()
+        self.events: list[Payload] = []
+        self.builtin = BuiltinTracker(self.store, DEFAULT_STATES, on_change=self.events.append)
+        self.tracker: Tracker = self.builtin
+
+    def add(self, title: str, body: str = "", state: str = "Backlog") -> WorkItem:
+        ticket = self.store.file_ticket(self.project, "APP", title, body)
+        if state != self.builtin.default_state:
+            self.builtin.person_moves(ticket.key, state, "ann")
+        found = self.tracker.item(self.project, ticket.key)
+        assert found is not None
+        return found
+
+    def _caught(self, since: int, returned: Payload) -> list[Payload]:
+        caught = self.events[since:]
+        assert caught == [returned]  # what the helper says it brought is what was handed on
+        return caught
+
+    def person_moves(self, item: WorkItem, state: str, via: str = "ui") -> list[Payload]:
+        since = len(self.events)
+        return self._caught(since, self.builtin.person_moves(item.ref, state, "ann"))
+
+    def orch_moves(self, item: WorkItem, state: str) -> list[Payload]:
+        since = len(self.events)
+        self.tracker.move(item, state)
+        return self.events[since:]
+
+    def person_comments(self, item: WorkItem, text: str) -> list[Payload]:
+        since = len(self.events)
+        return self._caught(since, self.builtin.person_comments(item.ref, text, "ann"))
+
+    def orch_comments(self, item: WorkItem) -> list[str]:
+        return [c.comment_key for c in self.store.board_comments(item.ref) if c.own]
+
+    def moved_fields(self, payloads: list[Payload]) -> list[str]:
+        return [p["action"] for p in payloads]
+
+    def move_field(self, via: str) -> str:
+        return "moved"  # through the dashboard or the API alike
+
+    def variants(self, payload: Payload) -> list[Payload]:
+        return [payload]  # the board's own events have one spelling
+
+    def not_hints(self, item: WorkItem, moved: Payload) -> list[Payload]:
+        return [
+            {**moved, "action": "deleted"},
+            {**moved, "action": "commented"},
+            *({**moved, "event": e} for e in ("issue", "work_item", "board_comment")),
+            *({k: v for k, v in moved.items() if k != gone} for gone in moved),
+            {**moved, "ref": ""},
+            {**moved, "project": ""},
+            {**moved, "project": 7},
+            {**moved, "own": "no"},
+        ]
+
+
 @pytest.fixture(scope="module")
 def plane() -> Iterator[PlaneFake]:
     """One fake Plane for the module (each test has a project of its own): serving starts and
@@ -127,10 +235,13 @@ def plane() -> Iterator[PlaneFake]:
         yield fake
 
 
-@pytest.fixture(params=["memory", "plane"])
+@pytest.fixture(params=["memory", "builtin", "plane"])
 def board(request: pytest.FixtureRequest) -> Iterator[Board]:
     if request.param == "memory":
         yield MemoryBoard()
+        return
+    if request.param == "builtin":
+        yield BuiltinBoard()
         return
     fake: PlaneFake = request.getfixturevalue("plane")
     before = len(fake.violations)
@@ -223,11 +334,10 @@ def test_the_latest_comment_is_a_persons_never_orchs(board: Board) -> None:
 def test_a_persons_move_is_a_hint_at_the_item(board: Board, via: str) -> None:
     item = board.add("Start me")
     payloads = board.person_moves(item, "To Analyse", via=via)
-    fields = [p["activity"]["field"] for p in payloads]
-    assert fields == ["state_id" if via == "ui" else "state"]
+    assert board.moved_fields(payloads) == [board.move_field(via)]
     hint = board.tracker.hint(payloads[0])
     assert hint is not None
-    assert (hint.project, hint.ref, hint.own) == (board.project, item.ref, False)
+    assert (hint.project, hint.ref, hint.own, hint.moved) == (board.project, item.ref, False, True)
     assert hint.actor
 
 
@@ -239,22 +349,127 @@ def test_orchs_own_move_comes_back_flagged_own(board: Board) -> None:
     assert hint is not None and hint.ref == item.ref and hint.own is True
 
 
-@pytest.mark.parametrize("action", ["created", "updated", "create", "update"])
-def test_both_spellings_of_an_action_are_hints(board: Board, action: str) -> None:
+def test_every_spelling_of_a_change_is_a_hint(board: Board) -> None:
     item = board.add("Spelled")
-    payload = {**board.person_moves(item, "Approved")[0], "action": action}
-    hint = board.tracker.hint(payload)
-    assert hint is not None and hint.ref == item.ref
+    spellings = board.variants(board.person_moves(item, "Approved")[0])
+    assert spellings
+    for payload in spellings:
+        hint = board.tracker.hint(payload)
+        assert hint is not None and hint.ref == item.ref, payload
 
 
 def test_other_events_and_deletions_are_not_hints(board: Board) -> None:
     item = board.add("Not about me")
     moved = board.person_moves(item, "Approved")[0]
-    assert board.tracker.hint({**moved, "action": "deleted", "data": {"id": item.ref}}) is None
-    assert board.tracker.hint({**moved, "action": "delete"}) is None
-    for event in ("project", "cycle", "module", "cycle_issue"):
-        assert board.tracker.hint({**moved, "event": event}) is None
+    others = board.not_hints(item, moved)
+    assert others
+    for payload in others:
+        assert board.tracker.hint(payload) is None, payload
     commented = board.person_comments(item, "A comment is not a change of state.")
     assert commented and all(board.tracker.hint(p) is None for p in commented)
     assert board.tracker.hint({}) is None
     assert board.tracker.hint({"event": "issue", "action": "updated", "data": None}) is None
+
+
+# -- what only the built-in board promises -------------------------------------------------------
+
+
+def test_the_builtin_board_keeps_a_move_made_since_the_item_was_read_even_into_its_state() -> None:
+    board = BuiltinBoard()
+    item = board.add("Asked twice", state="To Analyse")
+    board.builtin.person_moves(item.ref, "To Analyse", "ann")  # asked again, after orch read it
+    assert board.tracker.move(item, "Analysing") is False
+    now = board.tracker.item(board.project, item.ref)
+    assert now is not None and (now.state, now.updated) == ("To Analyse", "2")
+
+
+class MovedMeanwhile(MemoryStore):
+    """A store in which a person's move lands between orch's read of an item and its write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.person: Callable[[str], object] | None = None
+
+    def move_board_item(
+        self, key: str, state: str, actor: str, expect_version: int
+    ) -> BoardItem | None:
+        person, self.person = self.person, None
+        if person is not None:
+            person(key)
+        return super().move_board_item(key, state, actor, expect_version)
+
+
+def test_the_builtin_boards_move_loses_to_a_move_that_lands_before_its_write() -> None:
+    store = MovedMeanwhile()
+    events: list[Payload] = []
+    tracker = BuiltinTracker(store, DEFAULT_STATES, on_change=events.append)
+    ticket = store.file_ticket("app", "APP", "Raced", "")
+    item = tracker.item("app", ticket.key)
+    assert item is not None and (item.state, item.updated) == ("Backlog", "0")
+    store.person = lambda key: tracker.person_moves(key, "STOP", "ann")
+    assert tracker.move(item, "To Analyse") is False
+    now = tracker.item("app", ticket.key)
+    assert now is not None and (now.state, now.updated) == ("STOP", "1")
+    assert [(e["action"], e["state"], e["own"]) for e in events] == [("moved", "STOP", False)]
+
+
+def test_the_builtin_boards_events_say_who_did_what_and_where_it_left_the_item() -> None:
+    board = BuiltinBoard()
+    item = board.add("Watched")
+    [asked] = board.person_moves(item, "To Analyse")
+    assert asked == {
+        "event": "board_item",
+        "action": "moved",
+        "project": "app",
+        "ref": item.ref,
+        "actor": "ann",
+        "own": False,
+        "state": "To Analyse",
+    }
+    hint = board.tracker.hint(asked)
+    assert hint == ItemHint("app", item.ref, actor="ann", own=False, moved=True, state="To Analyse")
+    read = board.tracker.item("app", item.ref)
+    assert read is not None
+    [echo] = board.orch_moves(read, "Analysing")
+    assert board.tracker.hint(echo) == ItemHint(
+        "app", item.ref, actor="orch", own=True, moved=True, state="Analysing"
+    )
+    [said] = board.person_comments(item, "Looks fine.")
+    assert (said["action"], said["actor"], said["own"], said["state"]) == (
+        "commented",
+        "ann",
+        False,
+        "Analysing",
+    )
+    since = len(board.events)
+    assert board.tracker.comment(read, "t1:analysis:done", "<p>done</p>")
+    assert not board.tracker.comment(read, "t1:analysis:done", "<p>done</p>")
+    assert [(e["action"], e["actor"], e["own"]) for e in board.events[since:]] == [
+        ("commented", "orch", True)
+    ]
+
+
+def test_the_builtin_board_shows_a_repository_only_its_own_tickets() -> None:
+    board = BuiltinBoard()
+    mine = board.add("Mine")
+    theirs = board.store.file_ticket("other", "OTH", "Theirs", "")
+    assert board.tracker.item(board.project, theirs.key) is None
+    assert board.tracker.item("other", mine.ref) is None
+    assert [i.ref for i in board.tracker.items(board.project)] == [mine.ref]
+    assert [i.key for i in board.tracker.items("other")] == [theirs.key]
+
+
+def test_the_builtin_boards_states_are_per_repository_when_so_named() -> None:
+    store = memory_store()
+    tracker = BuiltinTracker(store, {"app": ["Backlog", "Doing", "Done"]})
+    ticket = store.file_ticket("web", "WEB", "Unplanned", "")
+    assert tracker.state_names("app") == ["Backlog", "Doing", "Done"]
+    assert tracker.state_names("web") == []
+    item = tracker.item("web", ticket.key)
+    assert item is not None
+    with pytest.raises(UnknownState):
+        tracker.move(item, "Doing")
+    with pytest.raises(ConfigError, match="Backlog"):
+        BuiltinTracker(store, {"app": ["Doing", "Done"]})
+    with pytest.raises(ConfigError, match="Backlog"):
+        BuiltinTracker(store, ["Doing", "Done"])

@@ -261,14 +261,38 @@ def test_a_remote_on_another_server_is_refused(world: World) -> None:
         GiteaForge(world.root, world.fake.url, TOKEN, {REPO: ("https://elsewhere/o/r.git", "main")})
 
 
-@pytest.mark.parametrize("fault", [Fault(status=502), Fault(drop=True)])
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault("POST", r"git-receive-pack$", status=502),
+        Fault("POST", r"git-receive-pack$", status=429, retry_after=1),
+        Fault("GET", r"/info/refs$", status=503),
+        Fault("GET", r"/info/refs$", drop=True),
+    ],
+)
 def test_a_push_gitea_does_not_take_is_the_forge_unavailable(world: World, fault: Fault) -> None:
     forge = world.forge()
     change(forge, {"NOTES.md": "notes\n"})
     worktree = forge.prepare_worktree(REPO, BRANCH)
     (worktree / "MORE.md").write_text("more\n")
-    fault.method, fault.path, fault.times = "POST", r"git-receive-pack$", 5
+    fault.times = 5
     world.fake.faults.add(fault)
     # not the task's failure: its work waits for the forge, and counts no attempt
     with pytest.raises(ForgeUnavailable):
         forge.commit_and_push(REPO, worktree, BRANCH, "more")
+
+
+@pytest.mark.parametrize("new_branch", [True, False])
+def test_a_push_gitea_took_whose_answer_was_lost_counts_as_pushed(
+    world: World, new_branch: bool
+) -> None:
+    forge = world.forge()
+    if not new_branch:
+        change(forge, {"NOTES.md": "notes\n"})
+    worktree = forge.prepare_worktree(REPO, BRANCH)
+    (worktree / "MORE.md").write_text("more\n")
+    # carried out, then the connection drops; git's own retry is refused as stale
+    world.fake.faults.add(Fault("POST", r"git-receive-pack$", drop=True))
+    head = forge.commit_and_push(REPO, worktree, BRANCH, "more")
+    assert forge.branch_head(REPO, BRANCH) == head
+    assert world.fake.head(REPO, BRANCH) == head

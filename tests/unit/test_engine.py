@@ -22,7 +22,6 @@ from orch.domain.model import Task
 from orch.domain.naming import merge_key
 from orch.domain.states import EffectState, JobState, Stage, TaskStatus
 from orch.ports import DeployTarget, RepoSettings
-from orch.services.merge import SETTLE_AFTER_S
 from orch.testing import Rig, SimClock, rig
 
 REVIEW_FILE = "docs/work-items/{{key}}/review.md"
@@ -632,7 +631,7 @@ def test_a_merge_intent_that_never_reached_the_forge_is_merged_once_its_time_is_
         assert effect is not None and effect.state == EffectState.INITIATED
         assert r.forge.merges == []
         assert "may still carry out the merge" in r.store.jobs(task.id)[-1].last_error
-        clock.advance(SETTLE_AFTER_S + 1)
+        clock.advance(r.forge.settle_after_s + 1)
         r.run_until_idle()
         effect = r.store.get_effect(key)
         assert effect is not None and effect.state == EffectState.SUCCEEDED

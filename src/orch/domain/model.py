@@ -203,3 +203,27 @@ class ItemLink:
     # again at the same stamp is not a new request (a start, an approval)
     acted_on: str = ""
     seen_state: str = ""  # the state orch last saw it in: a start is a move into the start state
+
+
+@dataclass(frozen=True)
+class BoardItem:
+    """Where a ticket stands on the built-in board, once someone has moved it."""
+
+    key: str  # the ticket's
+    state: str
+    version: int  # 1 after its first move, one more after each
+    actor: str  # who made its last move
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class BoardComment:
+    """A comment on a ticket on the built-in board."""
+
+    id: int
+    key: str  # the ticket's
+    comment_key: str  # orch's key for it, unique per ticket; "" for a person's
+    html: str
+    actor: str
+    own: bool  # orch wrote it
+    created_at: float

@@ -19,7 +19,7 @@ from orch.services.deploy import Deployer
 from orch.services.gates import Gates
 from orch.services.inbox import Inbox
 from orch.services.job import Jobs
-from orch.services.merge import SETTLE_AFTER_S, Merger
+from orch.services.merge import Merger
 from orch.services.outbox import Outbox
 from orch.services.stage import StageRunner
 from orch.services.stop import Stopper
@@ -124,7 +124,7 @@ class Engine:
             return 0  # asked again once the forge answers
         # a request its dead worker sent may still be carried out: the forge is asked only once
         # that would have been answered
-        settled_before = self.store.now() - SETTLE_AFTER_S
+        settled_before = self.store.now() - self.tools.forge.settle_after_s
         for effect in self.store.unsettled_merges():
             if effect.updated_at > settled_before:
                 continue

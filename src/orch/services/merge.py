@@ -29,9 +29,6 @@ from orch.services.work import Tools, Where, Work
 log = logging.getLogger("orch.engine")
 
 MERGE_TRIES = 3  # builds of a merge candidate while the default branch keeps moving
-# past the forge's timeouts and retries of a merge request whose answer was lost: until then the
-# forge may still carry it out, and "not merged" is no answer yet
-SETTLE_AFTER_S = 60.0
 
 
 class Merger:
@@ -132,7 +129,7 @@ class Merger:
         carried out: nothing is sent, and no other candidate built, before the forge's answer
         about it is final (a late landing would otherwise leave a candidate that never lands on
         the task branch, and a second merge to reason about)."""
-        recent = self.store.now() - SETTLE_AFTER_S
+        recent = self.store.now() - self.forge.settle_after_s
         for effect in self.store.effects(work.task.id):
             if (
                 effect.kind == EffectKind.MERGE

@@ -42,8 +42,10 @@ MERGE_TRIES = 5  # merges answered "try again later" (mergeability still being c
 BACKOFF_S = 0.5  # the first wait before a try again; doubled each time, with jitter
 MAX_WAIT_S = 30.0  # the longest wait a Retry-After may ask for that is honoured
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)  # nothing reached Gitea
-# traces that could print the request headers git sends
-_QUIET = ("GIT_TRACE", "GIT_TRACE_CURL", "GIT_CURL_VERBOSE", "GIT_TRACE_PACKET")
+# traces that could print the request headers git sends ("0" turns each off)
+_QUIET = ("GIT_TRACE", "GIT_TRACE_CURL", "GIT_TRACE_PACKET")
+# ... and one that any value turns on: it must be unset
+_VERBOSE = "GIT_CURL_VERBOSE"
 
 
 class GiteaForge(LocalGitForge):
@@ -81,6 +83,10 @@ class GiteaForge(LocalGitForge):
             "GIT_CONFIG_VALUE_0": f"Authorization: token {token}",
         }
         super().__init__(root, remotes, excludes, git_env=git_env)
+        self._env.pop(_VERBOSE, None)
+        # a merge Gitea took on is carried out while it handles the request: by twice orch's
+        # wait for an answer, with room to spare
+        self.settle_after_s = 2 * timeout_s + 10.0
         self._http = httpx.Client(
             base_url=f"{self.base_url}/api/v1",
             headers={"Authorization": f"token {token}", "Accept": "application/json"},
@@ -361,6 +367,9 @@ class GiteaForge(LocalGitForge):
                 now = self.branch_head(repo, branch)
                 if now not in (candidate.head, candidate.sha):
                     raise HeadMoved(f"{branch} moved to {now} as its merge was pushed")
+            if pushed.returncode != 0 and now != candidate.sha:
+                # (at candidate.sha: pushed, and only the answer was lost; git's own retry of it
+                # was then refused as stale)
                 said = self._redact(pushed.stderr.strip()).splitlines()
                 raise git_failure(
                     f"git push failed: {said[-1] if said else pushed.returncode}", pushed.stderr

@@ -95,6 +95,10 @@ def check_writable(root: Path) -> Path:
 
 
 class LocalGitForge:
+    # a push git has begun lands within this, or never (a worker that died leaves its git
+    # running)
+    settle_after_s = 30.0
+
     def __init__(
         self,
         root: Path,
@@ -312,8 +316,10 @@ class LocalGitForge:
         with self._locks[repo]:
             refspec = f"{head}:refs/heads/{branch}"
             pushed = self._in_worktree(repo, worktree, "push", "--quiet", url, refspec, check=False)
-            if pushed.returncode != 0:
-                theirs = self.branch_head(repo, branch)
+            theirs = self.branch_head(repo, branch) if pushed.returncode != 0 else head
+            if theirs != head:
+                # (at `head`: pushed, and only the answer was lost; git's own retry of it was
+                # then refused as stale)
                 if theirs is None or not _refused_as_behind(pushed.stderr):
                     said = pushed.stderr.strip().splitlines()
                     raise git_failure(

@@ -62,6 +62,8 @@ class MemoryForge:
     `merges` records every merge call that landed, the authoritative log for "merged once".
     """
 
+    settle_after_s = 60.0  # as a hosted forge's might be: tests move their clocks past it
+
     def __init__(self, repos: Mapping[str, Snapshot], default_branch: str = "main") -> None:
         self.root = Path(tempfile.mkdtemp(prefix="orch-memforge-"))
         self.repos: dict[str, _Repo] = {}

@@ -279,3 +279,38 @@ tracker_items = sa.Table(
     sa.Column("seen_state", sa.Text, nullable=False, server_default=""),
     sa.UniqueConstraint("tracker", "ref", name="uq_tracker_items_ref"),
 )
+
+# the built-in board: where each of its tickets stands, once moved (a ticket never moved is in
+# the board's first state), moved only by a compare-and-set on its version
+board_items = sa.Table(
+    "board_items",
+    metadata,
+    sa.Column("key", sa.String(120), sa.ForeignKey("tickets.key"), primary_key=True),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+# comments on the built-in board's tickets: orch's are keyed, once per ticket and key, as its
+# comments in a hosted tracker are
+board_comments = sa.Table(
+    "board_comments",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("key", sa.String(120), sa.ForeignKey("tickets.key"), nullable=False),
+    sa.Column("comment_key", sa.Text, nullable=False, server_default=""),
+    sa.Column("html", sa.Text, nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("own", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Index("ix_board_comments_key", "key", "id"),
+    sa.Index(
+        "uq_board_comments_key",
+        "key",
+        "comment_key",
+        unique=True,
+        sqlite_where=sa.text("comment_key != ''"),
+        postgresql_where=sa.text("comment_key != ''"),
+    ),
+)

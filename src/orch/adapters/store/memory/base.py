@@ -24,6 +24,8 @@ from orch.domain.access import ApiToken
 from orch.domain.errors import Conflict, LeaseLost
 from orch.domain.metrics import FENCED_WRITES
 from orch.domain.model import (
+    BoardComment,
+    BoardItem,
     Claim,
     Delivery,
     Effect,
@@ -66,6 +68,8 @@ class _Tables:
     counters: dict[str, int] = field(default_factory=dict)
     deliveries: dict[int, Delivery] = field(default_factory=dict)
     links: dict[str, ItemLink] = field(default_factory=dict)  # by ticket key
+    board: dict[str, BoardItem] = field(default_factory=dict)  # by ticket key
+    board_comments: dict[int, BoardComment] = field(default_factory=dict)
 
     def copy(self) -> _Tables:
         return _Tables(**{name: dict(value) for name, value in vars(self).items()})
