@@ -3,8 +3,10 @@ described with its stages, each verdict a commit status; one pull request per ch
 
 from __future__ import annotations
 
+from orch.domain.errors import ForgeUnavailable
 from orch.domain.states import TaskStatus
 from orch.ports import PullState, StatusState
+from orch.services.pulls import Pulls
 from orch.testing import InstantAgent, rig
 
 
@@ -47,5 +49,25 @@ def test_a_ticket_started_again_after_a_stop_gets_a_pull_request_of_its_own() ->
         assert again.id != first.id
         numbers = [(p.number, p.state) for p in r.forge.pulls["app"]]
         assert numbers == [(old.number, PullState.CLOSED), (old.number + 1, PullState.OPEN)]
+    finally:
+        r.close()
+
+
+def test_a_forge_that_cannot_say_whether_a_change_landed_gets_no_second_pull_request() -> None:
+    r = rig({"default": InstantAgent()})
+    try:
+        before = r.forge.branch_head("app", "main")
+        assert before is not None
+        task = r.intake.file("app", "Add a greeting")
+        r.run_until_idle()
+        assert r.intake.decide(task.key, True, "ann")
+        r.run_until_idle()  # merged; it waits to deploy
+        [pull] = r.forge.pulls["app"]
+        assert pull.state == PullState.MERGED
+        r.forge.fail_find = ForgeUnavailable("GET /pulls: 503")
+        # a head its pull request does not hold: only whether it landed could tell
+        shown = Pulls(r.engine.tools).show(r.store.get_task(task.id), before, [])
+        assert shown is None  # not now; asked again with the next stage
+        assert [p.state for p in r.forge.pulls["app"]] == [PullState.MERGED]
     finally:
         r.close()

@@ -66,9 +66,26 @@ class World:
         return self.rig.store.find_task(link.key)
 
 
+class CrossedTracker(MemoryTracker):
+    """A tracker without conditional writes, as Plane is: `crossing` is a person's move that
+    lands just before orch's next move to "Needs Review", which then (as the Plane adapter
+    does, from the item's activity) puts it back."""
+
+    crossing = ""
+
+    def move(self, item: WorkItem, state: str) -> bool:
+        if state != "Needs Review" or not self.crossing:
+            return super().move(item, state)
+        self.set_state(item.project, item.ref, self.crossing)  # theirs lands first
+        super().move(replace(item, state=self.crossing), state)  # orch's lands on it
+        self.set_state(item.project, item.ref, self.crossing)  # ... and theirs is put back
+        self.crossing = ""
+        return False
+
+
 def make_world(rules: ProjectRules) -> World:
     store = memory_store()
-    tracker = MemoryTracker(states={PROJECT: STATES})
+    tracker = CrossedTracker(states={PROJECT: STATES})
     r = rig(
         {"default": InstantAgent()},
         store=store,
@@ -353,6 +370,28 @@ def test_a_tracker_that_is_down_fails_reports_at_once_after_a_few(world: World) 
     with pytest.raises(OrchError, match="circuit"):
         report.notify("k3", news.text, news)
     assert tracker.reads == 3  # the fourth did not wait on it
+
+
+def test_an_approval_made_while_the_question_was_being_asked_does_not_answer_it(
+    world: World,
+) -> None:
+    item = world.move(world.item(), "To Analyse")
+    world.deliver(item, "d-1")
+    assert isinstance(world.tracker, CrossedTracker)
+    world.tracker.crossing = "Approved"  # before the question could be seen
+    world.rig.run_until_idle()
+    task = world.task(item)
+    assert (task.status, task.waiting_for) == (TaskStatus.WAITING, "approve-plan")
+    assert world.now(item).state == "Needs Review"  # asked again: theirs came too early
+    world.deliver(world.now(item), "d-2")  # its delivery, late
+    world.sync.reconcile()
+    world.rig.run_until_idle()
+    assert world.task(item).waiting_for == "approve-plan"
+    assert not [e for e in world.rig.store.events(task.id) if e.kind == EventKind.APPROVE]
+    world.deliver(world.move(item, "Approved"), "d-3")  # approved once asked
+    world.rig.run_until_idle()
+    assert world.task(item).waiting_for == "confirm-deploy"
+    assert [e.kind for e in world.rig.store.events(task.id)].count(EventKind.APPROVE) == 1
 
 
 def test_a_report_into_a_state_that_asks_is_refused_by_the_settings() -> None:

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Sequence
 
 from orch.domain import pipeline as pl
-from orch.domain.errors import OrchError, PipelineError
+from orch.domain.errors import OrchError, PipelineError, Unavailable
 from orch.domain.model import GateRecord, Task
 from orch.domain.states import WORK_STAGES, Stage
 from orch.ports import PullRequest, PullRequests, PullState, StatusState
@@ -55,8 +55,10 @@ class Pulls:
             if pull.head and forge.is_ancestor(task.repo, pull.head, head):
                 return True
             return pull.state == PullState.MERGED and bool(forge.find_merge(task.repo, head))
+        except Unavailable:
+            raise  # no answer is no "no": nothing is opened on it
         except OrchError:
-            return False
+            return False  # a head the forge does not know: another task's, built elsewhere
 
     def statuses(self, task: Task, sha: str, verdicts: Sequence[GateRecord]) -> None:
         """Post `verdicts` on `sha` (a merge candidate: what lands shows the checks it

@@ -148,7 +148,8 @@ class TrackerReport:
         if rules is None or item is None:
             return True
         acted = link.acted_on
-        if ask and news.kind == NewsKind.WAITING and item.state != rules.stop:
+        asking = ask and news.kind == NewsKind.WAITING and item.state != rules.stop
+        if asking:
             # the question is asked now: whatever state the item is in is not its answer (an
             # "Approved" left from before), and any change from here on may be. A STOP stays
             # one
@@ -161,7 +162,27 @@ class TrackerReport:
             self.tracker.move(item, state)
         if news.kind in _SAID:
             self.tracker.comment(item, key, comment_html(news))
+        if asking:
+            self._asked(link.tracker, link.project, link.ref, rules, state)
         return True
+
+    def _asked(
+        self, tracker: str, project: str, ref: str, rules: ProjectRules, state: str | None
+    ) -> None:
+        """The question is there: an answer a person gave while it was being asked, before it
+        could be seen (a tracker without conditional writes puts theirs back if orch's move
+        had landed on it), is no answer either. It is moved over as an earlier one is, so the
+        item shows the question again, and answers start after that."""
+        now = self.tracker.item(project, ref)
+        if now is None or now.state == rules.stop:
+            return
+        answers = (rules.approve, rules.reject, rules.confirm_deploy)
+        if state and now.state in answers:
+            self.tracker.move(now, state)
+            now = self.tracker.item(project, ref) or now
+            if now.state == rules.stop:
+                return
+        self.store.mark_acted(tracker, ref, now.updated)
 
 
 def _version(wait: str) -> int:
