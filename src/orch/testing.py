@@ -73,11 +73,15 @@ __all__ = [
 
 
 class SimClock:
-    """A clock that moves only when told: the store reads it in place of the database's."""
+    """A clock that moves only when told: the store reads it in place of the database's. Given
+    as a client's `sleep`, it records each wait (`slept`), moves on by it, and does the next of
+    what the test set to happen meanwhile."""
 
     def __init__(self, start: float = 1_000_000.0) -> None:
         self._now = start
         self._lock = threading.Lock()
+        self.slept: list[float] = []
+        self.meanwhile: list[Callable[[], object]] = []
 
     def __call__(self) -> float:
         with self._lock:
@@ -86,6 +90,12 @@ class SimClock:
     def advance(self, seconds: float) -> None:
         with self._lock:
             self._now += seconds
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.advance(seconds)
+        if self.meanwhile:
+            self.meanwhile.pop(0)()
 
 
 def memory_store(clock: Callable[[], float] | None = None) -> MemoryStore:

@@ -1,7 +1,7 @@
 """The pieces of `orch chaos --world plane-gitea`, on crafted data and a real fake Plane: each
-check of F11 and F12 catches the violation it exists for and passes the same data without it;
-the fault injector hits only its targets, at its rate, only while enabled; the conductor sends
-deliveries again and holds them back as asked."""
+check of pull requests, starts and answers catches the violation it exists for and passes the
+same data without it; the fault injector hits only its targets, at its rate, only while
+enabled; the conductor sends deliveries again and holds them back as asked."""
 
 from __future__ import annotations
 

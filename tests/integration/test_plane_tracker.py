@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -16,32 +16,15 @@ from orch.adapters.trackers.plane import PlaneTracker
 from orch.fakes.faults import Fault
 from orch.fakes.plane import PlaneFake
 from orch.ports import WorkItem
+from orch.testing import SimClock
 
 TOKEN = "plane-key-7f3a9c"
 
 
 @dataclass
-class Clock:
-    """The test's time: `sleep` records each wait and moves the clock on by it."""
-
-    now: float = 1_800_000_000.0
-    slept: list[float] = field(default_factory=list)
-    meanwhile: list[Callable[[], None]] = field(default_factory=list)  # each done in a wait
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-        if self.meanwhile:
-            self.meanwhile.pop(0)()
-
-
-@dataclass
 class World:
     fake: PlaneFake
-    clock: Clock
+    clock: SimClock
     project: str
 
     def tracker(self, token: str = TOKEN, **options: Any) -> PlaneTracker:
@@ -71,7 +54,7 @@ class World:
 
 @pytest.fixture
 def world() -> Iterator[World]:
-    clock = Clock()
+    clock = SimClock(1_800_000_000.0)
     with PlaneFake(TOKEN, clock=clock) as fake:
         yield World(fake, clock, fake.add_project("Orch", "ORCH"))
         assert fake.violations == []

@@ -3,8 +3,8 @@ the Plane adapter against the fake Plane and its injected faults."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 
@@ -15,7 +15,7 @@ from orch.fakes.faults import Fault
 from orch.fakes.plane import PlaneFake
 from orch.services.reporting import TrackerReport
 from orch.services.tracking import TrackerSync
-from orch.testing import InstantAgent, Rig, memory_store, project_rules, rig
+from orch.testing import InstantAgent, Rig, SimClock, memory_store, project_rules, rig
 
 TOKEN = "plane-key-5d1e07"
 STATES = (
@@ -29,22 +29,6 @@ STATES = (
     ("Done", "completed"),
     ("STOP", "cancelled"),
 )
-
-
-@dataclass
-class Clock:
-    """The test's time: `sleep` moves it on, and does what the test set to happen meanwhile."""
-
-    now: float = 1_800_000_000.0
-    meanwhile: list[Callable[[], object]] = field(default_factory=list)
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-        if self.meanwhile:
-            self.meanwhile.pop(0)()
 
 
 @dataclass
@@ -77,12 +61,12 @@ class World:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> SimClock:
+    return SimClock(1_800_000_000.0)
 
 
 @pytest.fixture
-def world(clock: Clock) -> Iterator[World]:
+def world(clock: SimClock) -> Iterator[World]:
     with PlaneFake(TOKEN, clock=clock) as fake:
         project = fake.add_project("Orch", "ORCH", STATES)
         rules = project_rules(project, {"analysis": "Analysing", "waiting": "Needs Review"})
@@ -119,7 +103,7 @@ def test_a_question_that_failed_while_plane_was_down_is_asked_once_it_is_back(
 
 
 def test_a_comment_plane_made_whose_answer_was_lost_is_not_made_again(
-    world: World, clock: Clock
+    world: World, clock: SimClock
 ) -> None:
     ref = world.started()
     world.down()

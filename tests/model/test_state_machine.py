@@ -401,7 +401,7 @@ class OrchModel(RuleBasedStateMachine):
     def _check_model(self, o: Observation) -> None:
         """What this model knows beyond I1-I8: a STOP recorded between jobs is final (the task
         only gets cancelled or parked after it, and starts no agent), and an approval that
-        came before its checkpoint's wait is never applied (F12)."""
+        came before its checkpoint's wait is never applied."""
         for key, mark in self.stops.items():
             task = o.record.by_key(key)
             assert task is not None

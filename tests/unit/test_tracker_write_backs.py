@@ -22,7 +22,7 @@ from orch.ports import WorkItem
 from orch.services.breaker import Breakers
 from orch.services.reporting import TrackerReport
 from orch.services.tracking import TrackerSync
-from orch.testing import InstantAgent, Rig, memory_store, project_rules, rig
+from orch.testing import InstantAgent, Rig, SimClock, memory_store, project_rules, rig
 
 PROJECT = "proj-1"
 RULES = project_rules(
@@ -81,19 +81,11 @@ class FlakyTracker(MemoryTracker):
 
 
 @dataclass
-class Clock:
-    now: float = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@dataclass
 class World:
     rig: Rig
     tracker: FlakyTracker
     report: TrackerReport
-    clock: Clock
+    clock: SimClock
     sync: TrackerSync = field(init=False)
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -143,7 +135,7 @@ class World:
 def world() -> Iterator[World]:
     store = memory_store()
     tracker = FlakyTracker()
-    clock = Clock()
+    clock = SimClock()
     report = TrackerReport(
         store, tracker, [RULES], breakers=Breakers(threshold=3, cooldown_s=60.0, clock=clock)
     )
@@ -229,7 +221,7 @@ def test_reports_are_not_resent_while_the_trackers_circuit_is_open(world: World)
     assert world.report.resend() == 0  # back, but its circuit is still open
     assert [world.now(i).state for i in (first, second)] == ["Analysing", "Analysing"]
     assert world.said(first) == [] and world.said(second) == []
-    world.clock.now += 60.0
+    world.clock.advance(60.0)
     assert world.report.resend() == 2
     assert [world.now(i).state for i in (first, second)] == ["Needs Review", "Needs Review"]
     assert world.rig.store.failed_effects("report") == []

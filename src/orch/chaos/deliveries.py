@@ -1,4 +1,4 @@
-"""What a chaos run does to Plane's webhook deliveries (F12): some are sent five times over (the
+"""What a chaos run does to Plane's webhook deliveries: some are sent five times over (the
 same delivery id, and now and then a new one, as a retry of Plane's would), some are held back and
 released in reverse order, some are dropped, and at the end every one is sent again, much later.
 It counts each, so the report can say what orch was put through."""

@@ -1,4 +1,4 @@
-"""Faults the fake Plane and Gitea inject at random while a chaos run's faults last (F11): a 5xx,
+"""Faults the fake Plane and Gitea inject at random while a chaos run's faults last: a 5xx,
 a 429 with Retry-After, an answer slower than orch waits (the request is still carried out after
 orch gave up on it), and a request carried out whose answer is dropped. Each applies to the
 requests of a few named targets (a merge, a push, a state PATCH...) at a fixed rate."""
@@ -31,7 +31,7 @@ class Target:
         return method == self.method and re.search(self.path, path) is not None
 
 
-# what orch asks of Gitea that the faults of F11 aim at; reads are left alone, so every fault
+# what orch asks of Gitea that the faults aim at; reads are left alone, so every fault
 # lands on a step that changes something
 FORGE_TARGETS = (
     Target("create PR", "POST", r"^/api/v1/repos/[^/]+/[^/]+/pulls$"),

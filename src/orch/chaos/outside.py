@@ -1,4 +1,4 @@
-"""`orch chaos --world plane-gitea`: the chaos run with the world outside orch in it (F11, F12).
+"""`orch chaos --world plane-gitea`: the chaos run with the world outside orch in it.
 
 Tickets are Plane work items a person moves to the start state, and orch hears of them through
 Plane's webhooks and its reconciler; the person approves, confirms and STOPs by moving the items
@@ -8,7 +8,7 @@ orch's requests with a fault (orch.chaos.hazards) and the webhook deliveries are
 reordered and dropped (orch.chaos.deliveries); once everything has settled, deliveries are sent
 again (up to 1000 of them), as replays much later. The kills and pauses of the default run go
 on meanwhile. The checks of I1-I10 run as in the default run, on Gitea's repositories, and those
-of F11 and F12 beside them (orch.chaos.outside_checks).
+of pull requests, starts and answers beside them (orch.chaos.outside_checks).
 """
 
 from __future__ import annotations
@@ -385,7 +385,8 @@ class OutsideHarness(Harness):
             },
             "person": asdict(self.plane_person.tally),
             "items": len(self.items),
-            # every move the person made, in the store's clock: the evidence F12 is checked on
+            # every move the person made, in the store's clock: what starts and answers are
+            # checked on
             "moves": [asdict(m) for m in self.plane_person.moves],
         }
 

@@ -2,7 +2,7 @@
 item to the start state, and answer and STOP through Plane's states too, never through orch's
 API, which they only read (as they would read orch's dashboard) to know what is asked of them.
 
-Some of what they do is meant to trip orch up (F12): an answer moved before its question is asked,
+Some of what they do is meant to trip orch up: an answer moved before its question is asked,
 with its delivery held back until the question exists; an item STOPped just after it was started,
 the two deliveries swapped; an item's old start sent again after its STOP. Every move is
 recorded, with the moment in the store's clock, for the checks (orch.chaos.outside_checks)."""
@@ -30,7 +30,7 @@ EARLY_STAGES = {
     "confirm-deploy": ("development", "review", "testing", "deploy-staging"),
 }
 LIVE = ("active", "waiting", "needs_operator")
-# the reorders of F12 a run makes sure of: a start and its STOP swapped; an answer delivered only
+# the reorders a run makes sure of: a start and its STOP swapped; an answer delivered only
 # once its question is asked; a start delivered again after the STOP
 EPISODES = ("quick stop", "early", "stale start")
 

@@ -16,15 +16,13 @@ from orch.domain.states import (
     EffectState,
     EventKind,
     TaskStatus,
+    is_terminal,
 )
 from orch.services.agent_run import limits_of
 from orch.services.outbox import Outbox
 from orch.services.work import Outcome, Tools, Work, decided
 
 log = logging.getLogger("orch.engine")
-
-# a task whose pull request a person may merge by hand: any that is not over
-MAY_LAND = (TaskStatus.ACTIVE, TaskStatus.WAITING, TaskStatus.NEEDS_OPERATOR)
 
 
 class Inbox:
@@ -121,7 +119,7 @@ class Inbox:
         nor when the forge does not show the head on the default branch."""
         task = work.task
         events = [e for e in work.claim.events if e.kind == EventKind.LANDED]
-        if not events or task.status not in MAY_LAND:
+        if not events or is_terminal(task.status):
             return None
         merges = [e for e in self.store.effects(task.id) if e.kind == EffectKind.MERGE]
         if any(e.state in UNRESOLVED_EFFECT_STATES for e in merges):

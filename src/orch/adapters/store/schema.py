@@ -165,6 +165,14 @@ effects = sa.Table(
     ),
     sa.Index("ix_effects_task", "task_id"),
     sa.Index("ix_effects_repo_kind", "repo", "kind"),
+    # the few that failed, which each tracker poll sends again, found without reading the rest
+    sa.Index(
+        "ix_effects_failed",
+        "kind",
+        "id",
+        sqlite_where=sa.text("state = 'FAILED'"),
+        postgresql_where=sa.text("state = 'FAILED'"),
+    ),
 )
 
 events = sa.Table(
