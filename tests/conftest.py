@@ -24,6 +24,7 @@ LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 # every table the store writes, emptied between postgres tests
 TABLES = (
     "tasks",
+    "pipelines",
     "jobs",
     "transitions",
     "effects",

@@ -63,6 +63,7 @@ from orch.services.deliveries import Deliveries
 from orch.services.dispatcher import Dispatcher, DispatcherSettings
 from orch.services.engine import Engine, EngineSettings
 from orch.services.intake import Intake
+from orch.services.pipelines import Pipelines
 from orch.services.reactions import ForgeSync
 from orch.services.reporting import TrackerReport
 from orch.services.tracking import TrackerSync
@@ -168,9 +169,26 @@ class App:
     closers: list[Callable[[], None]] = field(default_factory=list)
     _lock: IO[str] | None = field(default=None, repr=False)
     _workspace_lock: IO[str] | None = field(default=None, repr=False)
+    # each repository's pipeline as its default branch holds it, kept current in the background
+    pipelines: Pipelines = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.pipelines = Pipelines(
+            lambda: [r.name for r in self.settings.repos],
+            lambda repo: self.forge.branch_head(repo, self.repos.get(repo).default_branch),
+            self._read_pipeline,
+        )
+
+    def pushed(self, repo: str, branch: str) -> None:
+        """The forge says a push moved `branch`: the default branch's pipeline is looked at."""
+        if branch == self.repos.get(repo).default_branch:
+            self.pipelines.moved(repo)
 
     def pipeline_for(self, repo: str) -> pl.Pipeline:
         self.repos.get(repo)
+        return self.pipelines.get(repo)
+
+    def _read_pipeline(self, repo: str) -> pl.Pipeline:
         text = self.forge.read_default_file(repo, PIPELINE_PATH)
         if text is None:
             pipeline = pl.default_pipeline()
@@ -524,6 +542,7 @@ def _build(
             poll_interval_s=w.poll_interval_s,
             max_attempts=w.max_attempts,
             cancel_bound_s=w.cancel_bound_s,
+            spare_worktrees=w.spare_worktrees,
         ),
         runner=runner,
         processes=processes or LinuxProcessTable(),
@@ -542,6 +561,10 @@ def _build(
         notifier=notifier,
     )
     app.closers.extend(opened)
+    refresh_s = settings.pipeline_refresh_s
+    app.background.add(
+        "pipelines", lambda stop: app.pipelines.run(stop, refresh_s), app.pipelines.nudge
+    )
     if tracker is not None and settings.tracker is not None:
         resend = reporter.resend if reporter is not None else None
         sync = TrackerSync(store, tracker, app.intake, rules, also=resend)
@@ -552,7 +575,7 @@ def _build(
             "tracker", lambda stop: sync.run(stop, interval), sync.deliveries.wake.set
         )
     if settings.forge is not None and isinstance(forge, PullRequests):
-        reacting = ForgeSync(store, forge, forge, app.intake)
+        reacting = ForgeSync(store, forge, forge, app.intake, app.pushed)
         app.forge_sync = reacting
         app.forge_secret = env.get(settings.forge.webhook_secret_env, "")
         app.background.add("forge", reacting.run, reacting.deliveries.wake.set)

@@ -43,3 +43,55 @@ class Changes:
         with self._seen:
             self._seen.wait_for(lambda: self._count != after, timeout_s)
             return self._count
+
+
+class Hearing:
+    """One thread that hears the changes other processes commit (`watch`, the store's
+    `watch_changes`), shared by all in this process who need them and run only while one does:
+    the dispatcher, to claim work and apply STOPs as they are written, and the dashboard's live
+    pages."""
+
+    def __init__(self, watch: Callable[[threading.Event], None]) -> None:
+        self._watch = watch
+        self._lock = threading.Lock()
+        self._holders = 0
+        self._stop: threading.Event | None = None
+
+    def hold(self) -> Callable[[], None]:
+        """Hear from now on; returns what lets go (the last to let go stops the thread)."""
+        with self._lock:
+            self._holders += 1
+            if self._stop is None:
+                self._stop = stop = threading.Event()
+                threading.Thread(
+                    target=self._run, args=(stop,), name="orch-hearing", daemon=True
+                ).start()
+        released = threading.Event()
+
+        def release() -> None:
+            with self._lock:
+                if released.is_set():
+                    return
+                released.set()
+                self._holders -= 1
+                if self._holders == 0 and self._stop is not None:
+                    self._stop.set()
+                    self._stop = None
+
+        return release
+
+    def watch(self, stop: threading.Event) -> None:
+        """Hear until `stop` is set (the shape of `watch_changes`, for who runs a thread)."""
+        release = self.hold()
+        try:
+            stop.wait()
+        finally:
+            release()
+
+    def _run(self, stop: threading.Event) -> None:
+        try:
+            self._watch(stop)
+        finally:
+            with self._lock:  # ended on its own: the next holder starts another
+                if self._stop is stop:
+                    self._stop = None

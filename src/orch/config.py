@@ -56,6 +56,9 @@ class WorkerSettings(_Strict):
     backoff_base_s: float = Field(1.0, ge=0)
     backoff_max_s: float = Field(60.0, ge=0)
     cancel_bound_s: float = Field(1860.0, gt=0)
+    # worktrees per repository checked out ahead at the default branch's head, so a new task's
+    # first agent starts without git (0: made when the task is claimed)
+    spare_worktrees: int = Field(1, ge=0, le=16)
     # provider failures in a row (rate limits, network errors) that open an agent's circuit,
     # and how long it stays open before one probe may go
     breaker_threshold: int = Field(5, ge=1)
@@ -327,6 +330,9 @@ class Settings(BaseSettings):
     forge: ForgeSettings | None = None  # a forge's API; without one, plain git remotes
     notifiers: list[NotifierSettings] = [LogNotifierSettings()]
     agent_env_allow: list[str] = []  # more variables an agent may see, beyond the base allowlist
+    # how often `orch serve` looks for a new `.orch/pipeline.yaml` on each default branch (one
+    # ls-remote; the file is read again only when the branch moved)
+    pipeline_refresh_s: float = Field(30.0, gt=0)
 
     _agent_env_allow = field_validator("agent_env_allow")(_not_credentials)
     log: LogSettings = LogSettings()

@@ -9,7 +9,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from orch.changes import Changes
+from orch.changes import Changes, Hearing
 from orch.domain.access import ApiToken, Role
 from orch.domain.integrity import DEFAULT_PROTECTED
 from orch.domain.ledger import NO_BUDGET, Budget, Usage
@@ -54,6 +54,15 @@ class OverdueCancel:
 
 
 @dataclass(frozen=True)
+class RunUsage:
+    """What one agent run spent, for the ledger."""
+
+    task_id: int
+    run_id: int
+    usage: Usage
+
+
+@dataclass(frozen=True)
 class StateSummary:
     by_stage: dict[str, int]
     by_status: dict[str, int]
@@ -82,6 +91,11 @@ class Store(Protocol):
         """Moves on after each write this store commits that changes what a person is shown (not
         a lease renewed, nor a claim or sweep that found nothing), and, where the database can
         say so, after another process's writes."""
+        ...
+
+    @property
+    def hearing(self) -> Hearing:
+        """The one thread of this process that runs `watch_changes` while someone needs it."""
         ...
 
     def watch_changes(self, stop: threading.Event) -> None:
@@ -290,6 +304,11 @@ class Store(Protocol):
         """The usage of a run whose lease was lost: the ledger is not fenced."""
         ...
 
+    def record_usages(self, spent: Sequence[RunUsage]) -> None:
+        """The usage of many runs (of dead workers, say) in one transaction, each counted once
+        as `record_usage` counts it."""
+        ...
+
     def spending(self, task_id: int) -> dict[Stage, Usage]: ...
 
     # the inbox
@@ -304,6 +323,10 @@ class Store(Protocol):
         cancel: bool = False,
     ) -> bool: ...
     def cancel_requested(self, task_id: int) -> bool: ...
+    def cancels_asked(self, task_ids: Sequence[int]) -> list[int]:
+        """Those of `task_ids` with a STOP asked for, in one read."""
+        ...
+
     def pending_events(self, task_id: int) -> list[Event]: ...
     def mark_events(self, claim: Claim, event_ids: Sequence[int]) -> None: ...
 
@@ -328,7 +351,16 @@ class Forge(Protocol):
     # worker) the forge may still carry it out: until then "not merged" is no answer yet
     settle_after_s: float
 
-    def prepare_worktree(self, repo: str, branch: str) -> Path: ...
+    def prepare_worktree(self, repo: str, branch: str, fresh: bool = False) -> Path:
+        """The branch's worktree, as the remote has the branch. `fresh`: the task's first
+        attempt, nothing of which was pushed: a worktree made ahead may be used as it is."""
+        ...
+
+    def keep_spares(self, count: int, stop: threading.Event, interval_s: float) -> None:
+        """Until `stop`, keep worktrees made ahead for new tasks, so that a task's first
+        attempt starts without git. Blocks: a thread of its own runs it."""
+        ...
+
     def commit_and_push(self, repo: str, worktree: Path, branch: str, message: str) -> str: ...
     def branch_head(self, repo: str, branch: str) -> str | None: ...
     def merge_candidate(
@@ -593,11 +625,12 @@ class ReactionKind(StrEnum):
     CHANGES_REQUESTED = "changes_requested"  # a reviewer asked for changes, or commented
     MERGED = "merged"  # a person merged the pull request
     CLOSED = "closed"  # a person closed it without merging
+    PUSHED = "pushed"  # a branch moved (`branch`, to `head`): its pipeline file may have changed
 
 
 @dataclass(frozen=True)
 class Reaction:
-    """What a forge's webhook delivery says happened to a task's pull request."""
+    """What a forge's webhook delivery says happened to a task's pull request, or to a branch."""
 
     kind: ReactionKind
     repo: str  # orch's name of the repository

@@ -314,6 +314,9 @@ def rig(
     sandbox: Sandbox | None = None,
     runner: CommandRunner | None = None,
     reporter: Notifier | None = None,
+    heartbeat_s: float = 5.0,
+    poll_interval_s: float = 1.0,
+    sweep_interval_s: float = 10.0,
 ) -> Rig:
     """One repository named "app" (unless `repo` says otherwise), the given agents, backoff off."""
     repo = repo or RepoSettings(
@@ -346,11 +349,15 @@ def rig(
                 logs_dir=logs,
                 homes_dir=logs / "homes",
                 backoff_base_s=0.0,
-                heartbeat_s=5.0,
+                heartbeat_s=heartbeat_s,
                 kill_grace_s=kill_grace_s,
             ),
             dispatcher=DispatcherSettings(
-                slots=1, max_attempts=max_attempts, cancel_bound_s=cancel_bound_s
+                slots=1,
+                max_attempts=max_attempts,
+                cancel_bound_s=cancel_bound_s,
+                poll_interval_s=poll_interval_s,
+                sweep_interval_s=sweep_interval_s,
             ),
             processes=processes,
             environ=environ,

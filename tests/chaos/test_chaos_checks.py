@@ -19,7 +19,8 @@ from orch.adapters.store import schema as t
 from orch.adapters.store.sql import SqlStore
 from orch.chaos import checks
 from orch.chaos.checks import History, ProcessIdentity, Remote
-from orch.chaos.observe import Seen, match_open_runs
+from orch.chaos.observe import HeldJob, Monitor, Seen, bounds, match_open_runs
+from orch.chaos.processes import Life
 from orch.demo import sample
 from orch.domain import pipeline as pl
 from orch.domain.model import Effect, Event, GateRecord, Run, Task, Transition
@@ -475,3 +476,57 @@ def test_a_reused_pid_seen_long_after_a_run_started_is_not_taken_for_its_agent()
     later = Seen(pid=4242, start="9000", owner=owner, first=95.0, last=120.0)  # pid wrapped
     ends = match_open_runs([later, agent], [(1, 4242, 10.0), (2, 4242, 200.0)])
     assert ends == {1: 10.4}
+
+
+# -- I8/F6 ---------------------------------------------------------------------------------------
+
+
+def _life(number: int, ready_at: float, ended_at: float | None) -> Life:
+    life = Life("worker", number, None, "1", ready_at, None, Path("out"), Path("err"))  # type: ignore[arg-type]
+    life.ready_at, life.ended_at = ready_at, ended_at
+    return life
+
+
+def _restart(monitor: Monitor, life: Life, job_id: int, moved_after: float | None) -> None:
+    assert life.ready_at is not None
+    monitor.watch("restart", life, [HeldJob(job_id, job_id, 1)], life.ready_at)
+    if moved_after is not None:
+        monitor.watches[-1].resolved_at = life.ready_at + moved_after
+        monitor.watches[-1].how = "reclaimed"
+
+
+def test_a_restart_that_moves_work_late_breaks_the_bound_and_is_named() -> None:
+    monitor = Monitor(None, list)  # type: ignore[arg-type]
+    quick, slow = _life(1, 100.0, None), _life(2, 200.0, None)
+    _restart(monitor, quick, 7, 0.4)
+    _restart(monitor, slow, 8, 34.6)
+
+    finding = bounds(monitor, [quick, slow])
+
+    assert finding.figures["longest_redrive_s"] == pytest.approx(34.6)
+    assert finding.violations == [
+        "work re-driven 34.6s after worker#2 restarted (job 8 of task 8, reclaimed)"
+    ]
+
+
+def test_a_restart_killed_again_before_its_work_moved_is_not_measured() -> None:
+    monitor = Monitor(None, list)  # type: ignore[arg-type]
+    killed, next_one = _life(1, 100.0, 101.5), _life(2, 105.0, None)
+    _restart(monitor, killed, 7, 34.6)  # moved only by a later process
+    _restart(monitor, next_one, 7, 29.6 - 5.0)
+
+    finding = bounds(monitor, [killed, next_one])
+
+    assert finding.violations == []
+    assert finding.figures["restarts_cut_short"] == 1
+    assert finding.figures["longest_redrive_s"] == pytest.approx(24.6)
+
+
+def test_a_restart_that_lived_past_the_bound_without_moving_work_is_measured() -> None:
+    monitor = Monitor(None, list)  # type: ignore[arg-type]
+    idle = _life(1, 100.0, 140.0)
+    _restart(monitor, idle, 7, None)
+
+    finding = bounds(monitor, [idle])
+
+    assert finding.violations == ["1 restart(s) after which runnable work never moved"]

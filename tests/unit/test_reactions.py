@@ -305,3 +305,36 @@ def test_orchs_own_merge_coming_back_as_merged_is_not_a_merge_by_hand(world: Wor
     # the worker read the hint and found the landing its own
     [landed] = [e for e in world.rig.store.events(task.id) if e.kind == EventKind.LANDED]
     assert landed.processed_at is not None
+
+
+def test_a_push_tells_which_branch_moved_whoever_pushed_and_a_tag_tells_nothing(
+    world: World,
+) -> None:
+    moved: list[tuple[str, str]] = []
+    world.sync = ForgeSync(
+        world.rig.store,
+        world.rig.forge,
+        world.rig.forge,
+        world.rig.intake,
+        lambda repo, branch: moved.append((repo, branch)),
+    )
+
+    def push(ref: str, who: str) -> None:
+        world.deliver(
+            "push",
+            {
+                "ref": ref,
+                "after": "c0ffee" * 6 + "abcd",
+                "repository": REPO,
+                "sender": {"login": who},
+            },
+        )
+
+    push("refs/heads/main", "ann")
+    push("refs/heads/main", "orch")  # orch's own merge may change the pipeline file too
+    push("refs/tags/v1", "ann")
+
+    assert moved == [("app", "main"), ("app", "main")]
+    outcomes = [d.outcome for d in world.rig.store.deliveries("gitea")]
+    assert outcomes[:2] == ["app:main moved to c0ffeec0ffee"] * 2
+    assert outcomes[2].startswith("ignored")

@@ -250,16 +250,23 @@ class Monitor:
         ]
         return max(spans, default=None)
 
-    def first_per_life(self, cause: str) -> list[float | None]:
-        """Per life with watches of `cause`: seconds until the first of its jobs moved on."""
-        firsts: dict[str, float | None] = {}
+    def first_per_life(self, cause: str) -> dict[str, Watch]:
+        """Per life with watches of `cause`: the one of its jobs that moved on first, or one
+        still waiting if none did."""
+        firsts: dict[str, Watch] = {}
         for w in self.watches:
             if w.cause != cause:
                 continue
-            took = None if w.resolved_at is None else w.resolved_at - w.since
             best = firsts.get(w.life)
-            firsts[w.life] = took if best is None else (best if took is None else min(best, took))
-        return list(firsts.values())
+            if best is None or (
+                w.resolved_at is not None
+                and (
+                    best.resolved_at is None
+                    or w.resolved_at - w.since < best.resolved_at - best.since
+                )
+            ):
+                firsts[w.life] = w
+        return firsts
 
     def count(self, cause: str, how: str | None = None) -> int:
         return sum(1 for w in self.watches if w.cause == cause and (how is None or w.how == how))
@@ -342,13 +349,32 @@ def bounds(monitor: Monitor, lives: list[Life]) -> checks.Finding:
     """I8 and F6 as figures with bounds: re-drive after a restart, reclaim after a pause, and
     the fence that stops a paused worker's later writes."""
     f = checks.Finding("I8/F6", "re-drive, reclaim and fencing in bounds")
-    redrive = monitor.first_per_life("restart")
-    never = [r for r in redrive if r is None]
-    longest_redrive = max((r for r in redrive if r is not None), default=None)
+    # a restarted process killed again before its work moved had no chance to move it: the
+    # next restart is measured instead
+    ended = {life.name: life.ended_at for life in lives}
+    measured: list[Watch] = []
+    cut_short = 0
+    for name, w in monitor.first_per_life("restart").items():
+        end = ended.get(name)
+        moved = w.resolved_at
+        if end is not None and (moved is None or moved > end) and end - w.since < T_RECOVER_S:
+            cut_short += 1
+        else:
+            measured.append(w)
+    never = [w for w in measured if w.resolved_at is None]
+    slowest = max(
+        (w for w in measured if w.resolved_at is not None),
+        key=lambda w: (w.resolved_at or 0.0) - w.since,
+        default=None,
+    )
+    longest_redrive = None if slowest is None else (slowest.resolved_at or 0.0) - slowest.since
     if never:
         f.violations.append(f"{len(never)} restart(s) after which runnable work never moved")
-    if longest_redrive is not None and longest_redrive > T_RECOVER_S:
-        f.violations.append(f"work re-driven {longest_redrive:.1f}s after a restart")
+    if slowest is not None and longest_redrive is not None and longest_redrive > T_RECOVER_S:
+        f.violations.append(
+            f"work re-driven {longest_redrive:.1f}s after {slowest.life} restarted (job"
+            f" {slowest.job.job_id} of task {slowest.job.task_id}, {slowest.how})"
+        )
     reclaim = monitor.longest("pause")
     if reclaim is not None and reclaim > T_RECLAIM_S:
         f.violations.append(f"a paused worker's job reclaimed only after {reclaim:.1f}s")
@@ -358,7 +384,8 @@ def bounds(monitor: Monitor, lives: list[Life]) -> checks.Finding:
     if monitor.count("pause", "reclaimed") and not fenced:
         f.violations.append("paused workers' jobs were reclaimed, but no write was fenced")
     f.figures.update(
-        restarts_measured=len(redrive),
+        restarts_measured=len(measured),
+        restarts_cut_short=cut_short,
         longest_redrive_s=longest_redrive,
         longest_reclaim_s=reclaim,
         longest_kill_recovery_s=monitor.longest("kill"),

@@ -27,7 +27,15 @@ from orch.domain.model import Run, Task
 from orch.domain.pipeline import Decision, Pipeline
 from orch.domain.prompts import render
 from orch.domain.states import RunOutcome, Stage
-from orch.ports import Agent, AgentProcess, AgentReport, AgentRequest, Confinement, Store
+from orch.ports import (
+    Agent,
+    AgentProcess,
+    AgentReport,
+    AgentRequest,
+    Confinement,
+    RunUsage,
+    Store,
+)
 from orch.services.work import Tools, Work
 
 log = logging.getLogger("orch.engine")
@@ -200,8 +208,9 @@ class AgentRunner:
     def account_dead_runs(self, is_dead: Callable[[str], bool]) -> int:
         """Put in the ledger what the runs of dead workers spent, read back from their logs:
         a worker killed mid-run never closed its run, but its agent's spending was real. Runs
-        whose worker may still live are left to it."""
-        accounted = 0
+        whose worker may still live are left to it. Every log is read first, then all of them
+        are written in one transaction."""
+        spent: list[RunUsage] = []
         dead: dict[str, bool] = {}  # one look at the process table per worker
         for run in self.store.unaccounted_runs():
             if not run.owner:
@@ -213,9 +222,9 @@ class AgentRunner:
             agent = self.tools.agents.get(run.agent)
             usage = agent.usage_from_log(Path(run.log_path)) if agent is not None else None
             # counted even when nothing can be read, so the log is read once
-            self.store.record_usage(run.task_id, run.id, usage or Usage())
-            accounted += 1
-        return accounted
+            spent.append(RunUsage(run.task_id, run.id, usage or Usage()))
+        self.store.record_usages(spent)
+        return len(spent)
 
     def _run_to_resume(self, work: Work, agent: str) -> Run | None:
         """The run whose conversation this one continues, if any: the task's latest run, when

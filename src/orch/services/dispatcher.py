@@ -1,17 +1,21 @@
-"""The dispatcher: claims runnable jobs and runs them in worker slots.
+"""The dispatcher: one claimer hands runnable jobs to worker slots.
 
-It wakes as soon as the store commits runnable work in this process (the store calls `wake`),
-so there is no poll delay between stages; the poll interval only bounds how late it notices work
-written by another process. Recovery runs at start and then periodically, and is the same
-function both times: end the children that dead incarnations on this host left behind, void
-those incarnations' leases (they are provably dead, so their jobs need not wait out the TTL),
-then sweep expired leases.
+The claimer wakes when the store commits in this process (the store calls `wake`) and when it
+hears another process's commit (the store's `hearing`: PostgreSQL's NOTIFY, or SQLite's change
+count), so there is no poll delay between stages nor across processes; each wake-up also tells
+the jobs running here about STOPs. A look that finds nothing writes nothing, and the poll
+interval is only a safety net for a change nobody heard.
+
+Recovery runs at start and then periodically, and is the same function both times: end the
+children that dead incarnations on this host left behind, void those incarnations' leases (they
+are provably dead, so their jobs need not wait out the TTL), then sweep expired leases.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import socket
 import threading
 import uuid
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 
 from orch import crashpoints
 from orch.domain.errors import Interrupted, OrchError, StoreUnavailable
+from orch.domain.model import Claim
 from orch.domain.naming import cancel_overdue_key, store_down_key
 from orch.domain.states import EventKind
 from orch.ports import ProcessTable, Store, SweepResult
@@ -54,6 +59,10 @@ class DispatcherSettings:
     # a STOP deferred behind an effect in flight longer than this raises an alert, and parks
     # the task if no worker holds it: the default deploy timeout plus a minute
     cancel_bound_s: float = 1860.0
+    # worktrees per repository made ahead for new tasks, and how often the default branch is
+    # looked at to replace those of an older head
+    spare_worktrees: int = 0
+    spares_refresh_s: float = 30.0
 
 
 class Dispatcher:
@@ -78,15 +87,17 @@ class Dispatcher:
         self._generation = 0
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._handed: queue.SimpleQueue[Claim | None] = queue.SimpleQueue()
+        self._free = 0  # slots without a job, while started
+        self._unhear: list[Callable[[], None]] = []
         self._outage: str | None = None  # why the store refused the last claim, while it does
         store.add_listener(self.wake)
 
     def wake(self) -> None:
-        """Work was committed: one idle slot claims it (a slot that claims keeps claiming
-        until nothing is left, so waking one per commit drains any number of jobs)."""
+        """The store changed (here, or heard from another process): the claimer looks."""
         with self._cond:
             self._generation += 1
-            self._cond.notify()
+            self._cond.notify_all()
 
     # -- stepping, for tests and the demo ----------------------------------------------------
 
@@ -162,31 +173,58 @@ class Dispatcher:
 
     def start(self) -> None:
         self.recover()
+        self._free = self.settings.slots
+        self._unhear = [self.store.hearing.hold(), self.store.changes.listen(self.wake)]
         for i in range(self.settings.slots):
-            th = threading.Thread(target=self._slot, name=f"orch-slot-{i}", daemon=True)
-            th.start()
-            self._threads.append(th)
-        sweeper = threading.Thread(target=self._sweeper, name="orch-sweeper", daemon=True)
-        sweeper.start()
-        self._threads.append(sweeper)
+            self._spawn(self._slot, f"orch-slot-{i}")
+        self._spawn(self._claimer, "orch-claimer")
+        self._spawn(self._sweeper, "orch-sweeper")
+        if self.settings.spare_worktrees:
+            self._spawn(self._spares, "orch-spares")
+
+    def _spares(self) -> None:
+        forge, s = self.engine.tools.forge, self.settings
+        forge.keep_spares(s.spare_worktrees, self._stopping, s.spares_refresh_s)
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        th = threading.Thread(target=target, name=name, daemon=True)
+        th.start()
+        self._threads.append(th)
 
     def stop(self, timeout_s: float | None = None) -> None:
         """Stop claiming; jobs in flight kill their children and give their leases back."""
         self._stopping.set()
         self.engine.shutdown.set()
+        for release in self._unhear:
+            release()
+        self._unhear.clear()
         with self._cond:
             self._cond.notify_all()
+        for _ in range(self.settings.slots):
+            self._handed.put(None)
         wait = self.engine.settings.kill_grace_s + 5.0 if timeout_s is None else timeout_s
         for th in self._threads:
             th.join(wait)
         self._threads.clear()
 
-    def _slot(self) -> None:
+    def _claimer(self) -> None:
+        """The one claimer of this process: it claims while a slot is free and work is there,
+        then sleeps until a commit here or elsewhere wakes it (or the next backoff is due, or
+        the poll interval, a safety net for a change nobody heard). Each wake-up also tells the
+        jobs here about STOPs asked for their tasks."""
+        stops_seen = -1
         while not self._stopping.is_set():
             with self._cond:
-                seen = self._generation
+                seen, free = self._generation, self._free
             try:
-                ran = self.run_once()
+                if seen != stops_seen:
+                    stops_seen = seen
+                    self.engine.stops_heard()
+                claim = (
+                    self.store.claim(self.owner, self.settings.lease_ttl_s, self.repo_limit)
+                    if free
+                    else None
+                )
             except StoreUnavailable as exc:
                 # a full disk, a read-only file, a database that went away: claim nothing, say
                 # so once, and try again; no effect can start without its INITIATED row anyway
@@ -194,13 +232,34 @@ class Dispatcher:
                 self._stopping.wait(self.settings.poll_interval_s)
                 continue
             except Exception:
-                log.exception("worker slot error")
+                log.exception("claimer error")
                 self._stopping.wait(self.settings.poll_interval_s)  # no hot loop on a fault
                 continue
             self._store_up()
-            if ran:
+            if claim is None:
+                self._idle(seen, free)
                 continue
-            self._idle(seen)
+            crashpoints.hit("claim.committed")
+            with self._cond:
+                self._free -= 1
+            self._handed.put(claim)
+
+    def _slot(self) -> None:
+        while True:
+            claim = self._handed.get()
+            if claim is None:
+                return
+            try:
+                self.engine.run_job(claim, self.owner)
+            except (OrchError, Interrupted) as exc:  # run_job records its own
+                log.error("job %s failed outside the engine: %s", claim.job_id, exc)
+            except Exception:  # a bug: the slot outlives it, and the lease expires
+                log.exception("job %s failed outside the engine", claim.job_id)
+            finally:
+                with self._cond:
+                    self._free += 1
+                    self._generation += 1
+                    self._cond.notify_all()
 
     def _store_down(self, error: str) -> None:
         with self._cond:
@@ -222,10 +281,10 @@ class Dispatcher:
         if was is not None:
             log.warning("claiming resumed: the store answers again")
 
-    def _idle(self, seen: int) -> None:
+    def _idle(self, seen: int, free: int) -> None:
         timeout = self.settings.poll_interval_s
         try:
-            due = self.store.next_run_after()
+            due = self.store.next_run_after() if free else None
             if due is not None:
                 ahead = due - self.store.now()
                 # a job due already but not claimed is held back by a repository limit: the

@@ -104,6 +104,17 @@ class Engine:
         applies it now rather than at its next renewal."""
         self.tools.held.stop_asked(task_id)
 
+    def stops_heard(self) -> int:
+        """Tell the jobs running here whose tasks have a STOP asked for (by any process): one
+        read, made when the store changed, instead of a poll per job. How many were told."""
+        held = self.tools.held.task_ids()
+        if not held:
+            return 0
+        asked = self.store.cancels_asked(held)
+        for task_id in asked:
+            self.tools.held.stop_asked(task_id)
+        return len(asked)
+
     def run_job(self, claim: Claim, owner: str) -> None:
         self.jobs.run(claim, owner)
 

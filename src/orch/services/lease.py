@@ -5,8 +5,9 @@ the store (commit, push, merge) and while it waits on children. A lease that can
 for a whole TTL is treated as lost even if the store never said so: another worker may hold the
 job by then, so the children are killed and nothing more is written.
 
-A STOP reaches the job with the next renewal, which carries the task's cancel flag back (rule
-10); a STOP asked for in this process reaches it at once, through `Held`.
+A STOP asked for in this process reaches the job at once, through `Held`; one written by another
+process, when the dispatcher hears that process's commit (`Engine.stops_heard`). Each renewal
+carries the task's cancel flag back too (rule 10), should nothing have been heard.
 """
 
 from __future__ import annotations
@@ -188,9 +189,8 @@ class Lease:
 
 
 class Held:
-    """The leases this process holds, by task: a STOP recorded here tells its job at once
-    instead of at the job's next renewal. Another process's STOP still arrives with that
-    renewal."""
+    """The leases this process holds, by task: a STOP recorded here, or heard from another
+    process, tells its job at once instead of at the job's next renewal."""
 
     # STOPs asked for tasks no lease here held: a job that claimed its task just before the
     # STOP holds its lease just after. The newest are kept, a bounded few.
@@ -206,6 +206,10 @@ class Held:
         with self._lock:
             self._by_task[lease.claim.task_id] = lease
             return self._asked.pop(lease.claim.task_id, False)
+
+    def task_ids(self) -> list[int]:
+        with self._lock:
+            return list(self._by_task)
 
     def remove(self, lease: Lease) -> None:
         with self._lock:

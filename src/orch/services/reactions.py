@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Callable
 
 from orch.domain.errors import OrchError
 from orch.domain.model import Task
@@ -23,8 +24,17 @@ SOURCE = "gitea"
 
 
 class ForgeSync:
-    def __init__(self, store: Store, forge: Forge, pulls: PullRequests, intake: Intake) -> None:
-        """`forge` and `pulls` are one forge, seen as both (a Gitea forge)."""
+    def __init__(
+        self,
+        store: Store,
+        forge: Forge,
+        pulls: PullRequests,
+        intake: Intake,
+        pushed: Callable[[str, str], None] = lambda repo, branch: None,
+    ) -> None:
+        """`forge` and `pulls` are one forge, seen as both (a Gitea forge); `pushed(repo,
+        branch)` is told of every branch a push moved."""
+        self.pushed = pushed
         self.store = store
         self.forge = forge
         self.pulls = pulls
@@ -51,6 +61,9 @@ class ForgeSync:
         reaction = self.pulls.reaction(event, payload)
         if reaction is None:
             return f"ignored: {event} is nothing orch reacts to"
+        if reaction.kind == ReactionKind.PUSHED:
+            self.pushed(reaction.repo, reaction.branch)
+            return f"{reaction.repo}:{reaction.branch} moved to {reaction.head[:12]}"
         task = self._task_of(reaction)
         if task is None:
             return f"ignored: no live task has {reaction.branch or reaction.head[:12]}"

@@ -94,7 +94,9 @@ class StageRunner:
                 return Outcome(change=machine.retry(reason, wait, counts=False))
         try:
             repo = tools.repos.get(task.repo)
-            worktree = self.forge.prepare_worktree(task.repo, task.branch)
+            # the first attempt of a task's first job: nothing of it was pushed yet
+            fresh = work.claim.attempt == 1 and work.claim.version == 1
+            worktree = self.forge.prepare_worktree(task.repo, task.branch, fresh=fresh)
             work.lease.check()
             self.stop_point(work)
             ctx = self._context(work, repo, worktree)

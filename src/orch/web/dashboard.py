@@ -59,7 +59,7 @@ def _environment() -> Environment:
 def add_dashboard(api: FastAPI, app: App) -> None:
     templates = Jinja2Templates(env=_environment())
     sessions = Sessions()
-    streams = Streams(app.store.changes, app.store.watch_changes)
+    streams = Streams(app.store.changes, app.store.hearing.watch)
     api.state.sessions = sessions
     api.state.close_streams = streams.close
     api.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -330,6 +330,7 @@ class GiteaForge(LocalGitForge):
         merged = self._merge(repo, number, candidate)
         with self._locks[repo]:
             self._fetch(repo, self.mirror_dir(repo))
+        self._spares_wanted.set()  # at the head before this merge: made again
         return merged
 
     def _branch_of(self, repo: str, candidate: Candidate) -> str:

@@ -25,6 +25,14 @@ def reaction(
     if repo is None:
         return None
     actor = str(_get(payload, "sender", "login") or "")
+    if event == "push":
+        # orch's own merges too: what lands may change the repository's pipeline file
+        ref = str(payload.get("ref") or "")
+        if not ref.startswith("refs/heads/"):
+            return None
+        after = str(payload.get("after") or "")
+        branch = ref.removeprefix("refs/heads/")
+        return Reaction(ReactionKind.PUSHED, repo, after, branch, actor, f"push:{branch}:{after}")
     if own and actor == own:
         return None
     if event == "status":

@@ -16,13 +16,17 @@ its hooks from an empty directory and ignores `core.fsmonitor` and `core.sshComm
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import shutil
 import signal
 import subprocess
 import threading
+import time
+import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from orch import crashpoints
@@ -33,10 +37,13 @@ from orch.domain.errors import (
     HeadMoved,
     MergeConflict,
     NotFound,
+    OrchError,
     WorkspaceError,
 )
 from orch.domain.excludes import DEFAULT_EXCLUDES
 from orch.ports import Candidate
+
+log = logging.getLogger("orch.forge")
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 ROUND_COMMITS = 64  # how far back a round's first commit is looked for
@@ -94,6 +101,15 @@ def check_writable(root: Path) -> Path:
     return root.resolve()
 
 
+@dataclass(frozen=True)
+class _Spare:
+    path: Path
+    base: str  # the default branch's head it was checked out at
+
+
+SPARES = ".spares"  # beside the worktrees: a task branch's worktree is never named so
+
+
 class LocalGitForge:
     # a push git has begun lands within this, or never (a worker that died leaves its git
     # running)
@@ -119,6 +135,12 @@ class LocalGitForge:
         extra = excludes or {}
         self.excludes = {name: (*DEFAULT_EXCLUDES, *extra.get(name, ())) for name in remotes}
         self._locks: dict[str, threading.Lock] = {name: threading.Lock() for name in remotes}
+        # spare worktrees, checked out ahead for new tasks: taken without git and without the
+        # repository's lock, which a long fetch may hold
+        self._spares: dict[str, list[_Spare]] = {name: [] for name in remotes}
+        self._spares_lock = threading.Lock()
+        self._spares_wanted = threading.Event()  # one was taken, or the default branch moved
+        self._swept: set[str] = set()  # repositories whose spares of an earlier process are gone
         self.no_hooks = self.root / ".orch-no-hooks"
         self.no_hooks.mkdir(exist_ok=True)
         self._checked: set[str] = set()  # repositories whose mirror holds no remote URL
@@ -232,8 +254,14 @@ class LocalGitForge:
 
     # -- the port ----------------------------------------------------------------------------
 
-    def prepare_worktree(self, repo: str, branch: str) -> Path:
+    def prepare_worktree(self, repo: str, branch: str, fresh: bool = False) -> Path:
         _, default = self._remote(repo)
+        if fresh:
+            # a task's first attempt: nothing of it was pushed, so a spare checked out at the
+            # default branch is what git would make, made ahead
+            path = self.worktree_path(repo, branch)
+            if self._take_spare(repo, path):
+                return path
         with self._locks[repo]:
             path = self.worktree_path(repo, branch)
             # every attempt starts from the branch as the remote has it: another orch process
@@ -270,6 +298,78 @@ class LocalGitForge:
                 "worktree", "add", "--quiet", "--lock", "-B", branch, str(path), start, cwd=mirror
             )
             return path
+
+    # -- spare worktrees --------------------------------------------------------------------
+
+    def keep_spares(self, count: int, stop: threading.Event, interval_s: float) -> None:
+        """Until `stop`, keep `count` spare worktrees per repository, checked out at its
+        default branch's head and untouched: made again at once when one is taken, and replaced
+        when the head moved (looked at every `interval_s`)."""
+        while not stop.is_set():
+            for repo in self.remotes:
+                if stop.is_set():
+                    return
+                try:
+                    self.prepare_spares(repo, count)
+                except OrchError as exc:  # the remote's trouble: the next round tries again
+                    log.warning("spare worktrees of %s not made: %s", repo, exc)
+            deadline = time.monotonic() + interval_s
+            while not stop.is_set() and time.monotonic() < deadline:
+                if self._spares_wanted.wait(0.5):
+                    self._spares_wanted.clear()
+                    break
+
+    def prepare_spares(self, repo: str, count: int) -> int:
+        """Make `repo`'s spares up to `count`, at the default branch's head as the remote has
+        it now, dropping those of an older head (and any an earlier process left). How many
+        were made."""
+        _, default = self._remote(repo)
+        with self._locks[repo]:
+            mirror = self.mirror(repo)
+            base = self._git("rev-parse", f"origin/{default}", cwd=mirror).stdout.strip()
+            where = self._repo_dir(repo) / SPARES
+            with self._spares_lock:
+                held = self._spares[repo]
+                stale = [s.path for s in held if s.base != base]
+                self._spares[repo] = held = [s for s in held if s.base == base]
+                if repo not in self._swept and where.is_dir():
+                    known = {s.path for s in held}
+                    stale += [p for p in where.iterdir() if p not in known]
+                self._swept.add(repo)
+            for path in stale:
+                self._drop_worktree(mirror, path)
+            made = 0
+            while len(self._spares_of(repo)) < count:
+                path = where / f"spare-{uuid.uuid4().hex[:12]}"
+                path.parent.mkdir(exist_ok=True)
+                self._git(
+                    "worktree", "add", "--quiet", "--lock", "--detach", str(path), base, cwd=mirror
+                )
+                with self._spares_lock:
+                    self._spares[repo].append(_Spare(path, base))
+                made += 1
+            return made
+
+    def _spares_of(self, repo: str) -> list[_Spare]:
+        with self._spares_lock:
+            return list(self._spares[repo])
+
+    def _take_spare(self, repo: str, path: Path) -> bool:
+        """Make a spare the worktree at `path`, by moving it and its record there as `git
+        worktree move` would (both stay locked, so no prune takes them meanwhile)."""
+        admin_root = self.mirror_dir(repo) / "worktrees"
+        with self._spares_lock:
+            held = self._spares.get(repo)
+            admin = admin_root / path.name
+            if not held or path.exists() or admin.exists():
+                return False
+            spare = held.pop()
+            spare.path.rename(path)
+            (admin_root / spare.path.name).rename(admin)
+        (admin / "gitdir").write_text(f"{path / '.git'}\n")
+        (path / ".git").write_text(f"gitdir: {admin}\n")
+        self._spares_wanted.set()
+        return True
 
     def _drop_worktree(self, mirror: Path, path: Path) -> None:
         self._git("worktree", "remove", "-f", "-f", str(path), cwd=mirror, check=False)
@@ -410,6 +510,7 @@ class LocalGitForge:
             if pushed.returncode == 0:
                 crashpoints.hit("forge.request.sent")  # merged on the remote, not yet told
                 self._fetch(repo, mirror)
+                self._spares_wanted.set()  # at the head before this merge: made again
                 return candidate.sha
             self._fetch(repo, mirror)
             now = self._git("rev-parse", f"origin/{default}", cwd=mirror).stdout.strip()

@@ -7,6 +7,7 @@ import difflib
 import hashlib
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,7 +111,11 @@ class MemoryForge:
             if p.is_file() and "__pycache__" not in p.parts
         }
 
-    def prepare_worktree(self, repo: str, branch: str) -> Path:
+    def keep_spares(self, count: int, stop: threading.Event, interval_s: float) -> None:
+        """Nothing to make ahead: a worktree here is a directory written at once."""
+        stop.wait()
+
+    def prepare_worktree(self, repo: str, branch: str, fresh: bool = False) -> Path:
         r = self._repo(repo)
         if branch not in r.branches:
             r.branches[branch] = r.branches[r.default_branch]

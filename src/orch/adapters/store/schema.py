@@ -2,12 +2,40 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Iterable
+from enum import StrEnum
+from typing import Any
+
 import sqlalchemy as sa
 
 from orch.domain.access import Role
-from orch.domain.states import EffectState, JobState, RunOutcome, Stage, TaskStatus
+from orch.domain.states import (
+    TERMINAL_STATUSES,
+    UNRESOLVED_EFFECT_STATES,
+    EffectKind,
+    EffectState,
+    JobState,
+    RunOutcome,
+    Stage,
+    TaskStatus,
+)
 
 metadata = sa.MetaData()
+
+
+def _literals(values: Iterable[StrEnum]) -> str:
+    return ", ".join(f"'{v.value}'" for v in sorted(values))
+
+
+# a task that has not ended, its values written out: a partial index serves a query only when the
+# query states the index's condition as the index does (a bound parameter never matches it)
+LIVE_TASK = f"status NOT IN ({_literals(TERMINAL_STATUSES)})"
+# a merge whose outcome is not known yet, likewise written out
+MERGE_IN_FLIGHT = (
+    f"kind = '{EffectKind.MERGE.value}' AND state IN ({_literals(UNRESOLVED_EFFECT_STATES)})"
+)
 
 
 def _one_of(table: str, column: str, values: type) -> sa.CheckConstraint:
@@ -33,6 +61,25 @@ ticket_sequences = sa.Table(
     sa.Column("last", sa.Integer, nullable=False),
 )
 
+
+def pipeline_digest(pipeline: dict[str, Any]) -> str:
+    """What tells one pipeline from another: the SHA-256 of its canonical JSON (keys sorted, no
+    spaces), so equal pipelines share one row whatever order their keys came in."""
+    canonical = json.dumps(pipeline, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+# the pipelines tasks were filed with, each distinct one once: most tasks of a repository share
+# one, and a task's row stays small for the reads that do not need it. Never updated or deleted
+pipelines = sa.Table(
+    "pipelines",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("digest", sa.String(64), nullable=False),  # pipeline_digest of the body
+    sa.Column("body", sa.JSON, nullable=False),
+    sa.UniqueConstraint("digest", name="uq_pipelines_digest"),
+)
+
 tasks = sa.Table(
     "tasks",
     metadata,
@@ -45,7 +92,13 @@ tasks = sa.Table(
     sa.Column("status", sa.String(32), nullable=False),
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("branch", sa.String(300), nullable=False),
-    sa.Column("pipeline", sa.JSON, nullable=False),
+    # the pipeline it was filed with, as it was then
+    sa.Column(
+        "pipeline_id",
+        sa.Integer,
+        sa.ForeignKey("pipelines.id", name="fk_tasks_pipeline_id"),
+        nullable=False,
+    ),
     sa.Column("waiting_for", sa.String(120)),
     sa.Column("feedback", sa.Text, nullable=False, server_default=""),
     sa.Column("rework_rounds", sa.Integer, nullable=False, server_default="0"),
@@ -74,6 +127,15 @@ tasks = sa.Table(
         postgresql_where=sa.text("status != 'cancelled'"),
     ),
     sa.Index("ix_tasks_status", "status"),
+    # a task by its ticket's key, the latest first (the unique index above holds live ones only)
+    sa.Index("ix_tasks_key", "key", "id"),
+    # the STOPs not yet applied, which every sweep looks at
+    sa.Index(
+        "ix_tasks_cancel_pending",
+        "cancel_requested_at",
+        sqlite_where=sa.text(f"cancel_requested_at IS NOT NULL AND {LIVE_TASK}"),
+        postgresql_where=sa.text(f"cancel_requested_at IS NOT NULL AND {LIVE_TASK}"),
+    ),
     # the per-repository limit on active tasks is kept by the store, not by the scheduler: each
     # active task holds a distinct slot below its repository's limit, and a race fails closed here
     sa.Index(
@@ -106,6 +168,8 @@ jobs = sa.Table(
     _one_of("jobs", "state", JobState),
     sa.UniqueConstraint("task_id", "version", name="uq_jobs_task_version"),
     sa.Index("ix_jobs_runnable", "state", "run_after"),
+    # the running jobs whose lease expired, which every sweep takes back
+    sa.Index("ix_jobs_lease_expiry", "state", "lease_expires_at"),
     _one_of("jobs", "stage", Stage),
 )
 
@@ -145,13 +209,13 @@ effects = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
     _one_of("effects", "state", EffectState),
-    # one merge in flight per repository
+    # one merge in flight per repository; also how the sweep finds the merges left unsettled
     sa.Index(
         "uq_effects_merge_in_flight",
         "repo",
         unique=True,
-        sqlite_where=sa.text("kind = 'merge' AND state IN ('INITIATED', 'UNKNOWN')"),
-        postgresql_where=sa.text("kind = 'merge' AND state IN ('INITIATED', 'UNKNOWN')"),
+        sqlite_where=sa.text(MERGE_IN_FLIGHT),
+        postgresql_where=sa.text(MERGE_IN_FLIGHT),
     ),
     # one deploy to a target starting at a time per repository: what a target runs is read
     # before deploying, and two deploys racing would each read the same
@@ -232,6 +296,20 @@ runs = sa.Table(
     sa.Column("reported", sa.JSON),  # the agent's own totals, which a resumed run counts again
     sa.Column("owner", sa.String(200)),  # the incarnation that supervised it
     sa.Index("ix_runs_task", "task_id"),
+    # the few runs not in the ledger yet, whose dead workers every sweep looks for
+    sa.Index(
+        "ix_runs_unaccounted",
+        "id",
+        sqlite_where=sa.text("accounted_at IS NULL"),
+        postgresql_where=sa.text("accounted_at IS NULL"),
+    ),
+    # a job's runs still open, which its end (or its lease's) closes
+    sa.Index(
+        "ix_runs_open",
+        "job_id",
+        sqlite_where=sa.text("ended_at IS NULL"),
+        postgresql_where=sa.text("ended_at IS NULL"),
+    ),
     _one_of("runs", "stage", Stage),
     _one_of("runs", "outcome", RunOutcome),
 )
@@ -244,6 +322,26 @@ counters = sa.Table(
     metadata,
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("value", sa.BigInteger, nullable=False, server_default="0"),
+)
+
+# the tasks by stage, by status and by repository, with what each repository's tasks spent: what
+# /state shows, read without counting every task. Triggers on tasks (migration 0010) keep them in
+# the transaction that inserts, moves, charges or deletes a task, so no write in Python keeps
+# them; a rebuild of tasks (a batch migration on SQLite) must make those triggers again (as 0011
+# does, from migrations/tally_triggers.py)
+task_tallies = sa.Table(
+    "task_tallies",
+    metadata,
+    sa.Column("kind", sa.String(16), primary_key=True),  # repo, stage or status
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("tasks", sa.BigInteger, nullable=False, server_default="0"),
+    # what the tasks spent: kept for repositories only
+    sa.Column("tokens_in", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("tokens_out", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("cache_read", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("cache_write", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("cost_usd", sa.Float, nullable=False, server_default="0"),
+    sa.CheckConstraint("kind IN ('repo', 'stage', 'status')", name="ck_task_tallies_kind_known"),
 )
 
 api_tokens = sa.Table(

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from orch.changes import Changes
+from orch.changes import Changes, Hearing
 from orch.domain import machine
 from orch.domain.access import ApiToken
 from orch.domain.errors import Conflict, LeaseLost
@@ -92,6 +92,7 @@ class MemoryBase:
         self._t = _Tables()
         self._listeners: list[Callable[[], None]] = []
         self.changes = Changes()
+        self.hearing = Hearing(self.watch_changes)
 
     # -- plumbing ----------------------------------------------------------------------------
 

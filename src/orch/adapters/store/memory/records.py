@@ -26,6 +26,7 @@ from orch.domain.states import (
     RunOutcome,
     Stage,
 )
+from orch.ports import RunUsage
 
 
 class Records(MemoryBase):
@@ -207,6 +208,13 @@ class Records(MemoryBase):
         with self._write() as t:
             self._account(t, task_id, run_id, usage)
 
+    def record_usages(self, spent: Sequence[RunUsage]) -> None:
+        if not spent:
+            return
+        with self._write() as t:
+            for one in sorted(spent, key=lambda s: (s.run_id, s.task_id)):
+                self._account(t, one.task_id, one.run_id, one.usage)
+
     def _account(self, t: _Tables, task_id: int, run_id: int, usage: Usage) -> None:
         run = t.runs[run_id]
         if run.accounted_at is not None:
@@ -287,6 +295,11 @@ class Records(MemoryBase):
 
     def cancel_requested(self, task_id: int) -> bool:
         return self.get_task(task_id).cancel_requested_at is not None
+
+    def cancels_asked(self, task_ids: Sequence[int]) -> list[int]:
+        with self._lock:
+            tasks = [self._t.tasks.get(i) for i in task_ids]
+        return [t.id for t in tasks if t is not None and t.cancel_requested_at is not None]
 
     def pending_events(self, task_id: int) -> list[Event]:
         return [e for e in self.events(task_id) if e.processed_at is None]

@@ -14,12 +14,13 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from alembic import command as alembic_command
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DatabaseError, IntegrityError, InterfaceError, OperationalError
@@ -29,7 +30,7 @@ from orch.adapters.store import schema as t
 from orch.adapters.store.revisions import alembic_config
 from orch.adapters.store.sql.hearing import CHANGES_CHANNEL, listen, watch_file
 from orch.adapters.store.sql.statements import Statements, insert_ignore
-from orch.changes import Changes
+from orch.changes import Changes, Hearing
 from orch.domain.errors import (
     Conflict,
     LeaseLost,
@@ -128,6 +129,7 @@ class SqlBase:
         self.url = normalise_url(url)
         self._listeners: list[Callable[[], None]] = []
         self.changes = Changes()
+        self.hearing = Hearing(self.watch_changes)
         self._id = secrets.token_hex(8)  # tells this store's announcements from others'
         self._heard_count = 0  # the last count of announced changes this store knows of
         self._lock = threading.RLock()
@@ -356,7 +358,7 @@ class SqlBase:
         cfg = alembic_config()
 
         def upgrade() -> None:
-            with self.engine.connect() as conn:
+            with self.engine.connect() as conn, _references_unchecked(conn):
                 # processes that start together on a new store take turns: the first migrates,
                 # the others then find it at head (SQLite: a write transaction from the start,
                 # and more tries past the busy timeout; PostgreSQL: an advisory lock)
@@ -367,7 +369,11 @@ class SqlBase:
                             sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATE_LOCK}
                         )
                     cfg.attributes["connection"] = conn
+                    at = MigrationContext.configure(conn).get_current_heads()
                     alembic_command.upgrade(cfg, "head")
+                    moved = MigrationContext.configure(conn).get_current_heads() != at
+                    if self.dialect == "sqlite" and moved:
+                        _check_references(conn)
 
         with self._lock:
             try:
@@ -498,6 +504,33 @@ def _job_end(change: TaskChange, rerun: bool, now: float) -> tuple[dict[str, Any
     return values, uncount
 
 
+@contextlib.contextmanager
+def _references_unchecked(conn: Connection) -> Iterator[None]:
+    """On SQLite, foreign keys unenforced on `conn` for what runs inside: a migration that
+    rebuilds a table (batch mode: copy it, drop it, rename the copy) would otherwise fail on the
+    rows that refer to it while it is dropped. SQLite's own way to alter a table; the pragma does
+    nothing inside a transaction, so it is set on the driver's connection before one begins."""
+    if conn.dialect.name != "sqlite":
+        yield
+        return
+    driver = conn.connection.dbapi_connection
+    assert driver is not None
+    driver.execute("PRAGMA foreign_keys=OFF")
+    try:
+        yield
+    finally:
+        driver.execute("PRAGMA foreign_keys=ON")
+
+
+def _check_references(conn: Connection) -> None:
+    """Refuse to commit a migration that left a row referring to one that is not there."""
+    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").first()
+    if broken is not None:
+        raise StoreUnavailable(
+            f"migrating left {broken[0]} row {broken[1]} referring to a missing {broken[2]} row"
+        )
+
+
 def _when_free(fn: Callable[[], None], tries: int = 5) -> None:
     """Run fn, trying again with backoff while the database is locked by another process."""
     for attempt in range(tries):
@@ -524,9 +557,16 @@ def _record(cls: type[Any], row: Any, **converted: Any) -> Any:
     return cls(**values)
 
 
-def _task(r: Any) -> Task:
+def _task(r: Any, pipeline: dict[str, Any] | None = None) -> Task:
+    """A task from its row and its pipeline: the row's own `pipeline` (joined from pipelines,
+    see statements.tasks_with_pipelines), else `pipeline`, read apart for a list of rows."""
     return _record(  # type: ignore[no-any-return]
-        Task, r, stage=Stage(r.stage), status=TaskStatus(r.status), budgets=r.budgets or {}
+        Task,
+        r,
+        stage=Stage(r.stage),
+        status=TaskStatus(r.status),
+        budgets=r.budgets or {},
+        **({} if pipeline is None else {"pipeline": pipeline}),
     )
 
 

@@ -110,6 +110,14 @@ class InboxRecords(SqlBase):
             self._read(lambda c: c.execute(self.sql.cancel_flag, {"b_task": task_id}).scalar())
         )
 
+    def cancels_asked(self, task_ids: Sequence[int]) -> list[int]:
+        if not task_ids:
+            return []
+        query = sa.select(t.tasks.c.id).where(
+            t.tasks.c.id.in_(sorted(set(task_ids))), t.tasks.c.cancel_requested_at.is_not(None)
+        )
+        return [int(r[0]) for r in self._read(lambda c: c.execute(query).all())]
+
     def pending_events(self, task_id: int) -> list[Event]:
         rows = self._read(
             lambda c: c.execute(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,14 +19,13 @@ from orch.adapters.store.sql.base import (
     _run,
     _task,
 )
-from orch.adapters.store.sql.statements import slot_freed
+from orch.adapters.store.sql.statements import slot_freed, tasks_with_pipelines
 from orch.domain import machine
 from orch.domain.errors import CancelRequested, Conflict
 from orch.domain.machine import TaskChange
 from orch.domain.metrics import LEASE_RECLAIMS
 from orch.domain.model import Claim, Event, Job, Run, Task
 from orch.domain.states import (
-    TERMINAL_STATUSES,
     UNRESOLVED_EFFECT_STATES,
     JobState,
     RunOutcome,
@@ -42,28 +41,22 @@ class Leases(SqlBase):
     # -- leases ------------------------------------------------------------------------------
 
     def claim(self, owner: str, ttl_s: float, repo_limit: Callable[[str], int]) -> Claim | None:
+        # looked at first in a read: finding nothing to claim writes nothing, so an idle orch
+        # (and every wake-up that finds the work taken) costs no write transaction
+        if not self._read(lambda conn: self._claimable(conn, repo_limit)):
+            return None
+
         def fn(conn: Connection) -> Claim | None:
             now = self._db_now(conn)
             candidates = conn.execute(self.sql.candidates, {"b_now": now}).all()
-            if not candidates:
-                return None
-            repos = {c.repo for c in candidates}
-            used: dict[str, set[int]] = {r: set() for r in repos}
-            for r in conn.execute(self.sql.slots_in_use, {"b_repos": sorted(repos)}):
-                used[r.repo].add(r.slot)
+            used = self._slots_used(conn, candidates)
             for cand in candidates:
-                # reading a waiting or parked task's inbox, or applying a STOP, is not work on
-                # the repository: it needs no slot, so a full repository never delays it
-                needs_slot = machine.needs_slot(
-                    TaskStatus(cand.status), cand.cancel_requested_at is not None
-                )
-                if needs_slot and cand.slot is None:
+                free = self._slot_for(cand, used, repo_limit)
+                if free is None:
+                    continue
+                if free >= 0:
                     # a task takes a repository slot at its first claim and keeps it while
                     # active; the unique index on (repo, slot) makes a race fail closed
-                    limit = max(repo_limit(cand.repo), 0)
-                    free = next((s for s in range(limit) if s not in used[cand.repo]), None)
-                    if free is None:
-                        continue
                     took = conn.execute(
                         self.sql.take_slot, {"b_task": cand.task_id, "b_slot": free, "b_now": now}
                     )
@@ -93,6 +86,35 @@ class Leases(SqlBase):
             return None
 
         return self._write(fn, shown=lambda claim: claim is not None)  # type: ignore[no-any-return]
+
+    def _claimable(self, conn: Connection, repo_limit: Callable[[str], int]) -> bool:
+        candidates = conn.execute(self.sql.peek_candidates, {"b_now": self._db_now(conn)}).all()
+        used = self._slots_used(conn, candidates)
+        return any(self._slot_for(cand, used, repo_limit) is not None for cand in candidates)
+
+    def _slots_used(self, conn: Connection, candidates: Sequence[Any]) -> dict[str, set[int]]:
+        repos = {c.repo for c in candidates}
+        used: dict[str, set[int]] = {r: set() for r in repos}
+        if repos:
+            for r in conn.execute(self.sql.slots_in_use, {"b_repos": sorted(repos)}):
+                used[r.repo].add(r.slot)
+        return used
+
+    @staticmethod
+    def _slot_for(
+        cand: Any, used: dict[str, set[int]], repo_limit: Callable[[str], int]
+    ) -> int | None:
+        """The repository slot a candidate job would take: -1 when it needs none (it holds
+        one, or its work is not on the repository), None when every slot is taken."""
+        # reading a waiting or parked task's inbox, or applying a STOP, is not work on the
+        # repository: it needs no slot, so a full repository never delays it
+        needs_slot = machine.needs_slot(
+            TaskStatus(cand.status), cand.cancel_requested_at is not None
+        )
+        if not needs_slot or cand.slot is not None:
+            return -1
+        limit = max(repo_limit(cand.repo), 0)
+        return next((s for s in range(limit) if s not in used[cand.repo]), None)
 
     def _claimed(
         self, conn: Connection, task_id: int
@@ -165,17 +187,25 @@ class Leases(SqlBase):
         return self._write(fn, shown=lambda voided: voided > 0)  # type: ignore[no-any-return]
 
     def sweep(self, max_attempts: int) -> SweepResult:
+        expired_now = sa.select(
+            t.jobs.c.id,
+            t.jobs.c.task_id,
+            t.jobs.c.version,
+            t.jobs.c.lease_token,
+            t.jobs.c.attempt,
+        ).where(
+            t.jobs.c.state == JobState.RUNNING.value,
+            t.jobs.c.lease_expires_at < sa.bindparam("b_now"),
+        )
+        # looked for first in a read: a sweep that finds nothing writes nothing
+        if not self._read(
+            lambda c: c.execute(expired_now.limit(1), {"b_now": self._db_now(c)}).first()
+        ):
+            return SweepResult(requeued=0, dead=0)
+
         def fn(conn: Connection) -> SweepResult:
             now = self._db_now(conn)
-            expired = conn.execute(
-                sa.select(
-                    t.jobs.c.id,
-                    t.jobs.c.task_id,
-                    t.jobs.c.version,
-                    t.jobs.c.lease_token,
-                    t.jobs.c.attempt,
-                ).where(t.jobs.c.state == JobState.RUNNING.value, t.jobs.c.lease_expires_at < now)
-            ).all()
+            expired = conn.execute(expired_now, {"b_now": now}).all()
             requeued = dead = 0
             for job in expired:
                 end = machine.lease_expired(job.attempt, max_attempts)
@@ -230,9 +260,9 @@ class Leases(SqlBase):
         """Park the task at `version` as `plan` says, given the task and whether it has a merge
         or deploy in flight."""
         row = conn.execute(
-            sa.select(t.tasks)
+            tasks_with_pipelines()
             .where(t.tasks.c.id == task_id, t.tasks.c.version == version)
-            .with_for_update()
+            .with_for_update(of=t.tasks)
         ).first()
         if row is None:
             return False
@@ -280,8 +310,10 @@ class Leases(SqlBase):
                     held,
                     in_flight,
                 ).where(
+                    # the STOPs not yet applied, stated as their partial index states them
+                    t.tasks.c.cancel_requested_at.is_not(None),
+                    sa.text(t.LIVE_TASK),
                     t.tasks.c.cancel_requested_at < now - bound_s,
-                    t.tasks.c.status.not_in([st.value for st in TERMINAL_STATUSES]),
                 )
             ).all()
             return [

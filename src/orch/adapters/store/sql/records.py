@@ -28,12 +28,12 @@ from orch.domain.model import (
 )
 from orch.domain.states import (
     UNRESOLVED_EFFECT_STATES,
-    EffectKind,
     EffectState,
     JobState,
     RunOutcome,
     Stage,
 )
+from orch.ports import RunUsage
 
 
 class Records(SqlBase):
@@ -152,19 +152,16 @@ class Records(SqlBase):
         return found
 
     def unsettled_merges(self) -> list[Effect]:
-        unresolved = [st.value for st in UNRESOLVED_EFFECT_STATES]
+        # stated as the index of merges in flight states it, and put in order here (at most one
+        # a repository): SQLite would rather read every effect in order than sort a few
         rows = self._read(
             lambda c: c.execute(
-                sa.select(t.effects)
-                .where(
-                    t.effects.c.kind == EffectKind.MERGE.value,
-                    t.effects.c.state.in_(unresolved),
-                    ~self._running(t.effects.c.task_id),
+                sa.select(t.effects).where(
+                    sa.text(t.MERGE_IN_FLIGHT), ~self._running(t.effects.c.task_id)
                 )
-                .order_by(t.effects.c.id)
             ).all()
         )
-        return [_effect(r) for r in rows]
+        return [_effect(r) for r in sorted(rows, key=lambda r: r.id)]
 
     def settle_effect(self, key: str, state: EffectState, result: Mapping[str, Any]) -> bool:
         def fn(conn: Connection) -> bool:
@@ -288,6 +285,17 @@ class Records(SqlBase):
         Not fenced, because the money was spent whoever holds the task now; the run itself
         stays open, as its worker lost it."""
         self._write(lambda conn: self._account(conn, task_id, run_id, usage))
+
+    def record_usages(self, spent: Sequence[RunUsage]) -> None:
+        if not spent:
+            return
+
+        def fn(conn: Connection) -> None:
+            # in the order of their runs: two sweeps counting the same runs lock them alike
+            for one in sorted(spent, key=lambda s: (s.run_id, s.task_id)):
+                self._account(conn, one.task_id, one.run_id, one.usage)
+
+        self._write(fn)
 
     def _account(self, conn: Connection, task_id: int, run_id: int, usage: Usage) -> None:
         # a run's usage is counted once, into the run and into its task's totals

@@ -39,6 +39,14 @@ def slot_freed(now: Any) -> dict[str, Any]:
     return {"slot": None, "slot_since": None, "worked_s": t.tasks.c.worked_s + held}
 
 
+def tasks_with_pipelines() -> Any:
+    """Tasks' rows, each with the body of the pipeline it was filed with as `pipeline`: what a
+    read that builds one Task at a time selects from."""
+    return sa.select(t.tasks, t.pipelines.c.body.label("pipeline")).join(
+        t.pipelines, t.pipelines.c.id == t.tasks.c.pipeline_id
+    )
+
+
 class Statements:
     def __init__(self, now: sa.ColumnElement[Any], dialect: str) -> None:
         p = sa.bindparam
@@ -65,8 +73,12 @@ class Statements:
                 index_elements=["name"], set_={"value": t.counters.c.value + 1}
             ).returning(t.counters.c.value)
 
+        # -- filing: a task's pipeline is stored once for every task filed with its like
+        self.pipeline_id = sa.select(t.pipelines.c.id).where(t.pipelines.c.digest == p("b_digest"))
+        self.add_pipeline = insert_ignore(dialect, t.pipelines)
+
         # -- the claim
-        self.candidates = (
+        self.peek_candidates = (
             sa.select(
                 jobs.c.id,
                 jobs.c.repo,
@@ -79,8 +91,8 @@ class Statements:
             .where(jobs.c.state == JobState.QUEUED.value, jobs.c.run_after <= p("b_now"))
             .order_by(jobs.c.run_after, jobs.c.id)
             .limit(64)
-            .with_for_update(skip_locked=True, of=jobs)
         )
+        self.candidates = self.peek_candidates.with_for_update(skip_locked=True, of=jobs)
         self.slots_in_use = sa.select(tasks.c.repo, tasks.c.slot).where(
             tasks.c.slot.is_not(None), tasks.c.repo.in_(p("b_repos", expanding=True))
         )
@@ -110,7 +122,7 @@ class Statements:
                 jobs.c.last_error,
             )
         )
-        self.task = sa.select(tasks).where(tasks.c.id == p("b_task"))
+        self.task = tasks_with_pipelines().where(tasks.c.id == p("b_task"))
         self.unread = (
             sa.select(events)
             .where(events.c.task_id == p("b_task"), events.c.processed_at.is_(None))

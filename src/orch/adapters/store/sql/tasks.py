@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,6 +20,7 @@ from orch.adapters.store.sql.base import (
     _transition,
     _upsert,
 )
+from orch.adapters.store.sql.statements import tasks_with_pipelines
 from orch.domain import machine
 from orch.domain.errors import (
     Conflict,
@@ -42,6 +44,8 @@ from orch.domain.states import (
     TaskStatus,
 )
 from orch.ports import StateSummary
+
+_IDS_AT_ONCE = 500  # ids to one IN list, well below SQLite's limit on bound parameters
 
 
 class TaskRecords(SqlBase):
@@ -126,6 +130,7 @@ class TaskRecords(SqlBase):
     ) -> int:
         now = self._db_now(conn)
         write = machine.create(first, actor)
+        pipeline_id = self._pipeline_id(conn, pipeline)
         task_id = conn.execute(
             sa.insert(t.tasks)
             .values(
@@ -137,7 +142,7 @@ class TaskRecords(SqlBase):
                 status=write.status.value,
                 version=1,
                 branch=branch,
-                pipeline=pipeline,
+                pipeline_id=pipeline_id,
                 waiting_for=write.waiting_for,
                 created_at=now,
                 updated_at=now,
@@ -162,6 +167,31 @@ class TaskRecords(SqlBase):
             self._enqueue(conn, task_id, ticket.repo, 1, write.stage, now, now + due)
         return int(task_id)
 
+    def _pipeline_id(self, conn: Connection, pipeline: dict[str, Any]) -> int:
+        """The row of pipelines that holds `pipeline`, added if none does yet. Two filings
+        adding the same one at once both get the one that committed: the second's insert waits
+        on the first's (PostgreSQL) and does nothing, or never overlaps it (SQLite's writers
+        take turns)."""
+        digest = {"b_digest": t.pipeline_digest(pipeline)}
+        found = conn.execute(self.sql.pipeline_id, digest).scalar()
+        if found is None:
+            conn.execute(self.sql.add_pipeline, {"digest": digest["b_digest"], "body": pipeline})
+            found = conn.execute(self.sql.pipeline_id, digest).scalar_one()
+        return int(found)
+
+    def _pipelines(self, conn: Connection, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """The bodies of these pipelines, each read once, by id."""
+        wanted = sorted(set(ids))
+        bodies: dict[int, dict[str, Any]] = {}
+        for start in range(0, len(wanted), _IDS_AT_ONCE):
+            rows = conn.execute(
+                sa.select(t.pipelines.c.id, t.pipelines.c.body).where(
+                    t.pipelines.c.id.in_(wanted[start : start + _IDS_AT_ONCE])
+                )
+            )
+            bodies.update((r.id, r.body) for r in rows)
+        return bodies
+
     def get_task(self, task_id: int) -> Task:
         row = self._read(lambda c: c.execute(self.sql.task, {"b_task": task_id}).first())
         if row is None:
@@ -171,7 +201,7 @@ class TaskRecords(SqlBase):
     def find_task(self, key: str) -> Task | None:
         row = self._read(
             lambda c: c.execute(
-                sa.select(t.tasks)
+                tasks_with_pipelines()
                 .where(t.tasks.c.key == key)
                 .order_by(t.tasks.c.id.desc())
                 .limit(1)
@@ -180,11 +210,18 @@ class TaskRecords(SqlBase):
         return _task(row) if row is not None else None
 
     def list_tasks(self, limit: int = 100, status: TaskStatus | None = None) -> list[Task]:
+        # the tasks' rows without their pipelines, then each distinct pipeline once: most tasks
+        # of a repository share one
         query = sa.select(t.tasks).order_by(t.tasks.c.id.desc()).limit(limit)
         if status is not None:
             query = query.where(t.tasks.c.status == status.value)
-        rows = self._read(lambda c: c.execute(query).all())
-        return [_task(r) for r in rows]
+
+        def fn(c: Connection) -> list[Task]:
+            rows = c.execute(query).all()
+            bodies = self._pipelines(c, (r.pipeline_id for r in rows))
+            return [_task(r, bodies[r.pipeline_id]) for r in rows]
+
+        return self._read(fn)  # type: ignore[no-any-return]
 
     def transitions(self, task_id: int) -> list[Transition]:
         return [_transition(r) for r in self._for_task(t.transitions, task_id, "version")]
@@ -206,17 +243,24 @@ class TaskRecords(SqlBase):
 
     def summary(self, recent: int = 20) -> StateSummary:
         def fn(c: Connection) -> StateSummary:
-            by_stage = {
-                r[0]: int(r[1])
-                for r in c.execute(
-                    sa.select(t.tasks.c.stage, sa.func.count()).group_by(t.tasks.c.stage)
+            # the tallies the tasks' triggers keep, read instead of counting every task
+            tallies = c.execute(
+                sa.select(t.task_tallies)
+                .where(t.task_tallies.c.tasks != 0)
+                .order_by(t.task_tallies.c.kind, t.task_tallies.c.name)
+            ).all()
+            by_stage = {r.name: int(r.tasks) for r in tallies if r.kind == "stage"}
+            by_status = {r.name: int(r.tasks) for r in tallies if r.kind == "status"}
+            by_repo = {
+                r.name: Usage(
+                    int(r.tokens_in),
+                    int(r.tokens_out),
+                    int(r.cache_read),
+                    int(r.cache_write),
+                    float(r.cost_usd),
                 )
-            }
-            by_status = {
-                r[0]: int(r[1])
-                for r in c.execute(
-                    sa.select(t.tasks.c.status, sa.func.count()).group_by(t.tasks.c.status)
-                )
+                for r in tallies
+                if r.kind == "repo"
             }
             running = [
                 {
@@ -267,25 +311,6 @@ class TaskRecords(SqlBase):
                     .limit(recent)
                 )
             ]
-            by_repo = {
-                r.repo: Usage(
-                    int(r.tokens_in),
-                    int(r.tokens_out),
-                    int(r.cache_read),
-                    int(r.cache_write),
-                    float(r.cost_usd),
-                )
-                for r in c.execute(
-                    sa.select(
-                        t.tasks.c.repo,
-                        sa.func.sum(t.tasks.c.tokens_in).label("tokens_in"),
-                        sa.func.sum(t.tasks.c.tokens_out).label("tokens_out"),
-                        sa.func.sum(t.tasks.c.cache_read).label("cache_read"),
-                        sa.func.sum(t.tasks.c.cache_write).label("cache_write"),
-                        sa.func.sum(t.tasks.c.cost_usd).label("cost_usd"),
-                    ).group_by(t.tasks.c.repo)
-                )
-            }
             return StateSummary(
                 by_stage=by_stage,
                 by_status=by_status,
