@@ -86,7 +86,7 @@ def _bare(claude: str, server: ModelServer, root: Path) -> float:
 def run(rounds: int) -> StageResult | str:
     claude = binary()
     if claude is None:
-        return "claude not found (set ORCH_CLAUDE_BIN, or run .ci/run to install it)"
+        return "n/a: claude not found (set ORCH_CLAUDE_BIN, or run .ci/run to install it)"
     root = Path(tempfile.mkdtemp(prefix="orch-bench-agent-"))
     out = StageResult()
     try:
@@ -155,7 +155,7 @@ def run(rounds: int) -> StageResult | str:
             finally:
                 app.close()
     except Exception as exc:  # a failed run is a row with the reason, not a crash of the bench
-        return f"{type(exc).__name__}: {exc}"
+        return f"error: {type(exc).__name__}: {exc}"
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return out

@@ -61,24 +61,60 @@ def abba(configs: Sequence[object], rounds: int) -> Iterator[tuple[int, object]]
             yield r, c
 
 
+NA = "n/a: "  # a row without a figure says why: orch lacks what it needs, or PG is not there
+ERROR = "error: "  # ... or the run that should have measured it broke
+
+
 @dataclass
 class Row:
-    """One line of the table: a figure, the floor measured in the same run, and a note."""
+    """One line of the table: a figure, the floor measured in the same run, and the target.
 
-    name: str
-    measured: float
-    unit: str
+    `value` None means no figure, and `why` says why ("n/a: ..." or "error: ...")."""
+
+    workload: str
+    metric: str  # with its unit: "p50 ms", "transitions/s"
+    store: str  # sqlite, sqlite-normal, sqlite-full, pg, or "-" for what no store is part of
+    value: float | None
     floor: float | None = None
-    higher_is_better: bool = True
+    target: str | None = None
     note: str = ""
+    why: str = ""
+
+    def __post_init__(self) -> None:
+        if self.value is not None and math.isnan(self.value):
+            self.value = None
+            self.why = self.why or f"{ERROR}no figure came out"
+        if self.value is None and not self.why:
+            self.why = f"{ERROR}no figure came out"
+        if self.floor is not None and (math.isnan(self.floor) or not self.floor):
+            self.floor = None
 
     @property
     def ratio(self) -> float | None:
-        if self.floor is None or not self.floor or math.isnan(self.floor):
+        if self.value is None or self.floor is None:
             return None
-        if math.isnan(self.measured):
-            return None
-        return self.measured / self.floor
+        return self.value / self.floor
+
+    def as_json(self) -> dict[str, object]:
+        ratio = self.ratio
+        return {
+            "workload": self.workload,
+            "metric": self.metric,
+            "store": self.store,
+            "value": self.value if self.value is not None else self.why,
+            "floor": self.floor,
+            "ratio": round(ratio, 4) if ratio is not None else None,
+            "target": self.target,
+        }
+
+
+def missing(workload: str, metric: str, store: str, why: str, target: str | None = None) -> Row:
+    """A row with no figure: `why` starts with NA or ERROR."""
+    return Row(workload, metric, store, None, target=target, why=why)
+
+
+def failed(exc: BaseException) -> str:
+    return f"{ERROR}{type(exc).__name__}: {exc}"[:200]
 
 
 def fmt(value: float | None, unit: str = "") -> str:
@@ -91,36 +127,51 @@ def fmt(value: float | None, unit: str = "") -> str:
     elif abs(value) >= 10:
         text = f"{value:.1f}"
     else:
-        text = f"{value:.2f}"
+        text = f"{value:.3g}" if value and abs(value) < 0.01 else f"{value:.2f}"
     return f"{text} {unit}".strip()
 
 
-def render(rows: Sequence[Row]) -> str:
-    """The table as plain text, one row per figure."""
-    header = ("benchmark / configuration", "measured", "floor (this run)", "ratio", "notes")
-    body = []
+def render(rows: Sequence[Row], header: Sequence[str] = (), width: int = 150) -> None:
+    """The rows as one Rich table on stdout, then the notes of the rows that have any."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=None if sys.stdout.isatty() else width, highlight=False)
+    for line in header:
+        console.print(line, markup=False)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for name, justify in (
+        ("workload", "left"),
+        ("metric", "left"),
+        ("store", "left"),
+        ("measured", "right"),
+        ("floor", "right"),
+        ("ratio", "right"),
+        ("target", "left"),
+    ):
+        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    notes = []
     for r in rows:
         ratio = r.ratio
-        body.append(
-            (
-                r.name,
-                fmt(r.measured, r.unit),
-                fmt(r.floor, r.unit) if r.floor is not None else "-",
-                f"{ratio:.3g}x" if ratio is not None else "-",
-                r.note,
-            )
+        measured = fmt(r.value) if r.value is not None else r.why.split(":", 1)[0]
+        table.add_row(
+            r.workload,
+            r.metric,
+            r.store,
+            measured,
+            fmt(r.floor) if r.floor is not None else "-",
+            f"{ratio:.3g}x" if ratio is not None else "-",
+            r.target or "-",
         )
-    widths = [max(len(header[i]), *(len(b[i]) for b in body)) for i in range(4)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(
-            [cells[0].ljust(widths[0])]
-            + [cells[i].rjust(widths[i]) for i in (1, 2, 3)]
-            + [cells[4]]
-        ).rstrip()
-
-    sep = "-" * (sum(widths) + 2 * 4 + max(len("notes"), *(len(b[4]) for b in body)))
-    return "\n".join([line(header), sep, *(line(b) for b in body)])
+        text = "; ".join(t for t in (r.why, r.note) if t)
+        if text:
+            notes.append(f"{r.workload} | {r.metric} | {r.store}: {text}")
+    console.print(table)
+    if notes:
+        console.print("notes:", markup=False)
+        for n in notes:
+            console.print(f"  {n}", markup=False, overflow="fold")
 
 
 # -- PostgreSQL --------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """The floor microbenches, measured first in every run: (a) commit rate, (d) process spawn,
-(i) HTTP round trip on keep-alive."""
+(g) one SQL read by primary key, (i) HTTP round trip on keep-alive; and the floors of S4, S5
+and S6: a bare supervisor's cost per child, a bare waitpid's wake-up on a killed child, and the
+time to import orch's modules (`orch serve` cannot be ready before that)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import httpx
 
+from bench import s4_overhead, s5_detection
 from bench.common import BENCH_DIR, median, percentile, pg_schema, stub_argv
 
 
@@ -26,6 +29,10 @@ class Floors:
     stub_s: list[float] = field(default_factory=list)  # stub: Popen .. exit reaped
     stub_start_s: list[float] = field(default_factory=list)  # stub: Popen call .. 1st instruction
     ping_s: list[float] = field(default_factory=list)  # GET /ping round trip, keep-alive
+    sql_s: dict[str, list[float]] = field(default_factory=dict)  # store -> SELECT by key
+    import_s: list[float] = field(default_factory=list)  # exec .. exit of `import orch...`
+    supervisor: dict[str, float] = field(default_factory=dict)  # per child: rss_kb, threads, fds
+    reaped_s: list[float] = field(default_factory=list)  # SIGKILL .. waitpid returned
 
     @property
     def stub_spawn_rate(self) -> float:
@@ -85,6 +92,57 @@ def pg_commit_rate(url: str, n: int) -> float:
         for i in range(n):
             conn.execute("INSERT INTO t (v, at) VALUES (%s, %s)", (f"row {i}", float(i)))
         return n / (time.perf_counter() - start)
+
+
+# -- (g) one SQL read ----------------------------------------------------------------------------
+
+
+def sqlite_read_floor(directory: Path, n: int) -> list[float]:
+    """A SELECT by primary key on a SQLite file in WAL mode, one connection, each alone."""
+    path = directory / "read.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+        conn.executemany("INSERT INTO t (v) VALUES (?)", [(f"row {i}",) for i in range(1000)])
+        out = []
+        for i in range(n):
+            start = time.perf_counter()
+            conn.execute("SELECT v FROM t WHERE id = ?", (1 + i % 1000,)).fetchone()
+            out.append(time.perf_counter() - start)
+        return out
+    finally:
+        conn.close()
+
+
+def pg_read_floor(url: str, n: int) -> list[float]:
+    """A SELECT by primary key over one PostgreSQL connection, each its own transaction."""
+    import psycopg
+
+    with pg_schema(url) as scoped, psycopg.connect(scoped, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (id BIGSERIAL PRIMARY KEY, v TEXT NOT NULL)")
+        conn.execute("INSERT INTO t (v) SELECT 'row ' || g FROM generate_series(1, 1000) g")
+        out = []
+        for i in range(n):
+            start = time.perf_counter()
+            conn.execute("SELECT v FROM t WHERE id = %s", (1 + i % 1000,)).fetchone()
+            out.append(time.perf_counter() - start)
+        return out
+
+
+# -- S6: importing orch ---------------------------------------------------------------------------
+
+IMPORTS = "import orch.cli, orch.bootstrap, orch.web.app"
+
+
+def import_floor(n: int) -> list[float]:
+    """exec .. exit of a fresh interpreter that imports what `orch serve` imports first."""
+    out = []
+    for _ in range(n):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", IMPORTS], check=True, capture_output=True)
+        out.append(time.perf_counter() - start)
+    return out
 
 
 # -- (d) process spawn ---------------------------------------------------------------------------
@@ -187,5 +245,12 @@ def measure(pg_url: str | None, rounds: int, quick: bool, log: object = None) ->
                     samples[name].append(pg_commit_rate(pg_url, n_pg))
     floors.commit = {k: median(v) for k, v in samples.items()}
     spawn_floor(floors, *((100, 20) if quick else (300, 60)))
+    with tempfile.TemporaryDirectory(prefix="orch-bench-read-") as tmp:
+        floors.sql_s["sqlite"] = sqlite_read_floor(Path(tmp), 500 if quick else 5000)
+    if pg_url:
+        floors.sql_s["pg"] = pg_read_floor(pg_url, 300 if quick else 3000)
     http_floor(floors, 200 if quick else 1000)
+    floors.import_s = import_floor(1 if quick else 5)
+    floors.supervisor = s4_overhead.bare_supervisor(10 if quick else 50)
+    floors.reaped_s = s5_detection.bare_detection(5 if quick else 20)
     return floors

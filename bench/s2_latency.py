@@ -1,179 +1,70 @@
-"""S2, ticket filed -> agent process started, against `orch serve` as a subprocess.
+"""S2, event -> agent process started, against `orch serve` as a subprocess.
 
-One `orch serve` per store runs with a YAML config: a real local bare git remote (made here, with
-a seed commit whose `.orch/pipeline.yaml` keeps only the analysis stage, without gates), the stub
-as the `default` command agent, C=50 worker slots, everything on 127.0.0.1. Tickets are POSTed to
-/api/v1/tasks at Poisson arrivals, in ABBA blocks across the stores. Each stub writes its first
-instruction's CLOCK_REALTIME to `<dir>/<ORCH_TICKET>.analysis.1`; the latency of a ticket is that
-time minus the wall clock just before the request was sent.
+One `orch serve` per store runs with a real local bare git remote (its seed commit's
+`.orch/pipeline.yaml` keeps only the analysis stage, without gates), the stub as the `default`
+command agent, C=50 worker slots, and Plane as its tracker: orch's fake Plane
+(`orch.fakes.plane.PlaneFake`) on 127.0.0.1, with one project following the repository.
+
+Two kinds of event are sent, in ABBA blocks across the stores and the kinds, at Poisson arrivals:
+
+- `api`: a ticket POSTed to /api/v1/tasks;
+- `plane`: a person moves a work item to "To Analyse" in the fake, which signs the webhook
+  delivery with the secret (`X-Plane-Signature`, hex HMAC-SHA256 of the body); the delivery is
+  kept back from the fake's sender (`drop_webhooks`) and POSTed to /webhooks/plane by the bench
+  itself, so the clock starts just before that request. orch verifies it, stores it, reads the
+  item back from the fake and files the task.
+
+Each stub writes its first instruction's CLOCK_REALTIME to `<home>/<ticket>.analysis.1`; the
+latency of an event is that time minus the wall clock just before its request was sent.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import queue
 import random
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import yaml
 
-from bench.common import IN_HOME, abba, pg_schema, stub_argv, stub_times
+from bench.common import abba
+from bench.serve import Serve, make_remote, repo, store_url, stub_start
 
-PIPELINE = "stages:\n  - name: analysis\n    gates: []\ncheckpoints: []\n"
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "bench",
-    "GIT_AUTHOR_EMAIL": "bench@localhost",
-    "GIT_COMMITTER_NAME": "bench",
-    "GIT_COMMITTER_EMAIL": "bench@localhost",
-}
+PLANE_KEY, PLANE_SECRET = "bench-plane-key", "bench-plane-webhook-secret"
+SOURCES = ("api", "plane")
 
 
 @dataclass
 class S2Result:
     store: str
+    source: str
     latencies_s: list[float] = field(default_factory=list)  # stub first instruction - send
     acks_s: list[float] = field(default_factory=list)  # HTTP response received - send
     missing: int = 0
     errors: list[str] = field(default_factory=list)
 
 
-def _git(*args: str, cwd: Path | None = None) -> None:
-    subprocess.run(
-        ["git", *args],
-        cwd=cwd,
-        env={**os.environ, **GIT_ENV},
-        check=True,
-        capture_output=True,
-    )
+@dataclass
+class Target:
+    """One store's service, and the Plane project it follows."""
+
+    serve: Serve
+    client: httpx.Client
+    plane: object  # a PlaneFake
+    project: str
+    identifier: str
+    items: list[dict] = field(default_factory=list)  # work items made ahead, still in Backlog
 
 
-def make_remote(root: Path) -> Path:
-    """A bare repository with one commit on main: a README and the one-stage pipeline file."""
-    remote = root / "remote.git"
-    seed = root / "seed"
-    _git("init", "--quiet", "--bare", "-b", "main", str(remote))
-    _git("init", "--quiet", "-b", "main", str(seed))
-    (seed / "README.md").write_text("bench\n")
-    (seed / ".orch").mkdir()
-    (seed / ".orch" / "pipeline.yaml").write_text(PIPELINE)
-    _git("add", "--all", cwd=seed)
-    _git("commit", "--quiet", "-m", "seed", cwd=seed)
-    _git("push", "--quiet", str(remote), "main", cwd=seed)
-    shutil.rmtree(seed)
-    return remote
-
-
-class Serve:
-    """One `orch serve --port 0` subprocess, ended by its pid."""
-
-    def __init__(
-        self, name: str, root: Path, store_url: str, remote: Path, slots: int = 50
-    ) -> None:
-        self.name = name
-        self.root = root
-        data = root / "data"
-        self.homes = data / "homes"  # where the stub, confined, writes its times
-        config = {
-            "data_dir": str(data),
-            "workspace_root": str(root / "ws"),
-            "logs_dir": str(root / "logs"),
-            "store": {"url": store_url},
-            "worker": {"slots": slots},
-            "api": {"host": "127.0.0.1", "port": 0},
-            "repos": [{"name": "bench", "remote": str(remote), "max_active": 50}],
-            "agents": {"default": {"kind": "command", "command": stub_argv(IN_HOME)}},
-            "log_level": "WARNING",
-        }
-        self.config_path = root / "orch.yaml"
-        self.config_path.write_text(yaml.safe_dump(config))
-        self.proc: subprocess.Popen[str] | None = None
-        self.base_url = ""
-
-    def start(self, timeout_s: float = 60.0) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
-        self.stderr = open(self.root / "serve.stderr", "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "orch.cli",
-                "--config",
-                str(self.config_path),
-                "serve",
-                "--port",
-                "0",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=self.stderr,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            text=True,
-        )
-        lines: queue.Queue[str | None] = queue.Queue()
-
-        def reader() -> None:
-            assert self.proc is not None and self.proc.stdout is not None
-            for line in self.proc.stdout:
-                lines.put(line)
-            lines.put(None)
-
-        threading.Thread(target=reader, daemon=True, name=f"serve-{self.name}-stdout").start()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                line = lines.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if line is None:
-                break
-            if line.startswith("orch serving on "):
-                self.base_url = line.split()[3]
-                return
-        raise RuntimeError(f"orch serve ({self.name}) did not start: {self.tail()}")
-
-    def tail(self, chars: int = 600) -> str:
-        with contextlib.suppress(OSError):
-            return (self.root / "serve.stderr").read_text()[-chars:]
-        return ""
-
-    def stop(self) -> None:
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-        if proc is not None and proc.stdout is not None:
-            proc.stdout.close()
-        if getattr(self, "stderr", None) is not None:
-            self.stderr.close()
-
-
-def _stub_start(homes: Path, key: str) -> float | None:
-    times = stub_times(homes, f"{key}.analysis.1")
-    return times[0] if times else None
-
-
-def _file(client: httpx.Client, n: int) -> tuple[str, float, float]:
-    """POST one ticket; return (ticket key, wall clock at send, seconds to the response)."""
+def _file_api(t: Target, n: int) -> tuple[str, float, float]:
+    """POST one ticket; (task key, wall clock at send, seconds to the response)."""
     sent = time.time()
     t0 = time.perf_counter()
-    response = client.post(
+    response = t.client.post(
         "/api/v1/tasks", json={"repo": "bench", "title": f"bench ticket {n}", "body": "S2"}
     )
     ack = time.perf_counter() - t0
@@ -181,13 +72,33 @@ def _file(client: httpx.Client, n: int) -> tuple[str, float, float]:
     return str(response.json()["key"]), sent, ack
 
 
-def _collect(serve: Serve, sent: list[tuple[str, float, float]], result: S2Result) -> None:
-    deadline = time.monotonic() + 30.0
+def _file_plane(t: Target) -> tuple[str, float, float]:
+    """A person moves the next work item to "To Analyse"; its signed delivery is POSTed."""
+    plane = t.plane
+    item = t.items.pop(0)
+    plane.drop_webhooks(1)  # type: ignore[attr-defined]
+    plane.person_moves(t.project, item["id"], "To Analyse")  # type: ignore[attr-defined]
+    delivery = plane.dropped[-1]  # type: ignore[attr-defined]
+    assert "X-Plane-Signature" in delivery.headers
+    sent = time.time()
+    t0 = time.perf_counter()
+    response = t.client.post("/webhooks/plane", content=delivery.body, headers=delivery.headers)
+    ack = time.perf_counter() - t0
+    response.raise_for_status()
+    if not response.json().get("stored"):
+        raise RuntimeError("orch did not store the delivery")
+    return f"{t.identifier}-{item['sequence_id']}", sent, ack
+
+
+def _collect(
+    serve: Serve, sent: list[tuple[str, float, float]], result: S2Result, timeout_s: float = 30.0
+) -> None:
+    deadline = time.monotonic() + timeout_s
     pending = list(sent)
     while pending and time.monotonic() < deadline:
         still = []
         for key, at, ack in pending:
-            started = _stub_start(serve.homes, key)
+            started = stub_start(serve.homes, key, "analysis", 1)
             if started is None:
                 still.append((key, at, ack))
             else:
@@ -200,78 +111,86 @@ def _collect(serve: Serve, sent: list[tuple[str, float, float]], result: S2Resul
 
 
 @contextlib.contextmanager
-def _servers(
-    names: list[str], pg_url: str | None, root: Path, slots: int
-) -> Iterator[dict[str, Serve]]:
+def _targets(
+    stores: list[str], pg_url: str | None, root: Path, slots: int, items: int
+) -> Iterator[dict[str, Target]]:
+    from orch.fakes.plane import PlaneFake
+
     remote = make_remote(root)
-    serves: dict[str, Serve] = {}
+    targets: dict[str, Target] = {}
     with contextlib.ExitStack() as stack:
-        try:
-            for name in names:
-                home = root / name
-                home.mkdir(parents=True, exist_ok=True)
-                if name == "pg":
-                    assert pg_url is not None
-                    url = stack.enter_context(pg_schema(pg_url))
-                else:
-                    url = f"sqlite:///{home / 'orch.db'}"
-                serve = Serve(name, home, url, remote, slots)
-                serves[name] = serve
-                serve.start()
-            yield serves
-        finally:
-            for serve in serves.values():
-                serve.stop()
+        for name in stores:
+            home = root / name
+            home.mkdir(parents=True, exist_ok=True)
+            url = stack.enter_context(store_url(name, pg_url, home))
+            plane = stack.enter_context(PlaneFake(PLANE_KEY))
+            project = plane.add_project("Bench", "BEN")
+            # made before the webhook is subscribed: their creation is delivered to nobody
+            made = [plane.add_item(project, f"bench item {i}") for i in range(items)]
+            serve = Serve(
+                name,
+                home,
+                url,
+                [repo("bench", remote)],
+                slots,
+                tracker={
+                    "kind": "plane",
+                    "url": plane.url,
+                    "workspace": plane.slug,
+                    "poll_interval_s": 3600,  # the webhooks alone
+                    "projects": [{"id": project, "repo": "bench"}],
+                },
+                env={"PLANE_API_KEY": PLANE_KEY, "PLANE_WEBHOOK_SECRET": PLANE_SECRET},
+            )
+            stack.callback(serve.stop)
+            serve.start()
+            plane.subscribe(f"{serve.base_url}/webhooks/plane", PLANE_SECRET)
+            client = stack.enter_context(serve.client())
+            targets[name] = Target(serve, client, plane, project, "BEN", made)
+        yield targets
 
 
 def run(
     stores: list[str],
-    n_per_store: int,
+    n_per_source: int,
     rate_per_s: float,
     rounds: int,
     pg_url: str | None,
     slots: int = 50,
-) -> dict[str, S2Result]:
-    results = {name: S2Result(name) for name in stores}
+) -> dict[tuple[str, str], S2Result]:
+    """{(store, source): result} for every store and both sources."""
+    results = {(s, src): S2Result(s, src) for s in stores for src in SOURCES}
     rng = random.Random(20240601)
     root = Path(tempfile.mkdtemp(prefix="orch-bench-s2-"))
+    blocks = max(1, rounds)
+    per_block = [
+        n_per_source // blocks + (1 if i < n_per_source % blocks else 0) for i in range(blocks)
+    ]
     try:
-        with _servers(stores, pg_url, root, slots) as serves:
-            clients = {name: _client(serve.base_url) for name, serve in serves.items()}
-            try:
-                # warm up: the first ticket of a server clones the remote's mirror
-                for name, serve in serves.items():
-                    warm = [_file(clients[name], -i) for i in range(1, 3)]
-                    _collect(serve, warm, S2Result(name))
-                counter = 0
-                blocks = max(1, rounds)
-                per_block = [
-                    n_per_store // blocks + (1 if i < n_per_store % blocks else 0)
-                    for i in range(blocks)
-                ]
-                for r, name in abba(stores, blocks):
-                    assert isinstance(name, str)
-                    serve = serves[name]
-                    sent: list[tuple[str, float, float]] = []
-                    next_at = time.monotonic()
-                    for _ in range(per_block[r]):
-                        next_at += rng.expovariate(rate_per_s)
-                        delay = next_at - time.monotonic()
-                        if delay > 0:
-                            time.sleep(delay)
-                        counter += 1
-                        try:
-                            sent.append(_file(clients[name], counter))
-                        except httpx.HTTPError as exc:
-                            results[name].errors.append(str(exc)[:200])
-                    _collect(serve, sent, results[name])
-            finally:
-                for client in clients.values():
-                    client.close()
+        with _targets(stores, pg_url, root, slots, n_per_source + 2) as targets:
+            # warm up each kind once: the first ticket of a server clones the remote's mirror
+            for name, t in targets.items():
+                warm = [_file_api(t, -1), _file_plane(t)]
+                _collect(t.serve, warm, S2Result(name, "warm-up"))
+            counter = 0
+            configs = [(s, src) for s in stores for src in SOURCES]
+            for r, config in abba(configs, blocks):
+                name, source = config  # type: ignore[misc]
+                t = targets[name]
+                result = results[(name, source)]
+                sent: list[tuple[str, float, float]] = []
+                next_at = time.monotonic()
+                for _ in range(per_block[r]):
+                    next_at += rng.expovariate(rate_per_s)
+                    delay = next_at - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                    counter += 1
+                    try:
+                        sent.append(_file_api(t, counter) if source == "api" else _file_plane(t))
+                    except (httpx.HTTPError, RuntimeError) as exc:
+                        result.errors.append(str(exc)[:200])
+                _collect(t.serve, sent, result)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return results
-
-
-def _client(base_url: str) -> httpx.Client:
-    return httpx.Client(base_url=base_url, timeout=30.0)

@@ -74,8 +74,14 @@ def test_an_update_is_checked_by_its_secret_token_and_worked_once(tmp_path: Path
                 refused, wrong, first, again = pool.submit(anyio.run, post_all).result()
             assert (refused.status_code, wrong.status_code) == (401, 401)
             assert (first.json(), again.json()) == ({"stored": True}, {"stored": False})
+
+            def worked() -> bool:
+                # the reply is sent while the update is worked; its outcome is written after
+                stored = app.store.deliveries("telegram")
+                return bool(fake.messages(CHAT)) and all(d.outcome for d in stored)
+
             deadline = time.monotonic() + 10
-            while not fake.messages(CHAT) and time.monotonic() < deadline:
+            while not worked() and time.monotonic() < deadline:
                 time.sleep(0.05)
             [reply] = fake.messages(CHAT)
             assert "no task for ticket SAM-1" in reply["text"]
