@@ -112,6 +112,9 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
             assert match, proc.stderr.read() if proc.stderr else ""
             url = match.group(0)
             plane.subscribe(f"{url}/webhooks/plane", PLANE_SECRET)
+            # the reconciler's first round, at start, is over: from here on only a webhook (or a
+            # test's own poll) can start an item
+            until(lambda: plane.item_listings)
             yield Stack(url, plane, gitea, project, store)
             assert plane.violations == [] and gitea.violations == []
         finally:

@@ -231,6 +231,7 @@ class PlaneFake(FakeServer):
         self.actions = actions
         self.me = _user("orch", "Orch", "Bot")
         self.person = _user("pat", "Pat", "Person")
+        self.item_listings = 0  # how often a project's items were listed (orch's reconciler)
         self.deliveries: list[Delivery] = []  # sent, in order, with the status received
         self.dropped: list[Delivery] = []  # never sent (drop_webhooks)
         self._clock = clock
@@ -451,6 +452,7 @@ class PlaneFake(FakeServer):
 
     def _items_get(self, request: Request, what: str, p: _Project) -> Response:
         query = self._query(request, what, WorkItemQueryParams)
+        self.item_listings += 1
         order = query.get("order_by") or "-created_at"  # a field the items lack: the fake fails
         found = sorted(p.items.values(), key=lambda i: i[order.lstrip("-")])
         found = found[::-1] if order.startswith("-") else found
