@@ -17,7 +17,7 @@ import pytest
 from psycopg import sql
 
 from orch.adapters.store.sql import SqlStore
-from orch.testing import memory_store
+from orch.testing import memory_store, sql_memory_store
 
 LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -130,6 +130,19 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore]:
         _truncate_all(url)
         s = SqlStore(url)
         s.migrate()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def sql_store(request: pytest.FixtureRequest) -> Iterator[SqlStore]:
+    """Each SQL store, migrated and empty: SQLite in memory, and PostgreSQL."""
+    if request.param == "sqlite":
+        s = sql_memory_store()
+    else:
+        s = SqlStore(request.getfixturevalue("pg_empty"))
     try:
         yield s
     finally:

@@ -4,6 +4,7 @@ a wake-up, with no poll to wait for."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import sqlite3
@@ -78,9 +79,20 @@ def hearing_ready(here: SqlStore, there: SqlStore) -> None:
         there.add_token(name, Role.VIEWER, name)
 
 
-def worked(store: SqlStore, **settings: Any) -> Rig:
+@contextlib.contextmanager
+def hearing_only(here: SqlStore, there: SqlStore) -> Iterator[tuple[Rig, Intake]]:
+    """A dispatcher on `here` that never polls nor renews (its agent hangs), listening; and an
+    intake on `there`, another process's: only a wake-up carries what that one writes."""
     hang = ScriptedAgent(playbook={"stages": {"analysis": {"mode": "hang"}}})
-    return rig({"default": hang}, store=store, kill_grace_s=0.5, **settings)
+    never = {"heartbeat_s": NEVER_S, "poll_interval_s": NEVER_S, "sweep_interval_s": NEVER_S}
+    r = rig({"default": hang}, store=here, kill_grace_s=0.5, **never)
+    r.dispatcher.start()
+    try:
+        hearing_ready(here, there)
+        yield r, Intake(there, r.repos, lambda _repo: r.pipeline)
+    finally:
+        r.dispatcher.stop()
+        r.close()
 
 
 def test_an_idle_orch_looks_for_work_and_writes_nothing(
@@ -116,16 +128,9 @@ def test_work_filed_by_another_process_is_claimed_without_polling(
     stores: tuple[SqlStore, SqlStore],
 ) -> None:
     here, there = stores
-    r = worked(here, heartbeat_s=NEVER_S, poll_interval_s=NEVER_S, sweep_interval_s=NEVER_S)
-    elsewhere = Intake(there, r.repos, lambda _repo: r.pipeline)
-    r.dispatcher.start()
-    try:
-        hearing_ready(here, there)
+    with hearing_only(here, there) as (_, elsewhere):
         task = elsewhere.file("app", "Add a greeting")
         [run] = until(lambda: here.runs(task.id), "the job filed elsewhere started its agent")
-    finally:
-        r.dispatcher.stop()
-        r.close()
 
     assert run.stage == Stage.ANALYSIS
 
@@ -134,11 +139,7 @@ def test_a_stop_written_by_another_process_reaches_the_running_job_without_polli
     stores: tuple[SqlStore, SqlStore],
 ) -> None:
     here, there = stores
-    r = worked(here, heartbeat_s=NEVER_S, poll_interval_s=NEVER_S, sweep_interval_s=NEVER_S)
-    elsewhere = Intake(there, r.repos, lambda _repo: r.pipeline)
-    r.dispatcher.start()
-    try:
-        hearing_ready(here, there)
+    with hearing_only(here, there) as (r, elsewhere):
         task = r.intake.file("app", "Add a greeting")
         [run] = until(lambda: [x for x in here.runs(task.id) if x.pid], "the agent started")
         _, recorded = elsewhere.stop(task.key, "ann", "changed our minds")
@@ -148,9 +149,6 @@ def test_a_stop_written_by_another_process_reaches_the_running_job_without_polli
             ),
             "the STOP was applied",
         )
-    finally:
-        r.dispatcher.stop()
-        r.close()
 
     assert recorded
     assert final.stage == Stage.CANCELLED

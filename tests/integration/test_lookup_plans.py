@@ -4,7 +4,7 @@ finished tasks with a few live ones among them, name the index meant for each.""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +13,6 @@ import sqlalchemy as sa
 
 from orch.adapters.store import schema as t
 from orch.adapters.store.sql import SqlStore
-from orch.testing import sql_memory_store
 
 FINISHED = 3000  # tasks that ended long ago: what a lookup must not read
 
@@ -28,19 +27,12 @@ class Asked:
         self.statements.append((statement, parameters))
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store(request: pytest.FixtureRequest) -> Iterator[SqlStore]:
+@pytest.fixture
+def store(sql_store: SqlStore) -> SqlStore:
     """A store of many finished tasks, each with its job, run and merge, and one of each live
     thing a lookup looks for."""
-    if request.param == "sqlite":
-        s = sql_memory_store()
-    else:
-        s = SqlStore(request.getfixturevalue("pg_empty"))
-    try:
-        fill(s)
-        yield s
-    finally:
-        s.close()
+    fill(sql_store)
+    return sql_store
 
 
 def fill(store: SqlStore) -> None:

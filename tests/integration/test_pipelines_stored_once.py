@@ -23,23 +23,10 @@ from orch.adapters.store.revisions import alembic_config
 from orch.adapters.store.sql import SqlStore, normalise_url
 from orch.domain import pipeline as pl
 from orch.domain.model import Ticket
-from orch.testing import sql_memory_store
 
 FLOW = replace(pl.default_pipeline(), checkpoints=())
 OTHER = replace(FLOW, stages=FLOW.stages[:2])
 BEFORE = "0010"  # the revision whose tasks held their own pipeline
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def sql_store(request: pytest.FixtureRequest) -> Iterator[SqlStore]:
-    if request.param == "sqlite":
-        s = sql_memory_store()
-    else:
-        s = SqlStore(request.getfixturevalue("pg_empty"))
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def canonical(value: Any) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -27,23 +26,11 @@ from orch.domain.ledger import Usage
 from orch.domain.model import Ticket
 from orch.domain.states import Stage, TaskStatus
 from orch.ports import StateSummary, Store
-from orch.testing import advance, sql_memory_store
+from orch.testing import advance
 
 FLOW = replace(pl.default_pipeline(), checkpoints=())
 REPOS = ("app", "web", "docs")
 KEYS = itertools.count(1)  # a new ticket key for every task any example makes
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def sql_store(request: pytest.FixtureRequest) -> Iterator[SqlStore]:
-    if request.param == "sqlite":
-        s = sql_memory_store()
-    else:
-        s = SqlStore(request.getfixturevalue("pg_empty"))
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def create(store: Store, repo: str) -> int:
