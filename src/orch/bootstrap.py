@@ -22,7 +22,7 @@ from orch.adapters.agents.command import CommandAgent
 from orch.adapters.agents.scripted import ScriptedAgent
 from orch.adapters.forges.local_git import LocalGitForge, check_writable
 from orch.adapters.notifiers.telegram import TelegramBot, TelegramNotifier
-from orch.adapters.process import LocalRunner
+from orch.adapters.process import Launchers, LocalRunner
 from orch.adapters.proctable import LinuxProcessTable
 from orch.adapters.sandbox.policy import LandlockSandbox
 from orch.adapters.store.sql import SqlStore, normalise_url, sqlite_path
@@ -100,16 +100,24 @@ class ConfiguredRepos:
         return repo.max_active if repo else 0  # fail closed for a repository no longer configured
 
 
-def build_agents(settings: Settings, environ: Mapping[str, str] | None = None) -> dict[str, Agent]:
+def build_agents(
+    settings: Settings,
+    environ: Mapping[str, str] | None = None,
+    launchers: Launchers | None = None,
+) -> dict[str, Agent]:
+    """The agents the settings name; with `launchers`, each starts through one started ahead
+    when one is ready."""
     environ = os.environ if environ is None else environ
     agents: dict[str, Agent] = {}
     for name, cfg in settings.agents.items():
         if isinstance(cfg, ScriptedAgentSettings):
-            agents[name] = ScriptedAgent(name, cfg.playbook)
+            agents[name] = ScriptedAgent(name, cfg.playbook, launchers=launchers)
             continue
         prices = Prices(**cfg.prices.model_dump()) if cfg.prices else None
         if isinstance(cfg, CommandAgentSettings):
-            agents[name] = CommandAgent(name, cfg.command, cfg.env, cfg.pass_env, cfg.run_as)
+            agents[name] = CommandAgent(
+                name, cfg.command, cfg.env, cfg.pass_env, cfg.run_as, launchers=launchers
+            )
         elif isinstance(cfg, ClaudeCodeAgentSettings):
             agents[name] = ClaudeCodeAgent(
                 name,
@@ -124,6 +132,7 @@ def build_agents(settings: Settings, environ: Mapping[str, str] | None = None) -
                 prices=prices,
                 run_as=cfg.run_as,
                 environ=environ,
+                launchers=launchers,
             )
         else:
             p = cfg.provider
@@ -140,6 +149,7 @@ def build_agents(settings: Settings, environ: Mapping[str, str] | None = None) -
                 prices=prices,
                 run_as=cfg.run_as,
                 environ=environ,
+                launchers=launchers,
             )
     return agents
 
@@ -403,6 +413,7 @@ def workers(
     environ: Mapping[str, str] | None = None,
     breakers: Breakers | None = None,
     reporter: Notifier | None = None,
+    launchers: Launchers | None = None,
 ) -> tuple[Engine, Dispatcher]:
     """The engine and the dispatcher that runs it: one incarnation of orch's workers. `orch
     serve`, `orch worker` and the tests' rigs are all wired here."""
@@ -411,7 +422,7 @@ def workers(
         forge=forge,
         agents=agents,
         repos=repos,
-        runner=runner or LocalRunner(),
+        runner=runner or LocalRunner(launchers),
         notifier=notifier,
         sandbox=sandbox,
         settings=engine,
@@ -420,7 +431,13 @@ def workers(
         reporter=reporter,
     )
     return built, Dispatcher(
-        store, built, repos.limit, dispatcher, alert=notifier.notify, processes=processes
+        store,
+        built,
+        repos.limit,
+        dispatcher,
+        alert=notifier.notify,
+        processes=processes,
+        launchers=launchers,
     )
 
 
@@ -508,7 +525,8 @@ def _build(
             {r.name: (r.remote, r.default_branch) for r in settings.repos},
             {r.name: r.exclude for r in settings.repos},
         )
-    all_agents = dict(agents) if agents is not None else build_agents(settings, environ)
+    launchers = Launchers()
+    all_agents = dict(agents) if agents is not None else build_agents(settings, environ, launchers)
     telegram: TelegramNotifier | None = None
     if notifier is None:
         channels = outside.build_notifiers(settings, env)
@@ -543,8 +561,10 @@ def _build(
             max_attempts=w.max_attempts,
             cancel_bound_s=w.cancel_bound_s,
             spare_worktrees=w.spare_worktrees,
+            warm_launchers=w.warm_launchers,
         ),
         runner=runner,
+        launchers=launchers,
         processes=processes or LinuxProcessTable(),
         environ=environ,
         reporter=reporter,

@@ -11,30 +11,35 @@ class Changes:
     def __init__(self) -> None:
         self._seen = threading.Condition()
         self._count = 0
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners: list[tuple[Callable[[], None], bool]] = []
 
     @property
     def count(self) -> int:
         return self._count
 
-    def bump(self) -> None:
+    def bump(self, *, heard: bool = False) -> None:
+        """One more change: made in this process, or `heard` from another."""
         with self._seen:
             self._count += 1
             self._seen.notify_all()
-            listeners = list(self._listeners)
+            listeners = [f for f, heard_only in self._listeners if heard or not heard_only]
         for listener in listeners:
             listener()
 
-    def listen(self, listener: Callable[[], None]) -> Callable[[], None]:
-        """Call `listener` after each change, on the thread that made it (so it must be quick);
-        returns what stops it."""
+    def listen(
+        self, listener: Callable[[], None], *, heard_only: bool = False
+    ) -> Callable[[], None]:
+        """Call `listener` after each change (with `heard_only`, each heard from another
+        process), on the thread that made or heard it (so it must be quick); returns what stops
+        it."""
+        entry = (listener, heard_only)
         with self._seen:
-            self._listeners.append(listener)
+            self._listeners.append(entry)
 
         def stop() -> None:
             with self._seen:
-                if listener in self._listeners:
-                    self._listeners.remove(listener)
+                if entry in self._listeners:
+                    self._listeners.remove(entry)
 
         return stop
 

@@ -59,6 +59,9 @@ class WorkerSettings(_Strict):
     # worktrees per repository checked out ahead at the default branch's head, so a new task's
     # first agent starts without git (0: made when the task is claimed)
     spare_worktrees: int = Field(1, ge=0, le=16)
+    # launchers started ahead of their commands, so an agent starts without waiting for an
+    # interpreter (0: each is started when its command is)
+    warm_launchers: int = Field(2, ge=0, le=16)
     # provider failures in a row (rate limits, network errors) that open an agent's circuit,
     # and how long it stays open before one probe may go
     breaker_threshold: int = Field(5, ge=1)

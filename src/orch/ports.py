@@ -701,6 +701,19 @@ class Repos(Protocol):
     def get(self, name: str) -> RepoSettings: ...
 
 
+class WarmLaunchers(Protocol):
+    """Launchers started ahead of the commands they will start (orch.adapters.process)."""
+
+    def keep(self, count: int, incarnation: str, stop: threading.Event) -> None:
+        """Until `stop`, hold `count` ready, started as `incarnation`'s. Blocks: a thread of
+        its own runs it."""
+        ...
+
+    def wake(self) -> None:
+        """Have `keep` look at `stop` at once."""
+        ...
+
+
 class ProcessTable(Protocol):
     """Process identity on this host: a pid plus its start time, never a pid alone."""
 

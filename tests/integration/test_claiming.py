@@ -156,3 +156,28 @@ def test_a_stop_written_by_another_process_reaches_the_running_job_without_polli
     assert run.pid is not None
     with pytest.raises(ProcessLookupError):
         os.kill(run.pid, 0)
+
+
+def test_only_a_change_heard_from_another_process_has_the_stops_of_running_jobs_read(
+    stores: tuple[SqlStore, SqlStore],
+) -> None:
+    """A STOP asked in this process reaches its job directly (Engine.stop_asked): this
+    process's own commits send no read of the STOPs asked for the jobs it runs."""
+    here, there = stores
+    with hearing_only(here, there) as (r, _):
+        task = r.intake.file("app", "Add a greeting")
+        until(lambda: [x for x in here.runs(task.id) if x.pid], "the agent started")
+        sent = statements(here)
+
+        def stop_reads() -> list[str]:
+            return [s for s in sent if "cancel_requested_at is not null" in s and " in (" in s]
+
+        for i in range(5):  # its one slot is busy: these wait, and only commit here
+            r.intake.file("app", f"Another ticket {i}")
+        time.sleep(0.5)
+        after_own = stop_reads()
+        there.add_token("elsewhere", Role.VIEWER, "elsewhere")
+        heard = until(stop_reads, "a change heard from another process had the STOPs read")
+
+    assert after_own == []
+    assert heard

@@ -189,6 +189,7 @@ class RecordingRunner(LocalRunner):
     """Starts commands as orch does, and notes the latest start each may make."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.starts: list[tuple[str, float | None, float]] = []
 
     def start(self, command: str, *args: Any, **kwargs: Any) -> ProcessGroup:

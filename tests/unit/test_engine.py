@@ -817,3 +817,25 @@ def test_a_deploy_of_unknown_outcome_is_checked_before_it_is_ever_repeated(
         assert len(r.forge.merges) == 1
     finally:
         r.close()
+
+
+def test_people_hear_a_task_started_once_its_first_agent_has() -> None:
+    """The notice is not on the way from the ticket to the agent: it is sent after the agent's
+    process started and its run was recorded."""
+    seen: list[tuple[str, list[Any]]] = []
+
+    class Watching(MemoryNotifier):
+        def notify(self, key: str, text: str, news: Any = None) -> None:
+            seen.append((key.rsplit(":", 1)[-1], [run.pid for run in r.store.runs(task.id)]))
+            super().notify(key, text, news)
+
+    r = rig({"default": ScriptedAgent()}, notifier=Watching())
+    try:
+        task = file_ticket(r)
+        r.run_until_idle()
+    finally:
+        r.close()
+    started = [runs for kind, runs in seen if kind == "started"]
+    assert len(started) == 1
+    [pids] = started
+    assert len(pids) == 1 and pids[0] is not None  # the analysis agent's run, started

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import select
@@ -24,14 +25,14 @@ _CHUNK = 1 << 16
 _LINE_MAX = 1 << 20  # a longer line reaches `on_line` in pieces
 
 
-def launcher_argv(
+def launcher_args(
     argv: Sequence[str] | str,
     confine: Confinement | None,
     user: tuple[int, int] | None = None,
     not_after: float | None = None,
 ) -> list[str]:
-    """The command line that starts `argv` through the launcher, confined as `confine` says,
-    and not at all after `not_after` (seconds since the epoch)."""
+    """The launcher's arguments that start `argv`, confined as `confine` says, and not at all
+    after `not_after` (seconds since the epoch)."""
     command = ["/bin/sh", "-c", argv] if isinstance(argv, str) else list(argv)
     options: list[str] = [] if not_after is None else ["--not-after", repr(not_after)]
     if confine is not None and confine.landlock:
@@ -47,7 +48,107 @@ def launcher_argv(
     # only root may switch; an agent run as orch's own user simply runs
     if user is not None and os.geteuid() == 0 and user[0] != os.geteuid():
         options += ["--user", f"{user[0]}:{user[1]}"]
-    return [sys.executable, "-I", "-S", str(LAUNCHER), *options, "--", *command]
+    return [*options, "--", *command]
+
+
+class Launchers:
+    """Launchers started ahead (`launcher.py --standby`), so that a command starts without
+    waiting for an interpreter: about 10 ms of the way from a claim to an agent's first
+    instruction. `keep` holds `count` ready while a worker runs; `take` hands one over, or None
+    when none is ready (the caller starts one as before). A standby carries nothing of a run
+    until it is taken: its environment names only the incarnation that started it, by which a
+    later incarnation finds it, and it exits when its stdin ends, as it does when orch dies."""
+
+    def __init__(self) -> None:
+        self._ready: list[tuple[subprocess.Popen[bytes], int | None]] = []
+        self._lock = threading.Lock()
+        self._wanted = threading.Event()
+
+    def take(self) -> tuple[subprocess.Popen[bytes], int | None] | None:
+        """A live standby and its pidfd, now the caller's; None if none is ready."""
+        with self._lock:
+            while self._ready:
+                proc, pidfd = self._ready.pop()
+                self._wanted.set()
+                if proc.poll() is None:
+                    return proc, pidfd
+                _close_pidfd(pidfd)
+        return None
+
+    def keep(self, count: int, incarnation: str, stop: threading.Event) -> None:
+        """Hold `count` standbys until `stop` is set, then end them."""
+        env = {"ORCH_INCARNATION": incarnation, "PATH": os.environ.get("PATH", os.defpath)}
+        try:
+            while not stop.is_set():
+                self._wanted.clear()
+                with self._lock:
+                    missing = count - len(self._ready)
+                for _ in range(missing):
+                    try:
+                        started = _standby(env)
+                    except OSError as exc:
+                        logging.getLogger("orch.process").warning(
+                            "a launcher could not be started ahead: %s", exc
+                        )
+                        break
+                    with self._lock:
+                        self._ready.append(started)
+                self._wanted.wait(1.0)
+        finally:
+            with self._lock:
+                left, self._ready = self._ready, []
+            for proc, pidfd in left:
+                _end_standby(proc, pidfd)
+
+    def wake(self) -> None:
+        """Let a `keep` waiting for a take look at once (when it should stop)."""
+        self._wanted.set()
+
+
+def _standby(env: Mapping[str, str]) -> tuple[subprocess.Popen[bytes], int | None]:
+    proc = subprocess.Popen(
+        [sys.executable, "-I", "-S", str(LAUNCHER), "--standby"],
+        cwd="/",
+        env=dict(env),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    pidfd: int | None = None
+    with contextlib.suppress(AttributeError, OSError):
+        pidfd = os.pidfd_open(proc.pid)
+    return proc, pidfd
+
+
+def _end_standby(proc: subprocess.Popen[bytes], pidfd: int | None) -> None:
+    """An empty request ends a standby; one that does not end at once is killed."""
+    for pipe in (proc.stdin, proc.stdout):
+        with contextlib.suppress(OSError):
+            if pipe is not None:
+                pipe.close()
+    try:
+        proc.wait(1.0)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    _close_pidfd(pidfd)
+
+
+def _close_pidfd(pidfd: int | None) -> None:
+    if pidfd is not None:
+        os.close(pidfd)
+
+
+def _request(
+    cwd: Path, stdin_path: Path | None, env: Mapping[str, str], launcher_args: Sequence[str]
+) -> bytes:
+    """What a standby launcher is told: see sandbox/launcher.py."""
+    fields = [str(cwd), str(stdin_path or ""), str(len(env))]
+    fields += [f"{k}={v}" for k, v in env.items()]
+    fields += launcher_args
+    return b"\0".join(os.fsencode(f) for f in fields)
 
 
 class ProcessGroup:
@@ -71,29 +172,25 @@ class ProcessGroup:
         user: tuple[int, int] | None = None,
         confine: Confinement | None = None,
         not_after: float | None = None,
+        launchers: Launchers | None = None,
     ) -> None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path = log_path
         # held while reaping, so kill_now never signals a launcher that was reaped
         self._reaping = threading.Lock()
         self._log = CappedLog(log_path, confine.output_cap if confine else DEFAULT_OUTPUT_CAP)
-        stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL  # noqa: SIM115
+        self._pidfd: int | None = None
+        args = launcher_args(argv, confine, user, not_after)
         try:
-            self._proc = subprocess.Popen(
-                launcher_argv(argv, confine, user, not_after),
-                cwd=cwd,
-                env=dict(env),
-                stdin=stdin,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            warm = _told(launchers, cwd, stdin_path, env, args)
+            if warm is not None:
+                self._proc, self._pidfd = warm
+            else:
+                command = [sys.executable, "-I", "-S", str(LAUNCHER), *args]
+                self._proc = _cold(command, cwd, stdin_path, env)
         except BaseException:
             self._log.close()
             raise
-        finally:
-            if stdin_path:
-                stdin.close()  # type: ignore[union-attr]
         assert self._proc.stdout is not None
         self._reader = threading.Thread(
             target=_pump,
@@ -105,9 +202,9 @@ class ProcessGroup:
         self.pid: int | None = self._proc.pid
         # a pidfd becomes readable the moment the child exits, where Popen.wait(timeout) would
         # poll with sleeps of up to 50 ms
-        self._pidfd: int | None = None
-        with contextlib.suppress(AttributeError, OSError):
-            self._pidfd = os.pidfd_open(self._proc.pid)
+        if self._pidfd is None:
+            with contextlib.suppress(AttributeError, OSError):
+                self._pidfd = os.pidfd_open(self._proc.pid)
 
     def wait(self, timeout_s: float) -> int | None:
         """The exit status once the leader has exited (within `timeout_s`), else None.
@@ -205,6 +302,54 @@ class ProcessGroup:
             return ""
 
 
+def _cold(
+    command: list[str], cwd: Path, stdin_path: Path | None, env: Mapping[str, str]
+) -> subprocess.Popen[bytes]:
+    stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        return subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=dict(env),
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    finally:
+        if stdin_path:
+            stdin.close()  # type: ignore[union-attr]
+
+
+def _told(
+    launchers: Launchers | None,
+    cwd: Path,
+    stdin_path: Path | None,
+    env: Mapping[str, str],
+    launcher_args: list[str],
+) -> tuple[subprocess.Popen[bytes], int | None] | None:
+    """A standby launcher given this command, or None when there is none to give it to."""
+    if launchers is None:
+        return None
+    # what Popen would refuse is refused here too, before a standby is spent on it
+    if not os.path.isdir(cwd):
+        raise FileNotFoundError(errno.ENOENT, "No such directory", str(cwd))
+    if stdin_path is not None:
+        os.close(os.open(stdin_path, os.O_RDONLY))
+    warm = launchers.take()
+    if warm is None:
+        return None
+    proc, pidfd = warm
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(_request(cwd, stdin_path, env, launcher_args))
+        proc.stdin.close()
+    except OSError:  # it died since it was taken: a launcher is started as before
+        _end_standby(proc, pidfd)
+        return None
+    return proc, pidfd
+
+
 class CappedLog:
     """An output log that never holds more than `cap` bytes: past it, the oldest output goes
     and the newest half is kept, behind one line that says how much was cut."""
@@ -265,7 +410,11 @@ def _pump(pipe: IO[bytes], log: CappedLog, on_line: Callable[[bytes], None] | No
 
 
 class LocalRunner:
-    """Runs gate and deploy commands through the shell, each started by the launcher."""
+    """Runs gate and deploy commands through the shell, each started by the launcher (one
+    started ahead, from `launchers`, when one is ready)."""
+
+    def __init__(self, launchers: Launchers | None = None) -> None:
+        self.launchers = launchers
 
     def start(
         self,
@@ -279,7 +428,13 @@ class LocalRunner:
     ) -> ProcessGroup:
         if run_as is None:
             return ProcessGroup(
-                command, cwd=cwd, env=env, log_path=log_path, confine=confine, not_after=not_after
+                command,
+                cwd=cwd,
+                env=env,
+                log_path=log_path,
+                confine=confine,
+                not_after=not_after,
+                launchers=self.launchers,
             )
         # a gate runs what the agent wrote (its tests, its conftest): as the agent's user
         run_as.grant(cwd)
@@ -291,4 +446,5 @@ class LocalRunner:
             user=(run_as.uid, run_as.gid),
             confine=confine,
             not_after=not_after,
+            launchers=self.launchers,
         )

@@ -83,8 +83,10 @@ class AgentRunner:
         worktree: Path,
         deadline_left: float | None,
         confine: Confinement,
+        started: Callable[[], None] | None = None,
     ) -> Decision | None:
-        """Run the stage's agent; None if it succeeded, else what its failure decides."""
+        """Run the stage's agent; None if it succeeded, else what its failure decides.
+        `started` is called once the agent's process is (and its run recorded)."""
         task, claim, spec, tools = work.task, work.claim, work.spec, self.tools
         limits = limits_of(self.store, task, work.pipeline, task.stage)
         exhausted = limits.exhausted()
@@ -131,6 +133,8 @@ class AgentRunner:
             outcome = RunOutcome.ERROR
             report = None
             try:
+                if started is not None:
+                    self._tell_started(proc, started)
                 code, outcome = work.lease.supervise(
                     proc,
                     spec.timeout_s,
@@ -155,6 +159,17 @@ class AgentRunner:
             finally:
                 self._close(work, run_id, proc, outcome, report)
             return self._judge(work, agent.name, code, outcome, log_path, report, proc)
+
+    def _tell_started(self, proc: AgentProcess, started: Callable[[], None]) -> None:
+        """Best effort, as every notice: one the store could not record is not sent. An
+        interruption ends the agent it would have been about."""
+        try:
+            started()
+        except OrchError as exc:
+            log.warning("could not tell that the run started: %s", exc)
+        except BaseException:
+            proc.kill(self.tools.settings.kill_grace_s)
+            raise
 
     def _close(
         self,

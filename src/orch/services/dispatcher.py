@@ -27,7 +27,7 @@ from orch.domain.errors import Interrupted, OrchError, StoreUnavailable
 from orch.domain.model import Claim
 from orch.domain.naming import cancel_overdue_key, store_down_key
 from orch.domain.states import EventKind
-from orch.ports import ProcessTable, Store, SweepResult
+from orch.ports import ProcessTable, Store, SweepResult, WarmLaunchers
 from orch.services.engine import Engine
 
 log = logging.getLogger("orch.dispatcher")
@@ -63,6 +63,8 @@ class DispatcherSettings:
     # looked at to replace those of an older head
     spare_worktrees: int = 0
     spares_refresh_s: float = 30.0
+    # launchers started ahead of the commands they will start
+    warm_launchers: int = 0
 
 
 class Dispatcher:
@@ -75,8 +77,10 @@ class Dispatcher:
         owner: str | None = None,
         alert: Callable[[str, str], None] | None = None,
         processes: ProcessTable | None = None,
+        launchers: WarmLaunchers | None = None,
     ) -> None:
         self.store = store
+        self.launchers = launchers
         self.engine = engine
         self.repo_limit = repo_limit
         self.settings = settings
@@ -91,11 +95,22 @@ class Dispatcher:
         self._free = 0  # slots without a job, while started
         self._unhear: list[Callable[[], None]] = []
         self._outage: str | None = None  # why the store refused the last claim, while it does
+        # another process committed since the jobs here were last told of STOPs: those asked
+        # in this process reach them at once (Engine.stop_asked)
+        self._stops_heard = True
         store.add_listener(self.wake)
 
     def wake(self) -> None:
-        """The store changed (here, or heard from another process): the claimer looks."""
+        """The store changed here: the claimer looks."""
         with self._cond:
+            self._generation += 1
+            self._cond.notify_all()
+
+    def heard(self) -> None:
+        """Another process changed the store: the claimer looks, and tells the jobs here
+        about the STOPs asked for their tasks."""
+        with self._cond:
+            self._stops_heard = True
             self._generation += 1
             self._cond.notify_all()
 
@@ -174,17 +189,26 @@ class Dispatcher:
     def start(self) -> None:
         self.recover()
         self._free = self.settings.slots
-        self._unhear = [self.store.hearing.hold(), self.store.changes.listen(self.wake)]
+        self._unhear = [
+            self.store.hearing.hold(),
+            self.store.changes.listen(self.heard, heard_only=True),
+        ]
         for i in range(self.settings.slots):
             self._spawn(self._slot, f"orch-slot-{i}")
         self._spawn(self._claimer, "orch-claimer")
         self._spawn(self._sweeper, "orch-sweeper")
         if self.settings.spare_worktrees:
             self._spawn(self._spares, "orch-spares")
+        if self.settings.warm_launchers and self.launchers is not None:
+            self._spawn(self._launchers, "orch-launchers")
 
     def _spares(self) -> None:
         forge, s = self.engine.tools.forge, self.settings
         forge.keep_spares(s.spare_worktrees, self._stopping, s.spares_refresh_s)
+
+    def _launchers(self) -> None:
+        assert self.launchers is not None
+        self.launchers.keep(self.settings.warm_launchers, self.owner, self._stopping)
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
         th = threading.Thread(target=target, name=name, daemon=True)
@@ -195,6 +219,8 @@ class Dispatcher:
         """Stop claiming; jobs in flight kill their children and give their leases back."""
         self._stopping.set()
         self.engine.shutdown.set()
+        if self.launchers is not None:
+            self.launchers.wake()
         for release in self._unhear:
             release()
         self._unhear.clear()
@@ -210,16 +236,15 @@ class Dispatcher:
     def _claimer(self) -> None:
         """The one claimer of this process: it claims while a slot is free and work is there,
         then sleeps until a commit here or elsewhere wakes it (or the next backoff is due, or
-        the poll interval, a safety net for a change nobody heard). Each wake-up also tells the
-        jobs here about STOPs asked for their tasks."""
-        stops_seen = -1
+        the poll interval, a safety net for a change nobody heard). A change heard from another
+        process also tells the jobs here about STOPs asked for their tasks."""
         while not self._stopping.is_set():
             with self._cond:
-                seen, free = self._generation, self._free
+                seen, free, stops = self._generation, self._free, self._stops_heard
+                self._stops_heard = False
             try:
-                if seen != stops_seen:
-                    stops_seen = seen
-                    self.engine.stops_heard()
+                if stops:
+                    self._tell_stops()
                 claim = (
                     self.store.claim(self.owner, self.settings.lease_ttl_s, self.repo_limit)
                     if free
@@ -243,6 +268,14 @@ class Dispatcher:
             with self._cond:
                 self._free -= 1
             self._handed.put(claim)
+
+    def _tell_stops(self) -> None:
+        try:
+            self.engine.stops_heard()
+        except BaseException:  # told at the next look instead
+            with self._cond:
+                self._stops_heard = True
+            raise
 
     def _slot(self) -> None:
         while True:

@@ -102,8 +102,6 @@ class Jobs:
         stray = self.inbox.stray(work)
         if stray:
             self.store.mark_events(work.claim, stray)
-        if task.version == 1:
-            self.outbox.started(task, work.claim)
         left = deadline_left(self.store, task, work.pipeline)
         if left is not None and left <= 0:
             return decided(pl.deadline_passed(work.pipeline, task.stage))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -104,11 +105,18 @@ class StageRunner:
                 confine = self._confinement(work, repo, worktree, agent)
             except AgentError as exc:
                 return decided(pl.parked(task.stage, str(exc)))
+            # people hear that a new task started once its first agent has (not before: the
+            # notice is not on the way from the ticket to the agent)
+            announce = partial(self.outbox.started, task, work.claim) if task.version == 1 else None
             if agent is not None:
                 _clear_verdicts(spec, ctx, worktree)
-                failure = self.agents.run(work, agent, ctx, worktree, deadline_left, confine)
+                failure = self.agents.run(
+                    work, agent, ctx, worktree, deadline_left, confine, started=announce
+                )
                 if failure is not None:
                     return decided(failure)
+            elif announce is not None:
+                announce()
         finally:
             if agent is not None:
                 tools.breakers.release(agent.name)

@@ -28,6 +28,7 @@ from orch.adapters.agents.streaming import (
     write_prompt,
 )
 from orch.adapters.agents.users import AgentUser
+from orch.adapters.process import Launchers
 from orch.domain.errors import ConfigError
 from orch.domain.ledger import Prices, Usage
 from orch.ports import AgentReport, AgentRequest
@@ -221,6 +222,7 @@ class ClaudeCodeAgent:
         prices: Prices | None = None,
         run_as: str | None = None,
         environ: Mapping[str, str] | None = None,
+        launchers: Launchers | None = None,
         euid: Callable[[], int] = os.geteuid,
     ) -> None:
         if permission_mode not in PERMISSION_MODES:
@@ -229,6 +231,7 @@ class ClaudeCodeAgent:
                 f" {', '.join(PERMISSION_MODES)}"
             )
         environ = os.environ if environ is None else environ
+        self.launchers = launchers
         self.env = dict(env or {})
         self.run_as = AgentUser.resolve(name, run_as, euid) if run_as else None
         if (
@@ -298,6 +301,7 @@ class ClaudeCodeAgent:
                 self.prices,
                 stdin_path=write_prompt(request, request.prompt),
                 user=self.run_as,
+                launchers=self.launchers,
             )
         except OSError as exc:
             raise not_startable(self.name, argv[0], exc) from exc

@@ -25,6 +25,7 @@ from orch.adapters.agents.streaming import (
     write_prompt,
 )
 from orch.adapters.agents.users import AgentUser
+from orch.adapters.process import Launchers
 from orch.domain.errors import ConfigError
 from orch.domain.ledger import Prices, Usage
 from orch.ports import AgentReport, AgentRequest
@@ -126,12 +127,14 @@ class CodexAgent:
         prices: Prices | None = None,
         run_as: str | None = None,
         environ: Mapping[str, str] | None = None,
+        launchers: Launchers | None = None,
     ) -> None:
         if sandbox not in SANDBOX_MODES:
             raise ConfigError(
                 f"agent {name!r}: sandbox {sandbox!r} is not one of {', '.join(SANDBOX_MODES)}"
             )
         environ = os.environ if environ is None else environ
+        self.launchers = launchers
         self.name = name
         self.binary = find_binary(command, BIN_ENV, environ)
         self.model = model
@@ -219,6 +222,7 @@ class CodexAgent:
                 self.prices,
                 stdin_path=write_prompt(request, prompt),
                 user=self.run_as,
+                launchers=self.launchers,
             )
         except OSError as exc:
             raise not_startable(self.name, argv[0], exc) from exc

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from orch.adapters.agents.users import AgentUser
-from orch.adapters.process import ProcessGroup
+from orch.adapters.process import Launchers, ProcessGroup
 from orch.domain.errors import AgentError
 from orch.ports import AgentRequest
 
@@ -32,8 +32,10 @@ class CommandAgent:
         env: Mapping[str, str] | None = None,
         pass_env: Sequence[str] = (),
         run_as: str | None = None,
+        launchers: Launchers | None = None,
     ) -> None:
         self.name = name
+        self.launchers = launchers
         self.run_as = AgentUser.resolve(name, run_as) if run_as else None
         self.env_names = frozenset(pass_env)
         self.meters: frozenset[str] = frozenset()  # a plain command reports no usage
@@ -73,6 +75,7 @@ class CommandAgent:
                 log_path=request.log_path,
                 user=(self.run_as.uid, self.run_as.gid) if self.run_as else None,
                 confine=request.confine,
+                launchers=self.launchers,
             )
         except OSError as exc:
             raise AgentError(

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from orch.adapters.process import ProcessGroup
+from orch.adapters.process import Launchers, ProcessGroup
 from orch.ports import AgentRequest
 
 MAIN = Path(__file__).with_name("scripted_main.py")
@@ -28,8 +28,10 @@ class ScriptedAgent:
         name: str = "scripted",
         playbook: Mapping[str, Any] | Path | None = None,
         python: str = sys.executable,
+        launchers: Launchers | None = None,
     ) -> None:
         self.name = name
+        self.launchers = launchers
         self.env_names: frozenset[str] = frozenset()
         self.run_as = None
         self.meters: frozenset[str] = frozenset()
@@ -60,4 +62,5 @@ class ScriptedAgent:
             env=env,
             log_path=request.log_path,
             confine=request.confine,
+            launchers=self.launchers,
         )

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from orch.adapters.agents.users import AgentUser
-from orch.adapters.process import ProcessGroup
+from orch.adapters.process import Launchers, ProcessGroup
 from orch.domain.errors import AgentError
 from orch.domain.ledger import Prices, Usage
 from orch.ports import AgentReport, AgentRequest
@@ -45,6 +45,7 @@ class StreamingProcess:
         prices: Prices,
         stdin_path: Path | None = None,
         user: AgentUser | None = None,
+        launchers: Launchers | None = None,
     ) -> None:
         self._stream = stream
         self._prices = prices
@@ -72,6 +73,7 @@ class StreamingProcess:
             on_line=self._line,
             user=(user.uid, user.gid) if user else None,
             confine=confine,
+            launchers=launchers,
         )
         self.pid = self._group.pid
         with self._lock:

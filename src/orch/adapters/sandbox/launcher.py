@@ -12,8 +12,8 @@ fast and imports nothing an agent could have planted. It:
   capabilities that would let root step around it, switches to `--user`, then execs the command;
 - when the command exits, kills every descendant still alive and exits with the command's
   status (a command killed by a signal makes the launcher die of the same signal);
-- on SIGTERM, TERMs every descendant, waits `--grace` seconds, then KILLs them all; on SIGUSR1
-  KILLs them all at once.
+- on SIGTERM, TERMs every descendant (and CONTs them, so a stopped one acts on it), waits
+  `--grace` seconds, then KILLs them all; on SIGUSR1 KILLs them all at once.
 
 Why a subreaper and not a cgroup per run: it needs no privilege and no delegated cgroup tree,
 so it works the same for orch as root or as a plain user, on cgroup v1, hybrid and v2 hosts and
@@ -21,6 +21,12 @@ inside containers; a process cannot leave the subtree of a subreaper it descends
 
 OPTIONS: `--landlock`, then any of `--write DIR`, `--read PATH`, `--protect PATH`,
 `--device PATH` (each may repeat), `--grace SECONDS`, `--user UID:GID`, `--not-after EPOCH`.
+
+`--standby` starts a launcher ahead of its command, so that a command starts without waiting
+for an interpreter: it reads its request from stdin up to end of file, then runs it as above.
+The request is NUL-separated: the working directory, the file for the command's stdin (empty
+for /dev/null), the number of environment entries, those `NAME=value` entries, then the options
+and `--` and the command. A standby whose stdin ends empty (orch stopped, or died) exits 0.
 
 `--not-after` is for a command that must not run twice (a deploy): the instant, in seconds since
 the epoch, until which the lease of the worker starting it surely holds. A worker paused between
@@ -347,19 +353,19 @@ def kill_all() -> None:
 _WATCHED = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 
 
-def _resolve(name: str) -> str:
+def _resolve(name: str, env: dict[str, str]) -> str:
     """The program `name` names, searched on PATH as execvp would, without the imports
     os.execvp makes (the child may have become a user who cannot read the standard library)."""
     if "/" in name:
         return name
-    for directory in os.environ.get("PATH", "/usr/bin:/bin").split(":"):
+    for directory in env.get("PATH", "/usr/bin:/bin").split(":"):
         candidate = os.path.join(directory or ".", name)
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
     return name
 
 
-def _child(spec: Spec, argv: list[str]) -> None:
+def _child(spec: Spec, argv: list[str], env: dict[str, str]) -> None:
     try:
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
         for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # Python ignores them; the command must not
@@ -376,13 +382,41 @@ def _child(spec: Spec, argv: list[str]) -> None:
         os.write(2, f"orch: refusing to run {argv[0]}: it could not be confined: {exc}\n".encode())
         os._exit(EXIT_REFUSED)
     try:
-        os.execv(_resolve(argv[0]), argv)
+        os.execve(_resolve(argv[0], env), argv, env)
     except OSError as exc:
         os.write(2, f"orch: could not start {argv[0]}: {exc.strerror or exc}\n".encode())
         os._exit(127)
 
 
+def _standby() -> tuple[list[str], dict[str, str]] | None:
+    """Wait for the request on stdin and take its place and stdin; its arguments and
+    environment, or None for an empty request."""
+    chunks = []
+    while chunk := os.read(0, 1 << 16):
+        chunks.append(chunk)
+    if not chunks:
+        return None
+    fields = [os.fsdecode(f) for f in b"".join(chunks).split(b"\0")]
+    cwd, stdin_path, count = fields[0], fields[1], int(fields[2])
+    env = dict(entry.partition("=")[::2] for entry in fields[3 : 3 + count])
+    os.chdir(cwd)
+    fd = os.open(stdin_path or os.devnull, os.O_RDONLY)
+    os.dup2(fd, 0)
+    os.close(fd)
+    return fields[3 + count :], env
+
+
 def main(args: list[str]) -> int:
+    env = dict(os.environ)
+    if args == ["--standby"]:
+        try:
+            request = _standby()
+        except (OSError, ValueError, IndexError) as exc:
+            os.write(2, f"orch: could not start the command: {exc}\n".encode())
+            return 127
+        if request is None:
+            return 0
+        args, env = request
     try:
         split = args.index("--")
         spec = Spec(args[:split])
@@ -405,7 +439,7 @@ def main(args: list[str]) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, _WATCHED)
     pid = os.fork()
     if pid == 0:
-        _child(spec, argv)
+        _child(spec, argv, env)
     status: int | None = None
     kill_at: float | None = None
     while status is None:
@@ -413,6 +447,8 @@ def main(args: list[str]) -> int:
         info = signal.sigtimedwait(_WATCHED, timeout)
         if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             _signal_all(signal.SIGTERM)
+            # a stopped process acts on its TERM only once it runs again (as systemd does)
+            _signal_all(signal.SIGCONT)
             if kill_at is None:
                 kill_at = time.monotonic() + spec.grace
         elif (info is not None and info.si_signo == signal.SIGUSR1) or (

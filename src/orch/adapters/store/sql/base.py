@@ -297,12 +297,15 @@ class SqlBase:
         see. Blocks: run it on a thread of its own."""
         if self.dialect == "postgresql":
             dsn = sa.engine.make_url(self.url).set(drivername="postgresql")
-            listen(dsn.render_as_string(hide_password=False), self._id, stop, self.changes.bump)
+            listen(dsn.render_as_string(hide_password=False), self._id, stop, self._heard)
             return
         path = sqlite_path(self.url)
         if path is not None:
             self._hear(quietly=True)  # what was announced before: already shown
             watch_file(path, stop, self._hear)
+
+    def _heard(self) -> None:
+        self.changes.bump(heard=True)
 
     def _hear(self, quietly: bool = False) -> None:
         """The SQLite file changed: a change to show if its count moved past what this store
@@ -314,7 +317,7 @@ class SqlBase:
         if count is not None and int(count) > self._heard_count:
             self._heard_count = int(count)
             if not quietly:
-                self.changes.bump()
+                self.changes.bump(heard=True)
 
     def _count_apart(self, name: str) -> None:
         """Add one to a counter in a transaction of its own: the one that was refused rolled
