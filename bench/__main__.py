@@ -40,6 +40,7 @@ class Plan:
     s1_tasks: int
     s1_slots: list[int]
     s2_events: int  # per store and kind of event
+    s2_cold: int  # cold events per store, each after a minute of idle
     s3_tasks: int
     s3_scale: float
     s3_rounds: int
@@ -67,7 +68,8 @@ def plan(args: argparse.Namespace) -> Plan:
     quick, rounds = args.quick, args.rounds
     if quick:
         p = Plan(
-            s1_tasks=5, s1_slots=[1, 10], s2_events=3, s3_tasks=20, s3_scale=0.05, s3_rounds=1,
+            s1_tasks=5, s1_slots=[1, 10], s2_events=3, s2_cold=0,
+            s3_tasks=20, s3_scale=0.05, s3_rounds=1,
             s4_counts=[0, 5], s4_settle_s=0.3, s4_window_s=1.0,
             s5_agents=4, s5_kills=2, s5_stops=2, s5_restarts=1, s5_stall_s=1.0, s5_grace_s=0.5,
             s6_sizes=[1000, 2000], s7_sizes=[1000, 2000], s6_rounds=1, s6_running=4, s6_queued=1,
@@ -78,7 +80,7 @@ def plan(args: argparse.Namespace) -> Plan:
         # a quarter of an hour here; the options below give them back (docs/benchmarks.md)
         p = Plan(
             s1_tasks=max(10, math.ceil(125 / rounds)), s1_slots=[1, 10, 50], s2_events=40,
-            s3_tasks=60, s3_scale=0.5, s3_rounds=1,
+            s2_cold=3, s3_tasks=60, s3_scale=0.5, s3_rounds=1,
             s4_counts=[0, 10, 50], s4_settle_s=3.0, s4_window_s=10.0,
             s5_agents=50, s5_kills=20, s5_stops=20, s5_restarts=2, s5_stall_s=5.0,
             s5_grace_s=10.0,
@@ -91,6 +93,8 @@ def plan(args: argparse.Namespace) -> Plan:
         p.s1_slots = [int(s) for s in args.s1_slots.split(",") if s.strip()]
     if args.s2_tickets:
         p.s2_events = args.s2_tickets
+    if args.s2_cold is not None:
+        p.s2_cold = args.s2_cold
     if args.s3_tasks:
         p.s3_tasks = args.s3_tasks
     if args.s3_scale:
@@ -129,6 +133,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--s1-slots", default=None, help="S1 worker slots, comma-separated (1,10,50)")
     p.add_argument(
         "--s2-tickets", type=int, default=None, help="S2 events per store and kind (40; 3 quick)"
+    )
+    p.add_argument(
+        "--s2-cold",
+        type=int,
+        default=None,
+        help="S2 cold events per store, each after 60 s idle (3; 0 quick; BENCHMARKS: 20)",
     )
     p.add_argument(
         "--s2-rate", type=float, default=None, help="S2 Poisson rate, events/s (2; 4 quick)"
@@ -225,13 +235,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"S2: {p.s2_events} events per store and kind at {args.s2_rate}/s")
             s2_results: dict[tuple[str, str], s2.S2Result | str]
             try:
-                s2_results = dict(s2.run(stores, p.s2_events, args.s2_rate, rounds, pg_url))
+                s2_results = dict(
+                    s2.run(stores, p.s2_events, args.s2_rate, rounds, pg_url, cold=p.s2_cold)
+                )
             except Exception as exc:
                 traceback.print_exc(file=sys.stderr)
                 s2_results = {(s, k): failed(exc) for s in stores for k in s2.SOURCES}
             rows += rw.s2_rows(floors, s2_results)
             pg_missing("S2")
             pg_missing("S2 plane")
+            if not p.s2_cold:
+                rows += [
+                    rw.missing("S2 cold", "event->agent start p50 ms", s, "n/a: not run (--quick)")
+                    for s in stores
+                ]
 
         if "S3" in only:
             s3_results: dict[tuple[str, str], list] = {}

@@ -107,6 +107,9 @@ def s1_rows(
 def s2_rows(f: Floors, results: dict[tuple[str, str], s2_latency.S2Result | str]) -> list[Row]:
     rows = []
     for (store, source), res in results.items():
+        if source == s2_latency.COLD:
+            rows += _s2_cold_rows(store, res, results.get((store, "api")))
+            continue
         workload = "S2" if source == "api" else "S2 plane"
         what = "POST /api/v1/tasks" if source == "api" else "signed POST /webhooks/plane"
         if isinstance(res, str):
@@ -150,7 +153,62 @@ def s2_rows(f: Floors, results: dict[tuple[str, str], s2_latency.S2Result | str]
                 why="" if lat else "error: no event started an agent",
             ),
         ]
+        # where the time goes, cut where the store recorded the event's way
+        for metric, values, floor, note in (
+            ("request->task recorded p50 ms", res.filed_s, f.ping_s, "floor: GET /ping"),
+            ("task->agent handed its command p50 ms", res.handed_s, None, "claim, worktree, spawn"),
+            (
+                "handed->agent's 1st instruction p50 ms",
+                res.exec_s,
+                f.stub_start_s,
+                "floor: stub Popen->1st instruction",
+            ),
+        ):
+            rows.append(
+                Row(
+                    workload,
+                    metric,
+                    store,
+                    _ms(values) if values else None,
+                    _ms(floor) if floor else None,
+                    None,
+                    note,
+                    why="" if values else "error: no run was recorded",
+                )
+            )
     return rows
+
+
+def _s2_cold_rows(
+    store: str, res: s2_latency.S2Result | str, warm: s2_latency.S2Result | str | None
+) -> list[Row]:
+    """The cold events beside the warm ones: the floor is the warm p50."""
+    if isinstance(res, str):
+        return [missing("S2 cold", "event->agent start p50 ms", store, res)]
+    lat = res.latencies_s
+    warm_p50 = _ms(warm.latencies_s) if isinstance(warm, s2_latency.S2Result) else None
+    note = f"n={len(lat)} after 60 s idle each; floor: the warm events' p50"
+    return [
+        Row(
+            "S2 cold",
+            "event->agent start p50 ms",
+            store,
+            _ms(lat) if lat else None,
+            warm_p50,
+            "≤1.2x warm",
+            note,
+            why="" if lat else "error: no cold event started an agent",
+        ),
+        Row(
+            "S2 cold",
+            "event->agent start max ms",
+            store,
+            max(lat) * 1e3 if lat else None,
+            warm_p50,
+            None,
+            why="" if lat else "error: no cold event started an agent",
+        ),
+    ]
 
 
 # -- S3 ------------------------------------------------------------------------------------------

@@ -14,6 +14,10 @@ Two kinds of event are sent, in ABBA blocks across the stores and the kinds, at 
   itself, so the clock starts just before that request. orch verifies it, stores it, reads the
   item back from the fake and files the task.
 
+Then, with `cold` > 0, that many cold events per store: a ticket POSTed after `idle_s` of no
+traffic at all (a second apart across the stores, so they do not share the CPU), whose latency is
+set beside the warm events'.
+
 Each stub writes its first instruction's CLOCK_REALTIME to `<home>/<ticket>.analysis.1`; the
 latency of an event is that time minus the wall clock just before its request was sent.
 """
@@ -32,10 +36,11 @@ from pathlib import Path
 import httpx
 
 from bench.common import abba
-from bench.serve import Serve, make_remote, repo, store_url, stub_start
+from bench.serve import Probe, Serve, make_remote, repo, store_url, stub_start
 
 PLANE_KEY, PLANE_SECRET = "bench-plane-key", "bench-plane-webhook-secret"
 SOURCES = ("api", "plane")
+COLD = "cold"  # the source of the cold events: API tickets after a long idle
 
 
 @dataclass
@@ -44,6 +49,12 @@ class S2Result:
     source: str
     latencies_s: list[float] = field(default_factory=list)  # stub first instruction - send
     acks_s: list[float] = field(default_factory=list)  # HTTP response received - send
+    # the way there, from what the store recorded: the task's row written (its created_at)
+    # - send; the agent's run recorded, its launcher told the command (runs.started_at) - the
+    # task's row; the stub's first instruction - the run recorded
+    filed_s: list[float] = field(default_factory=list)
+    handed_s: list[float] = field(default_factory=list)
+    exec_s: list[float] = field(default_factory=list)
     missing: int = 0
     errors: list[str] = field(default_factory=list)
 
@@ -95,6 +106,7 @@ def _collect(
 ) -> None:
     deadline = time.monotonic() + timeout_s
     pending = list(sent)
+    started_at: dict[str, tuple[float, float]] = {}
     while pending and time.monotonic() < deadline:
         still = []
         for key, at, ack in pending:
@@ -104,10 +116,34 @@ def _collect(
             else:
                 result.latencies_s.append(started - at)
                 result.acks_s.append(ack)
+                started_at[key] = (at, started)
         pending = still
         if pending:
             time.sleep(0.05)
     result.missing += len(pending)
+    _breakdown(serve, started_at, result)
+
+
+def _breakdown(serve: Serve, started: dict[str, tuple[float, float]], result: S2Result) -> None:
+    """Each started event's way, cut where the store recorded it."""
+    if not started:
+        return
+    probe = Probe(serve.store)
+    try:
+        for key, (at, first) in started.items():
+            row = probe.rows(
+                "SELECT t.created_at, r.started_at FROM tasks t JOIN runs r ON r.task_id = t.id"
+                " WHERE t.key = :k AND r.attempt = 1 ORDER BY r.id LIMIT 1",
+                k=key,
+            )
+            if not row:
+                continue
+            filed, handed = float(row[0][0]), float(row[0][1])
+            result.filed_s.append(filed - at)
+            result.handed_s.append(handed - filed)
+            result.exec_s.append(first - handed)
+    finally:
+        probe.close()
 
 
 @contextlib.contextmanager
@@ -157,9 +193,13 @@ def run(
     rounds: int,
     pg_url: str | None,
     slots: int = 50,
+    cold: int = 0,
+    idle_s: float = 60.0,
 ) -> dict[tuple[str, str], S2Result]:
-    """{(store, source): result} for every store and both sources."""
+    """{(store, source): result} for every store and both sources (and COLD, with `cold`)."""
     results = {(s, src): S2Result(s, src) for s in stores for src in SOURCES}
+    if cold:
+        results.update({(s, COLD): S2Result(s, COLD) for s in stores})
     rng = random.Random(20240601)
     root = Path(tempfile.mkdtemp(prefix="orch-bench-s2-"))
     blocks = max(1, rounds)
@@ -191,6 +231,12 @@ def run(
                     except (httpx.HTTPError, RuntimeError) as exc:
                         result.errors.append(str(exc)[:200])
                 _collect(t.serve, sent, result)
+            for _ in range(cold):
+                time.sleep(idle_s)
+                for name, t in targets.items():
+                    counter += 1
+                    _collect(t.serve, [_file_api(t, counter)], results[(name, COLD)])
+                    time.sleep(1.0)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return results

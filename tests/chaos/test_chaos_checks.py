@@ -478,6 +478,14 @@ def test_a_reused_pid_seen_long_after_a_run_started_is_not_taken_for_its_agent()
     assert ends == {1: 10.4}
 
 
+def test_the_agent_of_a_run_may_be_a_launcher_started_long_before_the_run() -> None:
+    owner: Any = object()
+    earlier = Seen(pid=4242, start="50", owner=owner, first=1.0, last=4.0)  # ended: pid reused
+    waiting = Seen(pid=4242, start="100", owner=owner, first=5.0, last=80.0)  # told at 60
+    ends = match_open_runs([earlier, waiting], [(1, 4242, 60.0), (2, 4242, 90.0)])
+    assert ends == {1: 80.0}  # and a run after it ended is no one's seen here
+
+
 # -- I8/F6 ---------------------------------------------------------------------------------------
 
 

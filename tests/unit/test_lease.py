@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
+from collections import Counter
+from collections.abc import Callable
 
 import pytest
 
@@ -10,7 +14,7 @@ from orch.domain.errors import CancelRequested, LeaseLost, ShuttingDown, StoreUn
 from orch.domain.ledger import Usage
 from orch.domain.model import Claim
 from orch.domain.states import RunOutcome, Stage
-from orch.services.lease import Held, Lease
+from orch.services.lease import Heartbeats, Held, Lease
 
 CLAIM = Claim(job_id=1, task_id=1, version=1, stage=Stage.ANALYSIS, attempt=1, token=1, owner="w")
 
@@ -245,3 +249,72 @@ def test_a_lease_holds_until_its_last_renewal_was_sent_plus_its_ttl_less_a_margi
     assert lease.valid_until() == 1000.0 + 4 - 1  # a quarter of the ttl, at most 2 s
     lease.renew()
     assert lease.valid_until() == 1013.0
+
+
+class ManyJobsStore:
+    """Renews each job's lease and counts it; a job in `failing` cannot be renewed."""
+
+    def __init__(self) -> None:
+        self.renewals: Counter[int] = Counter()
+        self.failing: set[int] = set()
+        self.lock = threading.Lock()
+
+    def renew(self, claim: Claim, ttl_s: float) -> bool:
+        with self.lock:
+            if claim.job_id in self.failing:
+                raise StoreUnavailable("database is locked")
+            self.renewals[claim.job_id] += 1
+        return False
+
+
+def job(n: int) -> Claim:
+    return Claim(
+        job_id=n, task_id=n, version=1, stage=Stage.ANALYSIS, attempt=1, token=1, owner="w"
+    )
+
+
+def eventually(what: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if what():
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def test_one_thread_renews_every_lease_of_a_process_as_each_falls_due() -> None:
+    store, beats = ManyJobsStore(), Heartbeats()
+    before = set(threading.enumerate())
+    with contextlib.ExitStack() as held:
+        for n in range(1, 21):
+            held.enter_context(Lease(store, job(n), ttl_s=30, heartbeat_s=0.02, beats=beats))  # type: ignore[arg-type]
+        started = [t.name for t in set(threading.enumerate()) - before]
+        renewed = eventually(lambda: all(store.renewals[n] >= 3 for n in range(1, 21)))
+    assert renewed
+    assert started == ["orch-heartbeats"]  # twenty leases, one heartbeat
+
+
+def test_a_lease_let_go_is_renewed_no_more() -> None:
+    store, beats = ManyJobsStore(), Heartbeats()
+    with Lease(store, job(1), ttl_s=30, heartbeat_s=0.01, beats=beats):  # type: ignore[arg-type]
+        assert eventually(lambda: store.renewals[1] >= 2)
+    after = store.renewals[1]
+    with Lease(store, job(2), ttl_s=30, heartbeat_s=0.01, beats=beats):  # type: ignore[arg-type]
+        assert eventually(lambda: store.renewals[2] >= 5)  # the heartbeat beats on meanwhile
+    assert store.renewals[1] == after
+
+
+def test_a_lease_that_cannot_be_renewed_is_lost_while_the_others_keep_their_beat() -> None:
+    store, beats = ManyJobsStore(), Heartbeats()
+    store.failing = {1}
+    with (
+        Lease(store, job(1), ttl_s=0.2, heartbeat_s=0.02, beats=beats) as failing,  # type: ignore[arg-type]
+        Lease(store, job(2), ttl_s=30, heartbeat_s=0.02, beats=beats) as healthy,  # type: ignore[arg-type]
+    ):
+        lost = eventually(lambda: failing.due_in() is None)
+        renewed_then = store.renewals[2]
+        assert eventually(lambda: store.renewals[2] >= renewed_then + 3)
+        with pytest.raises(LeaseLost, match=r"not renewed for 0\.2s"):
+            failing.check()
+        healthy.check()
+    assert lost

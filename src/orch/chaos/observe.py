@@ -305,15 +305,17 @@ def match_open_runs(
     seen: Iterable[Seen], runs: Iterable[tuple[int, int | None, float]], window_s: float = 2.0
 ) -> dict[int, float]:
     """The agent of a run is the process with its pid first seen within `window_s` of the run's
-    start: pids wrap (a long run spawns tens of thousands of processes), so a later process with
-    the same pid is someone else, and must not stretch the run."""
+    start, or seen alive both before and after it (a launcher started ahead, told its command
+    as the run started): pids wrap (a long run spawns tens of thousands of processes), so a
+    process with the same pid seen only later, or only earlier, is someone else, and must not
+    stretch the run."""
     out: dict[int, float] = {}
     by_pid: dict[int, list[Seen]] = {}
     for s in seen:
         by_pid.setdefault(s.pid, []).append(s)
     for run_id, pid, started_at in runs:
         for s in by_pid.get(pid or -1, []):
-            if abs(s.first - started_at) <= window_s:
+            if abs(s.first - started_at) <= window_s or s.first <= started_at <= s.last:
                 out[run_id] = s.last
                 break
     return out

@@ -187,6 +187,9 @@ class Dispatcher:
     # -- threads, for `orch serve` -----------------------------------------------------------
 
     def start(self) -> None:
+        # launchers are started ahead while recovery runs, for the jobs it gives back
+        if self.settings.warm_launchers and self.launchers is not None:
+            self._spawn(self._launchers, "orch-launchers")
         self.recover()
         self._free = self.settings.slots
         self._unhear = [
@@ -199,8 +202,6 @@ class Dispatcher:
         self._spawn(self._sweeper, "orch-sweeper")
         if self.settings.spare_worktrees:
             self._spawn(self._spares, "orch-spares")
-        if self.settings.warm_launchers and self.launchers is not None:
-            self._spawn(self._launchers, "orch-launchers")
 
     def _spares(self) -> None:
         forge, s = self.engine.tools.forge, self.settings

@@ -74,6 +74,7 @@ class Jobs:
             settings.heartbeat_s,
             shutdown=self.tools.shutdown,
             held=self.tools.held,
+            beats=self.tools.heartbeats,
         ) as lease:
             work = Work(task, pipeline, claim, lease, actor)
             # the one error boundary: a signal stops the job, a failure costs an attempt

@@ -1,9 +1,11 @@
 """A held lease, kept alive by the supervisor for the whole job (rule 5).
 
-A background heartbeat renews it; the worker checks it before every step that writes outside
-the store (commit, push, merge) and while it waits on children. A lease that cannot be renewed
-for a whole TTL is treated as lost even if the store never said so: another worker may hold the
-job by then, so the children are killed and nothing more is written.
+A heartbeat renews it: one thread per process (`Heartbeats`) renews each lease held there as
+its renewal falls due, rather than a thread per job. The worker checks it before every step
+that writes outside the store (commit, push, merge) and while it waits on children. A lease
+that cannot be renewed for a whole TTL is treated as lost even if the store never said so:
+another worker may hold the job by then, so the children are killed and nothing more is
+written.
 
 A STOP asked for in this process reaches the job at once, through `Held`; one written by another
 process, when the dispatcher hears that process's commit (`Engine.stops_heard`). Each renewal
@@ -35,9 +37,12 @@ class Lease:
         shutdown: threading.Event | None = None,
         held: Held | None = None,
         wall: Callable[[], float] = time.time,
+        beats: Heartbeats | None = None,
     ) -> None:
         self.store = store
         self.held = held
+        # a lease on its own (a test's) has a heartbeat thread of its own
+        self.beats = beats or Heartbeats()
         self._wall = wall
         # until when (wall clock) the lease surely holds: renewed at t, it expires at the
         # store's t' + ttl >= t + ttl; the margin allows for a database host's clock
@@ -51,15 +56,11 @@ class Lease:
         self.cancel_seen = False
         self._monotonic = monotonic
         self._renewed = monotonic()
+        self._retry_at: float | None = None  # after a renewal that failed, while it still holds
         self._lost: str | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def __enter__(self) -> Lease:
-        self._thread = threading.Thread(
-            target=self._beat, name=f"orch-lease-{self.claim.job_id}", daemon=True
-        )
-        self._thread.start()
+        self.beats.add(self)
         if self.held is not None and self.held.add(self):
             # a STOP was asked here between this job's claim and now; the store says whether
             # it stands (a stale one, for a task since retried, does not)
@@ -76,33 +77,34 @@ class Lease:
     ) -> None:
         if self.held is not None:
             self.held.remove(self)
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        self.beats.remove(self)
 
     def stop_asked(self) -> None:
         """A STOP was recorded for this job's task: the job applies it at its next check."""
         self.cancel_seen = True
 
-    def _beat(self) -> None:
-        wait = self.heartbeat_s
-        while not self._stop.wait(wait):
-            # a step's own renewal (`renew`, `fresh`) puts the next heartbeat off
-            due = self._renewed + self.heartbeat_s - self._monotonic()
-            if due > 0:
-                wait = due
-                continue
-            try:
-                self._renew()
-                wait = self.heartbeat_s
-            except LeaseLost as exc:
-                self._lost = str(exc)
-                return
-            except Exception as exc:  # the store's trouble, or a bug: the lease decays the same way
-                if self._monotonic() - self._renewed >= self.ttl_s:
-                    self._lost = f"lease not renewed for {self.ttl_s:g}s: {exc}"
-                    return
-                wait = self.poll_s  # try again soon, while the lease still holds
+    def due_in(self) -> float | None:
+        """Seconds until its heartbeat should renew it (a step's own renewal, `renew` or
+        `fresh`, puts it off); None once it is lost."""
+        if self._lost is not None:
+            return None
+        due = self._renewed + self.heartbeat_s
+        if self._retry_at is not None:
+            due = min(due, self._retry_at)
+        return due - self._monotonic()
+
+    def beat(self) -> None:
+        """The heartbeat's renewal, when `due_in` says it is due."""
+        try:
+            self._renew()
+            self._retry_at = None
+        except LeaseLost as exc:
+            self._lost = str(exc)
+        except Exception as exc:  # the store's trouble, or a bug: the lease decays the same way
+            if self._monotonic() - self._renewed >= self.ttl_s:
+                self._lost = f"lease not renewed for {self.ttl_s:g}s: {exc}"
+            else:
+                self._retry_at = self._monotonic() + self.poll_s  # while the lease still holds
 
     def check(self) -> None:
         if self._lost is not None:
@@ -186,6 +188,61 @@ class Lease:
         except BaseException:
             proc.kill(grace_s)
             raise
+
+
+class Heartbeats:
+    """The heartbeat of every lease this process holds: one thread, running while there is a
+    lease, renews each as it falls due. A renewal that hangs holds up the others, but they all
+    wait on the same store, which would hold them up as much."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._leases: list[Lease] = []
+        self._beating: Lease | None = None
+        self._running = False
+
+    def add(self, lease: Lease) -> None:
+        with self._cond:
+            self._leases.append(lease)
+            self._cond.notify_all()
+            if not self._running:
+                self._running = True
+                threading.Thread(target=self._run, name="orch-heartbeats", daemon=True).start()
+
+    def remove(self, lease: Lease) -> None:
+        """No more renewals of `lease`: one under way is waited for."""
+        with self._cond:
+            if lease in self._leases:
+                self._leases.remove(lease)
+            self._cond.wait_for(lambda: self._beating is not lease)
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                due: Lease | None = None
+                while due is None:
+                    if not self._leases:
+                        self._running = False
+                        return
+                    waits = [(lease.due_in(), lease) for lease in self._leases]
+                    soonest = min(
+                        ((w, lease) for w, lease in waits if w is not None),
+                        key=lambda x: x[0],
+                        default=None,
+                    )
+                    if soonest is not None and soonest[0] <= 0:
+                        due = soonest[1]
+                    else:
+                        # a lease lost waits for its job to leave; a new one wakes this
+                        self._cond.wait(soonest[0] if soonest else None)
+                self._beating = due
+            try:
+                due.beat()
+            finally:
+                with self._cond:
+                    self._beating = None
+                    self._cond.notify_all()
 
 
 class Held:

@@ -33,7 +33,7 @@ from orch.ports import (
     Store,
 )
 from orch.services.breaker import Breakers
-from orch.services.lease import Held, Lease
+from orch.services.lease import Heartbeats, Held, Lease
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,7 @@ class Tools:
     # set when the process shuts down: jobs in flight kill their children and let go
     shutdown: threading.Event = field(default_factory=threading.Event)
     held: Held = field(default_factory=Held)  # the leases this process's jobs hold
+    heartbeats: Heartbeats = field(default_factory=Heartbeats)  # and what renews them
     # writes news back to the tracker a task came from (orch.services.reporting), if any
     reporter: Notifier | None = None
 
