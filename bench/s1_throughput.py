@@ -28,6 +28,7 @@ import sqlalchemy as sa
 
 from bench.common import IN_HOME, median, percentile, pg_schema, stub_argv, stub_times
 from orch.adapters.agents.command import CommandAgent
+from orch.adapters.process import Launchers
 from orch.adapters.sandbox.policy import LandlockSandbox
 from orch.adapters.store import schema as t
 from orch.adapters.store.sql import SqlStore
@@ -38,6 +39,8 @@ from orch.services.dispatcher import DispatcherSettings
 from orch.services.engine import EngineSettings
 from orch.services.intake import Intake
 from orch.testing import MemoryForge, MemoryNotifier, MemoryRepos
+
+WARM_LAUNCHERS = 2  # worker.warm_launchers' default
 
 STAGES = 7
 
@@ -131,7 +134,8 @@ def _run(
     names = [f"repo{i}" for i in range(n_repos)]
     repos = MemoryRepos(*(RepoSettings(name=n, test_command="true", max_active=50) for n in names))
     notifier = MemoryNotifier()
-    agent = TimedAgent(CommandAgent("stub", stub_argv(IN_HOME)))
+    launchers = Launchers()  # as orch serve starts its agents
+    agent = TimedAgent(CommandAgent("stub", stub_argv(IN_HOME), launchers=launchers))
     _, dispatcher = workers(
         store=store,
         forge=forge,
@@ -140,7 +144,8 @@ def _run(
         notifier=notifier,
         sandbox=LandlockSandbox(protect=()),
         engine=EngineSettings(logs_dir=logs, homes_dir=logs / "homes", backoff_base_s=0.0),
-        dispatcher=DispatcherSettings(slots=slots),
+        dispatcher=DispatcherSettings(slots=slots, warm_launchers=WARM_LAUNCHERS),
+        launchers=launchers,
     )
     pipeline = bench_pipeline()
     intake = Intake(store, repos, lambda _repo: pipeline)

@@ -32,9 +32,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bench.common import IN_HOME, stub_argv
-from bench.s1_throughput import _store_url, bench_pipeline
+from bench.s1_throughput import WARM_LAUNCHERS, _store_url, bench_pipeline
 from bench.serve import wait_for
 from orch.adapters.agents.command import CommandAgent
+from orch.adapters.process import Launchers
 from orch.adapters.sandbox.policy import LandlockSandbox
 from orch.adapters.store.sql import SqlStore
 from orch.bootstrap import workers
@@ -113,15 +114,17 @@ def _run(
     # the serial gate: one active task per repository
     repos = MemoryRepos(*(RepoSettings(name=n, test_command="true", max_active=1) for n in names))
     notifier = MemoryNotifier()
+    launchers = Launchers()  # as orch serve starts its agents
     _, dispatcher = workers(
         store=store,
         forge=forge,
-        agents={"stub": CommandAgent("stub", stub_argv(IN_HOME))},
+        agents={"stub": CommandAgent("stub", stub_argv(IN_HOME), launchers=launchers)},
         repos=repos,
         notifier=notifier,
         sandbox=LandlockSandbox(protect=()),
         engine=EngineSettings(logs_dir=logs, homes_dir=logs / "homes", backoff_base_s=0.0),
-        dispatcher=DispatcherSettings(slots=SLOTS),
+        dispatcher=DispatcherSettings(slots=SLOTS, warm_launchers=WARM_LAUNCHERS),
+        launchers=launchers,
     )
     pipeline = s3_pipeline()
     intake = Intake(store, repos, lambda _repo: pipeline)

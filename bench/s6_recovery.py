@@ -30,7 +30,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,9 @@ class Api:
     latencies_s: list[float] = field(default_factory=list)
     bytes: list[int] = field(default_factory=list)
     errors: int = 0
+    # orch's own event-loop lag while the block ran: upper bound (inf last) -> how many of the
+    # probe's wake-ups came at most that late, from /metrics before and after
+    lag: dict[float, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -343,30 +346,72 @@ def api_load(base_url: str, keys: list[str], requests: int) -> dict[tuple[str, s
         endpoint, mode = config  # type: ignore[misc]
         result = out.setdefault((endpoint, mode), Api())
         per = max(1, requests // 2)
-        if mode == "seq":
-            with httpx.Client(base_url=base_url, timeout=30.0) as client:
-                for _ in range(per):
-                    _get(client, paths[endpoint](), result)
-            continue
-        chosen = [paths[endpoint]() for _ in range(per)]
-        lock = threading.Lock()
-
-        def worker(mine: list[str], r: Api = result, lock: threading.Lock = lock) -> None:
-            local = Api()
-            with httpx.Client(base_url=base_url, timeout=30.0) as client:
-                for p in mine:
-                    _get(client, p, local)
-            with lock:
-                r.latencies_s += local.latencies_s
-                r.bytes += local.bytes
-                r.errors += local.errors
-
-        threads = [threading.Thread(target=worker, args=(chosen[i::8],)) for i in range(8)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
+        before = loop_lag(base_url)
+        try:
+            _load(base_url, paths[endpoint], mode, per, result)
+        finally:
+            after = loop_lag(base_url)
+            for bound, n in after.items():
+                result.lag[bound] = result.lag.get(bound, 0.0) + n - before.get(bound, 0.0)
     return out
+
+
+def loop_lag(base_url: str) -> dict[float, float]:
+    """orch's event-loop lag histogram as /metrics has it now: upper bound -> cumulative count."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{base_url}/metrics", timeout=30.0).text
+    out: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "orch_event_loop_lag_seconds":
+            for sample in family.samples:
+                if sample.name.endswith("_bucket"):
+                    out[float(sample.labels["le"])] = sample.value
+    return out
+
+
+def lag_quantile(lag: dict[float, float], q: float) -> float | None:
+    """The q-quantile (0..1) of a cumulative histogram, interpolated in its bucket as
+    Prometheus's histogram_quantile does; the highest finite bound if it lies past them all."""
+    bounds = sorted(lag)
+    if not bounds or lag[bounds[-1]] <= 0:
+        return None
+    rank = q * lag[bounds[-1]]
+    lower, below = 0.0, 0.0
+    for bound in bounds:
+        if lag[bound] >= rank:
+            if bound == float("inf"):
+                return lower
+            share = (rank - below) / (lag[bound] - below) if lag[bound] > below else 1.0
+            return lower + (bound - lower) * share
+        lower, below = bound, lag[bound]
+    return lower
+
+
+def _load(base_url: str, path: Callable[[], str], mode: str, per: int, result: Api) -> None:
+    if mode == "seq":
+        with httpx.Client(base_url=base_url, timeout=30.0) as client:
+            for _ in range(per):
+                _get(client, path(), result)
+        return
+    chosen = [path() for _ in range(per)]
+    lock = threading.Lock()
+
+    def worker(mine: list[str]) -> None:
+        local = Api()
+        with httpx.Client(base_url=base_url, timeout=30.0) as client:
+            for p in mine:
+                _get(client, p, local)
+        with lock:
+            result.latencies_s += local.latencies_s
+            result.bytes += local.bytes
+            result.errors += local.errors
+
+    threads = [threading.Thread(target=worker, args=(chosen[i::8],)) for i in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
 
 
 # -- the whole ----------------------------------------------------------------------------------

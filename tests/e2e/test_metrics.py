@@ -120,5 +120,6 @@ def test_metrics_need_a_token_once_one_exists(site: Site) -> None:
         "orch_fenced_writes_total",
         "orch_notifications",
         "orch_circuit_state",
+        "orch_event_loop_lag_seconds_count",
     ):
         assert expected in names, expected

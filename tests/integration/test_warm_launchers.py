@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,25 +61,32 @@ def alive(pid: int) -> bool:
         return False
 
 
+def shell(script: str, cwd: Path, launchers: Launchers | None, **options: Any) -> ProcessGroup:
+    """`script` started by the shell, through a launcher of `launchers` if one is waiting; its
+    output goes to `run.log` beside `cwd`, unless `log_path` says otherwise."""
+    options.setdefault("log_path", cwd.parent / "run.log")
+    return ProcessGroup(["/bin/sh", "-c", script], cwd=cwd, env=ENV, launchers=launchers, **options)
+
+
+def run_handed(tmp_path: Path, script: str, cwd: Path, **options: Any) -> int | None:
+    """Run `script` through a launcher kept waiting (the one waiting, not a new one); its exit
+    status, its output in `run.log`."""
+    with kept() as (launchers, _):
+        waiting = standby_pids(launchers)
+        group = shell(script, cwd, launchers, log_path=tmp_path / "run.log", **options)
+        assert group.pid == waiting[0]
+        code = group.wait(10)
+        group.kill(0)
+    return code
+
+
 def test_a_command_handed_to_a_waiting_launcher_runs_as_it_would_have(tmp_path: Path) -> None:
     prompt = tmp_path / "prompt.txt"
     prompt.write_text("the prompt\n")
     work = tmp_path / "work"
     work.mkdir()
     script = 'pwd; cat; echo "ticket=$ORCH_TICKET secret=$SECRET_OF_THE_RUN"; env | sort > env.txt'
-    with kept() as (launchers, _):
-        waiting = standby_pids(launchers)
-        group = ProcessGroup(
-            ["/bin/sh", "-c", script],
-            cwd=work,
-            env=ENV,
-            log_path=tmp_path / "run.log",
-            stdin_path=prompt,
-            launchers=launchers,
-        )
-        assert group.pid == waiting[0]  # the launcher that was waiting, not a new one
-        assert group.wait(10) == 0
-        group.kill(0)
+    assert run_handed(tmp_path, script, work, stdin_path=prompt) == 0
     log = (tmp_path / "run.log").read_text()
     assert log.splitlines() == [str(work), "the prompt", "ticket=APP-1 secret=s3cret"]
     names = {line.split("=", 1)[0] for line in (work / "env.txt").read_text().splitlines()}
@@ -99,13 +107,7 @@ def test_a_command_is_started_as_before_when_no_launcher_is_waiting(tmp_path: Pa
         stop.set()  # the keeper ends its standby and holds none from now on
         launchers.wake()
         assert wait_until(lambda: not standby_pids(launchers))
-        group = ProcessGroup(
-            ["/bin/sh", "-c", "echo cold"],
-            cwd=tmp_path,
-            env=ENV,
-            log_path=tmp_path / "run.log",
-            launchers=launchers,
-        )
+        group = shell("echo cold", tmp_path, launchers, log_path=tmp_path / "run.log")
         assert group.wait(10) == 0
         group.kill(0)
     assert (tmp_path / "run.log").read_text() == "cold\n"
@@ -116,9 +118,7 @@ def test_the_keeper_replaces_a_launcher_taken_and_ends_those_left_when_it_stops(
 ) -> None:
     with kept(count=2) as (launchers, _):
         before = set(standby_pids(launchers))
-        group = ProcessGroup(
-            ["true"], cwd=tmp_path, env=ENV, log_path=tmp_path / "a.log", launchers=launchers
-        )
+        group = shell("true", tmp_path, launchers, log_path=tmp_path / "a.log")
         assert group.pid in before
         assert group.wait(10) == 0
         group.kill(0)
@@ -171,19 +171,7 @@ def test_a_command_handed_to_a_waiting_launcher_is_confined(tmp_path: Path) -> N
     (elsewhere / "secret").write_text("hidden\n")
     confine = Confinement(landlock=True, write=(work,), protect=(elsewhere,))
     script = "echo ok > mine; echo no > ../elsewhere/theirs; cat ../elsewhere/secret; true"
-    with kept() as (launchers, _):
-        waiting = standby_pids(launchers)
-        group = ProcessGroup(
-            ["/bin/sh", "-c", script],
-            cwd=work,
-            env=ENV,
-            log_path=tmp_path / "run.log",
-            confine=confine,
-            launchers=launchers,
-        )
-        assert group.pid == waiting[0]
-        assert group.wait(10) == 0
-        group.kill(0)
+    assert run_handed(tmp_path, script, work, confine=confine) == 0
     assert (work / "mine").read_text() == "ok\n"
     assert not (elsewhere / "theirs").exists()
     assert "hidden" not in (tmp_path / "run.log").read_text()
@@ -206,13 +194,7 @@ def test_a_command_from_a_waiting_launcher_is_ended_with_all_it_started(tmp_path
     pids = tmp_path / "pids"
     script = f"sleep 300 & echo $! > {pids}; setsid sleep 300 & echo $! >> {pids}; wait"
     with kept() as (launchers, _):
-        group = ProcessGroup(
-            ["/bin/sh", "-c", script],
-            cwd=tmp_path,
-            env=ENV,
-            log_path=tmp_path / "run.log",
-            launchers=launchers,
-        )
+        group = shell(script, tmp_path, launchers, log_path=tmp_path / "run.log")
         assert wait_until(lambda: pids.exists() and len(pids.read_text().split()) == 2)
         started = [int(p) for p in pids.read_text().split()]
         assert all(alive(p) for p in started)
@@ -226,13 +208,7 @@ def test_a_missing_directory_is_refused_before_a_waiting_launcher_is_spent(
     with kept() as (launchers, _):
         waiting = standby_pids(launchers)
         with pytest.raises(FileNotFoundError):
-            ProcessGroup(
-                ["true"],
-                cwd=tmp_path / "gone",
-                env=ENV,
-                log_path=tmp_path / "run.log",
-                launchers=launchers,
-            )
+            shell("true", tmp_path / "gone", launchers)
         assert standby_pids(launchers) == waiting
 
 
@@ -244,12 +220,11 @@ def test_a_stopped_command_acts_on_its_term_without_waiting_out_the_grace(
     so the command dies of the TERM, not of the KILL the grace would end in."""
     pids = tmp_path / "pids"
     with kept() as (launchers, _):
-        group = ProcessGroup(
-            ["/bin/sh", "-c", f"echo $$ > {pids}; exec sleep 300"],
-            cwd=tmp_path,
-            env=ENV,
+        group = shell(
+            f"echo $$ > {pids}; exec sleep 300",
+            tmp_path,
+            launchers if warm else None,
             log_path=tmp_path / "run.log",
-            launchers=launchers if warm else None,
         )
         assert wait_until(lambda: pids.exists() and pids.read_text().strip())
         sleeper = int(pids.read_text())  # the command itself, once it exec'd sleep

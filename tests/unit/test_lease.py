@@ -318,3 +318,22 @@ def test_a_lease_that_cannot_be_renewed_is_lost_while_the_others_keep_their_beat
             failing.check()
         healthy.check()
     assert lost
+
+
+def test_a_silent_child_is_looked_at_when_its_stall_falls_due_not_at_the_next_poll() -> None:
+    class Waited(EndlessChild):
+        def __init__(self) -> None:
+            super().__init__()
+            self.waits: list[float] = []
+
+        def wait(self, timeout_s: float) -> int | None:
+            self.waits.append(timeout_s)
+            return super().wait(timeout_s)
+
+    child = Waited()
+    store = RenewingStore(None)
+    with Lease(store, CLAIM, ttl_s=30, heartbeat_s=5) as lease:  # type: ignore[arg-type]
+        code, outcome = lease.supervise(child, timeout_s=600, grace_s=0, stall_s=0.05)
+    assert (code, outcome) == (-9, RunOutcome.STALLED)
+    assert lease.poll_s == 1.0
+    assert max(child.waits) <= 0.05  # never a whole poll interval past the stall

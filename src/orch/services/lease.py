@@ -171,7 +171,10 @@ class Lease:
                 remaining = deadline - self._monotonic()
                 if remaining <= 0:
                     return proc.kill(grace_s), limit_outcome
-                code = proc.wait(min(self.poll_s, remaining))
+                wait = min(self.poll_s, remaining)
+                if stall_s is not None:  # woken when the stall would be due, not after
+                    wait = min(wait, max(progressed + stall_s - self._monotonic(), 0.0))
+                code = proc.wait(wait)
                 if code is not None:
                     return code, RunOutcome.EXITED
                 self.check()

@@ -23,6 +23,7 @@ from orch.web.access import Caller, Guard, needs
 from orch.web.admin import add_admin
 from orch.web.dashboard import add_dashboard
 from orch.web.docs import add_docs
+from orch.web.looplag import LoopLag
 from orch.web.metrics import add_metrics
 from orch.web.openapi import BODY, KEY, PUBLIC, DocumentedAPI, errors
 from orch.web.webhooks import add_webhooks
@@ -90,9 +91,15 @@ manages tokens and reads the settings. Every error is `{"error": "...", "detail"
 
 
 def create_app(app: App) -> FastAPI:
+    lag = LoopLag()
     # the docs are served by add_docs, from the package: FastAPI's own load from a CDN
     api = DocumentedAPI(
-        title="orch", version="0.1.0", description=DESCRIPTION, docs_url=None, redoc_url=None
+        title="orch",
+        version="0.1.0",
+        description=DESCRIPTION,
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lambda _api: lag.running(),
     )
     api.add_middleware(Guard)
     reads = Depends(needs(app.store, Role.VIEWER))
@@ -123,7 +130,7 @@ def create_app(app: App) -> FastAPI:
         app.store.now()
         return {"ok": True, "owner": app.dispatcher.owner}
 
-    add_metrics(api, app)
+    add_metrics(api, app, lag)
     add_dashboard(api, app)
     add_docs(api)
     add_admin(api, app)

@@ -44,6 +44,7 @@ from orch.domain.states import (
 )
 from orch.services.breaker import Circuit
 from orch.web.access import needs
+from orch.web.looplag import LoopLag
 
 # the classic text format: every name here is a plain one, and every Prometheus reads it
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
@@ -73,6 +74,23 @@ class StoreCollector:
 
     def collect(self) -> Iterator[Metric]:
         yield from families(self.read(), self.circuits())
+
+
+class LagCollector:
+    """This process's event-loop lag (orch.web.looplag), from its own memory."""
+
+    def __init__(self, lag: LoopLag) -> None:
+        self.lag = lag
+
+    def collect(self) -> Iterator[Metric]:
+        h = self.lag.histogram()
+        family = HistogramMetricFamily(
+            "orch_event_loop_lag_seconds",
+            "How much later than due the API's event loop ran a probe woken every"
+            f" {self.lag.interval_s:g} s: what every request waited for the loop, at least.",
+        )
+        family.add_metric([], _buckets(h), h.total)
+        yield family
 
 
 def families(m: MetricsSnapshot, circuits: Mapping[str, Mapping[str, object]]) -> list[Metric]:
@@ -265,8 +283,10 @@ def registry_for(app: App) -> CollectorRegistry:
     return registry
 
 
-def add_metrics(api: FastAPI, app: App) -> None:
+def add_metrics(api: FastAPI, app: App, lag: LoopLag | None = None) -> None:
     registry = registry_for(app)
+    if lag is not None:
+        registry.register(LagCollector(lag))
 
     @api.get(
         "/metrics",
