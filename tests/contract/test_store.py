@@ -700,6 +700,36 @@ def test_an_unknown_merge_also_holds_the_repo_merge_slot(store: SqlStore) -> Non
     assert store.get_effect("m-2") is None
 
 
+@pytest.mark.parametrize("resolved_by", ["its worker", "the sweeper"])
+def test_a_job_retried_for_a_taken_merge_slot_is_due_once_the_merge_in_flight_is_resolved(
+    store: SqlStore, resolved_by: str
+) -> None:
+    new_task(store, "APP-1")
+    new_task(store, "APP-2")
+    new_task(store, "WEB-1", repo="web")
+    merging = claim(store, limit=lambda _repo: 5)
+    store.begin_effect(merging, "APP-1:merge", "merge", "app", "sha-1")
+    waiting, elsewhere = claim(store, limit=lambda _repo: 5), claim(store, limit=lambda _repo: 5)
+    assert {waiting.task_id, elsewhere.task_id} == {2, 3}
+    if waiting.task_id == 3:
+        waiting, elsewhere = elsewhere, waiting
+    with pytest.raises(Busy) as busy:
+        store.begin_effect(waiting, "APP-2:merge", "merge", "app", "sha-2")
+    retry(store, waiting, str(busy.value), 3600.0, counts=False)
+    retry(store, elsewhere, "something else", 3600.0)  # another repository's wait
+    assert store.claim(OWNER, 60.0, lambda _repo: 5) is None  # both wait their hour
+
+    if resolved_by == "its worker":
+        store.finish_effect(merging, "APP-1:merge", EffectState.SUCCEEDED, {"merge_sha": "m"})
+    else:  # the worker died: the sweep gives its job back, and the forge's word settles it
+        retry(store, merging, "its worker died", 3600.0)
+        assert store.settle_effect("APP-1:merge", EffectState.SUCCEEDED, {"merge_sha": "m"})
+
+    again = store.claim(OWNER, 60.0, lambda _repo: 5)
+    assert again is not None and again.task_id == waiting.task_id
+    assert store.claim(OWNER, 60.0, lambda _repo: 5) is None
+
+
 def test_one_deploy_per_target_starts_at_a_time_and_other_targets_are_free(
     store: SqlStore,
 ) -> None:

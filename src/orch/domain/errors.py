@@ -89,5 +89,11 @@ class Busy(OrchError):
     """A resource the store keeps one of (a repository's merge slot) is taken; try later."""
 
 
+def in_flight(kind: str, repo: str) -> str:
+    """Why a job waits for the one slot of `kind` (a repository's merge, a target's deploy): a
+    job retried for it is woken when an effect of that kind is resolved there."""
+    return f"another {kind} is in flight for {repo}"
+
+
 class AgentError(OrchError):
     """An agent could not be started."""

@@ -9,7 +9,7 @@ from typing import Any
 from orch import crashpoints
 from orch.adapters.store.memory.base import MemoryBase, _Tables
 from orch.domain import machine
-from orch.domain.errors import Busy, Conflict, NotFound
+from orch.domain.errors import Busy, Conflict, NotFound, in_flight
 from orch.domain.ledger import Usage
 from orch.domain.model import (
     Claim,
@@ -58,10 +58,10 @@ class Records(MemoryBase):
                         continue
                     merging = other.kind == EffectKind.MERGE == kind
                     if merging and other.state in UNRESOLVED_EFFECT_STATES:
-                        raise Busy(f"another {kind} is in flight for {repo}")
+                        raise Busy(in_flight(kind, repo))
                     deploying = EffectKind.DEPLOY.of(kind) and other.kind == kind
                     if deploying and other.state == EffectState.INITIATED:
-                        raise Busy(f"another {kind} is in flight for {repo}")
+                        raise Busy(in_flight(kind, repo))
             if existing is None:
                 t.effects[key] = Effect(
                     key,
@@ -89,7 +89,7 @@ class Records(MemoryBase):
     def finish_effect(
         self, claim: Claim, key: str, state: EffectState, result: Mapping[str, Any]
     ) -> Effect:
-        with self._write() as t:
+        with self._write(wakes=True) as t:
             self._guard(t, claim)
             effect = t.effects.get(key)
             if effect is None or effect.state not in UNRESOLVED_EFFECT_STATES:
@@ -97,6 +97,7 @@ class Records(MemoryBase):
             t.effects[key] = replace(
                 effect, state=state, result=dict(result), updated_at=self.now()
             )
+            _wake_waiting(t, effect, self.now())
         if state == EffectState.SUCCEEDED:
             crashpoints.hit("effect.succeeded")
         return self._t.effects[key]
@@ -113,7 +114,7 @@ class Records(MemoryBase):
         return sorted(found, key=lambda e: t.effect_ids[e.key])
 
     def settle_effect(self, key: str, state: EffectState, result: Mapping[str, Any]) -> bool:
-        with self._write() as t:
+        with self._write(wakes=True) as t:
             effect = t.effects.get(key)
             if effect is None or effect.state not in UNRESOLVED_EFFECT_STATES:
                 return False
@@ -122,6 +123,7 @@ class Records(MemoryBase):
             t.effects[key] = replace(
                 effect, state=state, result=dict(result), updated_at=self.now()
             )
+            _wake_waiting(t, effect, self.now())
             return True
 
     def failed_effects(self, kind: str) -> list[Effect]:
@@ -310,3 +312,16 @@ class Records(MemoryBase):
         with self._write() as t:
             self._guard(t, claim)
             self._mark(t, event_ids, self.now())
+
+
+def _wake_waiting(t: _Tables, effect: Effect, now: float) -> None:
+    """As the SQL store does: the jobs retried because `effect`'s slot was taken are due now."""
+    waiting = in_flight(effect.kind, effect.repo)
+    for job_id, job in t.jobs.items():
+        if (
+            job.state == JobState.QUEUED
+            and job.repo == effect.repo
+            and job.last_error == waiting
+            and job.run_after > now
+        ):
+            t.jobs[job_id] = replace(job, run_after=now)

@@ -19,6 +19,7 @@ from orch.adapters.store.sql.base import (
 from orch.domain.errors import (
     Busy,
     Conflict,
+    in_flight,
 )
 from orch.domain.ledger import Usage
 from orch.domain.model import (
@@ -103,7 +104,7 @@ class Records(SqlBase):
                 sa.select(t.effects.c.state).where(t.effects.c.key == key)
             ).scalar()
             if existing is None:
-                raise Busy(f"another {kind} is in flight for {repo}")
+                raise Busy(in_flight(kind, repo))
             if existing == EffectState.FAILED.value:
                 conn.execute(
                     sa.update(t.effects)
@@ -117,7 +118,7 @@ class Records(SqlBase):
                     )
                 )
 
-        self._write(fn, duplicate=lambda: Busy(f"another {kind} is in flight for {repo}"))
+        self._write(fn, duplicate=lambda: Busy(in_flight(kind, repo)))
         crashpoints.hit("effect.initiated")
         found = self.get_effect(key)
         assert found is not None
@@ -143,8 +144,9 @@ class Records(SqlBase):
             )
             if res.rowcount != 1:
                 raise Conflict(f"effect {key} is already resolved")
+            self._wake_waiting(conn, key)
 
-        self._write(fn)
+        self._write(fn, wakes=True)
         if state == EffectState.SUCCEEDED:
             crashpoints.hit("effect.succeeded")
         found = self.get_effect(key)
@@ -175,9 +177,31 @@ class Records(SqlBase):
                 )
                 .values(state=state.value, result=dict(result), updated_at=self._now_sql)
             )
-            return bool(res.rowcount == 1)
+            if res.rowcount != 1:
+                return False
+            self._wake_waiting(conn, key)
+            return True
 
-        return bool(self._write(fn))
+        return bool(self._write(fn, wakes=True))
+
+    def _wake_waiting(self, conn: Connection, key: str) -> None:
+        """The effect `key` was resolved: the jobs retried because its slot was taken (another
+        merge in flight for the repository, say) are due now rather than after their backoff."""
+        row = conn.execute(
+            sa.select(t.effects.c.kind, t.effects.c.repo).where(t.effects.c.key == key)
+        ).first()
+        if row is None:
+            return
+        conn.execute(
+            sa.update(t.jobs)
+            .where(
+                t.jobs.c.state == JobState.QUEUED.value,
+                t.jobs.c.repo == row.repo,
+                t.jobs.c.last_error == in_flight(row.kind, row.repo),
+                t.jobs.c.run_after > self._now_sql,
+            )
+            .values(run_after=self._now_sql)
+        )
 
     def failed_effects(self, kind: str) -> list[Effect]:
         rows = self._read(
