@@ -574,8 +574,7 @@ def s7_rows(f: Floors, results: dict[str, s6.S6Result | str]) -> list[Row]:
                     p99 * 1e3 if p99 is not None else None,
                     None,
                     None,
-                    "orch_event_loop_lag_seconds from /metrics, a probe woken every 50 ms;"
-                    " interpolated in its bucket",
+                    "orch_event_loop_lag_seconds in /metrics, p99 within its bucket",
                     why="" if p99 is not None else "error: /metrics gave no event-loop lag",
                 )
             )
