@@ -181,3 +181,28 @@ def test_only_a_change_heard_from_another_process_has_the_stops_of_running_jobs_
 
     assert after_own == []
     assert heard
+
+
+def test_a_job_the_sweep_takes_back_is_claimed_without_waiting_for_a_poll(
+    stores: tuple[SqlStore, SqlStore],
+) -> None:
+    """A worker elsewhere died holding a job: once its lease expires, the sweep here gives the
+    job back and the claimer hears of it from the sweep itself, polls or not."""
+    here, there = stores
+    r = rig(
+        {"default": ScriptedAgent()},
+        store=here,
+        heartbeat_s=NEVER_S,
+        poll_interval_s=NEVER_S,
+        sweep_interval_s=0.05,
+    )
+    try:
+        task = Intake(there, r.repos, lambda _repo: r.pipeline).file("app", "Add a greeting")
+        held = there.claim("elsewhere:1:-:dead", 0.2, lambda _repo: 1)  # and never renewed
+        assert held is not None and held.task_id == task.id
+        r.dispatcher.start()
+        [run] = until(lambda: here.runs(task.id), "the job given back started its agent")
+    finally:
+        r.dispatcher.stop()
+        r.close()
+    assert run.stage == Stage.ANALYSIS

@@ -233,3 +233,32 @@ def test_a_stopped_command_acts_on_its_term_without_waiting_out_the_grace(
         code = group.kill(60.0)
     assert code == -signal.SIGTERM
     assert not alive(sleeper)
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        {"env": {**ENV, "ORCH_TICKET_TITLE": "t\0--\0/bin/sh\0-c\0touch injected"}},
+        {"argv": ["/bin/echo", "a\0--\0/bin/sh"]},
+        {"env": {**ENV, "A=B": "c"}},
+    ],
+    ids=["nul-in-a-value", "nul-in-an-argument", "equals-in-a-name"],
+)
+def test_what_popen_refuses_is_refused_before_a_waiting_launcher_hears_it(
+    tmp_path: Path, where: dict[str, Any]
+) -> None:
+    """A NUL would shift every field after it: a ticket's title could name the launcher's
+    options and command. It is refused as Popen refuses it, and the waiting launcher is kept."""
+    with kept() as (launchers, _):
+        waiting = standby_pids(launchers)
+        with pytest.raises(ValueError):
+            ProcessGroup(
+                where.get("argv", ["/bin/true"]),
+                cwd=tmp_path,
+                env=where.get("env", ENV),
+                log_path=tmp_path / "run.log",
+                launchers=launchers,
+                not_after=time.time() - 1,
+            )
+        assert standby_pids(launchers) == waiting
+    assert not (tmp_path / "injected").exists()

@@ -337,3 +337,38 @@ def test_a_silent_child_is_looked_at_when_its_stall_falls_due_not_at_the_next_po
     assert (code, outcome) == (-9, RunOutcome.STALLED)
     assert lease.poll_s == 1.0
     assert max(child.waits) <= 0.05  # never a whole poll interval past the stall
+
+
+def test_a_heartbeat_stuck_in_a_renewal_does_not_keep_any_lease_alive() -> None:
+    """One renewal that never returns holds up the one heartbeat thread: every lease it serves
+    is still lost once a whole TTL passed without a renewal."""
+
+    class Hanging(ManyJobsStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.release = threading.Event()
+
+        def renew(self, claim: Claim, ttl_s: float) -> bool:
+            if claim.job_id == 1:
+                self.release.wait(30)
+            return super().renew(claim, ttl_s)
+
+    store, beats = Hanging(), Heartbeats()
+    try:
+        with (
+            Lease(store, job(1), ttl_s=0.3, heartbeat_s=0.01, beats=beats) as stuck,  # type: ignore[arg-type]
+            Lease(store, job(2), ttl_s=0.3, heartbeat_s=0.01, beats=beats) as behind,  # type: ignore[arg-type]
+        ):
+            assert eventually(lambda: _lost(behind))
+            assert _lost(stuck)
+            store.release.set()
+    finally:
+        store.release.set()
+
+
+def _lost(lease: Lease) -> bool:
+    try:
+        lease.check()
+    except LeaseLost:
+        return True
+    return False

@@ -144,11 +144,18 @@ def _close_pidfd(pidfd: int | None) -> None:
 def _request(
     cwd: Path, stdin_path: Path | None, env: Mapping[str, str], launcher_args: Sequence[str]
 ) -> bytes:
-    """What a standby launcher is told: see sandbox/launcher.py."""
+    """What a standby launcher is told: see sandbox/launcher.py. What Popen would refuse is
+    refused here too: a NUL anywhere would shift the fields after it (a title could then name
+    the launcher's options and command), and a name with `=` would not read back."""
+    if any("=" in name or not name for name in env):
+        raise ValueError("illegal environment variable name")
     fields = [str(cwd), str(stdin_path or ""), str(len(env))]
     fields += [f"{k}={v}" for k, v in env.items()]
     fields += launcher_args
-    return b"\0".join(os.fsencode(f) for f in fields)
+    encoded = [os.fsencode(f) for f in fields]
+    if any(b"\0" in f for f in encoded):
+        raise ValueError("embedded null byte")
+    return b"\0".join(encoded)
 
 
 class ProcessGroup:
@@ -336,17 +343,24 @@ def _told(
         raise FileNotFoundError(errno.ENOENT, "No such directory", str(cwd))
     if stdin_path is not None:
         os.close(os.open(stdin_path, os.O_RDONLY))
+    # as the standby resolves them: from its own directory, /
+    where = Path(os.path.abspath(cwd))
+    reading = Path(os.path.abspath(stdin_path)) if stdin_path is not None else None
+    request = _request(where, reading, env, launcher_args)
     warm = launchers.take()
     if warm is None:
         return None
     proc, pidfd = warm
     assert proc.stdin is not None
     try:
-        proc.stdin.write(_request(cwd, stdin_path, env, launcher_args))
+        proc.stdin.write(request)
         proc.stdin.close()
     except OSError:  # it died since it was taken: a launcher is started as before
         _end_standby(proc, pidfd)
         return None
+    except BaseException:
+        _end_standby(proc, pidfd)
+        raise
     return proc, pidfd
 
 

@@ -102,6 +102,12 @@ class EffectKind(StrEnum):
         return stored == self.value or stored.startswith(f"{self.value}:")
 
 
+def holds_a_slot(kind: str) -> bool:
+    """Whether an effect of the stored `kind` holds a slot others wait for: a merge (one in
+    flight per repository) or a deploy (one starting per target)."""
+    return kind == EffectKind.MERGE or EffectKind.DEPLOY.of(kind)
+
+
 class RunOutcome(StrEnum):
     """How a supervised child ended. Each clock that can end it records its own outcome."""
 

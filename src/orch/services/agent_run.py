@@ -3,7 +3,9 @@ ledger, and what its ending decides."""
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -132,9 +134,8 @@ class AgentRunner:
         with bound_contextvars(run=run_id, agent=agent.name):
             outcome = RunOutcome.ERROR
             report = None
+            telling = _tell(started) if started is not None else None
             try:
-                if started is not None:
-                    self._tell_started(proc, started)
                 code, outcome = work.lease.supervise(
                     proc,
                     spec.timeout_s,
@@ -157,19 +158,10 @@ class AgentRunner:
                 outcome = interrupted(signal)
                 raise
             finally:
+                if telling is not None:
+                    telling.join()  # told before whatever the run's end makes known
                 self._close(work, run_id, proc, outcome, report)
             return self._judge(work, agent.name, code, outcome, log_path, report, proc)
-
-    def _tell_started(self, proc: AgentProcess, started: Callable[[], None]) -> None:
-        """Best effort, as every notice: one the store could not record is not sent. An
-        interruption ends the agent it would have been about."""
-        try:
-            started()
-        except OrchError as exc:
-            log.warning("could not tell that the run started: %s", exc)
-        except BaseException:
-            proc.kill(self.tools.settings.kill_grace_s)
-            raise
 
     def _close(
         self,
@@ -303,6 +295,29 @@ class AgentRunner:
             return pl.after_attempt_failure(pipeline, task.stage, attempt, reason)
         breakers.record(name, ok=False)
         return pl.after_attempt_failure(pipeline, task.stage, attempt, reason)
+
+
+def _tell(started: Callable[[], None]) -> threading.Thread:
+    """Tell people the run started, on a thread of its own while the agent is supervised: a
+    notifier that takes seconds to answer must hold up neither the agent's start nor its
+    supervision. Best effort, as every notice: one the store could not record is not sent (a
+    lost lease, say, which the supervision finds on its own)."""
+
+    def tell() -> None:
+        try:
+            started()
+        except (OrchError, Interrupted) as exc:
+            log.warning("could not tell that the run started: %s", exc)
+        except Exception:
+            log.exception("telling that the run started failed")
+
+    # its log lines name the task, job and run as the job's own do
+    context = contextvars.copy_context()
+    thread = threading.Thread(
+        target=context.run, args=(tell,), name="orch-started-notice", daemon=True
+    )
+    thread.start()
+    return thread
 
 
 def deadline_left(store: Store, task: Task, pipeline: Pipeline) -> float | None:

@@ -107,6 +107,10 @@ class Lease:
                 self._retry_at = self._monotonic() + self.poll_s  # while the lease still holds
 
     def check(self) -> None:
+        """Raise LeaseLost once the lease is lost: the store said so, or no renewal came back
+        for a whole TTL (the heartbeat may itself be stuck in a renewal that never returns)."""
+        if self._lost is None and self._monotonic() - self._renewed >= self.ttl_s:
+            self._lost = f"lease not renewed for {self.ttl_s:g}s"
         if self._lost is not None:
             raise LeaseLost(self._lost)
 
@@ -210,7 +214,7 @@ class Heartbeats:
             self._cond.notify_all()
             if not self._running:
                 self._running = True
-                threading.Thread(target=self._run, name="orch-heartbeats", daemon=True).start()
+                self._add_thread()
 
     def remove(self, lease: Lease) -> None:
         """No more renewals of `lease`: one under way is waited for."""
@@ -220,7 +224,20 @@ class Heartbeats:
             self._cond.wait_for(lambda: self._beating is not lease)
             self._cond.notify_all()
 
+    def _add_thread(self) -> None:
+        threading.Thread(target=self._run, name="orch-heartbeats", daemon=True).start()
+
     def _run(self) -> None:
+        try:
+            self._beat_all()
+        except BaseException:  # the leases held still need a heartbeat
+            with self._cond:
+                self._running = bool(self._leases)
+                if self._running:
+                    self._add_thread()
+            raise
+
+    def _beat_all(self) -> None:
         while True:
             with self._cond:
                 due: Lease | None = None

@@ -48,6 +48,7 @@ _CREATE_RULESET_VERSION = 1
 _RULE_PATH_BENEATH = 1
 _PR_SET_NO_NEW_PRIVS = 38
 _PR_SET_CHILD_SUBREAPER = 36
+_PR_SET_DUMPABLE = 4
 
 EXECUTE = 1 << 0
 WRITE_FILE = 1 << 1
@@ -391,6 +392,10 @@ def _child(spec: Spec, argv: list[str], env: dict[str, str]) -> None:
 def _standby() -> tuple[list[str], dict[str, str]] | None:
     """Wait for the request on stdin and take its place and stdin; its arguments and
     environment, or None for an empty request."""
+    # not dumpable: a process of its user cannot open its stdin through /proc and tell it a
+    # command, nor read the request (a run's environment) there; the command it execs is
+    # dumpable again
+    _libc().prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
     chunks = []
     while chunk := os.read(0, 1 << 16):
         chunks.append(chunk)

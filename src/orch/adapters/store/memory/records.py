@@ -25,6 +25,7 @@ from orch.domain.states import (
     JobState,
     RunOutcome,
     Stage,
+    holds_a_slot,
 )
 from orch.ports import RunUsage
 
@@ -97,7 +98,8 @@ class Records(MemoryBase):
             t.effects[key] = replace(
                 effect, state=state, result=dict(result), updated_at=self.now()
             )
-            _wake_waiting(t, effect, self.now())
+            if state not in UNRESOLVED_EFFECT_STATES:
+                _wake_waiting(t, effect, self.now())
         if state == EffectState.SUCCEEDED:
             crashpoints.hit("effect.succeeded")
         return self._t.effects[key]
@@ -123,7 +125,8 @@ class Records(MemoryBase):
             t.effects[key] = replace(
                 effect, state=state, result=dict(result), updated_at=self.now()
             )
-            _wake_waiting(t, effect, self.now())
+            if state not in UNRESOLVED_EFFECT_STATES:
+                _wake_waiting(t, effect, self.now())
             return True
 
     def failed_effects(self, kind: str) -> list[Effect]:
@@ -316,6 +319,8 @@ class Records(MemoryBase):
 
 def _wake_waiting(t: _Tables, effect: Effect, now: float) -> None:
     """As the SQL store does: the jobs retried because `effect`'s slot was taken are due now."""
+    if not holds_a_slot(effect.kind):
+        return
     waiting = in_flight(effect.kind, effect.repo)
     for job_id, job in t.jobs.items():
         if (

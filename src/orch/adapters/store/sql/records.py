@@ -33,6 +33,7 @@ from orch.domain.states import (
     JobState,
     RunOutcome,
     Stage,
+    holds_a_slot,
 )
 from orch.ports import RunUsage
 
@@ -144,7 +145,8 @@ class Records(SqlBase):
             )
             if res.rowcount != 1:
                 raise Conflict(f"effect {key} is already resolved")
-            self._wake_waiting(conn, key)
+            if state not in UNRESOLVED_EFFECT_STATES:
+                self._wake_waiting(conn, key)
 
         self._write(fn, wakes=True)
         if state == EffectState.SUCCEEDED:
@@ -179,7 +181,8 @@ class Records(SqlBase):
             )
             if res.rowcount != 1:
                 return False
-            self._wake_waiting(conn, key)
+            if state not in UNRESOLVED_EFFECT_STATES:
+                self._wake_waiting(conn, key)
             return True
 
         return bool(self._write(fn, wakes=True))
@@ -190,7 +193,7 @@ class Records(SqlBase):
         row = conn.execute(
             sa.select(t.effects.c.kind, t.effects.c.repo).where(t.effects.c.key == key)
         ).first()
-        if row is None:
+        if row is None or not holds_a_slot(row.kind):
             return
         conn.execute(
             sa.update(t.jobs)
