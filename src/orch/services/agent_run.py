@@ -134,7 +134,7 @@ class AgentRunner:
         with bound_contextvars(run=run_id, agent=agent.name):
             outcome = RunOutcome.ERROR
             report = None
-            telling = _tell(started) if started is not None else None
+            telling = _Telling(started) if started is not None else None
             try:
                 code, outcome = work.lease.supervise(
                     proc,
@@ -297,27 +297,37 @@ class AgentRunner:
         return pl.after_attempt_failure(pipeline, task.stage, attempt, reason)
 
 
-def _tell(started: Callable[[], None]) -> threading.Thread:
-    """Tell people the run started, on a thread of its own while the agent is supervised: a
+class _Telling:
+    """Tells people the run started, on a thread of its own while the agent is supervised: a
     notifier that takes seconds to answer must hold up neither the agent's start nor its
     supervision. Best effort, as every notice: one the store could not record is not sent (a
-    lost lease, say, which the supervision finds on its own)."""
+    lost lease, say, which the supervision finds on its own). What is no error but the end of
+    the process (an interrupt, a simulated crash) reaches the job's own thread at `join`."""
 
-    def tell() -> None:
+    def __init__(self, started: Callable[[], None]) -> None:
+        self._started = started
+        self._ended: BaseException | None = None
+        # its log lines name the task, job and run as the job's own do
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(
+            target=context.run, args=(self._tell,), name="orch-started-notice", daemon=True
+        )
+        self._thread.start()
+
+    def _tell(self) -> None:
         try:
-            started()
+            self._started()
         except (OrchError, Interrupted) as exc:
             log.warning("could not tell that the run started: %s", exc)
         except Exception:
             log.exception("telling that the run started failed")
+        except BaseException as exc:
+            self._ended = exc
 
-    # its log lines name the task, job and run as the job's own do
-    context = contextvars.copy_context()
-    thread = threading.Thread(
-        target=context.run, args=(tell,), name="orch-started-notice", daemon=True
-    )
-    thread.start()
-    return thread
+    def join(self) -> None:
+        self._thread.join()
+        if self._ended is not None:
+            raise self._ended
 
 
 def deadline_left(store: Store, task: Task, pipeline: Pipeline) -> float | None:
