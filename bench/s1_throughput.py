@@ -34,8 +34,8 @@ from orch.adapters.store import schema as t
 from orch.adapters.store.sql import SqlStore
 from orch.bootstrap import workers
 from orch.domain import pipeline as pl
-from orch.ports import AgentProcess, AgentRequest, RepoSettings
-from orch.services.dispatcher import DispatcherSettings
+from orch.ports import Agent, AgentProcess, AgentRequest, RepoSettings
+from orch.services.dispatcher import Dispatcher, DispatcherSettings
 from orch.services.engine import EngineSettings
 from orch.services.intake import Intake
 from orch.testing import MemoryForge, MemoryNotifier, MemoryRepos
@@ -121,6 +121,37 @@ def run(kind: str, slots: int, n_tasks: int, pg_url: str | None, repos: int = 10
     return result
 
 
+def stub(launchers: Launchers) -> CommandAgent:
+    """The stub agent, started as orch serve starts its agents: through `launchers`."""
+    return CommandAgent("stub", stub_argv(IN_HOME), launchers=launchers)
+
+
+def stub_dispatcher(
+    store: SqlStore,
+    forge: MemoryForge,
+    repos: MemoryRepos,
+    notifier: MemoryNotifier,
+    logs: Path,
+    slots: int,
+    agent: Agent,
+    launchers: Launchers,
+) -> Dispatcher:
+    """The in-process dispatcher S1 and S3 drive: `agent` for every stage, launchers waiting
+    ahead as in orch serve, no retry backoff."""
+    _, dispatcher = workers(
+        store=store,
+        forge=forge,
+        agents={"stub": agent},
+        repos=repos,
+        notifier=notifier,
+        sandbox=LandlockSandbox(protect=()),
+        engine=EngineSettings(logs_dir=logs, homes_dir=logs / "homes", backoff_base_s=0.0),
+        dispatcher=DispatcherSettings(slots=slots, warm_launchers=WARM_LAUNCHERS),
+        launchers=launchers,
+    )
+    return dispatcher
+
+
 def _run(
     store: SqlStore,
     forge: MemoryForge,
@@ -134,19 +165,9 @@ def _run(
     names = [f"repo{i}" for i in range(n_repos)]
     repos = MemoryRepos(*(RepoSettings(name=n, test_command="true", max_active=50) for n in names))
     notifier = MemoryNotifier()
-    launchers = Launchers()  # as orch serve starts its agents
-    agent = TimedAgent(CommandAgent("stub", stub_argv(IN_HOME), launchers=launchers))
-    _, dispatcher = workers(
-        store=store,
-        forge=forge,
-        agents={"stub": agent},
-        repos=repos,
-        notifier=notifier,
-        sandbox=LandlockSandbox(protect=()),
-        engine=EngineSettings(logs_dir=logs, homes_dir=logs / "homes", backoff_base_s=0.0),
-        dispatcher=DispatcherSettings(slots=slots, warm_launchers=WARM_LAUNCHERS),
-        launchers=launchers,
-    )
+    launchers = Launchers()
+    agent = TimedAgent(stub(launchers))
+    dispatcher = stub_dispatcher(store, forge, repos, notifier, logs, slots, agent, launchers)
     pipeline = bench_pipeline()
     intake = Intake(store, repos, lambda _repo: pipeline)
     for i in range(n_tasks):

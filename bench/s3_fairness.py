@@ -31,18 +31,12 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from bench.common import IN_HOME, stub_argv
-from bench.s1_throughput import WARM_LAUNCHERS, _store_url, bench_pipeline
+from bench.s1_throughput import _store_url, bench_pipeline, stub, stub_dispatcher
 from bench.serve import wait_for
-from orch.adapters.agents.command import CommandAgent
 from orch.adapters.process import Launchers
-from orch.adapters.sandbox.policy import LandlockSandbox
 from orch.adapters.store.sql import SqlStore
-from orch.bootstrap import workers
 from orch.domain import pipeline as pl
 from orch.ports import RepoSettings
-from orch.services.dispatcher import DispatcherSettings
-from orch.services.engine import EngineSettings
 from orch.services.intake import Intake
 from orch.testing import MemoryForge, MemoryNotifier, MemoryRepos
 
@@ -114,17 +108,9 @@ def _run(
     # the serial gate: one active task per repository
     repos = MemoryRepos(*(RepoSettings(name=n, test_command="true", max_active=1) for n in names))
     notifier = MemoryNotifier()
-    launchers = Launchers()  # as orch serve starts its agents
-    _, dispatcher = workers(
-        store=store,
-        forge=forge,
-        agents={"stub": CommandAgent("stub", stub_argv(IN_HOME), launchers=launchers)},
-        repos=repos,
-        notifier=notifier,
-        sandbox=LandlockSandbox(protect=()),
-        engine=EngineSettings(logs_dir=logs, homes_dir=logs / "homes", backoff_base_s=0.0),
-        dispatcher=DispatcherSettings(slots=SLOTS, warm_launchers=WARM_LAUNCHERS),
-        launchers=launchers,
+    launchers = Launchers()
+    dispatcher = stub_dispatcher(
+        store, forge, repos, notifier, logs, SLOTS, stub(launchers), launchers
     )
     pipeline = s3_pipeline()
     intake = Intake(store, repos, lambda _repo: pipeline)
