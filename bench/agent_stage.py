@@ -94,7 +94,8 @@ def run(rounds: int) -> StageResult | str:
             work, remote = sample.create(root / "project")
             (work / ".orch").mkdir()
             (work / ".orch" / "pipeline.yaml").write_text(
-                "stages:\n  - name: development\n    gates: []\n", encoding="utf-8"
+                "replace: true\nmerge: false\nstages:\n  - name: development\n    gates: []\n",
+                encoding="utf-8",
             )
             sample.git("add", "--all", cwd=work)
             sample.git("commit", "--quiet", "-m", "one stage", cwd=work)

@@ -23,7 +23,10 @@ from pathlib import Path
 
 from bench.serve import Probe, Serve, file_ticket, make_remote, repo, store_url, wait_for
 
-PIPELINE = "stages:\n  - name: development\n    gates: []\n    actions: [merge]\ncheckpoints: []\n"
+PIPELINE = (
+    "replace: true\n"
+    "stages:\n  - name: development\n    gates: []\n    actions: [merge]\ncheckpoints: []\n"
+)
 
 
 @dataclass

@@ -96,7 +96,7 @@ def bare_detection(n: int = 20) -> list[float]:
 def pipeline(stall_s: float, attempts: int) -> str:
     return (
         f"max_attempts: {attempts}\n"
-        "stages:\n  - name: analysis\n    gates: []\n"
+        "replace: true\nmerge: false\nstages:\n  - name: analysis\n    gates: []\n"
         f"    stall_s: {stall_s}\n"
         "checkpoints: []\n"
     )

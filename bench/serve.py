@@ -34,7 +34,9 @@ GIT_ENV = {
     "GIT_COMMITTER_NAME": "bench",
     "GIT_COMMITTER_EMAIL": "bench@localhost",
 }
-ONE_STAGE = "stages:\n  - name: analysis\n    gates: []\ncheckpoints: []\n"
+ONE_STAGE = (
+    "replace: true\nmerge: false\nstages:\n  - name: analysis\n    gates: []\ncheckpoints: []\n"
+)
 ANNOUNCE = re.compile(r"^orch serving on (\S+) \(.*incarnation (\S+)\)")
 
 

@@ -43,12 +43,13 @@ def doctor(
 def pipeline_check(
     file: Path = typer.Argument(..., help="A pipeline file, e.g. .orch/pipeline.yaml."),
 ) -> None:
-    """Validate a pipeline file before it is pushed, as orch reads `.orch/pipeline.yaml`.
+    """Validate a pipeline file before it is pushed, as orch reads `.orch/pipeline.yaml`, and
+    print the pipeline in force: the built-in one as the file changes it.
 
     No repository is needed. Given settings (--config or $ORCH_CONFIG), the agents its stages
     name, and the units of its budgets, are checked against them too."""
     from orch.doctor.agents import build_one
-    from orch.doctor.pipelines import problems, summary
+    from orch.doctor.pipelines import describe, problems, summary
     from orch.domain.errors import OrchError
     from orch.ports import Agent
 
@@ -75,6 +76,8 @@ def pipeline_check(
             print(line)
         raise typer.Exit(1)
     print(f"ok: {summary(pipeline)}")
+    for line in describe(pipeline):
+        print(line)
 
 
 def register(app: typer.Typer) -> None:

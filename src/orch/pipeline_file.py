@@ -1,7 +1,11 @@
-"""Reading a repository's `.orch/pipeline.yaml`: an override of the built-in pipeline.
+"""Reading a repository's `.orch/pipeline.yaml`: changes to the built-in pipeline.
 
-A stage entry that names a built-in stage inherits every field it does not set; `checkpoints`, if
-given, replaces the built-in list. Every error names the file, the line and the field.
+The file changes the built-in pipeline by stage name: a stage entry inherits every field it does
+not set, a stage it does not list stays as built in, and `remove: true` takes one out. With
+`replace: true` its `stages` are the whole pipeline instead, in the order given. A pipeline in
+which no stage merges lands nothing, so it is refused unless it says `merge: false`.
+`checkpoints`, if given, replaces the built-in list. Every error names the file, the line and the
+field.
 """
 
 from __future__ import annotations
@@ -76,6 +80,13 @@ class StageModel(_Strict):
     stall_s: float | None = Field(None, gt=0)  # absent: the default; `null` turns it off
     instructions: str | None = None
     budget: BudgetModel | None = None
+    remove: bool = False  # take the built-in stage out (when the file extends the pipeline)
+
+    @model_validator(mode="after")
+    def _removed_alone(self) -> StageModel:
+        if self.remove and self.model_fields_set - {"name", "remove"}:
+            raise ValueError("a removed stage takes no other field")
+        return self
 
 
 class CheckpointModel(_Strict):
@@ -95,6 +106,10 @@ class CheckpointModel(_Strict):
 
 
 class PipelineModel(_Strict):
+    # false: `stages` change the built-in stages by name; true: they are the whole pipeline
+    replace: bool = False
+    # false: the pipeline is meant to land nothing (no stage merges)
+    merge: bool = True
     stages: list[StageModel] | None = None
     checkpoints: list[CheckpointModel] | None = None
     max_rework_rounds: int | None = Field(None, ge=0)
@@ -131,58 +146,19 @@ def parse(
 
     stages = base.stages
     if model.stages is not None:
-        defaults = {s.stage: s for s in base.stages}
-        listed = {Stage(sm.name) for sm in model.stages}
-        built: list[pl.StageSpec] = []
-        for i, sm in enumerate(model.stages):
-            stage = Stage(sm.name)
-            spec = defaults.get(stage) or pl.StageSpec(stage, sm.role or sm.name, None, "")
-            changes: dict[str, Any] = {}
-            if sm.role is not None:
-                changes["role"] = sm.role
-            if "agent" in sm.model_fields_set:
-                changes["agent"] = sm.agent
-            if sm.prompt is not None:
-                changes["prompt"] = sm.prompt
-            if sm.gates is not None:
-                changes["gates"] = tuple(
-                    pl.GateSpec(
-                        g.name,
-                        pl.GateKind(g.kind),
-                        g.path,
-                        tuple(g.headings),
-                        g.command,
-                        g.timeout_s,
-                        tuple(g.passes) if g.passes is not None else PASS_WORDS,
-                    )
-                    for g in sm.gates
-                )
-            if sm.actions is not None:
-                changes["actions"] = tuple(pl.Action(a) for a in sm.actions)
-            if "rework_to" in sm.model_fields_set:
-                changes["rework_to"] = Stage(sm.rework_to) if sm.rework_to else None
-            elif spec.rework_to is not None and spec.rework_to not in listed:
-                changes["rework_to"] = None  # an inherited target this file left out
-            if sm.timeout_s is not None:
-                changes["timeout_s"] = sm.timeout_s
-            if "stall_s" in sm.model_fields_set:
-                changes["stall_s"] = sm.stall_s
-            if sm.instructions is not None:
-                changes["instructions"] = sm.instructions
-            if sm.budget is not None:
-                changes["budget"] = sm.budget.budget()
-            spec = replace(spec, **changes)
-            _check_templates(spec, ("stages", i), fail)
-            built.append(spec)
-        stages = tuple(built)
+        stages = _stages(model, base, fail)
     names = [s.stage for s in stages]
+    # where the file sets each stage, for errors about what it set
+    entry = {Stage(sm.name): i for i, sm in enumerate(model.stages or ())}
     known_agents = None if agents is None else set(agents)
-    for i, s in enumerate(stages):
+    for s in stages:
+        at: tuple[str | int, ...] = ("stages", entry[s.stage]) if s.stage in entry else ()
         if known_agents is not None and s.agent is not None and s.agent not in known_agents:
-            where: tuple[str | int, ...] = ("stages", i, "agent") if model.stages else ("stages",)
+            where = (*at, "agent") if at else ("stages",)
             raise fail(where, f"stage {s.stage} needs agent {s.agent!r}, which is not configured")
         if s.rework_to is not None and s.rework_to not in names:
-            raise fail(("stages", i, "rework_to"), f"{s.rework_to} is not a stage of this pipeline")
+            where = (*at, "rework_to") if at else ("stages",)
+            raise fail(where, f"{s.rework_to} is not a stage of this pipeline")
     checkpoints = base.checkpoints
     if model.checkpoints is not None:
         cps = []
@@ -223,6 +199,13 @@ def parse(
         checkpoints = tuple(cps)
     else:
         checkpoints = tuple(c for c in checkpoints if c.before in names and c.reject_to in names)
+    if model.merge and not any(pl.Action.MERGE in s.actions for s in stages):
+        raise fail(
+            ("stages",) if model.stages is not None else (),
+            "no stage merges, so a task would end done with nothing landed: give a stage"
+            " `actions: [merge]` (the built-in deploy-staging has it), or say `merge: false`"
+            " if this pipeline is meant to land nothing",
+        )
     try:
         return pl.Pipeline(
             stages=stages,
@@ -236,6 +219,92 @@ def parse(
         )
     except PipelineError as exc:
         raise PipelineError(f"{source}:1: {exc}") from exc
+
+
+def _stages(model: PipelineModel, base: pl.Pipeline, fail: Any) -> tuple[pl.StageSpec, ...]:
+    """The stages the file makes: the built-in ones changed by name, or (with `replace`) its
+    own list in its own order."""
+    assert model.stages is not None
+    defaults = {s.stage: s for s in base.stages}
+    entries: dict[Stage, tuple[int, StageModel]] = {}
+    for i, sm in enumerate(model.stages):
+        stage = Stage(sm.name)
+        if stage in entries:
+            raise fail(("stages", i, "name"), f"{stage} is listed twice")
+        if sm.remove and model.replace:
+            raise fail(
+                ("stages", i, "remove"),
+                "with `replace: true` a stage is left out by not listing it",
+            )
+        entries[stage] = (i, sm)
+    if model.replace:
+        order = list(entries)
+    else:
+        # the built-in order; a listed stage the built-in pipeline lacks goes where the stage
+        # vocabulary puts it
+        order = [
+            s
+            for s in WORK_STAGES
+            if (s in defaults or s in entries) and not (s in entries and entries[s][1].remove)
+        ]
+    if not order:
+        raise fail(("stages",), "every stage is left out: a pipeline needs at least one")
+    names = set(order)
+    built: list[pl.StageSpec] = []
+    for stage in order:
+        spec = defaults.get(stage)
+        if stage not in entries:
+            assert spec is not None
+            if spec.rework_to is not None and spec.rework_to not in names:
+                spec = replace(spec, rework_to=None)
+            built.append(spec)
+            continue
+        i, sm = entries[stage]
+        spec = spec or pl.StageSpec(stage, sm.role or sm.name, None, "")
+        spec = replace(spec, **_changes(sm, spec, names))
+        _check_templates(spec, ("stages", i), fail)
+        built.append(spec)
+    return tuple(built)
+
+
+def _changes(sm: StageModel, spec: pl.StageSpec, names: set[Stage]) -> dict[str, Any]:
+    """The fields of `spec` that the entry `sm` sets; an inherited rework target that is not a
+    stage of the pipeline is dropped."""
+    changes: dict[str, Any] = {}
+    if sm.role is not None:
+        changes["role"] = sm.role
+    if "agent" in sm.model_fields_set:
+        changes["agent"] = sm.agent
+    if sm.prompt is not None:
+        changes["prompt"] = sm.prompt
+    if sm.gates is not None:
+        changes["gates"] = tuple(
+            pl.GateSpec(
+                g.name,
+                pl.GateKind(g.kind),
+                g.path,
+                tuple(g.headings),
+                g.command,
+                g.timeout_s,
+                tuple(g.passes) if g.passes is not None else PASS_WORDS,
+            )
+            for g in sm.gates
+        )
+    if sm.actions is not None:
+        changes["actions"] = tuple(pl.Action(a) for a in sm.actions)
+    if "rework_to" in sm.model_fields_set:
+        changes["rework_to"] = Stage(sm.rework_to) if sm.rework_to else None
+    elif spec.rework_to is not None and spec.rework_to not in names:
+        changes["rework_to"] = None
+    if sm.timeout_s is not None:
+        changes["timeout_s"] = sm.timeout_s
+    if "stall_s" in sm.model_fields_set:
+        changes["stall_s"] = sm.stall_s
+    if sm.instructions is not None:
+        changes["instructions"] = sm.instructions
+    if sm.budget is not None:
+        changes["budget"] = sm.budget.budget()
+    return changes
 
 
 def _check_templates(spec: pl.StageSpec, at: tuple[str | int, ...], fail: Any) -> None:

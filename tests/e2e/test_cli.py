@@ -95,6 +95,7 @@ def test_pipeline_override_on_the_default_branch_shapes_new_tasks(
     commit_file(
         tmp_path,
         ".orch/pipeline.yaml",
+        "replace: true\nmerge: false\n"
         "stages:\n  - name: analysis\n  - name: development\n    rework_to: null\n",
     )
     added = orch("-c", str(configured), "task", "add", "sample", "Add slugify")

@@ -37,7 +37,11 @@ def push_pipeline(root: Path, text: str) -> None:
 
 def test_doctor_on_a_good_setup_prints_an_ok_line_per_check_and_exits_0(tmp_path: Path) -> None:
     _, remote = sample.create(tmp_path)
-    push_pipeline(tmp_path, "stages:\n  - name: analysis\n  - name: review\n    agent: reviewer\n")
+    push_pipeline(
+        tmp_path,
+        "replace: true\nmerge: false\n"
+        "stages:\n  - name: analysis\n  - name: review\n    agent: reviewer\n",
+    )
     agents = {
         "default": {"kind": "scripted"},
         "reviewer": {"kind": "claude_code", "command": str(fake_claude(tmp_path))},
@@ -138,10 +142,43 @@ def test_doctor_with_settings_that_do_not_load_ends_with_one_error_line(tmp_path
 
 def test_pipeline_check_accepts_a_valid_file_and_names_its_stages(tmp_path: Path) -> None:
     path = tmp_path / "pipeline.yaml"
-    path.write_text("stages:\n  - name: analysis\n  - name: development\n    rework_to: null\n")
+    path.write_text(
+        "replace: true\nmerge: false\n"
+        "stages:\n  - name: analysis\n  - name: development\n    rework_to: null\n"
+    )
     done = orch("pipeline", "check", str(path))
     assert done.returncode == 0, done.stderr
-    assert done.stdout == "ok: 2 stages: analysis, development\n"
+    assert done.stdout == (
+        "ok: 2 stages: analysis, development\n"
+        "  analysis: agent default; gates spec (artifact); failed: retry\n"
+        "  development: agent default; gates tests (command); failed: retry\n"
+        "  max_attempts 3; max_rework_rounds 3; merges nothing (merge: false)\n"
+    )
+
+
+def test_pipeline_check_prints_the_built_in_pipeline_as_the_file_changes_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(
+        "budget: {usd: 5}\nstages:\n  - {name: architecture, remove: true}\n"
+        "  - name: development\n    budget: {usd: 2, tokens: 1000}\n"
+    )
+    done = orch("pipeline", "check", str(path))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "ok: 6 stages: analysis, development, review, testing, deploy-staging, deploy",
+        "  analysis: agent default; gates spec (artifact); failed: retry",
+        "  development: agent default; gates tests (command); failed: retry;"
+        " budget $2 and 1000 tokens",
+        "  review: agent default; gates review (verdict); failed: back to development",
+        "  testing: agent default; gates tests (command), test-report (verdict);"
+        " failed: back to development",
+        "  deploy-staging: no agent; then merge, deploy:staging; failed: back to development",
+        "  wait confirm-deploy: a person decides; rejected: back to development",
+        "  deploy: no agent; then deploy:production",
+        "  max_attempts 3; max_rework_rounds 3; task budget $5",
+    ]
 
 
 def test_pipeline_check_lists_every_problem_with_its_line_and_exits_1(tmp_path: Path) -> None:

@@ -42,7 +42,7 @@ def test_two_green_branches_that_break_together_never_make_main_red(
     project: Project, tmp_path: Path
 ) -> None:
     project.use_pipeline(
-        "stages:\n  - name: development\n  - name: deploy-staging\n"
+        "replace: true\nstages:\n  - name: development\n  - name: deploy-staging\n"
         "checkpoints: []\nmax_rework_rounds: 2\n"
     )
     app = project.app(SCRIPT, repo={"max_active": 2})

@@ -17,6 +17,7 @@ def test_a_developer_editing_the_last_rounds_verdict_does_not_pass_review(
     project: Project,
 ) -> None:
     project.use_pipeline(
+        "replace: true\n"
         "stages:\n  - name: development\n  - name: review\n  - name: deploy-staging\n"
         "checkpoints: []\nmax_rework_rounds: 1\n"
     )
@@ -38,6 +39,7 @@ def test_a_round_zero_approval_does_not_pass_the_review_of_changed_code(
     project: Project,
 ) -> None:
     project.use_pipeline(
+        "replace: true\nmerge: false\n"
         "stages:\n  - name: development\n  - name: review\n  - name: testing\n"
         "  - name: deploy-staging\ncheckpoints: []\nmax_rework_rounds: 1\n"
     )
@@ -61,6 +63,7 @@ def test_a_round_zero_approval_does_not_pass_the_review_of_changed_code(
 
 def test_a_verdict_written_again_word_for_word_is_this_rounds_verdict(project: Project) -> None:
     project.use_pipeline(
+        "replace: true\nmerge: false\n"
         "stages:\n  - name: development\n  - name: review\ncheckpoints: []\nmax_rework_rounds: 1\n"
     )
     script = COUNT + (

@@ -14,7 +14,7 @@ from orch.config import load_settings
 from orch.demo import sample
 from orch.domain.model import Task
 
-ONE_STAGE = "stages:\n  - name: development\n"
+ONE_STAGE = "replace: true\nmerge: false\nstages:\n  - name: development\n"
 SECRET = "orch-settings-secret-4711"
 
 

@@ -62,7 +62,8 @@ def test_an_agent_configured_to_run_as_another_user_works_and_is_tested_as_that_
     work_pipeline = work / ".orch" / "pipeline.yaml"
     work_pipeline.parent.mkdir()
     work_pipeline.write_text(
-        "stages:\n  - name: development\n  - name: deploy-staging\n", encoding="utf-8"
+        "replace: true\nstages:\n  - name: development\n  - name: deploy-staging\n",
+        encoding="utf-8",
     )
     sample.git("add", "--all", cwd=work)
     sample.git("commit", "--quiet", "-m", "one stage", cwd=work)

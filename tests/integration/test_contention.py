@@ -45,6 +45,7 @@ WRITER = Path(__file__).with_name("contention_writer.py")
 # no checkpoint, so no person is needed: two agent stages, then the merge; with three stages a
 # task can come back to a process after another one ran a stage of it
 PIPELINE_YAML = """\
+replace: true
 stages:
   - name: analysis
   - name: development

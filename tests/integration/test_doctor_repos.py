@@ -87,6 +87,7 @@ def test_a_valid_pipeline_file_is_summarised_and_no_workspace_is_made(tmp_path: 
     commit_file(
         tmp_path,
         ".orch/pipeline.yaml",
+        "replace: true\nmerge: false\n"
         "stages:\n  - name: analysis\n  - name: development\n    rework_to: null\n",
     )
     before = sorted(p.name for p in tmp_path.iterdir())

@@ -13,8 +13,13 @@ from orch.demo import sample
 from orch.domain import pipeline as pl
 
 WAIT_S = 60.0
-FIRST = "stages:\n  - name: analysis\n  - name: development\ncheckpoints: []\n"
-SECOND = "stages:\n  - name: analysis\ncheckpoints: []\nmax_attempts: 5\n"
+FIRST = (
+    "replace: true\nmerge: false\n"
+    "stages:\n  - name: analysis\n  - name: development\ncheckpoints: []\n"
+)
+SECOND = (
+    "replace: true\nmerge: false\nstages:\n  - name: analysis\ncheckpoints: []\nmax_attempts: 5\n"
+)
 
 
 def push_pipeline(work: Path, text: str, message: str) -> None:

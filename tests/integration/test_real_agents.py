@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from docs_examples import readme_pipeline
 from real_agents import binary
 
 from orch.bootstrap import App, build
@@ -150,14 +151,12 @@ def scripted_usage(script: Script) -> Usage:
     )
 
 
-def test_the_default_pipeline_runs_on_real_claude_with_codex_reviewing_what_claude_wrote(
+def test_the_readme_budget_example_runs_the_whole_pipeline_on_real_claude_with_codex_reviewing(
     world: World,
 ) -> None:
-    world.pipeline(
-        "stages:\n  - name: analysis\n  - name: architecture\n  - name: development\n"
-        "  - name: review\n    agent: codex\n  - name: testing\n"
-        "  - name: deploy-staging\n  - name: deploy\n"
-    )
+    # the README's budget example, which changes the built-in pipeline by stage name, with the
+    # README's other example: codex reviews
+    world.pipeline(readme_pipeline(budget=True) + "  - name: review\n    agent: codex\n")
     app = world.app({"default": world.claude(), "codex": world.codex()})
     task = app.intake.file("sample", sample.TICKET_TITLE, sample.TICKET_BODY, actor="test")
     scripts = demo_agents.scripts(task.key)
@@ -239,7 +238,10 @@ def writes(n: int, usage: Usage) -> Script:
 def test_a_real_claude_run_over_its_budget_is_stopped_within_one_model_turn(
     world: World,
 ) -> None:
-    world.pipeline("stages:\n  - name: development\n    gates: []\n    budget: {tokens: 3000}\n")
+    world.pipeline(
+        "replace: true\nmerge: false\n"
+        "stages:\n  - name: development\n    gates: []\n    budget: {tokens: 3000}\n"
+    )
     app = world.app({"default": world.claude()})
     task = app.intake.file("sample", "Write five files", "", actor="test")
     # output-heavy turns: the budget is crossed by what the model writes, which the API counts
@@ -273,7 +275,7 @@ def test_a_real_claude_run_over_its_budget_is_stopped_within_one_model_turn(
 
 
 def test_a_resumed_claude_session_is_not_counted_twice_in_the_ledger(world: World) -> None:
-    world.pipeline("stages:\n  - name: development\n    gates: []\n")
+    world.pipeline("replace: true\nmerge: false\nstages:\n  - name: development\n    gates: []\n")
     # two turns per run: the first run stops at its turn limit, the retry resumes it
     app = world.app({"default": world.claude(max_turns=2)})
     task = app.intake.file("sample", "Write three files", "", actor="test")
@@ -308,7 +310,7 @@ def test_a_resumed_claude_session_is_not_counted_twice_in_the_ledger(world: Worl
 
 
 def test_a_real_agent_sees_only_its_allowlisted_environment(world: World) -> None:
-    world.pipeline("stages:\n  - name: analysis\n    gates: []\n")
+    world.pipeline("replace: true\nmerge: false\nstages:\n  - name: analysis\n    gates: []\n")
     environ = {
         **SECRETS,
         "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -394,7 +396,9 @@ def test_orch_demo_with_a_missing_cli_says_how_to_install_it_in_one_line(tmp_pat
 def test_a_budget_in_a_unit_the_stages_agent_does_not_report_is_refused_at_filing(
     world: World,
 ) -> None:
-    world.pipeline("budget: {usd: 1.0}\nstages:\n  - name: development\n")
+    world.pipeline(
+        "replace: true\nmerge: false\nbudget: {usd: 1.0}\nstages:\n  - name: development\n"
+    )
     unpriced = world.codex()
     del unpriced["prices"]
     app = world.app({"default": unpriced})

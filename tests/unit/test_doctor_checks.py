@@ -309,7 +309,7 @@ def test_a_budget_in_a_unit_the_agent_does_not_report_is_refused(tmp_path: Path)
     s = settings(tmp_path)
     _, agent = check_agent(s, "default", {})
     assert agent is not None
-    text = "stages:\n  - name: analysis\n    budget: {usd: 1}\n"
+    text = "replace: true\nmerge: false\nstages:\n  - name: analysis\n    budget: {usd: 1}\n"
     pipeline, found = problems(text, "p.yaml", ["default"], {"default": agent})
     assert pipeline is None and found == [
         "p.yaml: the stage analysis budget is in usd, which agent 'default' of stage analysis"

@@ -1,4 +1,5 @@
-"""`.orch/pipeline.yaml`: overrides of the built-in pipeline; errors name file, line, field."""
+"""`.orch/pipeline.yaml`: changes to the built-in pipeline by stage name, or a whole pipeline of
+its own; errors name file, line, field."""
 
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ def test_an_empty_file_is_the_default_pipeline(text: str) -> None:
 def test_a_stage_entry_inherits_every_field_it_does_not_set() -> None:
     p = _parse(
         """
+        replace: true
+        merge: false
         stages:
           - name: analysis
             role: product-owner
@@ -138,6 +141,8 @@ def test_a_checkpoint_after_a_stage_waits_before_the_next_stage() -> None:
 def test_after_follows_the_order_of_the_overridden_stages() -> None:
     p = _parse(
         """
+        replace: true
+        merge: false
         stages:
           - name: analysis
           - name: development
@@ -155,6 +160,8 @@ def test_after_follows_the_order_of_the_overridden_stages() -> None:
 def test_built_in_checkpoints_whose_stages_are_left_out_are_dropped() -> None:
     p = _parse(
         """
+        replace: true
+        merge: false
         stages:
           - name: analysis
           - name: architecture
@@ -172,6 +179,8 @@ def test_a_known_agent_is_accepted() -> None:
 def test_explicit_rework_to_null_lets_review_stand_without_development() -> None:
     p = _parse(
         """
+        replace: true
+        merge: false
         stages:
           - name: review
             rework_to: null
@@ -337,13 +346,94 @@ ERRORS = [
     (
         "rework-to-outside-pipeline",
         """\
+        replace: true
+        merge: false
         stages:
           - name: analysis
           - name: review
             rework_to: development
         """,
         None,
-        f"{SOURCE}:4: stages[1].rework_to: ",
+        f"{SOURCE}:6: stages[1].rework_to: ",
+    ),
+    (
+        "rework-to-removed-stage",
+        """\
+        stages:
+          - name: development
+            remove: true
+          - name: review
+            rework_to: development
+        """,
+        None,
+        f"{SOURCE}:5: stages[1].rework_to: ",
+    ),
+    (
+        "removed-stage-with-fields",
+        """\
+        stages:
+          - name: review
+            remove: true
+            agent: default
+        """,
+        None,
+        f"{SOURCE}:2: stages[0]: ",
+    ),
+    (
+        "stage-listed-twice",
+        """\
+        stages:
+          - name: review
+          - name: review
+            agent: default
+        """,
+        None,
+        f"{SOURCE}:3: stages[1].name: ",
+    ),
+    (
+        "remove-in-a-replacing-pipeline",
+        """\
+        replace: true
+        stages:
+          - name: development
+          - name: review
+            remove: true
+          - name: deploy-staging
+        """,
+        None,
+        f"{SOURCE}:5: stages[1].remove: ",
+    ),
+    (
+        "no-stage-merges",
+        """\
+        replace: true
+        stages:
+          - name: development
+        """,
+        None,
+        f"{SOURCE}:2: stages: no stage merges",
+    ),
+    (
+        "merge-removed",
+        """\
+        stages:
+          - name: deploy-staging
+            actions: [deploy:staging]
+        """,
+        None,
+        f"{SOURCE}:1: stages: no stage merges",
+    ),
+    (
+        "every-stage-removed",
+        """\
+        stages:
+"""
+        + "".join(f"          - {{name: {s.value}, remove: true}}\n" for s in WORK_STAGES)
+        + """\
+        merge: false
+        """,
+        None,
+        f"{SOURCE}:1: stages: every stage is left out",
     ),
     (
         "checkpoint-after-last-stage",
@@ -359,6 +449,8 @@ ERRORS = [
     (
         "checkpoint-before-missing-stage",
         """\
+        replace: true
+        merge: false
         stages:
           - name: analysis
           - name: development
@@ -368,7 +460,7 @@ ERRORS = [
             reject_to: analysis
         """,
         None,
-        f"{SOURCE}:6: checkpoints[0].before: ",
+        f"{SOURCE}:8: checkpoints[0].before: ",
     ),
 ]
 
@@ -408,23 +500,81 @@ def test_a_top_level_that_is_not_a_mapping_is_refused() -> None:
     assert message.startswith(f"{SOURCE}:1: "), message
 
 
-# -- property: any ordered subset of stages parses to exactly that pipeline ------------------
+# -- properties: what a file that extends, or replaces, the built-in pipeline makes -----------
 
 
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.sampled_from(WORK_STAGES), min_size=1, max_size=len(WORK_STAGES), unique=True))
-def test_any_non_empty_ordered_subset_of_stages_parses_to_exactly_those_stages(
+def test_any_non_empty_ordered_subset_of_stages_replacing_parses_to_exactly_those_stages(
     names: list[Stage],
 ) -> None:
-    text = "stages:\n" + "".join(f"  - name: {n.value}\n" for n in names)
+    text = "replace: true\nmerge: false\nstages:\n" + "".join(
+        f"  - name: {n.value}\n" for n in names
+    )
     p = parse(text, source=SOURCE, agents=["default"])
     assert p.stage_names == tuple(names)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.sampled_from(WORK_STAGES), unique=True, max_size=len(WORK_STAGES) - 1),
+    st.lists(st.sampled_from(WORK_STAGES), unique=True),
+)
+def test_an_extending_file_keeps_every_built_in_stage_it_does_not_remove_as_built_in(
+    removed: list[Stage], listed: list[Stage]
+) -> None:
+    entries = [f"  - {{name: {s.value}, remove: true}}\n" for s in removed]
+    entries += [f"  - {{name: {s.value}, timeout_s: 77}}\n" for s in listed if s not in removed]
+    text = "merge: false\nstages:\n" + "".join(entries)
+    p = parse(text, source=SOURCE, agents=["default"])
+    assert p.stage_names == tuple(s for s in DEFAULT.stage_names if s not in removed)
+    for spec in p.stages:
+        built_in = DEFAULT.spec(spec.stage)
+        assert spec.timeout_s == (77 if spec.stage in listed else built_in.timeout_s)
+        assert spec.gates == built_in.gates and spec.actions == built_in.actions
+        rework = built_in.rework_to if built_in.rework_to not in removed else None
+        assert spec.rework_to == rework
+
+
+def test_the_readme_budget_example_keeps_the_whole_built_in_pipeline_and_its_merge() -> None:
+    p = _parse(
+        """\
+        budget: {usd: 5.0}
+        stages:
+          - name: development
+            budget: {usd: 2.0, tokens: 2000000}
+        """
+    )
+    assert p.stage_names == DEFAULT.stage_names
+    assert p.checkpoints == DEFAULT.checkpoints
+    assert p.spec(Stage.DEPLOY_STAGING).actions == (pl.Action.MERGE, pl.Action.DEPLOY_STAGING)
+    assert p.spec(Stage.DEVELOPMENT).budget == Budget(usd=2.0, tokens=2_000_000)
+    assert p.budget == Budget(usd=5.0)
+
+
+def test_a_removed_stage_takes_its_checkpoints_and_the_rework_that_led_to_it_away() -> None:
+    p = _parse(
+        """\
+        stages:
+          - {name: architecture, remove: true}
+          - {name: development, remove: true}
+          - {name: deploy, remove: true}
+        """
+    )
+    assert p.stage_names == (Stage.ANALYSIS, Stage.REVIEW, Stage.TESTING, Stage.DEPLOY_STAGING)
+    assert p.checkpoints == ()  # approve-plan was before architecture, confirm-deploy before deploy
+    assert p.spec(Stage.REVIEW).rework_to is None
+
+
+def test_a_pipeline_that_says_it_merges_nothing_is_accepted() -> None:
+    p = _parse("merge: false\nstages:\n  - {name: deploy-staging, actions: []}\n")
+    assert not any(s.actions for s in p.stages if s.stage == Stage.DEPLOY_STAGING)
 
 
 def test_review_without_development_parses() -> None:
     # the built-in review stage reworks to development; listing review alone must still parse,
     # just as built-in checkpoints whose stages are left out are dropped
-    p = _parse("stages:\n  - name: review\n")
+    p = _parse("replace: true\nmerge: false\nstages:\n  - name: review\n")
     assert p.stage_names == (Stage.REVIEW,)
 
 

@@ -28,11 +28,7 @@ TICKETS = (
     ("Rename word_count to count_words", "Rename the helper everywhere it is used."),
     ("Add a total word count", "Add `sample.stats.total_words(texts)` using the word counter."),
 )
-PIPELINE = (
-    "stages:\n  - name: analysis\n  - name: architecture\n  - name: development\n"
-    "    agent: landing\n  - name: review\n  - name: testing\n  - name: deploy-staging\n"
-    "  - name: deploy\n"
-)
+PIPELINE = "stages:\n  - name: development\n    agent: landing\n"
 
 
 def run_landing(root: Path, console: Console, settings: Any, timeout_s: float) -> dict[str, Any]:
