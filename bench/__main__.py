@@ -1,5 +1,6 @@
-"""`python -m bench`: floors first, then S1-S7, the merge gate and one stage by the real claude,
-then one table of measured / floor (or, with --json, the same rows as JSON)."""
+"""`python -m bench`: floors first, then S1-S7, the merge gate, the metering proxy per streamed
+event and one stage by the real claude, then one table of measured / floor (or, with --json, the
+same rows as JSON)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from bench import agent_stage, merge_rate
+from bench import agent_stage, merge_rate, proxy_latency
 from bench import floors as fl
 from bench import rows as rw
 from bench import s1_throughput as s1
@@ -26,7 +27,7 @@ from bench import s5_detection as s5
 from bench import s6_recovery as s6
 from bench.common import NA, Row, abba, failed, missing, postgres, render
 
-WORKLOADS = ("S1", "S2", "S3", "S4", "S5", "S6", "S7", "merge", "agent")
+WORKLOADS = ("S1", "S2", "S3", "S4", "S5", "S6", "S7", "merge", "proxy", "agent")
 
 
 def log(message: str) -> None:
@@ -61,6 +62,7 @@ class Plan:
     s7_requests: int
     merge_tickets: int
     merge_test_s: float
+    proxy_events: int  # per stream, 2 ms apart
     agent_rounds: int
 
 
@@ -73,7 +75,7 @@ def plan(args: argparse.Namespace) -> Plan:
             s4_counts=[0, 5], s4_settle_s=0.3, s4_window_s=1.0,
             s5_agents=4, s5_kills=2, s5_stops=2, s5_restarts=1, s5_stall_s=1.0, s5_grace_s=0.5,
             s6_sizes=[1000, 2000], s7_sizes=[1000, 2000], s6_rounds=1, s6_running=4, s6_queued=1,
-            s7_requests=32, merge_tickets=3, merge_test_s=0.5, agent_rounds=1,
+            s7_requests=32, merge_tickets=3, merge_test_s=0.5, proxy_events=50, agent_rounds=1,
         )  # fmt: skip
     else:
         # smaller than BENCHMARKS.md's sizes where the exact ones would take the full run past
@@ -85,7 +87,8 @@ def plan(args: argparse.Namespace) -> Plan:
             s5_agents=50, s5_kills=20, s5_stops=20, s5_restarts=2, s5_stall_s=5.0,
             s5_grace_s=10.0,
             s6_sizes=[1000, 10000, 100000], s7_sizes=[1000, 10000], s6_rounds=2, s6_running=50,
-            s6_queued=10, s7_requests=600, merge_tickets=15, merge_test_s=0.5, agent_rounds=3,
+            s6_queued=10, s7_requests=600, merge_tickets=15, merge_test_s=0.5,
+            proxy_events=500, agent_rounds=3,
         )  # fmt: skip
     if args.s1_tasks:
         p.s1_tasks = args.s1_tasks
@@ -315,6 +318,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             rows += rw.merge_rows(merge_results)  # type: ignore[arg-type]
             pg_missing("merge gate")
+
+        if "proxy" in only:
+            log(f"proxy: {p.proxy_events} streamed events a stream, {rounds} ABBA round(s)")
+            try:
+                rows += rw.proxy_rows(proxy_latency.run(rounds, p.proxy_events))
+            except Exception as exc:
+                traceback.print_exc(file=sys.stderr)
+                rows += rw.proxy_rows(failed(exc))
 
         if "agent" in only:
             log(f"agent: one development stage by the real claude, {p.agent_rounds} round(s)")

@@ -7,7 +7,15 @@ from __future__ import annotations
 
 import math
 
-from bench import merge_rate, s1_throughput, s2_latency, s3_fairness, s4_overhead, s5_detection
+from bench import (
+    merge_rate,
+    proxy_latency,
+    s1_throughput,
+    s2_latency,
+    s3_fairness,
+    s4_overhead,
+    s5_detection,
+)
 from bench import s6_recovery as s6
 from bench.agent_stage import StageResult
 from bench.common import NA, Row, fmt, median, missing, percentile
@@ -635,3 +643,17 @@ def agent_rows(res: StageResult | str) -> list[Row]:
             f"median; {res.events} events read",
         )
     ]
+
+
+def proxy_rows(res: proxy_latency.ProxyResult | str) -> list[Row]:
+    metric = "per streamed event p50 ms"
+    if isinstance(res, str):
+        return [missing("proxy", metric, "-", res, "floor + 1 ms")]
+    proxied, direct = proxy_latency.summary(res)
+    note = (
+        f"write -> read, {len(res.proxied_ms)} events in {res.streams} streams through the"
+        f" proxy; adds {proxied - direct:.3f} ms at the median"
+    )
+    if not res.counted_ok:
+        note += "; a stream's usage was NOT counted in full"
+    return [Row("proxy", metric, "-", proxied, direct, "floor + 1 ms", note)]

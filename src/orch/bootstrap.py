@@ -19,6 +19,7 @@ from orch import outside
 from orch.adapters.agents.claude_code import ClaudeCodeAgent
 from orch.adapters.agents.codex import CodexAgent, Provider
 from orch.adapters.agents.command import CommandAgent
+from orch.adapters.agents.proxy import MeteringProxy
 from orch.adapters.agents.scripted import ScriptedAgent
 from orch.adapters.forges.local_git import LocalGitForge, check_writable
 from orch.adapters.notifiers.telegram import TelegramBot, TelegramNotifier
@@ -67,6 +68,7 @@ from orch.services.pipelines import Pipelines
 from orch.services.reactions import ForgeSync
 from orch.services.reporting import TrackerReport
 from orch.services.tracking import TrackerSync
+from orch.services.waits import Waits
 
 log = logging.getLogger("orch.bootstrap")
 
@@ -104,10 +106,13 @@ def build_agents(
     settings: Settings,
     environ: Mapping[str, str] | None = None,
     launchers: Launchers | None = None,
+    proxy: MeteringProxy | None = None,
 ) -> dict[str, Agent]:
     """The agents the settings name; with `launchers`, each starts through one started ahead
-    when one is ready."""
+    when one is ready. The agents metered by orch share `proxy` (made here if not given; it
+    starts with the first run it meters)."""
     environ = os.environ if environ is None else environ
+    proxy = proxy or MeteringProxy()
     agents: dict[str, Agent] = {}
     for name, cfg in settings.agents.items():
         if isinstance(cfg, ScriptedAgentSettings):
@@ -133,6 +138,7 @@ def build_agents(
                 run_as=cfg.run_as,
                 environ=environ,
                 launchers=launchers,
+                proxy=proxy if cfg.proxy else None,
             )
         else:
             p = cfg.provider
@@ -150,6 +156,7 @@ def build_agents(
                 run_as=cfg.run_as,
                 environ=environ,
                 launchers=launchers,
+                proxy=proxy if cfg.proxy else None,
             )
     return agents
 
@@ -268,6 +275,15 @@ class App:
             except OrchError as exc:
                 log.error("Telegram's webhook could not be set to %s: %s", url, exc)
         self.background.start()
+
+    def waits(self) -> Waits:
+        """What holds up the active tasks that are not moving, as this process sees them."""
+        return Waits(
+            self.store,
+            self.repos.limit,
+            self.engine.breakers.states(),
+            self.engine.provider_retries,
+        )
 
     def close(self) -> None:
         self.background.stop()
@@ -526,7 +542,11 @@ def _build(
             {r.name: r.exclude for r in settings.repos},
         )
     launchers = Launchers()
-    all_agents = dict(agents) if agents is not None else build_agents(settings, environ, launchers)
+    proxy = MeteringProxy()
+    opened.append(proxy.stop)
+    all_agents = (
+        dict(agents) if agents is not None else build_agents(settings, environ, launchers, proxy)
+    )
     telegram: TelegramNotifier | None = None
     if notifier is None:
         channels = outside.build_notifiers(settings, env)

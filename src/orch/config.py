@@ -150,6 +150,9 @@ class CommandAgentSettings(_AgentCommon):
 
 class ClaudeCodeAgentSettings(_AgentCommon):
     kind: Literal["claude_code"] = "claude_code"
+    # on: the agent reaches its provider through orch's metering proxy with a token of its own,
+    # and the key stays orch's; off: it uses the key and endpoint it is given, as it would alone
+    proxy: bool = True
     command: str = "claude"  # a name on PATH or a path; ORCH_CLAUDE_BIN overrides the name
     model: str = "sonnet"
     permission_mode: Literal[
@@ -178,6 +181,7 @@ class CodexProviderSettings(_Strict):
 
 class CodexAgentSettings(_AgentCommon):
     kind: Literal["codex"] = "codex"
+    proxy: bool = True  # as for claude_code
     command: str = "codex"  # a name on PATH or a path; ORCH_CODEX_BIN overrides the name
     model: str = "gpt-5-codex"
     sandbox: Literal["read-only", "workspace-write", "danger-full-access"] = "workspace-write"

@@ -11,8 +11,9 @@ from typing import Any, Protocol, runtime_checkable
 
 from orch.changes import Changes, Hearing
 from orch.domain.access import ApiToken, Role
+from orch.domain.failures import FailureClass
 from orch.domain.integrity import DEFAULT_PROTECTED
-from orch.domain.ledger import NO_BUDGET, Budget, Usage
+from orch.domain.ledger import NO_BUDGET, Budget, Metered, Usage, UsageFrom
 from orch.domain.machine import TaskChange
 from orch.domain.metrics import MetricsSnapshot
 from orch.domain.model import (
@@ -60,6 +61,7 @@ class RunUsage:
     task_id: int
     run_id: int
     usage: Usage
+    usage_from: UsageFrom | None = None  # where its figures came from
 
 
 @dataclass(frozen=True)
@@ -196,6 +198,10 @@ class Store(Protocol):
     def effects(self, task_id: int) -> list[Effect]: ...
     def runs(self, task_id: int) -> list[Run]: ...
     def jobs(self, task_id: int) -> list[Job]: ...
+    def slot_holders(self) -> dict[str, list[str]]:
+        """Per repository, the keys of the tasks holding its slots, oldest holder first."""
+        ...
+
     def events(self, task_id: int) -> list[Event]: ...
     def summary(self, recent: int = 20) -> StateSummary: ...
     def metrics(self) -> MetricsSnapshot:
@@ -299,8 +305,11 @@ class Store(Protocol):
         detail: str = "",
         tools: Sequence[str] = (),
         reported: Usage | None = None,
+        usage_from: UsageFrom | None = None,
     ) -> None: ...
-    def record_usage(self, task_id: int, run_id: int, usage: Usage) -> None:
+    def record_usage(
+        self, task_id: int, run_id: int, usage: Usage, usage_from: UsageFrom | None = None
+    ) -> None:
         """The usage of a run whose lease was lost: the ledger is not fenced."""
         ...
 
@@ -471,6 +480,23 @@ class AgentProcess(Protocol):
         """What it has spent so far, from its own usage events."""
         ...
 
+    def usage_from(self) -> UsageFrom | None:
+        """Where the figures of `usage` come from; None: it reports none."""
+        ...
+
+    def retrying(self) -> bool:
+        """Whether it is retrying model requests its provider failed: output that is not
+        progress."""
+        ...
+
+    def trouble(self) -> tuple[FailureClass, str] | None:
+        """How its provider has failed it since its last good answer, if it has."""
+        ...
+
+    def close(self) -> None:
+        """The run is over: let go of what it held (its token at the metering proxy)."""
+        ...
+
     def output_bytes(self) -> int:
         """How much it has printed so far: output that stops growing is a stall."""
         ...
@@ -508,7 +534,7 @@ class Agent(Protocol):
     env_names: frozenset[str]
 
     def start(self, request: AgentRequest) -> AgentProcess: ...
-    def usage_from_log(self, log_path: Path) -> Usage | None:
+    def usage_from_log(self, log_path: Path) -> Metered | None:
         """What a run spent, read back from its log after its worker died; None if this agent
         reports no usage."""
         ...

@@ -14,6 +14,7 @@ from orch.domain.states import TaskStatus
 from orch.ports import Store
 from orch.services.intake import find_task
 from orch.services.views import task_detail, task_summary
+from orch.services.waits import Waits
 
 ACTOR = "cli"
 
@@ -47,12 +48,18 @@ class LocalTasks:
         return task_detail(app.store, app.intake.file(repo, title, body, actor=ACTOR))
 
     def tasks(self, limit: int, status: str | None) -> dict[str, Any]:
-        listed = self._reader().list_tasks(limit, TaskStatus(status) if status else None)
-        return {"tasks": [task_summary(t) for t in listed]}
+        store = self._reader()
+        listed = store.list_tasks(limit, TaskStatus(status) if status else None)
+        waits = Waits(store, self._limit)
+        return {"tasks": [task_summary(t, waits) for t in listed]}
 
     def task(self, key: str) -> dict[str, Any]:
         store = self._reader()
-        return task_detail(store, find_task(store, key))
+        return task_detail(store, find_task(store, key), Waits(store, self._limit))
+
+    def _limit(self, repo: str) -> int:
+        found = next((r for r in self._settings.repos if r.name == repo), None)
+        return found.max_active if found is not None else 0
 
     def decide(self, key: str, approve: bool, comment: str) -> dict[str, Any]:
         app = self._writer()

@@ -19,13 +19,16 @@ WATCHED_TO_THE_END = ("done", "cancelled", "needs_operator")  # statuses a watch
 
 
 def print_list(tasks: list[dict[str, Any]], console: Console) -> None:
-    """One row a task; a parked task's reason on one line (its first, … if there was more)."""
+    """One row a task; why a parked task was parked, or what an active one that is not moving
+    waits for, on one line (its first, … if there was more)."""
     table = Table()
-    for col in ("key", "repo", "stage", "status", "title", "why parked"):
+    for col in ("key", "repo", "stage", "status", "title", "why"):
         table.add_column(col)
     for t in tasks:
         shown = f"{t['status']} ({t['waiting_for']})" if t["waiting_for"] else t["status"]
         parked = one_line(t["reason"]) if t["status"] == "needs_operator" else ""
+        if t.get("held_up"):
+            parked = one_line(t["held_up"]["text"])
         table.add_row(
             Text(t["key"]),
             Text(t["repo"]),
@@ -48,6 +51,8 @@ def print_detail(d: dict[str, Any], console: Console) -> None:
     )
     if d["reason"]:
         console.print(Text(f"reason: {d['reason']}"))
+    if d.get("held_up"):
+        console.print(Text(f"held up: {d['held_up']['text']}"))
     if d["cancel"]:
         c = d["cancel"]
         deferred = (
@@ -131,15 +136,17 @@ def _runs(d: dict[str, Any]) -> Table:
         runs.add_column(col)
     runs.add_column("detail")
     for r in d["runs"]:
-        u = r["usage"]
+        u, source = r["usage"], r.get("usage_from") or {}
+        tokens_from = f" ({source['tokens']})" if source.get("tokens") else ""
+        usd_from = f" ({source['usd']})" if source.get("usd") else ""
         runs.add_row(
             r["stage"],
             str(r["attempt"]),
             Text(r["agent"]),
             r["outcome"] or "running",
             "" if r["exit_code"] is None else str(r["exit_code"]),
-            f"{u['tokens_in']}/{u['tokens_out']}",
-            f"${u['usd']:.4f}",
+            f"{u['tokens_in']}/{u['tokens_out']}{tokens_from}",
+            f"${u['usd']:.4f}{usd_from}",
             str(len(r["tools"])),
             Text(one_line(r["detail"])),
         )

@@ -26,10 +26,11 @@ from orch.config import PlaneStates
 from orch.domain import machine
 from orch.domain import pipeline as pl
 from orch.domain.errors import NotFound
-from orch.domain.ledger import Usage
+from orch.domain.failures import FailureClass
+from orch.domain.ledger import Metered, Usage, UsageFrom
 from orch.domain.model import Claim, Task
 from orch.domain.states import Stage
-from orch.modelserver import Edit, ModelServer, Say, Script, Shell, Turn, Write
+from orch.modelserver import Edit, Fault, ModelServer, Say, Script, Shell, Turn, Write
 from orch.modelserver import Usage as ModelUsage
 from orch.ports import (
     Agent,
@@ -51,6 +52,7 @@ from orch.services.tracking import ProjectRules
 
 __all__ = [
     "Edit",
+    "Fault",
     "InstantAgent",
     "MemoryForge",
     "MemoryNotifier",
@@ -161,6 +163,18 @@ class _Finished:
     def usage(self) -> Usage:
         return self.spent
 
+    def usage_from(self) -> UsageFrom | None:
+        return None
+
+    def retrying(self) -> bool:
+        return False
+
+    def trouble(self) -> tuple[FailureClass, str] | None:
+        return None
+
+    def close(self) -> None:
+        return None
+
     def output_bytes(self) -> int:
         return 0
 
@@ -204,7 +218,7 @@ class InstantAgent:
     def preflight(self) -> str | None:
         return None
 
-    def usage_from_log(self, log_path: Path) -> Usage | None:
+    def usage_from_log(self, log_path: Path) -> Metered | None:
         return None  # it leaves no log
 
     def start(self, request: AgentRequest) -> _Finished:

@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 KEYS = {"workload", "metric", "store", "value", "floor", "ratio", "target"}
-WORKLOADS = ("S1", "S2", "S3", "S4", "S5", "S6", "S7", "S2 plane", "merge gate")
+WORKLOADS = ("S1", "S2", "S3", "S4", "S5", "S6", "S7", "S2 plane", "merge gate", "proxy")
 
 
 def figure_or_reason(value: object) -> bool:

@@ -12,6 +12,7 @@ import pytest
 from orch.adapters.agents.claude_code import ClaudeStream
 from orch.adapters.agents.streaming import StreamingProcess
 from orch.domain.ledger import Budget, Prices, Usage
+from orch.domain.prices import Pricing
 from orch.domain.states import Stage
 from orch.ports import AgentRequest
 
@@ -58,7 +59,8 @@ def started() -> Iterator[list[StreamingProcess]]:
 
 
 def start(procs: list[StreamingProcess], req: AgentRequest, prices: Prices) -> StreamingProcess:
-    proc = StreamingProcess([sys.executable, "-c", CHILD], req, req.env, ClaudeStream(), prices)
+    pricing = Pricing(prices)
+    proc = StreamingProcess([sys.executable, "-c", CHILD], req, req.env, ClaudeStream(), pricing)
     procs.append(proc)
     return proc
 

@@ -197,8 +197,40 @@ def test_a_claude_agent_with_its_key_and_version_is_ok(tmp_path: Path) -> None:
     check, _ = check_agent(s, "cc", {"PATH": "/usr/bin:/bin", "ANTHROPIC_API_KEY": "sk-test"})
     assert check == ok(
         "agent cc",
-        f"claude_code: {claude} (2.1.328 (Claude Code)); credentials in ANTHROPIC_API_KEY",
+        f"claude_code: {claude} (2.1.328 (Claude Code)); credentials in ANTHROPIC_API_KEY,"
+        " held by orch's metering proxy",
     )
+
+
+def test_behind_the_proxy_a_claude_login_without_a_key_fails_and_says_how_to_go_on(
+    tmp_path: Path,
+) -> None:
+    claude = fake_program(tmp_path / "bin", "claude", 'echo "2.1.328 (Claude Code)"')
+    environ = {"PATH": "/usr/bin:/bin", "CLAUDE_CONFIG_DIR": str(tmp_path / "login")}
+    s = settings(tmp_path, agents={"cc": {"kind": "claude_code", "command": str(claude)}})
+    check, _ = check_agent(s, "cc", environ)
+    assert not check.ok and "no key for orch's metering proxy" in check.detail
+    assert "`proxy: off`" in check.detail
+    own = settings(
+        tmp_path, agents={"cc": {"kind": "claude_code", "command": str(claude), "proxy": False}}
+    )
+    check, _ = check_agent(own, "cc", environ)
+    assert check.ok and check.detail.endswith("credentials: the login in CLAUDE_CONFIG_DIR")
+
+
+def test_an_agent_whose_model_has_no_price_is_a_warning(tmp_path: Path) -> None:
+    codex = fake_program(tmp_path / "bin", "codex", 'echo "codex-cli 0.169.0"')
+    environ = {"PATH": "/usr/bin:/bin", "OPENAI_API_KEY": "k"}
+    unknown = {"kind": "codex", "command": str(codex), "model": "gpt-of-tomorrow"}
+    check, _ = check_agent(settings(tmp_path, agents={"cx": unknown}), "cx", environ)
+    assert check.level == "warn"
+    assert "model gpt-of-tomorrow has no price" in check.detail and "`prices`" in check.detail
+    priced = {**unknown, "prices": {"input": 1, "output": 2}}
+    check, _ = check_agent(settings(tmp_path, agents={"cx": priced}), "cx", environ)
+    assert check.level == "ok"
+    listed = {**unknown, "model": "gpt-5.5"}
+    check, _ = check_agent(settings(tmp_path, agents={"cx": listed}), "cx", environ)
+    assert check.level == "ok", check.detail
 
 
 def test_the_claude_binary_is_found_through_orch_claude_bin(tmp_path: Path) -> None:

@@ -58,6 +58,9 @@ class EndlessChild:
     def report(self) -> None:
         return None
 
+    def retrying(self) -> bool:
+        return False
+
 
 @pytest.mark.parametrize(
     "failure",
@@ -153,6 +156,22 @@ def test_a_silent_child_is_killed_as_stalled_while_one_that_prints_runs_on() -> 
         code, outcome = lease.supervise(talking, timeout_s=0.3, grace_s=0, stall_s=0.05)
     # output kept coming, so only the attempt's own timeout ended it
     assert (code, outcome) == (-9, RunOutcome.TIMED_OUT)
+
+
+class RetryingChild(TalkingChild):
+    """A child that keeps printing its CLI's retries of a provider that fails it."""
+
+    def retrying(self) -> bool:
+        return True
+
+
+def test_a_child_that_only_prints_its_provider_retries_is_stalled() -> None:
+    store = RenewingStore(None)
+    child = RetryingChild()
+    with Lease(store, CLAIM, ttl_s=30, heartbeat_s=0.01) as lease:  # type: ignore[arg-type]
+        code, outcome = lease.supervise(child, timeout_s=5, grace_s=0, stall_s=0.05)
+    assert (code, outcome) == (-9, RunOutcome.STALLED)
+    assert child.printed > 10, "it printed all along"
 
 
 def test_the_task_deadline_ends_an_attempt_before_its_own_timeout_and_says_so() -> None:

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import IO
 
 from orch import crashpoints
+from orch.domain.failures import FailureClass
+from orch.domain.ledger import UsageFrom
 from orch.ports import DEFAULT_OUTPUT_CAP, AgentReport, Confinement, RunAs, Usage
 
 LAUNCHER = Path(__file__).with_name("sandbox") / "launcher.py"
@@ -289,7 +291,19 @@ class ProcessGroup:
     def usage(self) -> Usage:
         return Usage()
 
+    def usage_from(self) -> UsageFrom | None:
+        return None
+
     def report(self) -> AgentReport | None:
+        return None
+
+    def retrying(self) -> bool:
+        return False
+
+    def trouble(self) -> tuple[FailureClass, str] | None:
+        return None
+
+    def close(self) -> None:
         return None
 
     def output_bytes(self) -> int:

@@ -58,11 +58,15 @@ def _check(
         # the environment a run of the agent gets, never the whole of orch's
         env = child_env(environ, {**claude_code.QUIET, **cfg.env}, agent.env_names)
         key = _claude_key(cfg, environ)
-        return _cli(what, "claude_code", agent.binary, claude_code.BIN_ENV, key, env, timeout_s)
+        check = _cli(what, "claude_code", agent.binary, claude_code.BIN_ENV, key, env, timeout_s)
+        # Claude Code names each request's model; an alias is one of the table's
+        priced = cfg.model in CLAUDE_ALIASES or bool(agent.pricing)
+        return _priced(check, priced, cfg.model)
     if isinstance(cfg, CodexAgentSettings) and isinstance(agent, CodexAgent):
         env = child_env(environ, cfg.env, agent.env_names)
         key = _codex_key(cfg, environ)
-        return _cli(what, "codex", agent.binary, codex.BIN_ENV, key, env, timeout_s)
+        check = _cli(what, "codex", agent.binary, codex.BIN_ENV, key, env, timeout_s)
+        return _priced(check, bool(agent.pricing), cfg.model)
     if isinstance(agent, CommandAgent):
         return _command(what, agent.argv[0], environ)
     playbook = cfg.playbook if isinstance(cfg, ScriptedAgentSettings) else None
@@ -70,6 +74,22 @@ def _check(
         return fail(what, f"scripted: playbook {playbook} is not a readable file")
     problem = agent.preflight()
     return fail(what, f"{cfg.kind}: {problem}") if problem else ok(what, f"{cfg.kind} (built in)")
+
+
+# the model aliases Claude Code resolves to a model of the price table before it asks
+CLAUDE_ALIASES = frozenset({"sonnet", "opus", "haiku", "default", "opusplan", "best"})
+
+
+def _priced(check: Check, priced: bool, model: str) -> Check:
+    """A working agent whose model has no price is a warning: its runs' dollars are not
+    counted, so a dollar budget cannot hold it."""
+    if check.level != "ok" or priced:
+        return check
+    return warn(
+        check.check,
+        f"{check.detail}; model {model} has no price in orch's table: its dollars are not"
+        " counted (give the agent `prices`)",
+    )
 
 
 def _command(what: str, program: str, environ: Mapping[str, str]) -> Check:
@@ -112,10 +132,18 @@ def _given(name: str, cfg_env: Mapping[str, str], environ: Mapping[str, str]) ->
 
 def _claude_key(cfg: ClaudeCodeAgentSettings, environ: Mapping[str, str]) -> tuple[bool, str]:
     """Each run gets a home of its own, so a login in the operator's ~/.claude is not seen:
-    the key comes from the environment, or a config directory is named."""
+    the key comes from the environment, or a config directory is named. Behind the metering
+    proxy only a key will do: orch holds it and the agent gets a token."""
     for var in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"):
         if _given(var, cfg.env, environ):
-            return True, f"credentials in {var}"
+            held = ", held by orch's metering proxy" if cfg.proxy else ""
+            return True, f"credentials in {var}{held}"
+    if cfg.proxy:
+        return False, (
+            "no key for orch's metering proxy: set ANTHROPIC_API_KEY or ANTHROPIC_AUTH_TOKEN (in"
+            " orch's environment or the agent's env); orch keeps it and gives each run a token"
+            " (or set `proxy: off` for the agent to use a login of its own)"
+        )
     if _given("CLAUDE_CONFIG_DIR", cfg.env, environ):
         return True, "credentials: the login in CLAUDE_CONFIG_DIR"
     return False, (
@@ -136,7 +164,14 @@ def _codex_key(cfg: CodexAgentSettings, environ: Mapping[str, str]) -> tuple[boo
             " environment or the agent's env)"
         )
     if _given("OPENAI_API_KEY", cfg.env, environ):
-        return True, "credentials in OPENAI_API_KEY"
+        held = ", held by orch's metering proxy" if cfg.proxy else ""
+        return True, f"credentials in OPENAI_API_KEY{held}"
+    if cfg.proxy:
+        return False, (
+            "no key for orch's metering proxy: set OPENAI_API_KEY (in orch's environment or the"
+            " agent's env); orch keeps it and gives each run a token (or set `proxy: off` for"
+            " the agent to use a login of its own)"
+        )
     if _given("CODEX_HOME", cfg.env, environ):
         return True, "credentials: the login in CODEX_HOME"
     return False, (

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
+from enum import StrEnum
 from typing import Any
 
 from orch.domain.errors import PipelineError
@@ -55,6 +56,38 @@ class Usage:
             int(data.get("cache_write", 0)),
             float(data.get("cost_usd", 0.0)),
         )
+
+
+class Figure(StrEnum):
+    """Where a figure of the ledger came from."""
+
+    PROVIDER = "provider"  # the model provider's own usage, read by orch's metering proxy
+    AGENT = "agent"  # the agent's CLI's own account of its usage or its cost
+    ESTIMATED = "estimated"  # orch's: the tokens counted, priced by the price table
+    UNPRICED = "unpriced"  # no price is known for the model: the dollars are not counted
+
+
+@dataclass(frozen=True)
+class UsageFrom:
+    """Where a run's tokens and its dollars came from."""
+
+    tokens: Figure
+    usd: Figure
+
+    def as_dict(self) -> dict[str, str]:
+        return {"tokens": self.tokens.value, "usd": self.usd.value}
+
+
+# what a run's figures are when nothing says otherwise: the agent's own account
+AGENTS_OWN = UsageFrom(Figure.AGENT, Figure.AGENT)
+
+
+@dataclass(frozen=True)
+class Metered:
+    """What a run spent, with where its figures came from."""
+
+    usage: Usage
+    source: UsageFrom
 
 
 @dataclass(frozen=True)

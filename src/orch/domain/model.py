@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from orch.domain.ledger import Usage
+from orch.domain.ledger import Usage, UsageFrom
 from orch.domain.states import EffectState, JobState, Stage, TaskStatus
 
 
@@ -170,6 +170,7 @@ class Run:
     reported: Usage | None = None  # the agent's own totals (a resumed session's since it began)
     owner: str | None = None  # the incarnation that supervised it
     accounted_at: float | None = None  # when its usage entered the ledger
+    usage_from: UsageFrom | None = None  # where its figures came from; None: not counted yet
 
     @property
     def usage(self) -> Usage:

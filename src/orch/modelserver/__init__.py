@@ -76,6 +76,7 @@ from orch.modelserver.script import ZERO_USAGE as ZERO_USAGE
 from orch.modelserver.script import Action as Action
 from orch.modelserver.script import (
     Edit,
+    Fault,
     Recorded,
     Say,
     Script,
@@ -88,6 +89,7 @@ from orch.modelserver.server import ModelServer
 
 __all__ = [
     "Edit",
+    "Fault",
     "ModelServer",
     "Recorded",
     "Say",

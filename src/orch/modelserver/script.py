@@ -54,6 +54,18 @@ ZERO_USAGE = Usage(0, 0, 0, 0)
 
 
 @dataclass(frozen=True)
+class Fault:
+    """An error the server answers a model request with instead of a turn, as the provider
+    would send it: its status, its error type (`overloaded_error`, `authentication_error`),
+    and a `retry-after` header when given."""
+
+    status: int
+    error_type: str
+    message: str = "injected by the scripted model server"
+    retry_after_s: float | None = None
+
+
+@dataclass(frozen=True)
 class Turn:
     """One model response: tool calls for every Write/Edit/Shell, text blocks for every Say."""
 

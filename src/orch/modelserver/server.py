@@ -10,7 +10,15 @@ from typing import Any
 
 from orch.modelserver.anthropic import _anthropic_events, _anthropic_message, _anthropic_reply
 from orch.modelserver.responses import _responses_events, _responses_object, _responses_reply
-from orch.modelserver.script import CODEX_KEY_ENV, ZERO_USAGE, Recorded, Script, Usage, _Reply
+from orch.modelserver.script import (
+    CODEX_KEY_ENV,
+    ZERO_USAGE,
+    Fault,
+    Recorded,
+    Script,
+    Usage,
+    _Reply,
+)
 
 
 class _HttpServer(ThreadingHTTPServer):
@@ -41,6 +49,11 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_json()
         route = self.path.split("?", 1)[0].rstrip("/")
         owner = self.server.owner
+        if route.endswith(("/messages", "/responses")):
+            fault = owner._next_fault(self.path, dict(self.headers), body)
+            if fault is not None:
+                self._send_fault(fault, anthropic=route.endswith("/messages"))
+                return
         if route.endswith("/messages/count_tokens"):
             owner._record(self.path, dict(self.headers), body, None)
             self._send_json(200, {"input_tokens": 1})
@@ -91,6 +104,32 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
         self.close_connection = True
 
+    def _send_fault(self, fault: Fault, anthropic: bool) -> None:
+        if anthropic:
+            payload: dict[str, Any] = {
+                "type": "error",
+                "error": {"type": fault.error_type, "message": fault.message},
+            }
+        else:
+            payload = {
+                "error": {
+                    "type": fault.error_type,
+                    "code": fault.error_type,
+                    "message": fault.message,
+                    "param": None,
+                }
+            }
+        data = json.dumps(payload).encode()
+        self.send_response(fault.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        if fault.retry_after_s is not None:
+            self.send_header("retry-after", f"{fault.retry_after_s:g}")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(data)
+        self.close_connection = True
+
     def _send_sse(self, events: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
         # the body ends when the connection closes: no keep-alive, so stop() never waits on an
         # idle pooled connection
@@ -127,6 +166,8 @@ class ModelServer:
         self._address = (host, port)
         self._lock = threading.Lock()
         self._requests: list[Recorded] = []
+        self._faults: list[Fault] = []
+        self._failing: Fault | None = None
         self._http: _HttpServer | None = None
         self._thread: threading.Thread | None = None
         self.url = ""
@@ -168,6 +209,20 @@ class ModelServer:
     def set_scripts(self, scripts: Sequence[Script]) -> None:
         with self._lock:
             self._scripts = tuple(scripts)
+
+    def fail(self, *faults: Fault, then: Fault | None = None) -> None:
+        """Answer the next model requests with `faults`, one each, in order; then every later
+        one with `then`, if given (an outage), else with its script again."""
+        with self._lock:
+            self._faults = list(faults)
+            self._failing = then
+
+    def _next_fault(self, path: str, headers: dict[str, str], body: dict[str, Any]) -> Fault | None:
+        with self._lock:
+            fault = self._faults.pop(0) if self._faults else self._failing
+            if fault is not None:
+                self._requests.append(Recorded(path, headers, body, None, None))
+        return fault
 
     @property
     def requests(self) -> list[Recorded]:

@@ -135,6 +135,7 @@ class AgentRunner:
             outcome = RunOutcome.ERROR
             report = None
             telling = _Telling(started) if started is not None else None
+            tools.running[task.id] = proc
             try:
                 code, outcome = work.lease.supervise(
                     proc,
@@ -158,6 +159,7 @@ class AgentRunner:
                 outcome = interrupted(signal)
                 raise
             finally:
+                tools.running.pop(task.id, None)
                 if telling is not None:
                     telling.join()  # told before whatever the run's end makes known
                 self._close(work, run_id, proc, outcome, report)
@@ -174,7 +176,8 @@ class AgentRunner:
         """Record how the run ended and what it spent. The ledger outlives the lease: the usage
         of a run whose lease was lost is still counted, since that money was spent."""
         task, claim = work.task, work.claim
-        code, usage = proc.wait(0), proc.usage()
+        proc.close()
+        code, usage, usage_from = proc.wait(0), proc.usage(), proc.usage_from()
         detail = report.detail if report else ""
         dropped = proc.dropped_bytes()
         if dropped:
@@ -195,11 +198,12 @@ class AgentRunner:
                     detail=detail,
                     tools=report.tools if report else (),
                     reported=report.reported if report else None,
+                    usage_from=usage_from,
                 )
                 return
             except LeaseLost:
                 try:
-                    self.store.record_usage(task.id, run_id, usage)
+                    self.store.record_usage(task.id, run_id, usage, usage_from)
                 except OrchError as exc:
                     log.warning("could not count run %s of %s: %s", run_id, task.key, exc)
                 return
@@ -227,9 +231,12 @@ class AgentRunner:
             if not dead[run.owner]:
                 continue
             agent = self.tools.agents.get(run.agent)
-            usage = agent.usage_from_log(Path(run.log_path)) if agent is not None else None
+            metered = agent.usage_from_log(Path(run.log_path)) if agent is not None else None
             # counted even when nothing can be read, so the log is read once
-            spent.append(RunUsage(run.task_id, run.id, usage or Usage()))
+            if metered is None:
+                spent.append(RunUsage(run.task_id, run.id, Usage()))
+            else:
+                spent.append(RunUsage(run.task_id, run.id, metered.usage, metered.source))
         self.store.record_usages(spent)
         return len(spent)
 
@@ -264,6 +271,22 @@ class AgentRunner:
             breakers.record(name, ok=True)
             assert report is not None
             return pl.parked(task.stage, f"{report.over_budget} (agent {name}; log: {log_path})")
+        succeeded = outcome == RunOutcome.EXITED and code == 0 and (report is None or report.ok)
+        trouble = None if succeeded or outcome == RunOutcome.DEADLINE else proc.trouble()
+        if trouble is not None:
+            # the provider failed the run's last requests: that is why it ended, whatever the
+            # CLI made of it (a result, an exit code) or however long it kept retrying
+            kind, why = trouble
+            how = {
+                RunOutcome.STALLED: f"stalled in provider retries for {spec.stall_s:g}s",
+                RunOutcome.TIMED_OUT: f"timed out in provider retries after {spec.timeout_s:g}s",
+            }.get(outcome, f"exited {code}")
+            reason = f"agent {name} {how}: {why} (log: {log_path})"
+            if kind == FailureClass.PERMANENT:
+                breakers.record(name, ok=False, reason=why)
+                return pl.parked(task.stage, f"permanent failure, not retried: {reason}")
+            breakers.record(name, ok=False, provider_failure=True, reason=why)
+            return pl.after_attempt_failure(pipeline, task.stage, attempt, reason)
         if report is not None and code == 0 and not report.ok:
             # the CLI exited cleanly but its own result says it did not do the task
             breakers.record(name, ok=True)

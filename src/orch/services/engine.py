@@ -94,6 +94,14 @@ class Engine:
     def breakers(self) -> Breakers:
         return self.tools.breakers
 
+    def provider_retries(self, task_id: int) -> str | None:
+        """What a task's running agent is retrying, if it runs here and retries its provider."""
+        proc = self.tools.running.get(task_id)
+        if proc is None or not proc.retrying():
+            return None
+        trouble = proc.trouble()
+        return trouble[1] if trouble is not None else "its CLI retries its model requests"
+
     @property
     def shutdown(self) -> threading.Event:
         """Set when the process shuts down: jobs in flight kill their children and let go."""

@@ -158,7 +158,8 @@ class Lease:
     ) -> tuple[int | None, RunOutcome]:
         """Wait for a child; return its exit code and how it ended.
 
-        Separate clocks end it: the attempt's `timeout_s`, `stall_s` without new output, and
+        Separate clocks end it: the attempt's `timeout_s`, `stall_s` without new output (output
+        while the agent retries its provider does not count), and
         `deadline_s`, what is left of the task's deadline. However the wait ends early (the lease
         lost, a STOP, a shutdown, an error, an interrupt) the child's group is killed first, so
         no agent outlives its lease and no two agents share a worktree. A child that is not
@@ -189,8 +190,11 @@ class Lease:
                 if stall_s is not None:
                     now, size = self._monotonic(), proc.output_bytes()
                     if size != printed:
-                        printed, progressed = size, now
-                    elif now - progressed >= stall_s:
+                        # what a CLI prints while it retries its provider is no progress
+                        printed = size
+                        if not proc.retrying():
+                            progressed = now
+                    if now - progressed >= stall_s:
                         return proc.kill(grace_s), RunOutcome.STALLED
         except BaseException:
             proc.kill(grace_s)

@@ -16,6 +16,7 @@ from orch.domain.states import (
     is_terminal,
 )
 from orch.ports import StateSummary, Store
+from orch.services.waits import Waits
 
 
 def stage_timings(
@@ -51,7 +52,9 @@ def stage_timings(
     return list(out.values())
 
 
-def task_summary(task: Task) -> dict[str, Any]:
+def task_summary(task: Task, waits: Waits | None = None) -> dict[str, Any]:
+    """A task's row; with `waits`, what an active task that is not moving waits for."""
+    held_up = waits.why(task) if waits is not None else None
     return {
         "key": task.key,
         "id": task.id,
@@ -63,6 +66,8 @@ def task_summary(task: Task) -> dict[str, Any]:
         "version": task.version,
         "branch": task.branch,
         "reason": task.status_reason,
+        # an active task that is not moving: what it waits for (kind, text, until)
+        "held_up": held_up.as_dict() if held_up is not None else None,
         "rework_rounds": task.rework_rounds,
         "cost": _usage(task.spent),
         "budgets": task.budgets,
@@ -71,7 +76,7 @@ def task_summary(task: Task) -> dict[str, Any]:
     }
 
 
-def task_detail(store: Store, task: Task) -> dict[str, Any]:
+def task_detail(store: Store, task: Task, waits: Waits | None = None) -> dict[str, Any]:
     transitions = store.transitions(task.id)
     try:
         stage_names = [s["stage"] for s in task.pipeline["stages"]]
@@ -88,7 +93,7 @@ def task_detail(store: Store, task: Task) -> dict[str, Any]:
         row["agent"] = agents.get(row["stage"])
         row["usage"] = _usage(spent.get(row["stage"], Usage()))
     return {
-        **task_summary(task),
+        **task_summary(task, waits or Waits(store)),
         "feedback": task.feedback,
         "pipeline": stage_names,
         "stages": stages,
@@ -129,6 +134,9 @@ def task_detail(store: Store, task: Task) -> dict[str, Any]:
                 "started_at": r.started_at,
                 "ended_at": r.ended_at,
                 "usage": _usage(r.usage),
+                # where its tokens and dollars came from: the provider (read by orch's proxy),
+                # the agent's own account, or orch's estimate from the price table
+                "usage_from": r.usage_from.as_dict() if r.usage_from else None,
                 "session": r.session,
                 "detail": r.detail,
                 "tools": r.tools,

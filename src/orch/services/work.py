@@ -23,6 +23,7 @@ from orch.domain.model import Claim, Task
 from orch.domain.pipeline import Decision, Pipeline, StageSpec
 from orch.ports import (
     Agent,
+    AgentProcess,
     CommandRunner,
     Confinement,
     Forge,
@@ -71,6 +72,8 @@ class Tools:
     heartbeats: Heartbeats = field(default_factory=Heartbeats)  # and what renews them
     # writes news back to the tracker a task came from (orch.services.reporting), if any
     reporter: Notifier | None = None
+    # the agent processes this process's jobs run, by task id: what shows one in provider retries
+    running: dict[int, AgentProcess] = field(default_factory=dict)
 
     def backoff(self, attempt: int) -> float:
         s = self.settings

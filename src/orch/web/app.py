@@ -145,11 +145,12 @@ def create_app(app: App) -> FastAPI:
         """The most recent tasks; `status=needs_operator` lists the dead letters, each with the
         reason it was parked."""
         listed = app.store.list_tasks(min(max(limit, 1), 500), status)
-        return {"tasks": [task_summary(t) for t in listed]}
+        waits = app.waits()
+        return {"tasks": [task_summary(t, waits) for t in listed]}
 
     @api.get("/api/v1/tasks/{key}", dependencies=[reads], responses=errors(*KEY))
     def task(key: str) -> dict[str, Any]:
-        return task_detail(app.store, app.intake.task(key))
+        return task_detail(app.store, app.intake.task(key), app.waits())
 
     @api.post("/api/v1/tasks", status_code=201, responses=errors(*BODY, 404))
     def file_ticket(ticket: NewTicket, caller: Caller = acts) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from orch.domain.ledger import Usage
 from orch.domain.model import Task
 from orch.domain.states import WORK_STAGES, TaskStatus
 from orch.services.views import task_summary
+from orch.services.waits import Waits
 
 DAY_S = 86400.0
 CHART_DAYS = 14
@@ -34,9 +35,10 @@ def one_line(text: str | None, limit: int = 160) -> str:
     return first + (" …" if len(lines) > 1 else "")
 
 
-def columns(tasks: list[Task]) -> list[Column]:
+def columns(tasks: list[Task], waits: Waits | None = None) -> list[Column]:
     """A column per work stage for the tasks at work there, then the tasks waiting for a
-    person, the parked ones (dead letters), and the latest done and cancelled."""
+    person, the parked ones (dead letters), and the latest done and cancelled. With `waits`, an
+    active card that is not moving says what holds it up."""
     by_stage = {
         s.value: Column(s.value, s.value.replace("-", " ").capitalize()) for s in WORK_STAGES
     }
@@ -45,7 +47,7 @@ def columns(tasks: list[Task]) -> list[Column]:
     done = Column("done", "Done")
     cancelled = Column("cancelled", "Cancelled")
     for task in tasks:
-        card = {**task_summary(task), "reason_line": one_line(task.status_reason)}
+        card = {**task_summary(task, waits), "reason_line": one_line(task.status_reason)}
         if task.status == TaskStatus.ACTIVE and task.stage.value in by_stage:
             by_stage[task.stage.value].cards.append(card)
         elif task.status == TaskStatus.WAITING:

@@ -113,7 +113,7 @@ def add_dashboard(api: FastAPI, app: App) -> None:
         summary = state_view(app.store.summary(), app.engine.breakers.states())
         spent = app.store.spend_over_time(board.chart_since(now), board.DAY_S)
         return {
-            "columns": board.columns(app.store.list_tasks(500)),
+            "columns": board.columns(app.store.list_tasks(500), app.waits()),
             "state": summary,
             "chart": board.spend_chart(spent, now),
             "chart_height": board.CHART_HEIGHT,
@@ -122,7 +122,7 @@ def add_dashboard(api: FastAPI, app: App) -> None:
 
     def task_context(key: str) -> dict[str, Any]:
         task = app.intake.task(key)
-        detail = task_detail(app.store, task)
+        detail = task_detail(app.store, task, app.waits())
         return {
             "task": detail,
             "timeline": board.timeline(detail["stages"]),

@@ -2,9 +2,12 @@
 
 The last `result` event decides the run: `success` with `is_error` false is success; a turn
 limit, a budget or an error is not, and `is_error` is checked even on `success` (an API error can
-end that way). Tokens come from each model message as it streams (`--include-partial-messages`),
-so a budget can stop the run within one event; the cost comes from the result, where the CLI
-prices its own usage.
+end that way). Behind orch's metering proxy (the default) the agent is given the proxy's URL and
+a token of its own in ANTHROPIC_BASE_URL and ANTHROPIC_API_KEY; the real key (ANTHROPIC_API_KEY,
+or ANTHROPIC_AUTH_TOKEN, from orch's environment or the agent's `env`) stays in orch. Without it,
+tokens come from each model message as it streams (`--include-partial-messages`), so a budget
+can stop the run within one event; the cost comes from the result, where the CLI prices its own
+usage, or for a run stopped before its result from the price table, by each message's model.
 
 Two behaviours of the CLI shape the invocation: it refuses `bypassPermissions` as root, so orch
 defaults to `acceptEdits` with an explicit tool allowlist; and it may retry forever against an
@@ -13,24 +16,29 @@ endpoint that refuses it, so orch's own attempt and stall timeouts always apply.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from orch.adapters.agents.proxy import MeteringProxy, Upstream
 from orch.adapters.agents.streaming import (
     StreamingProcess,
     find_binary,
     missing_binary,
     not_startable,
+    record_of,
     replay,
     write_prompt,
 )
 from orch.adapters.agents.users import AgentUser
 from orch.adapters.process import Launchers
-from orch.domain.errors import ConfigError
-from orch.domain.ledger import Prices, Usage
+from orch.domain.errors import AgentError, ConfigError
+from orch.domain.failures import FailureClass, provider_answer
+from orch.domain.ledger import Figure, Metered, Prices, Usage, UsageFrom
+from orch.domain.prices import Pricing
 from orch.ports import AgentReport, AgentRequest
 
 PACKAGE, VERSION = "@anthropic-ai/claude-code", "2.1.328"
@@ -50,6 +58,10 @@ ENV_NAMES = frozenset(
         "API_TIMEOUT_MS",
     }
 )
+# the variables that hold the provider's key and endpoint: behind the proxy, orch's alone
+KEY_NAMES = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")
+PROVIDER_NAMES = frozenset({*KEY_NAMES, "ANTHROPIC_BASE_URL"})
+DEFAULT_BASE_URL = "https://api.anthropic.com"
 # nothing but the model's own requests leaves the machine
 QUIET = {
     "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
@@ -74,12 +86,19 @@ class ClaudeStream:
         self.carried = carried or Usage()
         self.session: str | None = None
         self.messages: dict[str, Usage] = {}  # per model message: the highest counts seen
+        self.models: dict[str, str] = {}  # per model message: the model that wrote it
+        self.last = ""  # the kind of its latest event: `api_retry` while the CLI retries
+        self.retry: Mapping[str, Any] = {}  # its latest `api_retry` event
+        self.api_error: Mapping[str, Any] = {}  # its latest failed request, as it said it
         self.result: Mapping[str, Any] | None = None
         self.tools: list[str] = []
         self.text = ""
 
     def feed(self, event: Mapping[str, Any]) -> None:
         kind = event.get("type")
+        self.last = str(event.get("subtype") or "") if kind == "system" else str(kind)
+        if self.last == "api_retry":
+            self.retry = event
         if kind == "system" and event.get("subtype") == "init":
             # only a started session can be resumed: a failed --resume names the session it
             # could not find in its result, never in an init
@@ -87,6 +106,9 @@ class ClaudeStream:
         elif kind == "stream_event":
             self._partial(event)
         elif kind == "assistant":
+            if event.get("is_api_error_message"):
+                # Claude Code's own account of a failed request, as a synthetic message
+                self.api_error = event
             self._assistant(event.get("message") or {})
         elif kind == "result":
             self.result = event
@@ -96,13 +118,18 @@ class ClaudeStream:
         message = inner.get("message") or {}
         key = str(event.get("api_message_id") or message.get("id") or "")
         if key and inner.get("type") == "message_start":
+            if message.get("model"):
+                self.models[key] = str(message["model"])
             self._count(key, message.get("usage") or {})
         elif key and inner.get("type") == "message_delta":
             self._count(key, inner.get("usage") or {})
 
     def _assistant(self, message: Mapping[str, Any]) -> None:
         # one message may arrive as several events (a block each), each with its start's usage
-        self._count(str(message.get("id") or ""), message.get("usage") or {})
+        key = str(message.get("id") or "")
+        if key and message.get("model"):
+            self.models[key] = str(message["model"])
+        self._count(key, message.get("usage") or {})
         for block in message.get("content") or ():
             if block.get("type") == "tool_use":
                 self.tools.append(_tool_call(block))
@@ -136,6 +163,38 @@ class ClaudeStream:
             )
         return Usage(own.tokens_in, own.tokens_out, own.cache_read, own.cache_write, cost)
 
+    def metered(self, pricing: Pricing) -> Metered:
+        usage = self.usage()
+        if self.result is not None and usage.cost_usd:
+            return Metered(usage, UsageFrom(Figure.AGENT, Figure.AGENT))
+        # stopped before the CLI priced it: each message at its own model's price
+        cost, unpriced = 0.0, False
+        for key, spent in self.messages.items():
+            prices = pricing.of(self.models.get(key))
+            if prices is None:
+                unpriced = True
+            else:
+                cost += prices.cost(spent)
+        usd = Figure.UNPRICED if unpriced and not cost else Figure.ESTIMATED
+        return Metered(
+            Usage(usage.tokens_in, usage.tokens_out, usage.cache_read, usage.cache_write, cost),
+            UsageFrom(Figure.AGENT, usd),
+        )
+
+    def retrying(self) -> bool:
+        return self.last == "api_retry"
+
+    def trouble(self) -> tuple[FailureClass, str] | None:
+        if not self.retrying():
+            return None
+        status = int(self.retry.get("error_status") or 0)
+        error = self.retry.get("error")
+        said = error if isinstance(error, str) else json.dumps(error)[:300] if error else ""
+        kind = provider_answer(status, said if isinstance(error, str) else "")
+        what = f"HTTP {status}" if status else "no answer"
+        attempt = f"retry {self.retry.get('attempt')} of {self.retry.get('max_retries')}"
+        return kind or FailureClass.PROVIDER, f"the provider failed: {what} {said} ({attempt})"
+
     def reported(self) -> Usage:
         """The result's own totals: for a resumed session, since the session began."""
         return _result_usage(self.result) if self.result is not None else Usage()
@@ -159,6 +218,11 @@ class ClaudeStream:
             return AgentReport(True, text, session=self.session, tools=tools, reported=reported)
         if subtype == "error_max_turns":
             detail = f"turn limit reached after {r.get('num_turns')} turns"
+        elif self.api_error:
+            e = self.api_error
+            status, kind = e.get("api_error_status"), e.get("api_error_type") or e.get("error")
+            said = f" {status}" if status else ""
+            detail = f"API error{said} {kind}: {r.get('result', '') or self.text}"
         elif r.get("is_error") and subtype == "success":
             status = r.get("api_error_status")
             detail = f"API error{f' {status}' if status else ''}: {r.get('result', '')}"
@@ -224,6 +288,7 @@ class ClaudeCodeAgent:
         environ: Mapping[str, str] | None = None,
         launchers: Launchers | None = None,
         euid: Callable[[], int] = os.geteuid,
+        proxy: MeteringProxy | None = None,
     ) -> None:
         if permission_mode not in PERMISSION_MODES:
             raise ConfigError(
@@ -252,15 +317,23 @@ class ClaudeCodeAgent:
         self.allowed_tools = tuple(allowed_tools)
         self.max_turns = max_turns
         self.extra_args = tuple(extra_args)
-        self.prices = prices or Prices()
-        self.env_names = ENV_NAMES | frozenset(pass_env)
+        self.pricing = Pricing(prices, model)
+        self.proxy = proxy
+        names = ENV_NAMES | frozenset(pass_env)
+        self.upstream: Upstream | None = None
+        self.key_problem = ""
+        if proxy is not None:
+            # the key and the endpoint are orch's: the agent gets the proxy's and a token
+            names -= PROVIDER_NAMES
+            self.upstream, self.key_problem = _upstream(name, self.env, environ)
+        self.env_names = names
         self.meters = frozenset({"tokens", "usd"})
 
     def preflight(self) -> str | None:
-        return missing_binary(self.binary, BIN_ENV, PACKAGE, VERSION)
+        return missing_binary(self.binary, BIN_ENV, PACKAGE, VERSION) or self.key_problem or None
 
-    def usage_from_log(self, log_path: Path) -> Usage:
-        return replay(log_path, ClaudeStream(), self.prices)
+    def usage_from_log(self, log_path: Path) -> Metered:
+        return replay(log_path, ClaudeStream(), self.pricing)
 
     def argv(self, request: AgentRequest, session: str) -> list[str]:
         argv = [
@@ -289,19 +362,56 @@ class ClaudeCodeAgent:
         return [*argv, *self.extra_args]
 
     def start(self, request: AgentRequest) -> StreamingProcess:
+        if self.key_problem:
+            raise AgentError(self.key_problem)
         session = request.resume or str(uuid.uuid4())
         argv = self.argv(request, session)
         env = {**request.env, **QUIET, **self.env}
+        metering = None
+        if self.proxy is not None and self.upstream is not None:
+            meter = self.proxy.issue(
+                self.upstream, request.budget, self.pricing, record_of(request.log_path)
+            )
+            metering = (self.proxy, meter)
+            env = {k: v for k, v in env.items() if k not in PROVIDER_NAMES}
+            env |= {"ANTHROPIC_BASE_URL": self.proxy.url, "ANTHROPIC_API_KEY": meter.token}
         try:
             return StreamingProcess(
                 argv,
                 request,
                 env,
                 ClaudeStream(request.carried if request.resume else None),
-                self.prices,
+                self.pricing,
                 stdin_path=write_prompt(request, request.prompt),
                 user=self.run_as,
                 launchers=self.launchers,
+                meter=metering,
             )
         except OSError as exc:
+            if metering is not None:
+                self.proxy.revoke(metering[1])
             raise not_startable(self.name, argv[0], exc) from exc
+
+
+def _upstream(
+    name: str, env: Mapping[str, str], environ: Mapping[str, str]
+) -> tuple[Upstream | None, str]:
+    """Where the proxy sends the agent's requests, with which key; or why it cannot."""
+    for var in KEY_NAMES:
+        key = env.get(var) or environ.get(var) or ""
+        if key:
+            base = env.get("ANTHROPIC_BASE_URL") or environ.get("ANTHROPIC_BASE_URL")
+            upstream = Upstream(
+                "anthropic",
+                base or DEFAULT_BASE_URL,
+                key,
+                var,
+                bearer=var == "ANTHROPIC_AUTH_TOKEN",
+            )
+            return upstream, ""
+    return None, (
+        f"agent {name!r} needs the provider's key: set ANTHROPIC_API_KEY (or"
+        " ANTHROPIC_AUTH_TOKEN) in orch's environment, or in the agent's `env` setting. orch"
+        " keeps the key and gives the agent a token of its own for orch's metering proxy (or"
+        " set `proxy: off` for the agent to use its own login)"
+    )

@@ -1,5 +1,10 @@
 """What the agents that print JSON events (Claude Code, Codex) share: a process whose every
 output line is parsed as it arrives, a running usage count, and a budget enforced on each event.
+
+Behind orch's metering proxy (the default) the tokens are the provider's own, counted by the
+proxy as each answer streams, and the budget is also enforced there; the agent's events still
+tell how the run ended, and Claude Code's its cost. Without the proxy the events are all there
+is.
 """
 
 from __future__ import annotations
@@ -13,10 +18,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from orch.adapters.agents.proxy import Meter, MeteringProxy, read_record
 from orch.adapters.agents.users import AgentUser
 from orch.adapters.process import Launchers, ProcessGroup
 from orch.domain.errors import AgentError
-from orch.domain.ledger import Prices, Usage
+from orch.domain.failures import FailureClass
+from orch.domain.ledger import Figure, Metered, Prices, Usage, UsageFrom
+from orch.domain.prices import Pricing
 from orch.ports import AgentReport, AgentRequest
 
 # the variables that name an agent CLI's own state directory
@@ -27,14 +35,28 @@ class EventStream(Protocol):
     """Parses one agent's events; every method is called with the stream's lock held."""
 
     def feed(self, event: Mapping[str, Any]) -> None: ...
-    def usage(self) -> Usage: ...
+    def usage(self) -> Usage:
+        """The tokens its events report, with the cost where the agent gave one."""
+        ...
+
+    def metered(self, pricing: Pricing) -> Metered:
+        """Its usage priced: by the agent where it priced it, else by `pricing`."""
+        ...
+
     def report(self, exit_code: int | None) -> AgentReport: ...
+    def retrying(self) -> bool:
+        """Whether its last event says the CLI is retrying a failed model request."""
+        ...
+
+    def trouble(self) -> tuple[FailureClass, str] | None:
+        """What the CLI's own retry events say its provider did, while it retries."""
+        ...
 
 
 class StreamingProcess:
     """An agent process whose JSON events are read as they are printed. When the usage its
-    events report crosses `budget`, the whole process group is killed before the agent can
-    start another model turn."""
+    events (or its meter at the proxy) report crosses `budget`, the whole process group is
+    killed before the agent can start another model turn."""
 
     def __init__(
         self,
@@ -42,17 +64,19 @@ class StreamingProcess:
         request: AgentRequest,
         env: Mapping[str, str],
         stream: EventStream,
-        prices: Prices,
+        pricing: Pricing,
         stdin_path: Path | None = None,
         user: AgentUser | None = None,
         launchers: Launchers | None = None,
+        meter: tuple[MeteringProxy, Meter] | None = None,
     ) -> None:
         self._stream = stream
-        self._prices = prices
+        self._pricing = pricing
         self._budget = request.budget
         self._lock = threading.Lock()
         self._over = ""
         self._noise: list[str] = []  # lines that are not events: a CLI's own errors
+        self._proxy, self.meter = meter if meter is not None else (None, None)
         if user is not None:
             user.grant(request.workdir)
             env = {**env, **user.env(request.env.get("HOME"))}
@@ -76,10 +100,22 @@ class StreamingProcess:
             launchers=launchers,
         )
         self.pid = self._group.pid
+        if self.meter is not None:
+            self.meter.on_usage = self._counted
         with self._lock:
             over = self._over
         if over:  # crossed before the group was known here
             self._group.kill_now()
+
+    def _counted(self) -> None:
+        """The proxy counted more of this run's usage (on the proxy's thread)."""
+        with self._lock:
+            if not self._over:
+                self._over = self._budget.crossed(self._metered().usage)
+        if self._over:
+            group = getattr(self, "_group", None)
+            if group is not None:
+                group.kill_now()
 
     def _line(self, raw: bytes) -> None:
         text = raw.decode("utf-8", "replace").strip()
@@ -95,7 +131,7 @@ class StreamingProcess:
                 return
             self._stream.feed(event)
             if not self._over:
-                self._over = self._budget.crossed(self._prices.priced(self._stream.usage()))
+                self._over = self._budget.crossed(self._metered().usage)
         if self._over:
             # again on every later line, until the group is gone
             group = getattr(self, "_group", None)
@@ -119,18 +155,66 @@ class StreamingProcess:
 
     def usage(self) -> Usage:
         with self._lock:
-            return self._prices.priced(self._stream.usage())
+            return self._metered().usage
+
+    def usage_from(self) -> UsageFrom:
+        with self._lock:
+            return self._metered().source
+
+    def retrying(self) -> bool:
+        """Whether the agent is in its CLI's retries of a failed model request: the proxy saw
+        the provider fail since its last good answer, or the CLI's own last event says so."""
+        if self.meter is not None and self.meter.trouble() is not None:
+            return True
+        with self._lock:
+            return self._stream.retrying()
+
+    def trouble(self) -> tuple[FailureClass, str] | None:
+        """How the provider failed the run since its last good answer: as the proxy saw it,
+        else as the CLI's own retry events say."""
+        if self.meter is not None:
+            error = self.meter.trouble()
+            if error is not None and error.failure is not None:
+                if error.failure == FailureClass.PERMANENT:
+                    var = self.meter.upstream.key_env
+                    return error.failure, (
+                        f"the provider refused the key orch holds in {var}"
+                        f" ({error.describe()}): set a valid key in {var} in orch's environment"
+                    )
+                return error.failure, f"the provider failed: {error.describe()}"
+        with self._lock:
+            return self._stream.trouble()
+
+    def _metered(self) -> Metered:
+        """What the run spent: the proxy's count of the provider's tokens where there is one,
+        priced by the agent where it priced the run, else by the price table."""
+        own = self._stream.metered(self._pricing)
+        if self.meter is None:
+            return own
+        counted = self.meter.metered()
+        if own.source.usd == Figure.AGENT:
+            usage = replace(counted.usage, cost_usd=own.usage.cost_usd)
+            return Metered(usage, UsageFrom(Figure.PROVIDER, Figure.AGENT))
+        return counted
+
+    def close(self) -> None:
+        """The run is over: its token at the proxy is revoked, so nothing it left behind can
+        spend more."""
+        if self._proxy is not None and self.meter is not None:
+            self._proxy.revoke(self.meter)
 
     def report(self) -> AgentReport:
         code = self._group.wait(0)
+        refused = self.meter.refused if self.meter is not None else ""
         with self._lock:
             report = self._stream.report(code)
-            if self._over and not report.over_budget:
+            over = self._over or refused
+            if over and not report.over_budget:
                 report = replace(
                     report,
                     ok=False,
-                    detail=f"stopped by orch: {self._over}",
-                    over_budget=self._over,
+                    detail=f"stopped by orch: {over}",
+                    over_budget=over,
                 )
             if not report.ok and self._noise:
                 # what the CLI printed besides its events: its own error message
@@ -140,9 +224,15 @@ class StreamingProcess:
             return report
 
 
-def replay(log_path: Path, stream: EventStream, prices: Prices) -> Usage:
-    """What a run's log says it spent: its events read again, after its worker died. A run
-    cut off before its CLI priced it costs what `prices` say, or nothing."""
+def record_of(log_path: Path) -> Path:
+    """Where the proxy writes down each model answer of the run whose log is `log_path`."""
+    return log_path.with_suffix(".usage.jsonl")
+
+
+def replay(log_path: Path, stream: EventStream, pricing: Pricing) -> Metered:
+    """What a run spent, read back after its worker died: what the proxy recorded of the
+    provider's answers, else the agent's events in its log. A run cut off before its CLI priced
+    it is priced by the price table."""
     try:
         with open(log_path, encoding="utf-8", errors="replace") as log:
             for line in log:
@@ -153,8 +243,23 @@ def replay(log_path: Path, stream: EventStream, prices: Prices) -> Usage:
                 if isinstance(event, dict):
                     stream.feed(event)
     except OSError:
-        return Usage()
-    return prices.priced(stream.usage())
+        pass
+    own = stream.metered(pricing)
+    counted = read_record(record_of(log_path), pricing)
+    if counted is None:
+        return own
+    if own.source.usd == Figure.AGENT:
+        usage = replace(counted.usage, cost_usd=own.usage.cost_usd)
+        return Metered(usage, UsageFrom(Figure.PROVIDER, Figure.AGENT))
+    return counted
+
+
+def estimate(usage: Usage, prices: Prices | None) -> Metered:
+    """Tokens the agent counted, priced by orch (or not at all, without a price)."""
+    if prices is None:
+        return Metered(replace(usage, cost_usd=0.0), UsageFrom(Figure.AGENT, Figure.UNPRICED))
+    priced = replace(usage, cost_usd=prices.cost(usage))
+    return Metered(priced, UsageFrom(Figure.AGENT, Figure.ESTIMATED))
 
 
 def find_binary(configured: str, env_var: str, environ: Mapping[str, str]) -> str:

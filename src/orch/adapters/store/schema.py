@@ -295,6 +295,9 @@ runs = sa.Table(
     sa.Column("tools", sa.JSON),  # the tool calls the agent reported, in order
     sa.Column("reported", sa.JSON),  # the agent's own totals, which a resumed run counts again
     sa.Column("owner", sa.String(200)),  # the incarnation that supervised it
+    # where its tokens and its dollars came from (a ledger.Figure); NULL: the agent's, as before
+    sa.Column("tokens_from", sa.String(16)),
+    sa.Column("usd_from", sa.String(16)),
     sa.Index("ix_runs_task", "task_id"),
     # the few runs not in the ledger yet, whose dead workers every sweep looks for
     sa.Index(

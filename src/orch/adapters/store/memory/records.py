@@ -10,7 +10,7 @@ from orch import crashpoints
 from orch.adapters.store.memory.base import MemoryBase, _Tables
 from orch.domain import machine
 from orch.domain.errors import Busy, Conflict, NotFound, in_flight
-from orch.domain.ledger import Usage
+from orch.domain.ledger import AGENTS_OWN, Usage, UsageFrom
 from orch.domain.model import (
     Claim,
     Effect,
@@ -194,6 +194,7 @@ class Records(MemoryBase):
         detail: str = "",
         tools: Sequence[str] = (),
         reported: Usage | None = None,
+        usage_from: UsageFrom | None = None,
     ) -> None:
         with self._write() as t:
             self._guard(t, claim)
@@ -207,20 +208,29 @@ class Records(MemoryBase):
                 tools=list(tools)[:500],
                 reported=reported,
             )
-            self._account(t, claim.task_id, run_id, usage)
+            self._account(t, claim.task_id, run_id, usage, usage_from)
 
-    def record_usage(self, task_id: int, run_id: int, usage: Usage) -> None:
+    def record_usage(
+        self, task_id: int, run_id: int, usage: Usage, usage_from: UsageFrom | None = None
+    ) -> None:
         with self._write() as t:
-            self._account(t, task_id, run_id, usage)
+            self._account(t, task_id, run_id, usage, usage_from)
 
     def record_usages(self, spent: Sequence[RunUsage]) -> None:
         if not spent:
             return
         with self._write() as t:
             for one in sorted(spent, key=lambda s: (s.run_id, s.task_id)):
-                self._account(t, one.task_id, one.run_id, one.usage)
+                self._account(t, one.task_id, one.run_id, one.usage, one.usage_from)
 
-    def _account(self, t: _Tables, task_id: int, run_id: int, usage: Usage) -> None:
+    def _account(
+        self,
+        t: _Tables,
+        task_id: int,
+        run_id: int,
+        usage: Usage,
+        usage_from: UsageFrom | None,
+    ) -> None:
         run = t.runs[run_id]
         if run.accounted_at is not None:
             return  # a run's usage is counted once
@@ -232,6 +242,7 @@ class Records(MemoryBase):
             cache_read=usage.cache_read,
             cache_write=usage.cache_write,
             cost_usd=usage.cost_usd,
+            usage_from=usage_from or AGENTS_OWN,
         )
         task = t.tasks[task_id]
         total = task.spent + usage

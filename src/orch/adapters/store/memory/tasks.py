@@ -118,6 +118,13 @@ class TaskRecords(MemoryBase):
         tasks = sorted(self._t.tasks.values(), key=lambda x: -x.id)
         return [x for x in tasks if status is None or x.status == status][:limit]
 
+    def slot_holders(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        held = [x for x in self._t.tasks.values() if x.slot is not None]
+        for x in sorted(held, key=lambda x: (x.slot_since or 0.0, x.id)):
+            out.setdefault(x.repo, []).append(x.key)
+        return out
+
     def transitions(self, task_id: int) -> list[Transition]:
         found = [x for x in self._t.transitions.values() if x.task_id == task_id]
         return sorted(found, key=lambda x: x.version)

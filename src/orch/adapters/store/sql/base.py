@@ -37,7 +37,7 @@ from orch.domain.errors import (
     OrchError,
     StoreUnavailable,
 )
-from orch.domain.ledger import Usage
+from orch.domain.ledger import Figure, Usage, UsageFrom
 from orch.domain.machine import TaskChange
 from orch.domain.metrics import FENCED_WRITES
 from orch.domain.model import (
@@ -603,6 +603,9 @@ def _run(r: Any) -> Run:
         stage=Stage(r.stage),
         tools=r.tools or [],
         reported=Usage.from_dict(r.reported) if r.reported else None,
+        usage_from=UsageFrom(Figure(r.tokens_from), Figure(r.usd_from or Figure.AGENT))
+        if r.tokens_from
+        else None,
     )
 
 

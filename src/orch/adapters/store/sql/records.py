@@ -21,7 +21,7 @@ from orch.domain.errors import (
     Conflict,
     in_flight,
 )
-from orch.domain.ledger import Usage
+from orch.domain.ledger import AGENTS_OWN, Usage, UsageFrom
 from orch.domain.model import (
     Claim,
     Effect,
@@ -290,6 +290,7 @@ class Records(SqlBase):
         detail: str = "",
         tools: Sequence[str] = (),
         reported: Usage | None = None,
+        usage_from: UsageFrom | None = None,
     ) -> None:
         def fn(conn: Connection) -> None:
             self._guard(conn, claim)
@@ -303,15 +304,17 @@ class Records(SqlBase):
                 "reported": reported.as_dict() if reported else None,
             }
             conn.execute(self.sql.finish_run, ended)
-            self._account(conn, claim.task_id, run_id, usage)
+            self._account(conn, claim.task_id, run_id, usage, usage_from)
 
         self._write(fn)
 
-    def record_usage(self, task_id: int, run_id: int, usage: Usage) -> None:
+    def record_usage(
+        self, task_id: int, run_id: int, usage: Usage, usage_from: UsageFrom | None = None
+    ) -> None:
         """The ledger of a run whose worker lost its lease, or died (read back from its log).
         Not fenced, because the money was spent whoever holds the task now; the run itself
         stays open, as its worker lost it."""
-        self._write(lambda conn: self._account(conn, task_id, run_id, usage))
+        self._write(lambda conn: self._account(conn, task_id, run_id, usage, usage_from))
 
     def record_usages(self, spent: Sequence[RunUsage]) -> None:
         if not spent:
@@ -320,11 +323,18 @@ class Records(SqlBase):
         def fn(conn: Connection) -> None:
             # in the order of their runs: two sweeps counting the same runs lock them alike
             for one in sorted(spent, key=lambda s: (s.run_id, s.task_id)):
-                self._account(conn, one.task_id, one.run_id, one.usage)
+                self._account(conn, one.task_id, one.run_id, one.usage, one.usage_from)
 
         self._write(fn)
 
-    def _account(self, conn: Connection, task_id: int, run_id: int, usage: Usage) -> None:
+    def _account(
+        self,
+        conn: Connection,
+        task_id: int,
+        run_id: int,
+        usage: Usage,
+        usage_from: UsageFrom | None,
+    ) -> None:
         # a run's usage is counted once, into the run and into its task's totals
         spent = {
             "tokens_in": usage.tokens_in,
@@ -333,7 +343,16 @@ class Records(SqlBase):
             "cache_write": usage.cache_write,
             "cost_usd": usage.cost_usd,
         }
-        res = conn.execute(self.sql.account_run, {"b_run": run_id, **spent})
+        source = usage_from or AGENTS_OWN
+        res = conn.execute(
+            self.sql.account_run,
+            {
+                "b_run": run_id,
+                **spent,
+                "tokens_from": source.tokens.value,
+                "usd_from": source.usd.value,
+            },
+        )
         if res.rowcount != 1:
             return
         conn.execute(

@@ -223,6 +223,19 @@ class TaskRecords(SqlBase):
 
         return self._read(fn)  # type: ignore[no-any-return]
 
+    def slot_holders(self) -> dict[str, list[str]]:
+        rows = self._read(
+            lambda c: c.execute(
+                sa.select(t.tasks.c.repo, t.tasks.c.key)
+                .where(t.tasks.c.slot.is_not(None))
+                .order_by(t.tasks.c.slot_since, t.tasks.c.id)
+            ).all()
+        )
+        out: dict[str, list[str]] = {}
+        for r in rows:
+            out.setdefault(r.repo, []).append(r.key)
+        return out
+
     def transitions(self, task_id: int) -> list[Transition]:
         return [_transition(r) for r in self._for_task(t.transitions, task_id, "version")]
 
