@@ -30,6 +30,7 @@ from orch.adapters.store.sql import SqlStore, normalise_url, sqlite_path
 from orch.config import (
     ClaudeCodeAgentSettings,
     CommandAgentSettings,
+    OverTimeSettings,
     ScriptedAgentSettings,
     Settings,
     TelegramSettings,
@@ -42,7 +43,8 @@ from orch.domain.errors import (
     OrchError,
     StoreUnavailable,
 )
-from orch.domain.ledger import Prices
+from orch.domain.ledger import Budget, Prices
+from orch.domain.periods import OverTime, Period
 from orch.outside import Background
 from orch.pipeline_file import PIPELINE_PATH, budget_problems, parse
 from orch.ports import (
@@ -64,6 +66,7 @@ from orch.services.deliveries import Deliveries
 from orch.services.dispatcher import Dispatcher, DispatcherSettings
 from orch.services.engine import Engine, EngineSettings
 from orch.services.intake import Intake
+from orch.services.over_time import over_time
 from orch.services.pipelines import Pipelines
 from orch.services.reactions import ForgeSync
 from orch.services.reporting import TrackerReport
@@ -86,6 +89,7 @@ class ConfiguredRepos:
                 sandbox=r.sandbox,
                 protect=r.protect,
                 protected_paths=tuple(r.protected_paths),
+                budgets=budgets_per_period(r.budgets),
             )
             for r in settings.repos
         }
@@ -100,6 +104,16 @@ class ConfiguredRepos:
     def limit(self, name: str) -> int:
         repo = self._repos.get(name)
         return repo.max_active if repo else 0  # fail closed for a repository no longer configured
+
+
+def budgets_per_period(budgets: OverTimeSettings) -> dict[Period, Budget]:
+    """Budgets over time, as the settings give them, per period."""
+    out = {}
+    for period in Period:
+        given = getattr(budgets, period.value)
+        if given is not None and (given.usd is not None or given.tokens is not None):
+            out[period] = Budget(given.usd, given.tokens)
+    return out
 
 
 def build_agents(
@@ -275,6 +289,21 @@ class App:
             except OrchError as exc:
                 log.error("Telegram's webhook could not be set to %s: %s", url, exc)
         self.background.start()
+
+    def over_time(self, repo: str | None = None) -> tuple[OverTime, ...]:
+        """The budgets over time with their periods' spending: one repository's and all's, or
+        (without `repo`) every repository's and all's."""
+        every = self.engine.tools.settings.budgets
+        if repo is not None:
+            try:
+                own = self.repos.get(repo).budgets
+            except NotFound:  # a repository no longer configured has none
+                own = {}
+            return over_time(self.store, repo, own, every)
+        out: list[OverTime] = []
+        for r in self.settings.repos:
+            out += over_time(self.store, r.name, self.repos.get(r.name).budgets, {})
+        return (*out, *over_time(self.store, None, {}, every))
 
     def waits(self) -> Waits:
         """What holds up the active tasks that are not moving, as this process sees them."""
@@ -572,6 +601,7 @@ def _build(
             agent_env_allow=tuple(settings.agent_env_allow),
             breaker_threshold=w.breaker_threshold,
             breaker_cooldown_s=w.breaker_cooldown_s,
+            budgets=budgets_per_period(settings.budgets),
         ),
         dispatcher=DispatcherSettings(
             slots=w.slots,

@@ -68,6 +68,18 @@ class WorkerSettings(_Strict):
     breaker_cooldown_s: float = Field(30.0, gt=0)
 
 
+class BudgetSettings(_Strict):
+    usd: float | None = Field(None, ge=0)
+    tokens: int | None = Field(None, ge=0)
+
+
+class OverTimeSettings(_Strict):
+    """What may be spent per UTC day and per UTC month; unset: no limit."""
+
+    daily: BudgetSettings | None = None
+    monthly: BudgetSettings | None = None
+
+
 class DeployTargetSettings(_Strict):
     command: str
     check: str = ""
@@ -90,6 +102,8 @@ class RepoSettingsModel(_Strict):
     # also makes its merge wait for a person
     protect: Literal["flag", "strict"] = "flag"
     protected_paths: list[str] = list(DEFAULT_PROTECTED)  # replaces the built-in list
+    # what this repository's agent runs may spend per UTC day and month
+    budgets: OverTimeSettings = OverTimeSettings()
 
     @field_validator("exclude")
     @classmethod
@@ -337,6 +351,8 @@ class Settings(BaseSettings):
     forge: ForgeSettings | None = None  # a forge's API; without one, plain git remotes
     notifiers: list[NotifierSettings] = [LogNotifierSettings()]
     agent_env_allow: list[str] = []  # more variables an agent may see, beyond the base allowlist
+    # what all agent runs together may spend per UTC day and month
+    budgets: OverTimeSettings = OverTimeSettings()
     # how often `orch serve` looks for a new `.orch/pipeline.yaml` on each default branch (one
     # ls-remote; the file is read again only when the branch moved)
     pipeline_refresh_s: float = Field(30.0, gt=0)

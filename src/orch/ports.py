@@ -32,6 +32,7 @@ from orch.domain.model import (
     Transition,
 )
 from orch.domain.news import News
+from orch.domain.periods import Period
 from orch.domain.pipeline import Decision
 from orch.domain.states import EffectState, RunOutcome, Stage, TaskStatus
 
@@ -319,6 +320,9 @@ class Store(Protocol):
         ...
 
     def spending(self, task_id: int) -> dict[Stage, Usage]: ...
+    def spent_since(self, since: float, repo: str | None = None) -> Usage:
+        """What the agent runs started since `since` spent: all of them, or one repository's."""
+        ...
 
     # the inbox
     def append_event(
@@ -721,6 +725,8 @@ class RepoSettings:
     # gate integrity: "flag" shows what weakens the checks; "strict" also waits for a person
     protect: str = "flag"
     protected_paths: tuple[str, ...] = DEFAULT_PROTECTED
+    # what its agent runs may spend per period (orch.domain.periods)
+    budgets: Mapping[Period, Budget] = field(default_factory=dict)
 
 
 class Repos(Protocol):

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from orch.bootstrap import App, build, open_migrated_store
+from orch.bootstrap import App, budgets_per_period, build, open_migrated_store
 from orch.config import Settings
 from orch.domain.ledger import Budget
 from orch.domain.states import TaskStatus
 from orch.ports import Store
 from orch.services.intake import find_task
+from orch.services.over_time import over_time
 from orch.services.views import task_detail, task_summary
 from orch.services.waits import Waits
 
@@ -55,7 +56,11 @@ class LocalTasks:
 
     def task(self, key: str) -> dict[str, Any]:
         store = self._reader()
-        return task_detail(store, find_task(store, key), Waits(store, self._limit))
+        task = find_task(store, key)
+        repo = next((r for r in self._settings.repos if r.name == task.repo), None)
+        own = budgets_per_period(repo.budgets) if repo is not None else {}
+        over = over_time(store, task.repo, own, budgets_per_period(self._settings.budgets))
+        return task_detail(store, task, Waits(store, self._limit), over)
 
     def _limit(self, repo: str) -> int:
         found = next((r for r in self._settings.repos if r.name == repo), None)

@@ -74,6 +74,13 @@ def print_detail(d: dict[str, Any], console: Console) -> None:
         ),
         markup=False,
     )
+    for o in ledger.get("over_time") or ():
+        console.print(
+            f"{o['scope']}: spent {spent(o['spent'])} of {budget_view(o['budget'])}"
+            f" (resets {when(o['resets_at'])})"
+            + ("  SPENT: its stages wait" if o["spent_up"] else ""),
+            markup=False,
+        )
     console.print(_stages(d))
     console.print(_runs(d))
     gates = Table(title="gates")

@@ -4,7 +4,13 @@ token, and a spent budget, a dead token and a provider's faults are answered as 
 
 from __future__ import annotations
 
+import contextlib
+import json
+import socket
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -195,3 +201,154 @@ def test_usage_is_read_from_a_stream_cut_at_any_byte(server: ModelServer) -> Non
         reader.end()
         assert meter.usage().tokens == USAGE.input_tokens + USAGE.output_tokens + 40
         assert meter.usage().cache_read == 300
+
+
+@pytest.mark.parametrize(
+    ("method", "target"),
+    [
+        ("POST", "@evil.example/v1/messages"),  # would make the key's host evil.example
+        ("POST", "/v1/messages/batches"),
+        ("POST", "/v1/complete"),
+        ("POST", "/v1/chat/completions"),
+        ("DELETE", "/v1/messages"),
+    ],
+)
+def test_only_the_model_endpoints_are_forwarded_and_to_the_providers_own_host(
+    server: ModelServer, proxy: MeteringProxy, method: str, target: str
+) -> None:
+    meter = proxy.issue(anthropic(server), Budget(), Pricing())
+    host, port = proxy.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as conn:
+        body = json.dumps(MESSAGES).encode()
+        conn.sendall(
+            f"{method} {target} HTTP/1.1\r\nHost: x\r\nx-api-key: {meter.token}\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            "connection: close\r\n\r\n".encode()
+            + body
+        )
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    assert answer.split(b" ", 2)[1] in (b"400", b"404"), answer[:200]
+    assert server.requests == [], "nothing reached the provider"
+
+
+def test_a_background_response_is_refused_as_it_cannot_be_metered(
+    server: ModelServer, proxy: MeteringProxy
+) -> None:
+    upstream = Upstream("responses", f"{server.url}/v1", KEY, "OPENAI_API_KEY")
+    meter = proxy.issue(upstream, Budget(), Pricing(None, "gpt-5.5"))
+    refused = post(proxy, meter, {**RESPONSES, "background": True})
+    assert refused.status_code == 400
+    assert "background" in refused.json()["error"]["message"]
+    assert server.requests == []
+
+
+def test_a_model_without_a_price_is_refused_under_a_dollar_budget(
+    server: ModelServer, proxy: MeteringProxy
+) -> None:
+    meter = proxy.issue(anthropic(server), Budget(usd=5.0), Pricing(None, "claude-sonnet-4-5"))
+    refused = post(proxy, meter, {**MESSAGES, "model": "claude-of-tomorrow"})
+    assert refused.status_code == 400
+    assert "model claude-of-tomorrow has no price" in refused.json()["error"]["message"]
+    assert post(proxy, meter, MESSAGES).status_code == 200
+
+
+def test_requests_in_flight_at_once_hold_back_what_each_is_expected_to_spend(
+    server: ModelServer, proxy: MeteringProxy
+) -> None:
+    slow = Script("hello", (Turn((Write("a.txt", "a\n"),), USAGE),) * 20)
+    server.set_scripts([slow])
+    # one answer is 1240 tokens; the budget has room for about two
+    meter = proxy.issue(anthropic(server), Budget(tokens=3000), Pricing(None, "claude-sonnet-4-5"))
+    assert post(proxy, meter, MESSAGES).status_code == 200  # the largest answer is now known
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda _: post(proxy, meter, MESSAGES).status_code, range(8)))
+
+    # each in flight held back 1240 tokens: of 3000, 1240 were spent, so one more could go
+    # alongside the others' reservations only while they fitted
+    assert statuses.count(200) <= 2, statuses
+    assert meter.usage().tokens <= 3000 + 1240 * 2
+
+
+def test_revoking_a_run_cuts_off_its_answers_in_flight_and_counts_what_they_streamed(
+    proxy: MeteringProxy,
+) -> None:
+    with _Dribble() as upstream:
+        meter = proxy.issue(
+            Upstream("anthropic", upstream.url, KEY, "ANTHROPIC_API_KEY"),
+            Budget(),
+            Pricing(None, "claude-sonnet-4-5"),
+        )
+        reading = threading.Thread(target=lambda: _swallow(proxy, meter), daemon=True)
+        reading.start()
+        assert upstream.started.wait(10)
+        deadline = time.monotonic() + 10
+        while meter.usage().tokens_in == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+        proxy.revoke(meter)
+
+        assert meter.idle.is_set(), "the answer in flight was waited for"
+        assert meter.usage().tokens_in == 500, "what it streamed before the cut is counted"
+        assert upstream.closed.wait(10), "the provider's connection was closed"
+        reading.join(10)
+
+
+def _swallow(proxy: MeteringProxy, meter: Meter) -> None:
+    with contextlib.suppress(httpx.HTTPError):
+        post(proxy, meter, MESSAGES)
+
+
+class _Dribble:
+    """An upstream that starts an answer and then never ends it, until its client goes."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.closed = threading.Event()
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> _Dribble:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._sock.close()
+        self._thread.join(10)
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self._sock.accept()
+        except OSError:
+            return
+        with conn:
+            conn.recv(65536)
+            start = {
+                "type": "message_start",
+                "message": {
+                    "id": "m",
+                    "model": "claude-sonnet-4-5",
+                    "usage": {"input_tokens": 500},
+                },
+            }
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n"
+                + f"event: message_start\ndata: {json.dumps(start)}\n\n".encode()
+            )
+            self.started.set()
+            conn.settimeout(0.2)
+            for _ in range(100):
+                try:
+                    if conn.recv(1) == b"":
+                        break
+                except TimeoutError:
+                    try:
+                        conn.sendall(b": still thinking\n\n")
+                    except OSError:
+                        break
+                except OSError:
+                    break
+            self.closed.set()

@@ -107,7 +107,7 @@ def test_a_claude_run_that_gave_up_on_its_provider_is_classed_by_what_it_said(
         stream.feed(event)
     report = stream.report(1)
     assert not report.ok
-    found, why = classify(1, report.detail)
+    found, why = classify(1, report.detail, said=True)
     assert found == kind, report.detail
     assert named in why or named in report.detail
 
@@ -142,7 +142,7 @@ def test_a_failed_codex_turn_is_classed_by_its_message(message: str, kind: Failu
     ):
         stream.feed(event)
     report = stream.report(1)
-    assert classify(1, report.detail)[0] == kind
+    assert classify(1, report.detail, said=True)[0] == kind
 
 
 def test_claudes_retry_events_are_retries_and_say_what_failed() -> None:
@@ -178,6 +178,19 @@ def test_codex_reconnecting_is_a_retry() -> None:
     )
     stream.feed({"type": "item.completed", "item": {"type": "agent_message", "text": "hi"}})
     assert not stream.retrying()
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        "FAILED tests/test_login.py::test_redirects_when_not_logged_in",
+        "assert response.status_code == 500",
+        "E   AssertionError: Internal Server Error",
+    ],
+)
+def test_a_commands_own_output_is_no_word_of_its_provider(output: str) -> None:
+    # a command agent's tail is whatever it ran printed: a failing test, not its provider
+    assert classify(1, output) == (FailureClass.TRANSIENT, "")
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ from orch.domain.prices import BUILT_IN, Pricing, built_in
         ("claude-sonnet-4-20250514", "claude-sonnet-4"),
         ("gpt-5.1-codex-max", "gpt-5.1-codex-max"),
         ("gpt-5.1-codex", "gpt-5.1-codex"),
+        ("gpt-5.1-codex-2025-11-13", "gpt-5.1-codex"),
         ("gpt-5-2025-08-07", "gpt-5"),
         ("GPT-5.5", "gpt-5.5"),
     ],
@@ -30,7 +31,10 @@ def test_a_model_is_found_by_its_name_or_a_dated_name_that_starts_with_it(
     assert built_in(model) == BUILT_IN[known]
 
 
-@pytest.mark.parametrize("model", ["sonnet", "gpt-of-tomorrow", "claude-sonnet-45", "gpt-5x"])
+@pytest.mark.parametrize(
+    "model",
+    ["sonnet", "gpt-of-tomorrow", "claude-sonnet-45", "gpt-5x", "gpt-5-pro", "gpt-5.4-pro"],
+)
 def test_a_model_the_table_does_not_know_has_no_price(model: str) -> None:
     assert built_in(model) is None
 

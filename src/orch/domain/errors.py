@@ -95,5 +95,13 @@ def in_flight(kind: str, repo: str) -> str:
     return f"another {kind} is in flight for {repo}"
 
 
+class WaitsForBudget(OrchError):
+    """A budget over time is spent: the stage waits, uncounted, until its period ends."""
+
+    def __init__(self, message: str, wait_s: float) -> None:
+        super().__init__(message)
+        self.wait_s = wait_s
+
+
 class AgentError(OrchError):
     """An agent could not be started."""

@@ -26,12 +26,18 @@ _PERMANENT = re.compile(
     r"|permission denied \(publickey\)|invalid x-api-key|failed to authenticate",
     re.IGNORECASE,
 )
-# a CLI that found no credentials at all (Claude Code's words)
+# read only in what a CLI said of how it ended, never in a command's own output, where a
+# test's "not logged in" or "500" would be taken for the provider's: a CLI that found no
+# credentials (Claude Code's words), and the provider's server errors
 _NO_LOGIN = re.compile(r"not logged in|please run /login", re.IGNORECASE)
+_SERVER_ERROR = re.compile(
+    r"API error 50[0234]\b|\b50[0234] (internal server error|bad gateway|service unavailable"
+    r"|gateway time-?out)|internal server error|bad gateway|gateway time-?out"
+    r"|experiencing high demand|overloaded_error|api_error",
+    re.IGNORECASE,
+)
 _PROVIDER = re.compile(
-    r"rate[ _-]?limit|\b429\b|too many requests|overloaded|\b529\b|\b50[0234]\b"
-    r"|service unavailable|internal server error|bad gateway|gateway time-?out"
-    r"|experiencing high demand"
+    r"rate[ _-]?limit|\b429\b|too many requests|overloaded|\b529\b|\b503\b|service unavailable"
     r"|connection (refused|reset|error)|econnrefused|econnreset|etimedout|enotfound"
     r"|network (is )?unreachable|name or service not known|temporary failure in name resolution"
     r"|api_connection_error|upstream connect error",
@@ -39,12 +45,14 @@ _PROVIDER = re.compile(
 )
 
 
-def classify(exit_code: int | None, output_tail: str) -> tuple[FailureClass, str]:
+def classify(
+    exit_code: int | None, output_tail: str, said: bool = False
+) -> tuple[FailureClass, str]:
     """The class of an agent that exited `exit_code`, with a short reason; `output_tail` is the
-    end of what it printed."""
+    end of what it printed, or (`said`) what its CLI reported of how it ended."""
     if exit_code in _CANNOT_RUN:
         return FailureClass.PERMANENT, f"the agent's command {_CANNOT_RUN[exit_code]}"
-    found = _NO_LOGIN.search(output_tail)
+    found = _NO_LOGIN.search(output_tail) if said else None
     if found:
         return FailureClass.PERMANENT, (
             f"the agent has no credentials (it says {found.group(0)!r}): give orch the"
@@ -54,7 +62,7 @@ def classify(exit_code: int | None, output_tail: str) -> tuple[FailureClass, str
     found = _PERMANENT.search(output_tail)
     if found:
         return FailureClass.PERMANENT, f"the provider refused the credentials ({found.group(0)})"
-    found = _PROVIDER.search(output_tail)
+    found = _PROVIDER.search(output_tail) or (_SERVER_ERROR.search(output_tail) if said else None)
     if found:
         return FailureClass.PROVIDER, f"the provider failed ({found.group(0)})"
     return FailureClass.TRANSIENT, ""

@@ -11,9 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orch.domain.errors import PipelineError
+
+if TYPE_CHECKING:
+    from orch.domain.periods import OverTime
 
 
 @dataclass(frozen=True)
@@ -193,13 +196,15 @@ def _least_int(a: int | None, b: int | None) -> int | None:
 @dataclass(frozen=True)
 class Limits:
     """The budgets one agent run is held to: its stage's and its task's, each against what the
-    task has spent so far in that scope."""
+    task has spent so far in that scope, and the budgets over time (orch.domain.periods) of its
+    repository and of all, each against what was spent in its period."""
 
     stage: str
     stage_budget: Budget
     task_budget: Budget
     stage_spent: Usage
     task_spent: Usage
+    over_time: tuple[OverTime, ...] = ()
 
     def exhausted(self) -> str:
         """Why no run may start (a budget is used up), or ""."""
@@ -207,16 +212,33 @@ class Limits:
 
     def left(self) -> Budget:
         """What one more run may spend before it crosses a budget."""
-        return self.stage_budget.left(self.stage_spent).tightest(
+        left = self.stage_budget.left(self.stage_spent).tightest(
             self.task_budget.left(self.task_spent)
         )
+        for o in self.over_time:
+            left = left.tightest(o.budget.left(o.spent))
+        return left
 
-    def crossed(self, run: Usage) -> str:
-        """Why a run that has spent `run` so far is over a budget, or ""."""
-        return self._why(Budget.crossed, run)
+    def crossed(self, run: Usage, over_time: bool = True) -> str:
+        """Why a run that has spent `run` so far is over a budget (with `over_time` false: its
+        stage's or its task's), or ""."""
+        return self._why(Budget.crossed, run, over_time)
 
-    def _why(self, test: Callable[[Budget, Usage], str], run: Usage) -> str:
-        for scope, budget, spent in self._scopes():
+    def waits_for(self, run: Usage | None = None) -> OverTime | None:
+        """The budget over time that is used up (with `run`: that the run crossed), if it is
+        one of those rather than the stage's or the task's: the stage then waits for its
+        period to end."""
+        for o in self.over_time:
+            used = (
+                o.budget.crossed(o.spent + run) if run is not None else o.budget.exhausted(o.spent)
+            )
+            if used:
+                return o
+        return None
+
+    def _why(self, test: Callable[[Budget, Usage], str], run: Usage, over_time: bool = True) -> str:
+        scopes = self._scopes() if over_time else self._scopes()[:2]
+        for scope, budget, spent in scopes:
             why = test(budget, spent + run)
             if why:
                 return f"budget: {scope} spent {why}"
@@ -226,6 +248,7 @@ class Limits:
         return (
             (f"stage {self.stage}", self.stage_budget, self.stage_spent),
             ("the task", self.task_budget, self.task_spent),
+            *((o.scope, o.budget, o.spent) for o in self.over_time),
         )
 
 

@@ -1,9 +1,10 @@
 """What the models of the supported CLIs cost: a built-in price table, so that every run is
 priced, a run stopped before its CLI priced it and a Codex run (whose CLI never prices) included.
 
-US dollars per million tokens. A model is found by its name or by a dated name that starts
-with it (`claude-sonnet-4-5-20250929` is `claude-sonnet-4-5`); an agent's own `prices`, where
-configured, price every model it uses instead.
+US dollars per million tokens. A model is found by its name, or by its name with a date after
+it (`claude-sonnet-4-5-20250929` is `claude-sonnet-4-5`, `gpt-5-2025-08-07` is `gpt-5`); any
+other name (`gpt-5-pro` is not `gpt-5`) has no price. An agent's own `prices`, where configured,
+price every model it uses instead.
 
 Sources, as dated:
 - Anthropic: the model catalog that Claude Code 2.1.328 (npm, 2026-11-18) prices its own runs
@@ -16,6 +17,7 @@ Sources, as dated:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from orch.domain.ledger import Prices
@@ -71,17 +73,17 @@ OPENAI: Mapping[str, Prices] = {
 }
 
 BUILT_IN: Mapping[str, Prices] = {**ANTHROPIC, **OPENAI}
-# longest first: `gpt-5.1-codex-max` is found before `gpt-5.1-codex`, and that before `gpt-5.1`
-_BY_LENGTH = sorted(BUILT_IN, key=len, reverse=True)
+# a model's snapshot: its name and the date it was taken
+_DATED = re.compile(r"(.+?)-(\d{8}|\d{4}-\d{2}-\d{2})")
 
 
 def built_in(model: str) -> Prices | None:
     """The built-in prices of `model`, or None for a model the table does not know."""
     name = model.strip().lower()
-    for known in _BY_LENGTH:
-        if name == known or name.startswith(known + "-"):
-            return BUILT_IN[known]
-    return None
+    if name in BUILT_IN:
+        return BUILT_IN[name]
+    dated = _DATED.fullmatch(name)
+    return BUILT_IN.get(dated.group(1)) if dated else None
 
 
 class Pricing:

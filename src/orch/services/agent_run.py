@@ -22,10 +22,12 @@ from orch.domain.errors import (
     OrchError,
     ShuttingDown,
     StoreUnavailable,
+    WaitsForBudget,
 )
 from orch.domain.failures import FailureClass, classify
 from orch.domain.ledger import Limits, Usage, budgets_of
 from orch.domain.model import Run, Task
+from orch.domain.periods import WAITS_FOR_BUDGET, OverTime, resets
 from orch.domain.pipeline import Decision, Pipeline
 from orch.domain.prompts import render
 from orch.domain.states import RunOutcome, Stage
@@ -38,6 +40,7 @@ from orch.ports import (
     RunUsage,
     Store,
 )
+from orch.services.over_time import over_time
 from orch.services.work import Tools, Work
 
 log = logging.getLogger("orch.engine")
@@ -54,8 +57,15 @@ def interrupted(signal: Interrupted) -> RunOutcome:
     return RunOutcome.LEASE_LOST
 
 
-def limits_of(store: Store, task: Task, pipeline: Pipeline, stage: Stage) -> Limits:
-    """What the task's stage and the task may still spend, by their budgets."""
+def limits_of(
+    store: Store,
+    task: Task,
+    pipeline: Pipeline,
+    stage: Stage,
+    over: tuple[OverTime, ...] = (),
+) -> Limits:
+    """What the task's stage and the task may still spend, by their budgets, and `over`, the
+    budgets over time of its repository and of all."""
     spec = pipeline.spec(stage)
     stage_budget, task_budget = budgets_of(
         task.budgets, spec.stage.value, spec.budget, pipeline.budget
@@ -69,6 +79,7 @@ def limits_of(store: Store, task: Task, pipeline: Pipeline, stage: Stage) -> Lim
         task_budget=task_budget,
         stage_spent=by_stage.get(spec.stage, Usage()),
         task_spent=sum(by_stage.values(), Usage()),
+        over_time=over,
     )
 
 
@@ -90,7 +101,12 @@ class AgentRunner:
         """Run the stage's agent; None if it succeeded, else what its failure decides.
         `started` is called once the agent's process is (and its run recorded)."""
         task, claim, spec, tools = work.task, work.claim, work.spec, self.tools
-        limits = limits_of(self.store, task, work.pipeline, task.stage)
+        repo_budgets = tools.repos.get(task.repo).budgets
+        periods = over_time(self.store, task.repo, repo_budgets, tools.settings.budgets)
+        limits = limits_of(self.store, task, work.pipeline, task.stage, periods)
+        waits = limits.waits_for()
+        if waits is not None:
+            raise _waits(waits, self.store.now())
         exhausted = limits.exhausted()
         if exhausted:
             return pl.parked(task.stage, exhausted)
@@ -130,6 +146,7 @@ class AgentRunner:
             run_id = self.store.start_run(claim, agent.name, proc.pid, str(log_path))
         except BaseException:
             proc.kill(tools.settings.kill_grace_s)
+            proc.close()
             raise
         with bound_contextvars(run=run_id, agent=agent.name):
             outcome = RunOutcome.ERROR
@@ -146,8 +163,14 @@ class AgentRunner:
                 )
                 report = proc.report()
                 # orch's own reckoning names the budget (the stage's or the task's); an agent that
-                # cannot be stopped mid-run is held to it when it ends
-                over = limits.crossed(proc.usage())
+                # cannot be stopped mid-run is held to it when it ends. A run that finished its
+                # work is kept when only a budget over time is crossed: that money is spent, and
+                # the next stage to start waits for the period instead
+                usage = proc.usage()
+                finished = (
+                    code == 0 and outcome == RunOutcome.EXITED and (report is None or report.ok)
+                )
+                over = limits.crossed(usage, over_time=not finished)
                 said = report.over_budget if report is not None else ""
                 if over or said:
                     outcome = RunOutcome.BUDGET
@@ -163,7 +186,7 @@ class AgentRunner:
                 if telling is not None:
                     telling.join()  # told before whatever the run's end makes known
                 self._close(work, run_id, proc, outcome, report)
-            return self._judge(work, agent.name, code, outcome, log_path, report, proc)
+            return self._judge(work, agent.name, code, outcome, log_path, report, proc, limits)
 
     def _close(
         self,
@@ -262,6 +285,7 @@ class AgentRunner:
         log_path: Path,
         report: AgentReport | None,
         proc: AgentProcess,
+        limits: Limits,
     ) -> Decision | None:
         """What an agent's run decides: None if it succeeded, else parking or a retry. Whether
         the provider answered is told to the agent's circuit breaker."""
@@ -270,6 +294,11 @@ class AgentRunner:
         if outcome == RunOutcome.BUDGET:
             breakers.record(name, ok=True)
             assert report is not None
+            run = proc.usage()
+            waits = limits.waits_for(run)
+            if waits is not None:
+                # a budget over time stopped it: the stage waits for the period to end
+                raise _waits(waits, self.store.now(), run)
             return pl.parked(task.stage, f"{report.over_budget} (agent {name}; log: {log_path})")
         succeeded = outcome == RunOutcome.EXITED and code == 0 and (report is None or report.ok)
         trouble = None if succeeded or outcome == RunOutcome.DEADLINE else proc.trouble()
@@ -306,7 +335,10 @@ class AgentRunner:
             # an agent that reports how it ended is judged by that, not by its raw events, whose
             # numbers and tool output would read as HTTP statuses; any other by its last output
             said = report.detail if report is not None else ""
-            kind, why = classify(code, said if report is not None else proc.tail(4000))
+            if report is not None:
+                kind, why = classify(code, said, said=True)
+            else:
+                kind, why = classify(code, proc.tail(4000))
             why = why or said
             reason = f"agent {name} exited {code}" + (f": {why}" if why else "")
             reason += f" (log: {log_path})"
@@ -351,6 +383,18 @@ class _Telling:
         self._thread.join()
         if self._ended is not None:
             raise self._ended
+
+
+def _waits(spent: OverTime, now: float, run: Usage | None = None) -> WaitsForBudget:
+    """The stage waits for the end of the period whose budget is spent (`run`: the spending of
+    the run that crossed it, not in the store's figures yet)."""
+    total = spent.spent + (run or Usage())
+    why = spent.budget.crossed(total) or spent.budget.exhausted(total)
+    return WaitsForBudget(
+        f"{WAITS_FOR_BUDGET} {spent.scope} is spent ({why}); the stage starts again when it"
+        f" resets at {resets(spent.resets_at)}",
+        max(spent.resets_at - now, 1.0),
+    )
 
 
 def deadline_left(store: Store, task: Task, pipeline: Pipeline) -> float | None:

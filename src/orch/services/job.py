@@ -22,6 +22,7 @@ from orch.domain.errors import (
     OrchError,
     ShuttingDown,
     Unavailable,
+    WaitsForBudget,
 )
 from orch.domain.model import Claim, Task
 from orch.domain.pipeline import Move
@@ -163,6 +164,9 @@ class Jobs:
             # the stage recorded) holds the task's work back while it is down
             wait = max(self.tools.backoff(claim.attempt), 1.0)
             self.store.apply(claim, machine.retry(str(exc), wait, counts=False))
+        elif isinstance(exc, WaitsForBudget):
+            # a budget over time is spent: not this task's failure; it waits for the period
+            self.store.apply(claim, machine.retry(str(exc), exc.wait_s, counts=False))
         elif isinstance(exc, Busy):
             # waiting for another task's merge is not this task's failure
             wait = max(self.tools.backoff(1), 1.0)

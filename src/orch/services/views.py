@@ -7,6 +7,7 @@ from typing import Any
 from orch.domain import pipeline as pl
 from orch.domain.ledger import Budget, Usage, budgets_of
 from orch.domain.model import Effect, Task, Transition
+from orch.domain.periods import OverTime
 from orch.domain.states import (
     UNRESOLVED_EFFECT_STATES,
     EffectKind,
@@ -76,7 +77,13 @@ def task_summary(task: Task, waits: Waits | None = None) -> dict[str, Any]:
     }
 
 
-def task_detail(store: Store, task: Task, waits: Waits | None = None) -> dict[str, Any]:
+def task_detail(
+    store: Store,
+    task: Task,
+    waits: Waits | None = None,
+    over: tuple[OverTime, ...] = (),
+) -> dict[str, Any]:
+    """A task in full; `over`, the budgets over time of its repository and of all."""
     transitions = store.transitions(task.id)
     try:
         stage_names = [s["stage"] for s in task.pipeline["stages"]]
@@ -143,7 +150,7 @@ def task_detail(store: Store, task: Task, waits: Waits | None = None) -> dict[st
             }
             for r in runs
         ],
-        "ledger": _ledger(task, spent),
+        "ledger": {**_ledger(task, spent), "over_time": over_time_view(over)},
         "cancel": _cancel_view(task, store),
         "events": [
             {
@@ -187,17 +194,36 @@ def _cancel_view(task: Task, store: Store) -> dict[str, Any] | None:
 
 
 def state_view(
-    summary: StateSummary, circuits: dict[str, dict[str, object]] | None = None
+    summary: StateSummary,
+    circuits: dict[str, dict[str, object]] | None = None,
+    over: tuple[OverTime, ...] = (),
 ) -> dict[str, Any]:
     return {
         # per agent, and the forge's: an outage opens its circuit and new attempts wait
         "circuits": circuits or {},
+        # each budget over time, with what its period spent so far
+        "budgets": over_time_view(over),
         "tasks": {"by_stage": summary.by_stage, "by_status": summary.by_status},
         "running": summary.running,
         "recent_transitions": summary.recent,
         "cost": _usage(summary.spent),
         "cost_by_repo": {repo: _usage(u) for repo, u in sorted(summary.spent_by_repo.items())},
     }
+
+
+def over_time_view(over: tuple[OverTime, ...]) -> list[dict[str, Any]]:
+    return [
+        {
+            "period": o.period.value,
+            "repo": o.repo or None,  # None: all repositories together
+            "scope": o.scope,
+            "budget": o.budget.as_dict(),
+            "spent": _usage(o.spent),
+            "resets_at": o.resets_at,
+            "spent_up": bool(o.budget.exhausted(o.spent)),
+        }
+        for o in over
+    ]
 
 
 def _usage(u: Usage) -> dict[str, Any]:

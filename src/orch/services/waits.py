@@ -12,6 +12,7 @@ from typing import Any
 
 from orch.domain import pipeline as pl
 from orch.domain.model import Job, Task
+from orch.domain.periods import WAITS_FOR_BUDGET
 from orch.domain.states import JobState, TaskStatus
 from orch.ports import Store
 
@@ -20,7 +21,7 @@ from orch.ports import Store
 class Waiting:
     """What a task waits for: its kind, in words, and until when where that is known."""
 
-    kind: str  # repo_slot, circuit, backoff, queue, provider_retries
+    kind: str  # repo_slot, circuit, budget, backoff, queue, provider_retries
     text: str
     until: float | None = None
 
@@ -60,6 +61,8 @@ class Waits:
                 return Waiting("provider_retries", f"its agent is in provider retries: {said}")
             return None
         if job.run_after > self.now:
+            if job.last_error.startswith(WAITS_FOR_BUDGET):
+                return Waiting("budget", job.last_error, self.wall() + job.run_after - self.now)
             return self._backoff(task, job)
         if task.slot is None:
             held = self.holders.get(task.repo, [])

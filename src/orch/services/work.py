@@ -18,8 +18,10 @@ from typing import Any
 from orch import crashpoints
 from orch.domain.agent_env import child_env
 from orch.domain.errors import OrchError
+from orch.domain.ledger import Budget
 from orch.domain.machine import TaskChange
 from orch.domain.model import Claim, Task
+from orch.domain.periods import Period
 from orch.domain.pipeline import Decision, Pipeline, StageSpec
 from orch.ports import (
     Agent,
@@ -49,6 +51,8 @@ class EngineSettings:
     agent_env_allow: tuple[str, ...] = ()
     breaker_threshold: int = 5  # provider failures in a row that open an agent's circuit
     breaker_cooldown_s: float = 30.0
+    # what all agent runs together may spend per period (orch.domain.periods)
+    budgets: Mapping[Period, Budget] = field(default_factory=dict)
 
 
 @dataclass

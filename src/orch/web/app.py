@@ -138,7 +138,7 @@ def create_app(app: App) -> FastAPI:
 
     @api.get("/api/v1/state", dependencies=[reads])
     def state() -> dict[str, Any]:
-        return state_view(app.store.summary(), app.engine.breakers.states())
+        return state_view(app.store.summary(), app.engine.breakers.states(), app.over_time())
 
     @api.get("/api/v1/tasks", dependencies=[reads], responses=errors(422))
     def tasks(limit: int = 50, status: TaskStatus | None = None) -> dict[str, Any]:
@@ -150,7 +150,8 @@ def create_app(app: App) -> FastAPI:
 
     @api.get("/api/v1/tasks/{key}", dependencies=[reads], responses=errors(*KEY))
     def task(key: str) -> dict[str, Any]:
-        return task_detail(app.store, app.intake.task(key), app.waits())
+        task = app.intake.task(key)
+        return task_detail(app.store, task, app.waits(), app.over_time(task.repo))
 
     @api.post("/api/v1/tasks", status_code=201, responses=errors(*BODY, 404))
     def file_ticket(ticket: NewTicket, caller: Caller = acts) -> dict[str, Any]:

@@ -110,7 +110,7 @@ def add_dashboard(api: FastAPI, app: App) -> None:
 
     def board_context() -> dict[str, Any]:
         now = app.store.now()
-        summary = state_view(app.store.summary(), app.engine.breakers.states())
+        summary = state_view(app.store.summary(), app.engine.breakers.states(), app.over_time())
         spent = app.store.spend_over_time(board.chart_since(now), board.DAY_S)
         return {
             "columns": board.columns(app.store.list_tasks(500), app.waits()),
@@ -122,7 +122,7 @@ def add_dashboard(api: FastAPI, app: App) -> None:
 
     def task_context(key: str) -> dict[str, Any]:
         task = app.intake.task(key)
-        detail = task_detail(app.store, task, app.waits())
+        detail = task_detail(app.store, task, app.waits(), app.over_time(task.repo))
         return {
             "task": detail,
             "timeline": board.timeline(detail["stages"]),

@@ -387,10 +387,12 @@ class ClaudeCodeAgent:
                 launchers=self.launchers,
                 meter=metering,
             )
-        except OSError as exc:
+        except BaseException as exc:
             if metering is not None:
-                self.proxy.revoke(metering[1])
-            raise not_startable(self.name, argv[0], exc) from exc
+                metering[0].revoke(metering[1])  # a token of no run
+            if isinstance(exc, OSError):
+                raise not_startable(self.name, argv[0], exc) from exc
+            raise
 
 
 def _upstream(

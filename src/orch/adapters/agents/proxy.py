@@ -6,11 +6,13 @@ token of its own instead of the provider's key, which never leaves orch. A reque
 a live token is sent on to the run's provider with the real key, and the answer is streamed back
 as it arrives while the usage the provider reports in it (the Anthropic Messages API's
 `message_start` and `message_delta`, the OpenAI Responses API's `response.completed`) is added
-to the run's meter. Once the run's budget is spent the next request is refused with an error
-the CLIs do not retry, so a run overshoots by at most the model request in flight. A run's
-token is revoked when the run ends: whatever it left running can spend nothing more. Provider
-errors (their status, their error type, `retry-after`) are kept on the meter for the run's
-judge.
+to the run's meter. Only the model endpoints the CLIs use are forwarded, each to a path fixed
+here, never one the request names. Once the run's budget is spent the next request is refused
+with an error the CLIs do not retry; requests in flight at once each hold back an estimate of
+what they will spend, so a run overshoots by at most what its requests in flight spend (one, for
+an agent that asks one at a time). A run's token is revoked when the run ends, and its answers
+still streaming are cut off: whatever it left running can spend nothing more. Provider errors
+(their status, their error type, `retry-after`) are kept on the meter for the run's judge.
 """
 
 from __future__ import annotations
@@ -58,9 +60,25 @@ _HOP = frozenset(
         "content-encoding",
         "x-api-key",
         "authorization",
+        "proxy-authorization",
     }
 )
-_ERROR_BODY_CAP = 1 << 20  # what is kept of a plain (not streamed) answer, to read its usage
+_BODY_CAP = 8 << 20  # what is kept of a plain (not streamed) answer, to read its usage
+_TAIL = 256 << 10  # and of its end, where the usage is when the answer is longer
+
+# what is forwarded, per wire: (method, the path the CLI asks) -> (the upstream's path, metered)
+_ROUTES: dict[str, dict[tuple[str, str], tuple[str, bool]]] = {
+    "anthropic": {
+        ("POST", "/v1/messages"): ("/v1/messages", True),
+        ("POST", "/v1/messages/count_tokens"): ("/v1/messages/count_tokens", False),
+        ("GET", "/v1/models"): ("/v1/models", False),
+    },
+    # a Responses client names the version in its base URL, as the upstream's does
+    "responses": {
+        ("POST", "/v1/responses"): ("/responses", True),
+        ("GET", "/v1/models"): ("/models", False),
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -73,11 +91,14 @@ class Upstream:
     key_env: str  # the variable of orch's environment (or the agent's settings) it came from
     bearer: bool = False  # sent as `Authorization: Bearer`, not `x-api-key`
 
-    def url(self, path: str, query: str) -> str:
-        # Responses clients name the version in their base URL, as the upstream's does
-        if self.wire == "responses" and path.startswith("/v1/"):
-            path = path[3:]
-        return self.base_url.rstrip("/") + path + (f"?{query}" if query else "")
+    def url(self, route: str, query: bytes) -> httpx.URL:
+        """The upstream's URL for one of the routes above: its path is fixed here, and the
+        request's query string cannot change where it goes."""
+        base = httpx.URL(self.base_url)
+        url = httpx.URL(self.base_url.rstrip("/") + route).copy_with(query=query or None)
+        if (url.scheme, url.host, url.port) != (base.scheme, base.host, base.port):
+            raise ValueError(f"{route} does not stay on {self.base_url}")
+        return url
 
     def auth(self) -> tuple[str, str] | None:
         if not self.key:
@@ -131,6 +152,11 @@ class Meter:
         self.errors: list[ProviderError] = []  # the latest few
         self.failing_since: float | None = None  # first provider error since the last answer
         self.on_usage: Callable[[], None] | None = None  # told after each count
+        self._reserved = Usage()  # what the requests in flight are expected to spend
+        self._largest = Usage()  # the largest answer so far: what one more is expected to cost
+        self.tasks: set[asyncio.Task[None]] = set()  # its answers in flight (the proxy's loop)
+        self.idle = threading.Event()  # set while none is in flight
+        self.idle.set()
 
     def add(self, model: str, delta: Usage) -> None:
         prices = self.pricing.of(model)
@@ -157,6 +183,33 @@ class Meter:
     def exhausted(self) -> str:
         """Why this run may send no more requests, or ""."""
         return self.budget.exhausted(self.usage())
+
+    def admit(self, model: str, body_size: int) -> tuple[str, Usage]:
+        """Whether one more request may go: "" and what it holds back until its answer is
+        counted, or why not. Requests in flight at once hold back what each is expected to
+        spend (the largest answer so far, or the request's size in tokens), so a burst of them
+        cannot all pass a budget that one of them would spend."""
+        prices = self.pricing.of(model)
+        if prices is None and self.budget.usd is not None:
+            return (
+                f"model {model or '(none named)'} has no price, so a dollar budget cannot hold"
+                " it: give the agent `prices`",
+                Usage(),
+            )
+        guess = self._largest if self._largest.tokens else Usage(max(body_size // 4, 1))
+        guess = replace(guess, cost_usd=prices.cost(guess) if prices else 0.0)
+        with self._lock:
+            why = self.budget.exhausted(self._usage + self._reserved)
+            if not why:
+                self._reserved = self._reserved + guess
+        return why, guess
+
+    def release(self, held: Usage, answer: Usage) -> None:
+        """A request's answer is counted (as `answer`): what it held back is free again."""
+        with self._lock:
+            self._reserved = _minus(self._reserved, held)
+            if answer.tokens > self._largest.tokens:
+                self._largest = answer
 
     def answered(self) -> None:
         with self._lock:
@@ -185,6 +238,16 @@ class Meter:
                 out.write(line + "\n")
         except OSError as exc:
             log.warning("could not record a model answer in %s: %s", self.record, exc)
+
+
+def _minus(a: Usage, b: Usage) -> Usage:
+    return Usage(
+        max(a.tokens_in - b.tokens_in, 0),
+        max(a.tokens_out - b.tokens_out, 0),
+        max(a.cache_read - b.cache_read, 0),
+        max(a.cache_write - b.cache_write, 0),
+        max(a.cost_usd - b.cost_usd, 0.0),
+    )
 
 
 def read_record(path: Path, pricing: Pricing) -> Metered | None:
@@ -273,16 +336,20 @@ class AnswerReader:
     def __init__(self, meter: Meter, model: str, streamed: bool) -> None:
         self.count = _Count(meter, model)
         self.meter = meter
-        self.streamed = streamed
+        self.streamed = streamed  # an event stream, by its content type
         self.buffer = b""
         self.data: list[bytes] = []
         self.body = bytearray()
+        self.tail = b""
+        self.cut = False  # the body was longer than what is kept of it
         self.error: tuple[str, str] | None = None  # (type, message) of an error it carried
 
     def feed(self, chunk: bytes) -> None:
         if not self.streamed:
-            if len(self.body) < _ERROR_BODY_CAP:
-                self.body += chunk[: _ERROR_BODY_CAP - len(self.body)]
+            room = _BODY_CAP - len(self.body)
+            self.body += chunk[:room]
+            self.cut = self.cut or len(chunk) > room
+            self.tail = (self.tail + chunk)[-_TAIL:]
             return
         self.buffer += chunk
         while True:
@@ -330,7 +397,10 @@ class AnswerReader:
 
     def _error(self, err: Any) -> None:
         if isinstance(err, dict):
-            kind = str(err.get("type") or err.get("code") or "")
+            # the Responses API types a stream's error event "error" and says what in `code`
+            kind = str(err.get("type") or "")
+            if kind in ("", "error") and err.get("code"):
+                kind = str(err["code"])
             self.error = (kind, str(err.get("message", "")))
 
     def end(self) -> None:
@@ -338,16 +408,38 @@ class AnswerReader:
             if self.data:
                 self._event()
         elif self.body:
-            try:
-                body = json.loads(bytes(self.body))
-            except ValueError:
-                body = None
+            body: Any = None
+            if not self.cut:
+                try:
+                    body = json.loads(bytes(self.body))
+                except ValueError:
+                    body = None
             if isinstance(body, dict):
                 if "error" in body:
                     self._error(body["error"])
                 else:
                     self._read(body)
+            elif self.cut:
+                # too long to keep whole: its usage is read from its end
+                usage = _usage_in(self.tail)
+                if usage is not None:
+                    self._read({"usage": usage, "type": "message"})
         self.count.done()
+
+
+def _usage_in(tail: bytes) -> dict[str, Any] | None:
+    """The last `"usage": {...}` object in the end of a JSON answer."""
+    at = tail.rfind(b'"usage"')
+    if at < 0:
+        return None
+    colon = tail.find(b":", at)
+    try:
+        value, _ = json.JSONDecoder().raw_decode(
+            tail[colon + 1 :].decode("utf-8", "replace").lstrip()
+        )
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 class MeteringProxy:
@@ -362,13 +454,20 @@ class MeteringProxy:
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
+        self._starting = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.url = ""
 
     # -- the life of the server
 
     def start(self) -> MeteringProxy:
-        if self._thread is not None:
-            return self
+        with self._starting:
+            if self._thread is None:
+                self._start()
+        self._started.wait(10)
+        return self
+
+    def _start(self) -> None:
         # made with its protocol named: asyncio turns Nagle off only on connections accepted
         # from such a socket, and a streamed event must not wait for the last one's ACK
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -391,8 +490,6 @@ class MeteringProxy:
             target=self._serve, args=(sock,), name="orch-metering-proxy", daemon=True
         )
         self._thread.start()
-        self._started.wait(10)
-        return self
 
     def _serve(self, sock: socket.socket) -> None:
         assert self._server is not None
@@ -406,6 +503,7 @@ class MeteringProxy:
             follow_redirects=False,
             trust_env=False,
         )
+        self._loop = asyncio.get_running_loop()
         try:
             self._started.set()
             await self._server.serve(sockets=[sock])
@@ -438,11 +536,26 @@ class MeteringProxy:
             self._meters[meter.token] = meter
         return meter
 
-    def revoke(self, meter: Meter) -> None:
-        """The run ended: its token is good for nothing more."""
+    def revoke(self, meter: Meter, wait_s: float = 5.0) -> None:
+        """The run ended: its token is good for nothing more, and its answers still streaming
+        are cut off (what they streamed so far is counted) before this returns."""
         meter.revoked = True
         with self._lock:
             self._meters.pop(meter.token, None)
+        loop = self._loop
+        if loop is None or meter.idle.is_set():
+            return
+
+        def cut() -> None:
+            for task in list(meter.tasks):
+                task.cancel()
+
+        try:
+            loop.call_soon_threadsafe(cut)
+        except RuntimeError:  # the loop has ended: nothing is in flight any more
+            return
+        if not meter.idle.wait(wait_s):
+            log.warning("answers of a revoked run still in flight after %gs", wait_s)
 
     def live_tokens(self) -> int:
         with self._lock:
@@ -457,82 +570,124 @@ class MeteringProxy:
         token = _token(headers)
         with self._lock:
             meter = self._meters.get(token) if token else None
-        wire: Wire = "anthropic" if scope["path"].endswith("/messages") else "responses"
+        path = scope["path"]
+        wire: Wire = meter.upstream.wire if meter is not None else _wire_of(path)
         if meter is None:
-            await _refuse(send, wire, 401, "authentication_error", _NO_TOKEN)
+            await _refuse(send, wire, 401, "authentication_error", _NO_TOKEN, final=True)
+            return
+        route = _ROUTES[wire].get((scope["method"], path))
+        if route is None:
+            what = f"orch's proxy does not forward {scope['method']} {path}"
+            await _refuse(send, wire, 404, "not_found_error", what, final=True)
             return
         body = await _body(receive)
-        why = meter.exhausted()
-        if why:
-            meter.refused = meter.refused or why
-            await _refuse(send, meter.upstream.wire, 400, "invalid_request_error", _spent(why))
+        upstream_path, metered = route
+        model, asks_background = _asked(body)
+        if asks_background:
+            what = "orch's proxy does not forward background responses: they cannot be metered"
+            await _refuse(send, wire, 400, "invalid_request_error", what, final=True)
             return
-        meter.requests += 1
-        await self._forward(scope, headers, body, meter, send)
+        held = Usage()
+        if metered:
+            why, held = meter.admit(model, len(body))
+            if why:
+                meter.refused = meter.refused or why
+                await _refuse(send, wire, 400, "invalid_request_error", _spent(why), final=True)
+                return
+            meter.requests += 1
+        forward = asyncio.create_task(
+            self._forward(scope, upstream_path, headers, body, meter, send, model, held)
+        )
+        meter.tasks.add(forward)
+        meter.idle.clear()
+        try:
+            await forward
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the server itself is stopping
+            # the run was revoked: its answer is cut off here
+        finally:
+            meter.tasks.discard(forward)
+            if not meter.tasks:
+                meter.idle.set()
 
     async def _forward(
         self,
         scope: Scope,
+        route: str,
         headers: list[tuple[str, str]],
         body: bytes,
         meter: Meter,
         send: Send,
+        model: str,
+        held: Usage,
     ) -> None:
         assert self._client is not None
         up = meter.upstream
-        out = [(k, v) for k, v in headers if k not in _HOP]
+        listed = {n.strip().lower() for k, v in headers if k == "connection" for n in v.split(",")}
+        out = [(k, v) for k, v in headers if k not in _HOP and k not in listed]
         auth = up.auth()
         if auth is not None:
             out.append(auth)
         out.append(("accept-encoding", "identity"))  # the answer is read as it passes
-        model, streamed = _asked(body)
-        url = up.url(scope["path"], scope.get("query_string", b"").decode("latin-1"))
+        url = up.url(route, scope.get("query_string", b""))
         request = self._client.build_request(scope["method"], url, headers=out, content=body)
+        reader = AnswerReader(meter, model, streamed=False)
         try:
-            response = await self._client.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            what = type(exc).__name__
-            meter.failed(
-                ProviderError(0, what, str(exc)[:300], None, FailureClass.PROVIDER, time.time())
-            )
-            await _refuse(send, up.wire, 502, "api_error", f"orch could not reach {url}: {what}")
-            return
-        try:
-            is_sse = "text/event-stream" in response.headers.get("content-type", "")
-            reader = AnswerReader(meter, model, streamed and is_sse)
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": response.status_code,
-                    "headers": [
-                        (k.encode("latin-1"), v.encode("latin-1"))
-                        for k, v in response.headers.multi_items()
-                        if k.lower() not in _HOP
-                    ],
-                }
-            )
-            async for chunk in response.aiter_raw():
-                reader.feed(chunk)
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            reader.end()
-            # judged before the answer ends: whoever reads the meter after it sees the fault
-            self._judge(meter, response, reader)
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except (httpx.HTTPError, OSError) as exc:
-            meter.failed(
-                ProviderError(
-                    0,
-                    type(exc).__name__,
-                    f"the answer broke off: {exc}"[:300],
-                    None,
-                    FailureClass.PROVIDER,
-                    time.time(),
+            try:
+                response = await self._client.send(request, stream=True)
+            except httpx.HTTPError as exc:
+                what = type(exc).__name__
+                meter.failed(
+                    ProviderError(0, what, str(exc)[:300], None, FailureClass.PROVIDER, time.time())
                 )
-            )
-            reader.end()
-            return
+                # a network blip: the CLI may retry it, as it would against the provider
+                text = f"orch could not reach {up.base_url}: {what}"
+                await _refuse(send, up.wire, 502, "api_error", text, final=False)
+                return
+            try:
+                content = response.headers.get("content-type", "")
+                reader = AnswerReader(meter, model, "text/event-stream" in content)
+                if response.status_code < 400:
+                    meter.answered()
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": response.status_code,
+                        "headers": [
+                            (k.encode("latin-1"), v.encode("latin-1"))
+                            for k, v in response.headers.multi_items()
+                            if k.lower() not in _HOP
+                        ],
+                    }
+                )
+                async for chunk in response.aiter_raw():
+                    reader.feed(chunk)
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                reader.end()
+                # judged before the answer ends: whoever reads the meter after it sees the fault
+                self._judge(meter, response, reader)
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            except (httpx.HTTPError, OSError) as exc:
+                meter.failed(
+                    ProviderError(
+                        0,
+                        type(exc).__name__,
+                        f"the answer broke off: {exc}"[:300],
+                        None,
+                        FailureClass.PROVIDER,
+                        time.time(),
+                    )
+                )
+                reader.end()
+            except asyncio.CancelledError:
+                reader.end()  # what it streamed before it was cut off is counted
+                raise
+            finally:
+                await response.aclose()
         finally:
-            await response.aclose()
+            meter.release(held, reader.count.seen)
 
     @staticmethod
     def _judge(meter: Meter, response: httpx.Response, reader: AnswerReader) -> None:
@@ -574,14 +729,14 @@ def _token(headers: Iterable[tuple[str, str]]) -> str:
 
 
 def _asked(body: bytes) -> tuple[str, bool]:
-    """The model a request names, and whether it asks for a stream."""
+    """The model a request names, and whether it asks for a background response."""
     try:
         data = json.loads(body) if body else {}
     except ValueError:
         return "", False
     if not isinstance(data, dict):
         return "", False
-    return str(data.get("model") or ""), bool(data.get("stream"))
+    return str(data.get("model") or ""), bool(data.get("background"))
 
 
 async def _body(receive: Receive) -> bytes:
@@ -593,24 +748,24 @@ async def _body(receive: Receive) -> bytes:
             return b"".join(parts)
 
 
-async def _refuse(send: Send, wire: Wire, status: int, kind: str, message: str) -> None:
+def _wire_of(path: str) -> Wire:
+    return "anthropic" if "/messages" in path else "responses"
+
+
+async def _refuse(
+    send: Send, wire: Wire, status: int, kind: str, message: str, *, final: bool
+) -> None:
+    """Answer with an error in the wire's own shape; `final`: one the CLI must not retry."""
     if wire == "anthropic":
         payload: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": message}}
     else:
         payload = {"error": {"type": kind, "code": kind, "message": message, "param": None}}
     data = json.dumps(payload).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(data)).encode()),
-                # an SDK that reads this header does not retry what is final
-                (b"x-should-retry", b"false"),
-            ],
-        }
-    )
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    if final:
+        # an SDK that reads this header does not retry what is final
+        headers.append((b"x-should-retry", b"false"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": data, "more_body": False})
 
 

@@ -177,9 +177,11 @@ class StreamingProcess:
             if error is not None and error.failure is not None:
                 if error.failure == FailureClass.PERMANENT:
                     var = self.meter.upstream.key_env
+                    what = "the key" if error.status != 403 else "this request for the key"
                     return error.failure, (
-                        f"the provider refused the key orch holds in {var}"
-                        f" ({error.describe()}): set a valid key in {var} in orch's environment"
+                        f"the provider refused {what} orch holds in {var}"
+                        f" ({error.describe()}): set a key in {var} in orch's environment that"
+                        " the provider accepts for this model"
                     )
                 return error.failure, f"the provider failed: {error.describe()}"
         with self._lock:
@@ -191,11 +193,7 @@ class StreamingProcess:
         own = self._stream.metered(self._pricing)
         if self.meter is None:
             return own
-        counted = self.meter.metered()
-        if own.source.usd == Figure.AGENT:
-            usage = replace(counted.usage, cost_usd=own.usage.cost_usd)
-            return Metered(usage, UsageFrom(Figure.PROVIDER, Figure.AGENT))
-        return counted
+        return with_agents_cost(self.meter.metered(), own)
 
     def close(self) -> None:
         """The run is over: its token at the proxy is revoked, so nothing it left behind can
@@ -246,9 +244,14 @@ def replay(log_path: Path, stream: EventStream, pricing: Pricing) -> Metered:
         pass
     own = stream.metered(pricing)
     counted = read_record(record_of(log_path), pricing)
-    if counted is None:
-        return own
-    if own.source.usd == Figure.AGENT:
+    return own if counted is None else with_agents_cost(counted, own)
+
+
+def with_agents_cost(counted: Metered, own: Metered) -> Metered:
+    """The proxy's count, at the agent's own price where it gave one that is higher: what the
+    agent says can add (a price orch's table lacks), never take away (its own output is not
+    to be trusted to lower the bill)."""
+    if own.source.usd == Figure.AGENT and own.usage.cost_usd > counted.usage.cost_usd:
         usage = replace(counted.usage, cost_usd=own.usage.cost_usd)
         return Metered(usage, UsageFrom(Figure.PROVIDER, Figure.AGENT))
     return counted

@@ -299,6 +299,7 @@ runs = sa.Table(
     sa.Column("tokens_from", sa.String(16)),
     sa.Column("usd_from", sa.String(16)),
     sa.Index("ix_runs_task", "task_id"),
+    sa.Index("ix_runs_started", "started_at"),  # spending over time
     # the few runs not in the ledger yet, whose dead workers every sweep looks for
     sa.Index(
         "ix_runs_unaccounted",

@@ -261,6 +261,16 @@ class Records(MemoryBase):
             out[run.stage] = out.get(run.stage, Usage()) + run.usage
         return out
 
+    def spent_since(self, since: float, repo: str | None = None) -> Usage:
+        with self._lock:
+            runs = list(self._t.runs.values())
+            repos = {t.id: t.repo for t in self._t.tasks.values()}
+        total = Usage()
+        for run in runs:
+            if run.started_at >= since and (repo is None or repos.get(run.task_id) == repo):
+                total = total + run.usage
+        return total
+
     def spend_over_time(self, since: float, bucket_s: float) -> dict[float, Usage]:
         with self._lock:
             runs = list(self._t.runs.values())

@@ -381,6 +381,22 @@ class Records(SqlBase):
             for r in rows
         }
 
+    def spent_since(self, since: float, repo: str | None = None) -> Usage:
+        runs = t.runs
+        query = sa.select(
+            sa.func.coalesce(sa.func.sum(runs.c.tokens_in), 0),
+            sa.func.coalesce(sa.func.sum(runs.c.tokens_out), 0),
+            sa.func.coalesce(sa.func.sum(runs.c.cache_read), 0),
+            sa.func.coalesce(sa.func.sum(runs.c.cache_write), 0),
+            sa.func.coalesce(sa.func.sum(runs.c.cost_usd), 0.0),
+        ).where(runs.c.started_at >= since)
+        if repo is not None:
+            query = query.join(t.tasks, t.tasks.c.id == runs.c.task_id).where(
+                t.tasks.c.repo == repo
+            )
+        row = self._read(lambda c: c.execute(query).one())
+        return Usage(int(row[0]), int(row[1]), int(row[2]), int(row[3]), float(row[4]))
+
     def spend_over_time(self, since: float, bucket_s: float) -> dict[float, Usage]:
         """What agent runs started since `since` spent, per `bucket_s` interval from the epoch,
         keyed by the interval's start."""

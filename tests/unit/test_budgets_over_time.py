@@ -1,0 +1,136 @@
+"""Budgets over time: what all of orch, or one repository, may spend in a UTC day or month. A
+stage whose start finds one spent waits, uncounted and visibly, for the period to end; a run
+stopped by one waits likewise; a run that finished its work is kept."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import replace
+
+import pytest
+
+from orch.domain import pipeline as pl
+from orch.domain.ledger import Budget, Usage
+from orch.domain.periods import Period
+from orch.domain.states import JobState, Stage, TaskStatus
+from orch.ports import RepoSettings
+from orch.services.over_time import over_time
+from orch.services.views import state_view, task_detail
+from orch.services.waits import Waits
+from orch.testing import InstantAgent, Rig, SimClock, rig
+
+START = 1_000_000.0  # 1970-01-12 13:46:40 UTC
+MIDNIGHT = 1_036_800.0  # 1970-01-13 00:00 UTC
+RUN = Usage(100, 50, 0, 0, 0.6)
+# two agent stages, no person in the way
+TWO = pl.Pipeline(
+    stages=(
+        pl.StageSpec(Stage.ANALYSIS, "analyst", "default", "{{ ticket.title }}"),
+        pl.StageSpec(Stage.DEVELOPMENT, "developer", "default", "{{ ticket.title }}"),
+    )
+)
+
+
+def utc(when: str) -> float:
+    return dt.datetime.fromisoformat(when).replace(tzinfo=dt.UTC).timestamp()
+
+
+@pytest.mark.parametrize(
+    ("period", "now", "start", "end"),
+    [
+        (Period.DAILY, "2026-12-05 17:49:00", "2026-12-05 00:00:00", "2026-12-06 00:00:00"),
+        (Period.DAILY, "2026-12-31 23:59:59", "2026-12-31 00:00:00", "2027-01-01 00:00:00"),
+        (Period.MONTHLY, "2026-12-05 17:49:00", "2026-12-01 00:00:00", "2027-01-01 00:00:00"),
+        (Period.MONTHLY, "2028-02-29 12:00:00", "2028-02-01 00:00:00", "2028-03-01 00:00:00"),
+    ],
+)
+def test_a_period_is_a_utc_day_or_month(period: Period, now: str, start: str, end: str) -> None:
+    assert period.start(utc(now)) == utc(start)
+    assert period.end(utc(now)) == utc(end)
+
+
+def world(made: list[Rig], agent: InstantAgent, **budgets: Budget) -> tuple[Rig, SimClock]:
+    clock = SimClock(START)
+    per_period = {Period(k): v for k, v in budgets.items()}
+    repo = RepoSettings(name="app", test_command="true", key_prefix="APP", budgets=per_period)
+    r = rig({"default": agent}, pipeline=TWO, repo=repo, clock=clock, max_attempts=2)
+    made.append(r)
+    return r, clock
+
+
+def test_a_stage_waits_for_the_next_day_once_its_repositorys_daily_budget_is_spent(
+    made: list[Rig],
+) -> None:
+    agent = InstantAgent(spends=RUN)
+    r, clock = world(made, agent, daily=Budget(usd=1.0))
+    first = r.intake.file("app", "first", "", actor="test")
+    r.run_until_idle()
+    # both its runs finished their work: the second crossed the budget ($1.20 of $1) and is kept
+    assert r.store.get_task(first.id).status == TaskStatus.DONE
+    second = r.intake.file("app", "second", "", actor="test")
+
+    r.run_until_idle()
+
+    task = r.store.get_task(second.id)
+    assert task.status == TaskStatus.ACTIVE and task.stage == Stage.ANALYSIS
+    [job] = [j for j in r.store.jobs(task.id) if j.state == JobState.QUEUED]
+    assert job.run_after == MIDNIGHT
+    assert job.attempt == 0, "waiting for the budget is not an attempt"
+    assert job.last_error.startswith(
+        "budget over time: the daily budget of repository app is spent ($1.2000 of $1.0000)"
+    )
+    held = Waits(r.store, r.repos.limit, wall=lambda: START).why(task)
+    assert held is not None and held.kind == "budget" and held.until == MIDNIGHT
+    assert len(agent.started) == 2, "no agent started for the second task"
+
+    clock.advance(MIDNIGHT - START + 1)
+    r.run_until_idle()
+
+    assert r.store.get_task(second.id).status == TaskStatus.DONE
+    assert len(agent.started) == 4
+
+
+def test_a_run_stopped_by_the_budget_of_all_repositories_waits_instead_of_parking(
+    made: list[Rig],
+) -> None:
+    # a run that spends past the budget and does not finish its work: stopped by it
+    agent = InstantAgent(spends=Usage(100, 50, 0, 0, 1.5), outcome=lambda _req: 1)
+    r, _ = world(made, agent)
+    every = {Period.MONTHLY: Budget(usd=1.0)}
+    r.engine.tools.settings = replace(r.engine.tools.settings, budgets=every)
+    task = r.intake.file("app", "pricey", "", actor="test")
+
+    r.run_until_idle()
+
+    task = r.store.get_task(task.id)
+    assert task.status == TaskStatus.ACTIVE, task.status_reason
+    [job] = [j for j in r.store.jobs(task.id) if j.state == JobState.QUEUED]
+    assert job.last_error.startswith(
+        "budget over time: the monthly budget of all repositories is spent ($1.5000 of $1.0000)"
+    )
+    assert job.run_after == Period.MONTHLY.end(START)
+    [run] = r.store.runs(task.id)
+    assert run.cost_usd == pytest.approx(1.5)
+
+
+def test_the_state_and_a_task_show_spend_against_each_budget_over_time(made: list[Rig]) -> None:
+    r, _ = world(made, InstantAgent(spends=RUN), daily=Budget(usd=5.0, tokens=10_000))
+    task = r.intake.file("app", "first", "", actor="test")
+    r.run_until_idle()
+
+    over = over_time(
+        r.store,
+        "app",
+        {Period.DAILY: Budget(usd=5.0, tokens=10_000)},
+        {Period.MONTHLY: Budget(usd=9)},
+    )
+    state = state_view(r.store.summary(), {}, over)
+    detail = task_detail(r.store, r.store.get_task(task.id), over=over)
+
+    daily, monthly = state["budgets"]
+    assert daily["scope"] == "the daily budget of repository app" and daily["repo"] == "app"
+    assert daily["spent"]["usd"] == pytest.approx(1.2) and daily["spent"]["tokens_in"] == 200
+    assert daily["budget"] == {"usd": 5.0, "tokens": 10_000}
+    assert daily["resets_at"] == MIDNIGHT and daily["spent_up"] is False
+    assert monthly["scope"] == "the monthly budget of all repositories" and monthly["repo"] is None
+    assert detail["ledger"]["over_time"] == state["budgets"]
