@@ -293,17 +293,18 @@ class App:
     def over_time(self, repo: str | None = None) -> tuple[OverTime, ...]:
         """The budgets over time with their periods' spending: one repository's and all's, or
         (without `repo`) every repository's and all's."""
-        every = self.engine.tools.settings.budgets
+        tools = self.engine.tools
+        every, live = tools.settings.budgets, tools.live_spending()
         if repo is not None:
             try:
                 own = self.repos.get(repo).budgets
             except NotFound:  # a repository no longer configured has none
                 own = {}
-            return over_time(self.store, repo, own, every)
+            return over_time(self.store, repo, own, every, live=live)
         out: list[OverTime] = []
         for r in self.settings.repos:
-            out += over_time(self.store, r.name, self.repos.get(r.name).budgets, {})
-        return (*out, *over_time(self.store, None, {}, every))
+            out += over_time(self.store, r.name, self.repos.get(r.name).budgets, {}, live=live)
+        return (*out, *over_time(self.store, None, {}, every, live=live))
 
     def waits(self) -> Waits:
         """What holds up the active tasks that are not moving, as this process sees them."""

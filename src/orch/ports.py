@@ -11,7 +11,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from orch.changes import Changes, Hearing
 from orch.domain.access import ApiToken, Role
-from orch.domain.failures import FailureClass
+from orch.domain.failures import Trouble
 from orch.domain.integrity import DEFAULT_PROTECTED
 from orch.domain.ledger import NO_BUDGET, Budget, Metered, Usage, UsageFrom
 from orch.domain.machine import TaskChange
@@ -493,7 +493,7 @@ class AgentProcess(Protocol):
         progress."""
         ...
 
-    def trouble(self) -> tuple[FailureClass, str] | None:
+    def trouble(self) -> Trouble | None:
         """How its provider has failed it since its last good answer, if it has."""
         ...
 

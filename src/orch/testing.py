@@ -26,7 +26,7 @@ from orch.config import PlaneStates
 from orch.domain import machine
 from orch.domain import pipeline as pl
 from orch.domain.errors import NotFound
-from orch.domain.failures import FailureClass
+from orch.domain.failures import Trouble
 from orch.domain.ledger import Metered, Usage, UsageFrom
 from orch.domain.model import Claim, Task
 from orch.domain.states import Stage
@@ -169,7 +169,7 @@ class _Finished:
     def retrying(self) -> bool:
         return False
 
-    def trouble(self) -> tuple[FailureClass, str] | None:
+    def trouble(self) -> Trouble | None:
         return None
 
     def close(self) -> None:

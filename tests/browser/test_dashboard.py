@@ -316,3 +316,36 @@ def test_a_change_between_a_page_and_its_event_stream_still_reaches_the_page(
         held[0].continue_()  # the last change came before the stream: nothing follows it
 
     expect(page.locator(".waiting").first).to_contain_text("confirm-deploy", timeout=LIVE)
+
+
+@pytest.fixture
+def spent_site(tmp_path: Path) -> Iterator[Site]:
+    """orch whose daily budget for all repositories is nothing: no agent work may start."""
+    _, remote = sample.create(tmp_path)
+    config = write_config(tmp_path, remote, budgets={"daily": {"usd": 0}})
+    yield from serving(config, {"ann": make_token(config, "ann", "operator")})
+
+
+def test_a_task_held_up_by_a_spent_budget_says_so_on_the_board_and_its_page(
+    spent_site: Site, page: Page
+) -> None:
+    with api(spent_site, "ann") as client:
+        key = client.post("/api/v1/tasks", json={"repo": "sample", "title": "Later"})
+        key = key.json()["key"]
+        held = wait_for(
+            lambda: client.get(f"/api/v1/tasks/{key}").json()["held_up"],
+            "the task held up",
+        )
+        assert held["kind"] == "budget"
+        [budget] = client.get("/api/v1/state").json()["budgets"]
+    assert budget["scope"] == "the daily budget of all repositories" and budget["spent_up"]
+
+    sign_in(page, spent_site, "ann")
+    card = page.locator(f"[data-column=analysis] [data-task={key}]")
+    expect(card.locator("[data-held-up=budget]")).to_contain_text(
+        "the daily budget of all repositories is spent"
+    )
+    expect(page.locator("[data-budget='daily:all']")).to_contain_text("$0.00")
+    page.click(f"[data-task={key}] a")
+    expect(page.locator("[data-field=held-up]")).to_contain_text("the stage starts again when")
+    screenshot(page, "held-up")

@@ -981,6 +981,31 @@ def test_working_time_is_the_time_a_task_held_a_repository_slot(store: SqlStore)
     assert working.slot_since is not None and working.worked_s == 0.0
 
 
+def test_a_task_waiting_for_a_budget_frees_its_slot_and_a_stop_brings_its_job_forward(
+    store: SqlStore,
+) -> None:
+    first = new_task(store, "APP-1")
+    second = new_task(store, "APP-2")
+    c = claim(store)
+    assert c.task_id == first.id
+    store.apply(c, machine.budget_wait("budget over time: spent", 86_400))
+    waiting = store.get_task(first.id)
+    assert waiting.slot is None and waiting.slot_since is None
+    [job] = [j for j in store.jobs(first.id) if j.state == JobState.QUEUED]
+    assert job.run_after > store.now() + 86_000 and job.attempt == 0
+    # the slot it gave back is another task's now
+    c2 = claim(store)
+    assert c2.task_id == second.id
+
+    assert store.append_event(first.id, "stop", "stop", "ann", {}, cancel=True)
+
+    [job] = [j for j in store.jobs(first.id) if j.state == JobState.QUEUED]
+    assert job.run_after <= store.now()
+    # a STOP needs no slot: the full repository does not hold it up
+    stopping = claim(store)
+    assert stopping.task_id == first.id
+
+
 def claim_again(store: SqlStore, held: Claim) -> Claim:
     """Another worker takes the job `held` after its lease expires."""
     store.renew(held, -1)

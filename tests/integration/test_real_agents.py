@@ -21,7 +21,7 @@ from real_agents import SECRETS, SONNET, World, binary, drive, writes
 from orch.demo import agents as demo_agents
 from orch.demo import sample
 from orch.domain.errors import ConfigError
-from orch.domain.ledger import Budget
+from orch.domain.ledger import Budget, Figure
 from orch.domain.states import RunOutcome, Stage, TaskStatus
 from orch.services.views import task_detail
 from orch.testing import ModelUsage as Usage
@@ -148,6 +148,12 @@ def test_a_real_claude_run_over_its_budget_is_stopped_within_one_model_turn(
     [run] = app.store.runs(task.id)
     assert run.outcome == RunOutcome.BUDGET
     assert run.tokens_in + run.tokens_out >= 3600
+    # stopped before Claude Code priced it: the provider's tokens at the price table's rates
+    assert run.usage_from is not None
+    assert (run.usage_from.tokens, run.usage_from.usd) == (Figure.PROVIDER, Figure.ESTIMATED)
+    assert run.cost_usd == pytest.approx(
+        (run.tokens_in * SONNET["input"] + run.tokens_out * SONNET["output"]) / 1e6
+    )
 
     # the operator raises the budget; the retry resumes the same conversation and finishes
     assert app.intake.retry(task.key, None, "ops", budget=Budget(tokens=20_000))

@@ -28,6 +28,18 @@ def test_the_circuit_opens_after_the_threshold_of_provider_failures_in_a_row() -
     assert b.admit("codex", ok) == 0  # one provider's outage is not another's
 
 
+def test_a_circuit_opened_by_a_rate_limit_stays_open_as_long_as_the_provider_asked() -> None:
+    clock = SimClock()
+    b = Breakers(threshold=1, cooldown_s=10, max_cooldown_s=600, clock=clock)
+    b.record("claude", ok=False, provider_failure=True, reason="429", retry_after_s=120)
+    assert b.admit("claude", ok) == 120
+    clock.advance(120)
+    assert b.admit("claude", ok) == 0  # half open: the probe goes
+    # a retry-after longer than the longest cooldown is held to that
+    b.record("codex", ok=False, provider_failure=True, reason="429", retry_after_s=86400)
+    assert b.admit("codex", ok) == 600
+
+
 def test_half_open_lets_one_probe_through_and_its_success_closes_the_circuit() -> None:
     clock = SimClock()
     b = Breakers(threshold=1, cooldown_s=10, clock=clock)

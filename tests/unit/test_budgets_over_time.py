@@ -27,7 +27,8 @@ TWO = pl.Pipeline(
     stages=(
         pl.StageSpec(Stage.ANALYSIS, "analyst", "default", "{{ ticket.title }}"),
         pl.StageSpec(Stage.DEVELOPMENT, "developer", "default", "{{ ticket.title }}"),
-    )
+    ),
+    max_attempts=2,
 )
 
 
@@ -90,12 +91,12 @@ def test_a_stage_waits_for_the_next_day_once_its_repositorys_daily_budget_is_spe
     assert len(agent.started) == 4
 
 
-def test_a_run_stopped_by_the_budget_of_all_repositories_waits_instead_of_parking(
+def test_a_run_stopped_by_the_budget_of_all_repositories_waits_then_parks_if_it_never_fits(
     made: list[Rig],
 ) -> None:
     # a run that spends past the budget and does not finish its work: stopped by it
     agent = InstantAgent(spends=Usage(100, 50, 0, 0, 1.5), outcome=lambda _req: 1)
-    r, _ = world(made, agent)
+    r, clock = world(made, agent)
     every = {Period.MONTHLY: Budget(usd=1.0)}
     r.engine.tools.settings = replace(r.engine.tools.settings, budgets=every)
     task = r.intake.file("app", "pricey", "", actor="test")
@@ -109,8 +110,19 @@ def test_a_run_stopped_by_the_budget_of_all_repositories_waits_instead_of_parkin
         "budget over time: the monthly budget of all repositories is spent ($1.5000 of $1.0000)"
     )
     assert job.run_after == Period.MONTHLY.end(START)
+    assert job.attempt == 1, "a run the budget stopped counts an attempt"
     [run] = r.store.runs(task.id)
     assert run.cost_usd == pytest.approx(1.5)
+
+    # the next month it runs again, is stopped again, and with its attempts used up it parks
+    clock.advance(Period.MONTHLY.end(START) - START + 1)
+    r.run_until_idle()
+    task = r.store.get_task(task.id)
+    assert task.status == TaskStatus.NEEDS_OPERATOR
+    assert task.status_reason.startswith(
+        "budget over time: the monthly budget of all repositories stopped this stage's run 2"
+        " times: it does not fit"
+    )
 
 
 def test_the_state_and_a_task_show_spend_against_each_budget_over_time(made: list[Rig]) -> None:
@@ -134,3 +146,22 @@ def test_the_state_and_a_task_show_spend_against_each_budget_over_time(made: lis
     assert daily["resets_at"] == MIDNIGHT and daily["spent_up"] is False
     assert monthly["scope"] == "the monthly budget of all repositories" and monthly["repo"] is None
     assert detail["ledger"]["over_time"] == state["budgets"]
+
+
+def test_a_task_waiting_for_a_budget_holds_no_slot_and_a_stop_ends_it_at_once(
+    made: list[Rig],
+) -> None:
+    r, _ = world(made, InstantAgent(spends=RUN), daily=Budget(usd=0.5))
+    first = r.intake.file("app", "first", "", actor="test")
+    r.run_until_idle()  # its first run crosses the budget and finishes; its second stage waits
+    task = r.store.get_task(first.id)
+    assert task.stage == Stage.DEVELOPMENT and task.status == TaskStatus.ACTIVE
+    assert task.slot is None, "a task waiting for a budget gives its repository slot back"
+    worked = task.worked(r.store.now())
+
+    r.intake.stop(task.key, "alice", "not today")
+    r.run_until_idle()
+
+    task = r.store.get_task(first.id)
+    assert task.status == TaskStatus.CANCELLED, "the STOP did not wait for midnight"
+    assert task.worked(r.store.now()) == worked, "waiting was not working time"

@@ -161,7 +161,7 @@ def test_claudes_retry_events_are_retries_and_say_what_failed() -> None:
         }
     )
     assert stream.retrying()
-    kind, why = stream.trouble() or (None, "")
+    kind, why, _ = stream.trouble() or (None, "", None)
     assert kind == FailureClass.PROVIDER
     assert why == "the provider failed: HTTP 529 overloaded_error (retry 2 of 10)"
     stream.feed({"type": "stream_event", "event": {"type": "message_start", "message": {}}})
@@ -175,6 +175,7 @@ def test_codex_reconnecting_is_a_retry() -> None:
     assert stream.trouble() == (
         FailureClass.PROVIDER,
         "the provider failed: Reconnecting... 2/5 (stream disconnected)",
+        None,
     )
     stream.feed({"type": "item.completed", "item": {"type": "agent_message", "text": "hi"}})
     assert not stream.retrying()

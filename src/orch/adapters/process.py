@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO
 
 from orch import crashpoints
-from orch.domain.failures import FailureClass
+from orch.domain.failures import Trouble
 from orch.domain.ledger import UsageFrom
 from orch.ports import DEFAULT_OUTPUT_CAP, AgentReport, Confinement, RunAs, Usage
 
@@ -300,7 +300,7 @@ class ProcessGroup:
     def retrying(self) -> bool:
         return False
 
-    def trouble(self) -> tuple[FailureClass, str] | None:
+    def trouble(self) -> Trouble | None:
         return None
 
     def close(self) -> None:

@@ -96,11 +96,13 @@ def in_flight(kind: str, repo: str) -> str:
 
 
 class WaitsForBudget(OrchError):
-    """A budget over time is spent: the stage waits, uncounted, until its period ends."""
+    """A budget over time is spent: the stage waits until its period ends, uncounted unless
+    a run of it was stopped by that budget (`counts`)."""
 
-    def __init__(self, message: str, wait_s: float) -> None:
+    def __init__(self, message: str, wait_s: float, counts: bool = False) -> None:
         super().__init__(message)
         self.wait_s = wait_s
+        self.counts = counts
 
 
 class AgentError(OrchError):

@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
+from typing import NamedTuple
 
 
 class FailureClass(StrEnum):
     TRANSIENT = "transient"
     PROVIDER = "provider"
     PERMANENT = "permanent"
+
+
+class Trouble(NamedTuple):
+    """How a provider failed an agent run since its last good answer."""
+
+    kind: FailureClass
+    why: str
+    retry_after_s: float | None = None  # how long the provider asked to be left alone
 
 
 # exit codes a shell gives a command it cannot run at all

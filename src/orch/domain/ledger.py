@@ -225,16 +225,30 @@ class Limits:
         return self._why(Budget.crossed, run, over_time)
 
     def waits_for(self, run: Usage | None = None) -> OverTime | None:
-        """The budget over time that is used up (with `run`: that the run crossed), if it is
-        one of those rather than the stage's or the task's: the stage then waits for its
-        period to end."""
+        """The budget over time that is used up (with `run`, what a run spent on top), if it
+        is one of those: the stage then waits for its period to end."""
         for o in self.over_time:
-            used = (
-                o.budget.crossed(o.spent + run) if run is not None else o.budget.exhausted(o.spent)
-            )
-            if used:
+            if o.budget.exhausted(o.spent + (run or Usage())):
                 return o
         return None
+
+    def own_spent(self, run: Usage) -> str:
+        """Why the stage's or the task's own budget is used up with `run` on top, or ""."""
+        return self._why(Budget.exhausted, run, over_time=False)
+
+    def tightest_over_time(self, run: Usage) -> OverTime | None:
+        """The budget over time with the least left once `run` is counted."""
+
+        def share_left(o: OverTime) -> float:
+            left = o.budget.left(o.spent + run)
+            shares = []
+            if o.budget.usd:
+                shares.append((left.usd or 0.0) / o.budget.usd)
+            if o.budget.tokens:
+                shares.append((left.tokens or 0) / o.budget.tokens)
+            return min(shares, default=0.0)
+
+        return min(self.over_time, key=share_left, default=None)
 
     def _why(self, test: Callable[[Budget, Usage], str], run: Usage, over_time: bool = True) -> str:
         scopes = self._scopes() if over_time else self._scopes()[:2]

@@ -201,6 +201,18 @@ def retry(
     )
 
 
+def budget_wait(reason: str, wait_s: float, *, counts: bool = False) -> TaskChange:
+    """A budget over time is spent: the job runs again when its period ends, and meanwhile the
+    task holds no repository slot (its working time stops, and another task may work); a STOP
+    that arrived while the job ran is read at once. A run that the budget stopped `counts` as
+    an attempt: a stage too big for its period ends parked, not waiting forever."""
+    return TaskChange(
+        JobEnd(JobState.QUEUED, due_in_s=wait_s, counts=counts, error=reason),
+        free_slot=True,
+        rerun_if_unread=frozenset({EventKind.STOP.value}),
+    )
+
+
 def nothing_to_do(task: Task) -> TaskChange:
     """The job found nothing to act on: it ends, a task that is not active gives its slot back,
     and an event that reached a waiting or parked task's inbox meanwhile is read by a job run
@@ -244,11 +256,17 @@ class EventEffect:
 
     raise_cancel: bool  # a STOP raises the cancel flag, seen by a running job's heartbeat
     wake: bool  # the task needs a job at its version to read it, due now
+    # a STOP to an active task brings its job forward if it waits for later (a backoff, an open
+    # circuit, a spent budget over time): the STOP is applied now, not when that ends
+    hurry: bool = False
 
 
 def on_event(status: TaskStatus, cancel: bool) -> EventEffect:
+    raise_cancel = cancel and not is_terminal(status)
     return EventEffect(
-        raise_cancel=cancel and not is_terminal(status), wake=status in READ_BY_A_NEW_JOB
+        raise_cancel=raise_cancel,
+        wake=status in READ_BY_A_NEW_JOB,
+        hurry=raise_cancel and status == TaskStatus.ACTIVE,
     )
 
 

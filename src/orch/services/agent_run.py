@@ -102,7 +102,9 @@ class AgentRunner:
         `started` is called once the agent's process is (and its run recorded)."""
         task, claim, spec, tools = work.task, work.claim, work.spec, self.tools
         repo_budgets = tools.repos.get(task.repo).budgets
-        periods = over_time(self.store, task.repo, repo_budgets, tools.settings.budgets)
+        periods = over_time(
+            self.store, task.repo, repo_budgets, tools.settings.budgets, live=tools.live_spending()
+        )
         limits = limits_of(self.store, task, work.pipeline, task.stage, periods)
         waits = limits.waits_for()
         if waits is not None:
@@ -152,7 +154,7 @@ class AgentRunner:
             outcome = RunOutcome.ERROR
             report = None
             telling = _Telling(started) if started is not None else None
-            tools.running[task.id] = proc
+            tools.running[task.id] = (task.repo, proc)
             try:
                 code, outcome = work.lease.supervise(
                     proc,
@@ -295,17 +297,27 @@ class AgentRunner:
             breakers.record(name, ok=True)
             assert report is not None
             run = proc.usage()
-            waits = limits.waits_for(run)
-            if waits is not None:
-                # a budget over time stopped it: the stage waits for the period to end
-                raise _waits(waits, self.store.now(), run)
+            if not limits.own_spent(run) and limits.over_time:
+                # a budget over time stopped it (the proxy may refuse a request that would
+                # cross one with the others in flight): the stage waits for the period to end.
+                # That counts an attempt: a stage too big for the period does not wait forever
+                waits = limits.waits_for(run) or limits.tightest_over_time(run)
+                assert waits is not None
+                if attempt >= pipeline.max_attempts:
+                    return pl.parked(
+                        task.stage,
+                        f"{WAITS_FOR_BUDGET} {waits.scope} stopped this stage's run"
+                        f" {attempt} times: it does not fit in what the period leaves it; raise"
+                        f" the budget, or retry the task (agent {name}; log: {log_path})",
+                    )
+                raise _waits(waits, self.store.now(), run, counts=True)
             return pl.parked(task.stage, f"{report.over_budget} (agent {name}; log: {log_path})")
         succeeded = outcome == RunOutcome.EXITED and code == 0 and (report is None or report.ok)
         trouble = None if succeeded or outcome == RunOutcome.DEADLINE else proc.trouble()
         if trouble is not None:
             # the provider failed the run's last requests: that is why it ended, whatever the
             # CLI made of it (a result, an exit code) or however long it kept retrying
-            kind, why = trouble
+            kind, why, retry_after_s = trouble
             how = {
                 RunOutcome.STALLED: f"stalled in provider retries for {spec.stall_s:g}s",
                 RunOutcome.TIMED_OUT: f"timed out in provider retries after {spec.timeout_s:g}s",
@@ -314,7 +326,9 @@ class AgentRunner:
             if kind == FailureClass.PERMANENT:
                 breakers.record(name, ok=False, reason=why)
                 return pl.parked(task.stage, f"permanent failure, not retried: {reason}")
-            breakers.record(name, ok=False, provider_failure=True, reason=why)
+            breakers.record(
+                name, ok=False, provider_failure=True, reason=why, retry_after_s=retry_after_s
+            )
             return pl.after_attempt_failure(pipeline, task.stage, attempt, reason)
         if report is not None and code == 0 and not report.ok:
             # the CLI exited cleanly but its own result says it did not do the task
@@ -385,15 +399,19 @@ class _Telling:
             raise self._ended
 
 
-def _waits(spent: OverTime, now: float, run: Usage | None = None) -> WaitsForBudget:
+def _waits(
+    spent: OverTime, now: float, run: Usage | None = None, counts: bool = False
+) -> WaitsForBudget:
     """The stage waits for the end of the period whose budget is spent (`run`: the spending of
     the run that crossed it, not in the store's figures yet)."""
     total = spent.spent + (run or Usage())
     why = spent.budget.crossed(total) or spent.budget.exhausted(total)
+    is_spent = f"is spent ({why})" if why else "has too little left for the runs in flight"
     return WaitsForBudget(
-        f"{WAITS_FOR_BUDGET} {spent.scope} is spent ({why}); the stage starts again when it"
+        f"{WAITS_FOR_BUDGET} {spent.scope} {is_spent}; the stage starts again when it"
         f" resets at {resets(spent.resets_at)}",
         max(spent.resets_at - now, 1.0),
+        counts,
     )
 
 

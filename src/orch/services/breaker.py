@@ -74,11 +74,18 @@ class Breakers:
         return 0.0
 
     def record(
-        self, agent: str, *, ok: bool, provider_failure: bool = False, reason: str = ""
+        self,
+        agent: str,
+        *,
+        ok: bool,
+        provider_failure: bool = False,
+        reason: str = "",
+        retry_after_s: float | None = None,
     ) -> None:
-        """The outcome of an attempt that was admitted."""
+        """The outcome of an attempt that was admitted; `retry_after_s`, how long a provider
+        that failed asked to be left alone (a circuit it opens stays open at least that long)."""
         if provider_failure:
-            self._failure(agent, reason)
+            self._failure(agent, reason, retry_after_s)
             return
         with self._lock:
             st = self._states.setdefault(agent, _State())
@@ -96,7 +103,7 @@ class Breakers:
             if st is not None and st.circuit == Circuit.HALF_OPEN:
                 st.probing = False
 
-    def _failure(self, agent: str, reason: str) -> None:
+    def _failure(self, agent: str, reason: str, retry_after_s: float | None = None) -> None:
         with self._lock:
             st = self._states.setdefault(agent, _State())
             st.failures += 1
@@ -104,16 +111,21 @@ class Breakers:
             reopen = st.circuit == Circuit.HALF_OPEN
             trip = st.circuit == Circuit.CLOSED and st.failures >= self.threshold
         if reopen:
-            self._open(agent, reason, longer=True)
+            self._open(agent, reason, longer=True, at_least_s=retry_after_s)
         elif trip:
-            self._open(agent, reason, longer=False)
+            self._open(agent, reason, longer=False, at_least_s=retry_after_s)
 
-    def _open(self, agent: str, reason: str, *, longer: bool) -> float:
+    def _open(
+        self, agent: str, reason: str, *, longer: bool, at_least_s: float | None = None
+    ) -> float:
         """Open the circuit; return its cooldown."""
         with self._lock:
             st = self._states.setdefault(agent, _State())
             base = st.cooldown_s * 2 if longer and st.cooldown_s else self.cooldown_s
             st.cooldown_s = min(base, self.max_cooldown_s)
+            if at_least_s is not None:
+                # the provider said when to come back: not sooner, within the longest cooldown
+                st.cooldown_s = max(st.cooldown_s, min(at_least_s, self.max_cooldown_s))
             st.circuit = Circuit.OPEN
             st.opened_at = self._clock()
             st.probing = False

@@ -96,11 +96,12 @@ class Engine:
 
     def provider_retries(self, task_id: int) -> str | None:
         """What a task's running agent is retrying, if it runs here and retries its provider."""
-        proc = self.tools.running.get(task_id)
-        if proc is None or not proc.retrying():
+        running = self.tools.running.get(task_id)
+        if running is None or not running[1].retrying():
             return None
+        proc = running[1]
         trouble = proc.trouble()
-        return trouble[1] if trouble is not None else "its CLI retries its model requests"
+        return trouble.why if trouble is not None else "its CLI retries its model requests"
 
     @property
     def shutdown(self) -> threading.Event:

@@ -165,8 +165,8 @@ class Jobs:
             wait = max(self.tools.backoff(claim.attempt), 1.0)
             self.store.apply(claim, machine.retry(str(exc), wait, counts=False))
         elif isinstance(exc, WaitsForBudget):
-            # a budget over time is spent: not this task's failure; it waits for the period
-            self.store.apply(claim, machine.retry(str(exc), exc.wait_s, counts=False))
+            # a budget over time is spent: it waits for the period, holding no slot
+            self.store.apply(claim, machine.budget_wait(str(exc), exc.wait_s, counts=exc.counts))
         elif isinstance(exc, Busy):
             # waiting for another task's merge is not this task's failure
             wait = max(self.tools.backoff(1), 1.0)

@@ -3,9 +3,9 @@ and one repository's (orch.domain.periods). Read from the store, by when each ru
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
-from orch.domain.ledger import Budget
+from orch.domain.ledger import Budget, Usage
 from orch.domain.periods import ALL, OverTime, Period
 from orch.ports import Store
 
@@ -16,10 +16,13 @@ def over_time(
     repo_budgets: Mapping[Period, Budget],
     all_budgets: Mapping[Period, Budget],
     now: float | None = None,
+    live: Iterable[tuple[str, Usage]] = (),
 ) -> tuple[OverTime, ...]:
-    """Each configured budget over time, the repository's first, with its period's spending;
-    nothing is read for a period without a budget."""
+    """Each configured budget over time, the repository's first, with its period's spending:
+    the store's, and `live`, what runs in flight (by repository) have spent so far. Nothing is
+    read for a period without a budget."""
     now = store.now() if now is None else now
+    live = list(live)
     scopes = [(repo, repo_budgets)] if repo is not None else []
     out = []
     for scope, budgets in (*scopes, (ALL, all_budgets)):
@@ -27,5 +30,8 @@ def over_time(
             if budget.unlimited:
                 continue
             spent = store.spent_since(period.start(now), None if scope == ALL else scope)
+            for repo, usage in live:
+                if scope == ALL or repo == scope:
+                    spent = spent + usage
             out.append(OverTime(period, scope or ALL, budget, spent, period.end(now)))
     return tuple(out)

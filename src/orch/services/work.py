@@ -18,7 +18,7 @@ from typing import Any
 from orch import crashpoints
 from orch.domain.agent_env import child_env
 from orch.domain.errors import OrchError
-from orch.domain.ledger import Budget
+from orch.domain.ledger import Budget, Usage
 from orch.domain.machine import TaskChange
 from orch.domain.model import Claim, Task
 from orch.domain.periods import Period
@@ -76,8 +76,14 @@ class Tools:
     heartbeats: Heartbeats = field(default_factory=Heartbeats)  # and what renews them
     # writes news back to the tracker a task came from (orch.services.reporting), if any
     reporter: Notifier | None = None
-    # the agent processes this process's jobs run, by task id: what shows one in provider retries
-    running: dict[int, AgentProcess] = field(default_factory=dict)
+    # the agent processes this process's jobs run, with their repositories, by task id: what
+    # shows one in provider retries, and what runs in flight have spent
+    running: dict[int, tuple[str, AgentProcess]] = field(default_factory=dict)
+
+    def live_spending(self) -> list[tuple[str, Usage]]:
+        """What the agent runs in flight here have spent so far, by repository: not in the
+        store's figures until each run ends."""
+        return [(repo, proc.usage()) for repo, proc in list(self.running.values())]
 
     def backoff(self, attempt: int) -> float:
         s = self.settings

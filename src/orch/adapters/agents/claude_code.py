@@ -36,7 +36,7 @@ from orch.adapters.agents.streaming import (
 from orch.adapters.agents.users import AgentUser
 from orch.adapters.process import Launchers
 from orch.domain.errors import AgentError, ConfigError
-from orch.domain.failures import FailureClass, provider_answer
+from orch.domain.failures import FailureClass, Trouble, provider_answer
 from orch.domain.ledger import Figure, Metered, Prices, Usage, UsageFrom
 from orch.domain.prices import Pricing
 from orch.ports import AgentReport, AgentRequest
@@ -184,7 +184,7 @@ class ClaudeStream:
     def retrying(self) -> bool:
         return self.last == "api_retry"
 
-    def trouble(self) -> tuple[FailureClass, str] | None:
+    def trouble(self) -> Trouble | None:
         if not self.retrying():
             return None
         status = int(self.retry.get("error_status") or 0)
@@ -193,7 +193,9 @@ class ClaudeStream:
         kind = provider_answer(status, said if isinstance(error, str) else "")
         what = f"HTTP {status}" if status else "no answer"
         attempt = f"retry {self.retry.get('attempt')} of {self.retry.get('max_retries')}"
-        return kind or FailureClass.PROVIDER, f"the provider failed: {what} {said} ({attempt})"
+        return Trouble(
+            kind or FailureClass.PROVIDER, f"the provider failed: {what} {said} ({attempt})"
+        )
 
     def reported(self) -> Usage:
         """The result's own totals: for a resumed session, since the session began."""

@@ -34,7 +34,7 @@ from orch.adapters.agents.streaming import (
 from orch.adapters.agents.users import AgentUser
 from orch.adapters.process import Launchers
 from orch.domain.errors import AgentError, ConfigError
-from orch.domain.failures import FailureClass
+from orch.domain.failures import FailureClass, Trouble
 from orch.domain.ledger import Metered, Prices, Usage
 from orch.domain.prices import Pricing
 from orch.ports import AgentReport, AgentRequest
@@ -107,10 +107,10 @@ class CodexStream:
     def retrying(self) -> bool:
         return self.retry
 
-    def trouble(self) -> tuple[FailureClass, str] | None:
+    def trouble(self) -> Trouble | None:
         if not self.retry or not self.errors:
             return None
-        return FailureClass.PROVIDER, f"the provider failed: {self.errors[-1][:300]}"
+        return Trouble(FailureClass.PROVIDER, f"the provider failed: {self.errors[-1][:300]}")
 
     def report(self, exit_code: int | None) -> AgentReport:
         tools = tuple(self.tools)

@@ -199,10 +199,17 @@ class Meter:
         guess = self._largest if self._largest.tokens else Usage(max(body_size // 4, 1))
         guess = replace(guess, cost_usd=prices.cost(guess) if prices else 0.0)
         with self._lock:
+            if self.revoked:  # revoked since its token was looked up
+                return "the run has ended", Usage()
             why = self.budget.exhausted(self._usage + self._reserved)
             if not why:
                 self._reserved = self._reserved + guess
         return why, guess
+
+    def end(self) -> None:
+        """Its run ended: no request of it is admitted any more."""
+        with self._lock:
+            self.revoked = True
 
     def release(self, held: Usage, answer: Usage) -> None:
         """A request's answer is counted (as `answer`): what it held back is free again."""
@@ -539,7 +546,7 @@ class MeteringProxy:
     def revoke(self, meter: Meter, wait_s: float = 5.0) -> None:
         """The run ended: its token is good for nothing more, and its answers still streaming
         are cut off (what they streamed so far is counted) before this returns."""
-        meter.revoked = True
+        meter.end()
         with self._lock:
             self._meters.pop(meter.token, None)
         loop = self._loop
@@ -631,10 +638,10 @@ class MeteringProxy:
         if auth is not None:
             out.append(auth)
         out.append(("accept-encoding", "identity"))  # the answer is read as it passes
-        url = up.url(route, scope.get("query_string", b""))
-        request = self._client.build_request(scope["method"], url, headers=out, content=body)
         reader = AnswerReader(meter, model, streamed=False)
         try:
+            url = up.url(route, scope.get("query_string", b""))
+            request = self._client.build_request(scope["method"], url, headers=out, content=body)
             try:
                 response = await self._client.send(request, stream=True)
             except httpx.HTTPError as exc:

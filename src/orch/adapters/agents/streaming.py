@@ -22,7 +22,7 @@ from orch.adapters.agents.proxy import Meter, MeteringProxy, read_record
 from orch.adapters.agents.users import AgentUser
 from orch.adapters.process import Launchers, ProcessGroup
 from orch.domain.errors import AgentError
-from orch.domain.failures import FailureClass
+from orch.domain.failures import FailureClass, Trouble
 from orch.domain.ledger import Figure, Metered, Prices, Usage, UsageFrom
 from orch.domain.prices import Pricing
 from orch.ports import AgentReport, AgentRequest
@@ -48,7 +48,7 @@ class EventStream(Protocol):
         """Whether its last event says the CLI is retrying a failed model request."""
         ...
 
-    def trouble(self) -> tuple[FailureClass, str] | None:
+    def trouble(self) -> Trouble | None:
         """What the CLI's own retry events say its provider did, while it retries."""
         ...
 
@@ -169,7 +169,7 @@ class StreamingProcess:
         with self._lock:
             return self._stream.retrying()
 
-    def trouble(self) -> tuple[FailureClass, str] | None:
+    def trouble(self) -> Trouble | None:
         """How the provider failed the run since its last good answer: as the proxy saw it,
         else as the CLI's own retry events say."""
         if self.meter is not None:
@@ -178,12 +178,15 @@ class StreamingProcess:
                 if error.failure == FailureClass.PERMANENT:
                     var = self.meter.upstream.key_env
                     what = "the key" if error.status != 403 else "this request for the key"
-                    return error.failure, (
+                    return Trouble(
+                        error.failure,
                         f"the provider refused {what} orch holds in {var}"
                         f" ({error.describe()}): set a key in {var} in orch's environment that"
-                        " the provider accepts for this model"
+                        " the provider accepts for this model",
                     )
-                return error.failure, f"the provider failed: {error.describe()}"
+                return Trouble(
+                    error.failure, f"the provider failed: {error.describe()}", error.retry_after_s
+                )
         with self._lock:
             return self._stream.trouble()
 

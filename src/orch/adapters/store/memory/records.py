@@ -316,6 +316,11 @@ class Records(MemoryBase):
                     )
                     if job.task_id == task_id and job.version == task.version and waking:
                         t.jobs[job.id] = replace(job, state=JobState.QUEUED, run_after=now)
+            elif effect.hurry:
+                for job in list(t.jobs.values()):
+                    later = job.state == JobState.QUEUED and job.run_after > now
+                    if job.task_id == task_id and job.version == task.version and later:
+                        t.jobs[job.id] = replace(job, run_after=now)
         crashpoints.hit("inbox.event")
         return True
 

@@ -98,6 +98,17 @@ class InboxRecords(SqlBase):
                     )
                     .values(state=JobState.QUEUED.value, run_after=now, updated_at=now)
                 )
+            elif effect.hurry:
+                conn.execute(
+                    sa.update(t.jobs)
+                    .where(
+                        t.jobs.c.task_id == task_id,
+                        t.jobs.c.version == task.version,
+                        t.jobs.c.state == JobState.QUEUED.value,
+                        t.jobs.c.run_after > now,
+                    )
+                    .values(run_after=now, updated_at=now)
+                )
             return True
 
         stored: bool = self._write(fn, wakes=True)
