@@ -248,7 +248,12 @@ def _run(
         watch = Watch(probe, key)
         serve.crash()
         fault = Fault(key, attempt, time.time())
-        os.kill(pid, signal.SIGKILL)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            # it had ended already (its stall, on a loaded machine): the restart still has a
+            # dead agent to find
+            result.note = result.note or "an agent had ended before orch was killed"
         serve.start()
         fault.ready_s = serve.ready_at - serve.exec_at
         if wait_for(watch.left, 30.0, 0.005):
