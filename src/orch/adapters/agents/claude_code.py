@@ -27,8 +27,8 @@ from orch.adapters.agents.proxy import MeteringProxy, Upstream
 from orch.adapters.agents.streaming import (
     StreamingProcess,
     find_binary,
+    launched,
     missing_binary,
-    not_startable,
     record_of,
     replay,
     write_prompt,
@@ -377,8 +377,11 @@ class ClaudeCodeAgent:
             metering = (self.proxy, meter)
             env = {k: v for k, v in env.items() if k not in PROVIDER_NAMES}
             env |= {"ANTHROPIC_BASE_URL": self.proxy.url, "ANTHROPIC_API_KEY": meter.token}
-        try:
-            return StreamingProcess(
+        return launched(
+            self.name,
+            argv[0],
+            metering,
+            lambda: StreamingProcess(
                 argv,
                 request,
                 env,
@@ -388,13 +391,8 @@ class ClaudeCodeAgent:
                 user=self.run_as,
                 launchers=self.launchers,
                 meter=metering,
-            )
-        except BaseException as exc:
-            if metering is not None:
-                metering[0].revoke(metering[1])  # a token of no run
-            if isinstance(exc, OSError):
-                raise not_startable(self.name, argv[0], exc) from exc
-            raise
+            ),
+        )
 
 
 def _upstream(

@@ -25,8 +25,8 @@ from orch.adapters.agents.streaming import (
     StreamingProcess,
     estimate,
     find_binary,
+    launched,
     missing_binary,
-    not_startable,
     record_of,
     replay,
     write_prompt,
@@ -269,8 +269,11 @@ class CodexAgent:
         prompt = request.prompt
         if request.instructions:
             prompt = f"{request.instructions}\n\n{prompt}"
-        try:
-            return StreamingProcess(
+        return launched(
+            self.name,
+            argv[0],
+            metering,
+            lambda: StreamingProcess(
                 argv,
                 request,
                 env,
@@ -280,13 +283,8 @@ class CodexAgent:
                 user=self.run_as,
                 launchers=self.launchers,
                 meter=metering,
-            )
-        except BaseException as exc:
-            if metering is not None:
-                metering[0].revoke(metering[1])  # a token of no run
-            if isinstance(exc, OSError):
-                raise not_startable(self.name, argv[0], exc) from exc
-            raise
+            ),
+        )
 
 
 def _upstream(

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -110,12 +110,8 @@ class StreamingProcess:
     def _counted(self) -> None:
         """The proxy counted more of this run's usage (on the proxy's thread)."""
         with self._lock:
-            if not self._over:
-                self._over = self._budget.crossed(self._metered().usage)
-        if self._over:
-            group = getattr(self, "_group", None)
-            if group is not None:
-                group.kill_now()
+            self._check()
+        self._stop_if_over()
 
     def _line(self, raw: bytes) -> None:
         text = raw.decode("utf-8", "replace").strip()
@@ -130,10 +126,17 @@ class StreamingProcess:
                 self._noise = [*self._noise[-19:], text[:500]]
                 return
             self._stream.feed(event)
-            if not self._over:
-                self._over = self._budget.crossed(self._metered().usage)
+            self._check()
+        self._stop_if_over()
+
+    def _check(self) -> None:
+        """With the lock held: whether what the run spent crossed its budget."""
+        if not self._over:
+            self._over = self._budget.crossed(self._metered().usage)
+
+    def _stop_if_over(self) -> None:
+        # again on every later line or count, until the group is gone
         if self._over:
-            # again on every later line, until the group is gone
             group = getattr(self, "_group", None)
             if group is not None:
                 group.kill_now()
@@ -296,3 +299,21 @@ def write_prompt(request: AgentRequest, text: str) -> Path:
 
 def not_startable(name: str, argv0: str, exc: OSError) -> AgentError:
     return AgentError(f"agent {name!r} could not start {argv0}: {exc.strerror or exc}")
+
+
+def launched(
+    name: str,
+    argv0: str,
+    metering: tuple[MeteringProxy, Meter] | None,
+    start: Callable[[], StreamingProcess],
+) -> StreamingProcess:
+    """`start()`'s process; if it does not start, the token issued for it is revoked (a token
+    of no run), and a command that cannot be run says so."""
+    try:
+        return start()
+    except BaseException as exc:
+        if metering is not None:
+            metering[0].revoke(metering[1])
+        if isinstance(exc, OSError):
+            raise not_startable(name, argv0, exc) from exc
+        raise
