@@ -251,6 +251,8 @@ def test_a_model_without_a_price_is_refused_under_a_dollar_budget(
     refused = post(proxy, meter, {**MESSAGES, "model": "claude-of-tomorrow"})
     assert refused.status_code == 400
     assert "model claude-of-tomorrow has no price" in refused.json()["error"]["message"]
+    # not the budget's doing: the run is told apart, to be parked at once
+    assert meter.refused == "" and meter.rejected.startswith("model claude-of-tomorrow")
     assert post(proxy, meter, MESSAGES).status_code == 200
 
 

@@ -147,6 +147,7 @@ class Meter:
         self._usage = Usage()
         self._unpriced = False
         self.refused = ""  # why its requests were refused (its budget), once they were
+        self.rejected = ""  # why a request was refused that no budget would let through
         self.revoked = False
         self.requests = 0
         self.errors: list[ProviderError] = []  # the latest few
@@ -180,22 +181,12 @@ class Meter:
                 UsageFrom(Figure.PROVIDER, usd or Figure.ESTIMATED),
             )
 
-    def exhausted(self) -> str:
-        """Why this run may send no more requests, or ""."""
-        return self.budget.exhausted(self.usage())
-
     def admit(self, model: str, body_size: int) -> tuple[str, Usage]:
         """Whether one more request may go: "" and what it holds back until its answer is
         counted, or why not. Requests in flight at once hold back what each is expected to
         spend (the largest answer so far, or the request's size in tokens), so a burst of them
         cannot all pass a budget that one of them would spend."""
         prices = self.pricing.of(model)
-        if prices is None and self.budget.usd is not None:
-            return (
-                f"model {model or '(none named)'} has no price, so a dollar budget cannot hold"
-                " it: give the agent `prices`",
-                Usage(),
-            )
         guess = self._largest if self._largest.tokens else Usage(max(body_size // 4, 1))
         guess = replace(guess, cost_usd=prices.cost(guess) if prices else 0.0)
         with self._lock:
@@ -205,6 +196,16 @@ class Meter:
             if not why:
                 self._reserved = self._reserved + guess
         return why, guess
+
+    def unpriced(self, model: str) -> str:
+        """Why a request for `model` cannot be held to the run's budget (the model has no
+        price, and the budget is in dollars), or ""."""
+        if self.budget.usd is None or self.pricing.of(model) is not None:
+            return ""
+        return (
+            f"model {model or '(none named)'} has no price, so a dollar budget cannot hold it:"
+            " give the agent `prices`"
+        )
 
     def end(self) -> None:
         """Its run ended: no request of it is admitted any more."""
@@ -596,7 +597,17 @@ class MeteringProxy:
             return
         held = Usage()
         if metered:
+            problem = meter.unpriced(model)
+            if problem:
+                meter.rejected = meter.rejected or problem
+                await _refuse(
+                    send, wire, 400, "invalid_request_error", f"orch: {problem}", final=True
+                )
+                return
             why, held = meter.admit(model, len(body))
+            if why and meter.revoked:
+                await _refuse(send, wire, 401, "authentication_error", _NO_TOKEN, final=True)
+                return
             if why:
                 meter.refused = meter.refused or why
                 await _refuse(send, wire, 400, "invalid_request_error", _spent(why), final=True)

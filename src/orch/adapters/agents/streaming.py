@@ -175,6 +175,10 @@ class StreamingProcess:
     def trouble(self) -> Trouble | None:
         """How the provider failed the run since its last good answer: as the proxy saw it,
         else as the CLI's own retry events say."""
+        if self.meter is not None and self.meter.rejected:
+            # the run asked for what orch's settings cannot meter: retrying would not help
+            why = f"orch's metering proxy refused its request: {self.meter.rejected}"
+            return Trouble(FailureClass.PERMANENT, why)
         if self.meter is not None:
             error = self.meter.trouble()
             if error is not None and error.failure is not None:
