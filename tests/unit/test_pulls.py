@@ -71,3 +71,25 @@ def test_a_forge_that_cannot_say_whether_a_change_landed_gets_no_second_pull_req
         assert [p.state for p in r.forge.pulls["app"]] == [PullState.MERGED]
     finally:
         r.close()
+
+
+def test_a_head_pushed_after_the_merge_by_a_worker_that_lost_its_lease_opens_no_second_pull() -> (
+    None
+):
+    r = rig({"default": InstantAgent()})
+    try:
+        before = r.forge.branch_head("app", "main")
+        assert before is not None
+        task = r.intake.file("app", "Add a greeting")
+        r.run_until_idle()
+        assert r.intake.decide(task.key, True, "ann")
+        r.run_until_idle()  # merged; it waits to deploy
+        [pull] = r.forge.pulls["app"]
+        assert pull.state == PullState.MERGED
+        # a stale worker's head: built before the merge, under neither the pull nor main
+        stale = r.forge.push_commit("app", "orch/stale", {"STALE.md": b"late"}, before)
+        shown = Pulls(r.engine.tools).show(r.store.get_task(task.id), stale, [])
+        assert shown is not None and shown.number == pull.number
+        assert [p.state for p in r.forge.pulls["app"]] == [PullState.MERGED]
+    finally:
+        r.close()

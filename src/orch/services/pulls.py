@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from orch.domain import pipeline as pl
 from orch.domain.errors import OrchError, PipelineError, Unavailable
 from orch.domain.model import GateRecord, Task
-from orch.domain.states import WORK_STAGES, Stage
+from orch.domain.states import WORK_STAGES, EffectKind, EffectState, Stage
 from orch.ports import PullRequest, PullRequests, PullState, StatusState
 from orch.services.work import Tools
 
@@ -36,6 +36,10 @@ class Pulls:
             if pull is not None and pull.state != PullState.OPEN and self._shows(task, pull, head):
                 # this change's, merged (or closed by a person): the stages after show nothing
                 return pull
+            if pull is not None and pull.state == PullState.MERGED and self._landed(task):
+                # this task's change has landed: a head that is not under it comes from a
+                # worker that lost its lease meanwhile, whose write the store will refuse
+                return pull
             pull = self.forge.open_pull(task.repo, task.branch, self.title(task), describe(task))
             self.forge.describe_pull(task.repo, pull.number, self.title(task), describe(task))
             self._statuses(task.repo, head, verdicts)
@@ -43,6 +47,13 @@ class Pulls:
             log.warning("%s: the pull request could not be updated: %s", task.key, exc)
             return None
         return pull
+
+    def _landed(self, task: Task) -> bool:
+        """Whether this task's merge succeeded, as the store recorded it."""
+        return any(
+            e.kind == EffectKind.MERGE and e.state == EffectState.SUCCEEDED
+            for e in self.tools.store.effects(task.id)
+        )
 
     def _shows(self, task: Task, pull: PullRequest, head: str) -> bool:
         """Whether `pull` shows this task's change as it is: its head is `head` or under it (an

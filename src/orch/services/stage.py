@@ -137,6 +137,8 @@ class StageRunner:
             else head
         )
         verdicts = [self.gates.judge(work, g, where, (base, head)) for g in spec.gates]
+        # the gates may have run for long: a worker that lost its lease meanwhile shows nothing
+        work.lease.fresh()
         self.pulls.show(task, head, verdicts)
         failed = [v for v in verdicts if not v.passed]
         if failed:

@@ -212,6 +212,15 @@ class MemoryForge:
         """Merge without a test, as a worker that crashed after landing would have."""
         return self.land(repo, self.merge_candidate(repo, branch, expected_head, message))
 
+    def push_commit(self, repo: str, branch: str, files: Snapshot, parent: str) -> str:
+        """A commit on `branch` made on top of `parent`, as another worker would push it."""
+        r = self._repo(repo)
+        merged = {**r.commits[parent].files, **files}
+        c = _Commit(_sha(merged, (parent,)), merged, (parent,))
+        r.commits[c.sha] = c
+        r.branches[branch] = c.sha
+        return c.sha
+
     def move_default(self, repo: str, files: Snapshot) -> str:
         """Someone else's commit on the default branch."""
         r = self._repo(repo)
