@@ -111,6 +111,9 @@ class Scenario:
         self.rejected = False
         self.worker: WorkerProcess | None = None
         self.crash: dict[str, Any] = {}
+        # the waits answered, by the task's version: a worker in another process may not have
+        # read the answer yet when the task is looked at again, and it is given once
+        self.answered: set[tuple[int, int]] = set()
 
     def playbook(self) -> dict[str, Any]:
         book = sample.playbook()
@@ -175,6 +178,9 @@ class Scenario:
             return
         if task.status != TaskStatus.WAITING or not task.waiting_for:
             return
+        if (task.id, task.version) in self.answered:
+            return
+        self.answered.add((task.id, task.version))
         if self.name == "reject" and not self.rejected and task.waiting_for == "approve-plan":
             if app.intake.decide(task.key, False, ACTOR, REJECTION):
                 self.rejected = True
