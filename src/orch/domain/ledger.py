@@ -9,7 +9,7 @@ a run makes the provider process anew; cache reads count towards cost only.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -112,12 +112,6 @@ class Prices:
 
     def __bool__(self) -> bool:
         return any(getattr(self, f.name) for f in fields(self))
-
-    def priced(self, usage: Usage) -> Usage:
-        """`usage` with a cost: the agent's own where it gave one, else these prices'."""
-        if usage.cost_usd or not self:
-            return usage
-        return replace(usage, cost_usd=self.cost(usage))
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from orch.adapters.agents.proxy import MeteringProxy, Upstream
+from orch.adapters.agents.proxy import MeteringProxy, Upstream, anthropic_usage
 from orch.adapters.agents.streaming import (
     StreamingProcess,
     find_binary,
@@ -138,7 +138,7 @@ class ClaudeStream:
 
     def _count(self, key: str, usage: Mapping[str, Any]) -> None:
         seen = self.messages.get(key, Usage())
-        now = _usage(usage)
+        now = anthropic_usage(usage)
         self.messages[key or str(len(self.messages))] = Usage(
             max(seen.tokens_in, now.tokens_in),
             max(seen.tokens_out, now.tokens_out),
@@ -239,15 +239,6 @@ def _tokens(u: Usage) -> int:
     return u.tokens_in + u.tokens_out + u.cache_read + u.cache_write
 
 
-def _usage(u: Mapping[str, Any]) -> Usage:
-    return Usage(
-        int(u.get("input_tokens") or 0),
-        int(u.get("output_tokens") or 0),
-        int(u.get("cache_read_input_tokens") or 0),
-        int(u.get("cache_creation_input_tokens") or 0),
-    )
-
-
 def _result_usage(r: Mapping[str, Any]) -> Usage:
     """The result's totals: `modelUsage` counts every model the run used, subagents included."""
     models = r.get("modelUsage") or {}
@@ -262,7 +253,7 @@ def _result_usage(r: Mapping[str, Any]) -> Usage:
                 int(m.get("cacheCreationInputTokens") or 0),
             )
         return Usage(total.tokens_in, total.tokens_out, total.cache_read, total.cache_write, cost)
-    u = _usage(r.get("usage") or {})
+    u = anthropic_usage(r.get("usage") or {})
     return Usage(u.tokens_in, u.tokens_out, u.cache_read, u.cache_write, cost)
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from orch.adapters.agents.proxy import MeteringProxy, Upstream
+from orch.adapters.agents.proxy import MeteringProxy, Upstream, fresh_input
 from orch.adapters.agents.streaming import (
     StreamingProcess,
     estimate,
@@ -126,14 +126,11 @@ class CodexStream:
 
 
 def _usage(u: Mapping[str, Any]) -> Usage:
-    # Responses counts cached input inside input_tokens; the ledger keeps fresh input apart
-    cached = int(u.get("cached_input_tokens") or 0)
-    written = int(u.get("cache_write_input_tokens") or 0)
-    return Usage(
-        max(int(u.get("input_tokens") or 0) - cached - written, 0),
+    return fresh_input(
+        int(u.get("input_tokens") or 0),
         int(u.get("output_tokens") or 0),
-        cached,
-        written,
+        int(u.get("cached_input_tokens") or 0),
+        int(u.get("cache_write_input_tokens") or 0),
     )
 
 

@@ -149,7 +149,6 @@ class Meter:
         self.refused = ""  # why its requests were refused (its budget), once they were
         self.rejected = ""  # why a request was refused that no budget would let through
         self.revoked = False
-        self.requests = 0
         self.errors: list[ProviderError] = []  # the latest few
         self.failing_since: float | None = None  # first provider error since the last answer
         self.on_usage: Callable[[], None] | None = None  # told after each count
@@ -324,18 +323,22 @@ def anthropic_usage(u: Any) -> Usage:
 
 
 def responses_usage(u: Any) -> Usage:
-    """The Responses API counts cached input within `input_tokens`; the ledger keeps it apart."""
+    """A Responses API answer's usage."""
     if not isinstance(u, dict):
         return Usage()
     details = u.get("input_tokens_details") or {}
-    cached = int(details.get("cached_tokens") or 0)
-    written = int(details.get("cache_write_tokens") or 0)
-    return Usage(
-        max(int(u.get("input_tokens") or 0) - cached - written, 0),
+    return fresh_input(
+        int(u.get("input_tokens") or 0),
         int(u.get("output_tokens") or 0),
-        cached,
-        written,
+        int(details.get("cached_tokens") or 0),
+        int(details.get("cache_write_tokens") or 0),
     )
+
+
+def fresh_input(input_tokens: int, output_tokens: int, cached: int, written: int) -> Usage:
+    """Usage as the Responses wire counts it, where `input_tokens` holds the cached input too:
+    the ledger keeps fresh input apart from cache reads and writes."""
+    return Usage(max(input_tokens - cached - written, 0), output_tokens, cached, written)
 
 
 class AnswerReader:
@@ -612,7 +615,6 @@ class MeteringProxy:
                 meter.refused = meter.refused or why
                 await _refuse(send, wire, 400, "invalid_request_error", _spent(why), final=True)
                 return
-            meter.requests += 1
         forward = asyncio.create_task(
             self._forward(scope, upstream_path, headers, body, meter, send, model, held)
         )
