@@ -488,6 +488,8 @@ def test_the_agent_of_a_run_may_be_a_launcher_started_long_before_the_run() -> N
 
 # -- I8/F6 ---------------------------------------------------------------------------------------
 
+FENCE_WAIT_S = 2.0
+
 
 def _life(number: int, ready_at: float, ended_at: float | None) -> Life:
     life = Life("worker", number, None, "1", ready_at, None, Path("out"), Path("err"))  # type: ignore[arg-type]
@@ -509,7 +511,7 @@ def test_a_restart_that_moves_work_late_breaks_the_bound_and_is_named() -> None:
     _restart(monitor, quick, 7, 0.4)
     _restart(monitor, slow, 8, 34.6)
 
-    finding = bounds(monitor, [quick, slow])
+    finding = bounds(monitor, [quick, slow], FENCE_WAIT_S)
 
     assert finding.figures["longest_redrive_s"] == pytest.approx(34.6)
     assert finding.violations == [
@@ -523,7 +525,7 @@ def test_a_restart_killed_again_before_its_work_moved_is_not_measured() -> None:
     _restart(monitor, killed, 7, 34.6)  # moved only by a later process
     _restart(monitor, next_one, 7, 29.6 - 5.0)
 
-    finding = bounds(monitor, [killed, next_one])
+    finding = bounds(monitor, [killed, next_one], FENCE_WAIT_S)
 
     assert finding.violations == []
     assert finding.figures["restarts_cut_short"] == 1
@@ -535,6 +537,62 @@ def test_a_restart_that_lived_past_the_bound_without_moving_work_is_measured() -
     idle = _life(1, 100.0, 140.0)
     _restart(monitor, idle, 7, None)
 
-    finding = bounds(monitor, [idle])
+    finding = bounds(monitor, [idle], FENCE_WAIT_S)
 
     assert finding.violations == ["1 restart(s) after which runnable work never moved"]
+
+
+def _paused(tmp_path: Path, ended_after_resume: float | None, fenced: int) -> Life:
+    """worker#1, paused at 100 s holding job 7, which another process reclaimed; resumed at
+    140 s, with `fenced` writes refused in its log."""
+    err = tmp_path / "worker-1.err"
+    err.write_text("".join("write fenced: job 7 token 1 of w1\n" for _ in range(fenced)))
+    life = Life("worker", 1, None, "1", 90.0, None, Path("out"), err)  # type: ignore[arg-type]
+    life.ready_at, life.resumed_at = 90.0, 140.0
+    if ended_after_resume is not None:
+        life.ended_at = 140.0 + ended_after_resume
+    return life
+
+
+def _reclaimed(monitor: Monitor, life: Life) -> None:
+    monitor.watch("pause", life, [HeldJob(7, 7, 1)], 100.0)
+    monitor.watches[-1].resolved_at, monitor.watches[-1].how = 131.0, "reclaimed"
+
+
+def test_a_paused_worker_that_lived_on_after_losing_its_job_must_have_met_the_fence(
+    tmp_path: Path,
+) -> None:
+    monitor = Monitor(None, list)  # type: ignore[arg-type]
+    unfenced = _paused(tmp_path, None, fenced=0)
+    _reclaimed(monitor, unfenced)
+
+    finding = bounds(monitor, [unfenced], FENCE_WAIT_S)
+
+    assert finding.violations == [
+        "paused worker#1 lost its jobs and lived on, but no write was fenced"
+    ]
+
+
+def test_a_paused_worker_whose_late_write_was_refused_keeps_the_bound(tmp_path: Path) -> None:
+    monitor = Monitor(None, list)  # type: ignore[arg-type]
+    fenced = _paused(tmp_path, 30.0, fenced=2)
+    _reclaimed(monitor, fenced)
+
+    finding = bounds(monitor, [fenced], FENCE_WAIT_S)
+
+    assert finding.violations == []
+    assert finding.figures["fenced_writes"] == 2
+    assert finding.figures["longest_reclaim_s"] == pytest.approx(31.0)
+
+
+def test_a_paused_worker_that_died_before_its_next_heartbeat_had_nothing_to_fence(
+    tmp_path: Path,
+) -> None:
+    monitor = Monitor(None, list)  # type: ignore[arg-type]
+    crashed = _paused(tmp_path, 0.3, fenced=0)  # at its crash point, just after SIGCONT
+    _reclaimed(monitor, crashed)
+
+    finding = bounds(monitor, [crashed], FENCE_WAIT_S)
+
+    assert finding.violations == []
+    assert finding.figures["fenced_writes"] == 0

@@ -363,6 +363,11 @@ class Harness:
             time.sleep(0.02)
         self.state.last_fault_at = time.time()
 
+    @property
+    def _fence_wait_s(self) -> float:
+        """How long a resumed process gets for its next heartbeat to meet the fence."""
+        return self.o.heartbeat_s + 1.0
+
     def _pause(self, life: Life) -> bool:
         """SIGSTOP a process that holds a job, for longer than its lease plus two sweeps, so the
         other process must reclaim the job; then SIGCONT it, and give it time to try to write.
@@ -380,7 +385,7 @@ class Harness:
             self.say(f"pause: SIGSTOP {life.name}, which holds {len(held)} job(s)")
             time.sleep(self.o.lease_ttl_s + 2 * self.o.sweep_s)
             self.sup[life.role].resume(life)
-            time.sleep(self.o.heartbeat_s + 1.0)  # its next heartbeat meets the fence
+            time.sleep(self._fence_wait_s)
             self.state.last_fault_at = time.time()
             return True
         finally:
@@ -509,7 +514,7 @@ class Harness:
             ),
             checks.check_stops(history, T_CANCEL_S),
             checks.check_keys(history, sent),
-            bounds(self.monitor, self.lives()),
+            bounds(self.monitor, self.lives(), self._fence_wait_s),
             *self._more_findings(history),
         ]
         figures = self._figures(findings, elapsed_s)

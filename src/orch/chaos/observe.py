@@ -347,7 +347,7 @@ def end_leftovers(table: LinuxProcessTable, lives: list[Life], monitor: Monitor 
                 os.kill(pid, signal.SIGKILL)
 
 
-def bounds(monitor: Monitor, lives: list[Life]) -> checks.Finding:
+def bounds(monitor: Monitor, lives: list[Life], fence_wait_s: float) -> checks.Finding:
     """I8 and F6 as figures with bounds: re-drive after a restart, reclaim after a pause, and
     the fence that stops a paused worker's later writes."""
     f = checks.Finding("I8/F6", "re-drive, reclaim and fencing in bounds")
@@ -383,8 +383,19 @@ def bounds(monitor: Monitor, lives: list[Life]) -> checks.Finding:
     for w in monitor.unresolved("pause"):
         f.violations.append(f"job {w.job.job_id} held by paused {w.life} never moved on")
     fenced = sum(life.fenced_writes() for life in lives)
-    if monitor.count("pause", "reclaimed") and not fenced:
-        f.violations.append("paused workers' jobs were reclaimed, but no write was fenced")
+    # a paused process that died (at its crash point, say) before its first heartbeat after
+    # SIGCONT may never have written under its lost lease: there was nothing to fence
+    reclaimed_from = {w.life for w in monitor.watches if (w.cause, w.how) == ("pause", "reclaimed")}
+    tried = [
+        life
+        for life in lives
+        if life.name in reclaimed_from
+        and life.resumed_at is not None
+        and (life.ended_at is None or life.ended_at - life.resumed_at >= fence_wait_s)
+    ]
+    if tried and not sum(life.fenced_writes() for life in tried):
+        names = ", ".join(life.name for life in tried)
+        f.violations.append(f"paused {names} lost its jobs and lived on, but no write was fenced")
     f.figures.update(
         restarts_measured=len(measured),
         restarts_cut_short=cut_short,

@@ -48,6 +48,7 @@ class Life:
     crash_reached: str = ""  # the crash point it killed itself at, if it did
     killed_by_harness: bool = False
     paused: bool = False
+    resumed_at: float | None = None  # when it was last sent SIGCONT after a pause
 
     @property
     def name(self) -> str:
@@ -243,6 +244,7 @@ class Supervised:
         with self._cond:
             if life.paused:
                 life.paused = False
+                life.resumed_at = time.time()
                 self._signal(life, signal.SIGCONT)
 
     def stop(self, grace_s: float) -> list[str]:
