@@ -319,6 +319,28 @@ class Store(Protocol):
         as `record_usage` counts it."""
         ...
 
+    def note_spending(self, run_id: int, usage: Usage, retrying: str = "") -> None:
+        """What a run in flight has spent so far, for the budgets over time that every process
+        reads: kept on the run until its usage is counted (which replaces it), and in no task's
+        totals; and what it is retrying now ("" for nothing), for any process to show. Not
+        fenced: the money is spent whoever holds the task."""
+        ...
+
+    def retrying_runs(self) -> dict[int, str]:
+        """What the runs in flight are retrying, by task id, as their supervisors last noted:
+        only those retrying something."""
+        ...
+
+    def open_circuit(self, name: str, until: float, reason: str) -> None:
+        """A circuit breaker opened until `until` (the store's clock), for every process to
+        honour; a later `until` already noted stands."""
+        ...
+
+    def close_circuit(self, name: str) -> None: ...
+    def open_circuits(self) -> dict[str, tuple[float, str]]:
+        """The circuits open now: until when, and why."""
+        ...
+
     def spending(self, task_id: int) -> dict[Stage, Usage]: ...
     def spent_since(self, since: float, repo: str | None = None) -> Usage:
         """What the agent runs started since `since` spent: all of them, or one repository's."""
@@ -486,6 +508,12 @@ class AgentProcess(Protocol):
 
     def usage_from(self) -> UsageFrom | None:
         """Where the figures of `usage` come from; None: it reports none."""
+        ...
+
+    def limit(self, budget: Budget) -> None:
+        """Hold the rest of the run to `budget` (what it may spend in all, from its start)
+        instead of the one it started with: runs elsewhere have spent a budget over time since.
+        One that reports no usage cannot be held to it."""
         ...
 
     def retrying(self) -> bool:

@@ -27,7 +27,7 @@ from orch.domain import machine
 from orch.domain import pipeline as pl
 from orch.domain.errors import NotFound
 from orch.domain.failures import Trouble
-from orch.domain.ledger import Metered, Usage, UsageFrom
+from orch.domain.ledger import Budget, Metered, Usage, UsageFrom
 from orch.domain.model import Claim, Task
 from orch.domain.states import Stage
 from orch.modelserver import Edit, Fault, ModelServer, Say, Script, Shell, Turn, Write
@@ -165,6 +165,9 @@ class _Finished:
 
     def usage_from(self) -> UsageFrom | None:
         return None
+
+    def limit(self, budget: Budget) -> None:
+        return None  # it reports no usage to hold to one
 
     def retrying(self) -> bool:
         return False

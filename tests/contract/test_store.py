@@ -908,6 +908,55 @@ def test_the_usage_of_a_run_whose_lease_was_lost_is_counted_once_and_the_sweep_c
     assert store.get_task(task.id).spent == Usage(101, 11, cost_usd=0.11)
 
 
+def test_a_run_in_flight_counts_against_the_period_as_noted_until_its_usage_replaces_it(
+    store: SqlStore,
+) -> None:
+    task = new_task(store)
+    c = claim(store)
+    since = store.now() - 1
+    run_id = store.start_run(c, "claude", 7, "/tmp/run.log")
+    store.note_spending(run_id, Usage(100, 10, cost_usd=0.1))
+    store.note_spending(run_id, Usage(300, 30, cost_usd=0.3))  # each note replaces the last
+    assert store.spent_since(since) == Usage(300, 30, cost_usd=0.3)
+    assert store.spent_since(since, "app") == Usage(300, 30, cost_usd=0.3)
+    assert store.spent_since(since, "other") == Usage()
+    assert store.get_task(task.id).spent == Usage(), "in no task's totals while in flight"
+
+    store.finish_run(c, run_id, 0, Usage(400, 40, cost_usd=0.4))
+    store.note_spending(run_id, Usage(1, 1, cost_usd=0.01))  # a late note changes nothing
+    assert store.spent_since(since) == Usage(400, 40, cost_usd=0.4)
+    assert store.get_task(task.id).spent == Usage(400, 40, cost_usd=0.4)
+
+
+def test_what_a_run_in_flight_retries_is_known_until_it_ends(store: SqlStore) -> None:
+    task = new_task(store)
+    c = claim(store)
+    run_id = store.start_run(c, "claude", 7, "/tmp/run.log")
+    assert store.retrying_runs() == {}
+    store.note_spending(run_id, Usage(10, 1), "the provider failed: HTTP 529 overloaded_error")
+    assert store.retrying_runs() == {task.id: "the provider failed: HTTP 529 overloaded_error"}
+    store.note_spending(run_id, Usage(20, 2))  # it got an answer since
+    assert store.retrying_runs() == {}
+    store.note_spending(run_id, Usage(30, 3), "the provider failed: HTTP 500 api_error")
+    store.finish_run(c, run_id, 1, Usage(30, 3))
+    assert store.retrying_runs() == {}, "a run that ended retries nothing"
+
+
+def test_a_circuit_is_open_for_every_process_until_it_closes_or_its_time_is_up(
+    store: SqlStore,
+) -> None:
+    now = store.now()
+    store.open_circuit("claude", now + 60, "HTTP 529 overloaded_error")
+    store.open_circuit("claude", now + 30, "a shorter one")  # the later end stands
+    store.open_circuit("forge", now - 1, "already over")
+    assert store.open_circuits() == {"claude": (now + 60, "HTTP 529 overloaded_error")}
+    store.open_circuit("claude", now + 120, "open again, for longer")
+    assert store.open_circuits() == {"claude": (now + 120, "open again, for longer")}
+    store.close_circuit("claude")
+    store.close_circuit("codex")  # one never opened
+    assert store.open_circuits() == {}
+
+
 @pytest.mark.parametrize("end", ["advance", "retry", "supersede", "timer"])
 def test_a_jobs_last_write_closes_the_run_its_worker_could_not_close(
     store: SqlStore, end: str

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from orch.adapters.agents.claude_code import ClaudeCodeAgent
 from orch.adapters.store.sql import SqlStore
-from orch.domain.ledger import Prices
+from orch.domain.ledger import Figure, Prices, Usage, UsageFrom
 from orch.testing import InstantAgent, MemoryProcessTable, Rig, rig
 
 DEAD = "gone:1:x"
@@ -130,3 +130,23 @@ def test_the_runs_of_dead_workers_are_accounted_in_one_transaction(
     with WriteTransactions(store.engine) as again:
         assert r.engine.account_dead_runs(r.processes.is_dead) == 0
     assert again.committed == []
+
+
+def test_a_dead_run_whose_log_says_nothing_is_counted_from_what_it_noted_as_it_ran(
+    world: tuple[Rig, Path],
+) -> None:
+    r, logs = world
+    task = r.intake.file("app", "a ticket", "")
+    held = r.store.claim(DEAD, 60.0, lambda _repo: 10)
+    assert held is not None
+    run_id = r.store.start_run(held, "claude", 4001, str(logs / "never-written.log"))
+    r.store.note_spending(run_id, Usage(700, 70, 0, 0, 0.42))
+    assert isinstance(r.processes, MemoryProcessTable)
+    r.processes.dead.add(DEAD)
+
+    assert r.engine.account_dead_runs(r.processes.is_dead) == 1
+
+    [run] = r.store.runs(task.id)
+    assert run.usage == Usage(700, 70, 0, 0, 0.42)
+    assert run.usage_from == UsageFrom(Figure.ESTIMATED, Figure.ESTIMATED)
+    assert r.store.get_task(task.id).spent == Usage(700, 70, 0, 0, 0.42)

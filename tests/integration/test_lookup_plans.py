@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from orch.adapters.store import schema as t
 from orch.adapters.store.sql import SqlStore
+from orch.domain.ledger import Usage
 
 FINISHED = 3000  # tasks that ended long ago: what a lookup must not read
 
@@ -188,6 +189,19 @@ def test_the_runs_not_in_the_ledger_are_found_through_their_index(store: SqlStor
     )
     assert_read_through(store, "ix_runs_unaccounted", statements)
     assert [r.id for r in store.unaccounted_runs()] == [FINISHED + 1]
+
+
+def test_what_the_runs_in_flight_retry_is_read_through_the_open_runs_index(
+    store: SqlStore,
+) -> None:
+    store.note_spending(FINISHED + 1, Usage(100, 10), "the provider failed: HTTP 529")
+    statements = sent(
+        store,
+        store.retrying_runs,
+        lambda s: s.startswith("SELECT") and "retrying" in s,
+    )
+    assert_read_through(store, "ix_runs_open", statements)
+    assert store.retrying_runs() == {FINISHED + 1: "the provider failed: HTTP 529"}
 
 
 def test_the_merges_left_unsettled_are_found_through_their_index(store: SqlStore) -> None:

@@ -131,6 +131,20 @@ def test_a_spent_budget_refuses_the_next_request_finally(
     assert len([r for r in server.requests if r.script]) == 1, "the refused request never left"
 
 
+def test_a_run_held_to_a_tighter_budget_mid_run_is_refused_its_next_request(
+    server: ModelServer, proxy: MeteringProxy
+) -> None:
+    meter = proxy.issue(anthropic(server), Budget(tokens=5000), Pricing(None, "claude-sonnet-4-5"))
+    assert post(proxy, meter, MESSAGES).status_code == 200  # 1240 tokens of 5000
+
+    meter.limit(Budget(tokens=1200))  # runs elsewhere spent the rest of the day
+    refused = post(proxy, meter, MESSAGES)
+
+    assert refused.status_code == 400 and refused.headers["x-should-retry"] == "false"
+    assert meter.refused == "1240 of 1200 tokens"
+    assert len([r for r in server.requests if r.script]) == 1
+
+
 def test_a_token_that_is_unknown_or_revoked_is_refused(
     server: ModelServer, proxy: MeteringProxy
 ) -> None:
@@ -201,6 +215,45 @@ def test_usage_is_read_from_a_stream_cut_at_any_byte(server: ModelServer) -> Non
         reader.end()
         assert meter.usage().tokens == USAGE.input_tokens + USAGE.output_tokens + 40
         assert meter.usage().cache_read == 300
+
+
+def test_a_responses_stream_cut_before_its_usage_is_counted_as_an_estimate(
+    tmp_path: Path,
+) -> None:
+    upstream = Upstream("responses", "http://127.0.0.1:9/v1", KEY, "OPENAI_API_KEY")
+    record = tmp_path / "run.log.usage.jsonl"
+    meter = Meter("t", upstream, Budget(), Pricing(None, "gpt-5.5"), record)
+    reader = AnswerReader(meter, "gpt-5.5", streamed=True, asked=4000)
+    events = [
+        {"type": "response.created", "response": {"id": "r", "usage": None}},
+        {"type": "response.output_text.delta", "item_id": "m", "delta": "x" * 30},
+        {"type": "response.function_call_arguments.delta", "item_id": "f", "delta": "y" * 10},
+    ]
+    reader.feed(b"".join(f"data: {json.dumps(e)}\n\n".encode() for e in events))
+
+    reader.end(cut=True)
+
+    # no usage came: the request's 4000 bytes and 40 characters streamed, four to a token
+    assert (meter.usage().tokens_in, meter.usage().tokens_out) == (1000, 10)
+    assert meter.usage().cost_usd > 0
+    assert meter.metered().source.tokens == Figure.ESTIMATED
+    again = read_record(record, Pricing(None, "gpt-5.5"))
+    assert again is not None and again.usage == meter.usage()
+    assert again.source.tokens == Figure.ESTIMATED
+
+
+def test_a_stream_the_provider_ended_is_counted_as_it_reported_not_estimated(
+    server: ModelServer,
+) -> None:
+    raw = httpx.post(f"{server.url}/v1/messages", json=MESSAGES, headers={"x-api-key": KEY}).content
+    meter = Meter("t", anthropic(server), Budget(), Pricing(None, "claude-sonnet-4-5"))
+    reader = AnswerReader(meter, "claude-sonnet-4-5", streamed=True, asked=10**6)
+    reader.feed(raw)
+
+    reader.end(cut=True)  # a cut after the provider's closing usage changes nothing
+
+    assert meter.usage().tokens_out == USAGE.output_tokens
+    assert meter.metered().source.tokens == Figure.PROVIDER
 
 
 @pytest.mark.parametrize(
@@ -293,7 +346,10 @@ def test_revoking_a_run_cuts_off_its_answers_in_flight_and_counts_what_they_stre
         proxy.revoke(meter)
 
         assert meter.idle.is_set(), "the answer in flight was waited for"
-        assert meter.usage().tokens_in == 500, "what it streamed before the cut is counted"
+        # its input as message_start said; its output, not reported before the cut, is
+        # estimated from the 3 x 32 characters it streamed
+        assert (meter.usage().tokens_in, meter.usage().tokens_out) == (500, 24)
+        assert meter.metered().source.tokens == Figure.ESTIMATED
         assert upstream.closed.wait(10), "the provider's connection was closed"
         reading.join(10)
 
@@ -336,9 +392,15 @@ class _Dribble:
                     "usage": {"input_tokens": 500},
                 },
             }
+            said = {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": "Let me look at the failing test."},
+            }
             conn.sendall(
                 b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n"
                 + f"event: message_start\ndata: {json.dumps(start)}\n\n".encode()
+                + f"event: content_block_delta\ndata: {json.dumps(said)}\n\n".encode() * 3
             )
             self.started.set()
             conn.settimeout(0.2)

@@ -89,3 +89,19 @@ def test_a_dollar_budget_is_checked_against_the_configured_prices_between_report
     assert proc.wait(30) == -9
     assert proc.report().over_budget == "$0.0030 of $0.0020"
     assert proc.usage().cost_usd == pytest.approx(0.003)
+
+
+def test_an_agent_held_to_a_tighter_budget_than_it_has_spent_is_killed_at_once(
+    tmp_path: Path, started: list[StreamingProcess]
+) -> None:
+    req = request(tmp_path, Budget(tokens=5000))
+    proc = start(started, req, Prices())
+    while proc.usage().tokens < 1200 and proc.wait(0.05) is None:
+        pass
+    assert proc.wait(0) is None, "within its budget it waits for its file"
+    assert proc.usage().tokens == 1200
+
+    proc.limit(Budget(tokens=1000))  # runs elsewhere spent the rest of the day
+
+    assert proc.wait(30) == -9
+    assert proc.report().over_budget == "1200 of 1000 tokens"

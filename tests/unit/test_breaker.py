@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from orch.domain.failures import FailureClass, classify
 from orch.services.breaker import Breakers
-from orch.testing import SimClock
+from orch.testing import SimClock, memory_store
 
 
 def ok() -> str | None:
@@ -82,3 +82,39 @@ def test_failures_are_classed_by_exit_code_and_what_the_agent_printed() -> None:
     assert classify(1, "connect ECONNREFUSED 127.0.0.1:443")[0] == FailureClass.PROVIDER
     assert classify(1, "AssertionError: expected 3")[0] == FailureClass.TRANSIENT
     assert classify(-9, "")[0] == FailureClass.TRANSIENT
+
+
+def test_a_circuit_opened_in_one_process_holds_back_the_others_until_it_may_close() -> None:
+    clock = SimClock()
+    store = memory_store(clock)  # both processes' store, on one clock
+    worker = Breakers(threshold=2, cooldown_s=60, clock=clock, shared=store)
+    serve = Breakers(threshold=2, cooldown_s=60, clock=clock, shared=store)
+    for _ in range(2):
+        worker.record("claude", ok=False, provider_failure=True, reason="HTTP 529 overloaded")
+
+    assert serve.admit("claude", ok) == 60, "serve never saw a failure, but honours the circuit"
+    seen = serve.states()["claude"]
+    assert seen["circuit"] == "open" and seen["reason"] == "HTTP 529 overloaded"
+    assert serve.admit("codex", ok) == 0
+    clock.advance(45)
+    assert serve.admit("claude", ok) == 15
+
+    clock.advance(15)
+    assert serve.admit("claude", ok) == 0  # its cooldown is over everywhere
+    assert store.open_circuits() == {}
+
+
+def test_a_success_anywhere_closes_a_shared_circuit_for_everyone() -> None:
+    clock = SimClock()
+    store = memory_store(clock)
+    worker = Breakers(threshold=1, cooldown_s=60, clock=clock, shared=store)
+    serve = Breakers(threshold=1, cooldown_s=60, clock=clock, shared=store)
+    worker.record("claude", ok=False, provider_failure=True, reason="HTTP 500")
+    assert serve.admit("claude", ok) == 60
+
+    # a run serve started before the circuit opened comes back: the provider answered it
+    serve.record("claude", ok=True)
+
+    assert store.open_circuits() == {}
+    assert serve.admit("claude", ok) == 0
+    assert serve.state("claude")["circuit"] == "closed"

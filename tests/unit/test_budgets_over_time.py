@@ -1,19 +1,23 @@
 """Budgets over time: what all of orch, or one repository, may spend in a UTC day or month. A
 stage whose start finds one spent waits, uncounted and visibly, for the period to end; a run
-stopped by one waits likewise; a run that finished its work is kept."""
+stopped by one waits likewise; a run that finished its work is kept. Runs in flight in another
+process count as they note their spending in the store."""
 
 from __future__ import annotations
 
 import datetime as dt
+import time
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
 
 from orch.domain import pipeline as pl
 from orch.domain.ledger import Budget, Usage
+from orch.domain.model import Task
 from orch.domain.periods import Period
 from orch.domain.states import JobState, Stage, TaskStatus
-from orch.ports import RepoSettings
+from orch.ports import AgentRequest, RepoSettings
 from orch.services.over_time import over_time
 from orch.services.views import state_view, task_detail
 from orch.services.waits import Waits
@@ -50,11 +54,26 @@ def test_a_period_is_a_utc_day_or_month(period: Period, now: str, start: str, en
     assert period.end(utc(now)) == utc(end)
 
 
-def world(made: list[Rig], agent: InstantAgent, **budgets: Budget) -> tuple[Rig, SimClock]:
+def world(
+    made: list[Rig],
+    agent: InstantAgent,
+    max_active: int = 1,
+    heartbeat_s: float = 5.0,
+    **budgets: Budget,
+) -> tuple[Rig, SimClock]:
     clock = SimClock(START)
     per_period = {Period(k): v for k, v in budgets.items()}
-    repo = RepoSettings(name="app", test_command="true", key_prefix="APP", budgets=per_period)
-    r = rig({"default": agent}, pipeline=TWO, repo=repo, clock=clock, max_attempts=2)
+    repo = RepoSettings(
+        name="app", test_command="true", key_prefix="APP", budgets=per_period, max_active=max_active
+    )
+    r = rig(
+        {"default": agent},
+        pipeline=TWO,
+        repo=repo,
+        clock=clock,
+        max_attempts=2,
+        heartbeat_s=heartbeat_s,
+    )
     made.append(r)
     return r, clock
 
@@ -165,3 +184,138 @@ def test_a_task_waiting_for_a_budget_holds_no_slot_and_a_stop_ends_it_at_once(
     task = r.store.get_task(first.id)
     assert task.status == TaskStatus.CANCELLED, "the STOP did not wait for midnight"
     assert task.worked(r.store.now()) == worked, "waiting was not working time"
+
+
+def in_flight_elsewhere(r: Rig, spent: Usage) -> tuple[Task, int]:
+    """A task whose run another orch process is running, with what it has noted so far."""
+    theirs = r.intake.file("app", "elsewhere", "", actor="test")
+    claim = r.store.claim("elsewhere:1:other", 3600.0, r.repos.limit)
+    assert claim is not None and claim.task_id == theirs.id
+    run_id = r.store.start_run(claim, "default", None, "/tmp/elsewhere.log")
+    r.store.note_spending(run_id, spent)
+    return theirs, run_id
+
+
+def test_a_stage_waits_when_runs_in_flight_in_another_process_spent_the_day(
+    made: list[Rig],
+) -> None:
+    agent = InstantAgent(spends=RUN)
+    r, _ = world(made, agent, max_active=2, daily=Budget(usd=1.0))
+    in_flight_elsewhere(r, Usage(1000, 100, 0, 0, 1.0))
+    ours = r.intake.file("app", "ours", "", actor="test")
+
+    r.run_until_idle()
+
+    [job] = [j for j in r.store.jobs(ours.id) if j.state == JobState.QUEUED]
+    assert job.run_after == MIDNIGHT and job.attempt == 0
+    assert job.last_error.startswith(
+        "budget over time: the daily budget of repository app is spent ($1.0000 of $1.0000)"
+    )
+    assert agent.started == []
+
+
+class SpendingProcess:
+    """An agent process that spends `step` each time it is looked at, until it has been looked
+    at `ends_after` times (it exits 0) or is held to a budget it has crossed (it is killed, as
+    orch's own agents are). `meanwhile(n)` runs at its n-th look."""
+
+    pid = None
+
+    def __init__(self, step: Usage, ends_after: int, meanwhile: Callable[[int], None]) -> None:
+        self.step, self.ends_after, self.meanwhile = step, ends_after, meanwhile
+        self.spent = Usage()
+        self.looks = 0
+        self.code: int | None = None
+        self.limits: list[Budget] = []
+
+    def wait(self, timeout_s: float) -> int | None:
+        if self.code is None:
+            time.sleep(min(timeout_s, 0.01))
+            self.looks += 1
+            self.spent = self.spent + self.step
+            self.meanwhile(self.looks)
+            if self.looks >= self.ends_after:
+                self.code = 0
+        return self.code
+
+    def limit(self, budget: Budget) -> None:
+        self.limits.append(budget)
+        if budget.crossed(self.spent):
+            self.code = -9
+
+    def kill(self, grace_s: float) -> int | None:
+        self.code = -9 if self.code is None else self.code
+        return self.code
+
+    def usage(self) -> Usage:
+        return self.spent
+
+    def usage_from(self) -> None:
+        return None
+
+    def retrying(self) -> bool:
+        return False
+
+    def trouble(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def output_bytes(self) -> int:
+        return self.looks  # it prints as it goes: never a stall
+
+    def dropped_bytes(self) -> int:
+        return 0
+
+    def tail(self, chars: int = 2000) -> str:
+        return ""
+
+    def report(self) -> None:
+        return None
+
+
+class SpendingAgent(InstantAgent):
+    def __init__(self, make: Callable[[], SpendingProcess]) -> None:
+        super().__init__()
+        self.make = make
+        self.procs: list[SpendingProcess] = []
+
+    def start(self, request: AgentRequest) -> SpendingProcess:  # type: ignore[override]
+        self.started.append(request)
+        self.procs.append(self.make())
+        return self.procs[-1]
+
+
+def test_a_run_is_stopped_when_runs_in_another_process_spend_what_its_day_had_left(
+    made: list[Rig],
+) -> None:
+    every = {Period.DAILY: Budget(usd=1.0)}
+    holder: list[Rig] = []
+
+    def elsewhere_spends(look: int) -> None:
+        if look == 10:  # we have spent $0.50; the other process's run notes $0.90 in all
+            holder[0].store.note_spending(their_run, Usage(900, 90, 0, 0, 0.9))
+
+    agent = SpendingAgent(lambda: SpendingProcess(Usage(10, 1, 0, 0, 0.05), 400, elsewhere_spends))
+    r, _ = world(made, agent, max_active=2, heartbeat_s=0.05)
+    holder.append(r)
+    r.engine.tools.settings = replace(r.engine.tools.settings, budgets=every)
+    _, their_run = in_flight_elsewhere(r, Usage(200, 20, 0, 0, 0.2))
+    ours = r.intake.file("app", "ours", "", actor="test")
+
+    r.run_until_idle()
+
+    [proc] = agent.procs
+    assert proc.code == -9 and proc.looks < 400, "the run went on past what the day left it"
+    # at first it may spend what the day leaves after the other run's $0.20; once that run
+    # noted $0.90, only $0.10
+    assert proc.limits[0].usd == pytest.approx(0.8)
+    assert proc.limits[-1].usd == pytest.approx(0.1)
+    [job] = [j for j in r.store.jobs(ours.id) if j.state == JobState.QUEUED]
+    assert job.run_after == MIDNIGHT and job.attempt == 1
+    assert job.last_error.startswith(
+        "budget over time: the daily budget of all repositories is spent"
+    ), job.last_error
+    [run] = r.store.runs(ours.id)
+    assert run.cost_usd == pytest.approx(proc.spent.cost_usd)

@@ -4,8 +4,12 @@ it runs, its agent's provider retries."""
 
 from __future__ import annotations
 
+import pytest
+
+from orch.domain.ledger import Usage
 from orch.domain.model import Task
 from orch.ports import RepoSettings
+from orch.services.breaker import Breakers
 from orch.services.views import task_detail, task_summary
 from orch.services.waits import Waits
 from orch.testing import InstantAgent, Rig, SimClock, retry, rig
@@ -93,6 +97,34 @@ def test_a_running_task_whose_agent_retries_its_provider_says_so() -> None:
         "its agent is in provider retries: the provider failed: HTTP 529 overloaded_error"
     )
     assert quiet is None
+
+
+def test_a_task_run_by_another_process_in_provider_retries_says_so_from_its_note() -> None:
+    r, _ = world()
+    task = filed(r, "running elsewhere")
+    claim = r.store.claim("worker:2:elsewhere", 60, r.repos.limit)
+    assert claim is not None
+    run_id = r.store.start_run(claim, "default", None, "/tmp/run.log")
+    r.store.note_spending(run_id, Usage(), "the provider failed: HTTP 503")
+
+    # this process runs nothing: what it knows is what the other process noted
+    held = Waits(r.store, r.repos.limit, retrying={}.get).why(r.store.get_task(task.id))
+
+    assert held is not None and held.kind == "provider_retries"
+    assert held.text == "its agent is in provider retries: the provider failed: HTTP 503"
+
+
+def test_a_task_held_back_by_a_circuit_another_process_opened_says_so() -> None:
+    r, _ = world()
+    task = filed(r, "blocked elsewhere")
+    r.store.open_circuit("default", r.store.now() + 90, "HTTP 529")
+    here = Breakers(shared=r.store)  # this process saw no failure of its own
+
+    held = Waits(r.store, r.repos.limit, here.states(), wall=lambda: 100.0).why(task)
+
+    assert held is not None and held.kind == "circuit"
+    assert held.until == pytest.approx(190.0)
+    assert held.text.endswith("(HTTP 529)")
 
 
 def test_a_task_that_waits_for_a_person_or_is_parked_is_not_held_up() -> None:

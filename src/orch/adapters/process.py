@@ -18,7 +18,7 @@ from typing import IO
 
 from orch import crashpoints
 from orch.domain.failures import Trouble
-from orch.domain.ledger import UsageFrom
+from orch.domain.ledger import Budget, UsageFrom
 from orch.ports import DEFAULT_OUTPUT_CAP, AgentReport, Confinement, RunAs, Usage
 
 LAUNCHER = Path(__file__).with_name("sandbox") / "launcher.py"
@@ -293,6 +293,9 @@ class ProcessGroup:
 
     def usage_from(self) -> UsageFrom | None:
         return None
+
+    def limit(self, budget: Budget) -> None:
+        return None  # it reports no usage to hold to one
 
     def report(self) -> AgentReport | None:
         return None

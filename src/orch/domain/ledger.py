@@ -36,6 +36,16 @@ class Usage:
             self.cost_usd + other.cost_usd,
         )
 
+    def less(self, other: Usage) -> Usage:
+        """What is left after taking `other` away, each figure no lower than zero."""
+        return Usage(
+            max(self.tokens_in - other.tokens_in, 0),
+            max(self.tokens_out - other.tokens_out, 0),
+            max(self.cache_read - other.cache_read, 0),
+            max(self.cache_write - other.cache_write, 0),
+            max(self.cost_usd - other.cost_usd, 0.0),
+        )
+
     @property
     def tokens(self) -> int:
         """The tokens a token budget counts."""
@@ -83,6 +93,9 @@ class UsageFrom:
 
 # what a run's figures are when nothing says otherwise: the agent's own account
 AGENTS_OWN = UsageFrom(Figure.AGENT, Figure.AGENT)
+# a dead run's figures when its log says nothing: what it last noted in the store as it ran,
+# which may fall short of what it spent after
+NOTED = UsageFrom(Figure.ESTIMATED, Figure.ESTIMATED)
 
 
 @dataclass(frozen=True)

@@ -171,6 +171,7 @@ class Run:
     owner: str | None = None  # the incarnation that supervised it
     accounted_at: float | None = None  # when its usage entered the ledger
     usage_from: UsageFrom | None = None  # where its figures came from; None: not counted yet
+    retrying: str = ""  # in flight: what its supervisor last noted it retrying, if anything
 
     @property
     def usage(self) -> Usage:

@@ -25,7 +25,7 @@ from orch.domain.errors import (
     WaitsForBudget,
 )
 from orch.domain.failures import FailureClass, classify
-from orch.domain.ledger import Limits, Usage, budgets_of
+from orch.domain.ledger import NOTED, Limits, Usage, budgets_of
 from orch.domain.model import Run, Task
 from orch.domain.periods import WAITS_FOR_BUDGET, OverTime, resets
 from orch.domain.pipeline import Decision, Pipeline
@@ -40,6 +40,7 @@ from orch.ports import (
     RunUsage,
     Store,
 )
+from orch.services.in_flight import InFlight, SpendingWatch
 from orch.services.over_time import over_time
 from orch.services.work import Tools, Work
 
@@ -154,7 +155,16 @@ class AgentRunner:
             outcome = RunOutcome.ERROR
             report = None
             telling = _Telling(started) if started is not None else None
-            tools.running[task.id] = (task.repo, proc)
+            flight = InFlight(task.repo, run_id, proc)
+            tools.running[task.id] = flight
+            watch = SpendingWatch(
+                self.store,
+                flight,
+                limits,
+                (repo_budgets, tools.settings.budgets),
+                tools.live_spending,
+                tools.settings.heartbeat_s,
+            )
             try:
                 code, outcome = work.lease.supervise(
                     proc,
@@ -162,7 +172,9 @@ class AgentRunner:
                     tools.settings.kill_grace_s,
                     stall_s=spec.stall_s,
                     deadline_s=deadline_left,
+                    on_tick=watch.tick,
                 )
+                limits = watch.limits
                 report = proc.report()
                 # orch's own reckoning names the budget (the stage's or the task's); an agent that
                 # cannot be stopped mid-run is held to it when it ends. A run that finished its
@@ -257,9 +269,12 @@ class AgentRunner:
                 continue
             agent = self.tools.agents.get(run.agent)
             metered = agent.usage_from_log(Path(run.log_path)) if agent is not None else None
-            # counted even when nothing can be read, so the log is read once
-            if metered is None:
-                spent.append(RunUsage(run.task_id, run.id, Usage()))
+            # what it noted in the store as it ran, where its log (lost, cut short) says less.
+            # Counted even when nothing is known, so the log is read once
+            noted = run.usage
+            if metered is None or metered.usage.tokens < noted.tokens:
+                source = NOTED if noted.tokens or noted.cache_read or noted.cost_usd else None
+                spent.append(RunUsage(run.task_id, run.id, noted, source))
             else:
                 spent.append(RunUsage(run.task_id, run.id, metered.usage, metered.source))
         self.store.record_usages(spent)

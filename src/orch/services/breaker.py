@@ -4,6 +4,10 @@ After `threshold` provider failures in a row (rate limits, network errors) the c
 no new attempt of that agent is launched for `cooldown_s`. Then it is half-open: one attempt may
 go, after a cheap preflight check of the agent passes. Its success closes the circuit; a failure
 opens it again for twice as long, up to `max_cooldown_s`.
+
+With `shared` (the store), a circuit that opens is noted there until its cooldown ends, and every
+process's breakers hold back new attempts of that agent until then: an outage seen by one worker
+stops the others too. Each process counts its own failures in a row.
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
+
+from orch.domain.errors import OrchError
 
 log = logging.getLogger("orch.engine")
 
@@ -34,6 +41,18 @@ class _State:
     last_reason: str = ""
 
 
+class SharedCircuits(Protocol):
+    """Where circuits opened in any process are noted (the store)."""
+
+    def now(self) -> float: ...
+    def open_circuit(self, name: str, until: float, reason: str) -> None: ...
+    def close_circuit(self, name: str) -> None: ...
+    def open_circuits(self) -> dict[str, tuple[float, str]]: ...
+
+
+SHARED_READ_EVERY_S = 1.0  # how stale this process's view of the others' circuits may be
+
+
 class Breakers:
     def __init__(
         self,
@@ -41,6 +60,7 @@ class Breakers:
         cooldown_s: float = 30.0,
         max_cooldown_s: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
+        shared: SharedCircuits | None = None,
     ) -> None:
         self.threshold = threshold
         self.cooldown_s = cooldown_s
@@ -48,12 +68,23 @@ class Breakers:
         self._clock = clock
         self._lock = threading.Lock()
         self._states: dict[str, _State] = {}
+        self.shared = shared
+        # the circuits open in the store, as last read: name -> (seconds left then, why), and
+        # when (this process's clock)
+        self._others: dict[str, tuple[float, str]] = {}
+        self._others_read_at: float | None = None
         # told (agent, reason, cooldown) each time a circuit opens, outside the lock
         self.on_open: Callable[[str, str, float], None] | None = None
 
     def admit(self, agent: str, preflight: Callable[[], str | None]) -> float:
         """0 if an attempt of `agent` may start now, else the seconds until it may ask again.
         A refused attempt is not this task's failure: it waits."""
+        with self._lock:
+            closed = self._states.setdefault(agent, _State()).circuit == Circuit.CLOSED
+        if closed:
+            elsewhere = self._open_elsewhere(agent)
+            if elsewhere is not None:
+                return elsewhere[0]
         with self._lock:
             st = self._states.setdefault(agent, _State())
             if st.circuit == Circuit.CLOSED:
@@ -89,11 +120,16 @@ class Breakers:
             return
         with self._lock:
             st = self._states.setdefault(agent, _State())
+            was_open = st.circuit != Circuit.CLOSED or agent in self._others
             if ok or st.circuit == Circuit.HALF_OPEN:
                 # the provider answered: whatever the agent made of it, the provider is up
                 self._states[agent] = _State()
+                self._others.pop(agent, None)
             else:
                 st.failures = 0
+                was_open = False
+        if was_open:
+            self._share(lambda s: s.close_circuit(agent))
 
     def release(self, agent: str) -> None:
         """An admitted attempt ended without telling how the provider did (the job crashed,
@@ -131,6 +167,7 @@ class Breakers:
             st.probing = False
             st.last_reason = reason
             cooldown = st.cooldown_s
+        self._share(lambda s: s.open_circuit(agent, s.now() + cooldown, reason))
         if self.on_open is not None:
             try:
                 self.on_open(agent, reason, cooldown)
@@ -139,19 +176,72 @@ class Breakers:
         return cooldown
 
     def state(self, agent: str) -> dict[str, object]:
+        elsewhere = self._open_elsewhere(agent)
         with self._lock:
             st = self._states.get(agent, _State())
-            retry_in = 0.0
+            retry_in, circuit, reason = 0.0, st.circuit, st.last_reason
             if st.circuit == Circuit.OPEN:
                 retry_in = max(0.0, st.opened_at + st.cooldown_s - self._clock())
+            if elsewhere is not None and elsewhere[0] > retry_in:
+                # opened by another process, or open there for longer
+                retry_in, circuit, reason = elsewhere[0], Circuit.OPEN, elsewhere[1]
             return {
-                "circuit": st.circuit.value,
+                "circuit": circuit.value,
                 "failures_in_a_row": st.failures,
                 "retry_in_s": round(retry_in, 3),
-                "reason": st.last_reason,
+                "reason": reason,
             }
 
     def states(self) -> dict[str, dict[str, object]]:
+        self._read_others()
         with self._lock:
-            names = list(self._states)
+            names = list(dict.fromkeys([*self._states, *self._others]))
         return {name: self.state(name) for name in names}
+
+    # -- the circuits of every process, in the store -----------------------------------------
+
+    def _open_elsewhere(self, agent: str) -> tuple[float, str] | None:
+        """Seconds until the circuit of `agent` noted in the store closes, and why; None if it
+        is not open there."""
+        read_at = self._read_others()
+        with self._lock:
+            found = self._others.get(agent)
+        if found is None or read_at is None:
+            return None
+        left = found[0] - (self._clock() - read_at)
+        return (left, found[1]) if left > 0 else None
+
+    def _read_others(self) -> float | None:
+        """Read the store's open circuits if the last read is stale; when it was read."""
+        if self.shared is None:
+            return None
+        now = self._clock()
+        with self._lock:
+            fresh = (
+                self._others_read_at is not None
+                and now - self._others_read_at < SHARED_READ_EVERY_S
+            )
+            if fresh:
+                return self._others_read_at
+        try:
+            opened = self.shared.open_circuits()
+            store_now = self.shared.now()
+        except OrchError as exc:  # the store is away: go on with what this process knows
+            log.warning("could not read the circuits of other processes: %s", exc)
+            with self._lock:
+                self._others, self._others_read_at = {}, now  # asked again after a while
+            return None
+        with self._lock:
+            self._others = {n: (until - store_now, why) for n, (until, why) in opened.items()}
+            self._others_read_at = now
+        return now
+
+    def _share(self, write: Callable[[SharedCircuits], None]) -> None:
+        if self.shared is None:
+            return
+        try:
+            write(self.shared)
+        except OrchError as exc:  # the others will learn of it from their own failures
+            log.warning("could not share a circuit with other processes: %s", exc)
+        with self._lock:
+            self._others_read_at = None  # read again next time

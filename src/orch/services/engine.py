@@ -17,6 +17,7 @@ from orch.services.agent_run import AgentRunner
 from orch.services.breaker import Breakers
 from orch.services.deploy import Deployer
 from orch.services.gates import Gates
+from orch.services.in_flight import retrying
 from orch.services.inbox import Inbox
 from orch.services.job import Jobs
 from orch.services.merge import Merger
@@ -58,7 +59,8 @@ class Engine:
             settings=settings,
             environ=dict(os.environ if environ is None else environ),
             rng=rng or random.Random(),
-            breakers=breakers or Breakers(settings.breaker_threshold, settings.breaker_cooldown_s),
+            breakers=breakers
+            or Breakers(settings.breaker_threshold, settings.breaker_cooldown_s, shared=store),
             reporter=reporter,
         )
         if self.tools.breakers.on_open is None:
@@ -97,11 +99,7 @@ class Engine:
     def provider_retries(self, task_id: int) -> str | None:
         """What a task's running agent is retrying, if it runs here and retries its provider."""
         running = self.tools.running.get(task_id)
-        if running is None or not running[1].retrying():
-            return None
-        proc = running[1]
-        trouble = proc.trouble()
-        return trouble.why if trouble is not None else "its CLI retries its model requests"
+        return (retrying(running.proc) or None) if running is not None else None
 
     @property
     def shutdown(self) -> threading.Event:

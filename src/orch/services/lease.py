@@ -155,15 +155,17 @@ class Lease:
         cancellable: bool = True,
         stall_s: float | None = None,
         deadline_s: float | None = None,
+        on_tick: Callable[[], None] | None = None,
     ) -> tuple[int | None, RunOutcome]:
         """Wait for a child; return its exit code and how it ended.
 
         Separate clocks end it: the attempt's `timeout_s`, `stall_s` without new output (output
-        while the agent retries its provider does not count), and
-        `deadline_s`, what is left of the task's deadline. However the wait ends early (the lease
-        lost, a STOP, a shutdown, an error, an interrupt) the child's group is killed first, so
-        no agent outlives its lease and no two agents share a worktree. A child that is not
-        `cancellable` (a deploy) is left to finish when a STOP arrives.
+        while the agent retries its provider does not count), and `deadline_s`, what is left of
+        the task's deadline. `on_tick` is called each time the child is looked at. However the
+        wait ends early (the lease lost, a STOP, a shutdown, an error, an interrupt) the child's
+        group is killed first, so no agent outlives its lease and no two agents share a
+        worktree. A child that is not `cancellable` (a deploy) is left to finish when a STOP
+        arrives.
         """
         started = self._monotonic()
         limit, limit_outcome = timeout_s, RunOutcome.TIMED_OUT
@@ -187,6 +189,8 @@ class Lease:
                     raise ShuttingDown("orch is shutting down")
                 if cancellable and self.cancel_seen:
                     raise CancelRequested("stop requested")
+                if on_tick is not None:
+                    on_tick()
                 if stall_s is not None:
                     now, size = self._monotonic(), proc.output_bytes()
                     if size != printed:

@@ -46,6 +46,8 @@ class Waits:
         self.repo_limit = repo_limit
         self.circuits = circuits or {}
         self.retrying = retrying
+        # what runs in flight in any process last noted they retry
+        self.noted = store.retrying_runs()
         # the breakers count on this process's clock: an end is shown on the wall clock
         self.wall = wall
 
@@ -57,6 +59,7 @@ class Waits:
             return None
         if job.state == JobState.RUNNING:
             said = self.retrying(task.id) if self.retrying is not None else None
+            said = said or self.noted.get(task.id)
             if said:
                 return Waiting("provider_retries", f"its agent is in provider retries: {said}")
             return None

@@ -25,7 +25,6 @@ from orch.domain.periods import Period
 from orch.domain.pipeline import Decision, Pipeline, StageSpec
 from orch.ports import (
     Agent,
-    AgentProcess,
     CommandRunner,
     Confinement,
     Forge,
@@ -36,6 +35,7 @@ from orch.ports import (
     Store,
 )
 from orch.services.breaker import Breakers
+from orch.services.in_flight import InFlight
 from orch.services.lease import Heartbeats, Held, Lease
 
 
@@ -76,14 +76,14 @@ class Tools:
     heartbeats: Heartbeats = field(default_factory=Heartbeats)  # and what renews them
     # writes news back to the tracker a task came from (orch.services.reporting), if any
     reporter: Notifier | None = None
-    # the agent processes this process's jobs run, with their repositories, by task id: what
-    # shows one in provider retries, and what runs in flight have spent
-    running: dict[int, tuple[str, AgentProcess]] = field(default_factory=dict)
+    # the agent runs this process's jobs supervise, by task id: what shows one in provider
+    # retries, and what runs in flight have spent
+    running: dict[int, InFlight] = field(default_factory=dict)
 
     def live_spending(self) -> list[tuple[str, Usage]]:
-        """What the agent runs in flight here have spent so far, by repository: not in the
-        store's figures until each run ends."""
-        return [(repo, proc.usage()) for repo, proc in list(self.running.values())]
+        """What the agent runs in flight here have spent, by repository, that the store does
+        not hold yet (each notes its spending there as it goes)."""
+        return [(f.repo, f.unnoted()) for f in list(self.running.values())]
 
     def backoff(self, attempt: int) -> float:
         s = self.settings

@@ -146,6 +146,7 @@ class Meter:
         self._lock = threading.Lock()
         self._usage = Usage()
         self._unpriced = False
+        self._estimated = False  # an answer cut off before its usage came was estimated
         self.refused = ""  # why its requests were refused (its budget), once they were
         self.rejected = ""  # why a request was refused that no budget would let through
         self.revoked = False
@@ -158,12 +159,13 @@ class Meter:
         self.idle = threading.Event()  # set while none is in flight
         self.idle.set()
 
-    def add(self, model: str, delta: Usage) -> None:
+    def add(self, model: str, delta: Usage, estimated: bool = False) -> None:
         prices = self.pricing.of(model)
         cost = prices.cost(delta) if prices is not None else 0.0
         with self._lock:
             self._usage = self._usage + replace(delta, cost_usd=cost)
             self._unpriced = self._unpriced or prices is None
+            self._estimated = self._estimated or estimated
         told = self.on_usage
         if told is not None:
             told()
@@ -175,10 +177,8 @@ class Meter:
     def metered(self) -> Metered:
         with self._lock:
             usd = Figure.UNPRICED if self._unpriced and not self._usage.cost_usd else None
-            return Metered(
-                self._usage,
-                UsageFrom(Figure.PROVIDER, usd or Figure.ESTIMATED),
-            )
+            tokens = Figure.ESTIMATED if self._estimated else Figure.PROVIDER
+            return Metered(self._usage, UsageFrom(tokens, usd or Figure.ESTIMATED))
 
     def admit(self, model: str, body_size: int) -> tuple[str, Usage]:
         """Whether one more request may go: "" and what it holds back until its answer is
@@ -206,6 +206,11 @@ class Meter:
             " give the agent `prices`"
         )
 
+    def limit(self, budget: Budget) -> None:
+        """Hold its next requests to `budget` instead."""
+        with self._lock:
+            self.budget = budget
+
     def end(self) -> None:
         """Its run ended: no request of it is admitted any more."""
         with self._lock:
@@ -214,7 +219,7 @@ class Meter:
     def release(self, held: Usage, answer: Usage) -> None:
         """A request's answer is counted (as `answer`): what it held back is free again."""
         with self._lock:
-            self._reserved = _minus(self._reserved, held)
+            self._reserved = self._reserved.less(held)
             if answer.tokens > self._largest.tokens:
                 self._largest = answer
 
@@ -236,25 +241,17 @@ class Meter:
                 return None
             return self.errors[-1]
 
-    def write(self, model: str, usage: Usage) -> None:
+    def write(self, model: str, usage: Usage, estimated: bool = False) -> None:
         if self.record is None:
             return
-        line = json.dumps({"model": model, **usage.as_dict()})
+        line = json.dumps(
+            {"model": model, **usage.as_dict(), **({"estimated": True} if estimated else {})}
+        )
         try:
             with open(self.record, "a", encoding="utf-8") as out:
                 out.write(line + "\n")
         except OSError as exc:
             log.warning("could not record a model answer in %s: %s", self.record, exc)
-
-
-def _minus(a: Usage, b: Usage) -> Usage:
-    return Usage(
-        max(a.tokens_in - b.tokens_in, 0),
-        max(a.tokens_out - b.tokens_out, 0),
-        max(a.cache_read - b.cache_read, 0),
-        max(a.cache_write - b.cache_write, 0),
-        max(a.cost_usd - b.cost_usd, 0.0),
-    )
 
 
 def read_record(path: Path, pricing: Pricing) -> Metered | None:
@@ -263,7 +260,7 @@ def read_record(path: Path, pricing: Pricing) -> Metered | None:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError:
         return None
-    total, unpriced = Usage(), False
+    total, unpriced, estimated = Usage(), False, False
     for line in lines:
         try:
             row = json.loads(line)
@@ -272,9 +269,10 @@ def read_record(path: Path, pricing: Pricing) -> Metered | None:
             continue
         prices = pricing.of(str(row.get("model") or ""))
         unpriced = unpriced or prices is None
+        estimated = estimated or row.get("estimated") is True
         total = total + replace(usage, cost_usd=prices.cost(usage) if prices else 0.0)
     usd = Figure.UNPRICED if unpriced and not total.cost_usd else Figure.ESTIMATED
-    return Metered(total, UsageFrom(Figure.PROVIDER, usd))
+    return Metered(total, UsageFrom(Figure.ESTIMATED if estimated else Figure.PROVIDER, usd))
 
 
 class _Count:
@@ -286,8 +284,9 @@ class _Count:
         self.meter = meter
         self.model = model
         self.seen = Usage()
+        self.estimated = False
 
-    def saw(self, now: Usage, model: str | None = None) -> None:
+    def saw(self, now: Usage, model: str | None = None, estimated: bool = False) -> None:
         if model:
             self.model = model
         top = Usage(
@@ -304,11 +303,12 @@ class _Count:
         )
         self.seen = top
         if delta.tokens or delta.cache_read:
-            self.meter.add(self.model, delta)
+            self.estimated = self.estimated or estimated
+            self.meter.add(self.model, delta, estimated)
 
     def done(self) -> None:
         if self.seen.tokens or self.seen.cache_read:
-            self.meter.write(self.model, self.seen)
+            self.meter.write(self.model, self.seen, self.estimated)
 
 
 def anthropic_usage(u: Any) -> Usage:
@@ -344,10 +344,13 @@ def fresh_input(input_tokens: int, output_tokens: int, cached: int, written: int
 class AnswerReader:
     """Reads the usage (and any error) out of one answer as its bytes pass through."""
 
-    def __init__(self, meter: Meter, model: str, streamed: bool) -> None:
+    def __init__(self, meter: Meter, model: str, streamed: bool, asked: int = 0) -> None:
         self.count = _Count(meter, model)
         self.meter = meter
         self.streamed = streamed  # an event stream, by its content type
+        self.asked = asked  # the request's size in bytes
+        self.final = False  # the answer's closing usage was read
+        self.said = 0  # characters of text the answer streamed
         self.buffer = b""
         self.data: list[bytes] = []
         self.body = bytearray()
@@ -375,8 +378,11 @@ class AnswerReader:
 
     def _event(self) -> None:
         data, self.data = b"\n".join(self.data), []
-        # most events are text deltas: only those that can say something are parsed
+        # most events are deltas: of those only the length of what they say is kept, for an
+        # answer cut off before its usage
         if b'"usage"' not in data and b'"error"' not in data and b"message_start" not in data:
+            if b"delta" in data:
+                self.said += _said(data)
             return
         try:
             event = json.loads(data)
@@ -393,15 +399,18 @@ class AnswerReader:
                 self.count.saw(anthropic_usage(message.get("usage")), message.get("model"))
             elif kind == "message_delta":
                 self.count.saw(anthropic_usage(event.get("usage")))
+                self.final = True
             elif kind == "error":
                 self._error(event.get("error"))
             elif kind == "message" or "usage" in event:
                 # a plain answer: the whole message
                 self.count.saw(anthropic_usage(event.get("usage")), event.get("model"))
+                self.final = True
         else:
             response = event.get("response") if "response" in event else event
             if isinstance(response, dict) and isinstance(response.get("usage"), dict):
                 self.count.saw(responses_usage(response["usage"]), response.get("model"))
+                self.final = True
             if kind in ("error", "response.failed"):
                 err = event.get("error") or (response or {}).get("error")
                 self._error(err if isinstance(err, dict) else event)
@@ -414,10 +423,14 @@ class AnswerReader:
                 kind = str(err["code"])
             self.error = (kind, str(err.get("message", "")))
 
-    def end(self) -> None:
+    def end(self, cut: bool = False) -> None:
+        """The answer is over; `cut`: it was cut off (the run revoked, the connection broken)
+        before the provider ended it."""
         if self.streamed:
             if self.data:
                 self._event()
+            if cut and not self.final:
+                self._estimate()
         elif self.body:
             body: Any = None
             if not self.cut:
@@ -436,6 +449,39 @@ class AnswerReader:
                 if usage is not None:
                     self._read({"usage": usage, "type": "message"})
         self.count.done()
+
+    def _estimate(self) -> None:
+        """A stream cut off before its closing usage: the provider generated, and bills, what
+        it streamed, which it had not reported yet. Counted as orch's estimate: a token for
+        every four characters of text streamed, and the request's input (four bytes a token)
+        when no usage was read at all (the Responses API reports it only at the end)."""
+        seen = self.count.seen
+        asked = 0 if seen.tokens or seen.cache_read else self.asked // 4
+        said = -(-self.said // 4)
+        if asked > seen.tokens_in or said > seen.tokens_out:
+            guess = replace(
+                seen, tokens_in=max(seen.tokens_in, asked), tokens_out=max(seen.tokens_out, said)
+            )
+            self.count.saw(guess, estimated=True)
+
+
+def _said(data: bytes) -> int:
+    """How many characters of text (or tool input, or thinking) a delta event carries."""
+    try:
+        event = json.loads(data)
+    except ValueError:
+        return 0
+    if not isinstance(event, dict):
+        return 0
+    delta = event.get("delta")
+    if isinstance(delta, str):  # the Responses API's deltas
+        return len(delta)
+    if isinstance(delta, dict):  # the Messages API's content_block_delta
+        for field in ("text", "partial_json", "thinking"):
+            value = delta.get(field)
+            if isinstance(value, str):
+                return len(value)
+    return 0
 
 
 def _usage_in(tail: bytes) -> dict[str, Any] | None:
@@ -668,7 +714,7 @@ class MeteringProxy:
                 return
             try:
                 content = response.headers.get("content-type", "")
-                reader = AnswerReader(meter, model, "text/event-stream" in content)
+                reader = AnswerReader(meter, model, "text/event-stream" in content, len(body))
                 if response.status_code < 400:
                     meter.answered()
                 await send(
@@ -700,9 +746,9 @@ class MeteringProxy:
                         time.time(),
                     )
                 )
-                reader.end()
+                reader.end(cut=True)
             except asyncio.CancelledError:
-                reader.end()  # what it streamed before it was cut off is counted
+                reader.end(cut=True)  # what it streamed before it was cut off is counted
                 raise
             finally:
                 await response.aclose()

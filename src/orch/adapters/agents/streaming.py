@@ -23,7 +23,7 @@ from orch.adapters.agents.users import AgentUser
 from orch.adapters.process import Launchers, ProcessGroup
 from orch.domain.errors import AgentError
 from orch.domain.failures import FailureClass, Trouble
-from orch.domain.ledger import Figure, Metered, Prices, Usage, UsageFrom
+from orch.domain.ledger import Budget, Figure, Metered, Prices, Usage, UsageFrom
 from orch.domain.prices import Pricing
 from orch.ports import AgentReport, AgentRequest
 
@@ -140,6 +140,14 @@ class StreamingProcess:
             group = getattr(self, "_group", None)
             if group is not None:
                 group.kill_now()
+
+    def limit(self, budget: Budget) -> None:
+        if self.meter is not None:
+            self.meter.limit(budget)
+        with self._lock:
+            self._budget = budget
+            self._check()
+        self._stop_if_over()
 
     def wait(self, timeout_s: float) -> int | None:
         return self._group.wait(timeout_s)

@@ -298,6 +298,8 @@ runs = sa.Table(
     # where its tokens and its dollars came from (a ledger.Figure); NULL: the agent's, as before
     sa.Column("tokens_from", sa.String(16)),
     sa.Column("usd_from", sa.String(16)),
+    # what it is retrying, while in flight, as its supervisor last noted: "" or NULL when nothing
+    sa.Column("retrying", sa.Text),
     sa.Index("ix_runs_task", "task_id"),
     sa.Index("ix_runs_started", "started_at"),  # spending over time
     # the few runs not in the ledger yet, whose dead workers every sweep looks for
@@ -318,6 +320,16 @@ runs = sa.Table(
     _one_of("runs", "outcome", RunOutcome),
 )
 
+
+# the open circuit breakers (orch.services.breaker) that every process honours, until when (the
+# store's clock) and why; a circuit that closed has no row
+circuits = sa.Table(
+    "circuits",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("open_until", sa.Float, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False, server_default=""),
+)
 
 # running totals of what leaves no record of its own: leases the sweep took back, writes fencing
 # refused; only ever incremented

@@ -223,6 +223,39 @@ class Records(MemoryBase):
             for one in sorted(spent, key=lambda s: (s.run_id, s.task_id)):
                 self._account(t, one.task_id, one.run_id, one.usage, one.usage_from)
 
+    def note_spending(self, run_id: int, usage: Usage, retrying: str = "") -> None:
+        with self._write() as t:
+            run = t.runs[run_id]
+            if run.accounted_at is None:
+                t.runs[run_id] = replace(
+                    run,
+                    tokens_in=usage.tokens_in,
+                    tokens_out=usage.tokens_out,
+                    cache_read=usage.cache_read,
+                    cache_write=usage.cache_write,
+                    cost_usd=usage.cost_usd,
+                    retrying=retrying[:2000],
+                )
+
+    def retrying_runs(self) -> dict[int, str]:
+        with self._lock:
+            runs = list(self._t.runs.values())
+        return {r.task_id: r.retrying for r in runs if r.ended_at is None and r.retrying}
+
+    def open_circuit(self, name: str, until: float, reason: str) -> None:
+        with self._write() as t:
+            if t.circuits.get(name, (0.0, ""))[0] < until:
+                t.circuits[name] = (until, reason)
+
+    def close_circuit(self, name: str) -> None:
+        with self._write() as t:
+            t.circuits.pop(name, None)
+
+    def open_circuits(self) -> dict[str, tuple[float, str]]:
+        now = self.now()
+        with self._lock:
+            return {n: c for n, c in self._t.circuits.items() if c[0] > now}
+
     def _account(
         self,
         t: _Tables,

@@ -603,6 +603,7 @@ def _run(r: Any) -> Run:
         stage=Stage(r.stage),
         tools=r.tools or [],
         reported=Usage.from_dict(r.reported) if r.reported else None,
+        retrying=r.retrying or "",
         usage_from=UsageFrom(Figure(r.tokens_from), Figure(r.usd_from or Figure.AGENT))
         if r.tokens_from
         else None,

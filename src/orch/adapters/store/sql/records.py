@@ -327,6 +327,57 @@ class Records(SqlBase):
 
         self._write(fn)
 
+    def note_spending(self, run_id: int, usage: Usage, retrying: str = "") -> None:
+        runs = t.runs
+        noted = (
+            sa.update(runs)
+            .where(runs.c.id == run_id, runs.c.accounted_at.is_(None))
+            .values(
+                tokens_in=usage.tokens_in,
+                tokens_out=usage.tokens_out,
+                cache_read=usage.cache_read,
+                cache_write=usage.cache_write,
+                cost_usd=usage.cost_usd,
+                retrying=retrying[:2000],
+            )
+        )
+        self._write(lambda conn: conn.execute(noted))
+
+    def retrying_runs(self) -> dict[int, str]:
+        runs = t.runs
+        query = sa.select(runs.c.task_id, runs.c.retrying).where(
+            runs.c.ended_at.is_(None), runs.c.retrying.is_not(None), runs.c.retrying != ""
+        )
+        rows = self._read(lambda c: c.execute(query).all())
+        return {int(r.task_id): str(r.retrying) for r in rows}
+
+    def open_circuit(self, name: str, until: float, reason: str) -> None:
+        circuits = t.circuits
+
+        def fn(conn: Connection) -> None:
+            later = conn.execute(
+                sa.select(circuits.c.open_until).where(
+                    circuits.c.name == name, circuits.c.open_until >= until
+                )
+            ).first()
+            if later is not None:
+                return
+            conn.execute(sa.delete(circuits).where(circuits.c.name == name))
+            conn.execute(sa.insert(circuits).values(name=name, open_until=until, reason=reason))
+
+        self._write(fn)
+
+    def close_circuit(self, name: str) -> None:
+        circuits = t.circuits
+        self._write(lambda conn: conn.execute(sa.delete(circuits).where(circuits.c.name == name)))
+
+    def open_circuits(self) -> dict[str, tuple[float, str]]:
+        circuits = t.circuits
+        now = self.now()
+        query = sa.select(circuits).where(circuits.c.open_until > now)
+        rows = self._read(lambda c: c.execute(query).all())
+        return {str(r.name): (float(r.open_until), str(r.reason)) for r in rows}
+
     def _account(
         self,
         conn: Connection,
