@@ -331,14 +331,18 @@ class Store(Protocol):
         only those retrying something."""
         ...
 
-    def open_circuit(self, name: str, until: float, reason: str) -> None:
-        """A circuit breaker opened until `until` (the store's clock), for every process to
-        honour; a later `until` already noted stands."""
+    def open_circuit(self, name: str, until: float, cooldown_s: float, reason: str) -> None:
+        """A circuit breaker opened for `cooldown_s`, until `until` (the store's clock), for
+        every process to honour; a later `until` already noted stands."""
         ...
 
-    def close_circuit(self, name: str) -> None: ...
-    def open_circuits(self) -> dict[str, tuple[float, str]]:
-        """The circuits open now: until when, and why."""
+    def close_circuit(self, name: str) -> None:
+        """A probe got through: the circuit is closed for every process."""
+        ...
+
+    def circuits(self) -> dict[str, tuple[float, float, str]]:
+        """The circuits opened and not closed since (their cooldown may be over): until when,
+        for how long, and why."""
         ...
 
     def spending(self, task_id: int) -> dict[Stage, Usage]: ...

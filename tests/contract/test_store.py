@@ -921,6 +921,7 @@ def test_a_run_in_flight_counts_against_the_period_as_noted_until_its_usage_repl
     assert store.spent_since(since, "app") == Usage(300, 30, cost_usd=0.3)
     assert store.spent_since(since, "other") == Usage()
     assert store.get_task(task.id).spent == Usage(), "in no task's totals while in flight"
+    assert store.spending(task.id) == {}, "nor in its stages' ledger"
 
     store.finish_run(c, run_id, 0, Usage(400, 40, cost_usd=0.4))
     store.note_spending(run_id, Usage(1, 1, cost_usd=0.01))  # a late note changes nothing
@@ -942,19 +943,20 @@ def test_what_a_run_in_flight_retries_is_known_until_it_ends(store: SqlStore) ->
     assert store.retrying_runs() == {}, "a run that ended retries nothing"
 
 
-def test_a_circuit_is_open_for_every_process_until_it_closes_or_its_time_is_up(
-    store: SqlStore,
-) -> None:
+def test_a_circuit_is_noted_for_every_process_until_a_probe_closes_it(store: SqlStore) -> None:
     now = store.now()
-    store.open_circuit("claude", now + 60, "HTTP 529 overloaded_error")
-    store.open_circuit("claude", now + 30, "a shorter one")  # the later end stands
-    store.open_circuit("forge", now - 1, "already over")
-    assert store.open_circuits() == {"claude": (now + 60, "HTTP 529 overloaded_error")}
-    store.open_circuit("claude", now + 120, "open again, for longer")
-    assert store.open_circuits() == {"claude": (now + 120, "open again, for longer")}
+    store.open_circuit("claude", now + 60, 60, "HTTP 529 overloaded_error")
+    store.open_circuit("claude", now + 30, 30, "a shorter one")  # the later end stands
+    store.open_circuit("forge", now - 1, 30, "its cooldown is over")  # kept: nothing probed yet
+    assert store.circuits() == {
+        "claude": (now + 60, 60, "HTTP 529 overloaded_error"),
+        "forge": (now - 1, 30, "its cooldown is over"),
+    }
+    store.open_circuit("claude", now + 120, 120, "the probe failed")
+    assert store.circuits()["claude"] == (now + 120, 120, "the probe failed")
     store.close_circuit("claude")
     store.close_circuit("codex")  # one never opened
-    assert store.open_circuits() == {}
+    assert store.circuits() == {"forge": (now - 1, 30, "its cooldown is over")}
 
 
 @pytest.mark.parametrize("end", ["advance", "retry", "supersede", "timer"])

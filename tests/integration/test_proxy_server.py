@@ -256,6 +256,23 @@ def test_a_stream_the_provider_ended_is_counted_as_it_reported_not_estimated(
     assert meter.metered().source.tokens == Figure.PROVIDER
 
 
+def test_an_answer_is_recorded_once_however_often_its_end_is_told(
+    server: ModelServer, tmp_path: Path
+) -> None:
+    raw = httpx.post(f"{server.url}/v1/messages", json=MESSAGES, headers={"x-api-key": KEY}).content
+    record = tmp_path / "run.log.usage.jsonl"
+    meter = Meter("t", anthropic(server), Budget(), Pricing(None, "claude-sonnet-4-5"), record)
+    reader = AnswerReader(meter, "claude-sonnet-4-5", streamed=True)
+    reader.feed(raw)
+
+    reader.end()
+    reader.end(cut=True)  # the connection to the agent broke as the answer ended
+
+    assert len(record.read_text().splitlines()) == 1
+    again = read_record(record, Pricing(None, "claude-sonnet-4-5"))
+    assert again is not None and again.usage == meter.usage()
+
+
 @pytest.mark.parametrize(
     ("method", "target"),
     [

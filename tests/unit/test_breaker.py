@@ -84,7 +84,9 @@ def test_failures_are_classed_by_exit_code_and_what_the_agent_printed() -> None:
     assert classify(-9, "")[0] == FailureClass.TRANSIENT
 
 
-def test_a_circuit_opened_in_one_process_holds_back_the_others_until_it_may_close() -> None:
+def test_a_circuit_opened_in_one_process_holds_back_the_others_and_a_probe_anywhere_decides() -> (
+    None
+):
     clock = SimClock()
     store = memory_store(clock)  # both processes' store, on one clock
     worker = Breakers(threshold=2, cooldown_s=60, clock=clock, shared=store)
@@ -99,12 +101,26 @@ def test_a_circuit_opened_in_one_process_holds_back_the_others_until_it_may_clos
     clock.advance(45)
     assert serve.admit("claude", ok) == 15
 
+    # its cooldown is over: one probe goes, and the next attempt waits for it
     clock.advance(15)
-    assert serve.admit("claude", ok) == 0  # its cooldown is over everywhere
-    assert store.open_circuits() == {}
+    assert serve.admit("claude", ok) == 0
+    assert serve.admit("claude", ok) == 15
+    # the probe fails: open again, for twice as long, in the worker too
+    serve.record("claude", ok=False, provider_failure=True, reason="HTTP 529 overloaded")
+    clock.advance(1)
+    assert worker.admit("claude", ok) == 119
+
+    # the next probe gets through: closed everywhere
+    clock.advance(119)
+    assert serve.admit("claude", ok) == 0
+    serve.record("claude", ok=True)
+    clock.advance(1)  # past what the worker keeps of the store's circuits
+    assert worker.admit("claude", ok) == 0
+    assert worker.state("claude")["circuit"] == "closed"
+    assert store.circuits() == {}
 
 
-def test_a_success_anywhere_closes_a_shared_circuit_for_everyone() -> None:
+def test_an_attempt_let_go_before_the_circuit_opened_does_not_close_it_for_the_others() -> None:
     clock = SimClock()
     store = memory_store(clock)
     worker = Breakers(threshold=1, cooldown_s=60, clock=clock, shared=store)
@@ -112,9 +128,10 @@ def test_a_success_anywhere_closes_a_shared_circuit_for_everyone() -> None:
     worker.record("claude", ok=False, provider_failure=True, reason="HTTP 500")
     assert serve.admit("claude", ok) == 60
 
-    # a run serve started before the circuit opened comes back: the provider answered it
+    # a run serve started before the circuit opened comes back: the provider answered it then
     serve.record("claude", ok=True)
+    clock.advance(1)
 
-    assert store.open_circuits() == {}
-    assert serve.admit("claude", ok) == 0
-    assert serve.state("claude")["circuit"] == "closed"
+    assert worker.admit("claude", ok) == 59
+    assert serve.admit("claude", ok) == 59
+    assert list(store.circuits()) == ["claude"]

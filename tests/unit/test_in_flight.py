@@ -73,7 +73,7 @@ def test_a_run_notes_its_spending_once_per_interval_and_only_when_it_changed() -
     store, task_id, run_id = running(clock)
     flaky = Flaky(store)
     proc = Proc()
-    w = watch(flaky, InFlight("app", run_id, proc), clock)  # type: ignore[arg-type]
+    w = watch(flaky, InFlight("app", run_id, 1000.0, proc), clock)  # type: ignore[arg-type]
 
     proc.spent = Usage(100, 10, cost_usd=0.1)
     w.tick()  # before the first interval is over
@@ -91,7 +91,7 @@ def test_what_a_run_retries_is_noted_and_cleared_when_it_gets_an_answer() -> Non
     clock = SimClock(1000.0)
     store, task_id, run_id = running(clock)
     proc = Proc()
-    w = watch(store, InFlight("app", run_id, proc), clock)  # type: ignore[arg-type]
+    w = watch(store, InFlight("app", run_id, 1000.0, proc), clock)  # type: ignore[arg-type]
 
     proc.trouble_now = Trouble(FailureClass.PROVIDER, "the provider failed: HTTP 529")
     clock.advance(10)
@@ -109,7 +109,7 @@ def test_spending_not_noted_while_the_store_was_away_is_noted_when_it_is_back() 
     store, task_id, run_id = running(clock)
     flaky = Flaky(store)
     proc = Proc()
-    flight = InFlight("app", run_id, proc)
+    flight = InFlight("app", run_id, 1000.0, proc)
     w = watch(flaky, flight, clock)  # type: ignore[arg-type]
 
     proc.spent = Usage(300, 30, cost_usd=0.3)

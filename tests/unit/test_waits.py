@@ -112,12 +112,15 @@ def test_a_task_run_by_another_process_in_provider_retries_says_so_from_its_note
 
     assert held is not None and held.kind == "provider_retries"
     assert held.text == "its agent is in provider retries: the provider failed: HTTP 503"
+    # the process running it knows better than its last note: it got an answer since
+    here = Waits(r.store, r.repos.limit, retrying=lambda _task: "").why(r.store.get_task(task.id))
+    assert here is None
 
 
 def test_a_task_held_back_by_a_circuit_another_process_opened_says_so() -> None:
     r, _ = world()
     task = filed(r, "blocked elsewhere")
-    r.store.open_circuit("default", r.store.now() + 90, "HTTP 529")
+    r.store.open_circuit("default", r.store.now() + 90, 90, "HTTP 529")
     here = Breakers(shared=r.store)  # this process saw no failure of its own
 
     held = Waits(r.store, r.repos.limit, here.states(), wall=lambda: 100.0).why(task)

@@ -155,14 +155,14 @@ class AgentRunner:
             outcome = RunOutcome.ERROR
             report = None
             telling = _Telling(started) if started is not None else None
-            flight = InFlight(task.repo, run_id, proc)
+            flight = InFlight(task.repo, run_id, self.store.now(), proc)
             tools.running[task.id] = flight
             watch = SpendingWatch(
                 self.store,
                 flight,
                 limits,
                 (repo_budgets, tools.settings.budgets),
-                tools.live_spending,
+                lambda: tools.live_spending(but=flight),
                 tools.settings.heartbeat_s,
             )
             try:
@@ -196,10 +196,13 @@ class AgentRunner:
                 outcome = interrupted(signal)
                 raise
             finally:
-                tools.running.pop(task.id, None)
                 if telling is not None:
                     telling.join()  # told before whatever the run's end makes known
-                self._close(work, run_id, proc, outcome, report)
+                try:
+                    self._close(work, run_id, proc, outcome, report)
+                finally:
+                    # counted as in flight until its account is in the store
+                    tools.running.pop(task.id, None)
             return self._judge(work, agent.name, code, outcome, log_path, report, proc, limits)
 
     def _close(

@@ -5,9 +5,10 @@ no new attempt of that agent is launched for `cooldown_s`. Then it is half-open:
 go, after a cheap preflight check of the agent passes. Its success closes the circuit; a failure
 opens it again for twice as long, up to `max_cooldown_s`.
 
-With `shared` (the store), a circuit that opens is noted there until its cooldown ends, and every
-process's breakers hold back new attempts of that agent until then: an outage seen by one worker
-stops the others too. Each process counts its own failures in a row.
+With `shared` (the store), a circuit that opens is noted there, and every process's breakers
+take it as their own: each holds back that agent's attempts until the cooldown ends, then lets
+one probe go. A probe that succeeds, in any process, closes it everywhere; one that fails opens
+it again, everywhere, for longer. Each process counts its own failures in a row.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from orch.domain.errors import OrchError
 
 log = logging.getLogger("orch.engine")
 
+SHARED_READ_EVERY_S = 1.0  # how stale this process's view of the others' circuits may be
+
 
 class Circuit(StrEnum):
     CLOSED = "closed"
@@ -39,18 +42,16 @@ class _State:
     cooldown_s: float = 0.0
     probing: bool = False  # the half-open attempt is out
     last_reason: str = ""
+    shared: bool = False  # its opening is noted in the store
 
 
 class SharedCircuits(Protocol):
-    """Where circuits opened in any process are noted (the store)."""
+    """Where the circuits opened in any process are noted (the store)."""
 
     def now(self) -> float: ...
-    def open_circuit(self, name: str, until: float, reason: str) -> None: ...
+    def open_circuit(self, name: str, until: float, cooldown_s: float, reason: str) -> None: ...
     def close_circuit(self, name: str) -> None: ...
-    def open_circuits(self) -> dict[str, tuple[float, str]]: ...
-
-
-SHARED_READ_EVERY_S = 1.0  # how stale this process's view of the others' circuits may be
+    def circuits(self) -> dict[str, tuple[float, float, str]]: ...
 
 
 class Breakers:
@@ -69,22 +70,14 @@ class Breakers:
         self._lock = threading.Lock()
         self._states: dict[str, _State] = {}
         self.shared = shared
-        # the circuits open in the store, as last read: name -> (seconds left then, why), and
-        # when (this process's clock)
-        self._others: dict[str, tuple[float, str]] = {}
-        self._others_read_at: float | None = None
+        self._read_at: float | None = None  # when the store's circuits were read last
         # told (agent, reason, cooldown) each time a circuit opens, outside the lock
         self.on_open: Callable[[str, str, float], None] | None = None
 
     def admit(self, agent: str, preflight: Callable[[], str | None]) -> float:
         """0 if an attempt of `agent` may start now, else the seconds until it may ask again.
         A refused attempt is not this task's failure: it waits."""
-        with self._lock:
-            closed = self._states.setdefault(agent, _State()).circuit == Circuit.CLOSED
-        if closed:
-            elsewhere = self._open_elsewhere(agent)
-            if elsewhere is not None:
-                return elsewhere[0]
+        self._follow_others()
         with self._lock:
             st = self._states.setdefault(agent, _State())
             if st.circuit == Circuit.CLOSED:
@@ -120,15 +113,15 @@ class Breakers:
             return
         with self._lock:
             st = self._states.setdefault(agent, _State())
-            was_open = st.circuit != Circuit.CLOSED or agent in self._others
-            if ok or st.circuit == Circuit.HALF_OPEN:
-                # the provider answered: whatever the agent made of it, the provider is up
+            probed = st.circuit == Circuit.HALF_OPEN
+            if ok or probed:
+                # the provider answered: whatever the agent made of it, the provider is up. Only
+                # a probe says so for everyone: an attempt let go before the circuit opened
+                # tells of the provider as it was then
                 self._states[agent] = _State()
-                self._others.pop(agent, None)
             else:
                 st.failures = 0
-                was_open = False
-        if was_open:
+        if probed:
             self._share(lambda s: s.close_circuit(agent))
 
     def release(self, agent: str) -> None:
@@ -167,7 +160,9 @@ class Breakers:
             st.probing = False
             st.last_reason = reason
             cooldown = st.cooldown_s
-        self._share(lambda s: s.open_circuit(agent, s.now() + cooldown, reason))
+        if self._share(lambda s: s.open_circuit(agent, s.now() + cooldown, cooldown, reason)):
+            with self._lock:
+                st.shared = True
         if self.on_open is not None:
             try:
                 self.on_open(agent, reason, cooldown)
@@ -176,72 +171,75 @@ class Breakers:
         return cooldown
 
     def state(self, agent: str) -> dict[str, object]:
-        elsewhere = self._open_elsewhere(agent)
+        self._follow_others()
         with self._lock:
             st = self._states.get(agent, _State())
-            retry_in, circuit, reason = 0.0, st.circuit, st.last_reason
+            retry_in = 0.0
             if st.circuit == Circuit.OPEN:
                 retry_in = max(0.0, st.opened_at + st.cooldown_s - self._clock())
-            if elsewhere is not None and elsewhere[0] > retry_in:
-                # opened by another process, or open there for longer
-                retry_in, circuit, reason = elsewhere[0], Circuit.OPEN, elsewhere[1]
             return {
-                "circuit": circuit.value,
+                "circuit": st.circuit.value,
                 "failures_in_a_row": st.failures,
                 "retry_in_s": round(retry_in, 3),
-                "reason": reason,
+                "reason": st.last_reason,
             }
 
     def states(self) -> dict[str, dict[str, object]]:
-        self._read_others()
+        self._follow_others()
         with self._lock:
-            names = list(dict.fromkeys([*self._states, *self._others]))
+            names = list(self._states)
         return {name: self.state(name) for name in names}
 
     # -- the circuits of every process, in the store -----------------------------------------
 
-    def _open_elsewhere(self, agent: str) -> tuple[float, str] | None:
-        """Seconds until the circuit of `agent` noted in the store closes, and why; None if it
-        is not open there."""
-        read_at = self._read_others()
-        with self._lock:
-            found = self._others.get(agent)
-        if found is None or read_at is None:
-            return None
-        left = found[0] - (self._clock() - read_at)
-        return (left, found[1]) if left > 0 else None
-
-    def _read_others(self) -> float | None:
-        """Read the store's open circuits if the last read is stale; when it was read."""
+    def _follow_others(self) -> None:
+        """Take the store's circuits as this process's own, when the last look is stale: one
+        opened elsewhere opens here until the same end (or, already over, lets a probe go);
+        one that stays open longer elsewhere does here too; one this process saw in the store
+        that is gone from it was closed by a probe that got through."""
         if self.shared is None:
-            return None
+            return
         now = self._clock()
         with self._lock:
-            fresh = (
-                self._others_read_at is not None
-                and now - self._others_read_at < SHARED_READ_EVERY_S
-            )
-            if fresh:
-                return self._others_read_at
+            if self._read_at is not None and now - self._read_at < SHARED_READ_EVERY_S:
+                return
+            self._read_at = now  # another thread does not read it again meanwhile
         try:
-            opened = self.shared.open_circuits()
+            noted = self.shared.circuits()
             store_now = self.shared.now()
         except OrchError as exc:  # the store is away: go on with what this process knows
             log.warning("could not read the circuits of other processes: %s", exc)
-            with self._lock:
-                self._others, self._others_read_at = {}, now  # asked again after a while
-            return None
-        with self._lock:
-            self._others = {n: (until - store_now, why) for n, (until, why) in opened.items()}
-            self._others_read_at = now
-        return now
-
-    def _share(self, write: Callable[[SharedCircuits], None]) -> None:
-        if self.shared is None:
             return
+        now = self._clock()
+        with self._lock:
+            for name, (until, cooldown_s, reason) in noted.items():
+                st = self._states.setdefault(name, _State())
+                ends = now + (until - store_now)  # on this process's clock
+                # opened elsewhere, or open again there (a probe failed) past the end here
+                later = ends > st.opened_at + st.cooldown_s + 1e-3
+                if st.circuit == Circuit.CLOSED or later:
+                    st.circuit, st.probing = Circuit.OPEN, False
+                    st.cooldown_s = max(cooldown_s, 0.0)
+                    st.opened_at = ends - st.cooldown_s
+                    st.last_reason = reason
+                st.shared = True
+            closed = [
+                name
+                for name, st in self._states.items()
+                if st.shared and name not in noted and st.circuit != Circuit.CLOSED
+            ]
+            for name in closed:
+                self._states[name] = _State()
+
+    def _share(self, write: Callable[[SharedCircuits], None]) -> bool:
+        """Note a change of a circuit in the store; whether it was."""
+        if self.shared is None:
+            return False
         try:
             write(self.shared)
         except OrchError as exc:  # the others will learn of it from their own failures
             log.warning("could not share a circuit with other processes: %s", exc)
+            return False
         with self._lock:
-            self._others_read_at = None  # read again next time
+            self._read_at = None  # read again next time
+        return True

@@ -97,9 +97,10 @@ class Engine:
         return self.tools.breakers
 
     def provider_retries(self, task_id: int) -> str | None:
-        """What a task's running agent is retrying, if it runs here and retries its provider."""
+        """What a task's agent running here is retrying ("" for nothing); None if it does not
+        run here."""
         running = self.tools.running.get(task_id)
-        return (retrying(running.proc) or None) if running is not None else None
+        return retrying(running.proc) if running is not None else None
 
     @property
     def shutdown(self) -> threading.Event:

@@ -34,6 +34,7 @@ class InFlight:
 
     repo: str
     run_id: int
+    started_at: float  # the store's clock
     proc: AgentProcess
     noted: Usage = field(default_factory=Usage)
     noted_retrying: str = ""
@@ -54,7 +55,7 @@ class SpendingWatch:
         flight: InFlight,
         limits: Limits,
         budgets: tuple[Mapping[Period, Budget], Mapping[Period, Budget]],
-        live: Callable[[], list[tuple[str, Usage]]],
+        live: Callable[[], list[tuple[str, float, Usage]]],
         every_s: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -62,7 +63,7 @@ class SpendingWatch:
         self.flight = flight
         self.limits = limits  # as they stand now: the budgets over time read again
         self._budgets = budgets  # the run's repository's, and all repositories'
-        self._live = live
+        self._live = live  # what the other runs in flight here have not noted yet
         self._every_s = every_s
         self._clock = clock
         self._due = clock() + every_s
@@ -89,10 +90,17 @@ class SpendingWatch:
     def _hold(self) -> None:
         flight = self.flight
         repo_budgets, all_budgets = self._budgets
-        # the store holds what every process's runs noted; this process's runs add what they
-        # spent since, this one included
-        periods = over_time(self.store, flight.repo, repo_budgets, all_budgets, live=self._live())
-        mine = flight.proc.usage()
-        others = tuple(replace(o, spent=o.spent.less(mine)) for o in periods)
+        # the store holds what every process's runs noted, this one's too (a period that began
+        # after it started does not count it); the other runs here add what they have not
+        now = self.store.now()
+        periods = over_time(
+            self.store, flight.repo, repo_budgets, all_budgets, now=now, live=self._live()
+        )
+        others = tuple(
+            replace(o, spent=o.spent.less(flight.noted))
+            if flight.started_at >= o.period.start(now)
+            else o
+            for o in periods
+        )
         self.limits = replace(self.limits, over_time=others)
         flight.proc.limit(self.limits.left())

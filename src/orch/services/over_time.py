@@ -16,11 +16,11 @@ def over_time(
     repo_budgets: Mapping[Period, Budget],
     all_budgets: Mapping[Period, Budget],
     now: float | None = None,
-    live: Iterable[tuple[str, Usage]] = (),
+    live: Iterable[tuple[str, float, Usage]] = (),
 ) -> tuple[OverTime, ...]:
     """Each configured budget over time, the repository's first, with its period's spending:
-    the store's, and `live`, what runs in flight (by repository) have spent so far. Nothing is
-    read for a period without a budget."""
+    the store's, and `live`, what runs in flight (repository, when it started, spent) have spent
+    that the store does not hold yet. Nothing is read for a period without a budget."""
     now = store.now() if now is None else now
     live = list(live)
     scopes = [(repo, repo_budgets)] if repo is not None else []
@@ -29,9 +29,10 @@ def over_time(
         for period, budget in budgets.items():
             if budget.unlimited:
                 continue
-            spent = store.spent_since(period.start(now), None if scope == ALL else scope)
-            for repo, usage in live:
-                if scope == ALL or repo == scope:
+            start = period.start(now)
+            spent = store.spent_since(start, None if scope == ALL else scope)
+            for repo, started_at, usage in live:
+                if (scope == ALL or repo == scope) and started_at >= start:
                     spent = spent + usage
             out.append(OverTime(period, scope or ALL, budget, spent, period.end(now)))
     return tuple(out)

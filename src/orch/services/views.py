@@ -95,7 +95,8 @@ def task_detail(
     effects = store.effects(task.id)
     spent: dict[str, Usage] = {}
     for r in runs:
-        spent[r.stage.value] = spent.get(r.stage.value, Usage()) + r.usage
+        if r.accounted_at is not None:  # one in flight shows in `runs` what it spent so far
+            spent[r.stage.value] = spent.get(r.stage.value, Usage()) + r.usage
     for row in stages:
         row["agent"] = agents.get(row["stage"])
         row["usage"] = _usage(spent.get(row["stage"], Usage()))

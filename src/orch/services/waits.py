@@ -59,7 +59,8 @@ class Waits:
             return None
         if job.state == JobState.RUNNING:
             said = self.retrying(task.id) if self.retrying is not None else None
-            said = said or self.noted.get(task.id)
+            if said is None:  # it runs elsewhere: what its process last noted
+                said = self.noted.get(task.id)
             if said:
                 return Waiting("provider_retries", f"its agent is in provider retries: {said}")
             return None

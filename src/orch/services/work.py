@@ -80,10 +80,12 @@ class Tools:
     # retries, and what runs in flight have spent
     running: dict[int, InFlight] = field(default_factory=dict)
 
-    def live_spending(self) -> list[tuple[str, Usage]]:
-        """What the agent runs in flight here have spent, by repository, that the store does
-        not hold yet (each notes its spending there as it goes)."""
-        return [(f.repo, f.unnoted()) for f in list(self.running.values())]
+    def live_spending(self, but: InFlight | None = None) -> list[tuple[str, float, Usage]]:
+        """What the agent runs in flight here (all, `but` one) have spent that the store does
+        not hold yet (each notes its spending there as it goes): their repositories, when they
+        started, and that."""
+        flights = [f for f in list(self.running.values()) if f is not but]
+        return [(f.repo, f.started_at, f.unnoted()) for f in flights]
 
     def backoff(self, attempt: int) -> float:
         s = self.settings

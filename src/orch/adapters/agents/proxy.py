@@ -351,6 +351,7 @@ class AnswerReader:
         self.asked = asked  # the request's size in bytes
         self.final = False  # the answer's closing usage was read
         self.said = 0  # characters of text the answer streamed
+        self.ended = False
         self.buffer = b""
         self.data: list[bytes] = []
         self.body = bytearray()
@@ -425,7 +426,10 @@ class AnswerReader:
 
     def end(self, cut: bool = False) -> None:
         """The answer is over; `cut`: it was cut off (the run revoked, the connection broken)
-        before the provider ended it."""
+        before the provider ended it. Only the first call counts."""
+        if self.ended:
+            return
+        self.ended = True
         if self.streamed:
             if self.data:
                 self._event()

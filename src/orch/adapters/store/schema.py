@@ -321,13 +321,15 @@ runs = sa.Table(
 )
 
 
-# the open circuit breakers (orch.services.breaker) that every process honours, until when (the
-# store's clock) and why; a circuit that closed has no row
+# the circuit breakers (orch.services.breaker) opened in any process, which every process takes as
+# its own: until when (the store's clock), for how long, and why. A row stays after its cooldown,
+# until a probe gets through (the circuit closes: its row goes) or fails (open again, for longer)
 circuits = sa.Table(
     "circuits",
     metadata,
     sa.Column("name", sa.String(200), primary_key=True),
     sa.Column("open_until", sa.Float, nullable=False),
+    sa.Column("cooldown_s", sa.Float, nullable=False),
     sa.Column("reason", sa.Text, nullable=False, server_default=""),
 )
 

@@ -70,7 +70,8 @@ class _Tables:
     links: dict[str, ItemLink] = field(default_factory=dict)  # by ticket key
     board: dict[str, BoardItem] = field(default_factory=dict)  # by ticket key
     board_comments: dict[int, BoardComment] = field(default_factory=dict)
-    circuits: dict[str, tuple[float, str]] = field(default_factory=dict)  # until, why
+    # until when, for how long, why
+    circuits: dict[str, tuple[float, float, str]] = field(default_factory=dict)
 
     def copy(self) -> _Tables:
         return _Tables(**{name: dict(value) for name, value in vars(self).items()})

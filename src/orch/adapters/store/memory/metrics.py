@@ -33,7 +33,8 @@ class MetricsRecords(MemoryBase):
 
         usage: dict[tuple[str, str, str], Usage] = defaultdict(Usage)
         for r in runs:
-            usage[(repo_of[r.task_id], r.stage.value, r.agent)] += r.usage
+            counted = r.usage if r.accounted_at is not None else Usage()  # as the SQL store
+            usage[(repo_of[r.task_id], r.stage.value, r.agent)] += counted
         ran: dict[tuple[str, str], list[float]] = defaultdict(list)
         for r in runs:
             if r.ended_at is not None:

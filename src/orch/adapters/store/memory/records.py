@@ -224,7 +224,11 @@ class Records(MemoryBase):
                 self._account(t, one.task_id, one.run_id, one.usage, one.usage_from)
 
     def note_spending(self, run_id: int, usage: Usage, retrying: str = "") -> None:
-        with self._write() as t:
+        with self._lock:
+            known = self._t.runs.get(run_id)
+        if known is None:
+            return
+        with self._write(shown=known.retrying != retrying[:2000]) as t:
             run = t.runs[run_id]
             if run.accounted_at is None:
                 t.runs[run_id] = replace(
@@ -242,19 +246,18 @@ class Records(MemoryBase):
             runs = list(self._t.runs.values())
         return {r.task_id: r.retrying for r in runs if r.ended_at is None and r.retrying}
 
-    def open_circuit(self, name: str, until: float, reason: str) -> None:
+    def open_circuit(self, name: str, until: float, cooldown_s: float, reason: str) -> None:
         with self._write() as t:
-            if t.circuits.get(name, (0.0, ""))[0] < until:
-                t.circuits[name] = (until, reason)
+            if name not in t.circuits or t.circuits[name][0] < until:
+                t.circuits[name] = (until, cooldown_s, reason)
 
     def close_circuit(self, name: str) -> None:
         with self._write() as t:
             t.circuits.pop(name, None)
 
-    def open_circuits(self) -> dict[str, tuple[float, str]]:
-        now = self.now()
+    def circuits(self) -> dict[str, tuple[float, float, str]]:
         with self._lock:
-            return {n: c for n, c in self._t.circuits.items() if c[0] > now}
+            return dict(self._t.circuits)
 
     def _account(
         self,
@@ -291,7 +294,8 @@ class Records(MemoryBase):
     def spending(self, task_id: int) -> dict[Stage, Usage]:
         out: dict[Stage, Usage] = {}
         for run in self.runs(task_id):
-            out[run.stage] = out.get(run.stage, Usage()) + run.usage
+            if run.accounted_at is not None:
+                out[run.stage] = out.get(run.stage, Usage()) + run.usage
         return out
 
     def spent_since(self, since: float, repo: str | None = None) -> Usage:
@@ -309,7 +313,7 @@ class Records(MemoryBase):
             runs = list(self._t.runs.values())
         out: dict[float, Usage] = {}
         for run in runs:
-            if run.started_at >= since:
+            if run.started_at >= since and run.accounted_at is not None:
                 start = (run.started_at // bucket_s) * bucket_s
                 out[start] = out.get(start, Usage()) + run.usage
         return out

@@ -125,16 +125,22 @@ def _runs(c: Connection) -> dict[tuple[str, str, str], int]:
 
 def _usage(c: Connection) -> dict[tuple[str, str, str], Usage]:
     runs = t.runs
+
+    def counted(column: sa.ColumnElement[Any]) -> Any:
+        # counters only grow: what a run in flight noted is replaced by its account, maybe by
+        # less, so a run counts once it is accounted
+        return sa.func.sum(sa.case((runs.c.accounted_at.is_not(None), column), else_=0))
+
     rows = c.execute(
         sa.select(
             t.tasks.c.repo,
             runs.c.stage,
             runs.c.agent,
-            sa.func.sum(runs.c.tokens_in),
-            sa.func.sum(runs.c.tokens_out),
-            sa.func.sum(runs.c.cache_read),
-            sa.func.sum(runs.c.cache_write),
-            sa.func.sum(runs.c.cost_usd),
+            counted(runs.c.tokens_in),
+            counted(runs.c.tokens_out),
+            counted(runs.c.cache_read),
+            counted(runs.c.cache_write),
+            counted(runs.c.cost_usd),
         )
         .join(t.tasks, t.tasks.c.id == runs.c.task_id)
         .group_by(t.tasks.c.repo, runs.c.stage, runs.c.agent)

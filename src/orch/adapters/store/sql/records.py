@@ -15,6 +15,7 @@ from orch.adapters.store.sql.base import (
     _effect,
     _gate,
     _insert_ignore,
+    _upsert,
 )
 from orch.domain.errors import (
     Busy,
@@ -341,7 +342,15 @@ class Records(SqlBase):
                 retrying=retrying[:2000],
             )
         )
-        self._write(lambda conn: conn.execute(noted))
+
+        def fn(conn: Connection) -> bool:
+            before = conn.execute(sa.select(runs.c.retrying).where(runs.c.id == run_id)).scalar()
+            conn.execute(noted)
+            return (before or "") != retrying[:2000]
+
+        # what a run spent so far is on no screen (its account is, when it ends); whether it
+        # retries is, as why its task is held up
+        self._write(fn, shown=bool)
 
     def retrying_runs(self) -> dict[int, str]:
         runs = t.runs
@@ -351,19 +360,20 @@ class Records(SqlBase):
         rows = self._read(lambda c: c.execute(query).all())
         return {int(r.task_id): str(r.retrying) for r in rows}
 
-    def open_circuit(self, name: str, until: float, reason: str) -> None:
+    def open_circuit(self, name: str, until: float, cooldown_s: float, reason: str) -> None:
         circuits = t.circuits
 
         def fn(conn: Connection) -> None:
-            later = conn.execute(
-                sa.select(circuits.c.open_until).where(
-                    circuits.c.name == name, circuits.c.open_until >= until
+            opened = {"open_until": until, "cooldown_s": cooldown_s, "reason": reason}
+            upsert = _upsert(conn, circuits).values(name=name, **opened)
+            # two processes opening it at once: the later end stands
+            conn.execute(
+                upsert.on_conflict_do_update(
+                    index_elements=[circuits.c.name],
+                    set_=opened,
+                    where=circuits.c.open_until < upsert.excluded.open_until,
                 )
-            ).first()
-            if later is not None:
-                return
-            conn.execute(sa.delete(circuits).where(circuits.c.name == name))
-            conn.execute(sa.insert(circuits).values(name=name, open_until=until, reason=reason))
+            )
 
         self._write(fn)
 
@@ -371,12 +381,11 @@ class Records(SqlBase):
         circuits = t.circuits
         self._write(lambda conn: conn.execute(sa.delete(circuits).where(circuits.c.name == name)))
 
-    def open_circuits(self) -> dict[str, tuple[float, str]]:
-        circuits = t.circuits
-        now = self.now()
-        query = sa.select(circuits).where(circuits.c.open_until > now)
-        rows = self._read(lambda c: c.execute(query).all())
-        return {str(r.name): (float(r.open_until), str(r.reason)) for r in rows}
+    def circuits(self) -> dict[str, tuple[float, float, str]]:
+        rows = self._read(lambda c: c.execute(sa.select(t.circuits)).all())
+        return {
+            str(r.name): (float(r.open_until), float(r.cooldown_s), str(r.reason)) for r in rows
+        }
 
     def _account(
         self,
@@ -423,7 +432,9 @@ class Records(SqlBase):
                     sa.func.sum(t.runs.c.cache_write),
                     sa.func.sum(t.runs.c.cost_usd),
                 )
-                .where(t.runs.c.task_id == task_id)
+                # a run in flight enters the ledger when it ends (what it noted so far counts
+                # only against the budgets over time)
+                .where(t.runs.c.task_id == task_id, t.runs.c.accounted_at.is_not(None))
                 .group_by(t.runs.c.stage)
             ).all()
         )
@@ -464,7 +475,7 @@ class Records(SqlBase):
                     sa.func.sum(t.runs.c.cache_write),
                     sa.func.sum(t.runs.c.cost_usd),
                 )
-                .where(t.runs.c.started_at >= since)
+                .where(t.runs.c.started_at >= since, t.runs.c.accounted_at.is_not(None))
                 .group_by(index)
             ).all()
         )

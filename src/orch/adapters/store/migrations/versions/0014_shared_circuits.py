@@ -1,5 +1,5 @@
-"""circuits: the circuit breakers every orch process honours (one opened by a worker holds back
-the others' attempts until it may close); runs.retrying: what a run in flight is retrying, so
+"""circuits: the circuit breakers every orch process takes as its own (one opened by a worker
+holds back the others' attempts, until a probe in any of them gets through); runs.retrying: what a run in flight is retrying, so
 any process can say a task is in provider retries
 
 Revision ID: 0014
@@ -22,6 +22,7 @@ def upgrade() -> None:
         "circuits",
         sa.Column("name", sa.String(200), primary_key=True),
         sa.Column("open_until", sa.Float, nullable=False),
+        sa.Column("cooldown_s", sa.Float, nullable=False),
         sa.Column("reason", sa.Text, nullable=False, server_default=""),
     )
     op.add_column("runs", sa.Column("retrying", sa.Text))
