@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+from typing import Any
+
 from orch.domain.failures import FailureClass, classify
 from orch.services.breaker import Breakers
 from orch.testing import SimClock, memory_store
@@ -135,3 +138,50 @@ def test_an_attempt_let_go_before_the_circuit_opened_does_not_close_it_for_the_o
     assert worker.admit("claude", ok) == 59
     assert serve.admit("claude", ok) == 59
     assert list(store.circuits()) == ["claude"]
+
+
+class Lagging:
+    """The store as a process sees it across a network: its clock read a little late, by a
+    different amount each time."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.lags = itertools.cycle((0.0005, 0.002, 0.004))
+
+    def now(self) -> float:
+        return float(self.store.now()) - next(self.lags)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+def test_one_probe_at_a_time_however_late_the_stores_clock_is_read() -> None:
+    clock = SimClock()
+    store = memory_store(clock)
+    worker = Breakers(threshold=1, cooldown_s=30, clock=clock, shared=store)
+    serve = Breakers(threshold=1, cooldown_s=30, clock=clock, shared=Lagging(store))
+    worker.record("claude", ok=False, provider_failure=True, reason="HTTP 529")
+    assert serve.admit("claude", ok) > 29
+
+    clock.advance(31)
+    assert serve.admit("claude", ok) == 0, "the probe"
+    for _ in range(5):  # it runs for a while; serve reads the store again every second
+        clock.advance(1)
+        assert serve.admit("claude", ok) > 0, "a second probe went while the first was out"
+
+
+def test_a_process_started_after_a_circuit_opened_takes_it_and_shows_when_a_probe_may_go() -> None:
+    clock = SimClock()
+    store = memory_store(clock)
+    Breakers(threshold=1, cooldown_s=30, clock=clock, shared=store).record(
+        "claude", ok=False, provider_failure=True, reason="HTTP 529"
+    )
+    clock.advance(1000)  # nobody probed since
+
+    restarted = Breakers(threshold=1, cooldown_s=30, clock=clock, shared=store)
+
+    seen = restarted.states()["claude"]
+    assert (seen["circuit"], seen["retry_in_s"], seen["reason"]) == ("half_open", 0.0, "HTTP 529")
+    assert restarted.admit("claude", ok) == 0, "its probe"
+    restarted.record("claude", ok=True)
+    assert store.circuits() == {}

@@ -146,6 +146,9 @@ class AgentRunner:
         except AgentError as exc:
             return pl.parked(task.stage, f"permanent failure, not retried: {exc}")
         try:
+            # read before its row is written: at a period's turn, a run may count twice against
+            # the new period's budgets, never not at all
+            began = self.store.now()
             run_id = self.store.start_run(claim, agent.name, proc.pid, str(log_path))
         except BaseException:
             proc.kill(tools.settings.kill_grace_s)
@@ -155,7 +158,7 @@ class AgentRunner:
             outcome = RunOutcome.ERROR
             report = None
             telling = _Telling(started) if started is not None else None
-            flight = InFlight(task.repo, run_id, self.store.now(), proc)
+            flight = InFlight(task.repo, run_id, began, proc)
             tools.running[task.id] = flight
             watch = SpendingWatch(
                 self.store,

@@ -71,6 +71,11 @@ class Breakers:
         self._states: dict[str, _State] = {}
         self.shared = shared
         self._read_at: float | None = None  # when the store's circuits were read last
+        # per circuit, the latest end noted in the store (the store's clock) that this process
+        # has taken in: a row is taken again only once it says something newer
+        self._seen_until: dict[str, float] = {}
+        self._changes = 0  # this process's changes to shared circuits: a read older is stale
+        self._away = False  # the store could not be read last time
         # told (agent, reason, cooldown) each time a circuit opens, outside the lock
         self.on_open: Callable[[str, str, float], None] | None = None
 
@@ -114,13 +119,17 @@ class Breakers:
         with self._lock:
             st = self._states.setdefault(agent, _State())
             probed = st.circuit == Circuit.HALF_OPEN
-            if ok or probed:
-                # the provider answered: whatever the agent made of it, the provider is up. Only
-                # a probe says so for everyone: an attempt let go before the circuit opened
-                # tells of the provider as it was then
+            if st.circuit == Circuit.OPEN and st.shared:
+                # an attempt let go before the circuit opened tells of the provider as it was
+                # then: the circuit stays open for every process
+                st.failures = 0
+            elif ok or probed:
+                # the provider answered: whatever the agent made of it, the provider is up
                 self._states[agent] = _State()
             else:
                 st.failures = 0
+            if probed:
+                self._changes += 1
         if probed:
             self._share(lambda s: s.close_circuit(agent))
 
@@ -160,9 +169,17 @@ class Breakers:
             st.probing = False
             st.last_reason = reason
             cooldown = st.cooldown_s
-        if self._share(lambda s: s.open_circuit(agent, s.now() + cooldown, cooldown, reason)):
+            self._changes += 1
+        noted: list[float] = []
+
+        def note(s: SharedCircuits) -> None:
+            noted.append(s.now() + cooldown)
+            s.open_circuit(agent, noted[0], cooldown, reason)
+
+        if self._share(note):
             with self._lock:
                 st.shared = True
+                self._seen_until[agent] = max(self._seen_until.get(agent, 0.0), noted[0])
         if self.on_open is not None:
             try:
                 self.on_open(agent, reason, cooldown)
@@ -174,11 +191,13 @@ class Breakers:
         self._follow_others()
         with self._lock:
             st = self._states.get(agent, _State())
-            retry_in = 0.0
+            retry_in, circuit = 0.0, st.circuit
             if st.circuit == Circuit.OPEN:
                 retry_in = max(0.0, st.opened_at + st.cooldown_s - self._clock())
+                if retry_in == 0.0:
+                    circuit = Circuit.HALF_OPEN  # the next attempt probes
             return {
-                "circuit": st.circuit.value,
+                "circuit": circuit.value,
                 "failures_in_a_row": st.failures,
                 "retry_in_s": round(retry_in, 3),
                 "reason": st.last_reason,
@@ -194,9 +213,9 @@ class Breakers:
 
     def _follow_others(self) -> None:
         """Take the store's circuits as this process's own, when the last look is stale: one
-        opened elsewhere opens here until the same end (or, already over, lets a probe go);
-        one that stays open longer elsewhere does here too; one this process saw in the store
-        that is gone from it was closed by a probe that got through."""
+        opened elsewhere, or open again there for longer (a probe failed), opens here until the
+        same end (one whose end has passed lets a probe go); one this process took in that is
+        gone from the store was closed by a probe that got through."""
         if self.shared is None:
             return
         now = self._clock()
@@ -204,25 +223,30 @@ class Breakers:
             if self._read_at is not None and now - self._read_at < SHARED_READ_EVERY_S:
                 return
             self._read_at = now  # another thread does not read it again meanwhile
+            changes = self._changes
         try:
             noted = self.shared.circuits()
             store_now = self.shared.now()
         except OrchError as exc:  # the store is away: go on with what this process knows
-            log.warning("could not read the circuits of other processes: %s", exc)
+            if not self._away:
+                log.warning("could not read the circuits of other processes: %s", exc)
+            self._away = True
             return
+        self._away = False
         now = self._clock()
         with self._lock:
+            if self._changes != changes:  # read before this process changed one: read again
+                self._read_at = None
+                return
             for name, (until, cooldown_s, reason) in noted.items():
+                if until <= self._seen_until.get(name, float("-inf")):
+                    continue
+                self._seen_until[name] = until
                 st = self._states.setdefault(name, _State())
-                ends = now + (until - store_now)  # on this process's clock
-                # opened elsewhere, or open again there (a probe failed) past the end here
-                later = ends > st.opened_at + st.cooldown_s + 1e-3
-                if st.circuit == Circuit.CLOSED or later:
-                    st.circuit, st.probing = Circuit.OPEN, False
-                    st.cooldown_s = max(cooldown_s, 0.0)
-                    st.opened_at = ends - st.cooldown_s
-                    st.last_reason = reason
-                st.shared = True
+                st.circuit, st.probing, st.shared = Circuit.OPEN, False, True
+                st.cooldown_s = max(cooldown_s, 0.0)
+                st.opened_at = now + (until - store_now) - st.cooldown_s  # on this clock
+                st.last_reason = reason
             closed = [
                 name
                 for name, st in self._states.items()

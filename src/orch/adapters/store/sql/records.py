@@ -344,9 +344,13 @@ class Records(SqlBase):
         )
 
         def fn(conn: Connection) -> bool:
-            before = conn.execute(sa.select(runs.c.retrying).where(runs.c.id == run_id)).scalar()
+            before = conn.execute(
+                sa.select(runs.c.retrying).where(runs.c.id == run_id, runs.c.accounted_at.is_(None))
+            ).first()
+            if before is None:  # it ended (or never was): nothing to note
+                return False
             conn.execute(noted)
-            return (before or "") != retrying[:2000]
+            return (before.retrying or "") != retrying[:2000]
 
         # what a run spent so far is on no screen (its account is, when it ends); whether it
         # retries is, as why its task is held up
