@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 
 from orch import crashpoints
@@ -231,15 +231,7 @@ class Records(MemoryBase):
         with self._write(shown=known.retrying != retrying[:2000]) as t:
             run = t.runs[run_id]
             if run.accounted_at is None:
-                t.runs[run_id] = replace(
-                    run,
-                    tokens_in=usage.tokens_in,
-                    tokens_out=usage.tokens_out,
-                    cache_read=usage.cache_read,
-                    cache_write=usage.cache_write,
-                    cost_usd=usage.cost_usd,
-                    retrying=retrying[:2000],
-                )
+                t.runs[run_id] = replace(run, **asdict(usage), retrying=retrying[:2000])
 
     def retrying_runs(self) -> dict[int, str]:
         with self._lock:

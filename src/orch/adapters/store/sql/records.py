@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from typing import Any
 
 import sqlalchemy as sa
@@ -333,14 +334,7 @@ class Records(SqlBase):
         noted = (
             sa.update(runs)
             .where(runs.c.id == run_id, runs.c.accounted_at.is_(None))
-            .values(
-                tokens_in=usage.tokens_in,
-                tokens_out=usage.tokens_out,
-                cache_read=usage.cache_read,
-                cache_write=usage.cache_write,
-                cost_usd=usage.cost_usd,
-                retrying=retrying[:2000],
-            )
+            .values(**asdict(usage), retrying=retrying[:2000])
         )
 
         def fn(conn: Connection) -> bool:
