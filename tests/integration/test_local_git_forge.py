@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from orch.adapters.forges.local_git import LocalGitForge, git_failure, safe_name
+from orch.adapters.forges.local_git import LocalGitForge, check_writable, git_failure, safe_name
 from orch.config import load_settings
 from orch.demo import sample
 from orch.domain.errors import (
@@ -145,6 +145,29 @@ def test_a_retried_worktree_starts_from_the_last_commit(forge: tuple[LocalGitFor
     assert again == wt
     assert (wt / "NOTES.md").read_text() == "kept\n"
     assert not (wt / "stray.txt").exists()
+
+
+def test_processes_starting_together_each_find_a_shared_root_writable(tmp_path: Path) -> None:
+    # serve and a worker started at once check the same logs and workspace roots
+    root = tmp_path / "logs"
+    failures: list[BaseException] = []
+
+    def start() -> None:
+        for _ in range(300):
+            try:
+                check_writable(root)
+            except Exception as exc:  # what went wrong is the finding
+                failures.append(exc)
+                return
+
+    starting = [threading.Thread(target=start) for _ in range(8)]
+    for t in starting:
+        t.start()
+    for t in starting:
+        t.join()
+
+    assert failures == []
+    assert list(root.iterdir()) == [], "every probe was taken away"
 
 
 def test_worktree_names_are_reduced_and_kept_inside_the_root(

@@ -91,7 +91,8 @@ def safe_name(name: str) -> str:
 def check_writable(root: Path) -> Path:
     try:
         root.mkdir(parents=True, exist_ok=True)
-        probe = root / ".orch-write-probe"
+        # a probe of this process's own: serve and a worker starting together share the root
+        probe = root / f".orch-write-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
