@@ -4,10 +4,11 @@ described with its stages, each verdict a commit status; one pull request per ch
 from __future__ import annotations
 
 from orch.domain.errors import ForgeUnavailable
+from orch.domain.model import Task
 from orch.domain.states import TaskStatus
-from orch.ports import PullState, StatusState
+from orch.ports import PullRequest, PullState, StatusState
 from orch.services.pulls import Pulls
-from orch.testing import InstantAgent, rig
+from orch.testing import InstantAgent, Rig, rig
 
 
 def test_a_task_is_one_pull_request_with_a_status_per_gate_and_what_landed_shows_its_checks() -> (
@@ -53,20 +54,27 @@ def test_a_ticket_started_again_after_a_stop_gets_a_pull_request_of_its_own() ->
         r.close()
 
 
+def merged(r: Rig) -> tuple[Task, str, PullRequest]:
+    """A task whose change was merged, waiting to deploy; the default branch's head before
+    it; its pull request."""
+    before = r.forge.branch_head("app", "main")
+    assert before is not None
+    task = r.intake.file("app", "Add a greeting")
+    r.run_until_idle()
+    assert r.intake.decide(task.key, True, "ann")
+    r.run_until_idle()
+    [pull] = r.forge.pulls["app"]
+    assert pull.state == PullState.MERGED
+    return r.store.get_task(task.id), before, pull
+
+
 def test_a_forge_that_cannot_say_whether_a_change_landed_gets_no_second_pull_request() -> None:
     r = rig({"default": InstantAgent()})
     try:
-        before = r.forge.branch_head("app", "main")
-        assert before is not None
-        task = r.intake.file("app", "Add a greeting")
-        r.run_until_idle()
-        assert r.intake.decide(task.key, True, "ann")
-        r.run_until_idle()  # merged; it waits to deploy
-        [pull] = r.forge.pulls["app"]
-        assert pull.state == PullState.MERGED
+        task, before, _ = merged(r)
         r.forge.fail_find = ForgeUnavailable("GET /pulls: 503")
         # a head its pull request does not hold: only whether it landed could tell
-        shown = Pulls(r.engine.tools).show(r.store.get_task(task.id), before, [])
+        shown = Pulls(r.engine.tools).show(task, before, [])
         assert shown is None  # not now; asked again with the next stage
         assert [p.state for p in r.forge.pulls["app"]] == [PullState.MERGED]
     finally:
@@ -78,17 +86,10 @@ def test_a_head_pushed_after_the_merge_by_a_worker_that_lost_its_lease_opens_no_
 ):
     r = rig({"default": InstantAgent()})
     try:
-        before = r.forge.branch_head("app", "main")
-        assert before is not None
-        task = r.intake.file("app", "Add a greeting")
-        r.run_until_idle()
-        assert r.intake.decide(task.key, True, "ann")
-        r.run_until_idle()  # merged; it waits to deploy
-        [pull] = r.forge.pulls["app"]
-        assert pull.state == PullState.MERGED
+        task, before, pull = merged(r)
         # a stale worker's head: built before the merge, under neither the pull nor main
         stale = r.forge.push_commit("app", "orch/stale", {"STALE.md": b"late"}, before)
-        shown = Pulls(r.engine.tools).show(r.store.get_task(task.id), stale, [])
+        shown = Pulls(r.engine.tools).show(task, stale, [])
         assert shown is not None and shown.number == pull.number
         assert [p.state for p in r.forge.pulls["app"]] == [PullState.MERGED]
     finally:

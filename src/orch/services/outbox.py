@@ -21,7 +21,7 @@ from orch.domain.pipeline import Decision
 from orch.domain.states import UNRESOLVED_EFFECT_STATES, EffectKind, EffectState
 from orch.ports import Notifier
 from orch.services.news import about, tell
-from orch.services.pulls import Pulls
+from orch.services.pulls import Pulls, released_sha
 from orch.services.work import Tools
 
 log = logging.getLogger("orch.engine")
@@ -159,12 +159,7 @@ class Outbox:
 
     def released_sha(self, task: Task) -> str:
         """What the task's last merge put on the default branch; empty if nothing landed."""
-        merges = [
-            e
-            for e in self.store.effects(task.id)
-            if e.kind == EffectKind.MERGE and e.state == EffectState.SUCCEEDED
-        ]
-        return str(merges[-1].result.get("merge_sha", "")) if merges else ""
+        return released_sha(self.store, task)
 
     def settle_merge(self, claim: Claim, key: str, head: str, repo: str) -> None:
         """Resolve an unconfirmed merge by asking the forge, so it never holds the repository's

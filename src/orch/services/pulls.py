@@ -12,12 +12,23 @@ from orch.domain import pipeline as pl
 from orch.domain.errors import OrchError, PipelineError, Unavailable
 from orch.domain.model import GateRecord, Task
 from orch.domain.states import WORK_STAGES, EffectKind, EffectState, Stage
-from orch.ports import PullRequest, PullRequests, PullState, StatusState
+from orch.ports import PullRequest, PullRequests, PullState, StatusState, Store
 from orch.services.work import Tools
 
 log = logging.getLogger("orch.engine")
 
 STATUS_PREFIX = "orch/"
+
+
+def released_sha(store: Store, task: Task) -> str:
+    """What the task's last merge put on the default branch, as the store recorded it; empty
+    if nothing landed."""
+    merges = [
+        e
+        for e in store.effects(task.id)
+        if e.kind == EffectKind.MERGE and e.state == EffectState.SUCCEEDED
+    ]
+    return str(merges[-1].result.get("merge_sha", "")) if merges else ""
 
 
 class Pulls:
@@ -36,7 +47,8 @@ class Pulls:
             if pull is not None and pull.state != PullState.OPEN and self._shows(task, pull, head):
                 # this change's, merged (or closed by a person): the stages after show nothing
                 return pull
-            if pull is not None and pull.state == PullState.MERGED and self._landed(task):
+            landed = pull is not None and pull.state == PullState.MERGED
+            if landed and released_sha(self.tools.store, task):
                 # this task's change has landed: a head that is not under it comes from a
                 # worker that lost its lease meanwhile, whose write the store will refuse
                 return pull
@@ -47,13 +59,6 @@ class Pulls:
             log.warning("%s: the pull request could not be updated: %s", task.key, exc)
             return None
         return pull
-
-    def _landed(self, task: Task) -> bool:
-        """Whether this task's merge succeeded, as the store recorded it."""
-        return any(
-            e.kind == EffectKind.MERGE and e.state == EffectState.SUCCEEDED
-            for e in self.tools.store.effects(task.id)
-        )
 
     def _shows(self, task: Task, pull: PullRequest, head: str) -> bool:
         """Whether `pull` shows this task's change as it is: its head is `head` or under it (an

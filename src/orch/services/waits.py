@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from orch.domain import pipeline as pl
@@ -46,8 +47,7 @@ class Waits:
         self.repo_limit = repo_limit
         self.circuits = circuits or {}
         self.retrying = retrying
-        # what runs in flight in any process last noted they retry
-        self.noted = store.retrying_runs()
+        self._store = store
         # the breakers count on this process's clock: an end is shown on the wall clock
         self.wall = wall
 
@@ -60,7 +60,7 @@ class Waits:
         if job.state == JobState.RUNNING:
             said = self.retrying(task.id) if self.retrying is not None else None
             if said is None:  # it runs elsewhere: what its process last noted
-                said = self.noted.get(task.id)
+                said = self._noted.get(task.id)
             if said:
                 return Waiting("provider_retries", f"its agent is in provider retries: {said}")
             return None
@@ -97,6 +97,11 @@ class Waits:
         )
         running = sum(1 for j in self.jobs if j.state == JobState.RUNNING)
         return Waiting("queue", f"queued behind {ahead} job(s); {running} running")
+
+    @cached_property
+    def _noted(self) -> dict[int, str]:
+        """What runs in flight in any process last noted they retry: read once, if needed."""
+        return self._store.retrying_runs()
 
     def _backoff(self, task: Task, job: Job) -> Waiting:
         try:
