@@ -542,11 +542,15 @@ def test_a_restart_that_lived_past_the_bound_without_moving_work_is_measured() -
     assert finding.violations == ["1 restart(s) after which runnable work never moved"]
 
 
-def _paused(tmp_path: Path, ended_after_resume: float | None, fenced: int) -> Life:
+def _paused(
+    tmp_path: Path, ended_after_resume: float | None, fenced: int, given_up: int = 0
+) -> Life:
     """worker#1, paused at 100 s holding job 7, which another process reclaimed; resumed at
-    140 s, with `fenced` writes refused in its log."""
+    140 s, with `fenced` writes refused and `given_up` leases seen expired in its log."""
     err = tmp_path / "worker-1.err"
-    err.write_text("".join("write fenced: job 7 token 1 of w1\n" for _ in range(fenced)))
+    fence = "x [warning] write fenced: job 7 token 1 of w1\n"
+    expired = "x [warning] lease given up: job 7 token 1 of w1: lease not renewed for 4s\n"
+    err.write_text(fence * fenced + expired * given_up)
     life = Life("worker", 1, None, "1", 90.0, None, Path("out"), err)  # type: ignore[arg-type]
     life.ready_at, life.resumed_at = 90.0, 140.0
     if ended_after_resume is not None:
@@ -569,7 +573,7 @@ def test_a_paused_worker_that_lived_on_after_losing_its_job_must_have_met_the_fe
     finding = bounds(monitor, [unfenced], FENCE_WAIT_S)
 
     assert finding.violations == [
-        "paused worker#1 lost its jobs and lived on, but no write was fenced"
+        "paused worker#1 lost its jobs and lived on, but no write was fenced and no lease given up"
     ]
 
 
@@ -596,3 +600,16 @@ def test_a_paused_worker_that_died_before_its_next_heartbeat_had_nothing_to_fenc
 
     assert finding.violations == []
     assert finding.figures["fenced_writes"] == 0
+
+
+def test_a_paused_worker_whose_job_saw_its_lease_expired_wrote_nothing_to_fence(
+    tmp_path: Path,
+) -> None:
+    monitor = Monitor(None, list)  # type: ignore[arg-type]
+    expired = _paused(tmp_path, 30.0, fenced=0, given_up=1)
+    _reclaimed(monitor, expired)
+
+    finding = bounds(monitor, [expired], FENCE_WAIT_S)
+
+    assert finding.violations == []
+    assert (finding.figures["fenced_writes"], finding.figures["leases_given_up"]) == (0, 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections import Counter
@@ -112,6 +113,28 @@ def test_a_fenced_renewal_after_the_lease_was_lost_refuses() -> None:
     store.failure = None
     with pytest.raises(LeaseLost):
         lease.renew()
+
+
+def test_a_lease_its_job_finds_past_its_ttl_is_given_up_without_a_write_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A process resumed after a pause longer than the TTL: its job looks before the heartbeat
+    renews, and nothing is tried under the lease any more, the renewal included."""
+    store = RenewingStore(None)
+    clock = [100.0]
+    lease = Lease(store, CLAIM, ttl_s=30, heartbeat_s=5, monotonic=lambda: clock[0])  # type: ignore[arg-type]
+    clock[0] += 45
+
+    with caplog.at_level(logging.WARNING, logger="orch.lease"), pytest.raises(LeaseLost):
+        lease.check()
+
+    assert lease.due_in() is None
+    with pytest.raises(LeaseLost):
+        lease.renew()
+    assert store.renewals == 0
+    assert [r.getMessage() for r in caplog.records] == [
+        "lease given up: job 1 token 1 of w: lease not renewed for 30s"
+    ]
 
 
 def test_a_stop_kills_a_cancellable_child_and_spares_one_that_is_not() -> None:

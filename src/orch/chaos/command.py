@@ -156,7 +156,8 @@ def render(result: ChaosResult, console: Console) -> None:
             _s(f["longest_reclaim_s"]),
             f"≤ {T_RECLAIM_S:g} s",
         ),
-        ("writes rejected by fencing", str(f["fenced_writes"]), "> 0 after a reclaim"),
+        ("writes rejected by fencing", str(f["fenced_writes"]), "> 0 after a reclaim,"),
+        ("leases seen expired, nothing tried", str(f["leases_given_up"]), "or this"),
     ]
     for row in rows:
         table.add_row(*row)

@@ -383,8 +383,10 @@ def bounds(monitor: Monitor, lives: list[Life], fence_wait_s: float) -> checks.F
     for w in monitor.unresolved("pause"):
         f.violations.append(f"job {w.job.job_id} held by paused {w.life} never moved on")
     fenced = sum(life.fenced_writes() for life in lives)
+    given_up = sum(life.leases_given_up() for life in lives)
     # a paused process that died (at its crash point, say) before its first heartbeat after
-    # SIGCONT may never have written under its lost lease: there was nothing to fence
+    # SIGCONT may never have written under its lost lease: there was nothing to fence. One that
+    # lived on either met the fence or, its job looking first, saw the lease had expired
     reclaimed_from = {w.life for w in monitor.watches if (w.cause, w.how) == ("pause", "reclaimed")}
     tried = [
         life
@@ -393,9 +395,12 @@ def bounds(monitor: Monitor, lives: list[Life], fence_wait_s: float) -> checks.F
         and life.resumed_at is not None
         and (life.ended_at is None or life.ended_at - life.resumed_at >= fence_wait_s)
     ]
-    if tried and not sum(life.fenced_writes() for life in tried):
+    if tried and not sum(life.fenced_writes() + life.leases_given_up() for life in tried):
         names = ", ".join(life.name for life in tried)
-        f.violations.append(f"paused {names} lost its jobs and lived on, but no write was fenced")
+        f.violations.append(
+            f"paused {names} lost its jobs and lived on, but no write was fenced"
+            " and no lease given up"
+        )
     f.figures.update(
         restarts_measured=len(measured),
         restarts_cut_short=cut_short,
@@ -403,5 +408,6 @@ def bounds(monitor: Monitor, lives: list[Life], fence_wait_s: float) -> checks.F
         longest_reclaim_s=reclaim,
         longest_kill_recovery_s=monitor.longest("kill"),
         fenced_writes=fenced,
+        leases_given_up=given_up,
     )
     return f

@@ -26,6 +26,7 @@ ANNOUNCE = re.compile(r"incarnation (\S+?)\)")
 ADDRESS = re.compile(r"http://[\d.]+:\d+")
 CRASH_LINE = re.compile(r"orch: crash point (\S+) reached")
 FENCED = "write fenced"
+GIVEN_UP = "lease given up"  # a lease the process itself saw expire, before any write met the fence
 
 
 @dataclass
@@ -74,6 +75,9 @@ class Life:
 
     def fenced_writes(self) -> int:
         return sum(1 for line in self.stderr_lines() if FENCED in line)
+
+    def leases_given_up(self) -> int:
+        return sum(1 for line in self.stderr_lines() if GIVEN_UP in line)
 
 
 class Supervised:

@@ -15,6 +15,7 @@ carries the task's cancel flag back too (rule 10), should nothing have been hear
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +25,8 @@ from orch.domain.errors import CancelRequested, LeaseLost, ShuttingDown
 from orch.domain.model import Claim
 from orch.domain.states import RunOutcome
 from orch.ports import AgentProcess, Store
+
+log = logging.getLogger("orch.lease")
 
 
 class Lease:
@@ -102,7 +105,7 @@ class Lease:
             self._lost = str(exc)
         except Exception as exc:  # the store's trouble, or a bug: the lease decays the same way
             if self._monotonic() - self._renewed >= self.ttl_s:
-                self._lost = f"lease not renewed for {self.ttl_s:g}s: {exc}"
+                self._give_up(f"lease not renewed for {self.ttl_s:g}s: {exc}")
             else:
                 self._retry_at = self._monotonic() + self.poll_s  # while the lease still holds
 
@@ -110,9 +113,22 @@ class Lease:
         """Raise LeaseLost once the lease is lost: the store said so, or no renewal came back
         for a whole TTL (the heartbeat may itself be stuck in a renewal that never returns)."""
         if self._lost is None and self._monotonic() - self._renewed >= self.ttl_s:
-            self._lost = f"lease not renewed for {self.ttl_s:g}s"
+            self._give_up(f"lease not renewed for {self.ttl_s:g}s")
         if self._lost is not None:
             raise LeaseLost(self._lost)
+
+    def _give_up(self, why: str) -> None:
+        """Lost by the clock alone: another process may hold the job by now, though the store
+        has not said so, so nothing more is tried under it, not even a renewal. A process
+        resumed after a long pause often stops here, before its heartbeat meets the fence."""
+        self._lost = why
+        log.warning(
+            "lease given up: job %s token %s of %s: %s",
+            self.claim.job_id,
+            self.claim.token,
+            self.claim.owner,
+            why,
+        )
 
     def renew(self) -> None:
         """A fenced renewal now: before a step that must not run under a lost lease. It also
