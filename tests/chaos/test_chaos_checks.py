@@ -558,9 +558,9 @@ def _paused(
     return life
 
 
-def _reclaimed(monitor: Monitor, life: Life) -> None:
+def _reclaimed(monitor: Monitor, life: Life, at: float = 131.0) -> None:
     monitor.watch("pause", life, [HeldJob(7, 7, 1)], 100.0)
-    monitor.watches[-1].resolved_at, monitor.watches[-1].how = 131.0, "reclaimed"
+    monitor.watches[-1].resolved_at, monitor.watches[-1].how = at, "reclaimed"
 
 
 def test_a_paused_worker_that_lived_on_after_losing_its_job_must_have_met_the_fence(
@@ -613,3 +613,16 @@ def test_a_paused_worker_whose_job_saw_its_lease_expired_wrote_nothing_to_fence(
 
     assert finding.violations == []
     assert (finding.figures["fenced_writes"], finding.figures["leases_given_up"]) == (0, 1)
+
+
+def test_a_paused_worker_whose_job_was_taken_only_after_it_resumed_had_nothing_to_fence(
+    tmp_path: Path,
+) -> None:
+    """It renewed after SIGCONT, and the job changed hands once it was killed later on."""
+    monitor = Monitor(None, list)  # type: ignore[arg-type]
+    renewed = _paused(tmp_path, 4.0, fenced=0)
+    _reclaimed(monitor, renewed, at=146.0)
+
+    finding = bounds(monitor, [renewed], FENCE_WAIT_S)
+
+    assert finding.violations == []

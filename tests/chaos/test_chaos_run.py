@@ -26,8 +26,6 @@ def test_short_sample_breaks_no_invariant(tmp_path: Path) -> None:
     assert figures["kills"] >= KILLS
     assert figures["kills_at_crash_points"] > 0
     assert all(i["ok"] for i in report["invariants"]), detail
-    if figures["paused_jobs_reclaimed"]:
-        assert figures["fenced_writes"] + figures["leases_given_up"] > 0
     assert processes_inside(tmp_path) == []
 
 

@@ -26,6 +26,8 @@ from orch.domain.states import JobState
 from orch.ports import Store
 
 _PROC = Path("/proc")
+# how late the monitor may notice that a job changed hands: a few of its samples
+NOTICED_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -79,10 +81,14 @@ class Probe:
         repository slot, holding one, or able to take a free one; or still `running` under an
         orch process that is dead."""
         now = self.store.now()
+        # the jobs before their tasks: a job claimed between the two reads is seen queued and
+        # moves at once, where the other order would miss the slot it took and count jobs
+        # behind it as claimable
+        jobs = self.store.live_jobs()
         tasks = {task.id: task for task in self.store.list_tasks(limit=10_000_000)}
         used = Counter(task.repo for task in tasks.values() if task.slot is not None)
         out: list[HeldJob] = []
-        for job in self.store.live_jobs():
+        for job in jobs:
             held = HeldJob(job.id, job.task_id, job.token)
             if job.state == JobState.RUNNING:
                 if job.owner and not owner_alive(job.owner):
@@ -386,8 +392,18 @@ def bounds(monitor: Monitor, lives: list[Life], fence_wait_s: float) -> checks.F
     given_up = sum(life.leases_given_up() for life in lives)
     # a paused process that died (at its crash point, say) before its first heartbeat after
     # SIGCONT may never have written under its lost lease: there was nothing to fence. One that
-    # lived on either met the fence or, its job looking first, saw the lease had expired
-    reclaimed_from = {w.life for w in monitor.watches if (w.cause, w.how) == ("pause", "reclaimed")}
+    # lived on either met the fence or, its job looking first, saw the lease had expired. A job
+    # taken over only later (its holder renewed after SIGCONT, then was killed or let it go)
+    # left nothing to fence either: a renewal that got through holds off a takeover for a TTL
+    resumed = {life.name: life.resumed_at for life in lives}
+    reclaimed_from = {
+        w.life
+        for w in monitor.watches
+        if (w.cause, w.how) == ("pause", "reclaimed")
+        and w.resolved_at is not None
+        and (at := resumed.get(w.life)) is not None
+        and w.resolved_at <= at + NOTICED_S
+    }
     tried = [
         life
         for life in lives
