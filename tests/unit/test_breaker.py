@@ -185,3 +185,19 @@ def test_a_process_started_after_a_circuit_opened_takes_it_and_shows_when_a_prob
     assert restarted.admit("claude", ok) == 0, "its probe"
     restarted.record("claude", ok=True)
     assert store.circuits() == {}
+
+
+def test_a_circuit_of_an_agent_this_process_does_not_run_is_not_taken_in() -> None:
+    clock = SimClock()
+    store = memory_store(clock)
+    Breakers(threshold=1, cooldown_s=30, clock=clock, shared=store).record(
+        "retired", ok=False, provider_failure=True, reason="HTTP 529"
+    )
+    Breakers(threshold=1, cooldown_s=30, clock=clock, shared=store).record(
+        "claude", ok=False, provider_failure=True, reason="HTTP 529"
+    )
+
+    restarted = Breakers(threshold=1, cooldown_s=30, clock=clock, shared=store, circuits=["claude"])
+
+    assert list(restarted.states()) == ["claude"]
+    assert restarted.admit("claude", ok) == 30

@@ -44,6 +44,24 @@ def test_a_forge_that_does_not_answer_holds_tasks_back_without_parking_them() ->
         r.close()
 
 
+def test_a_forge_another_process_found_down_holds_back_this_ones_work_too() -> None:
+    clock = SimClock()
+    r = rig({"default": InstantAgent()}, store=memory_store(clock), clock=clock)
+    try:
+        r.store.open_circuit("forge", r.store.now() + 60, 60, "Gitea 503")
+        r.store.open_circuit("retired", r.store.now() + 60, 60, "HTTP 529")  # in no settings
+        task = r.intake.file("app", "Add a greeting")
+
+        r.run_until_idle()
+
+        assert r.store.get_task(task.id).status == TaskStatus.ACTIVE
+        assert r.store.jobs(task.id)[-1].last_error == "the forge is unavailable: Gitea 503"
+        assert r.engine.breakers.state("forge")["circuit"] == "open"
+        assert "retired" not in r.engine.breakers.states()
+    finally:
+        r.close()
+
+
 def test_a_merge_the_forge_could_not_settle_is_settled_by_a_sweep_once_it_answers() -> None:
     clock = SimClock()
     r = rig({"default": InstantAgent()}, store=memory_store(clock), clock=clock)

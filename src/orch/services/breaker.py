@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -62,6 +62,7 @@ class Breakers:
         max_cooldown_s: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
         shared: SharedCircuits | None = None,
+        circuits: Collection[str] | None = None,
     ) -> None:
         self.threshold = threshold
         self.cooldown_s = cooldown_s
@@ -70,6 +71,10 @@ class Breakers:
         self._lock = threading.Lock()
         self._states: dict[str, _State] = {}
         self.shared = shared
+        # the circuits this process keeps (None: any): one another process noted for an agent
+        # not among them (one since taken out of the settings, say) is not taken in, so it is
+        # not shown here as waiting for a probe that will never come
+        self._circuits = None if circuits is None else frozenset(circuits)
         self._read_at: float | None = None  # when the store's circuits were read last
         # per circuit, the latest end noted in the store (the store's clock) that this process
         # has taken in: a row is taken again only once it says something newer
@@ -239,6 +244,8 @@ class Breakers:
                 self._read_at = None
                 return
             for name, (until, cooldown_s, reason) in noted.items():
+                if self._circuits is not None and name not in self._circuits:
+                    continue
                 if until <= self._seen_until.get(name, float("-inf")):
                     continue
                 self._seen_until[name] = until

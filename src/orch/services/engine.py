@@ -22,7 +22,7 @@ from orch.services.inbox import Inbox
 from orch.services.job import Jobs
 from orch.services.merge import Merger
 from orch.services.outbox import Outbox
-from orch.services.stage import StageRunner
+from orch.services.stage import FORGE, StageRunner
 from orch.services.stop import Stopper
 from orch.services.work import EngineSettings, Tools
 
@@ -60,7 +60,12 @@ class Engine:
             environ=dict(os.environ if environ is None else environ),
             rng=rng or random.Random(),
             breakers=breakers
-            or Breakers(settings.breaker_threshold, settings.breaker_cooldown_s, shared=store),
+            or Breakers(
+                settings.breaker_threshold,
+                settings.breaker_cooldown_s,
+                shared=store,
+                circuits=(FORGE, *agents),
+            ),
             reporter=reporter,
         )
         if self.tools.breakers.on_open is None:
