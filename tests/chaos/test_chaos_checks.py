@@ -542,45 +542,51 @@ def test_a_restart_that_lived_past_the_bound_without_moving_work_is_measured() -
     assert finding.violations == ["1 restart(s) after which runnable work never moved"]
 
 
+FENCED_7 = "write fenced: job 7 token 1 of w1"
+GIVEN_UP_7 = "lease given up: job 7 token 1 of w1: lease not renewed for 4s"
+
+
 def _paused(
-    tmp_path: Path, ended_after_resume: float | None, fenced: int, given_up: int = 0
+    tmp_path: Path, ended_after_resume: float | None, lines: tuple[str, ...] = (), number: int = 1
 ) -> Life:
-    """worker#1, paused at 100 s holding job 7, which another process reclaimed; resumed at
-    140 s, with `fenced` writes refused and `given_up` leases seen expired in its log."""
-    err = tmp_path / "worker-1.err"
-    fence = "x [warning] write fenced: job 7 token 1 of w1\n"
-    expired = "x [warning] lease given up: job 7 token 1 of w1: lease not renewed for 4s\n"
-    err.write_text(fence * fenced + expired * given_up)
-    life = Life("worker", 1, None, "1", 90.0, None, Path("out"), err)  # type: ignore[arg-type]
+    """worker#`number`, paused at 100 s and resumed at 140 s, with `lines` in its log."""
+    err = tmp_path / f"worker-{number}.err"
+    err.write_text("".join(f"x [warning] {line}\n" for line in lines))
+    life = Life("worker", number, None, "1", 90.0, None, Path("out"), err)  # type: ignore[arg-type]
     life.ready_at, life.resumed_at = 90.0, 140.0
     if ended_after_resume is not None:
         life.ended_at = 140.0 + ended_after_resume
     return life
 
 
-def _reclaimed(monitor: Monitor, life: Life, at: float = 131.0) -> None:
-    monitor.watch("pause", life, [HeldJob(7, 7, 1)], 100.0)
-    monitor.watches[-1].resolved_at, monitor.watches[-1].how = at, "reclaimed"
+def _taken(
+    monitor: Monitor, life: Life, job: int = 7, *, while_stopped: bool = True, at: float = 131.0
+) -> None:
+    """`life` held `job` (token 1) when it was stopped; another process took it at `at`."""
+    [w] = monitor.watch("pause", life, [HeldJob(job, job, 1)], 100.0)
+    w.resolved_at, w.how = at, "reclaimed"
+    w.resumed_at, w.taken_while_stopped = 140.0, while_stopped
 
 
 def test_a_paused_worker_that_lived_on_after_losing_its_job_must_have_met_the_fence(
     tmp_path: Path,
 ) -> None:
     monitor = Monitor(None, list)  # type: ignore[arg-type]
-    unfenced = _paused(tmp_path, None, fenced=0)
-    _reclaimed(monitor, unfenced)
+    unfenced = _paused(tmp_path, None)
+    _taken(monitor, unfenced)
 
     finding = bounds(monitor, [unfenced], FENCE_WAIT_S)
 
     assert finding.violations == [
-        "paused worker#1 lost its jobs and lived on, but no write was fenced and no lease given up"
+        "paused worker#1 lost job(s) 7 while stopped and lived on, but no write under them was"
+        " fenced and no lease of theirs given up"
     ]
 
 
 def test_a_paused_worker_whose_late_write_was_refused_keeps_the_bound(tmp_path: Path) -> None:
     monitor = Monitor(None, list)  # type: ignore[arg-type]
-    fenced = _paused(tmp_path, 30.0, fenced=2)
-    _reclaimed(monitor, fenced)
+    fenced = _paused(tmp_path, 30.0, (FENCED_7, FENCED_7))
+    _taken(monitor, fenced)
 
     finding = bounds(monitor, [fenced], FENCE_WAIT_S)
 
@@ -593,8 +599,8 @@ def test_a_paused_worker_that_died_before_its_next_heartbeat_had_nothing_to_fenc
     tmp_path: Path,
 ) -> None:
     monitor = Monitor(None, list)  # type: ignore[arg-type]
-    crashed = _paused(tmp_path, 0.3, fenced=0)  # at its crash point, just after SIGCONT
-    _reclaimed(monitor, crashed)
+    crashed = _paused(tmp_path, 0.3)  # at its crash point, just after SIGCONT
+    _taken(monitor, crashed)
 
     finding = bounds(monitor, [crashed], FENCE_WAIT_S)
 
@@ -606,8 +612,8 @@ def test_a_paused_worker_whose_job_saw_its_lease_expired_wrote_nothing_to_fence(
     tmp_path: Path,
 ) -> None:
     monitor = Monitor(None, list)  # type: ignore[arg-type]
-    expired = _paused(tmp_path, 30.0, fenced=0, given_up=1)
-    _reclaimed(monitor, expired)
+    expired = _paused(tmp_path, 30.0, (GIVEN_UP_7,))
+    _taken(monitor, expired)
 
     finding = bounds(monitor, [expired], FENCE_WAIT_S)
 
@@ -620,9 +626,28 @@ def test_a_paused_worker_whose_job_was_taken_only_after_it_resumed_had_nothing_t
 ) -> None:
     """It renewed after SIGCONT, and the job changed hands once it was killed later on."""
     monitor = Monitor(None, list)  # type: ignore[arg-type]
-    renewed = _paused(tmp_path, 4.0, fenced=0)
-    _reclaimed(monitor, renewed, at=146.0)
+    renewed = _paused(tmp_path, 4.0)
+    _taken(monitor, renewed, while_stopped=False, at=146.0)
 
     finding = bounds(monitor, [renewed], FENCE_WAIT_S)
 
     assert finding.violations == []
+
+
+def test_each_paused_worker_answers_for_the_jobs_it_lost_with_their_old_tokens(
+    tmp_path: Path,
+) -> None:
+    monitor = Monitor(None, list)  # type: ignore[arg-type]
+    fenced = _paused(tmp_path, None, (FENCED_7,), number=1)
+    # worker#2's lines name another job, and job 8 under a later claim: not the one it lost
+    other = ("write fenced: job 7 token 1 of w2", "lease given up: job 8 token 2 of w2: ttl")
+    unfenced = _paused(tmp_path, None, other, number=2)
+    _taken(monitor, fenced, 7)
+    _taken(monitor, unfenced, 8)
+
+    finding = bounds(monitor, [fenced, unfenced], FENCE_WAIT_S)
+
+    assert finding.violations == [
+        "paused worker#2 lost job(s) 8 while stopped and lived on, but no write under them was"
+        " fenced and no lease of theirs given up"
+    ]

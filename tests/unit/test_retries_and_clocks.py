@@ -16,7 +16,15 @@ from orch.domain.model import Task
 from orch.domain.states import JobState, RunOutcome, Stage, TaskStatus
 from orch.ports import AgentRequest, RepoSettings
 from orch.services.breaker import Breakers
-from orch.testing import InstantAgent, MemoryProcessTable, Rig, SimClock, retry, rig
+from orch.testing import (
+    InstantAgent,
+    MemoryProcessTable,
+    Rig,
+    SimClock,
+    memory_store,
+    retry,
+    rig,
+)
 
 
 def file_ticket(r: Rig, title: str = "Add a greeting") -> Task:
@@ -140,6 +148,23 @@ def test_a_provider_outage_opens_the_circuit_and_stops_new_agent_work_until_a_pr
     assert breakers.state("default")["circuit"] == "closed"
     assert {now(r, t).status for t in (first, second)} == {TaskStatus.WAITING}
     assert {now(r, t).stage for t in (first, second)} == {Stage.ARCHITECTURE}
+
+
+def test_an_agents_circuit_another_process_opened_holds_its_work_back_here(
+    made: list[Rig],
+) -> None:
+    clock = SimClock()
+    r = rig({"default": InstantAgent()}, store=memory_store(clock), clock=clock)
+    made.append(r)
+    r.store.open_circuit("default", r.store.now() + 60, 60, "HTTP 529 overloaded_error")
+    task = file_ticket(r)
+
+    r.run_until_idle()
+
+    assert now(r, task).status == TaskStatus.ACTIVE
+    [job] = r.store.jobs(task.id)
+    assert job.state == JobState.QUEUED
+    assert job.last_error == "circuit open for agent default: HTTP 529 overloaded_error"
 
 
 def test_the_task_deadline_counts_working_time_and_not_human_waits(made: list[Rig]) -> None:

@@ -380,16 +380,30 @@ class Harness:
             at = time.time()
             if not held or not self.sup[life.role].pause(life):
                 return False
-            self.monitor.watch("pause", life, held, at)
+            watches = self.monitor.watch("pause", life, held, at)
             self.state.pauses.append(Pause(life.name, at, len(held)))
             self.say(f"pause: SIGSTOP {life.name}, which holds {len(held)} job(s)")
             time.sleep(self.o.lease_ttl_s + 2 * self.o.sweep_s)
+            taken = self._taken(held)
             self.sup[life.role].resume(life)
+            for w in watches:
+                w.resumed_at, w.taken_while_stopped = life.resumed_at, w.job.job_id in taken
             time.sleep(self._fence_wait_s)
             self.state.last_fault_at = time.time()
             return True
         finally:
             self._pausing.release()
+
+    def _taken(self, held: list[HeldJob]) -> set[int]:
+        """Which of `held` the store shows under a new token: taken over. None, as far as the
+        checks go, when the store cannot say right now."""
+        assert self.probe is not None
+        try:
+            states = self.probe.job_states(held)
+        except (OrchError, OSError) as exc:
+            self.say(f"could not read who holds the paused jobs now: {exc}")
+            return set()
+        return {j.job_id for j in held if states.get(j.job_id, ("", j.token))[1] > j.token}
 
     def _await_held(self, life: Life) -> list[HeldJob]:
         """The jobs `life` holds, waiting up to 3 s for it to hold one."""

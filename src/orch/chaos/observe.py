@@ -26,8 +26,6 @@ from orch.domain.states import JobState
 from orch.ports import Store
 
 _PROC = Path("/proc")
-# how late the monitor may notice that a job changed hands: a few of its samples
-NOTICED_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -119,6 +117,10 @@ class Watch:
     since: float
     resolved_at: float | None = None
     how: str = ""  # "reclaimed", or "finished" (by its holder, after it resumed)
+    # a paused holder's: when it was sent SIGCONT, and whether the store showed the job under
+    # a new token just before (its holder's next try under it must then meet the fence)
+    resumed_at: float | None = None
+    taken_while_stopped: bool = False
 
 
 @dataclass
@@ -164,9 +166,11 @@ class Monitor:
         self._stop.set()
         self._thread.join(10)
 
-    def watch(self, cause: str, life: Life, jobs: Iterable[HeldJob], since: float) -> None:
+    def watch(self, cause: str, life: Life, jobs: Iterable[HeldJob], since: float) -> list[Watch]:
+        added = [Watch(cause, life.name, j, since) for j in jobs]
         with self._lock:
-            self.watches.extend(Watch(cause, life.name, j, since) for j in jobs)
+            self.watches.extend(added)
+        return added
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -390,33 +394,7 @@ def bounds(monitor: Monitor, lives: list[Life], fence_wait_s: float) -> checks.F
         f.violations.append(f"job {w.job.job_id} held by paused {w.life} never moved on")
     fenced = sum(life.fenced_writes() for life in lives)
     given_up = sum(life.leases_given_up() for life in lives)
-    # a paused process that died (at its crash point, say) before its first heartbeat after
-    # SIGCONT may never have written under its lost lease: there was nothing to fence. One that
-    # lived on either met the fence or, its job looking first, saw the lease had expired. A job
-    # taken over only later (its holder renewed after SIGCONT, then was killed or let it go)
-    # left nothing to fence either: a renewal that got through holds off a takeover for a TTL
-    resumed = {life.name: life.resumed_at for life in lives}
-    reclaimed_from = {
-        w.life
-        for w in monitor.watches
-        if (w.cause, w.how) == ("pause", "reclaimed")
-        and w.resolved_at is not None
-        and (at := resumed.get(w.life)) is not None
-        and w.resolved_at <= at + NOTICED_S
-    }
-    tried = [
-        life
-        for life in lives
-        if life.name in reclaimed_from
-        and life.resumed_at is not None
-        and (life.ended_at is None or life.ended_at - life.resumed_at >= fence_wait_s)
-    ]
-    if tried and not sum(life.fenced_writes() + life.leases_given_up() for life in tried):
-        names = ", ".join(life.name for life in tried)
-        f.violations.append(
-            f"paused {names} lost its jobs and lived on, but no write was fenced"
-            " and no lease given up"
-        )
+    f.violations.extend(_unfenced(monitor, lives, fence_wait_s))
     f.figures.update(
         restarts_measured=len(measured),
         restarts_cut_short=cut_short,
@@ -425,5 +403,30 @@ def bounds(monitor: Monitor, lives: list[Life], fence_wait_s: float) -> checks.F
         longest_kill_recovery_s=monitor.longest("kill"),
         fenced_writes=fenced,
         leases_given_up=given_up,
+        jobs_taken_while_stopped=sum(w.taken_while_stopped for w in monitor.watches),
     )
     return f
+
+
+def _unfenced(monitor: Monitor, lives: list[Life], fence_wait_s: float) -> list[str]:
+    """Paused processes that lost a job while stopped, lived on one heartbeat past SIGCONT, and
+    whose log shows neither a write under that job's old token fenced nor its lease given up.
+
+    A job taken over only after SIGCONT is not asked about: its holder renewed first (a renewal
+    that gets through holds off a takeover for a TTL) and lost it later, killed or letting it go.
+    Nor is a process that died (at its crash point, say) before its first try: there was
+    nothing to fence."""
+    by_name = {life.name: life for life in lives}
+    asked: dict[str, list[Watch]] = {}
+    for w in monitor.watches:
+        life = by_name.get(w.life)
+        if w.cause != "pause" or not w.taken_while_stopped or w.resumed_at is None or not life:
+            continue
+        if life.ended_at is None or life.ended_at - w.resumed_at >= fence_wait_s:
+            asked.setdefault(w.life, []).append(w)
+    return [
+        f"paused {name} lost job(s) {', '.join(str(w.job.job_id) for w in ws)} while stopped"
+        " and lived on, but no write under them was fenced and no lease of theirs given up"
+        for name, ws in asked.items()
+        if not any(by_name[name].fence_lines(w.job.job_id, w.job.token) for w in ws)
+    ]

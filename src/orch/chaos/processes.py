@@ -27,6 +27,8 @@ ADDRESS = re.compile(r"http://[\d.]+:\d+")
 CRASH_LINE = re.compile(r"orch: crash point (\S+) reached")
 FENCED = "write fenced"
 GIVEN_UP = "lease given up"  # a lease the process itself saw expire, before any write met the fence
+# either, naming the job and the token it was held with
+FENCE_LINE = re.compile(rf"(?:{FENCED}|{GIVEN_UP}): job (\d+) token (\d+) ")
 
 
 @dataclass
@@ -78,6 +80,14 @@ class Life:
 
     def leases_given_up(self) -> int:
         return sum(1 for line in self.stderr_lines() if GIVEN_UP in line)
+
+    def fence_lines(self, job_id: int, token: int) -> int:
+        """Lines that say a write under job `job_id`'s `token` was fenced or its lease given up."""
+        return sum(
+            1
+            for line in self.stderr_lines()
+            if (m := FENCE_LINE.search(line)) and (int(m[1]), int(m[2])) == (job_id, token)
+        )
 
 
 class Supervised:

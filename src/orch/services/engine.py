@@ -64,7 +64,7 @@ class Engine:
                 settings.breaker_threshold,
                 settings.breaker_cooldown_s,
                 shared=store,
-                circuits=(FORGE, *agents),
+                circuits=(FORGE, *(agent.name for agent in agents.values())),
             ),
             reporter=reporter,
         )
