@@ -491,6 +491,11 @@ def test_the_agent_of_a_run_may_be_a_launcher_started_long_before_the_run() -> N
 FENCE_WAIT_S = 2.0
 
 
+def _monitor() -> Monitor:
+    """A monitor that samples nothing: its watches are set by hand."""
+    return Monitor(None, list)  # type: ignore[arg-type]
+
+
 def _life(number: int, ready_at: float, ended_at: float | None) -> Life:
     life = Life("worker", number, None, "1", ready_at, None, Path("out"), Path("err"))  # type: ignore[arg-type]
     life.ready_at, life.ended_at = ready_at, ended_at
@@ -506,7 +511,7 @@ def _restart(monitor: Monitor, life: Life, job_id: int, moved_after: float | Non
 
 
 def test_a_restart_that_moves_work_late_breaks_the_bound_and_is_named() -> None:
-    monitor = Monitor(None, list)  # type: ignore[arg-type]
+    monitor = _monitor()
     quick, slow = _life(1, 100.0, None), _life(2, 200.0, None)
     _restart(monitor, quick, 7, 0.4)
     _restart(monitor, slow, 8, 34.6)
@@ -520,7 +525,7 @@ def test_a_restart_that_moves_work_late_breaks_the_bound_and_is_named() -> None:
 
 
 def test_a_restart_killed_again_before_its_work_moved_is_not_measured() -> None:
-    monitor = Monitor(None, list)  # type: ignore[arg-type]
+    monitor = _monitor()
     killed, next_one = _life(1, 100.0, 101.5), _life(2, 105.0, None)
     _restart(monitor, killed, 7, 34.6)  # moved only by a later process
     _restart(monitor, next_one, 7, 29.6 - 5.0)
@@ -533,7 +538,7 @@ def test_a_restart_killed_again_before_its_work_moved_is_not_measured() -> None:
 
 
 def test_a_restart_that_lived_past_the_bound_without_moving_work_is_measured() -> None:
-    monitor = Monitor(None, list)  # type: ignore[arg-type]
+    monitor = _monitor()
     idle = _life(1, 100.0, 140.0)
     _restart(monitor, idle, 7, None)
 
@@ -553,7 +558,7 @@ def _paused(
     err = tmp_path / f"worker-{number}.err"
     err.write_text("".join(f"x [warning] {line}\n" for line in lines))
     life = Life("worker", number, None, "1", 90.0, None, Path("out"), err)  # type: ignore[arg-type]
-    life.ready_at, life.resumed_at = 90.0, 140.0
+    life.ready_at = 90.0
     if ended_after_resume is not None:
         life.ended_at = 140.0 + ended_after_resume
     return life
@@ -571,7 +576,7 @@ def _taken(
 def test_a_paused_worker_that_lived_on_after_losing_its_job_must_have_met_the_fence(
     tmp_path: Path,
 ) -> None:
-    monitor = Monitor(None, list)  # type: ignore[arg-type]
+    monitor = _monitor()
     unfenced = _paused(tmp_path, None)
     _taken(monitor, unfenced)
 
@@ -584,7 +589,7 @@ def test_a_paused_worker_that_lived_on_after_losing_its_job_must_have_met_the_fe
 
 
 def test_a_paused_worker_whose_late_write_was_refused_keeps_the_bound(tmp_path: Path) -> None:
-    monitor = Monitor(None, list)  # type: ignore[arg-type]
+    monitor = _monitor()
     fenced = _paused(tmp_path, 30.0, (FENCED_7, FENCED_7))
     _taken(monitor, fenced)
 
@@ -598,7 +603,7 @@ def test_a_paused_worker_whose_late_write_was_refused_keeps_the_bound(tmp_path: 
 def test_a_paused_worker_that_died_before_its_next_heartbeat_had_nothing_to_fence(
     tmp_path: Path,
 ) -> None:
-    monitor = Monitor(None, list)  # type: ignore[arg-type]
+    monitor = _monitor()
     crashed = _paused(tmp_path, 0.3)  # at its crash point, just after SIGCONT
     _taken(monitor, crashed)
 
@@ -608,10 +613,10 @@ def test_a_paused_worker_that_died_before_its_next_heartbeat_had_nothing_to_fenc
     assert finding.figures["fenced_writes"] == 0
 
 
-def test_a_paused_worker_whose_job_saw_its_lease_expired_wrote_nothing_to_fence(
+def test_a_paused_worker_that_gave_up_its_lease_keeps_the_bound(
     tmp_path: Path,
 ) -> None:
-    monitor = Monitor(None, list)  # type: ignore[arg-type]
+    monitor = _monitor()
     expired = _paused(tmp_path, 30.0, (GIVEN_UP_7,))
     _taken(monitor, expired)
 
@@ -625,7 +630,7 @@ def test_a_paused_worker_whose_job_was_taken_only_after_it_resumed_had_nothing_t
     tmp_path: Path,
 ) -> None:
     """It renewed after SIGCONT, and the job changed hands once it was killed later on."""
-    monitor = Monitor(None, list)  # type: ignore[arg-type]
+    monitor = _monitor()
     renewed = _paused(tmp_path, 4.0)
     _taken(monitor, renewed, while_stopped=False, at=146.0)
 
@@ -634,10 +639,10 @@ def test_a_paused_worker_whose_job_was_taken_only_after_it_resumed_had_nothing_t
     assert finding.violations == []
 
 
-def test_each_paused_worker_answers_for_the_jobs_it_lost_with_their_old_tokens(
+def test_a_fence_line_counts_only_for_its_own_worker_job_and_token(
     tmp_path: Path,
 ) -> None:
-    monitor = Monitor(None, list)  # type: ignore[arg-type]
+    monitor = _monitor()
     fenced = _paused(tmp_path, None, (FENCED_7,), number=1)
     # worker#2's lines name another job, and job 8 under a later claim: not the one it lost
     other = ("write fenced: job 7 token 1 of w2", "lease given up: job 8 token 2 of w2: ttl")

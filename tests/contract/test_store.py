@@ -943,7 +943,7 @@ def test_what_a_run_in_flight_retries_is_known_until_it_ends(store: SqlStore) ->
     assert store.retrying_runs() == {}, "a run that ended retries nothing"
 
 
-def test_a_circuit_is_noted_for_every_process_until_a_probe_closes_it(store: SqlStore) -> None:
+def test_a_noted_circuit_keeps_its_later_end_and_stays_until_it_is_closed(store: SqlStore) -> None:
     now = store.now()
     store.open_circuit("claude", now + 60, 60, "HTTP 529 overloaded_error")
     store.open_circuit("claude", now + 30, 30, "a shorter one")  # the later end stands

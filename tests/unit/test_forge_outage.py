@@ -46,7 +46,7 @@ def test_a_forge_that_does_not_answer_holds_tasks_back_without_parking_them() ->
 
 def test_a_forge_another_process_found_down_holds_back_this_ones_work_too() -> None:
     clock = SimClock()
-    r = rig({"default": InstantAgent()}, store=memory_store(clock), clock=clock)
+    r = rig({"default": InstantAgent()}, clock=clock)
     try:
         r.store.open_circuit("forge", r.store.now() + 60, 60, "Gitea 503")
         r.store.open_circuit("retired", r.store.now() + 60, 60, "HTTP 529")  # in no settings

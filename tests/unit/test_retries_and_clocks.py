@@ -21,7 +21,6 @@ from orch.testing import (
     MemoryProcessTable,
     Rig,
     SimClock,
-    memory_store,
     retry,
     rig,
 )
@@ -154,7 +153,7 @@ def test_an_agents_circuit_another_process_opened_holds_its_work_back_here(
     made: list[Rig],
 ) -> None:
     clock = SimClock()
-    r = rig({"default": InstantAgent()}, store=memory_store(clock), clock=clock)
+    r = rig({"default": InstantAgent()}, clock=clock)
     made.append(r)
     r.store.open_circuit("default", r.store.now() + 60, 60, "HTTP 529 overloaded_error")
     task = file_ticket(r)

@@ -19,11 +19,13 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from orch.domain.errors import OrchError
 
 log = logging.getLogger("orch.engine")
+
+T = TypeVar("T")
 
 SHARED_READ_EVERY_S = 1.0  # how stale this process's view of the others' circuits may be
 
@@ -175,16 +177,17 @@ class Breakers:
             st.last_reason = reason
             cooldown = st.cooldown_s
             self._changes += 1
-        noted: list[float] = []
 
-        def note(s: SharedCircuits) -> None:
-            noted.append(s.now() + cooldown)
-            s.open_circuit(agent, noted[0], cooldown, reason)
+        def note(s: SharedCircuits) -> float:
+            until = s.now() + cooldown
+            s.open_circuit(agent, until, cooldown, reason)
+            return until
 
-        if self._share(note):
+        until = self._share(note)
+        if until is not None:
             with self._lock:
                 st.shared = True
-                self._seen_until[agent] = max(self._seen_until.get(agent, 0.0), noted[0])
+                self._seen_until[agent] = max(self._seen_until.get(agent, 0.0), until)
         if self.on_open is not None:
             try:
                 self.on_open(agent, reason, cooldown)
@@ -262,15 +265,16 @@ class Breakers:
             for name in closed:
                 self._states[name] = _State()
 
-    def _share(self, write: Callable[[SharedCircuits], None]) -> bool:
-        """Note a change of a circuit in the store; whether it was."""
+    def _share(self, write: Callable[[SharedCircuits], T]) -> T | None:
+        """Note a change of a circuit in the store: what `write` returned, None if it could
+        not be noted."""
         if self.shared is None:
-            return False
+            return None
         try:
-            write(self.shared)
+            written = write(self.shared)
         except OrchError as exc:  # the others will learn of it from their own failures
             log.warning("could not share a circuit with other processes: %s", exc)
-            return False
+            return None
         with self._lock:
             self._read_at = None  # read again next time
-        return True
+        return written

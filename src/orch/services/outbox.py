@@ -142,7 +142,7 @@ class Outbox:
         """A done task's branch leaves the remote once all of it has landed. A branch with
         commits that did not land is kept, and a forge that refuses the delete is recorded,
         not held against a task whose work is done."""
-        if not self.released_sha(task):
+        if not released_sha(self.store, task):
             return
         head = self.forge.branch_head(task.repo, task.branch)
         if head is None:
@@ -156,10 +156,6 @@ class Outbox:
             log.error("could not delete %s of %s: %s", task.branch, task.key, exc)
 
     # -- merges ------------------------------------------------------------------------------
-
-    def released_sha(self, task: Task) -> str:
-        """What the task's last merge put on the default branch; empty if nothing landed."""
-        return released_sha(self.store, task)
 
     def settle_merge(self, claim: Claim, key: str, head: str, repo: str) -> None:
         """Resolve an unconfirmed merge by asking the forge, so it never holds the repository's

@@ -29,7 +29,7 @@ from orch.services.deploy import Deployer
 from orch.services.gates import Gates
 from orch.services.merge import Merger
 from orch.services.outbox import Outbox
-from orch.services.pulls import Pulls
+from orch.services.pulls import Pulls, released_sha
 from orch.services.work import Outcome, Tools, Where, Work, decided
 
 ARTIFACT_CHARS = 20_000  # of each earlier artifact, in a prompt
@@ -183,7 +183,7 @@ class StageRunner:
                 why = f"the merge into {repo.default_branch} failed: {exc}"
                 return pl.after_merge_failure(work.pipeline, task.stage, task.rework_rounds, why)
         target = "staging" if action == Action.DEPLOY_STAGING else "production"
-        release = release or self.outbox.released_sha(task)
+        release = release or released_sha(self.store, task)
         if not release:
             return pl.parked(task.stage, f"{action} needs a merged release, and this task has none")
         return self.deployer.deploy(work, repo, where.worktree, target, release)

@@ -1,6 +1,6 @@
 """circuits: the circuit breakers every orch process takes as its own (one opened by a worker
-holds back the others' attempts, until a probe in any of them gets through); runs.retrying: what a run in flight is retrying, so
-any process can say a task is in provider retries
+holds back the others' attempts, until a probe in any of them gets through); runs.retrying: what
+a run in flight is retrying, so any process can say a task is in provider retries
 
 Revision ID: 0014
 Revises: 0013
